@@ -1,0 +1,208 @@
+"""What every attribution backend shares: the result type, the base class and the registry.
+
+A backend is one module in this package that subclasses :class:`Attributor` and adds one line to
+:data:`BACKENDS`. Backends are imported only when first used, so ``import api_prompt`` stays
+fast and a CLIP user never pays for importing the LLaVA stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..images import load_image
+
+Box = tuple[float, float, float, float]
+
+#: backend name -> "module:Class". A new backend is one module plus one line here.
+BACKENDS: dict[str, str] = {
+    "clip": "api_prompt.attribution.clip:CLIPAttributor",
+    "llava": "api_prompt.attribution.llava:LLaVAAttributor",
+}
+
+
+@dataclass
+class AttentionMap:
+    """Where an auxiliary model looked for one (image, query) pair.
+
+    Attributes:
+        mask: P×P float32 in [0, 1], the combined map before 8-bit conversion.
+        parts: named raw maps in the reference's scale (``psi_cls``/``psi_comp`` for CLIP,
+            ``attention`` for LLaVA), each P×P float32.
+        image_size: (W, H) of the original image.
+        region: (left, top, right, bottom) box in original-image pixels that the grid covers.
+            CLIP's centre crop lies inside the image; LLaVA's padded square extends beyond it.
+        query: the text the map answers.
+        answer: the text the auxiliary model generated, when it generates (LLaVA).
+    """
+
+    mask: np.ndarray
+    parts: dict[str, np.ndarray]
+    image_size: tuple[int, int]
+    region: Box
+    query: str = ""
+    answer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> int:
+        """P, the side of the square grid."""
+        return int(self.mask.shape[-1])
+
+    def save(self, path: str | Path) -> None:
+        """Write ``mask``, the raw parts, ``image_size`` and ``region`` to an ``.npz`` file."""
+        np.savez(
+            path,
+            mask=self.mask.astype(np.float32),
+            **{name: part.astype(np.float32) for name, part in self.parts.items()},
+            image_size=np.asarray(self.image_size, dtype=np.int64),
+            region=np.asarray(self.region, dtype=np.float64),
+        )
+
+
+class Attributor(ABC):
+    """Scores image patches against a text query. Loaded once, called many times.
+
+    Subclasses implement :meth:`attribute` on lists of RGB images and queries; ``__call__``
+    accepts the looser inputs users have (one image or many, paths or arrays, one query for all).
+    """
+
+    name: str = ""
+
+    def __call__(self, images, queries) -> list[AttentionMap]:
+        images, queries = normalise_inputs(images, queries)
+        return self.attribute(images, queries)
+
+    @abstractmethod
+    def attribute(self, images: list, queries: list[str]) -> list[AttentionMap]:
+        """One :class:`AttentionMap` per (image, query) pair, in order."""
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and model identity, for run manifests. Backends extend it."""
+        return {"backend": self.name}
+
+
+def normalise_inputs(images, queries) -> tuple[list, list[str]]:
+    """Turn (image | images, query | queries) into two equally long lists of RGB images and str.
+
+    One query is broadcast over many images. Blank queries are refused.
+    """
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if isinstance(queries, str):
+        queries = [queries] * len(images)
+    queries = list(queries)
+    if len(queries) != len(images):
+        raise ConfigError(f"got {len(images)} images but {len(queries)} queries")
+    for query in queries:
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("the query is empty: pass the question the image should answer")
+    return [load_image(image) for image in images], queries
+
+
+def create_attributor(backend: str, **options) -> Attributor:
+    """Build a backend by name: ``create_attributor("clip", model="ViT-B-16", pretrained=...)``."""
+    try:
+        target = BACKENDS[backend]
+    except KeyError:
+        raise ConfigError(
+            f"unknown backend {backend!r}; choose one of: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**options)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is checked to exist."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} requested but Apple MPS is not available here")
+    return resolved
+
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype = torch.float32) -> torch.dtype:
+    """Accept ``"fp32"``/``"fp16"``/``"bf16"`` (and long names) or a torch dtype."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose fp32, fp16 or bf16") from None
+
+
+def check_layer(layer: int, n_layers: int) -> int:
+    """Turn a possibly negative layer index into a 0-based one, or raise a clear ConfigError."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        raise ConfigError(f"layer must be an integer, got {layer!r}")
+    if not -n_layers <= layer < n_layers:
+        raise ConfigError(
+            f"layer {layer} is out of range for a model with {n_layers} blocks "
+            f"(use 0..{n_layers - 1}, or -{n_layers}..-1 from the end)"
+        )
+    return int(layer) % n_layers
+
+
+@contextmanager
+def temporary_hooks() -> Iterator[list]:
+    """Collect hook handles; every one is removed on exit, also when an exception is raised.
+
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> with temporary_hooks() as handles:
+    ...     handles.append(layer.register_forward_hook(lambda m, i, o: None))
+    >>> len(layer._forward_hooks)
+    0
+    """
+    handles: list = []
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put a module and all its children in eval mode; restore every child's mode on exit."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,25 @@
+"""Exceptions raised by api-prompt.
+
+Every error a user can cause derives from :class:`APIPromptError`, so the command line can turn
+them into one clear line and programs can catch them in one place.
+"""
+
+
+class APIPromptError(Exception):
+    """Base class of every error api-prompt raises on purpose."""
+
+
+class ConfigError(APIPromptError, ValueError):
+    """An option has a value the method cannot use (even kernel size, unknown preset, ...)."""
+
+
+class ImageLoadError(APIPromptError, ValueError):
+    """An image could not be read: missing, not an image, corrupt, truncated or too large."""
+
+
+class ModelLoadError(APIPromptError, RuntimeError):
+    """Model weights could not be found or loaded (offline, wrong name, unsupported model)."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """The model loads, but its architecture is not one this backend can attribute."""

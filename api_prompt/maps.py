@@ -1,0 +1,140 @@
+"""Pure tensor operations on attention maps (ALGORITHM.md §1 "Combining" and §2 "Mask").
+
+Every function works on the last two dimensions (the P×P grid) and broadcasts over any leading
+dimensions, so a batch of maps is processed in one call. Inputs may be torch tensors or numpy
+arrays; the result has the same type, dtype (float32 or float64) and device as the input.
+
+Constant maps: a map without contrast carries no information about where to look, so every
+normalisation turns it into **all ones** (no masking) and :func:`enhance` leaves it unchanged.
+Nothing here ever produces NaN.
+
+>>> import numpy as np
+>>> from api_prompt.maps import minmax, box_filter
+>>> minmax(np.array([[0.0, 2.0], [4.0, 8.0]])).tolist()
+[[0.0, 0.25], [0.5, 1.0]]
+>>> box_filter(np.array([[0.0, 0.0], [0.0, 9.0]]), 3).round(3).tolist()
+[[1.0, 2.0], [2.0, 4.0]]
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+Map = TypeVar("Map", torch.Tensor, np.ndarray)
+
+__all__ = [
+    "minmax",
+    "enhance",
+    "box_filter",
+    "soft_or",
+    "combine_clip",
+    "combine_llava",
+    "check_kernel_size",
+]
+
+
+def _accepts_numpy(fn: Callable[..., torch.Tensor]) -> Callable:
+    """Let a torch implementation take numpy arrays too, and give numpy back for them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if any(isinstance(arg, np.ndarray) for arg in args):
+            args = [
+                torch.from_numpy(np.ascontiguousarray(arg)) if isinstance(arg, np.ndarray) else arg
+                for arg in args
+            ]
+            return fn(*args, **kwargs).numpy()
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _grid_stats(x: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
+    return reduce(x.flatten(-2), dim=-1, keepdim=True).unsqueeze(-1)
+
+
+@_accepts_numpy
+def minmax(x: Map, *, invert: bool = False) -> Map:
+    """Scale each P×P map to [0, 1]: ``(x - min) / (max - min)``.
+
+    With ``invert=True`` the scale is flipped, ``(max - x) / (max - min)``: the highest input
+    becomes 0 (used for Ψcomp, which is high on low-information patches).
+    A constant map becomes all ones.
+    """
+    lo = _grid_stats(x, torch.amin)
+    hi = _grid_stats(x, torch.amax)
+    span = hi - lo
+    scaled = (hi - x) / span if invert else (x - lo) / span
+    return torch.where(span > 0, scaled, torch.ones_like(x))
+
+
+@_accepts_numpy
+def enhance(x: Map, coe: float) -> Map:
+    """Sharpen contrast: ``clamp(sigmoid(coe * (x - mean) / std), 0, 1)``, std unbiased (N − 1).
+
+    A map with zero spread is returned unchanged (there is no contrast to enhance).
+    """
+    mean = _grid_stats(x, torch.mean)
+    std = x.flatten(-2).std(dim=-1, unbiased=True, keepdim=True).unsqueeze(-1)
+    enhanced = torch.sigmoid(coe * (x - mean) / std).clamp(0.0, 1.0)
+    return torch.where(std > 0, enhanced, x)
+
+
+def check_kernel_size(kernel_size: int) -> int:
+    """Return ``kernel_size`` if it is a valid box-filter size (odd, >= 1), else raise ConfigError."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)):
+        raise ConfigError(f"kernel size must be an odd integer >= 1, got {kernel_size!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ConfigError(f"kernel size must be an odd integer >= 1, got {kernel_size}")
+    return int(kernel_size)
+
+
+@_accepts_numpy
+def box_filter(x: Map, kernel_size: int) -> Map:
+    """Mean filter with a k×k kernel (weights 1/k²), stride 1, replicate padding of (k − 1)/2.
+
+    ``kernel_size`` must be odd; 1 returns the map unchanged.
+    """
+    k = check_kernel_size(kernel_size)
+    if k == 1:
+        return x.clone()
+    leading, grid = x.shape[:-2], x.shape[-2:]
+    flat = x.reshape(-1, 1, *grid)
+    pad = (k - 1) // 2
+    padded = F.pad(flat, (pad, pad, pad, pad), mode="replicate")
+    weight = torch.full((1, 1, k, k), 1.0 / (k * k), dtype=x.dtype, device=x.device)
+    return F.conv2d(padded, weight).reshape(*leading, *grid)
+
+
+@_accepts_numpy
+def soft_or(a: Map, b: Map) -> Map:
+    """Probabilistic OR of two maps in [0, 1]: ``a + b − a·b``."""
+    return a + b - a * b
+
+
+@_accepts_numpy
+def combine_clip(psi_cls: Map, psi_comp: Map, *, coe: float, kernel_size: int) -> Map:
+    """The CLIP mask from the raw maps (ALGORITHM.md §1, steps 1–5).
+
+    ``a = enhance(minmax(Ψcls))``, ``b = minmax(Ψcomp, invert=True)``, both box-filtered, then
+    ``minmax(soft_or(a, b))``.
+    """
+    a = box_filter(enhance(minmax(psi_cls), coe), kernel_size)
+    b = box_filter(minmax(psi_comp, invert=True), kernel_size)
+    return minmax(soft_or(a, b))
+
+
+@_accepts_numpy
+def combine_llava(attention: Map, *, coe: float, kernel_size: int) -> Map:
+    """The LLaVA mask from the averaged attention map: min-max, enhance, box filter (§2).
+
+    No soft OR and no final normalisation, as in the reference.
+    """
+    return box_filter(enhance(minmax(attention), coe), kernel_size)

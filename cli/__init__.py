@@ -1,0 +1,1 @@
+"""The ``api-prompt`` command (installed as the ``api_prompt.cli`` package)."""

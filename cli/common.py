@@ -1,0 +1,156 @@
+"""What the sub-commands share: the prompt options, building a Prompter, and error handling."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from typing import Annotated, Iterator, Optional
+
+import click
+import typer
+from typer.core import TyperCommand
+
+from api_prompt.errors import APIPromptError
+from api_prompt.presets import PRESETS
+
+try:  # recent typer releases vendor click, with their own exception classes
+    from typer._click.exceptions import UsageError as _VendoredUsageError
+except ImportError:  # pragma: no cover - typer on top of the click package
+    _VendoredUsageError = click.UsageError
+_USAGE_ERRORS = (click.UsageError, _VendoredUsageError)
+
+
+class Backend(str, Enum):
+    clip = "clip"
+    llava = "llava"
+
+
+class Resample(str, Enum):
+    lanczos = "lanczos"
+    bicubic = "bicubic"
+    bilinear = "bilinear"
+    nearest = "nearest"
+
+
+class Geometry(str, Enum):
+    stretch = "stretch"
+    fit = "fit"
+
+
+_MODEL = "Model"
+_MAP = "Map and overlay (a preset fills what you leave unset)"
+
+BackendOpt = Annotated[Backend, typer.Option("--backend", help="Auxiliary model family.", rich_help_panel=_MODEL)]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", rich_help_panel=_MODEL, show_default=False,
+    help="CLIP: an open_clip name (default ViT-L-14-336-quickgelu), 'hf-hub:ORG/REPO', "
+    "'local-dir:PATH' or a checkpoint file. LLaVA: a Hugging Face id or local folder "
+    "(default llava-hf/llava-1.5-7b-hf).",
+)]
+PretrainedOpt = Annotated[Optional[str], typer.Option(
+    "--pretrained", rich_help_panel=_MODEL, show_default=False,
+    help="open_clip pretrained tag or checkpoint path (default 'openai' for the default model).",
+)]
+LayerOpt = Annotated[Optional[int], typer.Option(
+    "--layer", rich_help_panel=_MODEL, show_default=False,
+    help="0-based block to read (negative counts from the end). Default: CLIP n_blocks-2, LLaVA 20.",
+)]
+DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    "--dtype", rich_help_panel=_MODEL, show_default=False,
+    help="fp32, fp16 or bf16 (default: fp32 for CLIP, fp16 for LLaVA on GPU).",
+)]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", rich_help_panel=_MAP, show_default=False,
+    help=f"Published settings: {', '.join(PRESETS)} (default package). Explicit options override it.",
+)]
+EnhanceOpt = Annotated[Optional[float], typer.Option(
+    "--enhance", rich_help_panel=_MAP, show_default=False, help="Contrast coefficient coe (preset: 10).",
+)]
+KernelOpt = Annotated[Optional[int], typer.Option(
+    "--kernel-size", "-k", rich_help_panel=_MAP, show_default=False,
+    help="Odd box-filter size on the grid; 1 = no smoothing (preset: 3).",
+)]
+ResampleOpt = Annotated[Optional[Resample], typer.Option(
+    "--resample", rich_help_panel=_MAP, show_default=False, help="Upsampling filter (preset: lanczos).",
+)]
+BackgroundOpt = Annotated[Optional[int], typer.Option(
+    "--background", "-g", rich_help_panel=_MAP, show_default=False,
+    help="Gray level 0-255 shown where the map is low (preset: 0).",
+)]
+GeometryOpt = Annotated[Geometry, typer.Option(
+    "--geometry", rich_help_panel=_MAP,
+    help="stretch: the map over the whole image, as the paper; fit: where the model actually looked.",
+)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def build_prompter(
+    *, backend: Backend, model, pretrained, layer, device, dtype, preset, enhance, kernel_size,
+    resample, background, geometry, quiet: bool,
+):
+    """The Prompter the options describe, with a status line while the model loads."""
+    from api_prompt.prompter import Prompter
+
+    with status(f"Loading {backend.value} model {model or '(default)'}", quiet=quiet):
+        return Prompter(
+            backend.value, model, pretrained=pretrained, preset=preset, layer=layer,
+            enhance=enhance, kernel_size=kernel_size,
+            resample=resample.value if resample else None, background=background,
+            geometry=geometry.value, device=device, dtype=dtype,
+        )
+
+
+@contextmanager
+def status(message: str, *, quiet: bool) -> Iterator[None]:
+    """A spinner on stderr while slow work runs (silent with --quiet or when not a terminal)."""
+    if quiet:
+        yield
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if console.is_terminal:
+        with console.status(message + " ..."):
+            yield
+    else:
+        console.print(message + " ...", highlight=False)
+        yield
+
+
+@contextmanager
+def handle_errors(debug: bool) -> Iterator[None]:
+    """Turn expected failures into one line on stderr and exit code 2 (tracebacks with --debug)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except (APIPromptError, OSError, ValueError) as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2)
+
+
+class OneLineErrorCommand(TyperCommand):
+    """A command whose usage errors (bad option value, missing argument) are one line on stderr.
+
+    Click would print a usage block and a boxed message; scripts and people reading logs get
+    ``error: <what was wrong> (see 'api-prompt --help')`` and exit code 2 instead. Use it with
+    ``@app.command("name", cls=OneLineErrorCommand)``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _USAGE_ERRORS as exc:
+            message = " ".join(exc.format_message().replace("Value error, ", "").split())
+            program = ctx.find_root().info_name or "api-prompt"
+            typer.echo(f"error: {message} (see '{program} --help')", err=True)
+            raise typer.Exit(2) from None

@@ -1,0 +1,16 @@
+"""The runnable examples in the docstrings of the model-free modules stay true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["api_prompt.maps", "api_prompt.presets", "api_prompt.attribution.base"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
