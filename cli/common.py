@@ -116,7 +116,7 @@ def status(message: str, *, quiet: bool) -> Iterator[None]:
         with console.status(message + " ..."):
             yield
     else:
-        console.print(message + " ...", highlight=False)
+        console.print(message + " ...", highlight=False, markup=False, soft_wrap=True)
         yield
 
 

@@ -7,7 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ["api_prompt.maps", "api_prompt.presets", "api_prompt.attribution.base"]
+MODULES = [
+    "api_prompt.maps",
+    "api_prompt.presets",
+    "api_prompt.attribution.base",
+    "api_prompt.images",
+    "api_prompt.overlay",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
