@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -123,12 +124,50 @@ class Prompter:
     def batch(self, images: Sequence, queries: Sequence[str] | str) -> list[PromptResult]:
         """Prompt many images at once (batched through the model); one query may serve all."""
         images, queries = normalise_inputs(list(images), queries)
+        for query in dict.fromkeys(queries):
+            warn_if_truncated(self.attributor, query)
         maps = self.attributor.attribute(images, queries)
         return [PromptResult(self.overlay.apply(img, amap), amap) for img, amap in zip(images, maps)]
 
     def describe(self) -> dict[str, Any]:
         """Every setting that shapes the output, for manifests and reproducibility."""
         return {**self.attributor.describe(), **self.settings, "geometry": self.overlay.geometry}
+
+
+def query_overflow(attributor: Attributor, query: str) -> tuple[int, int] | None:
+    """``(tokens, context_length)`` when the attributor's text encoder will truncate ``query``.
+
+    Works with open_clip tokenizers (``encode`` plus ``context_length``; start and end tokens
+    are added). None when the query fits, or for a backend without such a tokenizer (LLaVA reads
+    long prompts whole).
+    """
+    tokenizer = getattr(attributor, "tokenizer", None)
+    context = getattr(tokenizer, "context_length", None)
+    encode = getattr(tokenizer, "encode", None)
+    if not isinstance(context, int) or not callable(encode):
+        return None
+    try:
+        count = len(encode(query)) + 2  # start and end of text
+    except Exception:  # an unusual tokenizer: better no warning than a failure
+        return None
+    return (count, context) if count > context else None
+
+
+def warn_if_truncated(attributor: Attributor, query: str) -> None:
+    """A :class:`UserWarning` when the text encoder reads only the start of ``query``.
+
+    The CLIP tokenizer truncates as the reference does (keeping the end-of-text token); this
+    only makes it visible.
+    """
+    overflow = query_overflow(attributor, query)
+    if overflow is not None:
+        count, context = overflow
+        warnings.warn(
+            f"the query is {count} tokens long but the text encoder reads {context}; "
+            f"it was truncated to the first {context}",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 _last_prompter: tuple[tuple, Prompter] | None = None

@@ -24,6 +24,7 @@ class _DefaultCommandGroup(TyperGroup):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         group_options = {name for param in self.params for name in param.opts}
+        group_options.update(ctx.help_option_names)
         if args and args[0] not in self.commands and args[0] not in group_options:
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)

@@ -1,0 +1,271 @@
+"""``api-prompt IMAGE QUERY``: write the prompted image (and, on request, the map and a heat map).
+
+The command is thin: it checks everything cheap first (query, options, the image, the output
+paths), then builds the same :class:`~api_prompt.Prompter` the Python API exposes, runs it once
+and writes every output atomically (a temporary file in the target folder, renamed at the end),
+so a failure at any step leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Annotated, Callable, Iterator, Optional
+
+import typer
+from PIL import Image
+
+from api_prompt.errors import ConfigError
+
+from .app import app
+from .common import (
+    Backend,
+    BackendOpt,
+    BackgroundOpt,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EnhanceOpt,
+    Geometry,
+    GeometryOpt,
+    KernelOpt,
+    LayerOpt,
+    ModelOpt,
+    OneLineErrorCommand,
+    PresetOpt,
+    PretrainedOpt,
+    QuietOpt,
+    ResampleOpt,
+    build_prompter,
+    handle_errors,
+)
+
+#: JPEG quality of ``-o *.jpg`` (stated in --help). PNG and WebP are written lossless.
+JPEG_QUALITY = 95
+#: Suffix of the default output name: ``photo.jpg`` -> ``photo_api.png`` in the same folder.
+DEFAULT_SUFFIX = "_api.png"
+
+_OUTPUT = "Output"
+
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", rich_help_panel=_OUTPUT, show_default="<stem>_api.png next to IMAGE",
+    help=f"Where to write the prompted image. The format follows the extension: .png (lossless), "
+    f".jpg/.jpeg (quality {JPEG_QUALITY}), .webp (lossless), .bmp, .tif, ...",
+)]
+SaveMapOpt = Annotated[Optional[Path], typer.Option(
+    "--save-map", rich_help_panel=_OUTPUT, show_default=False,
+    help="Also write the map to PATH.npz: 'mask' (P×P float32) and the raw parts "
+    "(psi_cls, psi_comp for CLIP; attention for LLaVA).",
+)]
+HeatmapOpt = Annotated[Optional[Path], typer.Option(
+    "--heatmap", rich_help_panel=_OUTPUT, show_default=False,
+    help="Also write a colour heat map of the map over the image, with a colour bar.",
+)]
+
+
+@app.command("prompt", cls=OneLineErrorCommand)
+def prompt_command(
+    image: Annotated[Path, typer.Argument(
+        metavar="IMAGE", help="The image to prompt (any format Pillow reads).", show_default=False)],
+    query: Annotated[str, typer.Argument(
+        metavar="QUERY", help="The question or instruction the image should answer.",
+        show_default=False)],
+    output: OutputOpt = None,
+    save_map: SaveMapOpt = None,
+    heatmap: HeatmapOpt = None,
+    preset: PresetOpt = None,
+    backend: BackendOpt = Backend.clip,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    enhance: EnhanceOpt = None,
+    kernel_size: KernelOpt = None,
+    resample: ResampleOpt = None,
+    background: BackgroundOpt = None,
+    geometry: GeometryOpt = Geometry.stretch,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Mask IMAGE so a vision-language model looks where QUERY points (the default command).
+
+    Example:  api-prompt photo.jpg "What color is the car?" -o photo_api.png
+    """
+    from api_prompt.attribution.base import resolve_device, resolve_dtype
+    from api_prompt.images import load_image
+    from api_prompt.prompter import check_settings
+
+    with handle_errors(debug):
+        # 1. Everything cheap, so a typo never costs a model load and never leaves a file.
+        if not query.strip():
+            raise ConfigError("the query is empty: pass the question the image should answer")
+        check_settings(
+            preset, enhance=enhance, kernel_size=kernel_size,
+            resample=resample.value if resample else None, background=background,
+            geometry=geometry.value,
+        )
+        resolve_device(device)
+        resolve_dtype(dtype)
+        picture = load_image(image)
+        output = output if output is not None else image.parent / (image.stem + DEFAULT_SUFFIX)
+        targets = {"output": output, "--save-map": save_map, "--heatmap": heatmap}
+        check_outputs({name: path for name, path in targets.items() if path is not None})
+
+        # 2. The model and the method.
+        with warnings.catch_warnings(record=True) as caught, _quiet_logging(quiet):
+            prompter = build_prompter(
+                backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
+                dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
+                resample=resample, background=background, geometry=geometry, quiet=quiet,
+            )
+            result = prompter(picture, query)
+            heat = None
+            if heatmap is not None:
+                from api_prompt.overlay import render_heatmap
+
+                heat = render_heatmap(
+                    picture, result.map, colorbar=True, geometry=prompter.overlay.geometry
+                )
+        if not quiet:
+            report_warnings(caught)  # one line each
+
+        # 3. Write everything, or nothing.
+        jobs: list[tuple[Path, Callable[[IO[bytes]], None]]] = [
+            (output, lambda f: save_image(result.image, f, output))
+        ]
+        if save_map is not None:
+            jobs.append((save_map, result.map.save))
+        if heat is not None:
+            jobs.append((heatmap, lambda f: save_image(heat, f, heatmap)))
+        write_atomically(jobs)
+
+    if not quiet:
+        extras = [f"map: {save_map}" if save_map else "", f"heat map: {heatmap}" if heatmap else ""]
+        extras = [text for text in extras if text]
+        typer.echo(f"Wrote {output}" + (f" ({', '.join(extras)})" if extras else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+
+
+def image_format(path: Path) -> str:
+    """The Pillow format that writes ``path``, from its extension; a ConfigError if there is none.
+
+    >>> image_format(Path("out.JPG"))
+    'JPEG'
+    """
+    Image.init()
+    suffix = path.suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        what = f"unknown image extension {suffix!r}" if suffix else "no extension"
+        raise ConfigError(
+            f"cannot write {str(path)!r}: {what}; use .png (lossless), .jpg or .jpeg "
+            f"(quality {JPEG_QUALITY}), .webp, .bmp or .tif"
+        )
+    return fmt
+
+
+def save_image(image: Image.Image, file: IO[bytes], path: Path) -> None:
+    """Write ``image`` to ``file`` in the format ``path``'s extension names (JPEG at quality 95)."""
+    fmt = image_format(path)
+    options = {"JPEG": {"quality": JPEG_QUALITY}, "WEBP": {"lossless": True}}.get(fmt, {})
+    image.save(file, format=fmt, **options)
+
+
+def check_outputs(targets: dict[str, Path]) -> None:
+    """Refuse, before any work, output paths that could not be written.
+
+    Checks the extension (an image format Pillow writes, or ``.npz`` for ``--save-map``), that
+    the folder exists and is writable, that the path is not a folder, and that two outputs do not
+    share one path.
+    """
+    seen: dict[Path, str] = {}
+    for name, path in targets.items():
+        label = f"{name} {str(path)!r}" if name != "output" else f"output {str(path)!r}"
+        if name == "--save-map":
+            if path.suffix.lower() != ".npz":
+                raise ConfigError(f"{label} must end in .npz")
+        else:
+            image_format(path)
+        folder = path.parent
+        if not folder.exists():
+            raise ConfigError(f"cannot write {label}: the folder {str(folder)!r} does not exist")
+        if not folder.is_dir():
+            raise ConfigError(f"cannot write {label}: {str(folder)!r} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write {label}: the folder {str(folder)!r} is not writable")
+        if path.is_dir():
+            raise ConfigError(f"cannot write {label}: it is a folder")
+        key = path.resolve()
+        if key in seen:
+            raise ConfigError(f"{seen[key]} and {name} are the same file {str(path)!r}")
+        seen[key] = name
+
+
+def write_atomically(jobs: list[tuple[Path, Callable[[IO[bytes]], None]]]) -> None:
+    """Write every ``(path, writer)`` to a temporary file beside ``path``, then rename them all.
+
+    If any writer fails, every temporary file is removed and no output appears.
+    """
+    temporaries: list[str] = []
+    try:
+        for path, writer in jobs:
+            handle, temporary = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}.", suffix=".part"
+            )
+            temporaries.append(temporary)
+            with os.fdopen(handle, "wb") as file:
+                writer(file)
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600 files
+        for (path, _), temporary in zip(jobs, temporaries):
+            os.replace(temporary, path)
+    except BaseException:
+        for temporary in temporaries:
+            with suppress(OSError):
+                os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Warnings
+
+
+#: Warnings meant for developers, not for someone running the command.
+_NOT_FOR_USERS = (DeprecationWarning, PendingDeprecationWarning, ResourceWarning, ImportWarning)
+
+
+def report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Each distinct warning meant for users (a truncated query, ...) as one line on stderr."""
+    lines: dict[str, None] = {}
+    for record in caught:
+        message = " ".join(str(record.message).split())
+        if message and not issubclass(record.category, _NOT_FOR_USERS):
+            lines[f"warning: {message}"] = None
+    for line in lines:
+        typer.echo(line, err=True)
+
+
+@contextmanager
+def _quiet_logging(quiet: bool) -> Iterator[None]:
+    """With --quiet, silence library log warnings (open_clip, transformers) as well."""
+    if not quiet:
+        yield
+        return
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)

@@ -1,0 +1,426 @@
+"""The ``api-prompt IMAGE QUERY`` command, against the tiny CLIP of the golden fixture.
+
+Most cases run in-process through Typer's ``CliRunner`` (cheap); a representative set runs the
+installed ``api-prompt`` executable in a subprocess, as users do. Every failure must exit
+non-zero with exactly one ``error:`` line on stderr, no traceback, and no file written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "clip_reference"
+MODEL = f"local-dir:{FIXTURE / 'model'}"
+BASE = ["--model", MODEL, "--device", "cpu"]  # the default layer is n_blocks - 2 = 4
+QUERY = "What color is the car on the left?"
+LONG_QUERY = " ".join(["the red car next to the tall building"] * 12)  # > 77 CLIP tokens
+
+
+def _executable() -> str | None:
+    beside_python = Path(sys.executable).with_name("api-prompt")
+    return str(beside_python) if beside_python.exists() else shutil.which("api-prompt")
+
+
+EXECUTABLE = _executable()
+needs_executable = pytest.mark.skipif(EXECUTABLE is None, reason="api-prompt is not installed")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def run_installed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed command in a subprocess (wide terminal, so help text does not wrap)."""
+    env = {**os.environ, "COLUMNS": "200", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    return subprocess.run(
+        [EXECUTABLE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def invoke(*args: str):
+    """The command in-process; returns Click's result (exit_code, stdout, stderr)."""
+    from cli.app import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def read(path: Path) -> Image.Image:
+    """An image file, fully read and closed."""
+    with Image.open(path) as image:
+        copy = image.copy()
+        copy.format = image.format
+        return copy
+
+
+def files_in(folder: Path) -> set[str]:
+    """Every file and folder under ``folder`` (hidden temporaries included)."""
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
+def assert_one_error_line(stderr: str, *words: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), f"{word!r} not in {lines[0]!r}"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder with a copy of a fixture image as ``photo.png``."""
+    shutil.copy(FIXTURE / "images" / "wide.png", tmp_path / "photo.png")
+    return tmp_path
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width``×``height`` pixels: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing written (in-process)
+
+
+def _make_bad_image(folder: Path, kind: str) -> str:
+    good = (FIXTURE / "images" / "wide.png").read_bytes()
+    path = folder / f"{kind}.png"
+    if kind == "missing":
+        return str(path)
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not-an-image":
+        path.write_text("hello, I am text")
+    elif kind == "corrupt":
+        path.write_bytes(good[:16] + bytes(range(256)) * 4)
+    elif kind == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "bomb":
+        path.write_bytes(_png_header_only(20_000, 10_000))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("missing", ["no such file"]),
+        ("directory", ["directory"]),
+        ("not-an-image", ["not a recognised image"]),
+        ("corrupt", ["corrupt"]),
+        ("truncated", ["truncated"]),
+        ("empty", ["empty"]),
+        ("bomb", ["too large"]),
+    ],
+)
+def test_bad_image_fails_cleanly(tmp_path: Path, kind: str, words: list[str]) -> None:
+    image = _make_bad_image(tmp_path, kind)
+    before = files_in(tmp_path)
+    result = invoke(image, QUERY, *BASE)
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, kind if kind != "bomb" else "pixels", *words)
+    assert result.stdout == ""
+    assert files_in(tmp_path) == before
+
+
+BAD_OPTIONS = [
+    pytest.param(["photo.png", ""], ["query is empty"], id="empty-query"),
+    pytest.param(["photo.png", "  \t "], ["query is empty"], id="blank-query"),
+    pytest.param(["photo.png", QUERY, "--preset", "best"], ["unknown preset", "mmvet"], id="preset"),
+    pytest.param(["photo.png", QUERY, "-k", "2"], ["kernel size", "odd"], id="k-even"),
+    pytest.param(["photo.png", QUERY, "-k", "0"], ["kernel size"], id="k-zero"),
+    pytest.param(["photo.png", QUERY, "--kernel-size", "-3"], ["kernel size"], id="k-negative"),
+    pytest.param(["photo.png", QUERY, "-k", "three"], ["--kernel-size", "integer"], id="k-text"),
+    pytest.param(["photo.png", QUERY, "-g", "256"], ["background", "0..255"], id="g-high"),
+    pytest.param(["photo.png", QUERY, "--background", "-1"], ["background"], id="g-negative"),
+    pytest.param(["photo.png", QUERY, "--resample", "cubic"], ["--resample", "lanczos"], id="resample"),
+    pytest.param(["photo.png", QUERY, "--geometry", "crop"], ["--geometry"], id="geometry"),
+    pytest.param(["photo.png", QUERY, "--enhance", "nan"], ["enhance"], id="enhance-nan"),
+    pytest.param(["photo.png", QUERY, "--dtype", "fp8"], ["dtype"], id="dtype"),
+    pytest.param(["photo.png", QUERY, "--device", "tpu:x"], ["device"], id="device"),
+    pytest.param(["photo.png", QUERY, "--backend", "blip"], ["--backend"], id="backend"),
+    pytest.param(["photo.png"], ["missing argument", "query"], id="no-query"),
+    pytest.param(["photo.png", QUERY, "-o", "out.xyz"], ["extension", ".xyz", ".png"], id="ext-unknown"),
+    pytest.param(["photo.png", QUERY, "-o", "out"], ["no extension"], id="ext-none"),
+    pytest.param(["photo.png", QUERY, "--heatmap", "heat.abc"], ["'.abc'"], id="heatmap-ext"),
+    pytest.param(["photo.png", QUERY, "--save-map", "map.png"], ["--save-map", ".npz"], id="map-ext"),
+    pytest.param(["photo.png", QUERY, "-o", "nowhere/out.png"], ["does not exist"], id="missing-dir"),
+    pytest.param(["photo.png", QUERY, "-o", "photo.png/out.png"], ["not a folder"], id="file-as-dir"),
+    pytest.param(["photo.png", QUERY, "-o", "sub"], ["no extension"], id="output-is-dir"),
+    pytest.param(["photo.png", QUERY, "-o", "sub.png"], ["it is a folder"], id="output-is-dir-png"),
+    pytest.param(["photo.png", QUERY, "-o", "a.png", "--heatmap", "a.png"], ["same file"], id="same-file"),
+    pytest.param(["photo.png", QUERY, "-q", "--layer", "6"], ["layer 6", "out of range"], id="layer-high"),
+    pytest.param(["photo.png", QUERY, "-q", "--layer", "-7"], ["layer -7", "out of range"], id="layer-low"),
+    # Fails only when the heat map is written (Pillow cannot store RGB as XBM), after the image
+    # was: the atomic writer must remove what it wrote.
+    pytest.param(["photo.png", QUERY, "-q", "--heatmap", "heat.xbm"], ["xbm"], id="fails-while-writing"),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD_OPTIONS)
+def test_bad_option_fails_cleanly(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], words: list[str]
+) -> None:
+    monkeypatch.chdir(workdir)
+    (workdir / "sub").mkdir()
+    (workdir / "sub.png").mkdir()
+    before = files_in(workdir)
+    base = BASE if "--device" not in args else BASE[:2]
+    result = invoke(*args, *base)
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, *words)
+    assert result.stdout == ""
+    assert files_in(workdir) == before
+
+
+def test_read_only_folder_fails_before_loading(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder we may not write to (simulated: tests often run as root, who may write anywhere)."""
+    import api_prompt.attribution.base as base
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when the output cannot be written")
+
+    real_access = os.access
+    locked = workdir / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    monkeypatch.setattr(base, "create_attributor", no_model)
+    result = invoke(str(workdir / "photo.png"), QUERY, "-o", str(locked / "out.png"), *BASE)
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, "not writable")
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_folder_for_real(workdir: Path) -> None:
+    locked = workdir / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        result = invoke(str(workdir / "photo.png"), QUERY, "-o", str(locked / "out.png"), *BASE)
+        assert result.exit_code == 2
+        assert_one_error_line(result.stderr, "not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_option_errors_come_before_the_model_loads(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import api_prompt.attribution.base as base
+
+    monkeypatch.setattr(base, "create_attributor", lambda *a, **k: pytest.fail("model loaded"))
+    for args in (["-k", "4"], ["-o", "x.unknown"], ["--preset", "nope"], ["-g", "300"]):
+        result = invoke(str(workdir / "photo.png"), QUERY, *args, *BASE)
+        assert result.exit_code == 2, args
+        assert "Loading" not in result.stderr  # no status line: the model was never started
+
+
+# --------------------------------------------------------------------------------------------
+# Awkward but valid input (in-process)
+
+
+def _make_awkward_image(folder: Path, kind: str) -> tuple[Path, tuple[int, int]]:
+    """An image of the given kind and the (W, H) the prompted output must have."""
+    base = read(FIXTURE / "images" / "tall.png").convert("RGB")
+    w, h = base.size
+    if kind == "rgba":
+        image = base.convert("RGBA")
+        image.putalpha(Image.linear_gradient("L").resize(base.size))
+        path = folder / "rgba.png"
+        image.save(path)
+    elif kind == "palette-transparent":
+        image = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        path = folder / "palette.png"
+        image.save(path, transparency=0)
+    elif kind == "animated-gif":
+        frames = [base.convert("P"), base.rotate(180).convert("P")]
+        path = folder / "anim.gif"
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    elif kind == "16-bit":
+        array = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        path = folder / "deep.png"
+        Image.fromarray(array).save(path)
+        assert read(path).mode.startswith("I")
+    elif kind == "cmyk":
+        path = folder / "cmyk.jpg"
+        base.convert("CMYK").save(path, quality=95)
+    elif kind == "exif-rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90° clockwise to display
+        path = folder / "phone.jpg"
+        base.save(path, exif=exif.tobytes(), quality=95)
+        w, h = h, w
+    elif kind == "one-pixel":
+        path = folder / "dot.png"
+        Image.new("RGB", (1, 1), (200, 30, 30)).save(path)
+        w, h = 1, 1
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    return path, (w, h)
+
+
+@pytest.mark.parametrize(
+    "kind", ["rgba", "palette-transparent", "animated-gif", "16-bit", "cmyk", "exif-rotated", "one-pixel"]
+)
+def test_awkward_images_work(tmp_path: Path, kind: str) -> None:
+    path, size = _make_awkward_image(tmp_path, kind)
+    result = invoke(str(path), QUERY, *BASE, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+    written = read(tmp_path / f"{path.stem}_api.png")
+    assert written.format == "PNG" and written.mode == "RGB" and written.size == size
+
+
+@pytest.mark.parametrize("query", ["Où est la voiture rouge ? 車はどこ？ 🚗", "x"])
+def test_non_ascii_and_short_queries(workdir: Path, query: str) -> None:
+    result = invoke(str(workdir / "photo.png"), query, *BASE, "-o", str(workdir / "out.png"))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == f"Wrote {workdir / 'out.png'}"
+    assert "warning" not in result.stderr
+
+
+def test_long_query_warns_once_and_still_works(workdir: Path) -> None:
+    result = invoke(str(workdir / "photo.png"), LONG_QUERY, *BASE)
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "77" in warnings[0] and "truncated" in warnings[0]
+    assert (workdir / "photo_api.png").exists()
+    quiet = invoke(str(workdir / "photo.png"), LONG_QUERY, *BASE, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_output_formats(workdir: Path) -> None:
+    """JPEG at quality 95, lossless PNG equal to the Python API, and WebP from the extension."""
+    from api_prompt import Prompter
+
+    photo = workdir / "photo.png"
+    args = [str(photo), QUERY, *BASE, "-q", "--preset", "mmvet", "-g", "30"]
+    for name in ("out.png", "out.JPG", "out.webp"):
+        assert invoke(*args, "-o", str(workdir / name)).exit_code == 0
+    expected = Prompter(model=MODEL, device="cpu", preset="mmvet", background=30)(photo, QUERY).image
+    assert np.array_equal(np.asarray(read(workdir / "out.png")), np.asarray(expected))
+    assert np.array_equal(np.asarray(read(workdir / "out.webp")), np.asarray(expected))
+    jpeg = read(workdir / "out.JPG")
+    assert jpeg.format == "JPEG"
+    assert np.abs(np.asarray(jpeg, dtype=int) - np.asarray(expected, dtype=int)).mean() < 3
+    assert sorted(files_in(workdir)) == ["out.JPG", "out.png", "out.webp", "photo.png"]
+    assert (os.stat(workdir / "out.png").st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_presets_and_explicit_options(workdir: Path) -> None:
+    """A preset fills the unset options; an explicit option beats the preset."""
+    photo = workdir / "photo.png"
+
+    def pixels(*options: str) -> np.ndarray:
+        out = workdir / "out.png"
+        result = invoke(str(photo), QUERY, *BASE, "-q", "-o", str(out), *options)
+        assert result.exit_code == 0, result.stderr
+        return np.asarray(read(out))
+
+    default = pixels()
+    assert np.array_equal(default, pixels("--preset", "package"))
+    llava_wild = pixels("--preset", "llava-wild")
+    assert not np.array_equal(default, llava_wild)
+    explicit = pixels("--enhance", "10", "-k", "7", "--resample", "lanczos", "-g", "200")
+    assert np.array_equal(llava_wild, explicit)
+    # llava-wild with every setting overridden back to the package's is the package default.
+    overridden = pixels("--preset", "llava-wild", "-k", "3", "-g", "0")
+    assert np.array_equal(default, overridden)
+
+
+# --------------------------------------------------------------------------------------------
+# The installed executable (subprocesses: a representative set)
+
+
+@needs_executable
+def test_installed_help_shows_defaults(tmp_path: Path) -> None:
+    result = run_installed("prompt", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = result.stdout
+    for expected in (
+        "IMAGE", "QUERY", "--output", "<stem>_api.png", "quality 95", "--save-map", "--heatmap",
+        "--preset", "default package", "(preset: 10)", "(preset: 3)", "(preset: lanczos)",
+        "(preset: 0)", "[default: clip]", "[default: stretch]", "[default: auto]",
+        "ViT-L-14-336-quickgelu", "n_blocks-2", "--quiet", "--debug",
+    ):
+        assert expected in text, expected
+
+
+@needs_executable
+def test_installed_version(tmp_path: Path) -> None:
+    from api_prompt import __version__
+
+    result = run_installed("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"api-prompt {__version__}"
+
+
+@needs_executable
+def test_installed_end_to_end_matches_python_api(workdir: Path) -> None:
+    """Default output name, map, heat map, status line, truncation warning and success line."""
+    from api_prompt import Prompter
+
+    result = run_installed(
+        "photo.png", LONG_QUERY, *BASE, "--save-map", "map.npz", "--heatmap", "heat.jpg", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Wrote photo_api.png (map: map.npz, heat map: heat.jpg)"
+    status, warning = result.stderr.strip().splitlines()
+    assert status == f"Loading clip model {MODEL} ..."
+    assert warning.startswith("warning: the query is") and "truncated to the first 77" in warning
+    assert sorted(files_in(workdir)) == ["heat.jpg", "map.npz", "photo.png", "photo_api.png"]
+
+    with pytest.warns(UserWarning, match="truncated"):
+        expected = Prompter(model=MODEL, device="cpu")(workdir / "photo.png", LONG_QUERY)
+    assert np.array_equal(np.asarray(read(workdir / "photo_api.png")), np.asarray(expected.image))
+    with np.load(workdir / "map.npz") as saved:
+        assert {"mask", "psi_cls", "psi_comp"} <= set(saved.files)
+        assert saved["mask"].shape == (8, 8) and saved["mask"].dtype == np.float32
+        np.testing.assert_array_equal(saved["mask"], expected.map.mask)
+    heat = read(workdir / "heat.jpg")
+    assert heat.format == "JPEG" and heat.width > expected.image.width  # the colour bar
+
+
+@needs_executable
+@pytest.mark.parametrize("case", ["missing-file", "unknown-resample"])
+def test_installed_failures(workdir: Path, case: str) -> None:
+    """The real executable: one clear line on stderr, no traceback, nothing written."""
+    args, words = {
+        "missing-file": (["nope.png", QUERY], ["nope.png", "no such file"]),
+        "unknown-resample": (["photo.png", QUERY, "--resample", "cubic"], ["--resample"]),
+    }[case]
+    before = files_in(workdir)
+    result = run_installed(*args, *BASE, cwd=workdir)
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, *words)
+    assert result.stdout == ""
+    assert files_in(workdir) == before
+
+
+@needs_executable
+def test_installed_debug_shows_the_traceback(workdir: Path) -> None:
+    result = run_installed("photo.png", QUERY, *BASE, "-k", "4", "--debug", cwd=workdir)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "kernel size" in result.stderr

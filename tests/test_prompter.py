@@ -1,0 +1,168 @@
+"""The Python API: ``Prompter``, ``prompt()`` and ``check_settings`` (presets, validation, pixels)."""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import api_prompt.prompter as prompter_module
+from api_prompt import PRESETS, AttentionMap, Prompter, prompt
+from api_prompt.attribution.base import Attributor
+from api_prompt.errors import ConfigError
+from api_prompt.prompter import check_settings
+
+FIXTURE = Path(__file__).parent / "fixtures" / "clip_reference"
+MODEL = f"local-dir:{FIXTURE / 'model'}"
+
+
+class FixedMap(Attributor):
+    """A model-free attributor: the same diagonal 4×4 map for every image."""
+
+    name = "fixed"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def attribute(self, images, queries):
+        self.calls += 1
+        mask = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+        return [
+            AttentionMap(mask=mask, parts={}, image_size=im.size, region=(0.0, 0.0, *im.size), query=q)
+            for im, q in zip(images, queries)
+        ]
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a model would be loaded."""
+    monkeypatch.setattr(
+        prompter_module, "create_attributor", lambda *a, **k: pytest.fail("a model was loaded")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and presets (no model)
+
+
+def test_default_settings_are_the_package_preset() -> None:
+    settings, overlay = check_settings()
+    assert settings == PRESETS["package"] == {
+        "enhance": 10.0, "kernel_size": 3, "resample": "lanczos", "background": 0
+    }
+    assert repr(overlay) == "Overlay(resample='lanczos', background=0, geometry='stretch')"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves(name: str) -> None:
+    settings, overlay = check_settings(name)
+    assert settings == {**PRESETS[name], "enhance": float(PRESETS[name]["enhance"])}
+    assert overlay.background == PRESETS[name]["background"]
+
+
+def test_explicit_options_override_the_preset() -> None:
+    settings, overlay = check_settings("llava-wild", kernel_size=1, background=0, resample="NEAREST")
+    assert settings == {"enhance": 10.0, "kernel_size": 1, "resample": "NEAREST", "background": 0}
+    assert overlay.resample is Image.Resampling.NEAREST
+    # None means "not set": the preset keeps its value.
+    assert check_settings("mmvet", enhance=None)[0]["enhance"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"preset": "best"}, "unknown preset 'best'"),
+        ({"kernel_size": 2}, "odd integer >= 1, got 2"),
+        ({"kernel_size": 0}, "odd integer >= 1, got 0"),
+        ({"kernel_size": -1}, "odd integer >= 1, got -1"),
+        ({"kernel_size": 3.0}, "kernel size"),
+        ({"enhance": math.nan}, "enhance must be a finite number"),
+        ({"enhance": "10"}, "enhance must be a finite number"),
+        ({"background": 256}, "0..255"),
+        ({"background": -1}, "0..255"),
+        ({"resample": "cubic"}, "unknown resample 'cubic'"),
+        ({"geometry": "crop"}, "unknown geometry 'crop'"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_model(no_model, options: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        Prompter(model=MODEL, device="cpu", **options)
+
+
+def test_prompter_with_a_ready_attributor(no_model) -> None:
+    attributor = FixedMap()
+    prompter = Prompter(attributor=attributor, preset="llava-wild", kernel_size=3)
+    assert prompter.attributor is attributor
+    assert prompter.settings["background"] == 200 and prompter.settings["kernel_size"] == 3
+    assert prompter.describe() == {"backend": "fixed", **prompter.settings, "geometry": "stretch"}
+    image = Image.new("RGBA", (12, 8), (10, 20, 30, 255))
+    result = prompter(image, "anything")
+    assert result.image.mode == "RGB" and result.image.size == (12, 8)
+    assert result.map.query == "anything"
+    # Two images and one query: one batched call.
+    results = prompter.batch([image, np.zeros((3, 5, 3), np.uint8)], "q")
+    assert [r.image.size for r in results] == [(12, 8), (5, 3)] and attributor.calls == 2
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\n\t"])
+def test_blank_query_is_refused(query: str) -> None:
+    with pytest.raises(ConfigError, match="query is empty"):
+        Prompter(attributor=FixedMap())(Image.new("RGB", (4, 4)), query)
+
+
+# --------------------------------------------------------------------------------------------
+# The real (tiny) CLIP model
+
+
+@pytest.fixture(scope="module")
+def photo() -> Path:
+    return FIXTURE / "images" / "wide.png"
+
+
+def test_prompt_and_prompter_give_the_same_pixels(photo: Path) -> None:
+    query = "What color is the car on the left?"
+    options = dict(model=MODEL, device="cpu", preset="mmvet", background=40)
+    by_prompter = Prompter(**options)(photo, query).image
+    by_function = prompt(photo, query, **options)
+    assert isinstance(by_function, Image.Image) and by_function.size == (151, 97)
+    assert np.array_equal(np.asarray(by_prompter), np.asarray(by_function))
+    # The model stays loaded for the next call with the same options ...
+    kept = prompter_module._last_prompter[1]
+    prompt(np.asarray(by_prompter), "Is there a dog?", **options)
+    assert prompter_module._last_prompter[1] is kept
+    # A query longer than CLIP's 77 tokens is truncated, with a warning; a short one is not.
+    with pytest.warns(UserWarning, match="tokens long .* truncated to the first 77"):
+        prompt(photo, " ".join(["a red car beside a tall building"] * 12), **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prompt(photo, "Où est la voiture ? 車はどこ？", **options)
+    # ... and other options give another prompter.
+    prompt(photo, query, **{**options, "background": 0})
+    assert prompter_module._last_prompter[1] is not kept
+
+
+def test_layer_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="out of range"):
+        Prompter(model=MODEL, device="cpu", layer=6)
+
+
+def test_prompter_reproduces_the_reference_images(clip_cases: list[dict]) -> None:
+    """Each golden case through the whole pipeline, within one gray level of the reference."""
+    for case in clip_cases:
+        prompter = Prompter(
+            model=MODEL, device="cpu", layer=case["layer"], enhance=case["enhance"],
+            kernel_size=case["kernel_size"], resample=case["resample"],
+            background=case["background"],
+        )
+        result = prompter(FIXTURE / case["image"], case["query"])
+        with Image.open(FIXTURE / case["expected_image"]) as reference:
+            expected = np.asarray(reference.convert("RGB"), dtype=int)
+        assert result.map.grid == case["grid"]
+        difference = np.abs(np.asarray(result.image, dtype=int) - expected)
+        assert difference.max() <= 1, case["name"]
+        assert (difference > 0).mean() < 0.05, case["name"]
