@@ -89,9 +89,12 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on
 
 def build_prompter(
     *, backend: Backend, model, pretrained, layer, device, dtype, preset, enhance, kernel_size,
-    resample, background, geometry, quiet: bool,
+    resample, background, geometry, quiet: bool, **backend_options,
 ):
-    """The Prompter the options describe, with a status line while the model loads."""
+    """The Prompter the options describe, with a status line while the model loads.
+
+    ``backend_options`` go to the backend's constructor (e.g. ``batch_size``).
+    """
     from api_prompt.prompter import Prompter
 
     with status(f"Loading {backend.value} model {model or '(default)'}", quiet=quiet):
@@ -99,7 +102,7 @@ def build_prompter(
             backend.value, model, pretrained=pretrained, preset=preset, layer=layer,
             enhance=enhance, kernel_size=kernel_size,
             resample=resample.value if resample else None, background=background,
-            geometry=geometry.value, device=device, dtype=dtype,
+            geometry=geometry.value, device=device, dtype=dtype, **backend_options,
         )
 
 
