@@ -33,6 +33,7 @@ _PUBLIC = {
     "wrap": "api_prompt.targets",
     "HFTarget": "api_prompt.targets",
     "OpenAITarget": "api_prompt.targets",
+    "as_target": "api_prompt.targets",
     "APIPromptError": "api_prompt.errors",
 }
 

@@ -23,3 +23,14 @@ class ModelLoadError(APIPromptError, RuntimeError):
 
 class UnsupportedModelError(ModelLoadError):
     """The model loads, but its architecture is not one this backend can attribute."""
+
+
+class TargetError(APIPromptError, RuntimeError):
+    """A target model failed to answer (HTTP error, refused request, timeout, ...).
+
+    ``status`` holds the HTTP status code when there is one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

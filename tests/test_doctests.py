@@ -13,6 +13,12 @@ MODULES = [
     "api_prompt.attribution.base",
     "api_prompt.images",
     "api_prompt.overlay",
+    "api_prompt.prompter",
+    "api_prompt.batch.sources",
+    "api_prompt.batch.store",
+    "api_prompt.targets.base",
+    "api_prompt.targets.wrap",
+    "api_prompt.targets.openai",
 ]
 
 

@@ -1,0 +1,49 @@
+"""Target models: the vision-language models that answer on the (prompted) image.
+
+Every target is called as ``target(images, questions, **generation) -> list[str]``.
+
+- :class:`HFTarget`: any transformers image-text-to-text model with a chat template.
+- :class:`OpenAITarget`: any OpenAI-compatible chat-completions server.
+- any function ``(image, question) -> str``, through :func:`as_target`.
+
+:func:`wrap` puts a :class:`~api_prompt.Prompter` in front of a target:
+
+>>> from api_prompt.targets import wrap                                   # doctest: +SKIP
+>>> ask = wrap("openai:gpt-4o-mini", prompter)                            # doctest: +SKIP
+>>> ask("car.jpg", "What color is the car?")                              # doctest: +SKIP
+'Red.'
+
+``HFTarget`` (torch, transformers) and ``OpenAITarget`` are imported only when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import (
+    TARGETS, BaseTarget, CallableTarget, Target, TargetError, as_target, create_target,
+    normalise_batch,
+)
+from .wrap import MODES, PromptedTarget, wrap
+
+_LAZY = {
+    "HFTarget": "api_prompt.targets.hf",
+    "OpenAITarget": "api_prompt.targets.openai",
+    "encode_image": "api_prompt.targets.openai",
+}
+
+__all__ = [
+    "Target", "BaseTarget", "CallableTarget", "TargetError", "HFTarget", "OpenAITarget",
+    "PromptedTarget", "as_target", "create_target", "normalise_batch", "wrap", "encode_image",
+    "MODES", "TARGETS",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'api_prompt.targets' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,171 @@
+"""``api-prompt ask IMAGE QUESTION --target ...``: answer with a target model on the prompted image.
+
+The command builds the same objects as the Python API: a :class:`~api_prompt.Prompter` for the
+auxiliary model, a target from ``--target`` (:func:`api_prompt.targets.create_target`), and
+:func:`api_prompt.targets.wrap` to join them. ``--no-api`` skips prompting (and never loads the
+auxiliary model), which gives the baseline answer on the original image.
+
+Example::
+
+    api-prompt ask photo.jpg "What color is the car?" --target hf:Qwen/Qwen2-VL-2B-Instruct
+    api-prompt ask photo.jpg "What color is the car?" --target openai:gpt-4o-mini --no-api
+"""
+
+from __future__ import annotations
+
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from api_prompt.errors import ConfigError
+
+from .app import app
+from .common import (
+    Backend,
+    BackendOpt,
+    BackgroundOpt,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EnhanceOpt,
+    Geometry,
+    GeometryOpt,
+    KernelOpt,
+    LayerOpt,
+    ModelOpt,
+    OneLineErrorCommand,
+    PresetOpt,
+    PretrainedOpt,
+    QuietOpt,
+    ResampleOpt,
+    build_prompter,
+    handle_errors,
+    status,
+)
+
+_TARGET = "Target model"
+
+
+class Mode(str, Enum):
+    prompted = "prompted"
+    both = "both"
+
+
+TargetOpt = Annotated[str, typer.Option(
+    "--target", "-t", rich_help_panel=_TARGET, show_default=False,
+    help="The model that answers: 'hf:<Hugging Face id or folder>' (an image-text-to-text model "
+    "with a chat template) or 'openai:<model>' (any OpenAI-compatible chat-completions server).",
+)]
+BaseUrlOpt = Annotated[Optional[str], typer.Option(
+    "--base-url", rich_help_panel=_TARGET, show_default=False,
+    help="openai: API root ending in /v1 (default: $OPENAI_BASE_URL, else "
+    "https://api.openai.com/v1). The key is read from $OPENAI_API_KEY.",
+)]
+NoApiOpt = Annotated[bool, typer.Option(
+    "--no-api", rich_help_panel=_TARGET,
+    help="Send the original image (no attention prompting, no auxiliary model): the baseline.",
+)]
+ModeOpt = Annotated[Mode, typer.Option(
+    "--mode", rich_help_panel=_TARGET,
+    help="prompted: only the prompted image (the paper); both: the original, then the prompted image.",
+)]
+MaxNewTokensOpt = Annotated[int, typer.Option(
+    "--max-new-tokens", rich_help_panel=_TARGET, min=1, help="Longest answer, in tokens.",
+)]
+TargetDeviceOpt = Annotated[Optional[str], typer.Option(
+    "--target-device", rich_help_panel=_TARGET, show_default="same as --device",
+    help="hf: where the target model runs (auto, cpu, cuda, cuda:N or mps).",
+)]
+TargetDtypeOpt = Annotated[Optional[str], typer.Option(
+    "--target-dtype", rich_help_panel=_TARGET, show_default=False,
+    help="hf: fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU).",
+)]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", rich_help_panel=_TARGET, min=0.001, help="openai: seconds to wait for each request.",
+)]
+SavePromptedOpt = Annotated[Optional[Path], typer.Option(
+    "--save-prompted", rich_help_panel=_TARGET, show_default=False,
+    help="Also write the image the target saw (PNG or any format Pillow writes).",
+)]
+
+
+@app.command("ask", cls=OneLineErrorCommand)
+def ask_command(
+    image: Annotated[Path, typer.Argument(
+        metavar="IMAGE", help="The image to ask about.", show_default=False)],
+    question: Annotated[str, typer.Argument(
+        metavar="QUESTION", help="The question for the target model.", show_default=False)],
+    target: TargetOpt = ...,
+    base_url: BaseUrlOpt = None,
+    no_api: NoApiOpt = False,
+    mode: ModeOpt = Mode.prompted,
+    max_new_tokens: MaxNewTokensOpt = 128,
+    target_device: TargetDeviceOpt = None,
+    target_dtype: TargetDtypeOpt = None,
+    timeout: TimeoutOpt = 60.0,
+    save_prompted: SavePromptedOpt = None,
+    preset: PresetOpt = None,
+    backend: BackendOpt = Backend.clip,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    enhance: EnhanceOpt = None,
+    kernel_size: KernelOpt = None,
+    resample: ResampleOpt = None,
+    background: BackgroundOpt = None,
+    geometry: GeometryOpt = Geometry.stretch,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Answer QUESTION about IMAGE with a target model, shown the attention-prompted image.
+
+    Example:  api-prompt ask photo.jpg "What color is the car?" --target openai:gpt-4o-mini
+    """
+    from api_prompt.images import load_image
+    from api_prompt.targets import create_target, wrap
+
+    with handle_errors(debug):
+        # 1. Everything cheap first, so a typo never costs a model load.
+        if not question.strip():
+            raise ConfigError("the question is empty: pass what the target should answer")
+        kind = target.partition(":")[0]
+        options: dict = {}
+        if kind == "openai":
+            options.update(base_url=base_url, timeout=timeout)
+        elif base_url is not None:
+            raise ConfigError("--base-url only applies to --target openai:<model>")
+        if kind == "hf":
+            options.update(device=target_device or device, dtype=target_dtype)
+        if no_api and mode is Mode.both:
+            raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
+        picture = load_image(image)
+
+        # 2. The models.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with status(f"Loading target {target}", quiet=quiet):
+                answerer = create_target(target, **options)
+            if no_api:
+                shown = picture
+                with status("Asking the target", quiet=quiet):
+                    answer = answerer([picture], [question], max_new_tokens=max_new_tokens)[0]
+            else:
+                prompter = build_prompter(
+                    backend=backend, model=model, pretrained=pretrained, layer=layer,
+                    device=device, dtype=dtype, preset=preset, enhance=enhance,
+                    kernel_size=kernel_size, resample=resample, background=background,
+                    geometry=geometry, quiet=quiet,
+                )
+                asker = wrap(answerer, prompter, mode=mode.value, max_new_tokens=max_new_tokens)
+                with status("Asking the target", quiet=quiet):
+                    answer = asker(picture, question)
+                shown = asker.last_prompted[0]
+        if save_prompted is not None:
+            shown.save(save_prompted)
+
+    typer.echo(answer)
