@@ -1,0 +1,188 @@
+"""Cost of the CLIP attribution over a plain CLIP forward of the same batch.
+
+Builds random-weight open_clip models of the paper's shapes (``pretrained=None``: nothing is
+downloaded) and compares, on the same images and queries:
+
+- baseline: ``preprocess`` + ``encode_image`` + ``tokenize`` + ``encode_text``;
+- attribution: ``CLIPAttributor.attribute`` (the same work, plus the hooks, the class-token row of
+  one block, the decomposition and the combined mask), with its text cache cleared before every
+  call so it encodes the text too.
+
+Time: median of ``--repeats`` calls after one warm-up, baseline and attribution interleaved so
+load drifts hit both alike. Memory: the peak of memory allocated *during* the call above what was
+allocated before it (so the weights, identical for both, are excluded and the ratio shows the
+activations): on CUDA from ``torch.cuda.max_memory_allocated``; on the CPU from the allocation and
+free events of ``torch.profiler`` (``profile_memory=True``), replayed in time order, which counts
+every torch tensor (RSS sampling would miss short peaks and includes allocator caching).
+
+    python benchmarks/bench_clip.py                                   # CPU and, if present, CUDA
+    python benchmarks/bench_clip.py --models ViT-B-16 --batch-sizes 1 --repeats 5
+
+Target: time ratio <= 1.10 and memory ratio <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import open_clip  # noqa: E402
+
+from api_prompt.attribution.clip import CLIPAttributor  # noqa: E402
+
+MODELS = ["ViT-B-16", "ViT-L-14-336-quickgelu"]
+
+
+def make_inputs(batch_size: int, seed: int = 0) -> tuple[list[Image.Image], list[str]]:
+    """Random photos of mixed sizes and one distinct question each."""
+    rng = np.random.default_rng(seed)
+    sizes = [(640, 480), (480, 640), (500, 500), (800, 450)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for w, h in (sizes[i % len(sizes)] for i in range(batch_size))
+    ]
+    queries = [f"what is written on sign number {i} next to the red car?" for i in range(batch_size)]
+    return images, queries
+
+
+def baseline_call(model, preprocess, tokenizer, device, dtype) -> Callable[[list, list], None]:
+    def run(images, queries):
+        with torch.no_grad():
+            pixels = torch.stack([preprocess(image) for image in images]).to(device, dtype=dtype)
+            model.encode_image(pixels)
+            model.encode_text(tokenizer(queries).to(device))
+        synchronize(device)
+
+    return run
+
+
+def attribution_call(attributor: CLIPAttributor, device) -> Callable[[list, list], None]:
+    def run(images, queries):
+        attributor._text_cache.clear()  # encode the text every time, as the baseline does
+        attributor.attribute(images, queries)
+        synchronize(device)
+
+    return run
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_times(calls: dict[str, Callable], images, queries, repeats: int) -> dict[str, float]:
+    for call in calls.values():  # warm-up
+        call(images, queries)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(images, queries)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_extra_memory(call: Callable, images, queries, device: torch.device) -> int:
+    """Bytes allocated at the peak of ``call`` above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        call(images, queries)
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call(images, queries)
+    # raw allocator events (bytes > 0 allocated, < 0 freed); prof.events() folds them into ops
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+    )
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def bench_model(name: str, device: torch.device, batch_sizes: list[int], repeats: int) -> list[dict]:
+    dtype = torch.float32
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    attributor = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, batch_size=max(batch_sizes))
+    calls = {
+        "baseline": baseline_call(model, preprocess, tokenizer, device, dtype),
+        "attribution": attribution_call(attributor, device),
+    }
+    rows = []
+    for batch_size in batch_sizes:
+        images, queries = make_inputs(batch_size)
+        times = median_times(calls, images, queries, repeats)
+        memory = {key: peak_extra_memory(call, images, queries, device) for key, call in calls.items()}
+        rows.append(
+            dict(model=name, device=device.type, batch=batch_size, layer=attributor.layer, **{
+                "base_s": times["baseline"], "attr_s": times["attribution"],
+                "time_ratio": times["attribution"] / times["baseline"],
+                "base_mib": memory["baseline"] / 2**20, "attr_mib": memory["attribution"] / 2**20,
+                "mem_ratio": memory["attribution"] / memory["baseline"],
+            })
+        )
+        print(f"  {name} {device.type} batch {batch_size}: done", file=sys.stderr, flush=True)
+    del model, attributor
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = (
+        "| model | device | batch | L' | baseline s | attribution s | time ratio | "
+        "baseline peak MiB | attribution peak MiB | memory ratio |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [
+        f"| {r['model']} | {r['device']} | {r['batch']} | {r['layer']} | {r['base_s']:.3f} | "
+        f"{r['attr_s']:.3f} | {r['time_ratio']:.3f} | {r['base_mib']:.1f} | {r['attr_mib']:.1f} | "
+        f"{r['mem_ratio']:.3f} |"
+        for r in rows
+    ]
+    return "\n".join([header, *lines])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda if available")
+    args = parser.parse_args(argv)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    logging.getLogger("api_prompt").setLevel(logging.ERROR)  # random-weight warnings are expected
+
+    rows = []
+    for device in devices:
+        for name in args.models:
+            rows.extend(bench_model(name, torch.device(device), args.batch_sizes, args.repeats))
+    command = " ".join(shlex.quote(part) for part in ["python", "benchmarks/bench_clip.py", *sys.argv[1:]])
+    print(f"`{command}` (torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"median of {args.repeats}, random weights, fp32)\n")
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
