@@ -447,6 +447,31 @@ def select_strategy(visual: nn.Module):
     )
 
 
+def _as_float(parameter: torch.Tensor | None, default: float) -> torch.Tensor | float:
+    """A parameter as float32, or ``default`` when the module has none (bias=False, no affine)."""
+    return parameter.float() if parameter is not None else default
+
+
+#: Decompositions tried in order; the first that supports the tower is used.
+STRATEGIES = [ClassTokenDecomposition]
+
+
+def select_strategy(visual: nn.Module):
+    """The first strategy in :data:`STRATEGIES` that can explain ``visual``, else UnsupportedModelError."""
+    reasons = []
+    for strategy in STRATEGIES:
+        reason = strategy.unsupported_reason(visual)
+        if reason is None:
+            return strategy
+        reasons.append(reason)
+    supported = "; ".join(strategy.description for strategy in STRATEGIES)
+    raise UnsupportedModelError(
+        f"this CLIP cannot be attributed: {reasons[0]}. Supported: {supported}, e.g. the OpenAI "
+        f"and LAION ViT-B-16 / ViT-L-14 / ViT-L-14-336 models. ResNet (RN50, ...), timm towers "
+        f"and attention-pooled models (SigLIP, CoCa) are not supported."
+    )
+
+
 def cls_attention_contributions(block: nn.Module, block_input: torch.Tensor) -> torch.Tensor:
     """c_m for every source token m: its share of the class token's attention output, heads summed.
 

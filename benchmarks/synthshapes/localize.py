@@ -1,0 +1,169 @@
+"""Localization benchmark: do the API maps point at the object the query names?
+
+For held-out synthetic scenes (a seed range disjoint from training) each query names one object
+that is present, e.g. "a red circle". For every layer L' of the shipped CLIP, and for
+
+- ``psi_cls``      Ψcls alone (the cls-token decomposition),
+- ``psi_comp_inv`` the inverted Ψcomp alone (high where the patch is *not* register-like),
+- ``mask``         the soft-OR mask the method uses (enhance + box filter, ALGORITHM.md §1),
+- ``random``       a uniform random map (the chance level),
+
+it reports
+
+- **pointing game**: the map's argmax cell centre falls inside the object's box enlarged by half a
+  patch on every side;
+- **mass in box**: the share of the min-max normalised map's mass (upsampled to pixels, nearest)
+  that falls inside the object's box.
+
+One command reproduces the table and the plot::
+
+    python -m benchmarks.synthshapes.localize --scenes 300 --out benchmarks/synthshapes/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+from api_prompt.attribution.clip import CLIPAttributor
+from api_prompt.maps import minmax
+
+from .scenes import make_scene, phrase_caption
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "synthshapes-clip"
+EVAL_SEED = 20_241_000  # training uses seeds far below this; see assets/synthshapes-clip/TRAINING.md
+METHODS = ("psi_cls", "psi_comp_inv", "mask", "random")
+
+
+def held_out_queries(n_scenes: int, n_objects: int, seed: int = EVAL_SEED):
+    """(scene, object) pairs: one query per scene, naming one of its objects chosen at random."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n_scenes):
+        scene = make_scene(rng, size=64, n_objects=n_objects)
+        target = scene.objects[int(rng.integers(len(scene.objects)))]
+        pairs.append((scene, target))
+    return pairs
+
+
+def candidate_maps(amap, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The four maps compared, each P×P and non-negative."""
+    return {
+        "psi_cls": minmax(amap.parts["psi_cls"]),
+        "psi_comp_inv": minmax(amap.parts["psi_comp"], invert=True),
+        "mask": amap.mask,
+        "random": rng.random(amap.mask.shape).astype(np.float32),
+    }
+
+
+def score(grid_map: np.ndarray, box, image_size: int) -> tuple[float, float]:
+    """(pointing-game hit, mass share inside the box) of one P×P map for one object box."""
+    grid = grid_map.shape[0]
+    cell = image_size / grid
+    row, col = np.unravel_index(int(np.argmax(grid_map)), grid_map.shape)
+    cx, cy = (col + 0.5) * cell, (row + 0.5) * cell
+    x0, y0, x1, y1 = box
+    half = cell / 2
+    hit = float(x0 - half <= cx <= x1 + half and y0 - half <= cy <= y1 + half)
+    pixels = np.kron(grid_map, np.ones((int(cell), int(cell)), dtype=np.float32))
+    total = float(pixels.sum())
+    inside = float(pixels[y0:y1, x0:x1].sum())
+    return hit, (inside / total if total > 0 else 0.0)
+
+
+def evaluate(model_dir: Path, n_scenes: int, n_objects: int, enhance: float, kernel_size: int,
+             batch_size: int = 64, seed: int = EVAL_SEED) -> dict:
+    """Per layer and method: mean pointing game and mass share over the held-out queries."""
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
+    n_blocks = len(model.visual.transformer.resblocks)
+    pairs = held_out_queries(n_scenes, n_objects, seed)
+    images = [scene.image for scene, _ in pairs]
+    queries = [phrase_caption([target.phrase]) for _, target in pairs]
+
+    results: dict = {}
+    for layer in range(n_blocks):
+        attributor = CLIPAttributor(
+            model, preprocess=preprocess, tokenizer=tokenizer, layer=layer, enhance=enhance,
+            kernel_size=kernel_size, device="cpu", batch_size=batch_size,
+        )
+        maps = attributor(images, queries)
+        rng = np.random.default_rng(seed + layer)
+        scores = {method: [] for method in METHODS}
+        for amap, (scene, target) in zip(maps, pairs):
+            for method, grid_map in candidate_maps(amap, rng).items():
+                scores[method].append(score(grid_map, target.box, scene.size))
+        results[layer] = {
+            method: {
+                "pointing_game": float(np.mean([hit for hit, _ in values])),
+                "mass_in_box": float(np.mean([mass for _, mass in values])),
+            }
+            for method, values in scores.items()
+        }
+    return {"n_blocks": n_blocks, "layers": results}
+
+
+def markdown_table(results: dict, metric: str) -> str:
+    header = "| layer L' | " + " | ".join(METHODS) + " |"
+    rule = "|---" * (len(METHODS) + 1) + "|"
+    rows = [
+        f"| {layer} | " + " | ".join(f"{scores[m][metric]:.3f}" for m in METHODS) + " |"
+        for layer, scores in results["layers"].items()
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(results["layers"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, title in zip(axes, ("pointing_game", "mass_in_box"), ("Pointing game", "Mass inside the box")):
+        for method in METHODS:
+            ax.plot(layers, [results["layers"][l][method][metric] for l in layers], marker="o", label=method)
+        ax.set_xlabel("layer L' (0-based block)")
+        ax.set_title(title)
+        ax.set_xticks(layers)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="local-dir model folder")
+    parser.add_argument("--scenes", type=int, default=300, help="held-out scenes (one query each)")
+    parser.add_argument("--objects", type=int, default=3, help="objects per scene")
+    parser.add_argument("--enhance", type=float, default=10.0)
+    parser.add_argument("--kernel-size", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
+    results = evaluate(args.model, args.scenes, args.objects, args.enhance, args.kernel_size, seed=args.seed)
+    results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "localization.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / "localization.png")
+    print(f"{args.scenes} held-out scenes with {args.objects} objects, coe {args.enhance}, k {args.kernel_size}"
+          f" ({time.perf_counter() - started:.0f} s)\n")
+    print("Pointing game\n\n" + markdown_table(results, "pointing_game") + "\n")
+    print("Mass inside the box\n\n" + markdown_table(results, "mass_in_box"))
+
+
+if __name__ == "__main__":
+    main()
