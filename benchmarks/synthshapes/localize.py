@@ -5,6 +5,7 @@ that is present, e.g. "a red circle". For every layer L' of the shipped CLIP, an
 
 - ``psi_cls``      Ψcls alone (the cls-token decomposition),
 - ``psi_comp_inv`` the inverted Ψcomp alone (high where the patch is *not* register-like),
+- ``psi_comp``     Ψcomp not inverted (for analysis: which sign of Ψcomp points at the object),
 - ``mask``         the soft-OR mask the method uses (enhance + box filter, ALGORITHM.md §1),
 - ``random``       a uniform random map (the chance level),
 
@@ -38,7 +39,7 @@ from .scenes import make_scene, phrase_caption
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "synthshapes-clip"
 EVAL_SEED = 20_241_000  # training uses seeds far below this; see assets/synthshapes-clip/TRAINING.md
-METHODS = ("psi_cls", "psi_comp_inv", "mask", "random")
+METHODS = ("psi_cls", "psi_comp_inv", "psi_comp", "mask", "random")
 
 
 def held_out_queries(n_scenes: int, n_objects: int, seed: int = EVAL_SEED):
@@ -53,10 +54,11 @@ def held_out_queries(n_scenes: int, n_objects: int, seed: int = EVAL_SEED):
 
 
 def candidate_maps(amap, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The four maps compared, each P×P and non-negative."""
+    """The maps compared, each P×P and non-negative."""
     return {
         "psi_cls": minmax(amap.parts["psi_cls"]),
         "psi_comp_inv": minmax(amap.parts["psi_comp"], invert=True),
+        "psi_comp": minmax(amap.parts["psi_comp"]),
         "mask": amap.mask,
         "random": rng.random(amap.mask.shape).astype(np.float32),
     }
