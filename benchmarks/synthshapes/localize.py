@@ -136,7 +136,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(title)
         ax.set_xticks(layers)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
