@@ -1,8 +1,9 @@
 """The ``api-prompt IMAGE QUERY`` command, against the tiny CLIP of the golden fixture.
 
-Most cases run in-process through Typer's ``CliRunner`` (cheap); a representative set runs the
-installed ``api-prompt`` executable in a subprocess, as users do. Every failure must exit
-non-zero with exactly one ``error:`` line on stderr, no traceback, and no file written.
+Every bad and awkward input a user is likely to meet runs the installed ``api-prompt``
+executable in a subprocess, as users do (marked ``installed`` where a list mixes both); the many
+further option checks run in-process through Typer's ``CliRunner`` (cheap). Every failure must
+exit non-zero with exactly one ``error:`` line on stderr, no traceback, and no file written.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+def run_cli(*args: str, cwd: Path, installed: bool) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr): the installed executable in ``cwd``, or in-process."""
+    if installed:
+        done = run_installed(*args, cwd=cwd)
+        return done.returncode, done.stdout, done.stderr
+    result = invoke(*args)
+    return result.exit_code, result.stdout, result.stderr
+
+
 def read(path: Path) -> Image.Image:
     """An image file, fully read and closed."""
     with Image.open(path) as image:
@@ -95,7 +105,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-# Bad input: one line, exit 2, nothing written (in-process)
+# Bad input: one line, exit 2, nothing written
 
 
 def _make_bad_image(folder: Path, kind: str) -> str:
@@ -133,24 +143,26 @@ def _make_bad_image(folder: Path, kind: str) -> str:
 def test_bad_image_fails_cleanly(tmp_path: Path, kind: str, words: list[str]) -> None:
     image = _make_bad_image(tmp_path, kind)
     before = files_in(tmp_path)
-    result = invoke(image, QUERY, *BASE)
-    assert result.exit_code == 2
-    assert_one_error_line(result.stderr, kind if kind != "bomb" else "pixels", *words)
-    assert result.stdout == ""
+    code, stdout, stderr = run_cli(image, QUERY, *BASE, cwd=tmp_path, installed=True)
+    assert code == 2
+    assert_one_error_line(stderr, kind if kind != "bomb" else "pixels", *words)
+    assert stdout == ""
     assert files_in(tmp_path) == before
 
 
+INSTALLED = pytest.mark.installed  # run through the installed executable
+
 BAD_OPTIONS = [
-    pytest.param(["photo.png", ""], ["query is empty"], id="empty-query"),
-    pytest.param(["photo.png", "  \t "], ["query is empty"], id="blank-query"),
-    pytest.param(["photo.png", QUERY, "--preset", "best"], ["unknown preset", "mmvet"], id="preset"),
-    pytest.param(["photo.png", QUERY, "-k", "2"], ["kernel size", "odd"], id="k-even"),
-    pytest.param(["photo.png", QUERY, "-k", "0"], ["kernel size"], id="k-zero"),
+    pytest.param(["photo.png", ""], ["query is empty"], id="empty-query", marks=INSTALLED),
+    pytest.param(["photo.png", "  \t "], ["query is empty"], id="blank-query", marks=INSTALLED),
+    pytest.param(["photo.png", QUERY, "--preset", "best"], ["unknown preset", "mmvet"], id="preset", marks=INSTALLED),
+    pytest.param(["photo.png", QUERY, "-k", "2"], ["kernel size", "odd"], id="k-even", marks=INSTALLED),
+    pytest.param(["photo.png", QUERY, "-k", "0"], ["kernel size"], id="k-zero", marks=INSTALLED),
     pytest.param(["photo.png", QUERY, "--kernel-size", "-3"], ["kernel size"], id="k-negative"),
     pytest.param(["photo.png", QUERY, "-k", "three"], ["--kernel-size", "integer"], id="k-text"),
-    pytest.param(["photo.png", QUERY, "-g", "256"], ["background", "0..255"], id="g-high"),
-    pytest.param(["photo.png", QUERY, "--background", "-1"], ["background"], id="g-negative"),
-    pytest.param(["photo.png", QUERY, "--resample", "cubic"], ["--resample", "lanczos"], id="resample"),
+    pytest.param(["photo.png", QUERY, "-g", "256"], ["background", "0..255"], id="g-high", marks=INSTALLED),
+    pytest.param(["photo.png", QUERY, "--background", "-1"], ["background"], id="g-negative", marks=INSTALLED),
+    pytest.param(["photo.png", QUERY, "--resample", "cubic"], ["--resample", "lanczos"], id="resample", marks=INSTALLED),
     pytest.param(["photo.png", QUERY, "--geometry", "crop"], ["--geometry"], id="geometry"),
     pytest.param(["photo.png", QUERY, "--enhance", "nan"], ["enhance"], id="enhance-nan"),
     pytest.param(["photo.png", QUERY, "--dtype", "fp8"], ["dtype"], id="dtype"),
@@ -161,12 +173,12 @@ BAD_OPTIONS = [
     pytest.param(["photo.png", QUERY, "-o", "out"], ["no extension"], id="ext-none"),
     pytest.param(["photo.png", QUERY, "--heatmap", "heat.abc"], ["'.abc'"], id="heatmap-ext"),
     pytest.param(["photo.png", QUERY, "--save-map", "map.png"], ["--save-map", ".npz"], id="map-ext"),
-    pytest.param(["photo.png", QUERY, "-o", "nowhere/out.png"], ["does not exist"], id="missing-dir"),
+    pytest.param(["photo.png", QUERY, "-o", "nowhere/out.png"], ["does not exist"], id="missing-dir", marks=INSTALLED),
     pytest.param(["photo.png", QUERY, "-o", "photo.png/out.png"], ["not a folder"], id="file-as-dir"),
     pytest.param(["photo.png", QUERY, "-o", "sub"], ["no extension"], id="output-is-dir"),
     pytest.param(["photo.png", QUERY, "-o", "sub.png"], ["it is a folder"], id="output-is-dir-png"),
     pytest.param(["photo.png", QUERY, "-o", "a.png", "--heatmap", "a.png"], ["same file"], id="same-file"),
-    pytest.param(["photo.png", QUERY, "-q", "--layer", "6"], ["layer 6", "out of range"], id="layer-high"),
+    pytest.param(["photo.png", QUERY, "-q", "--layer", "6"], ["layer 6", "out of range"], id="layer-high", marks=INSTALLED),
     pytest.param(["photo.png", QUERY, "-q", "--layer", "-7"], ["layer -7", "out of range"], id="layer-low"),
     # Fails only when the heat map is written (Pillow cannot store RGB as XBM), after the image
     # was: the atomic writer must remove what it wrote.
@@ -176,17 +188,19 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize("args, words", BAD_OPTIONS)
 def test_bad_option_fails_cleanly(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], words: list[str]
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    args: list[str], words: list[str],
 ) -> None:
     monkeypatch.chdir(workdir)
     (workdir / "sub").mkdir()
     (workdir / "sub.png").mkdir()
     before = files_in(workdir)
     base = BASE if "--device" not in args else BASE[:2]
-    result = invoke(*args, *base)
-    assert result.exit_code == 2
-    assert_one_error_line(result.stderr, *words)
-    assert result.stdout == ""
+    installed = request.node.get_closest_marker("installed") is not None
+    code, stdout, stderr = run_cli(*args, *base, cwd=workdir, installed=installed)
+    assert code == 2
+    assert_one_error_line(stderr, *words)
+    assert stdout == ""
     assert files_in(workdir) == before
 
 
@@ -232,7 +246,7 @@ def test_option_errors_come_before_the_model_loads(workdir: Path, monkeypatch: p
 
 
 # --------------------------------------------------------------------------------------------
-# Awkward but valid input (in-process)
+# Awkward but valid input (the installed command)
 
 
 def _make_awkward_image(folder: Path, kind: str) -> tuple[Path, tuple[int, int]]:
@@ -280,19 +294,22 @@ def _make_awkward_image(folder: Path, kind: str) -> tuple[Path, tuple[int, int]]
 )
 def test_awkward_images_work(tmp_path: Path, kind: str) -> None:
     path, size = _make_awkward_image(tmp_path, kind)
-    result = invoke(str(path), QUERY, *BASE, "-q")
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout == "" and result.stderr == ""
+    code, stdout, stderr = run_cli(str(path), QUERY, *BASE, "-q", cwd=tmp_path, installed=True)
+    assert code == 0, stderr
+    assert stdout == "" and stderr == ""
     written = read(tmp_path / f"{path.stem}_api.png")
     assert written.format == "PNG" and written.mode == "RGB" and written.size == size
 
 
 @pytest.mark.parametrize("query", ["Où est la voiture rouge ? 車はどこ？ 🚗", "x"])
 def test_non_ascii_and_short_queries(workdir: Path, query: str) -> None:
-    result = invoke(str(workdir / "photo.png"), query, *BASE, "-o", str(workdir / "out.png"))
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == f"Wrote {workdir / 'out.png'}"
-    assert "warning" not in result.stderr
+    code, stdout, stderr = run_cli(
+        str(workdir / "photo.png"), query, *BASE, "-o", str(workdir / "out.png"),
+        cwd=workdir, installed=True,
+    )
+    assert code == 0, stderr
+    assert stdout.strip() == f"Wrote {workdir / 'out.png'}"
+    assert "warning" not in stderr
 
 
 def test_long_query_warns_once_and_still_works(workdir: Path) -> None:
