@@ -254,3 +254,33 @@ def test_missing_weights_fail_fast_with_advice(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1"):
         LLaVAAttributor("nobody/no-such-llava", device="cpu")
     assert time.perf_counter() - start < 10
+
+
+def test_command_line_backend_llava(tmp_path, tiny):
+    """``api-prompt --backend llava`` on a saved folder: prompted image plus attention and mask."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, processor, _ = tiny
+    folder = tmp_path / "llava"
+    tiny_llava(seed=0, initializer_range=INIT, save_dir=folder)
+    image = _images()[0]
+    image.save(tmp_path / "photo.png")
+    command = [
+        str(Path(sys.executable).with_name("api-prompt")), str(tmp_path / "photo.png"), QUERIES[0],
+        "--backend", "llava", "--model", str(folder), "--layer", str(LAYER), "--device", "cpu",
+        "--preset", "llava-wild", "--save-map", str(tmp_path / "map.npz"), "-q",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    saved = np.load(tmp_path / "map.npz")
+    expected = LLaVAAttributor(model, processor, layer=LAYER, kernel_size=7)([image], [QUERIES[0]])[0]
+    np.testing.assert_allclose(saved["attention"], expected.parts["attention"], atol=1e-6)
+    np.testing.assert_allclose(saved["mask"], expected.mask, atol=1e-6)
+    with Image.open(tmp_path / "photo_api.png") as prompted:
+        assert prompted.size == image.size
+
+    command[command.index("--layer") + 1] = "20"  # LLaVA-1.5's layer does not exist in 4 layers
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2 and "out of range" in done.stderr and "Traceback" not in done.stderr
