@@ -104,6 +104,21 @@ def test_model_is_left_as_it_was(family):
         model.eval()
 
 
+def test_tokenizer_without_pad_token_pads_with_eos_and_is_left_unchanged(family):
+    name, model, processor, bad = family
+    tokenizer = processor.tokenizer
+    pictures = images()
+    expected = HFTarget(model, processor, max_new_tokens=4, suppress_tokens=bad)(pictures, QUESTIONS)
+    saved = tokenizer.pad_token
+    tokenizer.pad_token = None
+    try:
+        answers = HFTarget(model, processor, max_new_tokens=4, suppress_tokens=bad)(pictures, QUESTIONS)
+        assert tokenizer.pad_token is None
+    finally:
+        tokenizer.pad_token = saved
+    assert answers == expected
+
+
 def test_loads_from_a_saved_folder(family, tmp_path):
     name, model, processor, bad = family
     model.save_pretrained(tmp_path)

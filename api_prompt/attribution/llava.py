@@ -21,15 +21,14 @@ attention matrix is ever materialised, so capturing costs a few small matrix pro
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
+from .. import hub
+from ..errors import ConfigError, UnsupportedModelError
 from ..maps import check_kernel_size, combine_llava
 from .base import (
     AttentionMap,
@@ -96,9 +95,12 @@ class _LastRowCapture:
     of one position and a (heads × image tokens) product.
     """
 
-    def __init__(self, attention: torch.nn.Module, image_positions: torch.Tensor):
+    def __init__(self, attention: torch.nn.Module, image_positions: torch.Tensor, prompt_length: int):
         self.attention = attention
         self.image_positions = image_positions  # (B, N) indices into the prompt
+        self.prompt_length = prompt_length
+        # LLaMA's 1/sqrt(d); transformers before 4.48 has no ``scaling`` attribute
+        self.scaling = getattr(attention, "scaling", attention.head_dim ** -0.5)
         self.keys: torch.Tensor | None = None  # (B, heads, N, d), float32, after RoPE
         self.passes: list[torch.Tensor] = []  # each (B, N), float32
 
@@ -121,8 +123,12 @@ class _LastRowCapture:
         cos, sin = kwargs["position_embeddings"]
         attn = self.attention
         if self.keys is None:
-            if hidden.shape[1] <= int(self.image_positions.max()):
-                raise UnsupportedModelError("the prompt was not run in one prefill pass (chunked prefill?)")
+            if hidden.shape[1] != self.prompt_length:
+                raise UnsupportedModelError(
+                    f"the decoder's first pass saw {hidden.shape[1]} positions, the prompt has "
+                    f"{self.prompt_length}: the processor must expand <image> into one token per "
+                    "patch (a recent transformers) and the prompt must run in one prefill pass"
+                )
             index = self.image_positions
             gather = index[..., None].expand(-1, -1, hidden.shape[-1])
             image_hidden = hidden.gather(1, gather)
@@ -133,7 +139,7 @@ class _LastRowCapture:
             self.keys = keys.float().repeat_interleave(groups, dim=1)
         query = self._project(attn.q_proj, "q_norm", hidden[:, -1:])
         query = _apply_rope(query, cos[:, -1:], sin[:, -1:]).float()  # (B, heads, 1, d)
-        logits = (query @ self.keys.transpose(-1, -2)).squeeze(2) * attn.scaling  # (B, heads, N)
+        logits = (query @ self.keys.transpose(-1, -2)).squeeze(2) * self.scaling  # (B, heads, N)
         self.passes.append(logits.softmax(dim=-1).mean(dim=1))
         return None
 
@@ -201,13 +207,12 @@ class LLaVAAttributor(Attributor):
             gpu = self.device.type in ("cuda", "mps")
             self.dtype = resolve_dtype(dtype, torch.float16 if gpu else torch.float32)
             self.model_name = str(model)
-            self.model = _load_model(self.model_name, self.dtype, self.device)
-            self.processor = processor or _load_processor(self.model_name)
+            self.model, self.processor = _load(self.model_name, processor, self.dtype, self.device)
         self.decoder_layers = _decoder_layers(self.model)
         self.layer = check_layer(layer, len(self.decoder_layers))
         self.image_token_id = _image_token_id(self.model, self.processor)
         attention = self.decoder_layers[self.layer].self_attn
-        for needed in ("q_proj", "k_proj", "head_dim", "scaling"):
+        for needed in ("q_proj", "k_proj", "head_dim"):
             if not hasattr(attention, needed):
                 raise UnsupportedModelError(
                     f"{type(attention).__name__} has no {needed}: the llava backend supports "
@@ -258,7 +263,7 @@ class LLaVAAttributor(Attributor):
             raise UnsupportedModelError(f"{n_image} image tokens do not form a square grid")
         positions = is_image.nonzero()[:, 1].view(len(prompts), n_image)
 
-        capture = _LastRowCapture(self.decoder_layers[self.layer].self_attn, positions)
+        capture = _LastRowCapture(self.decoder_layers[self.layer].self_attn, positions, is_image.shape[1])
         eos_ids = self._eos_ids()
         with torch.inference_mode(), eval_mode(self.model), temporary_hooks() as handles:
             handles.append(capture.attention.register_forward_pre_hook(capture, with_kwargs=True))
@@ -358,69 +363,35 @@ _WEIGHTS_HELP = (
 )
 
 
-def _load_model(name: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """Load ``LlavaForConditionalGeneration`` from a folder or the HF cache, else the Hub."""
-    from transformers import LlavaForConditionalGeneration
-
-    local = Path(name).expanduser()
-    if local.is_dir():
-        sources = [dict(pretrained_model_name_or_path=str(local))]
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"LLaVA model folder {name!r} does not exist. " + _WEIGHTS_HELP.format(name=DEFAULT_MODEL))
-    else:
-        # The cache first: it answers in milliseconds and needs no network.
-        sources = [dict(pretrained_model_name_or_path=name, local_files_only=True)]
-        if not _offline() and _hub_reachable():
-            sources.append(dict(pretrained_model_name_or_path=name))
-    error: Exception | None = None
-    for source in sources:
-        try:
-            model = LlavaForConditionalGeneration.from_pretrained(**source, dtype=dtype)
-            return model.to(device).eval()
-        except (OSError, ValueError, EnvironmentError) as exc:  # missing files, no network
-            error = exc
-    reason = str(error).splitlines()[0] if error and str(error) else "not in the cache, Hub not reachable"
-    raise ModelLoadError(
-        f"could not load LLaVA model {name!r} ({reason}). " + _WEIGHTS_HELP.format(name=name)
-    ) from error
+def _advice(name: str) -> str:
+    return _WEIGHTS_HELP.format(name=DEFAULT_MODEL if hub.looks_like_path(name) else name)
 
 
-def _load_processor(source: Any) -> Any:
+def _load(name: str, processor: Any, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+    """(``LlavaForConditionalGeneration``, processor) from a folder or the HF cache, else the Hub."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    source = str(hub.local_folder(name, _advice(name)) or name)
+
+    def load(files_only: bool):
+        model = LlavaForConditionalGeneration.from_pretrained(
+            source, local_files_only=files_only, **hub.dtype_argument(dtype)
+        )
+        return model, processor or AutoProcessor.from_pretrained(source, local_files_only=files_only)
+
+    model, processor = hub.load_cache_first(load, name, advice=_advice(name), what="LLaVA model")
+    return model.to(device).eval(), processor
+
+
+def _load_processor(model: torch.nn.Module) -> Any:
+    """The processor saved with an already loaded model (its ``config._name_or_path``)."""
     from transformers import AutoProcessor
 
-    if isinstance(source, torch.nn.Module):
-        name = getattr(source.config, "_name_or_path", "")
-        if not name:
-            raise ConfigError("pass processor= with an already loaded LLaVA model")
-        source = name
-    options: list[dict] = [dict(local_files_only=True)]
-    if not _offline() and not Path(str(source)).expanduser().is_dir() and _hub_reachable():
-        options.append({})
-    error: Exception | None = None
-    for extra in options:
-        try:
-            return AutoProcessor.from_pretrained(str(source), **extra)
-        except (OSError, ValueError) as exc:
-            error = exc
-    raise ModelLoadError(
-        f"could not load the processor of {source!r} ({type(error).__name__}). "
-        + _WEIGHTS_HELP.format(name=source)
-    ) from error
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub's host accepts a connection; without one, transformers would retry for
-    half a minute before failing."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    name = getattr(model.config, "_name_or_path", "")
+    if not name:
+        raise ConfigError("pass processor= with an already loaded LLaVA model")
+    source = str(hub.local_folder(name, _advice(name)) or name)
+    return hub.load_cache_first(
+        lambda files_only: AutoProcessor.from_pretrained(source, local_files_only=files_only),
+        name, advice=_advice(name), what="the processor of",
+    )

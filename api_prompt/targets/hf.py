@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
 from ..attribution.base import chunks, eval_mode, resolve_device, resolve_dtype
-from ..errors import ConfigError, ModelLoadError
+from .. import hub
+from ..errors import ConfigError
 from .base import BaseTarget
 
 __all__ = ["HFTarget"]
@@ -75,8 +76,8 @@ class HFTarget(BaseTarget):
         revision: str | None = None,
         **generation: Any,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.system_prompt = system_prompt
         self.generation = {**DEFAULT_GENERATION, **generation}
@@ -118,27 +119,27 @@ class HFTarget(BaseTarget):
     def _generate(self, batch, options: dict[str, Any]) -> list[str]:
         conversations = [self._conversation(image_list, question) for image_list, question in batch]
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None):
-            tokenizer.pad_token = tokenizer.eos_token  # padding needs a token; EOS is the usual one
         padding = {"padding": True, "padding_side": "left"}  # generation continues on the right
         if _takes_argument(self.processor.apply_chat_template, "processor_kwargs"):
             padding = {"processor_kwargs": padding}  # transformers >= 5; older ones take them flat
-        inputs = self.processor.apply_chat_template(
-            conversations,
-            chat_template=self.chat_template,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            **padding,
-        )
+        with _pad_with_eos_if_needed(tokenizer):
+            inputs = self.processor.apply_chat_template(
+                conversations,
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                **padding,
+            )
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
         inputs = inputs.to(self._input_device())
         dtype = self._floating_dtype()
         for key, value in inputs.items():
             if torch.is_tensor(value) and value.is_floating_point():
                 inputs[key] = value.to(dtype)
-        if "pad_token_id" not in options and getattr(tokenizer, "pad_token_id", None) is not None:
-            options = {**options, "pad_token_id": tokenizer.pad_token_id}
+        if "pad_token_id" not in options and pad_token_id is not None:
+            options = {**options, "pad_token_id": pad_token_id}
         output = self.model.generate(**inputs, **options)
         if not getattr(self.model.config, "is_encoder_decoder", False):
             output = output[:, inputs["input_ids"].shape[1]:]
@@ -177,19 +178,17 @@ class HFTarget(BaseTarget):
 # -- loading -----------------------------------------------------------------------------------
 
 
+_ADVICE = (
+    "Supply the weights: download them while online (hf download ID), "
+    "or save model and processor with save_pretrained and pass that folder, "
+    "or pass HFTarget(model, processor) with objects you loaded yourself"
+)
+
+
 def _load(name, processor, *, device, dtype, device_map, local_files_only, trust_remote_code, revision):
     """(model, processor) from an id or folder; ModelLoadError with what to do when impossible."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = Path(name).expanduser()
-    # A Hub id is "name" or "org/name"; anything else that looks like a path must be a folder.
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-    if looks_local and not path.is_dir():
-        raise ModelLoadError(
-            f"model folder {name!r} does not exist; pass a folder written by save_pretrained "
-            "or a Hugging Face id such as 'Qwen/Qwen2-VL-2B-Instruct'"
-        )
-    source = str(path) if path.is_dir() else name
     if device_map is None:
         device = resolve_device(device)
     else:
@@ -201,77 +200,43 @@ def _load(name, processor, *, device, dtype, device_map, local_files_only, trust
         else:
             dtype = torch.float32
     dtype = resolve_dtype(dtype)
-    offline = local_files_only
-    if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
     common = {"trust_remote_code": trust_remote_code, "revision": revision}
+    folder = hub.local_folder(name, _ADVICE)
+    source = str(folder or name)
 
     def from_pretrained(files_only: bool):
         loaded_processor = processor
         if loaded_processor is None:
             loaded_processor = AutoProcessor.from_pretrained(source, local_files_only=files_only, **common)
-        dtype_argument = "dtype" if _version_at_least("4.56") else "torch_dtype"  # renamed in 4.56
         model = AutoModelForImageTextToText.from_pretrained(
-            source, device_map=device_map, local_files_only=files_only, **{dtype_argument: dtype}, **common
+            source, device_map=device_map, local_files_only=files_only, **hub.dtype_argument(dtype), **common
         )
         return model, loaded_processor
 
-    try:
-        try:
-            model, loaded_processor = from_pretrained(True)  # the cache or folder first: no network
-        except (OSError, ValueError):
-            if offline or path.is_dir():
-                raise
-            _check_hub(name, revision)  # one quick request, so a typo or no network fails fast
-            model, loaded_processor = from_pretrained(False)
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        where = "the folder" if path.is_dir() else "the local cache" + ("" if offline else " or the Hub")
-        raise ModelLoadError(
-            f"could not load {name!r} as an image-text-to-text model from {where}: {reason}. "
-            "Supply the weights: download them while online (huggingface-cli download ID), "
-            "or save model and processor with save_pretrained and pass that folder, "
-            "or pass HFTarget(model, processor) with objects you loaded yourself"
-        ) from exc
+    model, loaded_processor = hub.load_cache_first(
+        from_pretrained, name, advice=_ADVICE, what="image-text-to-text model",
+        local_files_only=local_files_only, revision=revision,
+    )
     if device_map is None:
         model = model.to(device)
     model.eval()
     return model, loaded_processor
 
 
-def _check_hub(name: str, revision: str | None) -> None:
-    """ModelLoadError at once when the Hub cannot be reached or has no such model.
+@contextmanager
+def _pad_with_eos_if_needed(tokenizer) -> Iterator[None]:
+    """Pad with EOS while inside, when the tokenizer has no padding token (usual for decoders).
 
-    ``from_pretrained`` retries each file with growing pauses (minutes without a network); one
-    metadata request without retries tells the same in about a second.
+    The user's processor is left as it was: the padding token is unset again on exit.
     """
-    from huggingface_hub import model_info
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    advice = (
-        "Supply the weights: download them while online (huggingface-cli download ID), "
-        "or save model and processor with save_pretrained and pass that folder, "
-        "or pass HFTarget(model, processor) with objects you loaded yourself"
-    )
+    if getattr(tokenizer, "pad_token", None) is not None or not getattr(tokenizer, "eos_token", None):
+        yield
+        return
+    tokenizer.pad_token = tokenizer.eos_token
     try:
-        model_info(name, revision=revision, timeout=10)
-    except GatedRepoError:
-        return  # from_pretrained explains access to gated models itself
-    except RevisionNotFoundError:
-        raise ModelLoadError(f"model {name!r} has no revision {revision!r} on the Hugging Face Hub") from None
-    except RepositoryNotFoundError:
-        raise ModelLoadError(
-            f"{name!r} is neither a local folder nor a model on the Hugging Face Hub (a private "
-            f"model needs `hf auth login`). {advice}"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - any network failure means the same to the user
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ModelLoadError(
-            f"{name!r} is not in the local cache and the Hugging Face Hub cannot be reached "
-            f"({reason}). {advice}"
-        ) from None
+        yield
+    finally:
+        tokenizer.pad_token = None
 
 
 def _takes_argument(function, name: str) -> bool:
@@ -280,13 +245,3 @@ def _takes_argument(function, name: str) -> bool:
         return name in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _version_at_least(minimum: str) -> bool:
-    """Whether the installed transformers is at least ``minimum`` (major.minor)."""
-    import transformers
-
-    def parts(text: str) -> tuple[int, ...]:
-        return tuple(int(piece) for piece in text.split(".")[:2] if piece.isdigit())
-
-    return parts(transformers.__version__) >= parts(minimum)

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -135,7 +134,10 @@ class OpenAITarget(BaseTarget):
     def _answer_one(self, image_list: list[Image.Image], question: str, options: dict[str, Any]) -> str:
         body = self.build_request(image_list, question, **options)
         response = self._post(json.dumps(body).encode("utf-8"))
-        return _answer_text(response)
+        try:
+            return _answer_text(response)
+        except TargetError as exc:  # the error quotes the response, which could echo the key
+            raise TargetError(self._redact(str(exc))) from None
 
     def build_request(self, images: list[Image.Image], question: str, **generation: Any) -> dict[str, Any]:
         """The JSON body sent for one question (useful to inspect or to log without the key)."""
@@ -184,13 +186,9 @@ class OpenAITarget(BaseTarget):
                     f"{self.url} kept failing after {attempts} attempt(s); last answer {failure}",
                     status=status,
                 )
-            except (TimeoutError, socket.timeout) as exc:
-                failure = f"no answer within {self.timeout:g} s"
-                error = TargetError(f"{self.url} timed out: {failure} per attempt, "
-                                    f"{attempts} attempt(s)")
-            except (urllib.error.URLError, ConnectionError, OSError) as exc:
+            except OSError as exc:  # URLError, connection errors and timeouts
                 reason = getattr(exc, "reason", exc)
-                if isinstance(reason, (TimeoutError, socket.timeout)):
+                if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError since 3.10
                     failure = f"no answer within {self.timeout:g} s"
                     error = TargetError(f"{self.url} timed out: {failure} per attempt, "
                                         f"{attempts} attempt(s)")
@@ -270,9 +268,9 @@ def _server_message(exc: urllib.error.HTTPError) -> str:
     try:
         error = json.loads(body).get("error")
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
+            return " ".join(str(error["message"]).split())
         if isinstance(error, str):
-            return error
+            return " ".join(error.split())
     except (ValueError, AttributeError):
         pass
     return " ".join(body.split())[:300] or str(exc.reason or "")

@@ -54,9 +54,7 @@ class PromptedTarget:
 
     def batch(self, images: Sequence, questions: Sequence[str] | str, **generation: Any) -> list[str]:
         """Answer many questions, one image each (one question may serve every image)."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        image_lists, questions = normalise_batch(list(images), questions)
+        image_lists, questions = normalise_batch(images, questions)
         if any(len(image_list) != 1 for image_list in image_lists):
             raise ConfigError("wrap() takes one image per question")
         originals = [image_list[0] for image_list in image_lists]
