@@ -100,6 +100,18 @@ def test_fixture_case_python_api(name, clip_cases, clip_fixture_dir, expected_np
     assert_image_close(result.image, clip_fixture_dir / case["expected_image"])
 
 
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_raw_maps_match_the_reference_scale(name, clip_cases, expected_npz, fixture_model, images):
+    """Ψ itself, not only its min-max normalisation: pins μ/(K·N), β/(K·N), σ and ρ of §1."""
+    case = case_by_name(clip_cases, name)
+    model, preprocess, tokenizer = fixture_model
+    attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=case["layer"])
+    psi_cls, psi_comp = attr.raw_maps([images[Path(case["image"]).stem]], [case["query"]])
+    for part, actual in (("psi_cls", psi_cls[0].numpy()), ("psi_comp", psi_comp[0].numpy())):
+        expected = expected_npz[f"{name}_{part}"]
+        np.testing.assert_allclose(actual, expected, atol=1e-5 * np.ptp(expected), rtol=0)
+
+
 def test_loading_by_local_dir_name_matches_reference(clip_cases, clip_fixture_dir, expected_npz, images):
     case = clip_cases[0]
     attr = CLIPAttributor(

@@ -127,11 +127,11 @@ class CLIPAttributor(Attributor):
         else:
             if preprocess is not None or tokenizer is not None:
                 raise ConfigError("preprocess and tokenizer are only used with a model instance")
-            self.device = resolve_device(device)
-            self.dtype = _check_dtype(resolve_dtype(dtype), self.device)
-            self.model_name, self.pretrained = _resolve_name(model, pretrained)
+            target_device = resolve_device(device)
+            target_dtype = _check_dtype(resolve_dtype(dtype), target_device)
+            name, self.pretrained = _resolve_name(model, pretrained)
             self.model, self.preprocess, self.tokenizer, self.model_name = _load_open_clip(
-                self.model_name, self.pretrained, self.device, self.dtype, cache_dir
+                name, self.pretrained, target_device, target_dtype, cache_dir
             )
         self.device = _module_device(self.model)
         self.dtype = _module_dtype(self.model.visual)
@@ -168,7 +168,7 @@ class CLIPAttributor(Attributor):
         return maps
 
     def raw_maps(self, images: Sequence, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ψcls and Ψcomp for one batch: two float32 CPU tensors of shape (B, P, P)."""
+        """Ψcls and Ψcomp for one batch: two float32 CPU tensors of shape (B, grid_h, grid_w)."""
         pixels = torch.stack([self.preprocess(image) for image in images])
         pixels = pixels.to(self.device, dtype=self.dtype)
         text = self.text_embeddings(queries)
@@ -225,6 +225,7 @@ class CLIPAttributor(Attributor):
 class _Capture:
     """What the hooks keep from one forward pass: per-token scalars, never (B, N, D) tensors."""
 
+    direction: torch.Tensor                         # (B, D): w = γ ⊙ (Pj t̂)
     contribution_dots: torch.Tensor | None = None   # (B, N): c_m · w
     residual_dots: torch.Tensor | None = None       # (B, N): z_m · w
     final_cls: torch.Tensor | None = None           # (B, D): class-token residual before ln_post
@@ -277,16 +278,16 @@ class ClassTokenDecomposition:
     @staticmethod
     def capture(visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> _Capture:
         """Hook block L' (reduce its tokens to dot products) and ``ln_post`` (the final CLS residual)."""
-        capture = _Capture()
-        direction = readout_direction(visual, text)
+        capture = _Capture(direction=readout_direction(visual, text))
         batch_first = getattr(visual.transformer, "batch_first", True)
 
         def to_batch_first(x: torch.Tensor) -> torch.Tensor:
             return x if batch_first else x.transpose(0, 1)
 
         def on_block(module, args, output):
-            capture.contribution_dots = cls_contribution_dots(module, to_batch_first(args[0]), direction)
-            capture.residual_dots = torch.einsum("bnd,bd->bn", to_batch_first(output).float(), direction)
+            w = capture.direction
+            capture.contribution_dots = cls_contribution_dots(module, to_batch_first(args[0]), w)
+            capture.residual_dots = torch.einsum("bnd,bd->bn", to_batch_first(output).float(), w)
 
         def on_ln_post(module, args):
             residual = args[0]
@@ -309,9 +310,8 @@ class ClassTokenDecomposition:
         mu = final_cls.mean(dim=-1, keepdim=True)
         sigma = torch.sqrt(final_cls.var(dim=-1, unbiased=False, keepdim=True) + ln_post.eps)
         rho = image_features.float().norm(dim=-1, keepdim=True)
-        text_in_width = _text_in_width(visual, text)
-        direction_sum = readout_direction(visual, text).sum(dim=-1, keepdim=True)
-        beta_dot = (text_in_width * _as_float(ln_post.bias, 0.0)).sum(dim=-1, keepdim=True)
+        direction_sum = capture.direction.sum(dim=-1, keepdim=True)
+        beta_dot = (_text_in_width(visual, text) * _as_float(ln_post.bias, 0.0)).sum(dim=-1, keepdim=True)
 
         k = 2 * len(visual.transformer.resblocks) - 1
         n_tokens = capture.contribution_dots.shape[1]
@@ -360,9 +360,8 @@ def cls_contribution_dots(block: nn.Module, block_input: torch.Tensor, direction
     query = (x[:, 0] @ w_q.T + b_q).view(batch, heads, head_dim)                 # class token only
     pulled = (direction @ attn.out_proj.weight.float()).view(batch, heads, head_dim)  # y = W_oᵀ w
 
-    per_head = lambda weight: weight.view(heads, head_dim, width)  # noqa: E731
-    key_side = torch.einsum("hed,bhe->bdh", per_head(w_k), query)                 # (B, D, H)
-    value_side = torch.einsum("hed,bhe->bdh", per_head(w_v), pulled)              # (B, D, H)
+    key_side = torch.einsum("hed,bhe->bdh", w_k.view(heads, head_dim, width), query)    # (B, D, H)
+    value_side = torch.einsum("hed,bhe->bdh", w_v.view(heads, head_dim, width), pulled)  # (B, D, H)
     both = torch.bmm(x, torch.cat([key_side, value_side], dim=-1))                # (B, N, 2H)
     logits = both[..., :heads] + torch.einsum("he,bhe->bh", b_k.view(heads, head_dim), query)[:, None]
     values = both[..., heads:] + torch.einsum("he,bhe->bh", b_v.view(heads, head_dim), pulled)[:, None]
@@ -441,7 +440,7 @@ def select_strategy(visual: nn.Module):
         reasons.append(reason)
     supported = "; ".join(strategy.description for strategy in STRATEGIES)
     raise UnsupportedModelError(
-        f"this CLIP cannot be attributed: {reasons[0]}. Supported: {supported}, e.g. the OpenAI "
+        f"this CLIP cannot be attributed: {'; '.join(reasons)}. Supported: {supported}, e.g. the OpenAI "
         f"and LAION ViT-B-16 / ViT-L-14 / ViT-L-14-336 models. ResNet (RN50, ...), timm towers "
         f"and attention-pooled models (SigLIP, CoCa) are not supported."
     )
@@ -572,7 +571,8 @@ def _load_open_clip(
         )
         tokenizer = open_clip.get_tokenizer(source, cache_dir=cache_dir)
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/FileNotFoundError/...
-        raise ModelLoadError(f"could not load open_clip model {name!r}: {exc}") from exc
+        reason = " ".join(str(exc).split())  # one line: open_clip/hub messages span several
+        raise ModelLoadError(f"could not load open_clip model {name!r}: {reason}") from exc
     model.eval()
     return model, preprocess, tokenizer, architecture
 
