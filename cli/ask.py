@@ -42,6 +42,7 @@ from .common import (
     QuietOpt,
     ResampleOpt,
     build_prompter,
+    check_prompter_options,
     handle_errors,
     status,
 )
@@ -143,6 +144,11 @@ def ask_command(
             options.update(device=target_device or device, dtype=target_dtype)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
+        if not no_api:
+            check_prompter_options(
+                preset=preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
+                background=background, geometry=geometry, device=device, dtype=dtype,
+            )
         picture = load_image(image)
 
         # 2. The models.

@@ -34,6 +34,7 @@ from .common import (
     QuietOpt,
     ResampleOpt,
     build_prompter,
+    check_prompter_options,
     handle_errors,
 )
 
@@ -123,23 +124,17 @@ def batch_command(
 
     Example:  api-prompt batch questions.jsonl --out prompted/ --batch-size 32
     """
-    from api_prompt.attribution.base import resolve_device, resolve_dtype
-    from api_prompt.batch import open_source, run
-    from api_prompt.batch.store import OutputDir
+    from api_prompt.batch import OutputDir, open_source, run
     from api_prompt.errors import ConfigError
-    from api_prompt.prompter import check_settings
 
     with handle_errors(debug):
         # Everything cheap first, so a typo never costs a model load.
         if shard_index >= num_shards:
             raise ConfigError(f"--shard-index must be below --num-shards ({num_shards}), got {shard_index}")
-        check_settings(
-            preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample.value if resample else None, background=background,
-            geometry=geometry.value,
+        check_prompter_options(
+            preset=preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
+            background=background, geometry=geometry, device=device, dtype=dtype,
         )
-        resolve_device(device)
-        resolve_dtype(dtype)
         source = open_source(
             input, format=input_format.value if input_format else None, id_column=id_column,
             image_column=image_column, question_column=question_column, image_root=image_root,
@@ -164,7 +159,9 @@ def batch_command(
         if summary.tsv is not None:
             typer.echo(f"VLMEvalKit table: {summary.tsv}", err=True)
     if summary.failed:
-        shown = "; ".join(f"{sample_id}: {message}" for sample_id, message in summary.errors[:3])
+        shown = "; ".join(
+            " ".join(f"{sample_id}: {message}".split()) for sample_id, message in summary.errors[:3]
+        )
         typer.echo(
             f"error: {summary.error} samples failed (see {out / 'manifest.jsonl'}; rerun to retry "
             f"them): {shown}", err=True,
@@ -194,9 +191,11 @@ def merge_command(
         summary = merge(run_dirs, out, overwrite=overwrite)
     if not quiet:
         typer.echo(str(summary), err=True)
-    if summary.missing_shards:
-        typer.echo(f"error: shards {', '.join(map(str, summary.missing_shards))} are missing", err=True)
-    if summary.error:
-        typer.echo(f"error: {summary.error} samples failed (see {out / 'manifest.jsonl'})", err=True)
     if not summary.complete:
+        problems = []
+        if summary.missing_shards:
+            problems.append(f"shards {', '.join(map(str, summary.missing_shards))} are missing")
+        if summary.error:
+            problems.append(f"{summary.error} samples failed (see {out / 'manifest.jsonl'})")
+        typer.echo(f"error: {'; '.join(problems)}", err=True)
         raise typer.Exit(1)

@@ -87,6 +87,22 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
 
+def check_prompter_options(
+    *, preset, enhance, kernel_size, resample, background, geometry, device, dtype,
+) -> None:
+    """Refuse bad map, overlay, device and dtype options without loading a model."""
+    from api_prompt.attribution.base import resolve_device, resolve_dtype
+    from api_prompt.prompter import check_settings
+
+    check_settings(
+        preset, enhance=enhance, kernel_size=kernel_size,
+        resample=resample.value if resample else None, background=background,
+        geometry=geometry.value,
+    )
+    resolve_device(device)
+    resolve_dtype(dtype)
+
+
 def build_prompter(
     *, backend: Backend, model, pretrained, layer, device, dtype, preset, enhance, kernel_size,
     resample, background, geometry, quiet: bool, **backend_options,

@@ -41,6 +41,7 @@ from .common import (
     QuietOpt,
     ResampleOpt,
     build_prompter,
+    check_prompter_options,
     handle_errors,
 )
 
@@ -96,21 +97,16 @@ def prompt_command(
 
     Example:  api-prompt photo.jpg "What color is the car?" -o photo_api.png
     """
-    from api_prompt.attribution.base import resolve_device, resolve_dtype
     from api_prompt.images import load_image
-    from api_prompt.prompter import check_settings
 
     with handle_errors(debug):
         # 1. Everything cheap, so a typo never costs a model load and never leaves a file.
         if not query.strip():
             raise ConfigError("the query is empty: pass the question the image should answer")
-        check_settings(
-            preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample.value if resample else None, background=background,
-            geometry=geometry.value,
+        check_prompter_options(
+            preset=preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
+            background=background, geometry=geometry, device=device, dtype=dtype,
         )
-        resolve_device(device)
-        resolve_dtype(dtype)
         picture = load_image(image)
         output = output if output is not None else image.parent / (image.stem + DEFAULT_SUFFIX)
         targets = {"output": output, "--save-map": save_map, "--heatmap": heatmap}

@@ -312,6 +312,11 @@ def test_changed_parameters_are_refused_unless_overwrite(tmp_path):
     with pytest.raises(ConfigError, match="not empty and holds no run.json"):
         run(source, tmp_path / "notes", prompter(), progress=False, overwrite=True)
     assert (tmp_path / "notes/thesis.tex").read_text() == "precious"
+    (tmp_path / "album/images").mkdir(parents=True)  # a user's own images/ folder, no run.json
+    (tmp_path / "album/images/holiday.png").write_bytes(b"precious")
+    with pytest.raises(ConfigError, match="not empty and holds no run.json"):
+        run(source, tmp_path / "album", prompter(), progress=False, overwrite=True)
+    assert (tmp_path / "album/images/holiday.png").read_bytes() == b"precious"
 
 
 def test_truncated_manifest_line_and_leftover_temp_files(tmp_path):
@@ -397,6 +402,38 @@ def test_shards_merge_to_the_unsharded_run(tmp_path):
     assert other.ok == 3
     with pytest.raises(ConfigError, match="other parameters"):
         merge([parts[0], tmp_path / "other"], tmp_path / "bad")
+
+
+def test_merge_ignores_manifest_files_outside_images(tmp_path):
+    source = questions(2, tmp_path)
+    run(source, tmp_path / "part", prompter(), progress=False)
+    records = manifest(tmp_path / "part")
+    (tmp_path / "secret.png").write_bytes(b"not an output")
+    records[0]["file"] = "../secret.png"  # a hand-edited manifest
+    write_jsonl(tmp_path / "part/manifest.jsonl", records)
+    summary = merge([tmp_path / "part"], tmp_path / "merged")
+    assert (summary.ok, summary.error) == (1, 0)
+    assert list(image_files(tmp_path / "merged")) == ["s1.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["merged", "part", "pics", "q.jsonl", "secret.png"]
+    # a resume does not count the record as done either: it redoes s0 inside images/
+    assert run(source, tmp_path / "part", prompter(), progress=False).ok == 1
+    assert (tmp_path / "secret.png").read_bytes() == b"not an output"
+
+
+def test_a_sample_the_overlay_fails_on_is_recorded(tmp_path, monkeypatch):
+    source = questions(3, tmp_path)
+    model = prompter()
+    apply = model.overlay.apply
+
+    def fussy(image, attention_map):
+        if attention_map.query == "where is thing 1?":
+            raise ValueError("cannot blend")
+        return apply(image, attention_map)
+
+    monkeypatch.setattr(model.overlay, "apply", fussy)
+    summary = run(source, tmp_path / "out", model, progress=False, batch_size=2)
+    assert (summary.ok, summary.error) == (2, 1)
+    assert summary.errors == [("s1", "ValueError: cannot blend")]
 
 
 def test_tsv_shards_merge_writes_the_tsv(tmp_path):

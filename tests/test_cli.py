@@ -245,6 +245,18 @@ def test_option_errors_come_before_the_model_loads(workdir: Path, monkeypatch: p
         assert "Loading" not in result.stderr  # no status line: the model was never started
 
 
+def test_ask_option_errors_come_before_any_model_loads(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import api_prompt.attribution.base as base
+    import api_prompt.targets as targets
+
+    monkeypatch.setattr(base, "create_attributor", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(targets, "create_target", lambda *a, **k: pytest.fail("target loaded"))
+    for args in (["-k", "4"], ["--preset", "nope"], ["-g", "300"], ["--dtype", "fp8"]):
+        result = invoke("ask", str(workdir / "photo.png"), QUERY, "--target", "openai:m", *args, *BASE)
+        assert result.exit_code == 2, args
+        assert "Loading" not in result.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Awkward but valid input (the installed command)
 

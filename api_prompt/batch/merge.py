@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError
-from .store import TMP_SUFFIX, OutputDir, compare_parameters, latest_records, read_manifest, write_atomic
+from .store import (
+    TMP_SUFFIX, OutputDir, compare_parameters, latest_records, plain_file_name, read_manifest, write_atomic,
+)
 
 __all__ = ["merge", "MergeSummary"]
 
@@ -104,11 +106,12 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
         summary.missing_shards = _missing_shards(shards)
         merged = out.records()
         for path in inputs:
-            for name, record in latest_records(read_manifest(path / "manifest.jsonl")).items():
-                if _is_ok(out.root, merged.get(name)):
+            shard = OutputDir(path)
+            for name, record in latest_records(read_manifest(shard.manifest)).items():
+                if out.is_done(merged.get(name)):
                     continue
                 if record.get("status") == "ok":
-                    if not (path / record["file"]).is_file():
+                    if not shard.is_done(record):
                         continue
                     _place(path / record["file"], out.root / record["file"])
                     merged[name] = record
@@ -120,9 +123,9 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
         summary.ok = sum(1 for record in ordered if record.get("status") == "ok")
         summary.error = len(ordered) - summary.ok
         first = runs[0]
-        tsv = (first.get("outputs") or {}).get("tsv") or (
+        tsv = plain_file_name((first.get("outputs") or {}).get("tsv") or (
             parameters["source"]["name"] if parameters["source"].get("format") == "tsv" else None
-        )
+        ))
         out.write_run({
             "layout": first.get("layout"),
             "parameters": parameters,
@@ -139,10 +142,6 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
     finally:
         out.close()
     return summary
-
-
-def _is_ok(root: Path, record: dict[str, Any] | None) -> bool:
-    return bool(record and record.get("status") == "ok" and record.get("file") and (root / record["file"]).is_file())
 
 
 def _place(source: Path, target: Path) -> None:

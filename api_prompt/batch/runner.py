@@ -40,13 +40,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import APIPromptError, ConfigError
+from ..prompter import query_overflow
 from .sources import Sample, Source, TSVSource, open_source
-from .store import OutputDir, Namer, jsonable, package_versions, write_atomic
-
-try:
-    from ..prompter import query_overflow as _query_overflow
-except ImportError:  # pragma: no cover - an older prompter without it
-    _query_overflow = None
+from .store import Namer, OutputDir, jsonable, package_versions, write_atomic
 
 __all__ = ["run", "Summary", "encode_image", "IMAGE_FORMATS"]
 
@@ -138,7 +134,7 @@ def run(
         num_shards, shard_index: process only samples whose index ``% num_shards == shard_index``.
         overwrite: delete an earlier run's outputs in ``out_dir`` first (also when its
             parameters differ, which is otherwise refused).
-        image_format: ``"png"`` (lossless) or ``"jpg"``; ``jpeg_quality`` 1-95 for JPEG.
+        image_format: ``"png"`` (lossless) or ``"jpg"``; ``jpeg_quality`` 1-100 for JPEG.
         progress: show a progress bar on stderr.
         **source_options: for :func:`~api_prompt.batch.open_source` (``format``, ``id_column``,
             ``image_column``, ``question_column``, ``image_root``, ``split``).
@@ -173,7 +169,7 @@ def run(
     try:
         resumed = out.prepare(parameters, overwrite=overwrite)
         records = out.records() if resumed else {}
-        done = out.done() if resumed else set()
+        done = {name for name, record in records.items() if out.is_done(record)}
         write_tsv = isinstance(source, TSVSource) and num_shards == 1
         run_info = {
             "layout": LAYOUT_VERSION,
@@ -284,17 +280,23 @@ class _Job:
 
         (:meth:`Prompter.batch` warns about this instead; a dataset run records it per sample.)
         """
-        if _query_overflow is None:
-            return {}
-        overflow = _query_overflow(self.prompter.attributor, query)
+        overflow = query_overflow(self.prompter.attributor, query)
         return {"query_truncated": {"tokens": overflow[0], "context_length": overflow[1]}} if overflow else {}
 
     def finish(self, item: _Item, image: Image.Image, attention_map: Any,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Overlay, encode and write one image; its manifest record (runs in a worker)."""
-        prompted = self.prompter.overlay.apply(image, attention_map)
+        """Overlay, encode and write one image; its manifest record (runs in a worker).
+
+        A sample the overlay or the encoder fails on is recorded as an error; a failed write
+        (a full disk, say) stops the run.
+        """
+        try:
+            prompted = self.prompter.overlay.apply(image, attention_map)
+            data = encode_image(prompted, self.pil_format, self.jpeg_quality)
+        except Exception as exc:  # one bad sample must not sink the run
+            return _record(item, "error", error=_message(exc))
         path = self.out.image_path(item.name, self.extension)
-        write_atomic(path, encode_image(prompted, self.pil_format, self.jpeg_quality))
+        write_atomic(path, data)
         record = _record(item, "ok", file=path.relative_to(self.out.root).as_posix())
         record.update(map_stats(attention_map))
         record.update(extra or {})
@@ -309,22 +311,28 @@ class _Job:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="api-prompt-batch")
 
         def flush(block: bool) -> None:
-            """Write finished records from the head of ``pending`` (all of them when ``block``)."""
+            """Write finished records from the head of ``pending`` (all of them when ``block``).
+
+            A record leaves ``pending`` only once it is in hand, so when a write fails the
+            records before it are still appended (here) and the failed one is not.
+            """
             ready = []
-            while pending and (block or not isinstance(pending[0], Future) or pending[0].done()
-                               or len(pending) > self.max_pending):
-                head = pending.popleft()
-                record = head.result() if isinstance(head, Future) else head
-                ready.append(record)
-            self.out.append(ready)
-            for record in ready:
-                if record["status"] == "ok":
-                    summary.ok += 1
-                else:
-                    summary.error += 1
-                    if len(summary.errors) < MAX_LISTED_ERRORS:
-                        summary.errors.append((record["id"], record["error"]))
-            bar.update(len(ready))
+            try:
+                while pending and (block or not isinstance(pending[0], Future) or pending[0].done()
+                                   or len(pending) > self.max_pending):
+                    head = pending[0]
+                    ready.append(head.result() if isinstance(head, Future) else head)
+                    pending.popleft()
+            finally:
+                self.out.append(ready)
+                for record in ready:
+                    if record["status"] == "ok":
+                        summary.ok += 1
+                    else:
+                        summary.error += 1
+                        if len(summary.errors) < MAX_LISTED_ERRORS:
+                            summary.errors.append((record["id"], record["error"]))
+                bar.update(len(ready))
 
         def decode(item: _Item) -> _Item:
             if self.problem(item.sample) is None:

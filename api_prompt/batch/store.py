@@ -46,6 +46,8 @@ TMP_SUFFIX = ".tmp"
 MAX_NAME = 100
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: the ``file`` of a manifest record: an image straight inside ``images/``, named by :class:`Namer`
+_IMAGE_FILE = re.compile(rf"{IMAGES}/[A-Za-z0-9-][A-Za-z0-9._-]*")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
@@ -200,12 +202,19 @@ class OutputDir:
         """The latest manifest record of every sample, keyed by file name stem."""
         return latest_records(read_manifest(self.manifest))
 
-    def done(self) -> set[str]:
-        """Names of the samples whose record says ``ok`` and whose image file exists."""
-        return {
-            name for name, record in self.records().items()
-            if record.get("status") == "ok" and record.get("file") and (self.root / record["file"]).is_file()
-        }
+    def is_done(self, record: dict[str, Any] | None) -> bool:
+        """Whether ``record`` says ``ok`` and its image is in this folder's ``images/``.
+
+        A ``file`` that points anywhere else (a hand-edited manifest) never counts, so nothing
+        is read or written outside the folder on its behalf.
+        """
+        if not record:
+            return False
+        file = record.get("file")
+        return (
+            record.get("status") == "ok" and isinstance(file, str)
+            and _IMAGE_FILE.fullmatch(file) is not None and (self.root / file).is_file()
+        )
 
     # -- preparing -----------------------------------------------------------------------------
 
@@ -214,7 +223,9 @@ class OutputDir:
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} exists and is not a folder")
         if self.root.is_dir() and not self.run_json.exists():
-            others = [p.name for p in self.root.iterdir() if p.name not in (LOCK, MANIFEST, IMAGES)]
+            # Without run.json only what a run creates before writing it may be there, and empty,
+            # so --overwrite can never delete a user's own images/ folder or manifest.
+            others = [p.name for p in self.root.iterdir() if p.name != LOCK and not _is_empty(p)]
             if others:
                 raise ConfigError(
                     f"--out {self.root} is not empty and holds no run.json from an earlier batch run "
@@ -257,8 +268,8 @@ class OutputDir:
         shutil.rmtree(self.images, ignore_errors=True)
         for path in (self.manifest, self.run_json):
             path.unlink(missing_ok=True)
-        tsv = ((stored or {}).get("outputs") or {}).get("tsv")
-        if tsv and "/" not in tsv and "\\" not in tsv:
+        tsv = plain_file_name(((stored or {}).get("outputs") or {}).get("tsv"))
+        if tsv:
             (self.root / tsv).unlink(missing_ok=True)
         self.images.mkdir()
 
@@ -323,7 +334,6 @@ class OutputDir:
             view = view[written:]
         os.fsync(self._manifest_fd)
 
-
     def write_tsv(self, source: dict[str, Any], name: str) -> Path:
         """Write ``DIR/<name>``: the VLMEvalKit table with the prompted images, for evaluation.
 
@@ -342,9 +352,8 @@ class OutputDir:
         if "image" not in columns:
             columns.insert(columns.index(image_column), "image")
         records = sorted(
-            (r for r in self.records().values()
-             if r.get("status") == "ok" and r.get("file") and (self.root / r["file"]).is_file()),
-            key=lambda r: r["index"],
+            (record for record in self.records().values() if self.is_done(record)),
+            key=lambda record: record["index"],
         )
         path = self.root / name
         temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
@@ -365,6 +374,17 @@ class OutputDir:
         return path
 
 
+def plain_file_name(name: Any) -> str | None:
+    """``name`` when it names a file directly inside a folder (no separator, not ``..``), else None.
+
+    >>> plain_file_name("MMVet.tsv"), plain_file_name("../MMVet.tsv"), plain_file_name("..")
+    ('MMVet.tsv', None, None)
+    """
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        return None
+    return name
+
+
 def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a hidden temporary file and :func:`os.replace`."""
     temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
@@ -374,3 +394,8 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def _is_empty(path: Path) -> bool:
+    """An empty file, or a folder with nothing in it."""
+    return not any(path.iterdir()) if path.is_dir() else path.stat().st_size == 0
