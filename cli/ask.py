@@ -39,10 +39,9 @@ from .common import (
     OneLineErrorCommand,
     PresetOpt,
     PretrainedOpt,
+    PromptOptions,
     QuietOpt,
     ResampleOpt,
-    build_prompter,
-    check_prompter_options,
     handle_errors,
     status,
 )
@@ -144,11 +143,13 @@ def ask_command(
             options.update(device=target_device or device, dtype=target_dtype)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
+        prompt_options = PromptOptions(
+            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
+            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
+            resample=resample, background=background, geometry=geometry,
+        )
         if not no_api:
-            check_prompter_options(
-                preset=preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
-                background=background, geometry=geometry, device=device, dtype=dtype,
-            )
+            prompt_options.check()
         picture = load_image(image)
 
         # 2. The models.
@@ -161,12 +162,7 @@ def ask_command(
                 with status("Asking the target", quiet=quiet):
                     answer = answerer([picture], [question], max_new_tokens=max_new_tokens)[0]
             else:
-                prompter = build_prompter(
-                    backend=backend, model=model, pretrained=pretrained, layer=layer,
-                    device=device, dtype=dtype, preset=preset, enhance=enhance,
-                    kernel_size=kernel_size, resample=resample, background=background,
-                    geometry=geometry, quiet=quiet,
-                )
+                prompter = prompt_options.build(quiet=quiet)
                 asker = wrap(answerer, prompter, mode=mode.value, max_new_tokens=max_new_tokens)
                 with status("Asking the target", quiet=quiet):
                     answer = asker(picture, question)

@@ -31,10 +31,9 @@ from .common import (
     OneLineErrorCommand,
     PresetOpt,
     PretrainedOpt,
+    PromptOptions,
     QuietOpt,
     ResampleOpt,
-    build_prompter,
-    check_prompter_options,
     handle_errors,
 )
 
@@ -131,10 +130,12 @@ def batch_command(
         # Everything cheap first, so a typo never costs a model load.
         if shard_index >= num_shards:
             raise ConfigError(f"--shard-index must be below --num-shards ({num_shards}), got {shard_index}")
-        check_prompter_options(
-            preset=preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
-            background=background, geometry=geometry, device=device, dtype=dtype,
+        options = PromptOptions(
+            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
+            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
+            resample=resample, background=background, geometry=geometry,
         )
+        options.check()
         source = open_source(
             input, format=input_format.value if input_format else None, id_column=id_column,
             image_column=image_column, question_column=question_column, image_root=image_root,
@@ -142,12 +143,8 @@ def batch_command(
         )
         OutputDir(out).check_usable()
 
-        prompter = build_prompter(
-            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample, background=background, geometry=geometry, quiet=quiet,
-            batch_size=batch_size,  # the model's own chunking follows --batch-size
-        )
+        # the model's own chunking follows --batch-size
+        prompter = options.build(quiet=quiet, batch_size=batch_size)
         summary = run(
             source, out, prompter, batch_size=batch_size, workers=workers, limit=limit,
             num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,

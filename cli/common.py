@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Iterator, Optional
 
@@ -87,39 +88,56 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
 
-def check_prompter_options(
-    *, preset, enhance, kernel_size, resample, background, geometry, device, dtype,
-) -> None:
-    """Refuse bad map, overlay, device and dtype options without loading a model."""
-    from api_prompt.attribution.base import resolve_device, resolve_dtype
-    from api_prompt.prompter import check_settings
+@dataclass(frozen=True)
+class PromptOptions:
+    """The prompt options shared by ``prompt``, ``batch`` and ``ask``, as the user gave them.
 
-    check_settings(
-        preset, enhance=enhance, kernel_size=kernel_size,
-        resample=resample.value if resample else None, background=background,
-        geometry=geometry.value,
-    )
-    resolve_device(device)
-    resolve_dtype(dtype)
-
-
-def build_prompter(
-    *, backend: Backend, model, pretrained, layer, device, dtype, preset, enhance, kernel_size,
-    resample, background, geometry, quiet: bool, **backend_options,
-):
-    """The Prompter the options describe, with a status line while the model loads.
-
-    ``backend_options`` go to the backend's constructor (e.g. ``batch_size``).
+    Built once per command: :meth:`check` refuses bad values without loading a model, and
+    :meth:`build` loads the :class:`~api_prompt.Prompter` they describe.
     """
-    from api_prompt.prompter import Prompter
 
-    with status(f"Loading {backend.value} model {model or '(default)'}", quiet=quiet):
-        return Prompter(
-            backend.value, model, pretrained=pretrained, preset=preset, layer=layer,
-            enhance=enhance, kernel_size=kernel_size,
-            resample=resample.value if resample else None, background=background,
-            geometry=geometry.value, device=device, dtype=dtype, **backend_options,
+    backend: Backend
+    model: Optional[str]
+    pretrained: Optional[str]
+    layer: Optional[int]
+    device: str
+    dtype: Optional[str]
+    preset: Optional[str]
+    enhance: Optional[float]
+    kernel_size: Optional[int]
+    resample: Optional[Resample]
+    background: Optional[int]
+    geometry: Geometry
+
+    def _settings(self) -> dict:
+        return dict(
+            preset=self.preset, enhance=self.enhance, kernel_size=self.kernel_size,
+            resample=self.resample.value if self.resample else None, background=self.background,
+            geometry=self.geometry.value,
         )
+
+    def check(self) -> None:
+        """Refuse bad map, overlay, device and dtype options without loading a model."""
+        from api_prompt.attribution.base import resolve_device, resolve_dtype
+        from api_prompt.prompter import check_settings
+
+        settings = self._settings()
+        check_settings(settings.pop("preset"), **settings)
+        resolve_device(self.device)
+        resolve_dtype(self.dtype)
+
+    def build(self, *, quiet: bool, **backend_options):
+        """The Prompter the options describe, with a status line while the model loads.
+
+        ``backend_options`` go to the backend's constructor (e.g. ``batch_size``).
+        """
+        from api_prompt.prompter import Prompter
+
+        with status(f"Loading {self.backend.value} model {self.model or '(default)'}", quiet=quiet):
+            return Prompter(
+                self.backend.value, self.model, pretrained=self.pretrained, layer=self.layer,
+                device=self.device, dtype=self.dtype, **self._settings(), **backend_options,
+            )
 
 
 @contextmanager

@@ -38,10 +38,9 @@ from .common import (
     OneLineErrorCommand,
     PresetOpt,
     PretrainedOpt,
+    PromptOptions,
     QuietOpt,
     ResampleOpt,
-    build_prompter,
-    check_prompter_options,
     handle_errors,
 )
 
@@ -103,10 +102,12 @@ def prompt_command(
         # 1. Everything cheap, so a typo never costs a model load and never leaves a file.
         if not query.strip():
             raise ConfigError("the query is empty: pass the question the image should answer")
-        check_prompter_options(
-            preset=preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
-            background=background, geometry=geometry, device=device, dtype=dtype,
+        options = PromptOptions(
+            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
+            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
+            resample=resample, background=background, geometry=geometry,
         )
+        options.check()
         picture = load_image(image)
         output = output if output is not None else image.parent / (image.stem + DEFAULT_SUFFIX)
         targets = {"output": output, "--save-map": save_map, "--heatmap": heatmap}
@@ -114,11 +115,7 @@ def prompt_command(
 
         # 2. The model and the method.
         with warnings.catch_warnings(record=True) as caught, _quiet_logging(quiet):
-            prompter = build_prompter(
-                backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-                dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-                resample=resample, background=background, geometry=geometry, quiet=quiet,
-            )
+            prompter = options.build(quiet=quiet)
             result = prompter(picture, query)
             heat = None
             if heatmap is not None:
