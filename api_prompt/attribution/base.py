@@ -25,7 +25,7 @@ Box = tuple[float, float, float, float]
 #: backend name -> "module:Class". A new backend is one module plus one line here.
 BACKENDS: dict[str, str] = {
     "clip": "api_prompt.attribution.clip:CLIPAttributor",
-    "llava": "api_prompt.attribution.llava:LLaVAAttributor",
+    "llava": "api_prompt.attribution.decoder.llava:LLaVAAttributor",
 }
 
 
