@@ -26,6 +26,9 @@ Box = tuple[float, float, float, float]
 BACKENDS: dict[str, str] = {
     "clip": "api_prompt.attribution.clip:CLIPAttributor",
     "llava": "api_prompt.attribution.decoder.llava:LLaVAAttributor",
+    "llava-next": "api_prompt.attribution.decoder.llava_next:LLaVANextAttributor",
+    "qwen2-vl": "api_prompt.attribution.decoder.qwen2_vl:Qwen2VLAttributor",
+    "qwen2.5-vl": "api_prompt.attribution.decoder.qwen2_vl:Qwen25VLAttributor",
 }
 
 
