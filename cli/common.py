@@ -25,6 +25,9 @@ _USAGE_ERRORS = (click.UsageError, _VendoredUsageError)
 class Backend(str, Enum):
     clip = "clip"
     llava = "llava"
+    llava_next = "llava-next"
+    qwen2_vl = "qwen2-vl"
+    qwen2_5_vl = "qwen2.5-vl"
 
 
 class Resample(str, Enum):
@@ -46,8 +49,9 @@ BackendOpt = Annotated[Backend, typer.Option("--backend", help="Auxiliary model 
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", rich_help_panel=_MODEL, show_default=False,
     help="CLIP: an open_clip name (default ViT-L-14-336-quickgelu), 'hf-hub:ORG/REPO', "
-    "'local-dir:PATH' or a checkpoint file. LLaVA: a Hugging Face id or local folder "
-    "(default llava-hf/llava-1.5-7b-hf).",
+    "'local-dir:PATH' or a checkpoint file. LLaVA, LLaVA-NeXT, Qwen2-VL: a Hugging Face id or local "
+    "folder (default llava-hf/llava-1.5-7b-hf, llava-hf/llava-v1.6-mistral-7b-hf, "
+    "Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct).",
 )]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
     "--pretrained", rich_help_panel=_MODEL, show_default=False,
@@ -55,12 +59,13 @@ PretrainedOpt = Annotated[Optional[str], typer.Option(
 )]
 LayerOpt = Annotated[Optional[int], typer.Option(
     "--layer", rich_help_panel=_MODEL, show_default=False,
-    help="0-based block to read (negative counts from the end). Default: CLIP n_blocks-2, LLaVA 20.",
+    help="0-based block to read (negative counts from the end). Default: CLIP n_blocks-2, LLaVA 20, "
+    "LLaVA-NeXT and Qwen n_layers*20//32.",
 )]
 DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", rich_help_panel=_MODEL, show_default=False,
-    help="fp32, fp16 or bf16 (default: fp32 for CLIP, fp16 for LLaVA on GPU).",
+    help="fp32, fp16 or bf16 (default: fp32 for CLIP, fp16 for decoder backends on GPU).",
 )]
 PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", rich_help_panel=_MAP, show_default=False,

@@ -280,3 +280,32 @@ def test_saved_folder_through_registry_and_prompter(tmp_path, family):
     )
     result = Prompter(backend=name, model=model, processor=processor, layer=LAYER, max_new_tokens=3)(image, query)
     assert result.image.size == image.size
+
+
+@pytest.mark.installed
+@pytest.mark.slow
+def test_command_line_backend(tmp_path, name="qwen2-vl"):
+    """``api-prompt --backend qwen2-vl`` on a saved folder: prompted image plus the saved map
+    (the other names go through the same enum and registry; their loading is tested above)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cls, build = FAMILIES[name]
+    folder = tmp_path / "model"
+    model, processor = build(save_dir=folder)
+    image = _images()[0]
+    image.save(tmp_path / "photo.png")
+    command = [
+        str(Path(sys.executable).with_name("api-prompt")), str(tmp_path / "photo.png"), QUERIES[0],
+        "--backend", name, "--model", str(folder), "--layer", str(LAYER), "--device", "cpu",
+        "--save-map", str(tmp_path / "map.npz"), "-q",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    saved = np.load(tmp_path / "map.npz")
+    expected = cls(model, processor, layer=LAYER)([image], [QUERIES[0]])[0]
+    np.testing.assert_allclose(saved["attention"], expected.parts["attention"], atol=1e-6)
+    np.testing.assert_allclose(saved["mask"], expected.mask, atol=1e-6)
+    with Image.open(tmp_path / "photo_api.png") as prompted:
+        assert prompted.size == image.size
