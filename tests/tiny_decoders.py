@@ -103,6 +103,9 @@ def tiny_qwen_vl(
     min_pixels: int = 4 * 28 * 28,
     max_pixels: int = 24 * 28 * 28,
     vision_depth: int = 2,
+    vision_hidden_size: int = 32,
+    vision_heads: int = 2,
+    vision_mlp_ratio: int = 2,
     **text_options,
 ):
     """A random Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``) keeping aspect ratios.
@@ -122,21 +125,25 @@ def tiny_qwen_vl(
         video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
         tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE,
     )
-    vision = dict(depth=vision_depth, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2, in_channels=3)
-    if version == "2":
-        vision.update(embed_dim=32, hidden_size=hidden_size, mlp_ratio=2)  # hidden_size: merger output
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden_size, num_heads=vision_heads, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    if version == "2":  # hidden_size is the merger's output there, embed_dim the tower's width
+        vision.update(embed_dim=vision_hidden_size, hidden_size=hidden_size, mlp_ratio=vision_mlp_ratio)
     else:
-        vision.update(intermediate_size=64, out_hidden_size=hidden_size, window_size=56,
+        vision.update(intermediate_size=vision_mlp_ratio * vision_hidden_size, out_hidden_size=hidden_size, window_size=56,
                       fullatt_block_indexes=[vision_depth - 1])
     text = dict(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=2048, initializer_range=initializer_range,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        max_position_embeddings=32768, initializer_range=initializer_range,
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
     text.update(text_options)
+    # M-RoPE splits each head's frequency pairs 1/4 temporal, 3/8 height, 3/8 width, as the real
+    # checkpoints do ([16, 24, 24] for 128-wide heads; [2, 3, 3] for the default 16-wide ones).
+    half = text["hidden_size"] // text["num_attention_heads"] // 2
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0,
+                                        "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8]})
     config = getattr(transformers, f"{prefix}Config")(
         text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],

@@ -36,6 +36,7 @@ import torch
 from ... import hub
 from ...errors import ConfigError, UnsupportedModelError
 from ...maps import check_kernel_size, combine_llava
+from ...images import load_image
 from ..base import (
     AttentionMap,
     Attributor,
@@ -271,6 +272,16 @@ class DecoderAttributor(Attributor):
         for image_batch, query_batch in zip(chunks(images, self.batch_size), chunks(queries, self.batch_size)):
             maps.extend(self._attribute_batch(list(image_batch), list(query_batch)))
         return maps
+
+    def model_inputs(self, images: list, queries: list[str]) -> dict:
+        """The exact ``generate`` inputs the attributor builds for these images and queries (the
+        family's prompt and image preparation, left-padded): plain ``model.generate(**inputs)``
+        on them gives the same answers as the attributor.
+
+        >>> inputs = attributor.model_inputs([image], ["What is this?"])   # doctest: +SKIP
+        >>> model.generate(**inputs, max_new_tokens=20, do_sample=False)    # doctest: +SKIP
+        """
+        return self._prepare([load_image(image) for image in images], list(queries))[0]
 
     def _processor_call(self, **kwargs) -> dict:
         """The processor on a left-padded batch (every row's last position is its last real
