@@ -25,6 +25,8 @@ _PUBLIC = {
     "PRESETS": "api_prompt.presets",
     "CLIPAttributor": "api_prompt.attribution.clip",
     "LLaVAAttributor": "api_prompt.attribution.llava",
+    "LLaVANextAttributor": "api_prompt.attribution.decoder",
+    "Qwen2VLAttributor": "api_prompt.attribution.decoder",
     "AttentionMap": "api_prompt.attribution.base",
     "create_attributor": "api_prompt.attribution.base",
     "Overlay": "api_prompt.overlay",
