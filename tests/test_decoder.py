@@ -175,11 +175,18 @@ def _snapshot(model, processor):
         (model.config._attn_implementation, model.config.text_config._attn_implementation),
         _hooks(model),
         (processor.tokenizer.padding_side, processor.image_processor.to_json_string(), processor.chat_template),
+        _rope_deltas(model),
     )
 
 
+def _rope_deltas(model):
+    """Qwen2-VL's cached M-RoPE offsets (None for LLaVA-NeXT), which ``generate`` sets."""
+    value = getattr(model.model, "rope_deltas", None)
+    return None if value is None else value.clone()
+
+
 def _assert_unchanged(model, processor, before):
-    state, modes, impl, hooks, processor_state = before
+    state, modes, impl, hooks, processor_state, rope_deltas = before
     after = model.state_dict()
     assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
     assert {name: m.training for name, m in model.named_modules()} == modes
@@ -188,6 +195,9 @@ def _assert_unchanged(model, processor, before):
     assert _hooks(model) == hooks
     assert (processor.tokenizer.padding_side, processor.image_processor.to_json_string(),
             processor.chat_template) == processor_state
+    after_deltas = _rope_deltas(model)
+    assert (rope_deltas is None) == (after_deltas is None)
+    assert rope_deltas is None or torch.equal(rope_deltas, after_deltas)
 
 
 def test_model_and_processor_left_unchanged_also_on_error(family, monkeypatch):

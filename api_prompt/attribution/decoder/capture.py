@@ -27,8 +27,9 @@ of attention over those keys becomes a grid and the box of the image it covers.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -319,7 +320,8 @@ class DecoderAttributor(Attributor):
         attention = self.decoder_layers[self.layer].self_attn
         capture = LastRowCapture(attention, keys, inputs["input_ids"].shape[1], self._rotary)
         eos_ids = self._eos_ids()
-        with torch.inference_mode(), eval_mode(self.model), temporary_hooks() as handles:
+        with torch.inference_mode(), eval_mode(self.model), generation_state(self.model), \
+                temporary_hooks() as handles:
             handles.append(attention.register_forward_pre_hook(capture, with_kwargs=True))
             sequences = self.model.generate(
                 **inputs,
@@ -419,6 +421,23 @@ class DecoderAttributor(Attributor):
             lambda files_only: AutoProcessor.from_pretrained(source, local_files_only=files_only),
             name, advice=self._advice(name), what="the processor of",
         )
+
+
+#: Attributes that ``generate`` leaves behind on a model's modules (Qwen2-VL caches its M-RoPE
+#: offsets in ``rope_deltas``); restored afterwards so the model is exactly as it was.
+GENERATION_STATE = ("rope_deltas",)
+
+
+@contextmanager
+def generation_state(model: torch.nn.Module) -> Iterator[None]:
+    """Restore the :data:`GENERATION_STATE` attributes of every module on exit."""
+    saved = [(module, name, getattr(module, name)) for module in model.modules()
+             for name in GENERATION_STATE if hasattr(module, name)]
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def answer_length(tokens: torch.Tensor, eos_ids: list[int], limit: int) -> int:
