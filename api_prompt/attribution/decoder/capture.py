@@ -94,7 +94,7 @@ class LastRowCapture:
         self.rotary = rotary or (lambda cos, sin: (cos, sin))
         # 1/sqrt(d); transformers before 4.48 has no ``scaling`` attribute
         self.scaling = getattr(attention, "scaling", attention.head_dim ** -0.5)
-        self.keys: torch.Tensor | None = None  # (B, heads, N, d), float32, rotated
+        self.keys: torch.Tensor | None = None  # (B, key-value heads, N, d), float32, rotated
         self.passes: list[torch.Tensor] = []  # each (B, N), float32
 
     def _project(self, proj: torch.nn.Module, norm_name: str, hidden: torch.Tensor) -> torch.Tensor:
@@ -126,12 +126,14 @@ class LastRowCapture:
             image_hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
             trig = [t.expand(hidden.shape[0], -1, -1).gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
                     for t in (cos, sin)]
-            keys = apply_rotary(self._project(attn.k_proj, "k_norm", image_hidden), *trig)
-            groups = getattr(attn, "num_key_value_groups", 1)
-            self.keys = keys.float().repeat_interleave(groups, dim=1)
+            # one key per key-value head (grouped-query attention shares it among query heads)
+            self.keys = apply_rotary(self._project(attn.k_proj, "k_norm", image_hidden), *trig).float()
         query = self._project(attn.q_proj, "q_norm", hidden[:, -1:])
         query = apply_rotary(query, cos[:, -1:], sin[:, -1:]).float()  # (B, heads, 1, d)
-        logits = (query @ self.keys.transpose(-1, -2)).squeeze(2) * self.scaling  # (B, heads, N)
+        batch, heads, _, dim = query.shape
+        kv_heads = self.keys.shape[1]  # query head h reads key-value head h // (heads / kv_heads)
+        grouped = query.view(batch, kv_heads, heads // kv_heads, dim)
+        logits = torch.einsum("bkgd,bknd->bkgn", grouped, self.keys).reshape(batch, heads, -1) * self.scaling
         logits = logits.masked_fill(~self.valid[:, None, :], float("-inf"))
         self.passes.append(logits.softmax(dim=-1).mean(dim=1))
         return None
