@@ -175,6 +175,8 @@ def measure(family, args, device, dtype, rng):
         m = {name: statistics.median(v) for name, v in peaks.items()}
         rows.append((family, layer, batch, tokens, t["generate"], t["api"], t["api"] / t["generate"],
                      m["generate"] / 2**20, m["api"] / 2**20, m["api"] / m["generate"]))
+        print(f"# {family} batch {batch}: time ratio {rows[-1][6]:.3f}, memory ratio {rows[-1][9]:.3f}",
+              file=sys.stderr, flush=True)
     del attributor, model
     gc.collect()
     if device.type == "cuda":
