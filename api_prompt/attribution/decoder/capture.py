@@ -177,6 +177,9 @@ class DecoderAttributor(Attributor):
     default_model = ""
     #: ``config.model_type`` -> transformers class name this backend loads and accepts.
     model_classes: dict[str, str] = {}
+    #: The default layer rule in words and the recipe that makes masks (for backend specs).
+    default_layer_rule = "n_layers * 20 // 32"
+    default_recipe = "llava"
 
     def __init__(
         self,
