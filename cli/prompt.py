@@ -117,13 +117,7 @@ def prompt_command(
         with warnings.catch_warnings(record=True) as caught, _quiet_logging(quiet):
             prompter = options.build(quiet=quiet)
             result = prompter(picture, query)
-            heat = None
-            if heatmap is not None:
-                from api_prompt.overlay import render_heatmap
-
-                heat = render_heatmap(
-                    picture, result.map, colorbar=True, geometry=prompter.overlay.geometry
-                )
+            heat = prompter.heatmap(picture, result.map, colorbar=True) if heatmap is not None else None
         if not quiet:
             report_warnings(caught)  # one line each
 
