@@ -27,7 +27,7 @@ _PUBLIC = {
     "LLaVAAttributor": "api_prompt.attribution.llava",
     "LLaVANextAttributor": "api_prompt.attribution.decoder",
     "Qwen2VLAttributor": "api_prompt.attribution.decoder",
-    "AttentionMap": "api_prompt.attribution.base",
+    "AttentionMap": "api_prompt.attention_map",
     "create_attributor": "api_prompt.attribution.base",
     "Overlay": "api_prompt.overlay",
     "render_heatmap": "api_prompt.overlay",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch
 
 from ... import hub
 from ...errors import ConfigError, UnsupportedModelError
-from ...maps import check_kernel_size, combine_llava
+from ...maps import check_kernel_size, get_recipe
 from ...images import load_image
 from ..base import (
     AttentionMap,
@@ -160,7 +161,8 @@ class DecoderAttributor(Attributor):
         model: a Hugging Face id or local folder of a checkpoint in the transformers format, or an
             already loaded model (then pass its ``processor`` too; it is used where it is, in its
             dtype, and left unchanged), so that a target can share it.
-        processor: the model's processor; loaded from ``model`` when it is a name.
+        processor: the model's processor, or a Hugging Face id / folder to load it from; by default
+            loaded from ``model`` (its name, or a loaded model's ``config._name_or_path``).
         layer: decoder layer L' (0-based; negative counts from the end). None: the family's
             default (:meth:`default_layer`).
         max_new_tokens: greedy generation length limit (the reference's 20).
@@ -177,8 +179,7 @@ class DecoderAttributor(Attributor):
     default_model = ""
     #: ``config.model_type`` -> transformers class name this backend loads and accepts.
     model_classes: dict[str, str] = {}
-    #: The default layer rule in words and the recipe that makes masks (for backend specs).
-    default_layer_rule = "n_layers * 20 // 32"
+    #: The recipe (:data:`api_prompt.maps.RECIPES`) that makes the attributor's own masks.
     default_recipe = "llava"
 
     def __init__(
@@ -212,9 +213,13 @@ class DecoderAttributor(Attributor):
         self.batch_size = batch_size
         model = self.default_model if model is None else model
 
+        if isinstance(processor, (str, Path)):
+            processor = self._load_processor(str(processor))
         if isinstance(model, torch.nn.Module):
             self._check_model_type(model.config)
-            self.model, self.processor = model, processor or self._load_processor(model)
+            if processor is None:
+                processor = self._load_processor(getattr(model.config, "_name_or_path", ""))
+            self.model, self.processor = model, processor
             self.model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
             parameter = next(model.parameters())
             self.device, self.dtype = parameter.device, parameter.dtype
@@ -349,7 +354,7 @@ class DecoderAttributor(Attributor):
             row_attention = passes[:length, row][:, valid[row]].mean(dim=0)
             parts, region, extra = self._to_map(row_attention, keys.layouts[row], geometry[row])
             parts = {name: np.asarray(part, dtype=np.float32) for name, part in parts.items()}
-            mask = combine_llava(parts["attention"], coe=self.enhance, kernel_size=self.kernel_size)
+            mask = get_recipe(self.default_recipe)(parts, enhance=self.enhance, kernel_size=self.kernel_size)
             answer = tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
             maps.append(
                 AttentionMap(
@@ -360,6 +365,7 @@ class DecoderAttributor(Attributor):
                     query=query,
                     answer=answer,
                     extra={"passes": length, **extra},
+                    recipe=self.default_recipe,
                 )
             )
         return maps
@@ -414,11 +420,10 @@ class DecoderAttributor(Attributor):
         model, processor = hub.load_cache_first(load, name, advice=self._advice(name), what=f"{self.family} model")
         return model.to(self.device).eval(), processor
 
-    def _load_processor(self, model: torch.nn.Module) -> Any:
-        """The processor saved with an already loaded model (its ``config._name_or_path``)."""
+    def _load_processor(self, name: str) -> Any:
+        """The processor in a folder or Hub id (for a loaded model, its ``config._name_or_path``)."""
         from transformers import AutoProcessor
 
-        name = getattr(model.config, "_name_or_path", "")
         if not name:
             raise ConfigError(f"pass processor= with an already loaded {self.family} model")
         source = str(hub.local_folder(name, self._advice(name)) or name)

@@ -80,7 +80,6 @@ class LLaVAAttributor(DecoderAttributor):
     family = "LLaVA-1.5"
     default_model = DEFAULT_MODEL
     model_classes = {"llava": "LlavaForConditionalGeneration"}
-    default_layer_rule = "20 (the paper's)"
 
     def default_layer(self, n_layers: int) -> int:
         return DEFAULT_LAYER
