@@ -63,7 +63,8 @@ PRESETS = {
             vocab_size=32064, hidden_size=1024), 5),
         # LLaVA-v1.6-Mistral-7B: Mistral-7B (4096 wide, 32 layers, 32 heads, 8 KV heads), ViT-L/14-336.
         "7b": (tiny_llava_next, dict(
-            image_size=336, patch_size=14, vision_hidden_size=1024, vision_layers=24, pinpoints=LLAVA_NEXT_PINPOINTS,
+            image_size=336, patch_size=14, vision_hidden_size=1024, vision_layers=24, vision_heads=16,
+            pinpoints=LLAVA_NEXT_PINPOINTS,
             num_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
             vocab_size=32064, hidden_size=4096), 20),
     },

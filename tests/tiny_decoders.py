@@ -32,6 +32,7 @@ def tiny_llava_next(
     hidden_size: int = 64,
     vision_hidden_size: int = 32,
     vision_layers: int = 2,
+    vision_heads: int = 4,
     image_size: int = 24,
     patch_size: int = 6,
     pinpoints: list | None = None,
@@ -60,7 +61,7 @@ def tiny_llava_next(
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=vision_hidden_size, intermediate_size=4 * vision_hidden_size,
-            num_hidden_layers=vision_layers, num_attention_heads=4, image_size=image_size,
+            num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
             patch_size=patch_size, projection_dim=vision_hidden_size,
         ),
         text_config=LlamaConfig(**text),
