@@ -290,6 +290,11 @@ def test_saved_folder_through_registry_and_prompter(tmp_path, family):
     )
     result = Prompter(backend=name, model=model, processor=processor, layer=LAYER, max_new_tokens=3)(image, query)
     assert result.image.size == image.size
+    # a loaded model with its processor given as a folder (what ``-B processor=PATH`` passes)
+    named = create_attributor(name, model=model, processor=str(tmp_path), layer=LAYER, max_new_tokens=3)
+    np.testing.assert_allclose(
+        named([image], [query])[0].parts["attention"], shared([image], [query])[0].parts["attention"], atol=1e-6,
+    )
 
 
 @pytest.mark.installed
