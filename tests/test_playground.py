@@ -1,0 +1,195 @@
+"""The playground's engine (no browser, no Gradio): same pixels as prompt(), one model load,
+settings that never run the model, and errors as sentences. The page itself is tested in a real
+browser in test_playground_browser.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from api_prompt import prompt
+from api_prompt.errors import ConfigError, ModelLoadError
+from api_prompt.playground import engine as engine_module
+from api_prompt.playground.engine import Playground, default_model_dir, part_picture
+from api_prompt.prompter import Prompter
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "api_prompt" / "playground" / "examples"
+SMALL_CLIP = f"local-dir:{ROOT / 'assets' / 'synthshapes-clip'}"
+
+
+class CountingPrompter:
+    """Builds real Prompters and counts how often a model was loaded."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs) -> Prompter:
+        self.calls += 1
+        return Prompter(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def playground() -> Playground:
+    return Playground(device="cpu", build_prompter=CountingPrompter())
+
+
+@pytest.fixture(scope="module")
+def scene() -> Image.Image:
+    # Not square, so the centre crop (and geometry="fit") matters.
+    return Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize((300, 200))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def test_default_model_is_the_shipped_small_clip(playground):
+    assert playground.model == f"local-dir:{default_model_dir()}"
+    assert (default_model_dir() / "open_clip_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the defaults (preset "package", the model's default layer)
+        dict(layer=1, enhance=3.0, kernel_size=5, resample="bicubic", background=120, geometry="fit"),
+    ],
+)
+def test_stages_give_the_pixels_of_prompt(playground, scene, settings):
+    layer = settings.get("layer")
+    raw = playground.attribute(scene, "a yellow triangle", layer=layer)
+    amap = playground.combine(
+        raw, enhance=settings.get("enhance", 10.0), kernel_size=settings.get("kernel_size", 3)
+    )
+    view = playground.view(
+        scene, amap, resample=settings.get("resample", "lanczos"),
+        background=settings.get("background", 0), geometry=settings.get("geometry", "stretch"),
+    )
+    expected = prompt(scene, "a yellow triangle", model=SMALL_CLIP, device="cpu", **settings)
+    assert np.array_equal(pixels(view.prompted), pixels(expected))
+    assert view.heatmap.width > view.heatmap.height  # the colour bar is attached on the right
+    assert [caption.split()[0] for _, caption in view.parts] == ["psi_cls", "psi_comp"]
+
+
+def test_settings_and_layers_never_reload_and_only_layers_run_the_model(playground, scene):
+    playground.prompter()
+    loads, runs = playground.loads, playground.model_runs
+    raw = playground.attribute(scene, "a blue circle")
+    outputs = set()
+    for kernel_size in (1, 3, 5, 7):
+        amap = playground.combine(raw, enhance=10.0, kernel_size=kernel_size)
+        for background in (0, 200):
+            view = playground.view(scene, amap, resample="lanczos", background=background, geometry="stretch")
+            outputs.add(pixels(view.prompted).tobytes())
+    assert len(outputs) == 8  # every setting changed the picture
+    assert playground.model_runs == runs + 1  # ... without running the model again
+    n_layers, default = playground.layers()
+    other = playground.attribute(scene, "a blue circle", layer=(default + 1) % n_layers)
+    assert not np.array_equal(other.parts["psi_cls"], raw.parts["psi_cls"])
+    assert playground.prompter().attributor.layer == default  # the next call reads the default again
+    assert playground.loads == loads == playground.build_prompter.calls == 1
+
+
+def test_concurrent_first_requests_load_the_model_once(scene):
+    counter = CountingPrompter()
+    playground = Playground(device="cpu", build_prompter=counter)
+    errors: list[BaseException] = []
+
+    def visit():
+        try:
+            playground.attribute(scene, "a red circle")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=visit) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert counter.calls == playground.loads == 1 and playground.model_runs == 4
+
+
+def test_a_model_that_cannot_load_is_tried_again_by_the_next_request(scene):
+    attempts = []
+
+    def flaky(*args, **kwargs):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ModelLoadError("no weights at /nowhere")
+        return Prompter(*args, **kwargs)
+
+    playground = Playground(device="cpu", build_prompter=flaky)
+    with pytest.raises(ModelLoadError, match="no weights"):
+        playground.attribute(scene, "a red circle")
+    assert not playground.loaded
+    playground.attribute(scene, "a red circle")
+    assert playground.loads == 1 and len(attempts) == 2
+
+
+def test_bad_requests_are_one_sentence(playground, scene):
+    with pytest.raises(ConfigError, match="the question is empty"):
+        playground.attribute(scene, "   ")
+    raw = playground.attribute(scene, "a red circle")
+    with pytest.raises(ConfigError, match="kernel size must be an odd integer"):
+        playground.combine(raw, enhance=10.0, kernel_size=4)
+    n_layers, _ = playground.layers()
+    with pytest.raises(ConfigError, match="out of range"):
+        playground.attribute(scene, "a red circle", layer=n_layers)
+    with pytest.raises(ConfigError, match="no target model"):
+        playground.ask(scene, scene, "what is it?")
+
+
+def test_bad_settings_are_refused_before_any_model_loads():
+    counter = CountingPrompter()
+    with pytest.raises(ConfigError, match="unknown preset"):
+        Playground(device="cpu", preset="nope", build_prompter=counter)
+    with pytest.raises(ConfigError, match="background"):
+        Playground(device="cpu", background=300, build_prompter=counter)
+    assert counter.calls == 0
+
+
+def test_the_target_answers_about_the_original_and_the_prompted_image(playground, scene):
+    def brightness(image, question):
+        return f"{question}: {np.asarray(image).mean():.1f}"
+
+    asking = Playground(device="cpu", target=brightness, build_prompter=lambda *a, **k: playground.prompter())
+    raw = asking.attribute(scene, "a red circle")
+    prompted = asking.view(scene, raw, resample="lanczos", background=0, geometry="stretch").prompted
+    original_answer, prompted_answer = asking.ask(scene, prompted, "how bright")
+    assert original_answer == brightness(scene, "how bright")
+    assert prompted_answer == brightness(prompted, "how bright")
+    assert original_answer != prompted_answer
+
+
+def test_missing_small_clip_is_one_clear_sentence(monkeypatch, tmp_path):
+    monkeypatch.setattr(engine_module, "_PACKAGED_MODEL", tmp_path / "a")
+    monkeypatch.setattr(engine_module, "_REPOSITORY_MODEL", tmp_path / "b")
+    with pytest.raises(ModelLoadError, match="small example CLIP is not installed.*pass a model with --model"):
+        Playground(device="cpu")
+    Playground(device="cpu", model="ViT-B-16", build_prompter=CountingPrompter())  # another model: fine
+
+
+def test_examples_are_the_synthetic_scenes_they_claim_to_be():
+    scenes = pytest.importorskip("benchmarks.synthshapes.scenes", reason="run from the repository root")
+    entries = json.loads((EXAMPLES / "examples.json").read_text())
+    assert len(entries) >= 3
+    for entry in entries:
+        scene = scenes.make_scene(np.random.default_rng(entry["seed"]), size=64, n_objects=3)
+        expected = scene.image.resize((256, 256), Image.Resampling.NEAREST)
+        assert np.array_equal(pixels(Image.open(EXAMPLES / entry["file"])), pixels(expected))
+        phrase = entry["question"].split(" ", 1)[1]  # "a red square" -> "red square"
+        assert scene.find(phrase), f"{entry['file']} has no {phrase}"
+
+
+def test_part_picture_scales_each_part_to_its_own_range():
+    picture = np.asarray(part_picture(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32), side=2))
+    flat = np.asarray(part_picture(np.full((2, 2), 5.0, np.float32), side=2))
+    assert picture.shape == (2, 2, 3) and not np.array_equal(picture[0, 0], picture[1, 1])
+    assert (flat == flat[0, 0]).all()
