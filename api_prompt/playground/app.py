@@ -172,13 +172,20 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
         def shown(state: Session, amap, resample_, background_, geometry_) -> tuple:
             view = playground.view(state.image, amap, resample=resample_, background=int(background_),
                                    geometry=geometry_)
-            image_file = state.folder / "prompted.png"
-            map_file = state.folder / "map.npz"
-            view.prompted.save(image_file)
             state.prompted = view.prompted
+            # Written here, fast (PNG level 1; lossless at every level): Gradio then only copies them.
+            files = {name: state.folder / f"{name}.png" for name in ("prompted", "heatmap")}
+            view.prompted.save(files["prompted"], compress_level=1)
+            view.heatmap.save(files["heatmap"], compress_level=1)
+            parts = []
+            for index, (picture, caption) in enumerate(view.parts):
+                path = state.folder / f"part{index}.png"
+                picture.save(path, compress_level=1)
+                parts.append((str(path), caption))
+            map_file = state.folder / "map.npz"
             amap.save(map_file)
-            return (state.image, str(image_file), view.heatmap, view.parts, str(image_file), str(map_file),
-                    "", state)
+            return (gr.skip(), str(files["prompted"]), str(files["heatmap"]), parts, str(files["prompted"]),
+                    str(map_file), "", state)
 
         def prompt_step(file, question_, layer_, enhance_, kernel_, resample_, background_, geometry_,
                         state: Session | None, known: bool):
@@ -187,12 +194,14 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
                 raise _Failure("no image: upload one or pick an example")
             if not (question_ or "").strip():
                 raise _Failure("the question is empty: type what the image should answer")
-            if file != state.image_path or state.image is None:
+            new_image = file != state.image_path or state.image is None
+            if new_image:
                 state.use_image(file, _load_upload(file))
             state.question = question_.strip()
             state.raw = playground.attribute(state.image, state.question, layer=int(layer_) if known else None)
             state.combined = playground.combine(state.raw, enhance=float(enhance_), kernel_size=int(kernel_))
-            return shown(state, state.combined, resample_, background_, geometry_)
+            result = shown(state, state.combined, resample_, background_, geometry_)
+            return (state.image if new_image else gr.skip(), *result[1:])
 
         def layer_step(file, question_, layer_, *rest):
             if not file or not (question_ or "").strip():
@@ -210,11 +219,10 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
                 return (*skip_pictures, gr.skip(), gr.skip())
             return shown(state, state.combined, resample_, background_, geometry_)
 
-        def preset_step(name, geometry_, state):
+        def preset_step(name):
+            """Fill the four controls; their change events then recompute what they need."""
             values = PRESETS[name]
-            result = combine_step(values["enhance"], values["kernel_size"], values["resample"],
-                                  values["background"], geometry_, state)
-            return (values["enhance"], values["kernel_size"], values["resample"], values["background"], *result)
+            return values["enhance"], values["kernel_size"], values["resample"], values["background"]
 
         def load_upload(file, state: Session | None):
             """Show an upload at once, so a broken file is reported before anything else."""
@@ -253,28 +261,20 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
         # One queue for the whole page: visitors take turns, and one visitor's events run in order.
         one_queue = dict(concurrency_id="playground", concurrency_limit=1)
         gr.on([run.click, question.submit], guarded(prompt_step), prompt_inputs, outputs, **one_queue)
-        layer.release(guarded(layer_step), prompt_inputs, outputs, **one_queue)
-        gr.on([enhance.release, kernel.release], guarded(combine_step), [*settings_inputs, session], outputs,
-              **one_queue)
-        gr.on([resample.input, background.release, geometry.input], guarded(render_step),
-              [resample, background, geometry, session], outputs, **one_queue)
-        preset.input(guarded_preset(preset_step, skip_pictures), [preset, geometry, session],
-                     [enhance, kernel, resample, background, *outputs], **one_queue)
+        # `change` fires for drags, clicks, arrow keys, typed numbers and presets alike;
+        # always_last: while one recompute runs, a burst of changes leaves only the newest queued.
+        latest = dict(one_queue, trigger_mode="always_last")
+        layer.change(guarded(layer_step), prompt_inputs, outputs, **latest)
+        gr.on([enhance.change, kernel.change], guarded(combine_step), [*settings_inputs, session], outputs,
+              **latest)
+        gr.on([resample.change, background.change, geometry.change], guarded(render_step),
+              [resample, background, geometry, session], outputs, **latest)
+        preset.input(preset_step, preset, [enhance, kernel, resample, background], **one_queue)
         upload.change(load_upload, [upload, session], [original, error, session], **one_queue)
         ask.click(ask_handler, [question, session], [answer_original, answer_prompted, error], **one_queue)
         app.load(page_opened, None, [layer, error, layer_known], show_progress="hidden", **one_queue)
     app.queue(default_concurrency_limit=1)
     return app
-
-
-def guarded_preset(step: Callable[..., tuple], skip_pictures: list) -> Callable[..., tuple]:
-    def handler(*args):
-        try:
-            return step(*args)
-        except Exception as exc:
-            return (*([gr.skip()] * 4), *skip_pictures, _error_markdown(_sentence(exc)), gr.skip())
-
-    return handler
 
 
 def _layer_bounds(playground: Playground) -> dict:
