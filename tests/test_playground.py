@@ -193,3 +193,9 @@ def test_part_picture_scales_each_part_to_its_own_range():
     flat = np.asarray(part_picture(np.full((2, 2), 5.0, np.float32), side=2))
     assert picture.shape == (2, 2, 3) and not np.array_equal(picture[0, 0], picture[1, 1])
     assert (flat == flat[0, 0]).all()
+
+
+def test_a_question_longer_than_the_text_encoder_reads_gets_a_note(playground):
+    assert playground.truncation_note("a red circle") is None
+    note = playground.truncation_note(" ".join(["a red circle"] * 20))
+    assert note.startswith("the question is") and "reads 32" in note

@@ -200,8 +200,11 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
             state.question = question_.strip()
             state.raw = playground.attribute(state.image, state.question, layer=int(layer_) if known else None)
             state.combined = playground.combine(state.raw, enhance=float(enhance_), kernel_size=int(kernel_))
-            result = shown(state, state.combined, resample_, background_, geometry_)
-            return (state.image if new_image else gr.skip(), *result[1:])
+            original_, *result = shown(state, state.combined, resample_, background_, geometry_)
+            note = playground.truncation_note(state.question)
+            if note:
+                result[-2] = f"**Note:** {note}"
+            return (state.image if new_image else gr.skip(), *result)
 
         def layer_step(file, question_, layer_, *rest):
             if not file or not (question_ or "").strip():

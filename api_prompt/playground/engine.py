@@ -166,24 +166,32 @@ class Playground:
 
                 attributor.layer = check_layer(int(layer), self._n_layers)
             try:
-                amap = _attribute(prompter, image, question.strip())
+                amap = prompter.attribute([image], [question.strip()])[0]
             finally:
                 attributor.layer = self._default_layer
             self.model_runs += 1
         return amap
 
+    def truncation_note(self, question: str) -> str | None:
+        """A sentence when the text encoder reads only the start of ``question``, else None."""
+        overflow = self.prompter().query_overflow(question.strip())
+        if overflow is None:
+            return None
+        count, context = overflow
+        return f"the question is {count} tokens long but the text encoder reads {context}; only its start was used"
+
     # -- no model ------------------------------------------------------------------------------
 
     def combine(self, amap, *, enhance: float, kernel_size: int):
         """A copy of ``amap`` with the mask its raw parts give at these settings. No model."""
-        return _combine(self.prompter(), amap, enhance=enhance, kernel_size=kernel_size)
+        return self.prompter().combine(amap, enhance=enhance, kernel_size=kernel_size)
 
     def view(self, image: Image.Image, amap, *, resample: str, background: int, geometry: str) -> View:
         """The prompted image, the heat map with its colour bar, and the raw parts. No model."""
         from ..overlay import render_heatmap
 
-        prompted = _render(
-            self.prompter(), image, amap, resample=resample, background=background, geometry=geometry
+        prompted = self.prompter().render(
+            image, amap, resample=resample, background=background, geometry=geometry
         )
         small = _thumbnail(image, HEATMAP_SIDE)
         heatmap = _with_colour_bar(render_heatmap(small, amap, geometry=geometry))
@@ -266,33 +274,3 @@ def _thumbnail(image: Image.Image, side: int) -> Image.Image:
     copy.thumbnail((side, side), Image.Resampling.LANCZOS)
     return copy
 
-
-# -- until the v2 stages (Prompter.attribute / combine / render) land on main ----------------
-
-
-def _attribute(prompter, image, question):
-    if hasattr(prompter, "attribute"):
-        return prompter.attribute([image], [question])[0]
-    return prompter.attributor.attribute([image], [question])[0]
-
-
-def _combine(prompter, amap, *, enhance, kernel_size):
-    if hasattr(prompter, "combine"):
-        return prompter.combine(amap, enhance=enhance, kernel_size=kernel_size)
-    import dataclasses
-
-    from ..maps import combine_clip, combine_llava
-
-    if "psi_cls" in amap.parts:
-        mask = combine_clip(amap.parts["psi_cls"], amap.parts["psi_comp"], coe=enhance, kernel_size=kernel_size)
-    else:
-        mask = combine_llava(amap.parts["attention"], coe=enhance, kernel_size=kernel_size)
-    return dataclasses.replace(amap, mask=mask)
-
-
-def _render(prompter, image, amap, *, resample, background, geometry):
-    if hasattr(prompter, "render"):
-        return prompter.render(image, amap, resample=resample, background=background, geometry=geometry)
-    from ..overlay import Overlay
-
-    return Overlay(resample=resample, background=background, geometry=geometry).apply(image, amap)
