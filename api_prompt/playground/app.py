@@ -141,7 +141,8 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
                     original = gr.Image(label="Input", format="png", interactive=False, elem_id="original")
                     prompted = gr.Image(label="Prompted image", format="png", interactive=False, elem_id="prompted")
                     heatmap = gr.Image(label="Heat map", format="png", interactive=False, elem_id="heatmap")
-                parts = gr.Gallery(label="Raw parts (min-max scaled)", columns=4, height=220, format="png",
+                parts = gr.Gallery(label="Raw parts (each min-max scaled; raw range in the caption)", columns=4,
+                                   fit_columns=False, height=240, object_fit="contain", format="png",
                                    interactive=False, elem_id="parts")
                 with gr.Row():
                     download_image = gr.DownloadButton("Download prompted image (.png)", elem_id="download-image")
