@@ -199,3 +199,58 @@ def test_a_question_longer_than_the_text_encoder_reads_gets_a_note(playground):
     assert playground.truncation_note("a red circle") is None
     note = playground.truncation_note(" ".join(["a red circle"] * 20))
     assert note.startswith("the question is") and "reads 32" in note
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    return CliRunner().invoke(app, ["playground", *args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--kernel-size", "4"], "kernel size must be an odd integer"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--base-url", "http://127.0.0.1:9/v1"], "--base-url needs --target openai:<model>"),
+        (["--target", "hf:some/model", "--base-url", "http://x/v1"], "--base-url only applies"),
+    ],
+)
+def test_command_refuses_bad_options_in_one_line_before_loading(monkeypatch, args, words):
+    monkeypatch.setattr(Playground, "prompter", lambda self: pytest.fail("a model was loaded"))
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and words in result.stderr
+
+
+def test_command_without_gradio_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "gradio", None)
+    result = invoke()
+    assert result.exit_code == 2
+    assert result.stderr == "error: the playground needs Gradio: pip install 'api-prompt[playground]'\n"
+
+
+def test_command_loads_the_model_once_then_serves_where_asked(monkeypatch):
+    gradio = pytest.importorskip("gradio", reason="pip install -e '.[playground]'")
+    served = {}
+
+    def launch(app, **options):
+        served.update(options, loaded=app_playground[0].loaded, loads=app_playground[0].loads)
+
+    app_playground = []
+    from api_prompt.playground import app as app_module
+
+    real_build = app_module.build_app
+    monkeypatch.setattr(app_module, "build_app", lambda pg, **kw: app_playground.append(pg) or real_build(pg, **kw))
+    monkeypatch.setattr(gradio.Blocks, "launch", launch)
+    result = invoke("--device", "cpu", "--host", "0.0.0.0", "--port", "7999", "--share", "-k", "5")
+    assert result.exit_code == 0, result.stderr
+    assert served == dict(server_name="0.0.0.0", server_port=7999, share=True, quiet=True, loaded=True, loads=1)
+    assert app_playground[0].model == f"local-dir:{default_model_dir()}"
+    assert app_playground[0].settings["kernel_size"] == 5
+    assert "Playground at http://0.0.0.0:7999" in result.stdout

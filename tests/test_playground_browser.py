@@ -122,6 +122,18 @@ def wait_for_new_image(page, old_src: str | None) -> str:
     return shown_src(page)
 
 
+def wait_for_pixels(page, old_src: str | None, expected: np.ndarray, seconds: float = 30) -> str:
+    """Wait until the prompted image shown has exactly ``expected``'s pixels (a burst of control
+    changes may show an intermediate picture first); its URL."""
+    deadline = time.monotonic() + seconds
+    while True:
+        src = wait_for_new_image(page, old_src)
+        if np.array_equal(fetch_png(page, src), expected):
+            return src
+        assert time.monotonic() < deadline, "the page never showed the expected picture"
+        old_src = src
+
+
 def fetch_png(page, url: str) -> np.ndarray:
     response = page.request.get(url)
     assert response.ok, url
@@ -160,6 +172,28 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         assert not np.array_equal(expected_k5, expected)
         assert np.array_equal(fetch_png(page, smoothed), expected_k5)
         assert playground.model_runs == runs and playground.loads == counter.calls == 1
+
+        # 2b. A preset fills enhance, kernel size, resample and background: still no model run.
+        page.click("#preset input")
+        page.get_by_role("option", name="llava-wild").click()
+        wild = np.asarray(prompt(scene, question, model=SMALL_CLIP, device="cpu", preset="llava-wild"))
+        current = wait_for_pixels(page, smoothed, wild)
+        assert playground.model_runs == runs
+        page.click("#preset input")
+        page.get_by_role("option", name="package").click()
+        current = wait_for_pixels(page, current, expected)
+
+        # 2c. Another layer needs the model, but no new load.
+        page.focus("#layer input[type=range]")
+        page.keyboard.press("ArrowLeft")  # the default 2 -> 1
+        layer_1 = np.asarray(prompt(scene, question, model=SMALL_CLIP, device="cpu", layer=1))
+        current = wait_for_pixels(page, current, layer_1)
+        assert playground.model_runs == runs + 1 and playground.loads == 1
+        page.keyboard.press("ArrowRight")
+        current = wait_for_pixels(page, current, expected)
+        page.focus("#kernel input[type=range]")
+        page.keyboard.press("ArrowRight")
+        smoothed = wait_for_pixels(page, current, expected_k5)
 
         # 3. The downloads: the prompted PNG and the map, as `--save-map` writes it.
         with page.expect_download() as download:
@@ -220,6 +254,14 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         wait_for_new_image(page, current)
         sync_api.expect(error).to_have_text("")
         assert "Traceback" not in page.content()
+
+        # 7. An example: it fills the image and the question.
+        page.get_by_text("an orange square").click()
+        sync_api.expect(page.locator("#question textarea")).to_have_value("an orange square")
+        page.press("#question textarea", "Enter")
+        example = np.asarray(prompt(EXAMPLES / "synthshapes-8.png", "an orange square", model=SMALL_CLIP,
+                                    device="cpu"))
+        wait_for_pixels(page, shown_src(page), example)
         assert playground.loads == counter.calls == 1
 
 

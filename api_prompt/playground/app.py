@@ -5,13 +5,9 @@
 
 Each control is wired to the cheapest stage that depends on it:
 
-============================  =========================================================
-control                       what runs
-============================  =========================================================
-image, question, layer        the model (:meth:`Playground.attribute`), then the rest
-preset, enhance, kernel size  a new mask from the kept raw parts (no model), then drawing
-resample, background, geometry drawing only
-============================  =========================================================
+- image, question, layer: the model (:meth:`Playground.attribute`), then the rest;
+- preset, enhance, kernel size: a new mask from the kept raw parts (no model), then drawing;
+- resample, background, geometry: drawing only.
 
 Every handler turns a failure into one sentence in the page (``#error``) and leaves the last
 good pictures in place; the full traceback of an unexpected failure goes to the server log.
@@ -23,7 +19,6 @@ import json
 import logging
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -126,9 +121,12 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
                 layer = gr.Slider(step=1, label="Layer (needs the model)", elem_id="layer",
                                   **{"minimum": 0, "maximum": 1, "value": 0, "info": "loading the model ...",
                                      **_layer_bounds(playground)})
-                enhance = gr.Slider(*ENHANCE_RANGE[:2], step=ENHANCE_RANGE[2], value=settings["enhance"],
-                                    label="Enhance (contrast)", elem_id="enhance")
-                kernel = gr.Slider(*KERNEL_RANGE[:2], step=KERNEL_RANGE[2], value=settings["kernel_size"],
+                # The ranges stretch to take a start value from the command line beyond them.
+                enhance = gr.Slider(min(ENHANCE_RANGE[0], settings["enhance"]),
+                                    max(ENHANCE_RANGE[1], settings["enhance"]), step=ENHANCE_RANGE[2],
+                                    value=settings["enhance"], label="Enhance (contrast)", elem_id="enhance")
+                kernel = gr.Slider(KERNEL_RANGE[0], max(KERNEL_RANGE[1], settings["kernel_size"]),
+                                   step=KERNEL_RANGE[2], value=settings["kernel_size"],
                                    label="Kernel size (smoothing)", elem_id="kernel")
                 resample = gr.Radio(list(RESAMPLE), value=settings["resample"], label="Resample", elem_id="resample")
                 background = gr.Slider(0, 255, step=1, value=settings["background"], label="Background gray",
