@@ -254,3 +254,58 @@ def test_command_loads_the_model_once_then_serves_where_asked(monkeypatch):
     assert app_playground[0].model == f"local-dir:{default_model_dir()}"
     assert app_playground[0].settings["kernel_size"] == 5
     assert "Playground at http://0.0.0.0:7999" in result.stdout
+
+
+# -- any backend -------------------------------------------------------------------------------
+
+
+class ToyDecoder:
+    """A model-free stand-in for a decoder backend (one raw part, ``attention``, per layer)."""
+
+    name = "toy"
+    default_recipe = "llava"
+
+    def __init__(self) -> None:
+        self.decoder_layers = [object()] * 6
+        self.layer = 4
+        self.ran_at: list[int] = []
+
+    def attribute(self, images, queries):
+        from api_prompt import AttentionMap
+
+        self.ran_at.append(self.layer)
+        maps = []
+        for image in images:
+            attention = np.zeros((3, 5), np.float32)
+            attention.flat[self.layer] = 1.0  # where it "looks" depends on the layer
+            maps.append(AttentionMap(None, {"attention": attention}, image.size, (0, 0, *image.size)))
+        return maps
+
+    def describe(self):
+        return {"backend": self.name}
+
+
+def test_a_decoder_backend_gets_its_layers_parts_and_recipe(scene):
+    toy = ToyDecoder()
+
+    def build(backend, model, *, preset, enhance, kernel_size, resample, background, geometry, **ignored):
+        return Prompter(attributor=toy, preset=preset, enhance=enhance, kernel_size=kernel_size,
+                        resample=resample, background=background, geometry=geometry)
+
+    playground = Playground(backend="toy", kernel_size=1, build_prompter=build)
+    assert playground.layers() == (6, 4)
+    default = playground.attribute(scene, "where?")
+    other = playground.attribute(scene, "where?", layer=-5)  # negative counts from the end
+    assert toy.ran_at == [4, 1] and toy.layer == 4
+    assert np.argmax(other.parts["attention"]) == 1 != np.argmax(default.parts["attention"])
+    view = playground.view(scene, playground.combine(other, enhance=10.0, kernel_size=1),
+                           resample="nearest", background=0, geometry="stretch")
+    assert [caption.split()[0] for _, caption in view.parts] == ["attention"]
+    assert view.map.recipe == "llava" and view.prompted.size == scene.size
+
+
+def test_engine_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(engine_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
