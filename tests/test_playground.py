@@ -309,3 +309,19 @@ def test_engine_docstring_examples():
 
     result = doctest.testmod(engine_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_an_openai_target_gets_the_original_and_the_prompted_image(playground, scene, monkeypatch):
+    from test_targets_openai import FakeOpenAI, request_images
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeOpenAI() as server:
+        asking = Playground(device="cpu", target="openai:test-model", target_options={"base_url": server.base_url},
+                            build_prompter=lambda *a, **k: playground.prompter())
+        raw = asking.attribute(scene, "a red circle")
+        prompted = asking.view(scene, raw, resample="lanczos", background=0, geometry="stretch").prompted
+        assert asking.ask(scene, prompted, "what is red?") == ("echo: what is red?", "echo: what is red?")
+    sent = [image for request in server.requests for image in request_images(request)]
+    # The two requests may run concurrently: their order is not fixed.
+    assert sorted(np.asarray(image).tobytes() for image in sent) == sorted(
+        [pixels(scene).tobytes(), pixels(prompted).tobytes()])
