@@ -220,7 +220,7 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         page.keyboard.press("ArrowLeft")  # back to 3
         current = wait_for_new_image(page, smoothed)
         timings = []
-        for repeat in range(6):
+        for repeat in range(10):
             page.fill("#question textarea", ("a blue circle", question)[repeat % 2])
             start = time.perf_counter()
             page.click("#run")
