@@ -128,7 +128,8 @@ def wait_for_pixels(page, old_src: str | None, expected: np.ndarray, seconds: fl
     deadline = time.monotonic() + seconds
     while True:
         src = wait_for_new_image(page, old_src)
-        if np.array_equal(fetch_png(page, src), expected):
+        shown = fetch_png(page, src)
+        if np.array_equal(shown, expected):
             return src
         assert time.monotonic() < deadline, "the page never showed the expected picture"
         old_src = src
@@ -258,6 +259,7 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         # 7. An example: it fills the image and the question.
         page.get_by_text("an orange square").click()
         sync_api.expect(page.locator("#question textarea")).to_have_value("an orange square")
+        sync_api.expect(page.locator("#upload")).to_contain_text("synthshapes-8")  # the file is set too
         page.press("#question textarea", "Enter")
         example = np.asarray(prompt(EXAMPLES / "synthshapes-8.png", "an orange square", model=SMALL_CLIP,
                                     device="cpu"))

@@ -229,8 +229,9 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
         def load_upload(file, state: Session | None):
             """Show an upload at once, so a broken file is reported before anything else."""
             state = state or Session()
-            if not file:
-                return gr.skip(), "", state
+            if not file:  # cleared
+                state.use_image(None, None)
+                return None, "", state
             try:
                 state.use_image(file, _load_upload(file))
             except Exception as exc:
