@@ -151,8 +151,8 @@ def test_requests_arriving_together_are_attributed_together(prompter):
     record = stages["run_batch"]
 
     def first_call_waits_for_the_others(images, queries):
-        if not batches:  # hold the model until the five other requests queue up behind it
-            _wait_for(lambda: app.state.batcher.queued == 5, timeout=30)
+        if not batches:  # hold the model until every other request has queued up behind it
+            _wait_for(lambda: len(images) + app.state.batcher.queued == 6, timeout=30)
         return record(images, queries)
 
     with RawServer(default=echo_upstream) as upstream:
@@ -172,7 +172,7 @@ def test_requests_arriving_together_are_attributed_together(prompter):
             for thread in threads:
                 thread.join(timeout=60)
             sizes = app.state.batcher.batch_sizes
-    assert sorted(sizes) == [1, 5]  # the five that queued meanwhile went through the model together
+    assert sum(sizes) == 6 and len(sizes) <= 2  # those that queued meanwhile went through the model together
     made = {query: image for queries, prompted in batches for query, image in zip(queries, prompted)}
     for request in upstream.requests:
         i = int(request["json"]["messages"][0]["content"][0]["text"].rsplit(" ", 1)[1])
