@@ -16,7 +16,8 @@ Measured, interleaved over ``--repeats`` rounds (medians reported):
    runs) on the same photos and questions, at the same batch size (``--max-batch``);
 3. **added latency at one client**: median latency through the proxy minus median latency
    straight to the upstream, one request at a time; compared with the **attribution time** of
-   one image (``attributor.attribute`` on an image already decoded, median).
+   one image (``attributor.attribute`` on an image already decoded, median), and broken down
+   into the per-image work around the model (JPEG decode, overlay, PNG encode) and the rest.
 
 Targets: proxy throughput >= 0.8 × batch throughput; added latency <= attribution + 15 ms.
 
@@ -48,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_batch import QUERIES, make_dataset, make_photo  # noqa: E402
+from benchmarks.bench_batch import QUERIES, make_dataset  # noqa: E402
 
 REPLY = json.dumps({"id": "bench", "object": "chat.completion", "model": "bench",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=8, help="proxy --max-batch and batch --batch-size")
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--png-compression", type=int, default=1, help="the proxy's --png-compression")
     parser.add_argument("--latency-requests", type=int, default=40)
     parser.add_argument("--size", default="640x480", help="WxH of the generated photos")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
@@ -141,7 +143,9 @@ def main() -> None:
     import torch
 
     from api_prompt.batch import run
+    from api_prompt.images import load_image
     from api_prompt.prompter import Prompter
+    from api_prompt.serve.app import encode_png_data_url
 
     folder = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     processes: list[subprocess.Popen] = []
@@ -165,7 +169,8 @@ def main() -> None:
             [str(api_prompt if api_prompt.exists() else "api-prompt"), "serve",
              "--upstream", f"http://127.0.0.1:{upstream_port}/v1", "--port", str(proxy_port),
              "--model", args.model, "--device", "cpu", "--max-batch", str(args.max_batch),
-             "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(max(256, args.requests)), "-q"],
+             "--max-wait-ms", str(args.max_wait_ms), "--png-compression", str(args.png_compression),
+             "--max-queue", str(max(256, args.requests)), "-q"],
             stderr=subprocess.DEVNULL, env=env,
         )
         processes.append(proxy)
@@ -175,11 +180,12 @@ def main() -> None:
         direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
         _wait_until_serving(proxy_url)
 
-        photo = make_photo(0, size)
+        jpeg = (source.parent / rows[0]["image"]).read_bytes()
+        photo = load_image(jpeg)
         asyncio.run(drive(proxy_url, bodies[: args.clients], args.clients))  # warm up
         run(source, folder / "warm", prompter, batch_size=args.max_batch, progress=False, limit=args.max_batch)
 
-        proxy_rates, batch_rates, proxy_latency, direct_latency, attribution = [], [], [], [], []
+        proxy_rates, batch_rates, proxy_latency, direct_latency, attribution, image_work = [], [], [], [], [], []
         for repeat in range(args.repeats):  # interleaved, so load drifts hit every mode alike
             seconds, _ = asyncio.run(drive(proxy_url, bodies, args.clients))
             proxy_rates.append(len(bodies) / seconds)
@@ -193,12 +199,16 @@ def main() -> None:
             _, direct = asyncio.run(drive(direct_url, single, 1))
             proxy_latency.append(statistics.median(through))
             direct_latency.append(statistics.median(direct))
-            times = []
+            times, rest = [], []
             for i in range(args.latency_requests):
                 started = time.perf_counter()
-                prompter.attributor.attribute([photo], [QUERIES[i % len(QUERIES)]])
+                (amap,) = prompter.attributor.attribute([photo], [QUERIES[i % len(QUERIES)]])
                 times.append(time.perf_counter() - started)
+                started = time.perf_counter()  # the proxy's other per-image work, for the breakdown
+                encode_png_data_url(prompter.overlay.apply(load_image(jpeg), amap), args.png_compression)
+                rest.append(time.perf_counter() - started)
             attribution.append(statistics.median(times))
+            image_work.append(statistics.median(rest))
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -216,6 +226,7 @@ def main() -> None:
     print(f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, CPU, model {args.model}, {args.requests} photos {size[0]}×{size[1]} "
           f"(JPEG data URLs), {args.clients} clients, batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, "
+          f"PNG level {args.png_compression}, "
           f"median of {args.repeats} interleaved rounds\n")
     print("| measure | value |")
     print("|---|---:|")
@@ -227,6 +238,9 @@ def main() -> None:
     print(f"| **added latency** (ms) | **{added:.1f}** |")
     print(f"| attribution of one image (ms) | {attribution_ms:.1f} |")
     print(f"| **added − attribution** (target <= 15 ms) | **{added - attribution_ms:.1f}** |")
+    work_ms = statistics.median(image_work) * 1000
+    print(f"| of which: decode the JPEG, overlay, encode the PNG of one image (ms) | {work_ms:.1f} |")
+    print(f"| of which: the rest (HTTP, JSON, base64, batching, threads) (ms) | {added - attribution_ms - work_ms:.1f} |")
 
 
 def _wait_until_serving(url: str, timeout: float = 300) -> None:

@@ -89,6 +89,10 @@ MaxQueueOpt = Annotated[int, typer.Option(
     help="Most images waiting for attribution; beyond it requests get 429 with Retry-After.")]
 MaxImageMbOpt = Annotated[float, typer.Option(
     "--max-image-mb", rich_help_panel=_LIMITS, min=0.001, help="Largest encoded image (413 beyond).")]
+PngCompressionOpt = Annotated[int, typer.Option(
+    "--png-compression", rich_help_panel=_LIMITS, min=0, max=9,
+    help="zlib level of the prompted PNGs sent upstream (lossless at every level): 0 is fastest, "
+    "9 smallest.")]
 FetchTimeoutOpt = Annotated[float, typer.Option(
     "--fetch-timeout", rich_help_panel=_LIMITS, min=0.001,
     help="Seconds one image URL fetch may take in all (--allow-url-fetch).")]
@@ -108,6 +112,7 @@ def serve_command(
     max_queue: MaxQueueOpt = 256,
     max_image_mb: MaxImageMbOpt = 20.0,
     fetch_timeout: FetchTimeoutOpt = 10.0,
+    png_compression: PngCompressionOpt = 1,
     preset: PresetOpt = None,
     backend: BackendOpt = Backend.clip,
     model: ModelOpt = None,
@@ -147,6 +152,7 @@ def serve_command(
             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
             upstream_timeout=upstream_timeout, allow_url_fetch=allow_url_fetch,
             fetch_timeout=fetch_timeout, max_image_bytes=int(max_image_mb * 1024 * 1024),
+            png_compress_level=png_compression,
         )
         prompt_options = PromptOptions(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,

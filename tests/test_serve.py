@@ -31,10 +31,10 @@ from PIL import Image  # noqa: E402
 
 from api_prompt import prompt  # noqa: E402
 from api_prompt.prompter import Prompter  # noqa: E402
-from api_prompt.serve import MicroBatcher, create_app, ServeConfig  # noqa: E402
+from api_prompt.serve import create_app, ServeConfig  # noqa: E402
 from scripted_http import RawServer, _head, completion, not_http, redirect, respond  # noqa: E402
 from serve_support import (  # noqa: E402
-    decode_data_url_image, echo_upstream, free_port, pixel_digest, png_data_url, random_image,
+    echo_upstream, free_port, pixel_digest, png_data_url, random_image,
     running_proxy, sent_images,
 )
 
@@ -233,9 +233,11 @@ def test_models_are_forwarded_and_health_is_local():
             assert [model.id for model in sdk(base_url).models.list()] == ["Qwen2-VL-7B"]
             health = httpx.get(base_url.removesuffix("/v1") + "/health")
             missing = httpx.post(base_url + "/embeddings", json={})
+            wrong_method = httpx.request("OPTIONS", base_url + "/chat/completions")
     assert [r["path"] for r in upstream.requests] == ["/v1/models"]  # /health never reached it
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert missing.status_code == 404 and "not served" in missing.json()["error"]["message"]
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["message"]
 
 
 # -- errors ------------------------------------------------------------------------------------

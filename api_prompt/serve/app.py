@@ -40,9 +40,9 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import httpx
 from PIL import Image
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import APIPromptError, ImageLoadError
@@ -271,6 +271,7 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception},
     )
     app.state.batcher = batcher
     app.state.config = config
@@ -299,6 +300,12 @@ class _PassThrough(Response):
             raise
         finally:
             await self.upstream.aclose()
+
+
+async def _http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (405 for a wrong method, ...) in the OpenAI error shape too."""
+    return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                          headers=dict(exc.headers or {}))
 
 
 def _unauthorized() -> JSONResponse:
