@@ -16,7 +16,7 @@ Measured, interleaved over ``--repeats`` rounds (medians reported):
    runs) on the same photos and questions, at the same batch size (``--max-batch``);
 3. **added latency at one client**: median latency through the proxy minus median latency
    straight to the upstream, one request at a time; compared with the **attribution time** of
-   one image (``attributor.attribute`` on an image already decoded, median), and broken down
+   one image (``Prompter.attribute`` on an image already decoded, median), and broken down
    into the per-image work around the model (JPEG decode, overlay, PNG encode) and the rest.
 
 Targets: proxy throughput >= 0.8 × batch throughput; added latency <= attribution + 15 ms.
@@ -202,10 +202,10 @@ def main() -> None:
             times, rest = [], []
             for i in range(args.latency_requests):
                 started = time.perf_counter()
-                (amap,) = prompter.attributor.attribute([photo], [QUERIES[i % len(QUERIES)]])
+                (amap,) = prompter.attribute([photo], [QUERIES[i % len(QUERIES)]])
                 times.append(time.perf_counter() - started)
                 started = time.perf_counter()  # the proxy's other per-image work, for the breakdown
-                encode_png_data_url(prompter.overlay.apply(load_image(jpeg), amap), args.png_compression)
+                encode_png_data_url(prompter.render(load_image(jpeg), amap), args.png_compression)
                 rest.append(time.perf_counter() - started)
             attribution.append(statistics.median(times))
             image_work.append(statistics.median(rest))

@@ -26,8 +26,9 @@ from api_prompt.errors import ConfigError
 
 from .app import app
 from .common import (
-    Backend,
+    DEFAULT_BACKEND,
     BackendOpt,
+    BackendOptionOpt,
     BackgroundOpt,
     DebugOpt,
     DeviceOpt,
@@ -114,7 +115,8 @@ def serve_command(
     fetch_timeout: FetchTimeoutOpt = 10.0,
     png_compression: PngCompressionOpt = 1,
     preset: PresetOpt = None,
-    backend: BackendOpt = Backend.clip,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     layer: LayerOpt = None,
@@ -158,6 +160,7 @@ def serve_command(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
         )
         prompt_options.check()
         listener = _bind(host, port)

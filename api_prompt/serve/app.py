@@ -112,16 +112,12 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 
 def prompter_stages(prompter) -> tuple[Callable, Callable]:
-    """``(attribute, render)`` of a :class:`~api_prompt.Prompter`: the batched model call
-    (``attribute(images, queries) -> maps``) and the model-free overlay (``render(image, map)``).
-
-    Together they are exactly ``prompter.batch``; the proxy runs the first once per micro-batch
-    and the second in each request's own thread, so overlays and PNG encoding of one batch
-    overlap with the model call of the next (as ``api-prompt batch`` does).
+    """``(prompter.attribute, prompter.render)``: the batched model call, and the model-free
+    overlay. Together they are exactly ``prompter.batch``; the proxy runs the first once per
+    micro-batch and the second in each request's own thread, so the overlays and PNG encoding of
+    one batch overlap with the model call of the next (as ``api-prompt batch`` does).
     """
-    attribute = getattr(prompter, "attribute", None) or prompter.attributor.attribute
-    render = getattr(prompter, "render", None) or prompter.overlay.apply
-    return attribute, render
+    return prompter.attribute, prompter.render
 
 
 def create_app(prompter=None, config: ServeConfig | None = None, *,
