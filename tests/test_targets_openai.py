@@ -406,3 +406,13 @@ def test_ask_sets_retries_and_backoff_from_the_command_line(tmp_path):
         server.default = not_http()
         done = CliRunner().invoke(app, [*base, "--max-retries", "0"])
         assert done.exit_code == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_works_when_called_inside_a_running_event_loop(server):
+    """A notebook runs cells inside an event loop; the target must still answer there."""
+    import asyncio
+
+    async def inside():
+        return OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "from a loop")
+
+    assert asyncio.run(inside()) == "echo: from a loop"
