@@ -404,7 +404,8 @@ def test_url_fetch_with_limits_and_no_redirect_to_private_addresses():
     import base64
     image_bytes = base64.b64decode(png.split(",", 1)[1])
     with RawServer(default=echo_upstream) as upstream, RawServer() as images:
-        config = ServeConfig(upstream=upstream.base_url, allow_url_fetch=True, max_image_bytes=len(image_bytes))
+        config = ServeConfig(upstream=upstream.base_url, allow_url_fetch=True, max_image_bytes=len(image_bytes),
+                             fetch_timeout=0.5)
         with running_proxy(create_app(config=config, run_batch=invert)) as base_url:
             client = sdk(base_url)
 
@@ -425,7 +426,12 @@ def test_url_fetch_with_limits_and_no_redirect_to_private_addresses():
             images.script = [respond(404, b"no")]
             with pytest.raises(openai.BadRequestError, match="HTTP 404"):
                 ask(images.origin + "/missing.png")
-    assert [r["path"] for r in images.requests] == ["/cat.png", "/moved.png", "/big.png", "/missing.png"]
+            images.script = [lambda conn, request: time.sleep(3)]
+            started = time.monotonic()
+            with pytest.raises(openai.BadRequestError, match="within 0.5 s"):
+                ask(images.origin + "/slow.png")
+            assert time.monotonic() - started < 2.5
+    assert [r["path"] for r in images.requests] == ["/cat.png", "/moved.png", "/big.png", "/missing.png", "/slow.png"]
     assert len(upstream.requests) == 1
 
 
