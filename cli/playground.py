@@ -20,8 +20,9 @@ from api_prompt.errors import ConfigError
 
 from .app import app
 from .common import (
-    Backend,
+    DEFAULT_BACKEND,
     BackendOpt,
+    BackendOptionOpt,
     BackgroundOpt,
     DebugOpt,
     DeviceOpt,
@@ -45,9 +46,9 @@ _SERVER = "Server"
 
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", rich_help_panel="Model", show_default=False,
-    help="CLIP: an open_clip name, 'hf-hub:ORG/REPO', 'local-dir:PATH' or a checkpoint file "
-    "(default: the small CLIP shipped with api-prompt, trained on synthetic shapes). LLaVA: a "
-    "Hugging Face id or local folder (default llava-hf/llava-1.5-7b-hf).",
+    help="What the backend's library loads, as for 'api-prompt IMAGE QUERY'. Default for clip: "
+    "the small CLIP shipped with api-prompt (trained on synthetic shapes, works offline); other "
+    "backends: their usual default.",
 )]
 _TARGET = "Target model (optional)"
 
@@ -76,7 +77,8 @@ MaxNewTokensOpt = Annotated[int, typer.Option(
 
 @app.command("playground", cls=OneLineErrorCommand)
 def playground_command(
-    backend: BackendOpt = Backend.clip,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     layer: LayerOpt = None,
@@ -114,6 +116,7 @@ def playground_command(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
         )
         options.check()
         target_options: dict = {}
@@ -128,7 +131,8 @@ def playground_command(
         elif base_url is not None:
             raise ConfigError("--base-url needs --target openai:<model>")
         playground = Playground(
-            backend=backend.value, model=model, pretrained=pretrained, layer=layer, device=device,
+            backend=backend, model=model, backend_options=options.checked_backend_options(),
+            layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample.value if resample else None, background=background,
             geometry=geometry.value, target=target, target_options=target_options,
@@ -137,7 +141,7 @@ def playground_command(
 
         # 2. The model, once. A model that cannot load does not stop the page: it says why, and
         #    the next request tries again.
-        with status(f"Loading {backend.value} model {playground.model}", quiet=quiet):
+        with status(f"Loading {backend} model {playground.model}", quiet=quiet):
             try:
                 playground.prompter()
             except Exception as exc:  # shown in the page as well

@@ -217,6 +217,7 @@ def invoke(*args: str):
     [
         (["--kernel-size", "4"], "kernel size must be an odd integer"),
         (["--preset", "nope"], "unknown preset"),
+        (["-B", "nope=1"], "takes no option 'nope'"),
         (["--base-url", "http://127.0.0.1:9/v1"], "--base-url needs --target openai:<model>"),
         (["--target", "hf:some/model", "--base-url", "http://x/v1"], "--base-url only applies"),
     ],

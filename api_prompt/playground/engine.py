@@ -75,6 +75,7 @@ class Playground:
     Args:
         backend, model, pretrained, device, dtype: as for :class:`~api_prompt.Prompter`. With
             the CLIP backend and no model, the small CLIP shipped with api-prompt is used.
+        backend_options: further options for the backend's constructor (see its spec).
         layer: the layer selected when the page opens (None: the backend's default).
         preset, enhance, kernel_size, resample, background, geometry: the settings the page
             opens with (checked here, before any model is loaded).
@@ -96,6 +97,7 @@ class Playground:
     resample: str | None = None
     background: int | None = None
     geometry: str = "stretch"
+    backend_options: dict = field(default_factory=dict)
     target: Any = None
     target_options: dict = field(default_factory=dict)
     max_new_tokens: int = 64
@@ -122,11 +124,13 @@ class Playground:
         """The loaded Prompter; the first call loads the model (later calls wait for it)."""
         with self._model_lock:
             if self._prompter is None:
+                options = dict(self.backend_options)
+                if self.pretrained is not None:
+                    options["pretrained"] = self.pretrained
                 self._prompter = self.build_prompter(
-                    self.backend, self.model, pretrained=self.pretrained, layer=self.layer,
-                    device=self.device, dtype=self.dtype, preset=self.preset,
-                    **{key: value for key, value in self.settings.items()},
-                    geometry=self.geometry,
+                    self.backend, self.model, layer=self.layer, device=self.device,
+                    dtype=self.dtype, preset=self.preset, **self.settings, geometry=self.geometry,
+                    **options,
                 )
                 self._n_layers = layer_count(self._prompter.attributor)
                 self._default_layer = int(self._prompter.attributor.layer)
@@ -224,6 +228,9 @@ def layer_count(attributor) -> int:
         return counter
     if callable(counter):
         return int(counter())
+    decomposition = getattr(attributor, "decomposition", None)  # CLIP-like towers
+    if decomposition is not None and hasattr(decomposition, "n_layers"):
+        return int(decomposition.n_layers(attributor.model.visual))
     decoder_layers = getattr(attributor, "decoder_layers", None)  # LLaVA
     if decoder_layers is not None:
         return len(decoder_layers)
