@@ -127,7 +127,13 @@ def wait_for_pixels(page, old_src: str | None, expected: np.ndarray, seconds: fl
     changes may show an intermediate picture first); its URL."""
     deadline = time.monotonic() + seconds
     while True:
-        src = wait_for_new_image(page, old_src)
+        try:
+            src = wait_for_new_image(page, old_src)
+        except sync_api.TimeoutError:
+            raise AssertionError(
+                f"no new picture; the page says {page.inner_text('#error')!r}, the question is "
+                f"{page.input_value('#question textarea')!r}, the upload {page.inner_text('#upload')!r}"
+            ) from None
         shown = fetch_png(page, src)
         if np.array_equal(shown, expected):
             return src
@@ -252,7 +258,7 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         sync_api.expect(error).to_contain_text("the question is empty")
         page.fill("#question textarea", "a red circle")
         page.click("#run")
-        wait_for_new_image(page, current)
+        current = wait_for_new_image(page, current)
         sync_api.expect(error).to_have_text("")
         assert "Traceback" not in page.content()
 
@@ -263,7 +269,7 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         page.press("#question textarea", "Enter")
         example = np.asarray(prompt(EXAMPLES / "synthshapes-8.png", "an orange square", model=SMALL_CLIP,
                                     device="cpu"))
-        wait_for_pixels(page, shown_src(page), example)
+        wait_for_pixels(page, current, example)
         assert playground.loads == counter.calls == 1
 
 
