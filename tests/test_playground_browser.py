@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_CLIP = f"local-dir:{ROOT / 'assets' / 'synthshapes-clip'}"
 EXAMPLES = ROOT / "api_prompt" / "playground" / "examples"
 TIMEOUT_MS = 60_000  # generous: the CI machine may be shared
+sync_api.expect.set_options(timeout=TIMEOUT_MS)
 
 
 def brightness(image: Image.Image, question: str) -> str:
