@@ -64,6 +64,16 @@ def run_cli(argv: list[str]) -> None:
     app(argv, prog_name="api-prompt")
 
 
+class CountingPatternAttributor(PatternAttributor):
+    """PatternAttributor that counts how often a model was "loaded" (constructed)."""
+
+    loads = 0
+
+    def __init__(self, **options) -> None:
+        type(self).loads += 1
+        super().__init__(**options)
+
+
 class SlowPatternAttributor(PatternAttributor):
     """PatternAttributor with the delay taken from ``API_PROMPT_FAKE_DELAY``."""
 
