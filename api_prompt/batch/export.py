@@ -164,8 +164,12 @@ def write_tsv(out: OutputDir, source: TSVSource, rows: list, name: str, *, tag: 
             else:
                 images, names = _original_images(source, sample, stem, tag)
             multi = isinstance(sample.image, list)
-            values["image"] = repr(images) if multi else (images[0] if images else "")
-            values["image_path"] = repr(names) if multi else (names[0] if names else "")
+            if images:
+                values["image"] = repr(images) if multi else images[0]
+                values["image_path"] = repr(names) if multi else names[0]
+            else:  # unreadable: the cell exactly as the input had it
+                values["image"] = raw.get("image", raw.get(image_column, ""))
+                values["image_path"] = f"{stem}_original_{tag}.jpg"
             if status:
                 values[STATUS_COLUMN] = _status(out, record)
             writer.writerow(["" if values.get(column) is None else values[column] for column in columns])
