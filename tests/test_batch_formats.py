@@ -191,3 +191,123 @@ def test_cli_prints_the_vlmevalkit_next_steps(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["batch", str(tmp_path / "Open.tsv"), "--out", str(tmp_path / "bad"),
                                       "--tsv-name", "../up.tsv"])
     assert result.exit_code == 2 and "--tsv-name must be a file name" in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# datasets, parquet, lmms-eval
+
+
+def textvqa_like(datasets, n: int = 3, empty_question_at: int | None = None):
+    """A DatasetDict shaped like lmms-lab/textvqa: lists of answers and OCR tokens, an Image column."""
+    features = datasets.Features({
+        "question_id": datasets.Value("int64"), "question": datasets.Value("string"),
+        "image": datasets.Image(), "answers": datasets.List(datasets.Value("string")),
+        "ocr_tokens": datasets.List(datasets.Value("string")), "set_name": datasets.Value("string"),
+    })
+    data = {
+        "question_id": list(range(100, 100 + n)),
+        "question": ["" if i == empty_question_at else f"what does sign {i} say?" for i in range(n)],
+        "image": [picture(i) for i in range(n)],
+        "answers": [[f"word{i}"] * (i + 1) for i in range(n)],
+        "ocr_tokens": [[f"tok{i}", "x"] for i in range(n)],
+        "set_name": ["test"] * n,
+    }
+    return datasets.DatasetDict({"test": datasets.Dataset.from_dict(data, features=features)})
+
+
+def test_datasets_input_gives_a_datasets_folder_with_every_column(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
+    textvqa_like(datasets).save_to_disk(str(tmp_path / "textvqa"))
+    summary = run(tmp_path / "textvqa", tmp_path / "out", prompter(), progress=False, id_column="question_id")
+    assert summary.dataset == tmp_path / "out/dataset" and not summary.partial
+    written = datasets.load_from_disk(str(summary.dataset))
+    assert list(written) == ["test"]
+    rows = written["test"]
+    assert rows.column_names == ["question_id", "question", "image", "answers", "ocr_tokens", "set_name"]
+    assert isinstance(rows.features["image"], datasets.Image)
+    assert rows[2]["answers"] == ["word2"] * 3 and rows[1]["ocr_tokens"] == ["tok1", "x"]
+    for i in range(3):
+        with Image.open(io.BytesIO(prompted(picture(i), f"what does sign {i} say?"))) as expected:
+            assert np.array_equal(np.asarray(rows[i]["image"]), np.asarray(expected))
+    # --keep-original, and partial runs
+    textvqa_like(datasets, empty_question_at=1).save_to_disk(str(tmp_path / "broken"))
+    refused = run(tmp_path / "broken", tmp_path / "partial", prompter(), progress=False, keep_original=True)
+    assert refused.dataset is None and not (tmp_path / "partial/dataset").exists()
+    assert "1 of 3 samples are not done" in refused.not_exported
+    kept = run(tmp_path / "broken", tmp_path / "partial", prompter(), progress=False, keep_original=True,
+               allow_partial=True)
+    rows = datasets.load_from_disk(str(kept.dataset))["test"]
+    assert rows.column_names[-2:] == ["image_original", "api_prompt_status"]
+    assert rows["api_prompt_status"] == ["ok", "failed (permanent): the question is empty", "ok"]
+    assert np.array_equal(np.asarray(rows[1]["image"]), np.asarray(picture(1)))        # the original
+    assert np.array_equal(np.asarray(rows[0]["image_original"]), np.asarray(picture(0)))
+    assert not np.array_equal(np.asarray(rows[0]["image"]), np.asarray(picture(0)))
+
+
+def test_hub_layout_parquet_in_and_parquet_shards_out(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
+    (tmp_path / "hub/data").mkdir(parents=True)
+    dataset = textvqa_like(datasets)
+    dataset["test"].to_parquet(str(tmp_path / "hub/data/test-00000-of-00001.parquet"))
+    dataset["test"].select([0]).to_parquet(str(tmp_path / "hub/data/validation-00000-of-00001.parquet"))
+    with pytest.raises(Exception, match="has splits test, validation; choose one with --split"):
+        open_source(tmp_path / "hub")
+    summary = run(tmp_path / "hub", tmp_path / "out", prompter(), progress=False, split="test",
+                  output_format="parquet")
+    assert sorted(p.name for p in (tmp_path / "out/data").iterdir()) == ["test-00000-of-00001.parquet"]
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out/data"), cache_dir=str(tmp_path / "cache"))
+    assert list(loaded) == ["test"] and isinstance(loaded["test"].features["image"], datasets.Image)
+    assert loaded["test"][1]["answers"] == ["word1", "word1"]
+    # and the output is an input again (Hub layout read back)
+    again = open_source(tmp_path / "out")
+    assert again.split == "test" and [s.question for s in again][0] == "what does sign 0 say?"
+    assert summary.ok == 3
+
+
+@pytest.fixture
+def lmms_eval_tasks():
+    """lmms-eval's task loader; importing it turns on PIL's LOAD_TRUNCATED_IMAGES, undone here."""
+    from PIL import ImageFile
+
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install lmms-eval==0.7.3")
+    try:
+        from lmms_eval import tasks
+
+        yield tasks
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+
+
+def test_lmms_eval_loads_the_prompted_dataset_with_its_own_task_loader(tmp_path, lmms_eval_tasks):
+    datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
+    TaskManager, get_task_dict = lmms_eval_tasks.TaskManager, lmms_eval_tasks.get_task_dict
+
+    textvqa_like(datasets).save_to_disk(str(tmp_path / "textvqa"))
+    summary = run(tmp_path / "textvqa", tmp_path / "out", prompter(), progress=False, id_column="question_id")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    # lmms-eval's own TextVQA functions, on the prompted copy loaded with load_from_disk
+    (tasks / "utils.py").write_text("from lmms_eval.tasks.textvqa.utils import *  # noqa: F401,F403\n")
+    (tasks / "textvqa_api.yaml").write_text(
+        "task: textvqa_api_prompted\n"
+        f"dataset_path: {summary.dataset}\n"
+        "dataset_kwargs:\n  load_from_disk: true\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        "doc_to_visual: !function utils.textvqa_doc_to_visual\n"
+        "doc_to_text: !function utils.textvqa_doc_to_text\n"
+        "doc_to_target: answers\n"
+        "process_results: !function utils.textvqa_process_results\n"
+        "lmms_eval_specific_kwargs:\n  default:\n    pre_prompt: ''\n    post_prompt: ' Answer briefly.'\n"
+        "    ocr: true\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    manager = TaskManager(include_path=str(tasks), include_defaults=False)
+    task = get_task_dict(["textvqa_api_prompted"], manager)["textvqa_api_prompted"]
+    docs = task.test_docs()
+    assert len(docs) == 3 and docs[2]["answers"] == ["word2"] * 3
+    visual = task.doc_to_visual(docs[1])
+    with Image.open(io.BytesIO(prompted(picture(1), "what does sign 1 say?"))) as expected:
+        assert np.array_equal(np.asarray(visual[0]), np.asarray(expected.convert("RGB")))
+    assert task.doc_to_text(docs[1]) == "What does sign 1 say?\nReference OCR token: tok1, x Answer briefly."

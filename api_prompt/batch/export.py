@@ -224,6 +224,8 @@ def write_dataset(out: OutputDir, source: TableSource, rows: list, folder: str, 
     work = out.root / f".export{TMP_SUFFIX}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    bars_were_on = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()     # our own progress is enough in a log
     try:
         arrow_path = work / "rows.arrow"
         position = 0
@@ -271,6 +273,8 @@ def write_dataset(out: OutputDir, source: TableSource, rows: list, folder: str, 
         os.replace(staged, target)
         return target
     finally:
+        if bars_were_on:
+            datasets.utils.logging.enable_progress_bar()
         shutil.rmtree(work, ignore_errors=True)
 
 
