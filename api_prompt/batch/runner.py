@@ -278,7 +278,8 @@ def run(
             say(f"resuming {out.root}: {already} of {share if share is not None else '?'} samples already done")
 
         base_parameters = {"source": source.describe(), "output": output.describe()}
-        request = jsonable(prompter.request) if isinstance(prompter, LazyPrompter) else None
+        factory = prompter if isinstance(prompter, LazyPrompter) else None
+        request = jsonable(prompter.request) if factory is not None else None
         loaded = not isinstance(prompter, LazyPrompter)
         if (not loaded and stored is not None and request == (stored.get("run") or {}).get("request")
                 and all(jsonable(base_parameters)[key] == (stored.get("parameters") or {}).get(key)
@@ -322,7 +323,7 @@ def run(
                     from .ray_engine import run_ray
 
                     with _progress_bar(progress, share, already) as bar:
-                        run_ray(job, summary, bar, address=address, num_gpus=num_gpus)
+                        run_ray(job, summary, bar, factory=factory, address=address, num_gpus=num_gpus)
                 else:
                     with _progress_bar(progress, share, already) as bar:
                         job.run(summary, bar)
