@@ -10,62 +10,20 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ..attention_map import AttentionMap, Box
 from ..errors import ConfigError
 from ..images import load_image
-
-Box = tuple[float, float, float, float]
 
 #: backend name -> "module:Class". A new backend is one module plus one line here.
 BACKENDS: dict[str, str] = {
     "clip": "api_prompt.attribution.clip:CLIPAttributor",
     "llava": "api_prompt.attribution.llava:LLaVAAttributor",
 }
-
-
-@dataclass
-class AttentionMap:
-    """Where an auxiliary model looked for one (image, query) pair.
-
-    Attributes:
-        mask: P×P float32 in [0, 1], the combined map before 8-bit conversion.
-        parts: named raw maps in the reference's scale (``psi_cls``/``psi_comp`` for CLIP,
-            ``attention`` for LLaVA), each P×P float32.
-        image_size: (W, H) of the original image.
-        region: (left, top, right, bottom) box in original-image pixels that the grid covers.
-            CLIP's centre crop lies inside the image; LLaVA's padded square extends beyond it.
-        query: the text the map answers.
-        answer: the text the auxiliary model generated, when it generates (LLaVA).
-    """
-
-    mask: np.ndarray
-    parts: dict[str, np.ndarray]
-    image_size: tuple[int, int]
-    region: Box
-    query: str = ""
-    answer: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def grid(self) -> int:
-        """P, the side of the square grid."""
-        return int(self.mask.shape[-1])
-
-    def save(self, path: str | Path) -> None:
-        """Write ``mask``, the raw parts, ``image_size`` and ``region`` to an ``.npz`` file."""
-        np.savez(
-            path,
-            mask=self.mask.astype(np.float32),
-            **{name: part.astype(np.float32) for name, part in self.parts.items()},
-            image_size=np.asarray(self.image_size, dtype=np.int64),
-            region=np.asarray(self.region, dtype=np.float64),
-        )
 
 
 class Attributor(ABC):
@@ -76,6 +34,8 @@ class Attributor(ABC):
     """
 
     name: str = ""
+    #: the recipe (:data:`api_prompt.maps.RECIPES`) that turns this backend's parts into a mask
+    default_recipe: str | None = None
 
     def __call__(self, images, queries) -> list[AttentionMap]:
         images, queries = normalise_inputs(images, queries)

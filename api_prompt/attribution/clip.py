@@ -98,6 +98,7 @@ class CLIPAttributor(Attributor):
     """
 
     name = "clip"
+    default_recipe = "clip-soft-or"
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class CLIPAttributor(Attributor):
                         image_size=image.size,
                         region=crop_region(self.preprocess, image.size),
                         query=query,
+                        recipe=self.default_recipe,
                     )
                 )
         return maps
