@@ -2,7 +2,7 @@
 
 Generates realistic JPEG photos (default 640×480), then measures at the same batch size:
 
-- **attribution only**: ``attributor.attribute(images, queries)`` on images already decoded in
+- **attribution only**: ``prompter.attribute(images, queries)`` on images already decoded in
   memory (the model's own preprocessing included), batch after batch;
 - **end to end**: :func:`api_prompt.batch.run` from a JSONL file: reading, decoding, the model,
   the overlay, PNG encoding and atomic writes, manifest and run.json.
@@ -99,7 +99,7 @@ def attribution_only(prompter: Prompter, source: Path, batch_size: int) -> tuple
     queries = [row["question"] for row in rows]
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
-        prompter.attributor.attribute(images[start:start + batch_size], queries[start:start + batch_size])
+        prompter.attribute(images[start:start + batch_size], queries[start:start + batch_size])
     return time.perf_counter() - started, len(images)
 
 
@@ -124,7 +124,7 @@ def main() -> None:
         prompter = build_prompter(args.model, args.device, args.batch_size)
         prompter.describe()                                   # hash the weights outside the timing
         warm = make_photo(0, size)
-        prompter.attributor.attribute([warm] * min(args.batch_size, 4), QUERIES[:1] * min(args.batch_size, 4))
+        prompter.attribute([warm] * min(args.batch_size, 4), QUERIES[:1] * min(args.batch_size, 4))
 
         only_times, full_times = [], []
         for repeat in range(args.repeats):  # interleaved, so load drifts hit both alike

@@ -38,6 +38,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -208,8 +209,9 @@ def run(
             ``datasets.Dataset`` or a :class:`~api_prompt.batch.Source`.
         out_dir: output folder: new, empty, or one an earlier run with the same parameters
             wrote (then finished samples are skipped).
-        prompter: a :class:`~api_prompt.Prompter`, or a :class:`LazyPrompter` (loaded only
-            when some sample is left to do).
+        prompter: a :class:`~api_prompt.Prompter` (its stages ``attribute`` in batches,
+            ``render`` in worker threads, ``query_overflow`` and ``describe``), or a
+            :class:`LazyPrompter` (loaded only when some sample is left to do).
         batch_size: samples per model call.
         workers: threads for decoding, overlay and encoding (default: CPU count, at most 8).
         limit: only the first ``limit`` samples of the input.
@@ -291,7 +293,7 @@ def run(
             if not loaded:
                 prompter = prompter.build()
                 loaded = True
-            parameters = {**base_parameters, "prompter": _describe(prompter)}
+            parameters = {**base_parameters, "prompter": prompter.describe()}
         job.prompter = prompter
 
         resumed = out.prepare(parameters, overwrite=overwrite)
@@ -347,10 +349,6 @@ def run(
         out.close()
 
 
-def _describe(prompter: Any) -> dict[str, Any]:
-    return prompter.describe()
-
-
 # ------------------------------------------------------------------------------------------------
 
 
@@ -387,7 +385,9 @@ class Stages:
         if not images:
             return []
         try:
-            return list(_attribute(self.prompter, images, queries))
+            with warnings.catch_warnings():   # recorded per sample instead (query_note)
+                warnings.filterwarnings("ignore", message=r"the query is \d+ tokens long")
+                return list(self.prompter.attribute(images, queries))
         except Exception as exc:  # one bad sample must not sink the batch
             if _out_of_memory(exc):
                 raise ConfigError(f"out of memory with a batch of {len(images)}: lower --batch-size ({exc})") from exc
@@ -400,7 +400,7 @@ class Stages:
 
         (:meth:`Prompter.batch` warns about this instead; a dataset run records it per sample.)
         """
-        overflow = _query_overflow(self.prompter, query)
+        overflow = self.prompter.query_overflow(query)
         return {"query_truncated": {"tokens": overflow[0], "context_length": overflow[1]}} if overflow else {}
 
     def finish(self, item: _Item, decoded: list[tuple[Image.Image, bool]], maps: list,
@@ -414,7 +414,7 @@ class Stages:
             encoded = []
             for (image, was_jpeg), attention_map in zip(decoded, maps):
                 pil_format, extension = self.output.choose(was_jpeg)
-                prompted = _render(self.prompter, image, attention_map)
+                prompted = self.prompter.render(image, attention_map)
                 encoded.append((encode_image(prompted, pil_format, self.output.jpeg_quality), extension))
         except Exception as exc:  # one bad sample must not sink the run
             return _record(item, "error", error=_message(exc), kind=_error_kind(exc))
@@ -614,30 +614,6 @@ class _Job(Stages):
             bar.update(len(kept))
             pending.clear()
             summary.seconds = time.perf_counter() - started
-
-
-# ------------------------------------------------------------------------------------------------
-# Prompter access (the v2 stage methods where the Prompter has them)
-
-
-def _attribute(prompter: Any, images: list, queries: list[str]) -> list:
-    if hasattr(prompter, "attribute"):
-        return prompter.attribute(images, queries)
-    return prompter.attributor.attribute(images, queries)
-
-
-def _render(prompter: Any, image: Image.Image, attention_map: Any) -> Image.Image:
-    if hasattr(prompter, "render"):
-        return prompter.render(image, attention_map)
-    return prompter.overlay.apply(image, attention_map)
-
-
-def _query_overflow(prompter: Any, query: str) -> tuple[int, int] | None:
-    if hasattr(prompter, "query_overflow"):
-        return prompter.query_overflow(query)
-    from ..prompter import query_overflow
-
-    return query_overflow(prompter.attributor, query)
 
 
 # ------------------------------------------------------------------------------------------------
