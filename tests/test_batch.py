@@ -352,31 +352,68 @@ def _count_ok_lines(path: Path) -> int:
         return 0
 
 
-def test_kill_9_then_resume_is_byte_identical(tmp_path):
-    source = questions(24, tmp_path)
+def kill_test_input(kind: str, folder: Path, n: int) -> tuple[Path, list[str], str | None]:
+    """An input of ``kind`` with n samples, extra CLI options, and the export it produces."""
+    if kind == "jsonl":
+        return questions(n, folder), [], None
+    if kind == "tsv":
+        rows = [[str(i), base64.b64encode(png_bytes(picture(i))).decode(), f"where is thing {i}?", "x"]
+                for i in range(n)]
+        with open(folder / "Bench.tsv", "w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerows([["index", "image", "question", "answer"], *rows])
+        return folder / "Bench.tsv", [], "Bench_API.tsv"
+    datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "question": datasets.Value("string"),
+                                  "answers": datasets.List(datasets.Value("string"))})
+    data = {"id": [f"s{i}" for i in range(n)], "image": [picture(i) for i in range(n)],
+            "question": [f"where is thing {i}?" for i in range(n)], "answers": [["a", str(i)] for i in range(n)]}
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(data, features=features)}).save_to_disk(str(folder / "ds"))
+    if kind == "dataset":
+        return folder / "ds", [], "dataset"
+    return folder / "ds", ["--output-format", "parquet"], "data"
+
+
+def exported(path: Path) -> dict[str, bytes]:
+    """The bytes of an exported TSV, or of the data files of an exported folder."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.suffix in (".arrow", ".parquet")}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "tsv", "dataset", "parquet"])
+def test_kill_9_then_resume_is_byte_identical(kind, tmp_path, cli):
+    n = 12
+    source, options, export = kill_test_input(kind, tmp_path, n)
     command = [sys.executable, str(TESTS / "batch_support.py"), "batch", str(source),
                "--out", str(tmp_path / "killed"), "--batch-size", "2", "--workers", "2", "-q",
-               "--model", "fake"]
+               "--model", "fake", *options]
     env = {**os.environ, "API_PROMPT_FAKE_DELAY": "0.15",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while _count_ok_lines(tmp_path / "killed/manifest.jsonl") < 5 and time.monotonic() < deadline:
+    while _count_ok_lines(tmp_path / "killed/manifest.jsonl") < 3 and time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"the run ended before it was killed: {process.communicate()}")
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done_before = _count_ok_lines(tmp_path / "killed/manifest.jsonl")
-    assert 5 <= done_before < 24
+    assert 3 <= done_before < n
+    assert export is None or not (tmp_path / "killed" / export).exists()
     resumed = subprocess.run(command, env={**env, "API_PROMPT_FAKE_DELAY": "0"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
 
-    clean = run(source, tmp_path / "clean", Prompter(attributor=PatternAttributor(model="fake")),
-                progress=False, batch_size=2)
-    assert clean.ok == 24
+    # the same command, uninterrupted (in-process: the same options give the same parameters)
+    clean = cli("batch", source, "--out", tmp_path / "clean", "--batch-size", "2", "-q", "--model", "fake", *options)
+    assert clean.exit_code == 0, clean.output
     assert image_files(tmp_path / "killed") == image_files(tmp_path / "clean")
-    assert ok_ids(tmp_path / "killed") == ok_ids(tmp_path / "clean") == {f"s{i}" for i in range(24)}
+    assert len(image_files(tmp_path / "clean")) == n
+    assert ok_ids(tmp_path / "killed") == ok_ids(tmp_path / "clean")
+    if export is not None:
+        assert exported(tmp_path / "killed" / export) == exported(tmp_path / "clean" / export) != {}
     assert not [p for p in (tmp_path / "killed").rglob(".*") if p.name != ".lock"]
 
 
