@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,7 +45,11 @@ def require_ray() -> Any:
 
 
 class _Actor:
-    """One model per actor; turns batch rows into manifest records (as JSON text)."""
+    """One model per actor; turns batch rows into manifest records (as JSON text).
+
+    Two calls run at once (a threaded actor) and take turns on the model, so one batch is
+    decoded, rendered and encoded while the other is in the model, as in the local engine.
+    """
 
     def __init__(self, prompter: Any, source: Any, out_root: str, output: Any, threads: int) -> None:
         from .runner import LazyPrompter, Stages
@@ -52,6 +57,7 @@ class _Actor:
         if isinstance(prompter, LazyPrompter):
             prompter = prompter.build()
         self.stages = Stages(source, OutputDir(out_root), prompter, output)
+        self.stages.model_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="api-prompt-ray")
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +110,7 @@ def run_ray(job: Any, summary: Any, bar: Any, *, factory: Any = None, address: s
             batch_size=1,
             fn_constructor_kwargs=dict(prompter=prompter, source=job.source, out_root=str(job.out.root),
                                        output=job.output, threads=threads),
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2),
             num_gpus=per_actor_gpus,
             num_cpus=0 if per_actor_gpus > 0 else 1,
         )

@@ -34,6 +34,7 @@ combines them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -367,6 +368,7 @@ class Stages:
 
     def __init__(self, source: Source, out: OutputDir, prompter: Any, output: OutputSpec) -> None:
         self.source, self.out, self.prompter, self.output = source, out, prompter, output
+        self.model_lock: Any = contextlib.nullcontext()   # a Lock where several threads share the model
 
     def problem(self, sample: Sample) -> str | None:
         """Why a sample cannot be attributed at all, before decoding it."""
@@ -385,7 +387,7 @@ class Stages:
         if not images:
             return []
         try:
-            with warnings.catch_warnings():   # recorded per sample instead (query_note)
+            with self.model_lock, warnings.catch_warnings():   # truncation: recorded per sample (query_note)
                 warnings.filterwarnings("ignore", message=r"the query is \d+ tokens long")
                 return list(self.prompter.attribute(images, queries))
         except Exception as exc:  # one bad sample must not sink the batch
