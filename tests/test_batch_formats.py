@@ -311,3 +311,24 @@ def test_lmms_eval_loads_the_prompted_dataset_with_its_own_task_loader(tmp_path,
     with Image.open(io.BytesIO(prompted(picture(1), "what does sign 1 say?"))) as expected:
         assert np.array_equal(np.asarray(visual[0]), np.asarray(expected.convert("RGB")))
     assert task.doc_to_text(docs[1]) == "What does sign 1 say?\nReference OCR token: tok1, x Answer briefly."
+
+
+def test_cli_prints_how_to_load_the_prompted_dataset(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
+    from typer.testing import CliRunner
+
+    from api_prompt.attribution import base as attribution_base
+
+    monkeypatch.setitem(attribution_base.BACKENDS, "clip", "batch_support:PatternAttributor")
+    try:
+        from api_prompt.cli.app import app
+    except ImportError:
+        from cli.app import app
+    textvqa_like(datasets, n=2).save_to_disk(str(tmp_path / "textvqa"))
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "textvqa"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    folder = (tmp_path / "out/dataset").resolve()
+    assert f"prompted dataset: {tmp_path / 'out/dataset'}" in result.output
+    assert f'datasets.load_from_disk("{folder}")["test"]' in result.output
+    assert f"dataset_path: {folder}" in result.output and "dataset_kwargs: {load_from_disk: true}" in result.output
+    assert "Saving the dataset" not in result.output          # no progress bars of datasets in the log

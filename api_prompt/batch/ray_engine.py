@@ -9,6 +9,8 @@ the pending batches become a Ray dataset (``ray.data.from_items``, one row per b
 (:class:`~api_prompt.batch.runner.Stages`: decode, attribute, render, encode, write). The
 actors write the images themselves through the same atomic writes, so their outputs are byte
 for byte those of the local engine, and a killed driver is resumed like a killed local run.
+The driver loads the model once as well, to record its identity (weights hash) in run.json;
+from the command line every actor loads its own copy from the same options.
 
 What a cluster needs: every node can import api-prompt and load the model, and sees ``DIR`` (and
 image files given as paths) at the same path, e.g. on a shared file system. Images inside the

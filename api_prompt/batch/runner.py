@@ -277,16 +277,15 @@ def run(
                    num_shards=num_shards, shard_index=shard_index, done=done, output=output)
         share = _share_size(source, limit, num_shards, shard_index)
         already = sum(1 for name in done if _in_share(records[name].get("index"), limit, num_shards, shard_index))
-        if stored is not None:
-            say(f"resuming {out.root}: {already} of {share if share is not None else '?'} samples already done")
-
         base_parameters = {"source": source.describe(), "output": output.describe()}
+        same_data = stored is not None and all(
+            jsonable(base_parameters)[key] == (stored.get("parameters") or {}).get(key) for key in base_parameters)
+        if same_data:
+            say(f"resuming {out.root}: {already} of {share if share is not None else '?'} samples already done")
         factory = prompter if isinstance(prompter, LazyPrompter) else None
         request = jsonable(prompter.request) if factory is not None else None
         loaded = not isinstance(prompter, LazyPrompter)
-        if (not loaded and stored is not None and request == (stored.get("run") or {}).get("request")
-                and all(jsonable(base_parameters)[key] == (stored.get("parameters") or {}).get(key)
-                        for key in base_parameters)
+        if (not loaded and same_data and request == (stored.get("run") or {}).get("request")
                 and job.all_done()):
             say(f"nothing left to do: all {already} samples are done (the model was not loaded)")
             parameters = {**base_parameters, "prompter": stored["parameters"]["prompter"]}
