@@ -24,6 +24,7 @@ input (base64, parquet bytes) travel through Ray's object store.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import threading
 import time
@@ -83,8 +84,11 @@ def run_ray(job: Any, summary: Any, bar: Any, *, factory: Any = None, address: s
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
+    context.enable_progress_bars = False          # the run has its own progress (bar or log lines)
     context.print_on_execution_start = False
+    ray_data_log = logging.getLogger("ray.data")
+    level = ray_data_log.level
+    ray_data_log.setLevel(logging.WARNING)
     try:
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
@@ -122,4 +126,5 @@ def run_ray(job: Any, summary: Any, bar: Any, *, factory: Any = None, address: s
             job.count(summary, records)
             bar.update(len(records))
     finally:
+        ray_data_log.setLevel(level)
         summary.seconds = time.perf_counter() - started
