@@ -10,7 +10,9 @@
 The same from the command line::
 
     api-prompt batch MMVet.tsv --out mmvet_api/ --batch-size 32
-    # on two machines, then combined:
+    # every GPU of a Ray cluster:
+    api-prompt batch MMVet.tsv --out /shared/mmvet_api --engine ray --address auto
+    # or by hand on two machines, then combined:
     api-prompt batch data.jsonl --out part0 --num-shards 2 --shard-index 0
     api-prompt batch data.jsonl --out part1 --num-shards 2 --shard-index 1
     api-prompt merge part0 part1 --out all

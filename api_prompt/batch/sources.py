@@ -11,7 +11,8 @@ format          what INPUT is                                 default columns (i
 ``jsonl``       ``*.jsonl`` / ``*.ndjson``, one object a line  ``id`` / ``image`` / ``question``
 ``csv``         ``*.csv`` with a header row                    ``id`` / ``image`` / ``question``
 ``tsv``         VLMEvalKit-style ``*.tsv`` (base64 images)     ``index`` / ``image`` / ``question``
-``parquet``     ``*.parquet`` or a folder of them              ``id`` / ``image`` / ``question``
+``parquet``     ``*.parquet``, a folder of them, or a Hub      ``id`` / ``image`` / ``question``
+                layout folder (``data/<split>-*.parquet``)
 ``hf``          a ``datasets`` folder (``save_to_disk``)       ``id`` / ``image`` / ``question``
 ==============  ============================================  ==============================
 
@@ -20,6 +21,10 @@ folder holding INPUT, or INPUT itself when it is a folder), a ``data:image/...;b
 plain base64, raw bytes, a PIL image, or a ``{"bytes": ..., "path": ...}`` dict as
 ``datasets`` stores images. In a VLMEvalKit TSV an image value of at most 64 characters that
 names another row's ``index`` refers to that row's image, as VLMEvalKit itself reads it.
+
+An image value may also be a list (several images for one question: a list column of
+``datasets``/parquet, or ``"['b64', 'b64']"`` in a VLMEvalKit TSV); the runner prompts each image
+with the row's question.
 
 When the id column is missing (and was not asked for explicitly) the row number is the id.
 Every other column with a plain value (text, number, bool) is kept in ``Sample.extra``, so it
