@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from PIL import Image
 
 from .attention_map import AttentionMap
-from .attribution.base import Attributor, create_attributor, normalise_inputs
+from .attribution.base import Attributor, normalise_inputs
+from .attribution.registry import create_attributor, get_backend
 from .errors import ConfigError
 from .maps import check_kernel_size, get_recipe
 from .overlay import Overlay
@@ -77,11 +78,12 @@ class Prompter:
     unless a preset or explicit settings are given).
 
     Args:
-        backend: ``"clip"`` (the paper's default) or ``"llava"``.
+        backend: a name in :data:`~api_prompt.attribution.registry.BACKENDS`: ``"clip"`` (the
+            paper's default), ``"llava"``, or any registered backend.
         model: what the backend's library takes (an open_clip name, ``hf-hub:``/``local-dir:``
             name or checkpoint for CLIP; a Hugging Face id or folder for LLaVA). None picks the
             paper's model for the backend.
-        pretrained: open_clip pretrained tag (CLIP only).
+        pretrained: open_clip pretrained tag (CLIP only: an option its backend spec declares).
         preset: published settings by name (see :mod:`api_prompt.presets`); explicit options win.
         layer: the block the backend reads (None: the backend's default).
         recipe: how parts become the mask (:data:`api_prompt.maps.RECIPES`); None: the backend's.
@@ -89,7 +91,8 @@ class Prompter:
         resample, background, geometry: overlay settings (see :class:`api_prompt.Overlay`).
         device, dtype: where and in what precision the auxiliary model runs.
         attributor: an already built :class:`Attributor` to use instead of loading a model.
-        **backend_options: passed to the backend's constructor (e.g. ``max_new_tokens``).
+        **backend_options: passed to the backend's constructor (e.g. ``max_new_tokens``), checked
+            against the options its spec declares before anything loads.
 
     >>> import numpy as np
     >>> from api_prompt import AttentionMap, Prompter
@@ -142,13 +145,16 @@ class Prompter:
         if recipe is not None:
             get_recipe(recipe)
         if attributor is None:
+            spec = get_backend(backend)
             options = dict(
                 model=model, pretrained=pretrained, layer=layer, device=device, dtype=dtype,
-                enhance=self.settings["enhance"], kernel_size=self.settings["kernel_size"],
                 **backend_options,
             )
+            for name in ("enhance", "kernel_size"):  # for a backend that makes its own mask too
+                if spec.option(name) is not None and name not in backend_options:
+                    options[name] = self.settings[name]
             attributor = create_attributor(
-                backend, **{key: value for key, value in options.items() if value is not None}
+                spec.name, **{key: value for key, value in options.items() if value is not None}
             )
         self.attributor = attributor
         recipe = recipe or attributor.default_recipe
@@ -204,6 +210,13 @@ class Prompter:
             overlay = Overlay(**current)
         return overlay.apply(image, attention_map)
 
+    def heatmap(self, image, attention_map: AttentionMap, *, colorbar: bool = False) -> Image.Image:
+        """The map as a colour heat map over ``image`` (for people, not for the target model),
+        laid out with this Prompter's geometry; see :func:`~api_prompt.overlay.render_heatmap`. No model."""
+        from .overlay import render_heatmap
+
+        return render_heatmap(image, attention_map, colorbar=colorbar, geometry=self.overlay.geometry)
+
     # -- all three ----------------------------------------------------------------------------
 
     def __call__(self, image, query: str) -> PromptResult:
@@ -234,20 +247,11 @@ class Prompter:
 def query_overflow(attributor: Attributor, query: str) -> tuple[int, int] | None:
     """``(tokens, context_length)`` when the attributor's text encoder will truncate ``query``.
 
-    Works with open_clip tokenizers (``encode`` plus ``context_length``; start and end tokens
-    are added). None when the query fits, or for a backend without such a tokenizer (LLaVA reads
-    long prompts whole).
+    Asks the attributor (:meth:`~api_prompt.attribution.base.Attributor.query_overflow`); None
+    when the query fits, or for an attributor without that method or one that reads any length.
     """
-    tokenizer = getattr(attributor, "tokenizer", None)
-    context = getattr(tokenizer, "context_length", None)
-    encode = getattr(tokenizer, "encode", None)
-    if not isinstance(context, int) or not callable(encode):
-        return None
-    try:
-        count = len(encode(query)) + 2  # start and end of text
-    except Exception:  # an unusual tokenizer: better no warning than a failure
-        return None
-    return (count, context) if count > context else None
+    ask = getattr(attributor, "query_overflow", None)
+    return ask(query) if callable(ask) else None
 
 
 def warn_if_truncated(attributor: Attributor, query: str) -> None:

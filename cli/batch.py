@@ -16,8 +16,9 @@ import typer
 
 from .app import app
 from .common import (
-    Backend,
+    DEFAULT_BACKEND,
     BackendOpt,
+    BackendOptionOpt,
     BackgroundOpt,
     DebugOpt,
     DeviceOpt,
@@ -142,7 +143,8 @@ def batch_command(
         "--num-gpus", min=0, rich_help_panel=_RUN, show_default="1 if the cluster has GPUs, else 0",
         help="GPUs per Ray actor (--engine ray); one actor per GPU by default.")] = None,
     preset: PresetOpt = None,
-    backend: BackendOpt = Backend.clip,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     layer: LayerOpt = None,
@@ -181,6 +183,7 @@ def batch_command(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
         )
         options.check()
         if engine is Engine.ray:

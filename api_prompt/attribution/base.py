@@ -1,13 +1,14 @@
-"""What every attribution backend shares: the result type, the base class and the registry.
+"""What every attribution backend shares: the base class and the helpers backends use.
 
-A backend is one module in this package that subclasses :class:`Attributor` and adds one line to
-:data:`BACKENDS`. Backends are imported only when first used, so ``import api_prompt`` stays
-fast and a CLIP user never pays for importing the LLaVA stack.
+A backend is one module that subclasses :class:`Attributor`, plus one
+:class:`~api_prompt.attribution.registry.BackendSpec` in the registry
+(:mod:`api_prompt.attribution.registry`, where :data:`BACKENDS` and :func:`create_attributor`
+live; they are re-exported here for older imports). Backends are imported only when first used,
+so ``import api_prompt`` stays fast and a CLIP user never pays for importing the LLaVA stack.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
@@ -18,12 +19,12 @@ import torch
 from ..attention_map import AttentionMap, Box
 from ..errors import ConfigError
 from ..images import load_image
+from .registry import BACKENDS, create_attributor
 
-#: backend name -> "module:Class". A new backend is one module plus one line here.
-BACKENDS: dict[str, str] = {
-    "clip": "api_prompt.attribution.clip:CLIPAttributor",
-    "llava": "api_prompt.attribution.llava:LLaVAAttributor",
-}
+__all__ = [
+    "AttentionMap", "Attributor", "BACKENDS", "Box", "create_attributor", "normalise_inputs",
+    "resolve_device", "resolve_dtype", "check_layer", "temporary_hooks", "eval_mode", "chunks",
+]
 
 
 class Attributor(ABC):
@@ -49,6 +50,11 @@ class Attributor(ABC):
         """Settings and model identity, for run manifests. Backends extend it."""
         return {"backend": self.name}
 
+    def query_overflow(self, query: str) -> tuple[int, int] | None:
+        """``(tokens, context_length)`` when the text encoder will read only the start of
+        ``query``; None when it fits or the backend reads any length (the default)."""
+        return None
+
 
 def normalise_inputs(images, queries) -> tuple[list, list[str]]:
     """Turn (image | images, query | queries) into two equally long lists of RGB images and str.
@@ -66,19 +72,6 @@ def normalise_inputs(images, queries) -> tuple[list, list[str]]:
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("the query is empty: pass the question the image should answer")
     return [load_image(image) for image in images], queries
-
-
-def create_attributor(backend: str, **options) -> Attributor:
-    """Build a backend by name: ``create_attributor("clip", model="ViT-B-16", pretrained=...)``."""
-    try:
-        target = BACKENDS[backend]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backend {backend!r}; choose one of: {', '.join(sorted(BACKENDS))}"
-        ) from None
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**options)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
