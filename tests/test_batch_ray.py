@@ -25,6 +25,7 @@ TESTS = Path(__file__).parent
 REPO = TESTS.parent
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'api-prompt[ray]'")
+pytestmark = pytest.mark.slow   # starting Ray takes seconds
 
 
 @pytest.fixture(scope="module")
