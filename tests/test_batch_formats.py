@@ -113,6 +113,9 @@ def test_tsv_under_the_original_name_never_gets_the_cached_originals(tmp_path):
         with Image.open(served[str(i)][0]) as image:
             expected = Image.open(io.BytesIO(prompted(picture(i), f"what is {i}?")))
             assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(expected.convert("RGB")))
+    # rerun under another table name: the old table does not linger
+    renamed = run(tmp_path / "MyBench.tsv", tmp_path / "out", prompter(), progress=False)
+    assert renamed.tsv.name == "MyBench_API.tsv" and not (tmp_path / "out/MyBench.tsv").exists()
     # another run with other settings gets other names again (no stale cache between runs)
     other = run(tmp_path / "MyBench.tsv", tmp_path / "other", Prompter(attributor=PatternAttributor(), enhance=2),
                 progress=False, tsv_name="MyBench.tsv")

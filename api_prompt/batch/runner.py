@@ -302,6 +302,10 @@ def run(
         from .export import planned_outputs
 
         exports = planned_outputs(source, num_shards=num_shards, tsv_name=tsv_name, output_format=output_format)
+        if stored is not None:   # an export under another name (say a new --tsv-name) would be stale
+            stale = {key: name for key, name in (stored.get("outputs") or {}).items()
+                     if key in ("tsv", "dataset", "parquet") and exports.get(key) != name}
+            out.remove_exports({"outputs": stale})
         run_info = {
             "layout": LAYOUT_VERSION,
             "parameters": parameters,
