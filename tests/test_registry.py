@@ -137,6 +137,7 @@ def test_built_in_specs_declare_what_the_constructors_take(name: str) -> None:
     parameters = inspect.signature(spec.load().__init__).parameters
     for option in (*COMMON_OPTIONS, *(option.name for option in spec.options)):
         assert option in parameters, f"{name} spec declares {option!r}, the constructor lacks it"
+    assert parameters["model"].default == spec.default_model
     for option in spec.options:
         default = parameters[option.name].default
         assert option.default == default, (name, option.name, option.default, default)
