@@ -35,7 +35,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .scoring import BENCHMARKS, mme_answer, pope_answer, pope_label, score
+from .normalize import normalize_answer
+from .scoring import (
+    BENCHMARKS, ground_truth_answers, infer_option, options_of, pope_answer, pope_label, score,
+    vqa_accuracy_normalised,
+)
 
 __all__ = ["MME_PERCEPTION", "MME_COGNITION", "MetricTable", "build_table", "CIRCULAR_MODULUS"]
 
@@ -90,8 +94,7 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
         scores = {c: cols["correct"] for c, cols in columns.items()}
         names, finish = ["correct", "yes", "label", "tp", "one"], _pope_metrics
     else:
-        scores = {c: np.array([score(benchmark, a, s) for a, s in zip(values, samples)], dtype=float)
-                  for c, values in answers.items()}
+        scores = _scores(benchmark, samples, answers)
     if benchmark == "mme":
         return _mme_table(samples, answers, scores)
     if benchmark == "pope":
@@ -154,6 +157,26 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def _scores(benchmark, samples, answers) -> dict[str, np.ndarray]:
+    """:func:`score` of every answer; each sample's ground truth is read once for all conditions."""
+    if benchmark in ("textvqa", "vqav2"):
+        humans = [[normalize_answer(h) for h in ground_truth_answers(s)] for s in samples]
+        return {c: np.array([vqa_accuracy_normalised(normalize_answer(a or ""), h)
+                             for a, h in zip(values, humans)], dtype=float)
+                for c, values in answers.items()}
+    if benchmark in ("mcq", "synthshapes-mcq"):
+        truths = [(options_of(s), s.get("answer")) for s in samples]
+        for sample, (options, truth) in zip(samples, truths):
+            if truth is None or not options:
+                score(benchmark, "", sample)   # raises the same error score() does
+        truths = [(options, str(truth).strip()) for options, truth in truths]
+        return {c: np.array([float(infer_option(a or "", o) == t) for a, (o, t) in zip(values, truths)],
+                            dtype=float)
+                for c, values in answers.items()}
+    return {c: np.array([score(benchmark, a, s) for a, s in zip(values, samples)], dtype=float)
+            for c, values in answers.items()}
 
 
 def _pope_columns(answers, label_yes) -> dict[str, np.ndarray]:

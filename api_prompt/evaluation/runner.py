@@ -3,8 +3,8 @@
 For each sample the target is asked once per condition (``original``: the image as it is;
 ``api``: the attention-prompted image), the answer is scored as the benchmark's official
 evaluation scores it, and one line per sample and condition is appended to
-``DIR/predictions.jsonl`` (written whole and fsynced, so a killed run loses at most the batch
-in flight). A second run with the same parameters continues where the first stopped; the
+``DIR/predictions.jsonl`` (whole lines in one write, fsynced at least every second, so a killed
+run loses at most the batch in flight). A second run with the same parameters continues where the first stopped; the
 summary is computed from the predictions file alone, so a resumed run's summary equals an
 uninterrupted one's.
 
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -37,6 +38,8 @@ SUMMARY = "summary.json"
 REPORT = "report.md"
 CHART = "chart.png"
 RUN = "eval_run.json"
+#: Seconds between fsyncs of predictions.jsonl (every write is whole lines regardless).
+SYNC_INTERVAL_S = 1.0
 _OUTPUTS = (PREDICTIONS, SUMMARY, REPORT, CHART, RUN)
 
 
@@ -117,14 +120,20 @@ def evaluate(
         done = run.done(retry_errors)
         pending = [s for s in samples if any((s.id, c) not in done for c in conditions)]
         total, finished = len(samples), len(samples) - len(pending)
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start:start + batch_size]
-            records = _ask_chunk(benchmark, chunk, conditions, done, answerer, prompter, source,
-                                 dict(generation or {}))
-            run.append(records)
-            finished += len(chunk)
-            if progress is not None:
-                progress(finished, total)
+        chunks = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+        # The next chunk's images are decoded in a thread while the models work on this one.
+        with ThreadPoolExecutor(max_workers=1) as decoder:
+            upcoming = decoder.submit(_decode, chunks[0], source) if chunks else None
+            for position, chunk in enumerate(chunks):
+                images = upcoming.result()
+                if position + 1 < len(chunks):
+                    upcoming = decoder.submit(_decode, chunks[position + 1], source)
+                records = _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter,
+                                     dict(generation or {}))
+                run.append(records)
+                finished += len(chunk)
+                if progress is not None:
+                    progress(finished, total)
         summary = _summary(benchmark, samples, conditions, run.latest(), parameters, n_resamples, seed)
         run.write_outputs(summary)
     finally:
@@ -168,9 +177,8 @@ def _describe(obj: Any) -> dict[str, Any]:
     return dict(describe()) if callable(describe) else {"callable": getattr(obj, "__qualname__", type(obj).__name__)}
 
 
-def _ask_chunk(benchmark, chunk, conditions, done, answerer, prompter, source, generation):
-    """Prediction records for every (sample, condition) of ``chunk`` not done yet."""
-    records: list[dict[str, Any]] = []
+def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
+    """The decoded images of ``chunk`` by sample id; a bad image marks its sample's error."""
     images: dict[str, Any] = {}
     for sample in chunk:
         if sample.error is not None:
@@ -179,6 +187,12 @@ def _ask_chunk(benchmark, chunk, conditions, done, answerer, prompter, source, g
             images[sample.id] = source.load_image(_raw_sample(sample))
         except Exception as exc:  # noqa: BLE001 - a bad image is one failed sample
             sample.error = f"image: {_message(exc)}"
+    return images
+
+
+def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, generation):
+    """Prediction records for every (sample, condition) of ``chunk`` not done yet."""
+    records: list[dict[str, Any]] = []
     for condition in conditions:
         todo = [s for s in chunk if (s.id, condition) not in done]
         ready = [s for s in todo if s.id in images]
@@ -230,7 +244,7 @@ def _answer(answerer, samples, images, benchmark, generation):
     """Answers by sample id (one batch call; one call per sample when the batch fails)."""
     if not samples:
         return {}, {}
-    questions = [target_prompt(benchmark, s) for s in samples]
+    questions = [_target_text(benchmark, s) for s in samples]
     try:
         answers = answerer(images, questions, **generation)
         if len(answers) != len(samples):
@@ -246,6 +260,14 @@ def _answer(answerer, samples, images, benchmark, generation):
         except Exception as exc:  # noqa: BLE001
             failures[sample.id] = f"target: {_message(exc)}"
     return answers, failures
+
+
+def _target_text(benchmark: str, sample: EvalSample) -> str:
+    """The target's text for ``sample``, built once for every condition."""
+    text = sample.__dict__.get("_target_text")
+    if text is None:
+        text = sample.__dict__["_target_text"] = target_prompt(benchmark, sample)
+    return text
 
 
 def _record(benchmark, sample, condition, answer, error):
@@ -301,6 +323,7 @@ class _RunFolder:
         self.run_json = root / RUN
         self._fd: int | None = None
         self._lock = None
+        self._synced = time.monotonic()
 
     def prepare(self, parameters: dict[str, Any], *, overwrite: bool) -> None:
         from ..batch.store import compare_parameters
@@ -380,7 +403,11 @@ class _RunFolder:
                 if not (retry_errors and record.get("error") is not None)}
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append whole lines, then fsync: a kill leaves whole lines (or one cut line, repaired)."""
+        """Append whole lines in one write; fsync at most every :data:`SYNC_INTERVAL_S`.
+
+        A killed process loses nothing that was written (the kernel has it); a power cut loses
+        at most the last interval, and a cut last line is removed on the next start.
+        """
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
         if not data:
             return
@@ -389,7 +416,13 @@ class _RunFolder:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
+        if time.monotonic() - self._synced >= SYNC_INTERVAL_S:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+        self._synced = time.monotonic()
 
     def write_outputs(self, summary: dict[str, Any]) -> None:
         _write_atomic(self.root / SUMMARY, json.dumps(summary, indent=2) + "\n")
@@ -398,6 +431,7 @@ class _RunFolder:
 
     def close(self) -> None:
         if self._fd is not None:
+            self._sync()
             os.close(self._fd)
             self._fd = None
         if self._lock is not None:

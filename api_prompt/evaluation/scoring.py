@@ -44,12 +44,14 @@ from ..errors import ConfigError
 from .normalize import normalize_answer
 
 __all__ = [
-    "BENCHMARKS", "score", "pope_answer", "mme_answer", "vqa_accuracy", "options_of",
+    "BENCHMARKS", "score", "pope_answer", "mme_answer", "vqa_accuracy", "vqa_accuracy_normalised",
+    "options_of",
     "infer_option", "ground_truth_answers",
 ]
 
 BENCHMARKS = ("pope", "mme", "textvqa", "vqav2", "gqa", "mcq", "synthshapes-mcq")
 
+_LETTERS = frozenset(string.ascii_uppercase)
 _OPTION_PUNCTUATION = str.maketrans({mark: " " for mark in ".()[],:;!*#{}"})
 # Answers VLMEvalKit reads as a refusal ("Z", never a right answer).
 _REFUSALS = (
@@ -119,8 +121,8 @@ def ground_truth_answers(sample: Mapping[str, Any]) -> list[str]:
             value = [text]
     if hasattr(value, "tolist"):  # numpy / pyarrow arrays
         value = value.tolist()
-    answers = [item.get("answer", "") if isinstance(item, Mapping) else item for item in value]
-    return [str(item) for item in answers]
+    return [item if type(item) is str else str(item.get("answer", "")) if isinstance(item, dict)
+            else str(item) for item in value]
 
 
 def vqa_accuracy(answer: str, human_answers: list[str]) -> float:
@@ -133,25 +135,27 @@ def vqa_accuracy(answer: str, human_answers: list[str]) -> float:
     >>> round(vqa_accuracy("2", ["2", "2", "3", "3", "3", "3", "3", "3", "3", "3"]), 4)
     0.6
     """
-    prediction = normalize_answer(answer)
-    humans = [normalize_answer(item) for item in human_answers]
+    return vqa_accuracy_normalised(normalize_answer(answer), [normalize_answer(h) for h in human_answers])
+
+
+def vqa_accuracy_normalised(prediction: str, humans: list[str]) -> float:
+    """:func:`vqa_accuracy` on answers that are already normalised."""
     if not humans:
         raise ConfigError("a VQA sample has no human answers")
     if len(humans) == 1:
         return float(prediction == humans[0])
-    matches = sum(human == prediction for human in humans)
-    total = 0.0
-    for human in humans:
-        others = matches - (human == prediction)
-        total += min(1.0, others / 3.0)
-    return total / len(humans)
+    matches = humans.count(prediction)
+    # leaving out a human who gave the prediction leaves matches - 1 others; anyone else, matches
+    left_out_match = matches * min(1.0, (matches - 1) / 3.0)
+    left_out_other = (len(humans) - matches) * min(1.0, matches / 3.0)
+    return (left_out_match + left_out_other) / len(humans)
 
 
 def options_of(sample: Mapping[str, Any]) -> dict[str, str]:
     """The options of a multiple-choice sample: columns ``A``..``Z`` that hold a value."""
     options = {}
-    for letter in string.ascii_uppercase:
-        value = sample.get(letter)
+    for letter in sorted(key for key in sample if len(key) == 1 and key in _LETTERS):
+        value = sample[letter]
         if value is None or (isinstance(value, float) and value != value):  # None / NaN
             continue
         text = str(value)
@@ -168,9 +172,11 @@ def infer_option(answer: str, options: Mapping[str, str]) -> str | None:
     ['B', 'C', 'C', None, None]
     """
     text = str(answer)
+    words = text.translate(_OPTION_PUNCTUATION).split()
+    if len(words) == 1 and words[0] in options:   # the common answer: just a letter
+        return words[0]
     if any(refusal in text for refusal in _REFUSALS):
         return "Z"
-    words = text.translate(_OPTION_PUNCTUATION).split()
     letters = [letter for letter in options if letter in words]
     if len(letters) == 1:
         return letters[0]

@@ -155,8 +155,14 @@ def _resamples(units: np.ndarray, n_resamples: int, seed: int):
     """
     n_units = len(units)
     units = np.ascontiguousarray(units)
-    as_bytes = units.view(np.dtype((np.void, units.dtype.itemsize * units.shape[1]))).ravel()
-    _, first, counts = np.unique(as_bytes, return_index=True, return_counts=True)
+    # Rows are grouped by a random projection (fast: one number per row), then the grouping is
+    # checked exactly; on the (improbable) collision the rows themselves are compared.
+    projection = units @ np.random.default_rng(12345).random(units.shape[1])
+    _, first, inverse, counts = np.unique(projection, return_index=True, return_inverse=True,
+                                          return_counts=True)
+    if not np.array_equal(units[first][inverse.ravel()], units):
+        as_bytes = units.view(np.dtype((np.void, units.dtype.itemsize * units.shape[1]))).ravel()
+        _, first, counts = np.unique(as_bytes, return_index=True, return_counts=True)
     distinct = units[first]
     if len(distinct) * 8 > n_units:
         return units, resample_weights(n_units, n_resamples, seed)
