@@ -298,3 +298,23 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, words, installed):
     assert len(lines) == 1 and lines[0].startswith("error:"), stderr
     assert all(word in lines[0] for word in words), lines[0]
     assert not (tmp_path / "out").exists()          # refused before writing or loading anything
+
+
+def test_clip_zeroshot_target_picks_the_closest_option_caption():
+    from benchmarks.synthshapes.mcq import make_question
+
+    from api_prompt.evaluation.data import EvalSample, target_prompt
+    from api_prompt.errors import TargetError
+    from api_prompt.targets import create_target
+    from api_prompt.targets.clip_zeroshot import parse_options
+
+    target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
+    rows, scenes = zip(*(make_question(i) for i in range(8)))
+    questions = [target_prompt("synthshapes-mcq", EvalSample(i, r["id"], None, r["question"], r))
+                 for i, r in enumerate(rows)]
+    assert parse_options(questions[0]) == {k: rows[0][k] for k in "ABCD"}
+    answers = target([s.image for s in scenes], questions)
+    assert all(a in "ABCD" for a in answers)
+    assert sum(a == r["answer"] for a, r in zip(answers, rows)) >= 6     # the small CLIP is good at this
+    with pytest.raises(TargetError, match="multiple choice only"):
+        target([scenes[0].image], ["What colour is the circle?"])
