@@ -14,6 +14,8 @@
 Repeats are interleaved; medians are reported::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_eval --repeats 5
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_eval --model ViT-L-14-336 --questions 32 \
+        --repeats 1 --skip-statistics      # the paper's architecture (random weights: same cost)
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=256, help="samples per harness run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--predictions", type=int, default=100_000)
+    parser.add_argument("--model", default=CLIP,
+                        help="auxiliary CLIP (default: the shipped small one); an open_clip architecture "
+                        "name without weights, e.g. ViT-L-14-336, costs what the paper's model costs")
+    parser.add_argument("--skip-statistics", action="store_true", help="only the harness part")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     args = parser.parse_args()
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -145,7 +151,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp())
     data = write_benchmark(folder, args.questions)
-    prompter = Prompter(model=CLIP, device="cpu", batch_size=args.batch_size)
+    prompter = Prompter(model=args.model, device="cpu", batch_size=args.batch_size)
     source, samples = read_samples(data)
     images = [source.load_image(Sample(s.index, s.id, s.image, s.question)) for s in samples]
     queries = [auxiliary_query("synthshapes-mcq", s) for s in samples]
@@ -162,7 +168,7 @@ def main() -> None:
         attribution.append(attribution_run(images, queries, prompter, args.batch_size) / args.questions)
         if all_cores is not None:   # scoring and statistics on one core
             os.sched_setaffinity(0, {min(all_cores)})
-        for name in stats:
+        for name in stats if not args.skip_statistics else ():
             stats[name].append(statistics_run(args.predictions, name, rng))
         if all_cores is not None:
             os.sched_setaffinity(0, all_cores)
@@ -172,12 +178,13 @@ def main() -> None:
           "in the harness's own thread; statistics pinned to one core")
     print(f"harness ({args.questions} questions x 2 conditions, batch {args.batch_size}, instant target, "
           f"median of {args.repeats}):")
-    print(f"  attribution per sample      {a * 1e3:8.2f} ms   (Prompter.attribute, shipped small CLIP)")
+    print(f"  attribution per sample      {a * 1e3:8.2f} ms   (Prompter.attribute, {args.model})")
     print(f"  harness per sample          {h * 1e3:8.2f} ms   = {100 * h / a:.1f}% of attribution")
     print(f"  end-of-run summary+report   {statistics.median(report):8.2f} s    (once per run)")
     print(f"scoring + statistics for {args.predictions:,} predictions x 2 conditions (one core, median):")
     for name, times in stats.items():
-        print(f"  {name:8s} {statistics.median(times):6.2f} s")
+        if times:
+            print(f"  {name:8s} {statistics.median(times):6.2f} s")
 
 
 if __name__ == "__main__":
