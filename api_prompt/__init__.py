@@ -25,7 +25,7 @@ _PUBLIC = {
     "PRESETS": "api_prompt.presets",
     "CLIPAttributor": "api_prompt.attribution.clip",
     "LLaVAAttributor": "api_prompt.attribution.llava",
-    "AttentionMap": "api_prompt.attribution.base",
+    "AttentionMap": "api_prompt.attention_map",
     "create_attributor": "api_prompt.attribution.base",
     "Overlay": "api_prompt.overlay",
     "render_heatmap": "api_prompt.overlay",

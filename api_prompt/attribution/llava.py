@@ -168,6 +168,7 @@ class LLaVAAttributor(Attributor):
     """
 
     name = "llava"
+    default_recipe = "llava"
 
     def __init__(
         self,
@@ -295,6 +296,7 @@ class LLaVAAttributor(Attributor):
                     query=query,
                     answer=answer,
                     extra={"passes": length},
+                    recipe=self.default_recipe,
                 )
             )
         return maps

@@ -1,0 +1,42 @@
+"""CLIP backend: open_clip models explained by decomposing their image embedding over patches.
+
+- :mod:`.attributor`: :class:`CLIPAttributor` (loading, batching, text cache; picks a decomposition)
+- :mod:`.decomposition`: the :class:`Decomposition` protocol and :data:`DECOMPOSITIONS` (ordered)
+- :mod:`.class_token`: :class:`ClassTokenDecomposition`, the paper's (ALGORITHM.md §1)
+- :mod:`.loading`: open_clip loading by name, offline when the weights are local
+
+A new decomposition (another pooling kind) is one module here plus one entry in
+:data:`DECOMPOSITIONS`.
+"""
+
+from .decomposition import (  # first: it completes DECOMPOSITIONS with the modules beside it
+    DECOMPOSITIONS,
+    Decomposition,
+    attention_unsupported_reason,
+    crop_region,
+    select_decomposition,
+)
+from .attributor import CLIPAttributor
+from .class_token import (
+    ClassTokenDecomposition,
+    cls_attention_contributions,
+    cls_contribution_dots,
+    readout_direction,
+)
+from .loading import DEFAULT_MODEL, DEFAULT_PRETRAINED, weights_sha256
+
+__all__ = [
+    "CLIPAttributor",
+    "DEFAULT_MODEL",
+    "DEFAULT_PRETRAINED",
+    "DECOMPOSITIONS",
+    "Decomposition",
+    "ClassTokenDecomposition",
+    "attention_unsupported_reason",
+    "cls_attention_contributions",
+    "cls_contribution_dots",
+    "crop_region",
+    "readout_direction",
+    "select_decomposition",
+    "weights_sha256",
+]
