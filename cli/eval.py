@@ -28,9 +28,9 @@ from .ask import (
     target_options,
 )
 from .common import (
-    Backend, BackendOpt, BackgroundOpt, DebugOpt, DeviceOpt, DtypeOpt, EnhanceOpt, Geometry,
-    GeometryOpt, KernelOpt, LayerOpt, ModelOpt, OneLineErrorCommand, PresetOpt, PretrainedOpt,
-    PromptOptions, QuietOpt, ResampleOpt, handle_errors, status,
+    DEFAULT_BACKEND, BackendOpt, BackendOptionOpt, BackgroundOpt, DebugOpt, DeviceOpt, DtypeOpt,
+    EnhanceOpt, Geometry, GeometryOpt, KernelOpt, LayerOpt, ModelOpt, OneLineErrorCommand,
+    PresetOpt, PretrainedOpt, PromptOptions, QuietOpt, ResampleOpt, handle_errors, status,
 )
 
 _DATA = "Data"
@@ -113,7 +113,8 @@ def eval_command(
     target_dtype: TargetDtypeOpt = None,
     timeout: TimeoutOpt = 60.0,
     preset: PresetOpt = None,
-    backend: BackendOpt = Backend.clip,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     layer: LayerOpt = None,
@@ -148,6 +149,7 @@ def eval_command(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
         )
         if "api" in chosen:
             prompt_options.check()
