@@ -115,7 +115,7 @@ def write_report(summary: Mapping[str, Any], path: Path, *, chart: str | None = 
         f"- target: `{_describe(summary.get('target'))}`",
         f"- samples: {stats['samples']} ({stats['scored']} scored in every condition, "
         f"{stats['excluded']} left out because a target call failed)",
-        f"- errors: " + ", ".join(f"{c} {summary['conditions'][c]['errors']}" for c in conditions),
+        "- errors: " + ", ".join(f"{c} {summary['conditions'][c]['errors']}" for c in conditions),
         f"- intervals: paired bootstrap, {stats['bootstrap_resamples']} resamples, seed {stats['seed']}; "
         "p: exact McNemar (0/1 outcomes only)",
         "",
