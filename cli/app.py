@@ -73,3 +73,4 @@ from . import prompt as _prompt  # noqa: E402,F401
 from . import batch as _batch  # noqa: E402,F401
 from . import ask as _ask  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
+from . import eval as _eval  # noqa: E402,F401

@@ -273,7 +273,7 @@ def lmms_eval_tasks():
     from PIL import ImageFile
 
     truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-    pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install lmms-eval==0.7.3")
+    pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install 'api-prompt[lmms-eval]'")
     try:
         from lmms_eval import tasks
 
