@@ -58,7 +58,8 @@ class Mode(str, Enum):
 TargetOpt = Annotated[str, typer.Option(
     "--target", "-t", rich_help_panel=_TARGET, show_default=False,
     help="The model that answers: 'hf:<Hugging Face id or folder>' (an image-text-to-text model "
-    "with a chat template) or 'openai:<model>' (any OpenAI-compatible chat-completions server).",
+    "with a chat template), 'openai:<model>' (any OpenAI-compatible chat-completions server) or "
+    "'clip-zeroshot:<open_clip name>' (multiple choice by CLIP similarity, one caption per option).",
 )]
 BaseUrlOpt = Annotated[Optional[str], typer.Option(
     "--base-url", rich_help_panel=_TARGET, show_default=False,
@@ -100,6 +101,25 @@ SavePromptedOpt = Annotated[Optional[Path], typer.Option(
     "--save-prompted", rich_help_panel=_TARGET, show_default=False,
     help="Also write the image the target saw (PNG or any format Pillow writes).",
 )]
+
+
+def target_options(target: str, *, base_url: Optional[str], timeout: float, device: str,
+                   dtype: Optional[str], max_retries: Optional[int] = None,
+                   backoff: Optional[float] = None) -> dict:
+    """The constructor options ``--target``'s kind takes (shared by ``ask`` and ``eval``)."""
+    kind = target.partition(":")[0]
+    options: dict = {}
+    if kind == "openai":
+        options.update(base_url=base_url, timeout=timeout)
+        options.update({name: value for name, value in
+                        (("max_retries", max_retries), ("backoff", backoff)) if value is not None})
+    elif base_url is not None or max_retries is not None or backoff is not None:
+        raise ConfigError("--base-url, --max-retries and --backoff only apply to --target openai:<model>")
+    if kind == "hf":
+        options.update(device=device, dtype=dtype)
+    elif kind == "clip-zeroshot":
+        options.update(device=device)
+    return options
 
 
 @app.command("ask", cls=OneLineErrorCommand)
@@ -146,16 +166,9 @@ def ask_command(
         # 1. Everything cheap first, so a typo never costs a model load.
         if not question.strip():
             raise ConfigError("the question is empty: pass what the target should answer")
-        kind = target.partition(":")[0]
-        options: dict = {}
-        if kind == "openai":
-            options.update(base_url=base_url, timeout=timeout)
-            options.update({name: value for name, value in
-                            (("max_retries", max_retries), ("backoff", backoff)) if value is not None})
-        elif base_url is not None or max_retries is not None or backoff is not None:
-            raise ConfigError("--base-url, --max-retries and --backoff only apply to --target openai:<model>")
-        if kind == "hf":
-            options.update(device=target_device or device, dtype=target_dtype)
+        options = target_options(target, base_url=base_url, timeout=timeout,
+                                 device=target_device or device, dtype=target_dtype,
+                                 max_retries=max_retries, backoff=backoff)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
         prompt_options = PromptOptions(
