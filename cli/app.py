@@ -72,4 +72,5 @@ def main() -> None:
 from . import prompt as _prompt  # noqa: E402,F401
 from . import batch as _batch  # noqa: E402,F401
 from . import ask as _ask  # noqa: E402,F401
+from . import serve as _serve  # noqa: E402,F401
 from . import eval as _eval  # noqa: E402,F401
