@@ -179,7 +179,7 @@ def main() -> None:
     print(f"harness ({args.questions} questions x 2 conditions, batch {args.batch_size}, instant target, "
           f"median of {args.repeats}):")
     print(f"  attribution per sample      {a * 1e3:8.2f} ms   (Prompter.attribute, {args.model})")
-    print(f"  harness per sample          {h * 1e3:8.2f} ms   = {100 * h / a:.1f}% of attribution")
+    print(f"  harness per sample          {h * 1e3:8.2f} ms   = {100 * h / a:.2g}% of attribution")
     print(f"  end-of-run summary+report   {statistics.median(report):8.2f} s    (once per run)")
     print(f"scoring + statistics for {args.predictions:,} predictions x 2 conditions (one core, median):")
     for name, times in stats.items():
