@@ -37,6 +37,7 @@ _PUBLIC = {
     "OpenAITarget": "api_prompt.targets",
     "as_target": "api_prompt.targets",
     "APIPromptError": "api_prompt.errors",
+    "evaluate": "api_prompt.evaluation.runner",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

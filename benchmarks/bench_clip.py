@@ -17,6 +17,9 @@ every torch tensor (RSS sampling would miss short peaks and includes allocator c
 
     python benchmarks/bench_clip.py                                   # CPU and, if present, CUDA
     python benchmarks/bench_clip.py --models ViT-B-16 --batch-sizes 1 --repeats 5
+    # on open_clip's next major version, from the snapshot beside the repository:
+    oc=$(mktemp -d) && tar -xzf ../shared/compat/open_clip-main-89fb801.tar.gz -C "$oc"
+    PYTHONPATH="$oc/src" python benchmarks/bench_clip.py --repeats 5
 
 Target: time ratio <= 1.10 and memory ratio <= 1.10.
 """
@@ -179,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             rows.extend(bench_model(name, torch.device(device), args.batch_sizes, args.repeats))
     command = " ".join(shlex.quote(part) for part in ["python", "benchmarks/bench_clip.py", *sys.argv[1:]])
-    print(f"`{command}` (torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"median of {args.repeats}, random weights, fp32)\n")
+    print(f"`{command}` (open_clip {open_clip.__version__}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads, median of {args.repeats}, random weights, fp32)\n")
     print(markdown_table(rows))
 
 

@@ -81,7 +81,8 @@ def _backend_options_help() -> str:
     declared = "; ".join(
         f"{spec.name}: {', '.join(names)}"
         for spec in backend_specs()
-        if (names := [option.name for option in spec.options if option.name not in _OWN_FLAGS])
+        if (names := [option.name for option in spec.options
+                      if option.name not in _OWN_FLAGS and option.type is not object])
     )
     return f"An option of the backend, typed and checked by its spec (repeatable). {declared}."
 
@@ -191,6 +192,9 @@ class PromptOptions:
             if key in COMMON_OPTIONS or key in _OWN_FLAGS:
                 flag = "--" + key.replace("_", "-")
                 raise ConfigError(f"give {key} as {flag}, not as --backend-option")
+            declared = spec.option(key)
+            if declared is not None and declared.type is object:
+                raise ConfigError(f"the {spec.name} backend's option {key!r} can only be given in Python")
         if self.pretrained is not None:
             if spec.option("pretrained") is None:
                 raise ConfigError(

@@ -127,6 +127,36 @@ def test_built_in_specs_name_loadable_classes_and_known_recipes() -> None:
         create_attributor("llava", pretrained="openai")  # refused before anything loads
 
 
+@pytest.mark.parametrize("name", ["clip", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl"])
+def test_built_in_specs_declare_what_the_constructors_take(name: str) -> None:
+    import inspect
+
+    from api_prompt.attribution.registry import COMMON_OPTIONS
+
+    spec = get_backend(name)
+    parameters = inspect.signature(spec.load().__init__).parameters
+    for option in (*COMMON_OPTIONS, *(option.name for option in spec.options)):
+        assert option in parameters, f"{name} spec declares {option!r}, the constructor lacks it"
+    default_model = parameters["model"].default  # None: the class's default_model (decoder backends)
+    assert (default_model if default_model is not None else spec.load().default_model) == spec.default_model
+    for option in spec.options:
+        default = parameters[option.name].default
+        assert option.default == default, (name, option.name, option.default, default)
+
+
+def test_options_are_typed_from_text() -> None:
+    assert BackendOption("n", int, 1, "").convert("12") == 12
+    assert BackendOption("x", float, 1.0, "").convert("0.5") == 0.5
+    assert BackendOption("b", bool, False, "").convert("yes") is True
+    assert BackendOption("s", str, None, "").convert(7) == "7"
+    processor = object()
+    assert BackendOption("p", object, None, "").convert(processor) is processor
+    for option, bad in ((BackendOption("n", int, 1, ""), "1.5"), (BackendOption("n", int, 1, ""), True),
+                        (BackendOption("x", float, 1.0, ""), "nan"), (BackendOption("b", bool, False, ""), "maybe")):
+        with pytest.raises(ConfigError, match=f"option {option.name!r} must be"):
+            option.convert(bad)
+
+
 def test_prompter_takes_a_registered_backend(toy, photo: Path) -> None:
     from api_prompt import Prompter
 

@@ -14,7 +14,7 @@ backend is one module (an :class:`~api_prompt.attribution.base.Attributor` subcl
 >>> get_backend("llava").check_options({"pretrained": "openai"})
 Traceback (most recent call last):
 ...
-api_prompt.errors.ConfigError: the llava backend takes no option 'pretrained'; it takes model, layer, device, dtype, max_new_tokens, batch_size, enhance, kernel_size
+api_prompt.errors.ConfigError: the llava backend takes no option 'pretrained'; it takes model, layer, device, dtype, max_new_tokens, batch_size, processor, enhance, kernel_size
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ COMMON_OPTIONS = ("model", "layer", "device", "dtype")
 class BackendOption:
     """One extra constructor option a backend accepts, beyond :data:`COMMON_OPTIONS`.
 
-    ``type`` is ``str``, ``int``, ``float`` or ``bool``; :meth:`convert` turns a value (also
-    command-line text) into it or raises a one-line ConfigError.
+    ``type`` is ``str``, ``int``, ``float`` or ``bool``, whose values :meth:`convert` parses
+    from command-line text, or ``object`` for Python-only values (a processor, a transform) that
+    are passed as they are and cannot be given on the command line.
     """
 
     name: str
@@ -237,6 +238,9 @@ _BUILT_IN = {
                               "the default model)"),
                 BackendOption("batch_size", int, 16, _BATCH_SIZE_HELP),
                 BackendOption("cache_dir", str, None, "open_clip download/cache folder"),
+                BackendOption("preprocess", object, None,
+                              "the eval transform of a model instance (Python only)"),
+                BackendOption("tokenizer", object, None, "the tokenizer of a model instance (Python only)"),
                 *_OWN_MASK_OPTIONS,
             ),
             model_help="an open_clip name (default ViT-L-14-336-quickgelu), 'hf-hub:ORG/REPO' or "

@@ -7,6 +7,10 @@
 
 A new decomposition (another pooling kind) is one module here plus one entry in
 :data:`DECOMPOSITIONS`.
+
+>>> from api_prompt.attribution.clip import DECOMPOSITIONS
+>>> DECOMPOSITIONS[0].name, DECOMPOSITIONS[0].parts, DECOMPOSITIONS[0].default_recipe
+('class-token', ('psi_cls', 'psi_comp'), 'clip-soft-or')
 """
 
 from .decomposition import (  # first: it completes DECOMPOSITIONS with the modules beside it
