@@ -145,7 +145,8 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
     arriving = [0]  # chat requests with images, received but not yet queued for the model
     prompting = [0]  # chat requests with images, from their arrival until their images are encoded
     batcher = MicroBatcher(run_batch, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                           max_queue=config.max_queue, arriving=lambda: arriving[0])
+                           max_queue=config.max_queue, arriving=lambda: arriving[0],
+                           alone=lambda: prompting[0] <= 1)
     state: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
