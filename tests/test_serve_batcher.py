@@ -22,7 +22,8 @@ def tagged(images, queries):
     return [f"{image}:{query}" for image, query in zip(images, queries)]
 
 
-@pytest.mark.parametrize("name", ["api_prompt.serve.batcher", "api_prompt.serve.messages", "api_prompt.serve.fetch"])
+@pytest.mark.parametrize("name", ["api_prompt.serve.batcher", "api_prompt.serve.messages", "api_prompt.serve.fetch",
+                                  "api_prompt.serve.render"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
