@@ -28,9 +28,16 @@ def png_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_data_url_image(url: str) -> Image.Image:
+def jpeg_data_url(image: Image.Image, quality: int = 95) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_data_url_image(url: str, mime: str = "image/png") -> Image.Image:
+    """The image of a data URL, which must be of type ``mime``."""
     header, data = url.split(",", 1)
-    assert header == "data:image/png;base64", header
+    assert header == f"data:{mime};base64", header
     with Image.open(io.BytesIO(base64.b64decode(data))) as image:
         return image.convert("RGB")
 
@@ -41,16 +48,22 @@ def pixel_digest(image: Image.Image) -> str:
     return hashlib.sha256(repr(rgb.size).encode() + rgb.tobytes()).hexdigest()[:16]
 
 
-def sent_images(request: dict) -> list[Image.Image]:
-    """The images of every user message of a request the upstream received, in order."""
-    images = []
+def sent_urls(request: dict) -> list[str]:
+    """The image URLs of every user message of a request the upstream received, in order."""
+    urls = []
     for message in request["json"]["messages"]:
         if isinstance(message.get("content"), list):
             for part in message["content"]:
                 if part.get("type") == "image_url":
                     value = part["image_url"]
-                    images.append(decode_data_url_image(value["url"] if isinstance(value, dict) else value))
-    return images
+                    urls.append(value["url"] if isinstance(value, dict) else value)
+    return urls
+
+
+def sent_images(request: dict, mime: str = "image/png") -> list[Image.Image]:
+    """The images of every user message of a request the upstream received, in order; each must
+    be a data URL of type ``mime``."""
+    return [decode_data_url_image(url, mime) for url in sent_urls(request)]
 
 
 def random_image(seed: int, size=(40, 30)) -> Image.Image:
@@ -62,7 +75,8 @@ def echo_upstream(conn: socket.socket, request: dict) -> None:
     """Answers ``<text of the last user message> | <digest of each image>`` as a completion."""
     body = request["json"]
     text = " ".join(part["text"] for part in body["messages"][-1]["content"] if part.get("type") == "text")
-    digests = ",".join(pixel_digest(image) for image in sent_images(request))
+    digests = ",".join(pixel_digest(decode_data_url_image(url, url[5:].split(";")[0]))
+                       for url in sent_urls(request))
     data = json.dumps(completion(f"{text}|{digests}")).encode()
     conn.sendall(_head(200, {"Content-Type": "application/json", "Content-Length": str(len(data)),
                              "X-Upstream": "echo", "Connection": "close"}) + data)

@@ -34,8 +34,8 @@ from api_prompt.prompter import Prompter  # noqa: E402
 from api_prompt.serve import create_app, ServeConfig  # noqa: E402
 from scripted_http import RawServer, _head, completion, not_http, redirect, respond  # noqa: E402
 from serve_support import (  # noqa: E402
-    echo_upstream, free_port, pixel_digest, png_data_url, random_image,
-    running_proxy, sent_images,
+    echo_upstream, free_port, jpeg_data_url, pixel_digest, png_data_url, random_image,
+    running_proxy, sent_images, sent_urls,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,30 @@ def test_upstream_receives_exactly_the_prompted_image_and_the_rest_unchanged(pro
     assert answer.choices[0].message.content == "  What is red? |" + pixel_digest(expected)
     assert raw.headers["x-upstream"] == "echo"
     assert request["path"] == "/v1/chat/completions"
+
+
+def test_a_jpeg_goes_upstream_as_the_jpeg_of_exactly_the_prompted_image(prompter):
+    import base64
+    import io
+
+    sent = jpeg_data_url(random_image(4, (64, 48)), quality=90)
+    with Image.open(io.BytesIO(base64.b64decode(sent.split(",", 1)[1]))) as opened:
+        decoded = opened.convert("RGB")
+    expected = prompt(decoded, "What is red?", **SETTINGS)
+    message = {"role": "user", "content": [{"type": "text", "text": "What is red?"},
+                                           {"type": "image_url", "image_url": {"url": sent}}]}
+    with RawServer(default=echo_upstream) as upstream:
+        with running_proxy(create_app(prompter, ServeConfig(upstream=upstream.base_url))) as base_url:
+            sdk(base_url).chat.completions.create(model="m", messages=[message])
+        with running_proxy(create_app(prompter, ServeConfig(upstream=upstream.base_url, jpeg_quality=None))) as base_url:
+            sdk(base_url).chat.completions.create(model="m", messages=[message])
+    as_jpeg, as_png = upstream.requests
+    buffer = io.BytesIO()
+    expected.save(buffer, format="JPEG", quality=95)  # JPEG in, JPEG (quality 95) out
+    (url,) = sent_urls(as_jpeg)
+    assert url == "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    (received,) = sent_images(as_png)  # jpeg_quality=None: lossless, the prompted pixels exactly
+    assert np.array_equal(np.asarray(received), np.asarray(expected.convert("RGB")))
 
 
 def assert_prompted(received: Image.Image, image: Image.Image, query: str) -> None:

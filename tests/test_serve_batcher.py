@@ -22,7 +22,8 @@ def tagged(images, queries):
     return [f"{image}:{query}" for image, query in zip(images, queries)]
 
 
-@pytest.mark.parametrize("name", ["api_prompt.serve.batcher", "api_prompt.serve.messages", "api_prompt.serve.fetch"])
+@pytest.mark.parametrize("name", ["api_prompt.serve.batcher", "api_prompt.serve.messages", "api_prompt.serve.fetch",
+                                  "api_prompt.serve.render"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -162,3 +163,31 @@ def test_data_url_limits():
         with pytest.raises(RequestError) as caught:
             decode_data_url(url, max_bytes=100)
         assert caught.value.status == 400
+
+
+def test_a_lone_request_runs_on_the_event_loop_once_batches_are_known_to_be_quick():
+    """No thread hand-off when nothing else is in flight and the model is fast; otherwise the worker thread."""
+    threads = []
+
+    def note_thread(seconds):
+        def run_batch(images, queries):
+            threads.append(threading.get_ident())
+            time.sleep(seconds)
+            return tagged(images, queries)
+        return run_batch
+
+    async def scenario(alone, seconds):
+        threads.clear()
+        batcher = MicroBatcher(note_thread(seconds), max_wait_ms=0, alone=lambda: alone, inline_under_ms=50)
+        await batcher.start()
+        for i in range(3):
+            assert await batcher.prompt([f"i{i}"], ["q"]) == [f"i{i}:q"]
+        await batcher.stop()
+        return threading.get_ident(), list(threads)
+
+    loop_thread, used = run(scenario(alone=True, seconds=0))
+    assert used[0] != loop_thread and used[1:] == [loop_thread, loop_thread]  # the first: time unknown
+    loop_thread, used = run(scenario(alone=False, seconds=0))
+    assert loop_thread not in used
+    loop_thread, used = run(scenario(alone=True, seconds=0.08))  # a slow model never blocks the loop
+    assert loop_thread not in used

@@ -1,8 +1,9 @@
 """The OpenAI-compatible proxy: attention prompting for every client that speaks the chat API.
 
 ``POST /v1/chat/completions``: every ``image_url`` part of a user message (a base64 data URL, or
-an http(s) URL with ``allow_url_fetch``) is replaced by the attention-prompted image, the
-message's text being the query; everything else in the request goes to the upstream unchanged.
+an http(s) URL with ``allow_url_fetch``) is replaced by the attention-prompted image (a JPEG for a
+JPEG, a lossless PNG for anything else: :mod:`~api_prompt.serve.render`), the message's text
+being the query; everything else in the request goes to the upstream unchanged.
 The upstream's status, headers and body come back as they are, streamed chunk by chunk (so
 server-sent events pass through as the upstream sends them). ``GET /v1/models`` is forwarded;
 ``GET /health`` answers locally.
@@ -27,10 +28,8 @@ logged.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
-import io
 import json
 import logging
 import re
@@ -50,6 +49,7 @@ from ..images import DEFAULT_MAX_PIXELS, load_image
 from .batcher import MicroBatcher, QueueFull
 from .fetch import fetch_image
 from .messages import RequestError, decode_data_url, find_images, parse_request, replace_images
+from .render import TableRender, encode_like
 
 __all__ = ["ServeConfig", "create_app", "error_response"]
 
@@ -79,6 +79,8 @@ class ServeConfig:
         max_body_bytes: largest request body.
         max_image_pixels: largest decoded image (the package's decompression-bomb guard).
         png_compress_level: zlib level (0-9) of the prompted PNGs sent upstream; 0 is fastest.
+        jpeg_quality: quality (1-95) of the prompted JPEGs sent upstream for JPEG inputs; None
+            sends every prompted image as a lossless PNG (see :func:`~api_prompt.serve.render.encode_like`).
     """
 
     upstream: str
@@ -94,6 +96,7 @@ class ServeConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
     png_compress_level: int = 1
+    jpeg_quality: int | None = 95
 
     def __repr__(self) -> str:  # keys never appear in logs or tracebacks
         shown = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -112,12 +115,13 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 
 def prompter_stages(prompter) -> tuple[Callable, Callable]:
-    """``(prompter.attribute, prompter.render)``: the batched model call, and the model-free
-    overlay. Together they are exactly ``prompter.batch``; the proxy runs the first once per
-    micro-batch and the second in each request's own thread, so the overlays and PNG encoding of
-    one batch overlap with the model call of the next (as ``api-prompt batch`` does).
+    """``(prompter.attribute, render)``: the batched model call, and the model-free overlay
+    (:class:`~api_prompt.serve.render.TableRender`, the same pixels as ``prompter.render``).
+    Together they are exactly ``prompter.batch``; the proxy runs the first once per micro-batch
+    and the second per request, so while other requests are in flight the overlays and encoding
+    of one batch overlap with the model call of the next (as ``api-prompt batch`` does).
     """
-    return prompter.attribute, prompter.render
+    return prompter.attribute, TableRender(prompter)
 
 
 def create_app(prompter=None, config: ServeConfig | None = None, *,
@@ -139,8 +143,10 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
         render = _result_is_the_image
     upstream = config.upstream.rstrip("/")
     arriving = [0]  # chat requests with images, received but not yet queued for the model
+    prompting = [0]  # chat requests with images, from their arrival until their images are encoded
     batcher = MicroBatcher(run_batch, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                           max_queue=config.max_queue, arriving=lambda: arriving[0])
+                           max_queue=config.max_queue, arriving=lambda: arriving[0],
+                           alone=lambda: prompting[0] <= 1)
     state: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
@@ -197,18 +203,31 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
         if not parts:
             return None
         arriving[0] += 1
+        prompting[0] += 1
         try:
-            loaded = await asyncio.gather(*(load_part(part) for part in parts))
+            try:
+                loaded = await asyncio.gather(*(load_part(part) for part in parts))
+            finally:
+                arriving[0] -= 1
+                batcher.wake()
+            results = await batcher.prompt([image for image, _ in loaded], [part.query for part in parts])
+            urls = await off_loop(lambda: [
+                encode_like(render(image, result), source, jpeg_quality=config.jpeg_quality,
+                            png_compress_level=config.png_compress_level)
+                for (image, source), result in zip(loaded, results)])
         finally:
-            arriving[0] -= 1
-            batcher.wake()
-        results = await batcher.prompt(loaded, [part.query for part in parts])
-        urls = await asyncio.to_thread(
-            lambda: [encode_png_data_url(render(image, result), config.png_compress_level)
-                     for image, result in zip(loaded, results)])
+            prompting[0] -= 1
         return replace_images(body, parts, urls)
 
-    async def load_part(part) -> Image.Image:
+    async def off_loop(work: Callable[[], Any]) -> Any:
+        """``work()`` in a thread while other requests are being prompted, so they go on meanwhile;
+        alone, on the event loop (a thread hand-off would only add to this request's latency)."""
+        if prompting[0] <= 1:
+            return work()
+        return await asyncio.to_thread(work)
+
+    async def load_part(part) -> tuple[Image.Image, bytes]:
+        """The decoded image, and its encoded bytes (whose format the prompted image keeps)."""
         if part.url.startswith("data:"):
             data = decode_data_url(part.url, max_bytes=config.max_image_bytes, param=part.param)
         elif part.url.lower().startswith(("http://", "https://")):
@@ -220,7 +239,7 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
         else:
             raise RequestError(400, "the image URL must be a base64 data URL or an http(s) URL", param=part.param)
         try:
-            return await asyncio.to_thread(load_image, data, max_pixels=config.max_image_pixels)
+            return await off_loop(lambda: load_image(data, max_pixels=config.max_image_pixels)), data
         except ImageLoadError as exc:
             message = re.sub(r"^cannot load image <[^>]*>", "cannot load the image", " ".join(str(exc).split()))
             status = 413 if "too large" in message else 400
@@ -327,14 +346,3 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _result_is_the_image(image: Image.Image, result: Image.Image) -> Image.Image:
     return result
-
-
-def encode_png_data_url(image: Image.Image, compress_level: int = 1) -> str:
-    """The image as a lossless PNG data URL (the upstream sees exactly the prompted pixels).
-
-    Compression level 1 (as ``api-prompt batch``): several times faster than Pillow's default 6
-    for photos, for slightly larger files.
-    """
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

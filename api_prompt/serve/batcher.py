@@ -67,10 +67,17 @@ class MicroBatcher:
         max_queue: most pairs waiting at once (not counting the batch being run).
         arriving: optional ``() -> int``, how many requests are on their way to :meth:`prompt`
             (received, still decoding); while it is 0 a batch does not wait for more.
+        alone: optional ``() -> bool``, whether the batch's request is the only one in flight.
+            Then, once batches are known to be quick (their running average at most
+            ``inline_under_ms``), the batch runs on the event loop's own thread: nothing else
+            needs the loop meanwhile, and the thread hand-off would only add latency (several
+            milliseconds on a loaded machine). Slow models always run in the worker thread.
+        inline_under_ms: see ``alone``.
     """
 
     def __init__(self, run_batch: BatchFunction, *, max_batch: int = 8, max_wait_ms: float = 10.0,
-                 max_queue: int = 256, arriving: Callable[[], int] | None = None) -> None:
+                 max_queue: int = 256, arriving: Callable[[], int] | None = None,
+                 alone: Callable[[], bool] | None = None, inline_under_ms: float = 50.0) -> None:
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self.run_batch = run_batch
@@ -78,6 +85,8 @@ class MicroBatcher:
         self.max_wait = float(max_wait_ms) / 1000
         self.max_queue = int(max_queue)
         self.arriving = arriving
+        self.alone = alone
+        self.inline_under = float(inline_under_ms) / 1000
         self.batches = 0                        # calls of run_batch so far
         self._recent_sizes: deque[int] = deque(maxlen=10_000)
         self._queue: deque[_Job] = deque()
@@ -166,12 +175,19 @@ class MicroBatcher:
             if batch:
                 await self._run(batch)
 
+    def _runs_inline(self) -> bool:
+        return (self.alone is not None and self.batches > 0 and self._batch_seconds <= self.inline_under
+                and self.alone())
+
     async def _run(self, batch: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        images, queries = [job.image for job in batch], [job.query for job in batch]
         try:
-            results = await loop.run_in_executor(
-                self._executor, self.run_batch, [job.image for job in batch], [job.query for job in batch])
+            if self._runs_inline():
+                results = self.run_batch(images, queries)
+            else:
+                results = await loop.run_in_executor(self._executor, self.run_batch, images, queries)
             if len(results) != len(batch):
                 raise RuntimeError(f"the batch function returned {len(results)} results for {len(batch)} inputs")
         except Exception as exc:  # noqa: BLE001 - handed to the requests that wait for it
