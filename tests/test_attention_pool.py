@@ -191,11 +191,11 @@ def test_refusals_name_what_is_missing(synthshapes_model):
     decomposition = AttentionPoolDecomposition()
     text_cfg = {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}
 
-    class_token = open_clip.CLIP(64, {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16}, text_cfg)
+    class_token = open_clip.CLIP(64, {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16}, text_cfg)
     assert "not an open_clip timm tower" in decomposition.unsupported_reason(class_token.visual)
 
     coca_style = open_clip.CLIP(
-        64, {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "attentional_pool": True}, text_cfg
+        64, {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16, "attentional_pool": True}, text_cfg
     )
     assert "own attention pooler (attn_pool" in decomposition.unsupported_reason(coca_style.visual)
 
