@@ -118,6 +118,26 @@ def test_vit_b_16_siglip_is_supported_and_the_pool_part_sums_to_the_linear_part(
     _check_pool_identity(vit_b_siglip_visual, _pixels(2, 224, 224), _text(2, 768))
 
 
+@pytest.mark.parametrize(
+    "name, grid", [("ViT-SO400M-14-SigLIP-384", (27, 27)), ("ViT-B-16-SigLIP2-256", (16, 16))]
+)
+def test_the_larger_siglip_and_siglip2_towers_are_accepted(name, grid):
+    """Built on the meta device (no weights, no memory): the structure is what is checked."""
+    from open_clip.timm_model import TimmModel
+
+    config = open_clip.get_model_config(name)
+    vision = config["vision_cfg"]
+    with torch.device("meta"):
+        visual = TimmModel(
+            vision["timm_model_name"], embed_dim=config["embed_dim"], image_size=vision["image_size"],
+            pool=vision["timm_pool"], proj=vision["timm_proj"],
+        )
+        pixels = torch.empty(1, 3, *visual.image_size)
+    decomposition = AttentionPoolDecomposition()
+    assert decomposition.unsupported_reason(visual) is None
+    assert decomposition.grid_shape(visual, pixels) == grid
+
+
 def test_trained_model_identity_with_batches_of_mixed_sizes_including_non_square(synthshapes_model):
     visual = synthshapes_model.visual
     assert AttentionPoolDecomposition().unsupported_reason(visual) is None
@@ -219,3 +239,13 @@ def test_a_head_that_computes_something_else_is_refused_not_mis_explained(synths
     pool.forward = lambda x, attn_mask=None: 2.0 * original(x, attn_mask)
     with pytest.raises(UnsupportedModelError, match="rebuilt embedding differs"):
         AttentionPoolDecomposition().run(visual, _pixels(1, 128, 128), _text(1, 64))
+
+
+def test_docstring_example_runs(monkeypatch):
+    import doctest
+
+    from api_prompt.attribution.clip import attention_pool
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # the example loads assets/synthshapes-siglip
+    result = doctest.testmod(attention_pool, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

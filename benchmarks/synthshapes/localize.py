@@ -52,7 +52,7 @@ METHODS = ("psi_cls", "psi_comp_inv", "psi_comp", "mask", "random")
 #: box filter as the CLIP recipe): the pool part alone, and its soft OR with the token part.
 ATTENTION_POOL_METHODS = (
     "psi_pool", "psi_pool_neg", "psi_token", "psi_token_neg",
-    "pool_mask", "pool_or_token", "pool_or_token_inv", "random",
+    "pool_mask", "token_mask", "pool_or_token", "pool_or_token_inv", "pool_or_token_enhanced", "random",
 )
 
 
@@ -83,14 +83,17 @@ def attention_pool_candidates(parts: dict, enhance_coe: float, kernel_size: int,
     """The maps compared for one image of an attention-pooled model, each gh×gw and non-negative."""
     pool, token = parts["psi_pool"], parts["psi_token"]
     pool_enhanced = box_filter(enhance(minmax(pool), enhance_coe), kernel_size)
+    token_enhanced = box_filter(enhance(minmax(token), enhance_coe), kernel_size)
     return {
         "psi_pool": minmax(pool),
         "psi_pool_neg": minmax(pool, invert=True),
         "psi_token": minmax(token),
         "psi_token_neg": minmax(token, invert=True),
         "pool_mask": minmax(pool_enhanced),
+        "token_mask": minmax(token_enhanced),
         "pool_or_token": minmax(soft_or(pool_enhanced, box_filter(minmax(token), kernel_size))),
         "pool_or_token_inv": minmax(soft_or(pool_enhanced, box_filter(minmax(token, invert=True), kernel_size))),
+        "pool_or_token_enhanced": minmax(soft_or(pool_enhanced, token_enhanced)),
         "random": rng.random(pool.shape).astype(np.float32),
     }
 

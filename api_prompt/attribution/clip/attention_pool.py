@@ -40,7 +40,17 @@ from torch.func import functional_call, vjp
 
 from ...errors import UnsupportedModelError
 
-__all__ = ["AttentionPoolDecomposition", "PoolCapture", "head_rest", "pool_contributions"]
+__all__ = [
+    "AttentionPoolDecomposition",
+    "PoolCapture",
+    "RECIPE_NAME",
+    "attention_pool_mask",
+    "head_rest",
+    "pool_contributions",
+]
+
+#: Name of the default recipe for attention-pooled towers (``maps.RECIPES`` key once registered).
+RECIPE_NAME = "siglip-soft-or"
 
 #: How far (relative to ‖embedding‖) the head rebuilt from the captured pooled vector may be from
 #: ``encode_image``'s output before the tower is declared not understood (bf16 towers need slack).
@@ -70,7 +80,7 @@ class AttentionPoolDecomposition:
 
     name = "attention-pool"
     parts = ("psi_pool", "psi_token")
-    default_recipe = "siglip-pool"
+    default_recipe = RECIPE_NAME
     description = (
         "open_clip timm tower (TimmModel) whose timm VisionTransformer pools with "
         "AttentionPoolLatent (global_pool='map'), as open_clip's SigLIP / SigLIP2 models"
@@ -210,6 +220,33 @@ class AttentionPoolDecomposition:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+# -- the default recipe ---------------------------------------------------------------------------
+
+
+def attention_pool_mask(parts: dict, *, enhance: float, kernel_size: int):
+    """The default mask for attention-pooled towers from ``psi_pool`` and ``psi_token`` (pure).
+
+    ``a = box(enhance(minmax(ψ_pool)))``, ``b = box(enhance(minmax(ψ_token)))``, mask =
+    ``minmax(soft_or(a, b))``: both parts with their positive sign, both enhanced. Chosen by the
+    pointing game on the attention-pooled synthetic-shapes model (README, "Does the map point at
+    the right thing?"). Same signature as a ``maps.Recipe`` function; torch or numpy, batched
+    over leading dimensions.
+
+    >>> import numpy as np
+    >>> pool = np.zeros((2, 4, 4), np.float32); pool[:, 1, 2] = 1.0
+    >>> token = np.zeros((2, 4, 4), np.float32); token[:, 1, 2] = 0.5
+    >>> mask = attention_pool_mask({"psi_pool": pool, "psi_token": token}, enhance=10.0, kernel_size=1)
+    >>> mask.shape, float(mask[0, 1, 2]), float(mask[0, 3, 3])
+    ((2, 4, 4), 1.0, 0.0)
+    """
+    from ...maps import box_filter, minmax, soft_or
+    from ...maps import enhance as enhance_contrast
+
+    pool = box_filter(enhance_contrast(minmax(parts["psi_pool"]), enhance), kernel_size)
+    token = box_filter(enhance_contrast(minmax(parts["psi_token"]), enhance), kernel_size)
+    return minmax(soft_or(pool, token))
 
 
 # -- the pieces, also used by the tests to state the identities ----------------------------------
