@@ -51,6 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import open_clip  # noqa: E402
 
 from api_prompt.attribution.clip import CLIPAttributor  # noqa: E402
+from api_prompt.attribution.clip.attention_pool import (  # noqa: E402
+    AttentionPoolDecomposition,
+    attention_pool_mask,
+)
 
 MODELS = ["ViT-B-16", "ViT-L-14-336-quickgelu"]
 #: Models whose image tower is pooled by attention (timm AttentionPoolLatent): SigLIP rows.
@@ -106,8 +110,6 @@ def stand_in_tokenizer(context_length: int, vocab_size: int) -> Callable[[list],
 
 def attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype) -> Callable[[list, list], None]:
     """What the attributor does for an attention-pooled tower, batch by batch."""
-    from api_prompt.attribution.clip.attention_pool import AttentionPoolDecomposition, attention_pool_mask
-
     decomposition = AttentionPoolDecomposition()
     reason = decomposition.unsupported_reason(model.visual)
     if reason is not None:
@@ -174,7 +176,7 @@ def bench_model(name: str, device: torch.device, batch_sizes: list[int], repeats
     if name in ATTENTION_POOLED:
         text_cfg = open_clip.get_model_config(name)["text_cfg"]
         tokenizer = stand_in_tokenizer(text_cfg["context_length"], text_cfg["vocab_size"])
-        attributor = types.SimpleNamespace(layer=len(model.visual.trunk.blocks) - 1)
+        attributor = types.SimpleNamespace(layer=AttentionPoolDecomposition().default_layer(model.visual))
         attribute = attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype)
     else:
         tokenizer = open_clip.get_tokenizer(name)

@@ -17,7 +17,10 @@ import torch
 from torch import nn
 from torch.func import jvp
 
-from api_prompt.attribution.clip.attention_pool import AttentionPoolDecomposition, pool_contributions
+from api_prompt.attribution.clip.attention_pool import (
+    AttentionPoolDecomposition,
+    pool_contributions,
+)
 from api_prompt.errors import UnsupportedModelError
 
 SIGLIP_DIR = Path(__file__).parents[1] / "assets" / "synthshapes-siglip"
@@ -156,7 +159,7 @@ def test_token_part_is_each_token_alone_through_the_head(synthshapes_model):
     pool_inputs: list[torch.Tensor] = []
     handle = pool.register_forward_pre_hook(lambda module, args: pool_inputs.append(args[0]))
     try:
-        parts = AttentionPoolDecomposition().run(visual, pixels, text)
+        parts = AttentionPoolDecomposition().run(visual, pixels, text, layer=len(trunk.blocks) - 1)
     finally:
         handle.remove()
     tokens = pool_inputs[0]                                                     # LN(x_m), (B, P, C)
@@ -178,7 +181,7 @@ def test_token_part_at_an_earlier_block_uses_that_blocks_tokens(synthshapes_mode
         early = AttentionPoolDecomposition().run(visual, pixels, text, layer=2)
     finally:
         handle.remove()
-    last = AttentionPoolDecomposition().run(visual, pixels, text)
+    last = AttentionPoolDecomposition().run(visual, pixels, text, layer=len(trunk.blocks) - 1)
     torch.testing.assert_close(early["psi_pool"], last["psi_pool"])            # the real pool either way
     with torch.no_grad():
         tokens = trunk.norm(outputs[0][:, trunk.num_prefix_tokens:])

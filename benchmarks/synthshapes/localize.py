@@ -230,7 +230,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    with open((args.model / "open_clip_config.json")) as config:
+    with open(args.model / "open_clip_config.json") as config:
         attention_pooled = "timm_model_name" in json.load(config)["model_cfg"]["vision_cfg"]
     run = evaluate_attention_pool if attention_pooled else evaluate
     results = run(args.model, args.scenes, args.objects, args.enhance, args.kernel_size, seed=args.seed)
