@@ -76,7 +76,7 @@ class AttentionPoolDecomposition:
     (the maps, once the forward pass is over). ``layer`` only chooses the tokens of the token
     part (the last block gives the tokens the probe pools); the pool part always
     explains the real pool. :meth:`default_layer` is ``n_blocks - 2``, the CLIP rule: on the
-    synthetic-shapes model it is within 0.03 pointing game of the best layer and the last
+    synthetic-shapes model its mask is within 0.03 pointing game of the best layer and the last
     block is worse (README).
     """
 
