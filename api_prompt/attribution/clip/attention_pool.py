@@ -55,6 +55,8 @@ RECIPE_NAME = "siglip-soft-or"
 #: How far (relative to ‖embedding‖) the head rebuilt from the captured pooled vector may be from
 #: ``encode_image``'s output before the tower is declared not understood (bf16 towers need slack).
 _REBUILD_TOLERANCE = 0.05
+#: Tokens sent through the head at once for the token part (bounds its extra memory).
+_TOKEN_CHUNK = 32
 
 
 @dataclass
@@ -192,15 +194,18 @@ class AttentionPoolDecomposition:
         psi_pool = dots[:, first:] / rho
 
         if capture.tokens is None:                # the last block: the pooled tokens' own values
-            token_values = values[:, :, first:].transpose(1, 2).flatten(2)         # (B, P, C)
+            token_values = values[:, :, first:].transpose(1, 2)                     # (B, P, H, d)
         else:
-            normed = visual.trunk.norm(capture.tokens[:, visual.trunk.num_prefix_tokens:]).float()
-            value_weight = pool.kv.weight.float().chunk(2)[1]
-            value_bias = _bias(pool.kv).chunk(2)[1] if pool.kv.bias is not None else 0.0
-            token_values = normed @ value_weight.T + value_bias
-        alone = rest(token_values @ out_weight.T + _bias(pool.proj))              # e_m, (B, P, E)
-        psi_token = torch.einsum("bpe,be->bp", alone, text) / alone.norm(dim=-1).clamp_min(1e-12)
-
+            token_values = capture.tokens[:, visual.trunk.num_prefix_tokens:]      # (B, P, C)
+        del weights, values
+        psi_token = torch.cat(
+            [
+                self._token_part(visual, rest, token_values[:, start : start + _TOKEN_CHUNK], text,
+                                 from_values=capture.tokens is None)
+                for start in range(0, token_values.shape[1], _TOKEN_CHUNK)
+            ],
+            dim=1,
+        )
         grid_h, grid_w = capture.grid
         if psi_pool.shape[1] != grid_h * grid_w:
             raise RuntimeError(
@@ -210,6 +215,19 @@ class AttentionPoolDecomposition:
             "psi_pool": psi_pool.reshape(-1, grid_h, grid_w),
             "psi_token": psi_token.reshape(-1, grid_h, grid_w),
         }
+
+    @staticmethod
+    def _token_part(visual, rest, tokens, text, from_values: bool) -> torch.Tensor:
+        """ψ_token for a slice of tokens (slices bound the head-MLP activations to (B, chunk, 4C))."""
+        pool = visual.trunk.attn_pool
+        if from_values:
+            values = tokens.flatten(2)
+        else:
+            value_weight = pool.kv.weight.float().chunk(2)[1]
+            value_bias = _bias(pool.kv).chunk(2)[1] if pool.kv.bias is not None else 0.0
+            values = visual.trunk.norm(tokens).float() @ value_weight.T + value_bias
+        alone = rest(values @ pool.proj.weight.float().T + _bias(pool.proj))      # e_m, (B, chunk, E)
+        return torch.einsum("bpe,be->bp", alone, text) / alone.norm(dim=-1).clamp_min(1e-12)
 
     def run(self, visual: nn.Module, pixels: torch.Tensor, text: torch.Tensor, layer: int | None = None):
         """Hook, forward and decompose one batch (what the attributor does), hooks removed after.
