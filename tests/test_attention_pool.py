@@ -252,3 +252,25 @@ def test_docstring_example_runs(monkeypatch):
     monkeypatch.chdir(Path(__file__).parents[1])  # the example loads assets/synthshapes-siglip
     result = doctest.testmod(attention_pool, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_default_mask_points_at_the_named_object_on_held_out_scenes(synthshapes_model):
+    """The recipe on the trained model beats a random map by far (README table: 0.55 vs 0.16)."""
+    import numpy as np
+
+    from api_prompt.attribution.clip.attention_pool import attention_pool_mask
+    from benchmarks.synthshapes.localize import held_out_queries, score
+    from benchmarks.synthshapes.scenes import phrase_caption
+
+    model = synthshapes_model
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{SIGLIP_DIR}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{SIGLIP_DIR}")
+    pairs = held_out_queries(40, 3)
+    with torch.no_grad():
+        text = model.encode_text(tokenizer([phrase_caption([target.phrase]) for _, target in pairs]))
+    text = nn.functional.normalize(text, dim=-1)
+    pixels = torch.stack([preprocess(scene.image) for scene, _ in pairs])
+    parts = AttentionPoolDecomposition().run(model.visual, pixels, text)
+    masks = attention_pool_mask(parts, enhance=10.0, kernel_size=3).numpy()
+    hits = [score(mask, target.box, scene.size)[0] for mask, (scene, target) in zip(masks, pairs)]
+    assert np.mean(hits) >= 0.4
