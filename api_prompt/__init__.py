@@ -25,7 +25,9 @@ _PUBLIC = {
     "PRESETS": "api_prompt.presets",
     "CLIPAttributor": "api_prompt.attribution.clip",
     "LLaVAAttributor": "api_prompt.attribution.llava",
-    "AttentionMap": "api_prompt.attribution.base",
+    "LLaVANextAttributor": "api_prompt.attribution.decoder",
+    "Qwen2VLAttributor": "api_prompt.attribution.decoder",
+    "AttentionMap": "api_prompt.attention_map",
     "create_attributor": "api_prompt.attribution.base",
     "Overlay": "api_prompt.overlay",
     "render_heatmap": "api_prompt.overlay",
@@ -35,6 +37,7 @@ _PUBLIC = {
     "OpenAITarget": "api_prompt.targets",
     "as_target": "api_prompt.targets",
     "APIPromptError": "api_prompt.errors",
+    "evaluate": "api_prompt.evaluation.runner",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -1,4 +1,5 @@
-"""Pure tensor operations on attention maps (ALGORITHM.md §1 "Combining" and §2 "Mask").
+"""Pure tensor operations on attention maps (ALGORITHM.md §1 "Combining" and §2 "Mask"), and
+the named recipes that combine a backend's raw parts into the mask (:data:`RECIPES`).
 
 Every function works on the last two dimensions (the P×P grid) and broadcasts over any leading
 dimensions, so a batch of maps is processed in one call. Inputs may be torch tensors or numpy
@@ -19,7 +20,8 @@ Nothing here ever produces NaN.
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +39,10 @@ __all__ = [
     "combine_clip",
     "combine_llava",
     "check_kernel_size",
+    "Recipe",
+    "RECIPES",
+    "get_recipe",
+    "register_recipe",
 ]
 
 
@@ -138,3 +144,62 @@ def combine_llava(attention: Map, *, coe: float, kernel_size: int) -> Map:
     No soft OR and no final normalisation, as in the reference.
     """
     return box_filter(enhance(minmax(attention), coe), kernel_size)
+
+
+# -- recipes: named ways to turn a backend's raw parts into the mask -----------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named, pure function from raw parts to the mask, with the settings every recipe takes.
+
+    ``recipe(parts, enhance=coe, kernel_size=k)`` reads ``parts[name]`` for each name in
+    :attr:`parts` (maps or batches of maps, numpy or torch) and returns the mask in [0, 1].
+
+    >>> import numpy as np
+    >>> parts = {"attention": np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)}
+    >>> get_recipe("llava")(parts, enhance=10.0, kernel_size=1).astype(float).round(2).tolist()
+    [[0.0, 0.02], [0.98, 1.0]]
+    """
+
+    name: str
+    parts: tuple[str, ...]
+    fn: Callable[..., Map]
+    help: str
+
+    def __call__(self, parts: Mapping[str, Map], *, enhance: float, kernel_size: int) -> Map:
+        missing = [name for name in self.parts if name not in parts]
+        if missing:
+            raise ConfigError(
+                f"recipe {self.name!r} needs the part(s) {', '.join(missing)}, but the map has "
+                f"{', '.join(sorted(parts)) or 'none'}: choose a recipe made for this backend"
+            )
+        return self.fn(*(parts[name] for name in self.parts), coe=enhance, kernel_size=kernel_size)
+
+
+#: recipe name -> :class:`Recipe`. A backend with new parts registers its own recipe.
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add ``recipe`` to :data:`RECIPES` under its name (replacing one of the same name)."""
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``, or a ConfigError that lists the known ones."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+
+
+register_recipe(Recipe(
+    "clip-soft-or", ("psi_cls", "psi_comp"), combine_clip,
+    "the paper's CLIP mask: enhance(Ψcls) soft-OR inverted Ψcomp, box-filtered, min-max",
+))
+register_recipe(Recipe(
+    "llava", ("attention",), combine_llava,
+    "the paper's decoder mask: min-max, enhance, box filter (no soft OR)",
+))

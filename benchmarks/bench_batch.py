@@ -2,18 +2,22 @@
 
 Generates realistic JPEG photos (default 640×480), then measures at the same batch size:
 
-- **attribution only**: ``attributor.attribute(images, queries)`` on images already decoded in
+- **attribution only**: ``prompter.attribute(images, queries)`` on images already decoded in
   memory (the model's own preprocessing included), batch after batch;
 - **end to end**: :func:`api_prompt.batch.run` from a JSONL file: reading, decoding, the model,
-  the overlay, PNG encoding and atomic writes, manifest and run.json.
+  the overlay, encoding (``--format auto``: JPEG for these JPEG inputs) and atomic writes,
+  manifest and run.json;
+- with ``--ray``, **end to end on Ray**: the same with ``engine="ray"`` on a local Ray instance
+  started before the timing (each run starts its actors and loads their model: included).
 
 The ratio end-to-end / attribution-only says how well decoding and encoding hide behind the
-model (1.0 = completely). Target on CPU: >= 0.85.
+model (1.0 = completely). Targets on CPU: >= 0.85; Ray / local >= 0.8.
 
 Usage::
 
     python benchmarks/bench_batch.py                        # random ViT-B-16, 64 images, CPU
     python benchmarks/bench_batch.py --model fixture        # the tiny test model
+    python benchmarks/bench_batch.py --samples 32 --batch-size 16 --repeats 3 --ray
     python benchmarks/bench_batch.py --samples 256 --batch-size 32 --device cuda
 """
 
@@ -76,8 +80,11 @@ def make_dataset(folder: Path, samples: int, size: tuple[int, int]) -> Path:
 
 
 def build_prompter(model: str, device: str, batch_size: int) -> Prompter:
+    import torch
+
     from api_prompt.attribution.clip import CLIPAttributor
 
+    torch.manual_seed(0)   # the same random weights in every process (Ray actors build their own)
     if model == "fixture":
         attributor = CLIPAttributor(f"local-dir:{REPO / 'tests/fixtures/clip_reference/model'}",
                                     layer=4, device=device, batch_size=batch_size)
@@ -99,7 +106,7 @@ def attribution_only(prompter: Prompter, source: Path, batch_size: int) -> tuple
     queries = [row["question"] for row in rows]
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
-        prompter.attributor.attribute(images[start:start + batch_size], queries[start:start + batch_size])
+        prompter.attribute(images[start:start + batch_size], queries[start:start + batch_size])
     return time.perf_counter() - started, len(images)
 
 
@@ -111,7 +118,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--size", default="640x480", help="WxH of the generated JPEGs")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--format", default="png", choices=["png", "jpg"])
+    parser.add_argument("--format", default="auto", choices=["auto", "png", "jpg"])
+    parser.add_argument("--ray", action="store_true", help="also time engine='ray' on a local Ray instance")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -124,17 +132,36 @@ def main() -> None:
         prompter = build_prompter(args.model, args.device, args.batch_size)
         prompter.describe()                                   # hash the weights outside the timing
         warm = make_photo(0, size)
-        prompter.attributor.attribute([warm] * min(args.batch_size, 4), QUERIES[:1] * min(args.batch_size, 4))
+        prompter.attribute([warm] * min(args.batch_size, 4), QUERIES[:1] * min(args.batch_size, 4))
 
-        only_times, full_times = [], []
-        for repeat in range(args.repeats):  # interleaved, so load drifts hit both alike
+        if args.ray:
+            import functools
+
+            import ray
+
+            from api_prompt.batch import LazyPrompter
+
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+            lazy = LazyPrompter(functools.partial(build_prompter, args.model, args.device, args.batch_size), {})
+
+        only_times, full_times, ray_times, ratios, ray_ratios = [], [], [], [], []
+        for repeat in range(args.repeats):  # interleaved, so load drifts hit all alike
             only_seconds, count = attribution_only(prompter, source, args.batch_size)
             only_times.append(only_seconds)
             started = time.perf_counter()
             summary = run(source, folder / f"out{repeat}", prompter, batch_size=args.batch_size,
                           workers=args.workers, image_format=args.format, progress=False)
             full_times.append(time.perf_counter() - started)
+            ratios.append(only_seconds / full_times[-1])
             assert summary.ok == count, summary.errors
+            if args.ray:
+                started = time.perf_counter()
+                summary = run(source, folder / f"ray{repeat}", lazy, batch_size=args.batch_size,
+                              workers=args.workers, image_format=args.format, progress=False, engine="ray")
+                ray_times.append(time.perf_counter() - started)
+                ray_ratios.append(full_times[-1] / ray_times[-1])
+                assert summary.ok == count, summary.errors
         only_seconds, full_seconds = statistics.median(only_times), statistics.median(full_times)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -151,6 +178,15 @@ def main() -> None:
     print(f"| attribution only (decoded images in memory) | {only_seconds:.2f} | {only_rate:.2f} |")
     print(f"| end to end (`api_prompt.batch.run`, files in, files out) | {full_seconds:.2f} | {full_rate:.2f} |")
     print(f"| **ratio** end to end / attribution only | | **{full_rate / only_rate:.3f}** |")
+    if ray_times:
+        ray_seconds = statistics.median(ray_times)
+        print(f"| end to end, `engine=\"ray\"` (1 actor per machine, model load included) | {ray_seconds:.2f} | "
+              f"{count / ray_seconds:.2f} |")
+        print(f"| **ratio** Ray / local engine | | **{full_seconds / ray_seconds:.3f}** |")
+    print()
+    print("per repeat, end to end / attribution only: " + ", ".join(f"{r:.3f}" for r in ratios))
+    if ray_ratios:
+        print("per repeat, Ray / local: " + ", ".join(f"{r:.3f}" for r in ray_ratios))
 
 
 if __name__ == "__main__":

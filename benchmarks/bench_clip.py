@@ -18,6 +18,9 @@ every torch tensor (RSS sampling would miss short peaks and includes allocator c
     python benchmarks/bench_clip.py                                   # CPU and, if present, CUDA
     python benchmarks/bench_clip.py --models ViT-B-16 --batch-sizes 1 --repeats 5
     python benchmarks/bench_clip.py --models ViT-B-16-SigLIP --batch-sizes 1 8   # SigLIP rows
+    # on open_clip's next major version, from the snapshot beside the repository:
+    oc=$(mktemp -d) && tar -xzf ../shared/compat/open_clip-main-89fb801.tar.gz -C "$oc"
+    PYTHONPATH="$oc/src" python benchmarks/bench_clip.py --repeats 5
 
 Attention-pooled models (``ATTENTION_POOLED``, e.g. ``ViT-B-16-SigLIP``) are attributed by the
 attention-pool decomposition (docs/design/attention_pool.md): the attribution call is
@@ -53,7 +56,7 @@ import open_clip  # noqa: E402
 from api_prompt.attribution.clip import CLIPAttributor  # noqa: E402
 from api_prompt.attribution.clip.attention_pool import (  # noqa: E402
     AttentionPoolDecomposition,
-    attention_pool_mask,
+    combine_attention_pool,
 )
 
 MODELS = ["ViT-B-16", "ViT-L-14-336-quickgelu"]
@@ -121,7 +124,7 @@ def attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype)
             text = model.encode_text(tokenizer(queries).to(device)).float()
             text = text / text.norm(dim=-1, keepdim=True)
             parts = decomposition.run(model.visual, pixels, text)
-            attention_pool_mask(parts, enhance=10.0, kernel_size=3).cpu()
+            combine_attention_pool(parts["psi_pool"], parts["psi_token"], coe=10.0, kernel_size=3).cpu()
         synchronize(device)
 
     return run
@@ -236,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             rows.extend(bench_model(name, torch.device(device), args.batch_sizes, args.repeats))
     command = " ".join(shlex.quote(part) for part in ["python", "benchmarks/bench_clip.py", *sys.argv[1:]])
-    print(f"`{command}` (torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"median of {args.repeats}, random weights, fp32)\n")
+    print(f"`{command}` (open_clip {open_clip.__version__}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads, median of {args.repeats}, random weights, fp32)\n")
     print(markdown_table(rows))
 
 

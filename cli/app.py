@@ -72,3 +72,6 @@ def main() -> None:
 from . import prompt as _prompt  # noqa: E402,F401
 from . import batch as _batch  # noqa: E402,F401
 from . import ask as _ask  # noqa: E402,F401
+from . import serve as _serve  # noqa: E402,F401
+from . import eval as _eval  # noqa: E402,F401
+from . import playground as _playground  # noqa: E402,F401

@@ -24,8 +24,9 @@ from api_prompt.errors import ConfigError
 
 from .app import app
 from .common import (
-    Backend,
+    DEFAULT_BACKEND,
     BackendOpt,
+    BackendOptionOpt,
     BackgroundOpt,
     DebugOpt,
     DeviceOpt,
@@ -57,7 +58,8 @@ class Mode(str, Enum):
 TargetOpt = Annotated[str, typer.Option(
     "--target", "-t", rich_help_panel=_TARGET, show_default=False,
     help="The model that answers: 'hf:<Hugging Face id or folder>' (an image-text-to-text model "
-    "with a chat template) or 'openai:<model>' (any OpenAI-compatible chat-completions server).",
+    "with a chat template), 'openai:<model>' (any OpenAI-compatible chat-completions server) or "
+    "'clip-zeroshot:<open_clip name>' (multiple choice by CLIP similarity, one caption per option).",
 )]
 BaseUrlOpt = Annotated[Optional[str], typer.Option(
     "--base-url", rich_help_panel=_TARGET, show_default=False,
@@ -84,12 +86,40 @@ TargetDtypeOpt = Annotated[Optional[str], typer.Option(
     help="hf: fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU).",
 )]
 TimeoutOpt = Annotated[float, typer.Option(
-    "--timeout", rich_help_panel=_TARGET, min=0.001, help="openai: seconds to wait for each request.",
+    "--timeout", rich_help_panel=_TARGET, min=0.001,
+    help="openai: seconds one attempt may take in all (connect, send, the whole answer).",
+)]
+MaxRetriesOpt = Annotated[Optional[int], typer.Option(
+    "--max-retries", rich_help_panel=_TARGET, min=0, show_default="3",
+    help="openai: extra attempts after a 429, a 5xx, a timeout or a broken connection; 0 = none.",
+)]
+BackoffOpt = Annotated[Optional[float], typer.Option(
+    "--backoff", rich_help_panel=_TARGET, min=0.0, show_default="1.0",
+    help="openai: first retry delay in seconds, doubled per attempt (a server's Retry-After wins).",
 )]
 SavePromptedOpt = Annotated[Optional[Path], typer.Option(
     "--save-prompted", rich_help_panel=_TARGET, show_default=False,
     help="Also write the image the target saw (PNG or any format Pillow writes).",
 )]
+
+
+def target_options(target: str, *, base_url: Optional[str], timeout: float, device: str,
+                   dtype: Optional[str], max_retries: Optional[int] = None,
+                   backoff: Optional[float] = None) -> dict:
+    """The constructor options ``--target``'s kind takes (shared by ``ask`` and ``eval``)."""
+    kind = target.partition(":")[0]
+    options: dict = {}
+    if kind == "openai":
+        options.update(base_url=base_url, timeout=timeout)
+        options.update({name: value for name, value in
+                        (("max_retries", max_retries), ("backoff", backoff)) if value is not None})
+    elif base_url is not None or max_retries is not None or backoff is not None:
+        raise ConfigError("--base-url, --max-retries and --backoff only apply to --target openai:<model>")
+    if kind == "hf":
+        options.update(device=device, dtype=dtype)
+    elif kind == "clip-zeroshot":
+        options.update(device=device)
+    return options
 
 
 @app.command("ask", cls=OneLineErrorCommand)
@@ -106,9 +136,12 @@ def ask_command(
     target_device: TargetDeviceOpt = None,
     target_dtype: TargetDtypeOpt = None,
     timeout: TimeoutOpt = 60.0,
+    max_retries: MaxRetriesOpt = None,
+    backoff: BackoffOpt = None,
     save_prompted: SavePromptedOpt = None,
     preset: PresetOpt = None,
-    backend: BackendOpt = Backend.clip,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     layer: LayerOpt = None,
@@ -133,20 +166,16 @@ def ask_command(
         # 1. Everything cheap first, so a typo never costs a model load.
         if not question.strip():
             raise ConfigError("the question is empty: pass what the target should answer")
-        kind = target.partition(":")[0]
-        options: dict = {}
-        if kind == "openai":
-            options.update(base_url=base_url, timeout=timeout)
-        elif base_url is not None:
-            raise ConfigError("--base-url only applies to --target openai:<model>")
-        if kind == "hf":
-            options.update(device=target_device or device, dtype=target_dtype)
+        options = target_options(target, base_url=base_url, timeout=timeout,
+                                 device=target_device or device, dtype=target_dtype,
+                                 max_retries=max_retries, backoff=backoff)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
         prompt_options = PromptOptions(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
         )
         if not no_api:
             prompt_options.check()

@@ -2,8 +2,8 @@
 
 Both are thin wrappers of :func:`api_prompt.batch.run` and :func:`api_prompt.batch.merge`.
 Exit codes: 0 when every sample is done, 1 when some samples failed (they are listed in the
-manifest; rerun the same command to retry them) or shards are missing, 2 for bad options or
-input (one line on stderr).
+manifest, with whether a rerun can fix them) or shards are missing, 2 for bad options or input
+(one line on stderr), 130 when interrupted (what finished is kept; rerun to resume).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import typer
 
 from .app import app
 from .common import (
-    Backend,
+    DEFAULT_BACKEND,
     BackendOpt,
+    BackendOptionOpt,
     BackgroundOpt,
     DebugOpt,
     DeviceOpt,
@@ -43,8 +44,19 @@ _RUN = "Run"
 
 
 class ImageFormat(str, Enum):
+    auto = "auto"
     png = "png"
     jpg = "jpg"
+
+
+class OutputFormat(str, Enum):
+    dataset = "dataset"
+    parquet = "parquet"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 class InputFormat(str, Enum):
@@ -63,12 +75,28 @@ def batch_command(
         "datasets' save_to_disk.")],
     out: Annotated[Path, typer.Option(
         "--out", "-o", rich_help_panel=_OUTPUT, show_default=False,
-        help="Output folder: images/, manifest.jsonl, run.json (and <INPUT>.tsv for a TSV). "
-        "Rerunning into it resumes.")],
+        help="Output folder: images/, manifest.jsonl, run.json, and <stem>_API.tsv for a TSV or "
+        "dataset/ for parquet and datasets inputs. Rerunning into it resumes.")],
     image_format: Annotated[ImageFormat, typer.Option(
-        "--format", rich_help_panel=_OUTPUT, help="png (lossless) or jpg.")] = ImageFormat.png,
+        "--format", rich_help_panel=_OUTPUT,
+        help="auto: JPEG where the input image is a JPEG, else PNG; png (lossless); jpg.")] = ImageFormat.auto,
     jpeg_quality: Annotated[int, typer.Option(
-        "--jpeg-quality", min=1, max=100, rich_help_panel=_OUTPUT, help="JPEG quality for --format jpg.")] = 95,
+        "--jpeg-quality", min=1, max=100, rich_help_panel=_OUTPUT,
+        help="JPEG quality (recorded in run.json).")] = 95,
+    allow_partial: Annotated[bool, typer.Option(
+        "--allow-partial", rich_help_panel=_OUTPUT,
+        help="Write the TSV / dataset even if some samples failed: their rows keep the original "
+        "image and an api_prompt_status column marks them. Without it nothing partial is written.")] = False,
+    tsv_name: Annotated[Optional[str], typer.Option(
+        "--tsv-name", rich_help_panel=_OUTPUT, show_default="<stem>_API.tsv",
+        help="File name of the prompted VLMEvalKit TSV (its dataset name in VLMEvalKit).")] = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--output-format", rich_help_panel=_OUTPUT,
+        help="For parquet and datasets inputs: dataset (save_to_disk folder DIR/dataset) or parquet "
+        "(shards in DIR/data/).")] = OutputFormat.dataset,
+    keep_original: Annotated[bool, typer.Option(
+        "--keep-original", rich_help_panel=_OUTPUT,
+        help="Keep the original image in a <image column>_original column of the dataset.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", rich_help_panel=_OUTPUT,
         help="Delete an earlier run's outputs in --out first (needed when the parameters changed).")] = False,
@@ -104,8 +132,19 @@ def batch_command(
         "shard into its own --out, then 'api-prompt merge'.")] = 1,
     shard_index: Annotated[int, typer.Option(
         "--shard-index", min=0, rich_help_panel=_RUN, help="Which shard this run does (0-based).")] = 0,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", rich_help_panel=_RUN,
+        help="local: threads in this process; ray: Ray Data actors, one model each, on every GPU "
+        "(or CPU) of a Ray cluster (pip install 'api-prompt[ray]').")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(
+        "--address", rich_help_panel=_RUN, show_default="a local Ray instance",
+        help="Ray cluster to join with --engine ray (e.g. auto, or HEAD_IP:6379 after 'ray start').")] = None,
+    num_gpus: Annotated[Optional[float], typer.Option(
+        "--num-gpus", min=0, rich_help_panel=_RUN, show_default="1 if the cluster has GPUs, else 0",
+        help="GPUs per Ray actor (--engine ray); one actor per GPU by default.")] = None,
     preset: PresetOpt = None,
-    backend: BackendOpt = Backend.clip,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     layer: LayerOpt = None,
@@ -123,19 +162,34 @@ def batch_command(
 
     Example:  api-prompt batch questions.jsonl --out prompted/ --batch-size 32
     """
-    from api_prompt.batch import OutputDir, open_source, run
+    import functools
+
+    from api_prompt.batch import Interrupted, LazyPrompter, OutputDir, open_source, run
     from api_prompt.errors import ConfigError
+
+    def say(message: str) -> None:
+        if not quiet:
+            typer.echo(message, err=True)
 
     with handle_errors(debug):
         # Everything cheap first, so a typo never costs a model load.
         if shard_index >= num_shards:
             raise ConfigError(f"--shard-index must be below --num-shards ({num_shards}), got {shard_index}")
+        if address is not None and engine is not Engine.ray:
+            raise ConfigError("--address needs --engine ray")
+        if engine is Engine.ray and num_shards != 1:
+            raise ConfigError("--engine ray spreads the work itself; leave out --num-shards")
         options = PromptOptions(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
         )
         options.check()
+        if engine is Engine.ray:
+            from api_prompt.batch.ray_engine import require_ray
+
+            require_ray()
         source = open_source(
             input, format=input_format.value if input_format else None, id_column=id_column,
             image_column=image_column, question_column=question_column, image_root=image_root,
@@ -143,27 +197,94 @@ def batch_command(
         )
         OutputDir(out).check_usable()
 
-        # the model's own chunking follows --batch-size
-        prompter = options.build(quiet=quiet, batch_size=batch_size)
-        summary = run(
-            source, out, prompter, batch_size=batch_size, workers=workers, limit=limit,
-            num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,
-            image_format=image_format.value, jpeg_quality=jpeg_quality, progress=not quiet,
-        )
+        # Loaded only when some sample is left to do; the model's own chunking follows --batch-size.
+        request = {key: getattr(value, "value", value) for key, value in vars(options).items()}
+        prompter = LazyPrompter(functools.partial(options.build, quiet=quiet, batch_size=batch_size), request)
+        try:
+            summary = run(
+                source, out, prompter, batch_size=batch_size, workers=workers, limit=limit,
+                num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,
+                image_format=image_format.value, jpeg_quality=jpeg_quality, allow_partial=allow_partial,
+                tsv_name=tsv_name, output_format=output_format.value, keep_original=keep_original,
+                engine=engine.value, address=address, num_gpus=num_gpus, progress=not quiet, log=say,
+            )
+        except Interrupted as stop:
+            total = stop.total if stop.total is not None else "?"
+            typer.echo(f"interrupted: {stop.done} of {total} done; rerun the same command to resume", err=True)
+            raise typer.Exit(130)
 
-    if not quiet:
-        typer.echo(str(summary), err=True)
-        if summary.tsv is not None:
-            typer.echo(f"VLMEvalKit table: {summary.tsv}", err=True)
+    say(str(summary))
+    if summary.tsv is not None:
+        say(f"VLMEvalKit table: {summary.tsv}" + (" (partial: see its api_prompt_status column)" if summary.partial else ""))
+        say(vlmevalkit_next_steps(summary.tsv))
+    if summary.dataset is not None:
+        say(f"prompted dataset: {summary.dataset}" + (" (partial: see its api_prompt_status column)" if summary.partial else ""))
+        say(dataset_next_steps(summary.dataset, source))
     if summary.failed:
-        shown = "; ".join(
-            " ".join(f"{sample_id}: {message}".split()) for sample_id, message in summary.errors[:3]
-        )
-        typer.echo(
-            f"error: {summary.error} samples failed (see {out / 'manifest.jsonl'}; rerun to retry "
-            f"them): {shown}", err=True,
-        )
+        typer.echo(failure_message(summary, out), err=True)
         raise typer.Exit(1)
+
+
+def failure_message(summary, out: Path) -> str:
+    """One ``error:`` line: how many failed, which kind, what to do, and the first few."""
+    parts = []
+    if summary.error:
+        kinds = []
+        if summary.permanent:
+            kinds.append(f"{summary.permanent} with bad input that a rerun cannot fix (fix the input, then rerun)")
+        if summary.transient:
+            kinds.append(f"{summary.transient} that a rerun may fix (rerun the same command to retry them)")
+        parts.append(f"{summary.error} samples failed: {'; '.join(kinds)}")
+    elif summary.failed_total:
+        parts.append(f"{summary.failed_total} samples failed in an earlier run (see the manifest; rerun to retry)")
+    if summary.not_exported:
+        parts.append(summary.not_exported)
+    shown = "; ".join(
+        " ".join(f"{sample_id}: {message}".split()) for sample_id, message in summary.errors[:3]
+    )
+    text = f"error: {'; '.join(parts)} (see {out / 'manifest.jsonl'})"
+    return f"{text}: {shown}" if shown else text
+
+
+def vlmevalkit_next_steps(tsv: Path) -> str:
+    """How to evaluate the prompted TSV with VLMEvalKit (facts from its ``build_dataset``)."""
+    import csv
+
+    with open(tsv, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle, delimiter="\t"), [])
+    name = tsv.stem
+    if "A" in header and "B" in header:
+        evaluator = (f"VLMEvalKit treats {name} as a custom multiple-choice dataset (CustomMCQDataset: the "
+                     "table has A and B columns) and scores it with its multiple-choice evaluation.")
+    else:
+        evaluator = (f"VLMEvalKit treats {name} as a custom open-ended dataset (CustomVQADataset: no A/B "
+                     "columns); it runs the model on it, but that class has no scorer: score the "
+                     "predictions yourself.")
+    return (
+        "next steps (VLMEvalKit):\n"
+        f'  cp {tsv} "${{LMUData:-$HOME/LMUData}}/"\n'
+        f"  python run.py --data {name} --model <MODEL>\n"
+        f"  {evaluator}"
+    )
+
+
+def dataset_next_steps(folder: Path, source) -> str:
+    """How to load the prompted dataset with ``datasets`` and lmms-eval."""
+    split = getattr(source, "split", "train")
+    if folder.name == "data":
+        return (
+            "next steps:\n"
+            f"  datasets.load_dataset(\"parquet\", data_dir=\"{folder.resolve()}\")\n"
+            "  (or upload the folder's parent to the Hugging Face Hub as a dataset repository)"
+        )
+    return (
+        "next steps:\n"
+        f"  datasets.load_from_disk(\"{folder.resolve()}\")[\"{split}\"]\n"
+        "  lmms-eval task YAML: copy the original task's YAML and set\n"
+        f"    dataset_path: {folder.resolve()}\n"
+        "    dataset_kwargs: {load_from_disk: true}\n"
+        f"    test_split: {split}"
+    )
 
 
 @app.command("merge", cls=OneLineErrorCommand)
@@ -175,24 +296,35 @@ def merge_command(
         help="The merged folder (new, empty, or an earlier merge of the same run).")],
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Delete what --out holds from an earlier run first.")] = False,
+    allow_partial: Annotated[bool, typer.Option(
+        "--allow-partial",
+        help="Write the TSV / dataset even if samples failed or shards are missing (original images, "
+        "api_prompt_status column).")] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Combine the output folders of sharded batch runs into one (images, manifest, TSV).
+    """Combine the output folders of sharded batch runs into one (images, manifest, TSV / dataset).
 
     Example:  api-prompt merge part0 part1 part2 --out all
     """
     from api_prompt.batch import merge
 
     with handle_errors(debug):
-        summary = merge(run_dirs, out, overwrite=overwrite)
+        summary = merge(run_dirs, out, overwrite=overwrite, allow_partial=allow_partial)
     if not quiet:
         typer.echo(str(summary), err=True)
-    if not summary.complete:
+        if summary.tsv is not None:
+            typer.echo(f"VLMEvalKit table: {summary.tsv}", err=True)
+            typer.echo(vlmevalkit_next_steps(summary.tsv), err=True)
+        if summary.dataset is not None:
+            typer.echo(f"prompted dataset: {summary.dataset}", err=True)
+    if not summary.complete or summary.not_exported:
         problems = []
         if summary.missing_shards:
             problems.append(f"shards {', '.join(map(str, summary.missing_shards))} are missing")
         if summary.error:
             problems.append(f"{summary.error} samples failed (see {out / 'manifest.jsonl'})")
+        if summary.not_exported:
+            problems.append(summary.not_exported)
         typer.echo(f"error: {'; '.join(problems)}", err=True)
         raise typer.Exit(1)

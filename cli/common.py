@@ -12,7 +12,8 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from api_prompt.errors import APIPromptError
+from api_prompt.errors import APIPromptError, ConfigError
+from api_prompt.overlay import GEOMETRIES, RESAMPLE
 from api_prompt.presets import PRESETS
 
 try:  # recent typer releases vendor click, with their own exception classes
@@ -22,40 +23,90 @@ except ImportError:  # pragma: no cover - typer on top of the click package
 _USAGE_ERRORS = (click.UsageError, _VendoredUsageError)
 
 
-class Backend(str, Enum):
-    clip = "clip"
-    llava = "llava"
+#: Upsampling filters and geometries, from the overlay's own tables.
+Resample = Enum("Resample", {name: name for name in RESAMPLE}, type=str)
+Geometry = Enum("Geometry", {name: name for name in GEOMETRIES}, type=str)
+#: The backend used when --backend is not given.
+DEFAULT_BACKEND = "clip"
 
 
-class Resample(str, Enum):
-    lanczos = "lanczos"
-    bicubic = "bicubic"
-    bilinear = "bilinear"
-    nearest = "nearest"
+def parse_backend(name: str) -> str:
+    """``--backend``'s value checked against the registry at parse time (so a backend registered
+    after this module was imported is accepted too)."""
+    from api_prompt.attribution.registry import BACKENDS
+
+    name = str(name).strip()
+    if name not in BACKENDS:
+        raise typer.BadParameter(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return name
 
 
-class Geometry(str, Enum):
-    stretch = "stretch"
-    fit = "fit"
+def parse_backend_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--backend-option``, split (the value is typed later, by the spec)."""
+    key, sep, value = str(text).partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ConfigError(f"--backend-option expected KEY=VALUE, got {text!r}")
+    return key, value.strip()
+
+
+#: backend options that have a command-line flag of their own
+_OWN_FLAGS = ("pretrained", "enhance", "kernel_size")
+
+
+def _backends_help() -> str:
+    from api_prompt.attribution.registry import backend_specs
+
+    described = "; ".join(f"{spec.name}: {spec.help}" for spec in backend_specs())
+    return f"Auxiliary model family ({described})."
+
+
+def _models_help() -> str:
+    from api_prompt.attribution.registry import backend_specs
+
+    described = " ".join(f"{spec.name}: {spec.model_help or spec.default_model}." for spec in backend_specs())
+    return f"What the backend's library loads. {described}"
+
+
+def _layers_help() -> str:
+    from api_prompt.attribution.registry import backend_specs
+
+    rules = ", ".join(f"{spec.name} {spec.default_layer.replace(' ', '')}" for spec in backend_specs())
+    return f"0-based block to read (negative counts from the end). Default: {rules}."
+
+
+def _backend_options_help() -> str:
+    from api_prompt.attribution.registry import backend_specs
+
+    declared = "; ".join(
+        f"{spec.name}: {', '.join(names)}"
+        for spec in backend_specs()
+        if (names := [option.name for option in spec.options
+                      if option.name not in _OWN_FLAGS and option.type is not object])
+    )
+    return f"An option of the backend, typed and checked by its spec (repeatable). {declared}."
 
 
 _MODEL = "Model"
 _MAP = "Map and overlay (a preset fills what you leave unset)"
 
-BackendOpt = Annotated[Backend, typer.Option("--backend", help="Auxiliary model family.", rich_help_panel=_MODEL)]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", parser=parse_backend, metavar="NAME", help=_backends_help(), rich_help_panel=_MODEL,
+)]
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", rich_help_panel=_MODEL, show_default=False,
-    help="CLIP: an open_clip name (default ViT-L-14-336-quickgelu), 'hf-hub:ORG/REPO', "
-    "'local-dir:PATH' or a checkpoint file. LLaVA: a Hugging Face id or local folder "
-    "(default llava-hf/llava-1.5-7b-hf).",
+    "--model", "-m", rich_help_panel=_MODEL, show_default=False, help=_models_help(),
 )]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
     "--pretrained", rich_help_panel=_MODEL, show_default=False,
-    help="open_clip pretrained tag or checkpoint path (default 'openai' for the default model).",
+    help="open_clip pretrained tag or checkpoint path (default 'openai' for the default model); "
+    "only for backends whose spec declares it.",
 )]
 LayerOpt = Annotated[Optional[int], typer.Option(
-    "--layer", rich_help_panel=_MODEL, show_default=False,
-    help="0-based block to read (negative counts from the end). Default: CLIP n_blocks-2, LLaVA 20.",
+    "--layer", rich_help_panel=_MODEL, show_default=False, help=_layers_help(),
+)]
+BackendOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--backend-option", "-B", metavar="KEY=VALUE", rich_help_panel=_MODEL, show_default=False,
+    help=_backend_options_help(),
 )]
 DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
@@ -96,7 +147,7 @@ class PromptOptions:
     :meth:`build` loads the :class:`~api_prompt.Prompter` they describe.
     """
 
-    backend: Backend
+    backend: str
     model: Optional[str]
     pretrained: Optional[str]
     layer: Optional[int]
@@ -108,6 +159,8 @@ class PromptOptions:
     resample: Optional[Resample]
     background: Optional[int]
     geometry: Geometry
+    #: ``KEY=VALUE`` texts of ``--backend-option``, typed by the backend's spec
+    backend_options: tuple[str, ...] = ()
 
     def _settings(self) -> dict:
         return dict(
@@ -125,18 +178,48 @@ class PromptOptions:
         check_settings(settings.pop("preset"), **settings)
         resolve_device(self.device)
         resolve_dtype(self.dtype)
+        self.checked_backend_options()
+
+    def checked_backend_options(self, **extra) -> dict:
+        """``--pretrained`` and ``--backend-option``, typed and checked against the backend's
+        spec (a ConfigError names what it does not take), plus those of ``extra`` (a command's
+        own settings, e.g. ``batch_size``) that the spec declares."""
+        from api_prompt.attribution.registry import COMMON_OPTIONS, get_backend
+
+        spec = get_backend(getattr(self.backend, "value", self.backend))
+        given = dict(parse_backend_option(text) for text in self.backend_options)
+        for key in given:
+            if key in COMMON_OPTIONS or key in _OWN_FLAGS:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(f"give {key} as {flag}, not as --backend-option")
+            declared = spec.option(key)
+            if declared is not None and declared.type is object:
+                raise ConfigError(f"the {spec.name} backend's option {key!r} can only be given in Python")
+        if self.pretrained is not None:
+            if spec.option("pretrained") is None:
+                raise ConfigError(
+                    f"--pretrained is not an option of the {spec.name} backend (it is for CLIP): "
+                    f"pass the checkpoint with --model"
+                )
+            given["pretrained"] = self.pretrained
+        # a command's own settings (batch's --batch-size) reach only backends that declare them
+        extra = {key: value for key, value in extra.items() if value is not None and spec.option(key)}
+        return spec.check_options({**given, **extra})
 
     def build(self, *, quiet: bool, **backend_options):
         """The Prompter the options describe, with a status line while the model loads.
 
-        ``backend_options`` go to the backend's constructor (e.g. ``batch_size``).
+        ``backend_options`` (e.g. ``batch_size``) go to the backend's constructor when its spec
+        declares them.
         """
         from api_prompt.prompter import Prompter
 
-        with status(f"Loading {self.backend.value} model {self.model or '(default)'}", quiet=quiet):
+        backend = getattr(self.backend, "value", self.backend)
+        options = self.checked_backend_options(**backend_options)
+        with status(f"Loading {backend} model {self.model or '(default)'}", quiet=quiet):
             return Prompter(
-                self.backend.value, self.model, pretrained=self.pretrained, layer=self.layer,
-                device=self.device, dtype=self.dtype, **self._settings(), **backend_options,
+                backend, self.model, layer=self.layer, device=self.device, dtype=self.dtype,
+                **self._settings(), **options,
             )
 
 

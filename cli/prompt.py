@@ -23,8 +23,9 @@ from api_prompt.errors import ConfigError
 
 from .app import app
 from .common import (
-    Backend,
+    DEFAULT_BACKEND,
     BackendOpt,
+    BackendOptionOpt,
     BackgroundOpt,
     DebugOpt,
     DeviceOpt,
@@ -78,7 +79,8 @@ def prompt_command(
     save_map: SaveMapOpt = None,
     heatmap: HeatmapOpt = None,
     preset: PresetOpt = None,
-    backend: BackendOpt = Backend.clip,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     layer: LayerOpt = None,
@@ -106,6 +108,7 @@ def prompt_command(
             backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
             dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
             resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
         )
         options.check()
         picture = load_image(image)
@@ -117,13 +120,7 @@ def prompt_command(
         with warnings.catch_warnings(record=True) as caught, _quiet_logging(quiet):
             prompter = options.build(quiet=quiet)
             result = prompter(picture, query)
-            heat = None
-            if heatmap is not None:
-                from api_prompt.overlay import render_heatmap
-
-                heat = render_heatmap(
-                    picture, result.map, colorbar=True, geometry=prompter.overlay.geometry
-                )
+            heat = prompter.heatmap(picture, result.map, colorbar=True) if heatmap is not None else None
         if not quiet:
             report_warnings(caught)  # one line each
 

@@ -3,7 +3,9 @@
 ``PatternAttributor`` is deterministic, fast and needs no model: its map depends on the image
 (a coarse gray thumbnail) and on the query (a per-query ramp), so wrong pairings show up in the
 outputs. ``python tests/batch_support.py batch ...`` runs the real ``api-prompt`` CLI with
-the ``clip`` backend replaced by it (``API_PROMPT_FAKE_DELAY`` seconds of sleep per batch).
+the ``clip`` backend replaced by it (``API_PROMPT_FAKE_DELAY`` seconds of sleep per batch);
+``python tests/batch_support.py ray-run SOURCE OUT ADDRESS`` runs ``engine="ray"`` as a driver
+of an existing Ray cluster.
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ def run_cli(argv: list[str]) -> None:
     app(argv, prog_name="api-prompt")
 
 
+class CountingPatternAttributor(PatternAttributor):
+    """PatternAttributor that counts how often a model was "loaded" (constructed)."""
+
+    loads = 0
+
+    def __init__(self, **options) -> None:
+        type(self).loads += 1
+        super().__init__(**options)
+
+
 class SlowPatternAttributor(PatternAttributor):
     """PatternAttributor with the delay taken from ``API_PROMPT_FAKE_DELAY``."""
 
@@ -71,6 +83,19 @@ class SlowPatternAttributor(PatternAttributor):
         super().__init__(delay=float(os.environ.get("API_PROMPT_FAKE_DELAY", "0")), **options)
 
 
+def run_on_ray(source: str, out: str, address: str) -> None:
+    """``run(engine="ray")`` as a separate driver joining the Ray cluster at ``address``."""
+    from api_prompt.batch import run
+    from api_prompt.prompter import Prompter
+
+    attributor = SlowPatternAttributor()
+    run(source, out, Prompter(attributor=attributor), engine="ray", address=address, batch_size=2,
+        progress=False)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    run_cli(sys.argv[1:])
+    if sys.argv[1:2] == ["ray-run"]:
+        run_on_ray(*sys.argv[2:5])
+    else:
+        run_cli(sys.argv[1:])

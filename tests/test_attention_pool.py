@@ -258,7 +258,7 @@ def test_default_mask_points_at_the_named_object_on_held_out_scenes(synthshapes_
     """The recipe on the trained model beats a random map by far (README table: 0.55 vs 0.16)."""
     import numpy as np
 
-    from api_prompt.attribution.clip.attention_pool import attention_pool_mask
+    from api_prompt.maps import get_recipe
     from benchmarks.synthshapes.localize import held_out_queries, score
     from benchmarks.synthshapes.scenes import phrase_caption
 
@@ -271,6 +271,27 @@ def test_default_mask_points_at_the_named_object_on_held_out_scenes(synthshapes_
     text = nn.functional.normalize(text, dim=-1)
     pixels = torch.stack([preprocess(scene.image) for scene, _ in pairs])
     parts = AttentionPoolDecomposition().run(model.visual, pixels, text)
-    masks = attention_pool_mask(parts, enhance=10.0, kernel_size=3).numpy()
+    masks = get_recipe(AttentionPoolDecomposition.default_recipe)(parts, enhance=10.0, kernel_size=3).numpy()
     hits = [score(mask, target.box, scene.size)[0] for mask, (scene, target) in zip(masks, pairs)]
     assert np.mean(hits) >= 0.4
+
+
+def test_through_the_clip_attributor_with_images_of_mixed_sizes(monkeypatch):
+    """One entry in DECOMPOSITIONS is all the CLIP attributor needs (added here until it is wired)."""
+    from PIL import Image
+
+    from api_prompt.attribution.clip import CLIPAttributor
+    from api_prompt.attribution.clip import decomposition as decompositions
+
+    if not any(d.name == "attention-pool" for d in decompositions.DECOMPOSITIONS):
+        monkeypatch.setattr(
+            decompositions, "DECOMPOSITIONS", [*decompositions.DECOMPOSITIONS, AttentionPoolDecomposition()]
+        )
+    attributor = CLIPAttributor(f"local-dir:{SIGLIP_DIR}", device="cpu")
+    images = [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (96, 48), "blue")]
+    maps = attributor(images, ["a red circle", "a blue square"])
+    assert attributor.layer == 4                                                # n_blocks - 2
+    for amap in maps:
+        assert amap.mask.shape == (8, 8) and sorted(amap.parts) == ["psi_pool", "psi_token"]
+        assert amap.recipe == "siglip-soft-or"
+    assert maps[1].region == (24.0, 0.0, 72.0, 48.0)                            # centre crop of 96x48

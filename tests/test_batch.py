@@ -198,22 +198,32 @@ def test_vlmevalkit_tsv_round_trip(tmp_path):
     pandas = pytest.importorskip("pandas")
     table = write_vlmeval_tsv(tmp_path / "MyBench.tsv")
     summary = run(tmp_path / "MyBench.tsv", tmp_path / "out", prompter(), progress=False, batch_size=2)
-    assert (summary.ok, summary.error) == (3, 2)
-    assert summary.tsv == tmp_path / "out/MyBench.tsv"
+    assert (summary.ok, summary.error, summary.permanent) == (3, 2, 2)
+    # two rows failed: no table that VLMEvalKit would score as if complete
+    assert summary.tsv is None and not (tmp_path / "out/MyBench_API.tsv").exists()
+    assert "2 of 5 samples are not done" in summary.not_exported and "--allow-partial" in summary.not_exported
+    errors = {r["id"]: (r["error"], r["error_kind"]) for r in manifest(tmp_path / "out") if r["status"] == "error"}
+    assert errors["3"] == ("the question is empty", "permanent") and "base64" in errors["4"][0]
+
+    summary = run(tmp_path / "MyBench.tsv", tmp_path / "out", prompter(), progress=False, batch_size=2,
+                  allow_partial=True)
+    assert summary.tsv == tmp_path / "out/MyBench_API.tsv" and summary.partial
     frame = pandas.read_csv(summary.tsv, sep="\t")          # how VLMEvalKit loads it
-    assert list(frame.columns) == table[0]
-    assert frame["index"].tolist() == [0, 1, 2]
-    assert frame["question"].tolist() == ["What is shown?", "Count the\n\"things\"", "Same picture, new question"]
+    assert list(frame.columns) == table[0][:2] + ["image_path"] + table[0][2:] + ["api_prompt_status"]
+    assert frame["index"].tolist() == [0, 1, 2, 3, 4]          # nothing left out
+    assert frame["question"].tolist()[:3] == ["What is shown?", "Count the\n\"things\"", "Same picture, new question"]
     assert frame["hint"].tolist()[1] == "a hint\twith tab" and frame["category"].tolist()[2] == "perception"
+    assert frame["api_prompt_status"].tolist()[:3] == ["ok"] * 3
+    assert frame["api_prompt_status"][3] == "failed (permanent): the question is empty"
     for index, query, source_image in [(0, "What is shown?", 0), (2, "Same picture, new question", 0)]:
         decoded = base64.b64decode(frame["image"][index])
         assert decoded == expected_png(picture(source_image), query)
         assert decoded == (tmp_path / f"out/images/{index}.png").read_bytes()
-    errors = {r["id"]: r["error"] for r in manifest(tmp_path / "out") if r["status"] == "error"}
-    assert errors["3"] == "the question is empty" and "base64" in errors["4"]
+    assert base64.b64decode(frame["image"][3]) == png_bytes(picture(2))   # the failed row keeps its original
+    assert len(set(frame["image_path"])) == 5
     # the output is itself a valid input of the same shape
-    again = run(summary.tsv, tmp_path / "out2", prompter(), progress=False)
-    assert again.ok == 3 and list(pandas.read_csv(again.tsv, sep="\t").columns) == table[0]
+    again = run(summary.tsv, tmp_path / "out2", prompter(), progress=False, allow_partial=True)
+    assert again.ok == 3 and list(pandas.read_csv(again.tsv, sep="\t").columns) == list(frame.columns)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,31 +352,68 @@ def _count_ok_lines(path: Path) -> int:
         return 0
 
 
-def test_kill_9_then_resume_is_byte_identical(tmp_path):
-    source = questions(24, tmp_path)
+def kill_test_input(kind: str, folder: Path, n: int) -> tuple[Path, list[str], str | None]:
+    """An input of ``kind`` with n samples, extra CLI options, and the export it produces."""
+    if kind == "jsonl":
+        return questions(n, folder), [], None
+    if kind == "tsv":
+        rows = [[str(i), base64.b64encode(png_bytes(picture(i))).decode(), f"where is thing {i}?", "x"]
+                for i in range(n)]
+        with open(folder / "Bench.tsv", "w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerows([["index", "image", "question", "answer"], *rows])
+        return folder / "Bench.tsv", [], "Bench_API.tsv"
+    datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "question": datasets.Value("string"),
+                                  "answers": datasets.List(datasets.Value("string"))})
+    data = {"id": [f"s{i}" for i in range(n)], "image": [picture(i) for i in range(n)],
+            "question": [f"where is thing {i}?" for i in range(n)], "answers": [["a", str(i)] for i in range(n)]}
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(data, features=features)}).save_to_disk(str(folder / "ds"))
+    if kind == "dataset":
+        return folder / "ds", [], "dataset"
+    return folder / "ds", ["--output-format", "parquet"], "data"
+
+
+def exported(path: Path) -> dict[str, bytes]:
+    """The bytes of an exported TSV, or of the data files of an exported folder."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.suffix in (".arrow", ".parquet")}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "tsv", "dataset", "parquet"])
+def test_kill_9_then_resume_is_byte_identical(kind, tmp_path, cli):
+    n = 12
+    source, options, export = kill_test_input(kind, tmp_path, n)
     command = [sys.executable, str(TESTS / "batch_support.py"), "batch", str(source),
                "--out", str(tmp_path / "killed"), "--batch-size", "2", "--workers", "2", "-q",
-               "--model", "fake"]
+               "--model", "fake", *options]
     env = {**os.environ, "API_PROMPT_FAKE_DELAY": "0.15",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while _count_ok_lines(tmp_path / "killed/manifest.jsonl") < 5 and time.monotonic() < deadline:
+    while _count_ok_lines(tmp_path / "killed/manifest.jsonl") < 3 and time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"the run ended before it was killed: {process.communicate()}")
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done_before = _count_ok_lines(tmp_path / "killed/manifest.jsonl")
-    assert 5 <= done_before < 24
+    assert 3 <= done_before < n
+    assert export is None or not (tmp_path / "killed" / export).exists()
     resumed = subprocess.run(command, env={**env, "API_PROMPT_FAKE_DELAY": "0"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
 
-    clean = run(source, tmp_path / "clean", Prompter(attributor=PatternAttributor(model="fake")),
-                progress=False, batch_size=2)
-    assert clean.ok == 24
+    # the same command, uninterrupted (in-process: the same options give the same parameters)
+    clean = cli("batch", source, "--out", tmp_path / "clean", "--batch-size", "2", "-q", "--model", "fake", *options)
+    assert clean.exit_code == 0, clean.output
     assert image_files(tmp_path / "killed") == image_files(tmp_path / "clean")
-    assert ok_ids(tmp_path / "killed") == ok_ids(tmp_path / "clean") == {f"s{i}" for i in range(24)}
+    assert len(image_files(tmp_path / "clean")) == n
+    assert ok_ids(tmp_path / "killed") == ok_ids(tmp_path / "clean")
+    if export is not None:
+        assert exported(tmp_path / "killed" / export) == exported(tmp_path / "clean" / export) != {}
     assert not [p for p in (tmp_path / "killed").rglob(".*") if p.name != ".lock"]
 
 
@@ -438,12 +485,15 @@ def test_a_sample_the_overlay_fails_on_is_recorded(tmp_path, monkeypatch):
 
 def test_tsv_shards_merge_writes_the_tsv(tmp_path):
     write_vlmeval_tsv(tmp_path / "Bench.tsv")
-    whole = run(tmp_path / "Bench.tsv", tmp_path / "whole", prompter(), progress=False)
+    whole = run(tmp_path / "Bench.tsv", tmp_path / "whole", prompter(), progress=False, allow_partial=True)
     for index in range(2):
         summary = run(tmp_path / "Bench.tsv", tmp_path / f"p{index}", prompter(), progress=False,
                       num_shards=2, shard_index=index)
         assert summary.tsv is None
-    merged = merge([tmp_path / "p0", tmp_path / "p1"], tmp_path / "merged")
+    refused = merge([tmp_path / "p0", tmp_path / "p1"], tmp_path / "refused")
+    assert refused.tsv is None and "--allow-partial" in refused.not_exported and not refused.complete
+    merged = merge([tmp_path / "p0", tmp_path / "p1"], tmp_path / "merged", allow_partial=True)
+    assert merged.tsv.name == "Bench_API.tsv"
     assert merged.tsv.read_bytes() == whole.tsv.read_bytes()
 
 
@@ -485,6 +535,52 @@ def test_cli_batch_exit_codes_and_merge(cli, tmp_path):
     assert result.exit_code == 1 and "1 failed" in result.output
     result = cli("merge", tmp_path / "s1", "--out", tmp_path / "m1")
     assert result.exit_code == 1 and "shards 0 are missing" in result.output
+
+
+def test_cli_feedback_resume_nothing_left_and_log_friendly_progress(cli, tmp_path, monkeypatch):
+    from batch_support import CountingPatternAttributor
+
+    monkeypatch.setitem(attribution_base.BACKENDS, "clip", "batch_support:CountingPatternAttributor")
+    CountingPatternAttributor.loads = 0
+    source = questions(4, tmp_path)
+    (tmp_path / "pics/img3.png").rename(tmp_path / "pics/hidden.png")
+    result = cli("batch", source, "--out", tmp_path / "out", "--batch-size", "2")
+    assert result.exit_code == 1
+    # stderr is not a terminal here: plain progress lines, no carriage returns
+    assert "\r" not in result.output and "prompting: 4/4 (100%)" in result.output
+    assert "1 with bad input that a rerun cannot fix" in result.output
+    (tmp_path / "pics/hidden.png").rename(tmp_path / "pics/img3.png")
+    result = cli("batch", source, "--out", tmp_path / "out", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and "3 of 4 samples already done" in result.output
+    assert CountingPatternAttributor.loads == 2
+    result = cli("batch", source, "--out", tmp_path / "out", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "nothing left to do: all 4 samples are done (the model was not loaded)" in result.output
+    assert CountingPatternAttributor.loads == 2
+    # a changed setting is never mistaken for "nothing left": the model loads and the change is refused
+    result = cli("batch", source, "--out", tmp_path / "out", "--enhance", "3")
+    assert result.exit_code == 2 and "different parameters" in result.output
+
+
+def test_cli_interrupt_says_how_far_and_how_to_resume(tmp_path):
+    source = questions(24, tmp_path)
+    command = [sys.executable, str(TESTS / "batch_support.py"), "batch", str(source),
+               "--out", str(tmp_path / "out"), "--batch-size", "2", "--workers", "2", "--model", "fake"]
+    env = {**os.environ, "API_PROMPT_FAKE_DELAY": "0.15",
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _count_ok_lines(tmp_path / "out/manifest.jsonl") < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    done = _count_ok_lines(tmp_path / "out/manifest.jsonl")
+    assert f"interrupted: {done} of 24 done; rerun the same command to resume" in stderr
+    resumed = subprocess.run(command, env={**env, "API_PROMPT_FAKE_DELAY": "0"}, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'out'}: {done} of 24 samples already done" in resumed.stderr
 
 
 # ------------------------------------------------------------------------------------------------

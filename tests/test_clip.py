@@ -21,7 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
+from api_prompt import hub
 from api_prompt.attribution import clip as clip_backend
+from api_prompt.attribution.clip import loading as clip_loading
 from api_prompt.attribution.clip import (
     CLIPAttributor,
     cls_attention_contributions,
@@ -106,8 +108,9 @@ def test_raw_maps_match_the_reference_scale(name, clip_cases, expected_npz, fixt
     case = case_by_name(clip_cases, name)
     model, preprocess, tokenizer = fixture_model
     attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=case["layer"])
-    psi_cls, psi_comp = attr.raw_maps([images[Path(case["image"]).stem]], [case["query"]])
-    for part, actual in (("psi_cls", psi_cls[0].numpy()), ("psi_comp", psi_comp[0].numpy())):
+    parts = attr.raw_maps([images[Path(case["image"]).stem]], [case["query"]])
+    assert sorted(parts) == ["psi_cls", "psi_comp"]
+    for part, actual in ((name, tensor[0].numpy()) for name, tensor in parts.items()):
         expected = expected_npz[f"{name}_{part}"]
         np.testing.assert_allclose(actual, expected, atol=1e-5 * np.ptp(expected), rtol=0)
 
@@ -158,7 +161,10 @@ def test_fixture_case_command_line(name, clip_cases, clip_fixture_dir, expected_
 def attention_output_at_cls(block, block_input):
     """What the real attention module adds to the class token (after LayerScale, if any)."""
     caught = {}
-    handle = block.attn.register_forward_hook(lambda module, args, output: caught.update(out=output[0]))
+    # nn.MultiheadAttention (open_clip 3) returns (output, weights); open_clip 4's Attention the output
+    handle = block.attn.register_forward_hook(
+        lambda module, args, output: caught.update(out=output[0] if isinstance(output, tuple) else output)
+    )
     try:
         with torch.no_grad():
             block(block_input)
@@ -396,7 +402,7 @@ def test_other_grids_and_negative_layers(vision, fixture_model, images):
         ({"layers": (1, 1, 1, 1), "width": 8, "head_width": 8}, "ModifiedResNet"),
         ({"pool_type": "avg"}, "pool_type"),
         ({"attentional_pool": True, "attn_pooler_heads": 2, "attn_pooler_queries": 4}, "attn_pool"),
-        ({"qk_norm": True}, "CustomResidualAttentionBlock"),
+        ({"qk_norm": True}, "normalises queries \\(qk_norm\\)"),
     ],
 )
 def test_unsupported_towers_are_refused(vision, reason, fixture_model):
@@ -419,7 +425,7 @@ def test_openai_weights_get_quickgelu(monkeypatch, caplog, tmp_path):
         raise RuntimeError("stop before building a large model")
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", fake_create)
-    monkeypatch.setattr(clip_backend, "_cached_pretrained_file", lambda cfg, cache_dir: str(tmp_path / "w.pt"))
+    monkeypatch.setattr(clip_loading, "_cached_pretrained_file", lambda cfg, cache_dir: str(tmp_path / "w.pt"))
     with caplog.at_level("WARNING", logger=clip_backend.__name__), pytest.raises(ModelLoadError):
         CLIPAttributor("ViT-L-14-336", pretrained="openai", device="cpu")
     assert built["name"] == "ViT-L-14-336-quickgelu"
@@ -486,7 +492,7 @@ def test_probe_gives_up_on_a_silent_host():
         server.listen(1)
         port = server.getsockname()[1]
         start = time.perf_counter()
-        assert not clip_backend._reachable(f"http://127.0.0.1:{port}", timeout=0.5)
+        assert not hub.reachable(f"http://127.0.0.1:{port}", timeout=0.5)
         assert time.perf_counter() - start < 2
 
 
@@ -506,3 +512,48 @@ def test_cached_hf_hub_model_loads_offline(clip_fixture_dir, tmp_path, monkeypat
     amap = attr(images[Path(case["image"]).stem], case["query"])[0]
     np.testing.assert_allclose(amap.mask, expected_npz[f"{case['name']}_mask"], atol=1e-5)
     assert attr.describe()["model"] == "hf-hub:someone/tiny-clip"
+
+
+# -- attention blocks are recognised by what they compute ------------------------------------------
+
+
+def attention_modules():
+    """(module, expected reason or None): nn.MultiheadAttention, and open_clip's own Attention
+    (open_clip 4 uses it in every block) when this open_clip has one."""
+    cases = [
+        (torch.nn.MultiheadAttention(16, 4), None),
+        (torch.nn.MultiheadAttention(16, 4, add_bias_kv=True), "extra key/value biases"),
+        (torch.nn.MultiheadAttention(16, 4, kdim=8, vdim=8), "no fused in_proj_weight"),
+        (torch.nn.Linear(16, 16), "no fused in_proj_weight, out_proj, num_heads"),
+    ]
+    own = getattr(open_clip.transformer, "Attention", None)
+    if own is not None:
+        cases += [
+            (own(16, 4), None),
+            (own(16, 4, qk_norm=True), "qk_norm"),
+            (own(16, 4, scaled_cosine=True), "scaled cosine"),
+            (own(16, 4, scale_heads=True), "scales each head"),
+        ]
+    return cases
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_attention_is_recognised_by_what_it_computes(index):
+    from api_prompt.attribution.clip import attention_unsupported_reason
+
+    cases = attention_modules()
+    if index >= len(cases):
+        pytest.skip(f"open_clip {open_clip.__version__} has no Attention module of its own")
+    module, expected = cases[index]
+    reason = attention_unsupported_reason(module)
+    assert reason == expected if expected is None else expected in reason
+
+
+def test_every_decomposition_follows_the_protocol():
+    from api_prompt.attribution.clip import DECOMPOSITIONS, Decomposition
+    from api_prompt.maps import RECIPES
+
+    assert DECOMPOSITIONS and DECOMPOSITIONS[0].name == "class-token"
+    for decomposition in DECOMPOSITIONS:
+        assert isinstance(decomposition, Decomposition)
+        assert set(RECIPES[decomposition.default_recipe].parts) <= set(decomposition.parts)

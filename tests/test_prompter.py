@@ -166,3 +166,66 @@ def test_prompter_reproduces_the_reference_images(clip_cases: list[dict]) -> Non
         difference = np.abs(np.asarray(result.image, dtype=int) - expected)
         assert difference.max() <= 1, case["name"]
         assert (difference > 0).mean() < 0.05, case["name"]
+
+
+# --------------------------------------------------------------------------------------------
+# The stages: attribute (model) · combine (recipe) · render (overlay)
+
+
+class RawParts(Attributor):
+    """A model-free attributor returning raw decoder-style parts, built with its own settings."""
+
+    name = "raw"
+    default_recipe = "llava"
+
+    def __init__(self, enhance: float = 5.0, kernel_size: int = 3) -> None:
+        self.enhance, self.kernel_size, self.calls = enhance, kernel_size, 0
+
+    def attribute(self, images, queries):
+        self.calls += 1
+        rng = np.random.default_rng(len(images))
+        return [
+            AttentionMap(mask=None, parts={"attention": rng.random((3, 5), dtype=np.float32)},
+                         image_size=im.size, region=(0.0, 0.0, *im.size), query=q)
+            for im, q in zip(images, queries)
+        ]
+
+
+def test_a_ready_attributor_gets_the_prompters_explicit_settings(no_model) -> None:
+    from api_prompt.maps import combine_llava
+
+    attributor = RawParts(enhance=5.0, kernel_size=3)
+    image = np.zeros((6, 10, 3), np.uint8)
+    # No settings given: the attributor's own are used, and describe() says so.
+    own = Prompter(attributor=attributor)
+    amap = own.attribute(image, "q")[0]
+    np.testing.assert_allclose(amap.mask, combine_llava(amap.parts["attention"], coe=5.0, kernel_size=3))
+    assert own.describe()["enhance"] == 5.0 and own.describe()["recipe"] == "llava"
+    # Explicit settings are applied, not silently replaced by the attributor's.
+    explicit = Prompter(attributor=attributor, enhance=1.0, kernel_size=1)
+    amap = explicit.attribute(image, "q")[0]
+    np.testing.assert_allclose(amap.mask, combine_llava(amap.parts["attention"], coe=1.0, kernel_size=1))
+    assert amap.recipe == "llava" and explicit.describe()["kernel_size"] == 1
+
+
+def test_combine_and_render_need_no_model(no_model) -> None:
+    from api_prompt.maps import combine_llava
+
+    attributor = RawParts()
+    prompter = Prompter(attributor=attributor, kernel_size=1)
+    image = Image.new("RGB", (10, 6), (200, 100, 50))
+    amap = prompter.attribute(image, "q")[0]
+    assert amap.grid_shape == (3, 5) and attributor.calls == 1
+    smoothed = prompter.combine(amap, kernel_size=3)
+    np.testing.assert_allclose(smoothed.mask, combine_llava(amap.parts["attention"], coe=5.0, kernel_size=3))
+    assert smoothed.parts is amap.parts and amap.mask is not smoothed.mask
+    gray = prompter.render(image, amap, background=255)
+    black = prompter.render(image, amap)
+    assert np.asarray(gray).sum() > np.asarray(black).sum()
+    assert attributor.calls == 1  # neither combine nor render ran the model
+    with pytest.raises(ConfigError, match="recipe 'clip-soft-or' needs the part"):
+        prompter.combine(amap, recipe="clip-soft-or")
+    with pytest.raises(ConfigError, match="odd integer"):
+        prompter.combine(amap, kernel_size=2)
+    with pytest.raises(ConfigError, match="render\\(\\) takes"):
+        prompter.render(image, amap, kernel_size=3)

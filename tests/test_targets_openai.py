@@ -283,3 +283,136 @@ def test_encode_image_round_trips():
     url = encode_image(image)
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+# -- hostile servers (raw sockets on 127.0.0.1): each of these broke the urllib transport --------
+
+from scripted_http import RawServer, completion as raw_completion, drip, not_http, redirect, respond, truncated  # noqa: E402
+
+
+def test_redirect_to_another_origin_is_refused_and_the_key_stays_home():
+    with RawServer() as elsewhere, RawServer() as home:
+        home.script = [redirect(302, elsewhere.base_url + "/chat/completions")]
+        target = OpenAITarget("m", base_url=home.base_url, api_key=KEY, max_retries=0)
+        with pytest.raises(TargetError, match="another origin") as caught:
+            target.ask(random_image(0), "q")
+    assert elsewhere.requests == []  # nothing at all went there, least of all the key
+    assert KEY not in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
+def test_redirect_within_the_origin_resends_the_post():
+    with RawServer() as server:
+        server.script = [redirect(308, "/v2/chat/completions"),
+                         redirect(302, server.origin + "/v3/chat/completions"),
+                         respond(200, raw_completion("moved"))]
+        target = OpenAITarget("m", base_url=server.base_url, api_key=KEY, max_retries=0)
+        assert target.ask(random_image(0), "q") == "moved"
+    assert [(r["method"], r["path"]) for r in server.requests] == [
+        ("POST", "/v1/chat/completions"), ("POST", "/v2/chat/completions"), ("POST", "/v3/chat/completions")]
+    assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in server.requests)
+    assert server.requests[0]["body"] == server.requests[2]["body"]
+
+
+def test_key_from_a_secret_file_is_stripped_and_a_broken_key_is_never_shown(monkeypatch):
+    with RawServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", f"  {KEY}\n")  # as read from a file
+        assert OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "q") == "ok"
+        assert server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+        broken = KEY[:8] + "\n" + KEY[8:]
+        with pytest.raises(ConfigError) as caught:
+            OpenAITarget("m", base_url=server.base_url, api_key=broken).ask(random_image(0), "q")
+    message = str(caught.value)
+    assert "API key" in message and KEY[:8] not in message and KEY[8:] not in message
+    assert len(server.requests) == 1
+
+
+def test_a_body_shorter_than_its_content_length_is_retried():
+    with RawServer() as server:
+        server.script = [truncated(b'{"choices": [', declared=400), respond(200, raw_completion("whole"))]
+        target = OpenAITarget("m", base_url=server.base_url, backoff=0.01, max_retries=1)
+        assert target.ask(random_image(0), "q") == "whole"
+        assert len(server.requests) == 2
+        server.script = [truncated(b'{"choices": [', declared=400)] * 2
+        with pytest.raises(TargetError, match="broken off") as caught:
+            target.ask(random_image(0), "q")
+    assert len(caught.value.args[0].splitlines()) == 1 and "2 attempt(s)" in str(caught.value)
+
+
+def test_a_service_that_is_not_http_is_a_one_line_error_after_retries():
+    with RawServer(default=not_http()) as server:
+        target = OpenAITarget("m", base_url=server.base_url, backoff=0.01, max_retries=2)
+        with pytest.raises(TargetError) as caught:
+            target.ask(random_image(0), "q")
+    assert len(server.requests) == 3
+    assert "not HTTP" in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
+def test_the_timeout_bounds_the_whole_attempt_not_each_read():
+    # 4 bytes every 0.25 s: each read is quick, the whole answer would take ~12 s.
+    with RawServer(default=drip(raw_completion("x" * 150))) as server:
+        target = OpenAITarget("m", base_url=server.base_url, timeout=1, max_retries=0)
+        start = time.monotonic()
+        with pytest.raises(TargetError, match="timed out"):
+            target.ask(random_image(0), "q")
+    assert time.monotonic() - start < 1.8
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("  plain  ", "plain"),
+    ([{"type": "text", "text": "Re"}, {"type": "text", "text": None}, {"type": "image_url"},
+      {"type": "text", "text": "d"}], "Red"),
+    (["bare ", "strings"], "bare strings"),
+    ([], ""),
+])
+def test_every_content_shape_that_is_text(content, expected):
+    with RawServer(default=respond(200, raw_completion(content))) as server:
+        assert OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "q") == expected
+
+
+def test_a_refusal_is_the_answer_not_an_empty_string():
+    answer = raw_completion(None, refusal="I can't help with that request.")
+    with RawServer(default=respond(200, answer)) as server:
+        assert OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "q") == \
+            "I can't help with that request."
+
+
+@pytest.mark.parametrize("content, kind", [(42, "int"), ({"text": "x"}, "dict"), (True, "bool")])
+def test_content_that_is_not_text_is_a_clear_error(content, kind):
+    with RawServer(default=respond(200, raw_completion(content))) as server:
+        with pytest.raises(TargetError, match=f"content of type {kind}, not text"):
+            OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "q")
+
+
+def test_ask_sets_retries_and_backoff_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    image = tmp_path / "photo.png"
+    random_image(0).save(image)
+    with RawServer() as server:
+        base = ["ask", str(image), "q", "--target", "openai:m", "--base-url", server.base_url, "--no-api", "-q"]
+        server.script = [respond(500, error("busy"))] * 2
+        done = CliRunner().invoke(app, [*base, "--max-retries", "2", "--backoff", "0.01"])
+        assert done.exit_code == 0, done.stderr
+        assert done.stdout.strip() == "ok" and len(server.requests) == 3
+
+        server.script = [respond(503, error("busy"))]
+        done = CliRunner().invoke(app, [*base, "--max-retries", "0"])
+        assert done.exit_code == 2 and len(server.requests) == 4
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+        assert done.stderr.startswith("error: ") and "HTTP 503: busy" in done.stderr
+
+        server.default = not_http()
+        done = CliRunner().invoke(app, [*base, "--max-retries", "0"])
+        assert done.exit_code == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_works_when_called_inside_a_running_event_loop(server):
+    """A notebook runs cells inside an event loop; the target must still answer there."""
+    import asyncio
+
+    async def inside():
+        return OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "from a loop")
+
+    assert asyncio.run(inside()) == "echo: from a loop"

@@ -1,71 +1,30 @@
-"""What every attribution backend shares: the result type, the base class and the registry.
+"""What every attribution backend shares: the base class and the helpers backends use.
 
-A backend is one module in this package that subclasses :class:`Attributor` and adds one line to
-:data:`BACKENDS`. Backends are imported only when first used, so ``import api_prompt`` stays
-fast and a CLIP user never pays for importing the LLaVA stack.
+A backend is one module that subclasses :class:`Attributor`, plus one
+:class:`~api_prompt.attribution.registry.BackendSpec` in the registry
+(:mod:`api_prompt.attribution.registry`, where :data:`BACKENDS` and :func:`create_attributor`
+live; they are re-exported here for older imports). Backends are imported only when first used,
+so ``import api_prompt`` stays fast and a CLIP user never pays for importing the LLaVA stack.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ..attention_map import AttentionMap, Box
 from ..errors import ConfigError
 from ..images import load_image
+from .registry import BACKENDS, create_attributor
 
-Box = tuple[float, float, float, float]
-
-#: backend name -> "module:Class". A new backend is one module plus one line here.
-BACKENDS: dict[str, str] = {
-    "clip": "api_prompt.attribution.clip:CLIPAttributor",
-    "llava": "api_prompt.attribution.llava:LLaVAAttributor",
-}
-
-
-@dataclass
-class AttentionMap:
-    """Where an auxiliary model looked for one (image, query) pair.
-
-    Attributes:
-        mask: P×P float32 in [0, 1], the combined map before 8-bit conversion.
-        parts: named raw maps in the reference's scale (``psi_cls``/``psi_comp`` for CLIP,
-            ``attention`` for LLaVA), each P×P float32.
-        image_size: (W, H) of the original image.
-        region: (left, top, right, bottom) box in original-image pixels that the grid covers.
-            CLIP's centre crop lies inside the image; LLaVA's padded square extends beyond it.
-        query: the text the map answers.
-        answer: the text the auxiliary model generated, when it generates (LLaVA).
-    """
-
-    mask: np.ndarray
-    parts: dict[str, np.ndarray]
-    image_size: tuple[int, int]
-    region: Box
-    query: str = ""
-    answer: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def grid(self) -> int:
-        """P, the side of the square grid."""
-        return int(self.mask.shape[-1])
-
-    def save(self, path: str | Path) -> None:
-        """Write ``mask``, the raw parts, ``image_size`` and ``region`` to an ``.npz`` file."""
-        np.savez(
-            path,
-            mask=self.mask.astype(np.float32),
-            **{name: part.astype(np.float32) for name, part in self.parts.items()},
-            image_size=np.asarray(self.image_size, dtype=np.int64),
-            region=np.asarray(self.region, dtype=np.float64),
-        )
+__all__ = [
+    "AttentionMap", "Attributor", "BACKENDS", "Box", "create_attributor", "normalise_inputs",
+    "resolve_device", "resolve_dtype", "check_layer", "temporary_hooks", "eval_mode", "chunks",
+]
 
 
 class Attributor(ABC):
@@ -76,6 +35,8 @@ class Attributor(ABC):
     """
 
     name: str = ""
+    #: the recipe (:data:`api_prompt.maps.RECIPES`) that turns this backend's parts into a mask
+    default_recipe: str | None = None
 
     def __call__(self, images, queries) -> list[AttentionMap]:
         images, queries = normalise_inputs(images, queries)
@@ -88,6 +49,11 @@ class Attributor(ABC):
     def describe(self) -> dict[str, Any]:
         """Settings and model identity, for run manifests. Backends extend it."""
         return {"backend": self.name}
+
+    def query_overflow(self, query: str) -> tuple[int, int] | None:
+        """``(tokens, context_length)`` when the text encoder will read only the start of
+        ``query``; None when it fits or the backend reads any length (the default)."""
+        return None
 
 
 def normalise_inputs(images, queries) -> tuple[list, list[str]]:
@@ -106,19 +72,6 @@ def normalise_inputs(images, queries) -> tuple[list, list[str]]:
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("the query is empty: pass the question the image should answer")
     return [load_image(image) for image in images], queries
-
-
-def create_attributor(backend: str, **options) -> Attributor:
-    """Build a backend by name: ``create_attributor("clip", model="ViT-B-16", pretrained=...)``."""
-    try:
-        target = BACKENDS[backend]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backend {backend!r}; choose one of: {', '.join(sorted(BACKENDS))}"
-        ) from None
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**options)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError
-from .store import (
-    TMP_SUFFIX, OutputDir, compare_parameters, latest_records, plain_file_name, read_manifest, write_atomic,
-)
+from .export import export, planned_outputs
+from .sources import Source, open_source
+from .store import TMP_SUFFIX, OutputDir, compare_parameters, latest_records, read_manifest, record_files, write_atomic
 
 __all__ = ["merge", "MergeSummary"]
 
@@ -41,6 +41,9 @@ class MergeSummary:
         inputs: the folders merged.
         missing_shards: shard indices of an ``N``-shard run that no input folder holds.
         tsv: the VLMEvalKit TSV written, if any.
+        dataset: the prompted dataset (or parquet) folder written, if any.
+        partial: the TSV / dataset keeps failed rows with their original image.
+        not_exported: why no TSV / dataset was written although the input calls for one.
     """
 
     out_dir: Path
@@ -49,11 +52,15 @@ class MergeSummary:
     inputs: list[Path] = field(default_factory=list)
     missing_shards: list[int] = field(default_factory=list)
     tsv: Path | None = None
+    dataset: Path | None = None
+    partial: bool = False
+    not_exported: str | None = None
+    failed_total: int = 0
 
     @property
     def complete(self) -> bool:
         """True when no shard is missing and no sample failed."""
-        return not self.missing_shards and self.error == 0
+        return not self.missing_shards and self.error == 0 and not self.failed_total
 
     def __str__(self) -> str:
         text = f"merged {len(self.inputs)} folders: {self.ok} ok, {self.error} failed -> {self.out_dir}"
@@ -62,7 +69,8 @@ class MergeSummary:
         return text
 
 
-def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeSummary:
+def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, overwrite: bool = False,
+          allow_partial: bool = False) -> MergeSummary:
     """Merge batch output folders made with the same parameters into ``out_dir``.
 
     Args:
@@ -70,6 +78,8 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
         out_dir: the merged folder: new, empty, or an earlier merge/run with the same
             parameters (its samples are kept; an ``ok`` sample always wins over a failed one).
         overwrite: delete what ``out_dir`` holds from an earlier run first.
+        allow_partial: write the TSV / dataset even when samples failed or are missing (see
+            :mod:`.export`).
 
     Raises:
         ConfigError: a folder is not a batch output, the parameters differ, or ``out_dir`` is
@@ -113,7 +123,8 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
                 if record.get("status") == "ok":
                     if not shard.is_done(record):
                         continue
-                    _place(path / record["file"], out.root / record["file"])
+                    for file in record_files(record):
+                        _place(path / file, out.root / file)
                     merged[name] = record
                 elif name not in merged:
                     merged[name] = record
@@ -123,25 +134,51 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
         summary.ok = sum(1 for record in ordered if record.get("status") == "ok")
         summary.error = len(ordered) - summary.ok
         first = runs[0]
-        tsv = plain_file_name((first.get("outputs") or {}).get("tsv") or (
-            parameters["source"]["name"] if parameters["source"].get("format") == "tsv" else None
-        ))
-        out.write_run({
+        export_options = (first.get("run") or {}).get("export_options") or {}
+        limit = (first.get("run") or {}).get("limit")
+        try:
+            source = reopen_source(first)
+        except Exception as exc:  # the input moved or is unreadable: the images are merged anyway
+            source, reason = None, f"cannot read the input again ({' '.join(str(exc).split())})"
+        outputs = {"manifest": "manifest.jsonl", "images": "images"}
+        if source is not None:
+            outputs.update(planned_outputs(source, num_shards=1, tsv_name=export_options.get("tsv_name"),
+                                           output_format=export_options.get("output_format", "dataset")))
+        run_info = {
             "layout": first.get("layout"),
             "parameters": parameters,
             "run": {
                 "merged_from": shards,
-                "num_shards": 1, "shard_index": 0,
+                "num_shards": 1, "shard_index": 0, "limit": limit,
                 "missing_shards": summary.missing_shards,
+                "source": (first.get("run") or {}).get("source"),
+                "export_options": export_options, "allow_partial": allow_partial,
             },
             "versions": first.get("versions"),
-            "outputs": {"manifest": "manifest.jsonl", "images": "images", "tsv": tsv},
-        })
-        if tsv:
-            summary.tsv = out.write_tsv(parameters["source"], tsv)
+            "outputs": outputs,
+        }
+        out.write_run(run_info)
+        if source is not None:
+            export(out, source, run_info, summary, allow_partial=allow_partial,
+                   keep_original=bool(export_options.get("keep_original")))
+        elif (parameters.get("source") or {}).get("format") in ("tsv", "parquet", "hf"):
+            summary.not_exported = f"the prompted table was not written: {reason}"
     finally:
         out.close()
     return summary
+
+
+def reopen_source(stored: dict[str, Any]) -> Source:
+    """The input of a stored run, opened again as it was (from run.json)."""
+    described = (stored.get("parameters") or {}).get("source") or {}
+    location = (stored.get("run") or {}).get("source") or {}
+    if not location.get("path"):
+        raise ConfigError("run.json does not say where the input was")
+    return open_source(
+        location["path"], format=described.get("format"), id_column=described.get("id_column"),
+        image_column=described.get("image_column"), question_column=described.get("question_column"),
+        image_root=location.get("image_root"), split=described.get("split"),
+    )
 
 
 def _place(source: Path, target: Path) -> None:

@@ -7,16 +7,25 @@
 >>> print(summary)                                                              # doctest: +SKIP
 998 ok, 2 failed, 0 skipped in 41.3 s (24.2 samples/s) -> out
 
-How the work overlaps: the main thread reads samples and runs the model one batch at a time; a
-thread pool decodes the images of the next batches meanwhile (prefetch) and, once a batch has
-its maps, applies the overlay, encodes and writes every image. Pillow, numpy and torch release
-the GIL for the heavy parts, so the threads run in parallel with the model.
+How the work overlaps (the local engine): the main thread reads samples and runs the model one
+batch at a time; a thread pool decodes the images of the next batches meanwhile (prefetch) and,
+once a batch has its maps, applies the overlay, encodes and writes every image while the model
+works on the next batch. Pillow, numpy and torch release the GIL for the heavy parts, so the
+threads run in parallel with the model. ``engine="ray"`` runs the same stages in Ray actors
+(:mod:`.ray_engine`).
 
 Determinism: batches are formed from consecutive samples of the run's share of the input,
 before anything is skipped, so a resumed run feeds the model exactly the batches an
 uninterrupted run would (a batch with some samples already done is recomputed whole and only
 the missing outputs are written). PNG and JPEG encoding carry no timestamps, so resumed outputs
 are byte-identical to an uninterrupted run's.
+
+Nothing is lost silently: a failed sample is recorded in the manifest with ``error_kind``
+``permanent`` (the input itself is bad: an unreadable image, an empty question; a rerun gives
+the same error until the input is fixed) or ``transient`` (anything else, e.g. the model ran
+out of memory; a rerun may succeed). The prompted table or dataset is written only when every
+sample succeeded, unless ``allow_partial`` (then failed rows keep their original image and a
+status column says which rows those are).
 
 Sharding: sample ``i`` (0-based position in the input, counted before ``limit``) belongs to
 shard ``i % num_shards``. Each shard writes its own folder; :func:`~api_prompt.batch.merge`
@@ -25,36 +34,89 @@ combines them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from ..errors import APIPromptError, ConfigError
-from ..prompter import query_overflow
-from .sources import Sample, Source, TSVSource, open_source
-from .store import Namer, OutputDir, jsonable, package_versions, write_atomic
+from .sources import Sample, Source, open_source
+from .store import Namer, OutputDir, jsonable, package_versions, part_names, write_atomic
 
-__all__ = ["run", "Summary", "encode_image", "IMAGE_FORMATS"]
+__all__ = ["run", "Summary", "Interrupted", "LazyPrompter", "OutputSpec", "encode_image", "IMAGE_FORMATS"]
 
-#: output format name -> (PIL format, file extension)
-IMAGE_FORMATS = {"png": ("PNG", "png"), "jpg": ("JPEG", "jpg"), "jpeg": ("JPEG", "jpg")}
+#: output format name -> (PIL format, file extension); "auto" is JPEG for JPEG inputs, else PNG
+IMAGE_FORMATS = {"png": ("PNG", "png"), "jpg": ("JPEG", "jpg"), "jpeg": ("JPEG", "jpg"), "auto": (None, None)}
 #: zlib level for PNG outputs: 1 is several times faster than Pillow's default 6 for photos and
 #: makes files only slightly larger; the output stays lossless and deterministic.
 PNG_COMPRESS_LEVEL = 1
 #: how many failed samples a Summary lists
 MAX_LISTED_ERRORS = 20
 #: version of the run.json / manifest layout
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How prompted images are encoded.
+
+    ``format`` is ``"auto"`` (JPEG at ``jpeg_quality`` where the input image was a JPEG, PNG
+    otherwise), ``"png"`` (lossless) or ``"jpg"``.
+
+    >>> OutputSpec("auto").choose(is_jpeg=True), OutputSpec("auto").choose(is_jpeg=False)
+    (('JPEG', 'jpg'), ('PNG', 'png'))
+    """
+
+    format: str = "auto"
+    jpeg_quality: int = 95
+
+    def choose(self, is_jpeg: bool) -> tuple[str, str]:
+        """``(PIL format, extension)`` for an input image that was (not) a JPEG."""
+        if self.format == "auto":
+            return IMAGE_FORMATS["jpg" if is_jpeg else "png"]
+        return IMAGE_FORMATS[self.format]
+
+    def describe(self) -> dict[str, Any]:
+        """For run.json: the format rule and the JPEG quality (whenever JPEG can be written)."""
+        info: dict[str, Any] = {"format": self.format}
+        if self.format != "png":
+            info["jpeg_quality"] = self.jpeg_quality
+        if self.format != "jpg":
+            info["png_compress_level"] = PNG_COMPRESS_LEVEL
+        return info
+
+
+@dataclass
+class LazyPrompter:
+    """A Prompter that is loaded only when there is work left.
+
+    ``build()`` loads it; ``request`` describes it cheaply (the options it is built from). When
+    ``run`` finds every sample already done by a run with the same ``request`` and parameters,
+    the model is never loaded.
+    """
+
+    build: Callable[[], Any]
+    request: dict[str, Any]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; what finished is kept (``done`` of ``total``; rerun to resume)."""
+
+    def __init__(self, done: int, total: int | None, out_dir: Path) -> None:
+        super().__init__(f"{done} of {total if total is not None else '?'} done")
+        self.done, self.total, self.out_dir = done, total, out_dir
 
 
 @dataclass
@@ -66,20 +128,33 @@ class Summary:
         total: samples in this run's share of the input (after ``limit`` and sharding), when
             the source can tell without a costly pass; else None.
         ok, error: samples finished in this run, successfully or not.
+        permanent, transient: the failed samples by kind (see the module docs).
         skipped: samples already done by an earlier run.
         seconds: wall time of the processing loop.
         errors: ``(id, message)`` of the first failed samples.
+        failed_total: samples of the share whose latest record is an error (also earlier runs').
         tsv: the VLMEvalKit TSV written, if any.
+        dataset: the prompted ``datasets`` folder or parquet folder written, if any.
+        partial: the TSV / dataset keeps failed rows with their original image.
+        not_exported: why no TSV / dataset was written although the input calls for one.
+        model_loaded: False when nothing was left to do and the model was never loaded.
     """
 
     out_dir: Path
     total: int | None = None
     ok: int = 0
     error: int = 0
+    permanent: int = 0
+    transient: int = 0
     skipped: int = 0
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    failed_total: int = 0
     tsv: Path | None = None
+    dataset: Path | None = None
+    partial: bool = False
+    not_exported: str | None = None
+    model_loaded: bool = True
 
     @property
     def processed(self) -> int:
@@ -93,8 +168,8 @@ class Summary:
 
     @property
     def failed(self) -> bool:
-        """Whether any sample failed."""
-        return self.error > 0
+        """Whether any sample of the share is not done (failed now or in an earlier run)."""
+        return self.error > 0 or self.failed_total > 0
 
     def __str__(self) -> str:
         return (
@@ -114,28 +189,49 @@ def run(
     num_shards: int = 1,
     shard_index: int = 0,
     overwrite: bool = False,
-    image_format: str = "png",
+    image_format: str = "auto",
     jpeg_quality: int = 95,
+    allow_partial: bool = False,
+    tsv_name: str | None = None,
+    output_format: str = "dataset",
+    keep_original: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    num_gpus: float | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
     **source_options: Any,
 ) -> Summary:
-    """Prompt every sample of ``source`` and write images, ``manifest.jsonl`` and ``run.json``.
+    """Prompt every sample of ``source`` and write images, ``manifest.jsonl`` and ``run.json``,
+    then the prompted table (TSV input) or dataset (parquet / ``datasets`` input).
 
     Args:
         source: a path (JSONL, CSV, VLMEvalKit TSV, parquet, saved HF dataset), a
             ``datasets.Dataset`` or a :class:`~api_prompt.batch.Source`.
         out_dir: output folder: new, empty, or one an earlier run with the same parameters
             wrote (then finished samples are skipped).
-        prompter: a :class:`~api_prompt.Prompter` (its ``attributor`` runs in batches, its
-            ``overlay`` in worker threads).
+        prompter: a :class:`~api_prompt.Prompter` (its stages ``attribute`` in batches,
+            ``render`` in worker threads, ``query_overflow`` and ``describe``), or a
+            :class:`LazyPrompter` (loaded only when some sample is left to do).
         batch_size: samples per model call.
         workers: threads for decoding, overlay and encoding (default: CPU count, at most 8).
         limit: only the first ``limit`` samples of the input.
         num_shards, shard_index: process only samples whose index ``% num_shards == shard_index``.
         overwrite: delete an earlier run's outputs in ``out_dir`` first (also when its
             parameters differ, which is otherwise refused).
-        image_format: ``"png"`` (lossless) or ``"jpg"``; ``jpeg_quality`` 1-100 for JPEG.
-        progress: show a progress bar on stderr.
+        image_format: ``"auto"`` (JPEG for JPEG inputs, else PNG), ``"png"`` or ``"jpg"``;
+            ``jpeg_quality`` 1-100 for JPEG (recorded in run.json).
+        allow_partial: write the TSV / dataset even when some samples failed (their rows keep
+            the original image; a status column marks them).
+        tsv_name: file name of the prompted VLMEvalKit TSV (default ``<stem>_API.tsv``).
+        output_format: for parquet / ``datasets`` input: ``"dataset"`` (a ``DatasetDict``
+            saved with ``save_to_disk`` in ``DIR/dataset``) or ``"parquet"`` (``DIR/data/``).
+        keep_original: keep the original image in a ``<image column>_original`` column.
+        engine: ``"local"`` (threads in this process) or ``"ray"`` (Ray Data actors).
+        address: Ray cluster address (``engine="ray"``); default: start a local one.
+        num_gpus: GPUs per Ray actor (default: 1 when the cluster has GPUs, else 0).
+        progress: show progress on stderr (a bar on a terminal, a line now and then otherwise).
+        log: called with one-line messages (resume, nothing left to do); default: none.
         **source_options: for :func:`~api_prompt.batch.open_source` (``format``, ``id_column``,
             ``image_column``, ``question_column``, ``image_root``, ``split``).
 
@@ -144,6 +240,7 @@ def run(
 
     Raises:
         ConfigError: bad options, an unreadable source, or ``out_dir`` holding something else.
+        Interrupted: Ctrl-C; what finished is kept, the same call resumes.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -152,53 +249,103 @@ def run(
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be 0 or more, got {limit}")
     if image_format.lower() not in IMAGE_FORMATS:
-        raise ConfigError(f"unknown image format {image_format!r}; choose png or jpg")
+        raise ConfigError(f"unknown image format {image_format!r}; choose auto, png or jpg")
     if not 1 <= jpeg_quality <= 100:
         raise ConfigError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
-    pil_format, extension = IMAGE_FORMATS[image_format.lower()]
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    from .export import check_export_options
+
+    check_export_options(tsv_name=tsv_name, output_format=output_format)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    say = log or (lambda message: None)
 
     source = open_source(source, **source_options)
-    output = {"format": extension}
-    if extension == "jpg":
-        output["jpeg_quality"] = jpeg_quality
-    parameters = {"source": source.describe(), "output": output, "prompter": prompter.describe()}
+    fmt = image_format.lower()
+    output = OutputSpec("jpg" if fmt == "jpeg" else fmt, jpeg_quality)
     out = OutputDir(out_dir)
     try:
-        resumed = out.prepare(parameters, overwrite=overwrite)
-        records = out.records() if resumed else {}
+        out.check_usable()
+        out.root.mkdir(parents=True, exist_ok=True)
+        out.lock()
+        stored = None if overwrite else out.read_run()
+        records = out.records() if stored is not None else {}
         done = {name for name, record in records.items() if out.is_done(record)}
-        write_tsv = isinstance(source, TSVSource) and num_shards == 1
+        job = _Job(source, out, None, batch_size=batch_size, workers=workers, limit=limit,
+                   num_shards=num_shards, shard_index=shard_index, done=done, output=output)
+        share = _share_size(source, limit, num_shards, shard_index)
+        already = sum(1 for name in done if _in_share(records[name].get("index"), limit, num_shards, shard_index))
+        base_parameters = {"source": source.describe(), "output": output.describe()}
+        same_data = stored is not None and all(
+            jsonable(base_parameters)[key] == (stored.get("parameters") or {}).get(key) for key in base_parameters)
+        if same_data:
+            say(f"resuming {out.root}: {already} of {share if share is not None else '?'} samples already done")
+        factory = prompter if isinstance(prompter, LazyPrompter) else None
+        request = jsonable(prompter.request) if factory is not None else None
+        loaded = not isinstance(prompter, LazyPrompter)
+        if (not loaded and same_data and request == (stored.get("run") or {}).get("request")
+                and job.all_done()):
+            say(f"nothing left to do: all {already} samples are done (the model was not loaded)")
+            parameters = {**base_parameters, "prompter": stored["parameters"]["prompter"]}
+        else:
+            if not loaded:
+                prompter = prompter.build()
+                loaded = True
+            parameters = {**base_parameters, "prompter": prompter.describe()}
+        job.prompter = prompter
+
+        resumed = out.prepare(parameters, overwrite=overwrite)
+        if not resumed:
+            already, job.done = 0, set()
+        from .export import planned_outputs
+
+        exports = planned_outputs(source, num_shards=num_shards, tsv_name=tsv_name, output_format=output_format)
+        if stored is not None:   # an export under another name (say a new --tsv-name) would be stale
+            stale = {key: name for key, name in (stored.get("outputs") or {}).items()
+                     if key in ("tsv", "dataset", "parquet") and exports.get(key) != name}
+            out.remove_exports({"outputs": stale})
         run_info = {
             "layout": LAYOUT_VERSION,
             "parameters": parameters,
             "run": {
                 "batch_size": batch_size, "workers": workers, "limit": limit,
-                "num_shards": num_shards, "shard_index": shard_index,
-                "source": source.location(), "argv": sys.argv,
+                "num_shards": num_shards, "shard_index": shard_index, "engine": engine,
+                "source": source.location(), "argv": sys.argv, "request": request,
+                "allow_partial": allow_partial,
+                "export_options": {"tsv_name": tsv_name, "output_format": output_format,
+                                   "keep_original": keep_original},
             },
             "versions": package_versions(),
-            "outputs": {"manifest": "manifest.jsonl", "images": "images",
-                        "tsv": source.name if write_tsv else None},
+            "outputs": {"manifest": "manifest.jsonl", "images": "images", **exports},
         }
         out.write_run(run_info)
 
-        share = _share_size(source, limit, num_shards, shard_index)
-        already = sum(
-            1 for name in done
-            if _in_share(records[name].get("index"), limit, num_shards, shard_index)
-        )
-        job = _Job(source, out, prompter, batch_size=batch_size, workers=workers, limit=limit,
-                   num_shards=num_shards, shard_index=shard_index, done=done,
-                   pil_format=pil_format, extension=extension, jpeg_quality=jpeg_quality)
-        summary = Summary(out_dir=out.root, total=share)
-        with _progress_bar(progress, share, already) as bar:
-            job.run(summary, bar)
-        if write_tsv:
-            summary.tsv = out.write_tsv(parameters["source"], source.name)
+        summary = Summary(out_dir=out.root, total=share, model_loaded=loaded)
+        try:
+            if loaded:
+                if engine == "ray":
+                    from .ray_engine import run_ray
+
+                    with _progress_bar(progress, share, already) as bar:
+                        run_ray(job, summary, bar, factory=factory, address=address, num_gpus=num_gpus)
+                else:
+                    with _progress_bar(progress, share, already) as bar:
+                        job.run(summary, bar)
+            else:
+                summary.skipped = already
+        except KeyboardInterrupt:
+            # counted from the manifest: a signal can land between a write and its tally
+            finished = sum(1 for record in out.records().values()
+                           if out.is_done(record) and _in_share(record.get("index"), limit, num_shards, shard_index))
+            raise Interrupted(finished, share, out.root) from None
+
+        from .export import export
+
+        export(out, source, run_info, summary, allow_partial=allow_partial, keep_original=keep_original)
         run_info["summary"] = {"ok": summary.ok, "error": summary.error, "skipped": summary.skipped,
+                               "failed_total": summary.failed_total, "partial": summary.partial,
                                "seconds": round(summary.seconds, 3)}
         out.write_run(run_info)
         return summary
@@ -218,41 +365,13 @@ class _Item:
     decoded: Future | None = None
 
 
-class _Job:
-    """The pipeline of one run (see the module docs)."""
+class Stages:
+    """The work on one batch, shared by the local and the Ray engine: decode, attribute, render,
+    encode, write (no threads of its own)."""
 
-    def __init__(self, source: Source, out: OutputDir, prompter: Any, *, batch_size: int, workers: int,
-                 limit: int | None, num_shards: int, shard_index: int, done: set[str],
-                 pil_format: str, extension: str, jpeg_quality: int) -> None:
-        self.source, self.out, self.prompter = source, out, prompter
-        self.batch_size, self.workers, self.limit = batch_size, workers, limit
-        self.num_shards, self.shard_index, self.done = num_shards, shard_index, done
-        self.pil_format, self.extension, self.jpeg_quality = pil_format, extension, jpeg_quality
-        self.prefetch = 2                                   # batches decoded ahead of the model
-        self.max_pending = 2 * batch_size + 2 * workers     # images waiting to be written
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def items(self) -> Iterator[_Item]:
-        """This run's share of the samples, named (names count every sample, all shards)."""
-        namer = Namer()
-        for sample in self.source:
-            if self.limit is not None and sample.index >= self.limit:
-                return
-            name = namer(sample.id)
-            if sample.index % self.num_shards == self.shard_index:
-                yield _Item(sample, name)
-
-    def batches(self, summary: Summary) -> Iterator[list[_Item]]:
-        """Consecutive batches of the share; batches already done entirely are skipped."""
-        items = self.items()
-        while batch := list(islice(items, self.batch_size)):
-            if all(item.name in self.done for item in batch):
-                summary.skipped += len(batch)
-                continue
-            yield batch
-
-    # -- stages --------------------------------------------------------------------------------
+    def __init__(self, source: Source, out: OutputDir, prompter: Any, output: OutputSpec) -> None:
+        self.source, self.out, self.prompter, self.output = source, out, prompter, output
+        self.model_lock: Any = contextlib.nullcontext()   # a Lock where several threads share the model
 
     def problem(self, sample: Sample) -> str | None:
         """Why a sample cannot be attributed at all, before decoding it."""
@@ -262,12 +381,18 @@ class _Job:
             return "the question is empty"
         return None
 
+    def decode(self, item: _Item) -> list[tuple[Image.Image, bool]]:
+        """The item's images with whether each was a JPEG (raises for a bad image)."""
+        return self.source.load_images(item.sample)
+
     def attribute(self, images: list, queries: list[str]) -> list:
-        """Maps for a batch; when the batch fails, each sample alone (exceptions in its place)."""
+        """Maps for a batch; when the batch fails, each image alone (exceptions in its place)."""
         if not images:
             return []
         try:
-            return list(self.prompter.attributor.attribute(images, queries))
+            with self.model_lock, warnings.catch_warnings():   # truncation: recorded per sample (query_note)
+                warnings.filterwarnings("ignore", message=r"the query is \d+ tokens long")
+                return list(self.prompter.attribute(images, queries))
         except Exception as exc:  # one bad sample must not sink the batch
             if _out_of_memory(exc):
                 raise ConfigError(f"out of memory with a batch of {len(images)}: lower --batch-size ({exc})") from exc
@@ -280,29 +405,130 @@ class _Job:
 
         (:meth:`Prompter.batch` warns about this instead; a dataset run records it per sample.)
         """
-        overflow = query_overflow(self.prompter.attributor, query)
+        overflow = self.prompter.query_overflow(query)
         return {"query_truncated": {"tokens": overflow[0], "context_length": overflow[1]}} if overflow else {}
 
-    def finish(self, item: _Item, image: Image.Image, attention_map: Any,
+    def finish(self, item: _Item, decoded: list[tuple[Image.Image, bool]], maps: list,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Overlay, encode and write one image; its manifest record (runs in a worker).
+        """Overlay, encode and write the item's image(s); its manifest record (runs in a worker).
 
         A sample the overlay or the encoder fails on is recorded as an error; a failed write
         (a full disk, say) stops the run.
         """
         try:
-            prompted = self.prompter.overlay.apply(image, attention_map)
-            data = encode_image(prompted, self.pil_format, self.jpeg_quality)
+            encoded = []
+            for (image, was_jpeg), attention_map in zip(decoded, maps):
+                pil_format, extension = self.output.choose(was_jpeg)
+                prompted = self.prompter.render(image, attention_map)
+                encoded.append((encode_image(prompted, pil_format, self.output.jpeg_quality), extension))
         except Exception as exc:  # one bad sample must not sink the run
-            return _record(item, "error", error=_message(exc))
-        path = self.out.image_path(item.name, self.extension)
-        write_atomic(path, data)
-        record = _record(item, "ok", file=path.relative_to(self.out.root).as_posix())
-        record.update(map_stats(attention_map))
+            return _record(item, "error", error=_message(exc), kind=_error_kind(exc))
+        stems = part_names(item.name, len(decoded)) if _is_multi(item.sample) else [item.name]
+        files = []
+        for stem, (data, extension) in zip(stems, encoded):
+            path = self.out.image_path(stem, extension)
+            write_atomic(path, data)
+            files.append(path.relative_to(self.out.root).as_posix())
+        if _is_multi(item.sample):
+            record = _record(item, "ok", file=files[0])
+            record["files"] = files
+            record["maps"] = [map_stats(attention_map) for attention_map in maps]
+        else:
+            record = _record(item, "ok", file=files[0])
+            record.update(map_stats(maps[0]))
         record.update(extra or {})
         return record
 
+    def process(self, items: list[_Item], pool: ThreadPoolExecutor | None = None,
+                done: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """Every stage for one batch, start to end; the records of its samples not in ``done``, in
+        input order (the Ray engine's unit of work). The whole batch goes through the model, so
+        the maps are those of an uninterrupted run. ``pool`` parallelises decoding and encoding."""
+        mapper = pool.map if pool is not None else map
+
+        def decode(item: _Item) -> Any:
+            problem = self.problem(item.sample)
+            if problem is not None:
+                return _record(item, "error", error=problem, kind="permanent")
+            try:
+                return self.decode(item)
+            except Exception as exc:
+                return _record(item, "error", error=_message(exc), kind=_error_kind(exc))
+
+        decoded = list(mapper(decode, items))
+        valid = [(item, images) for item, images in zip(items, decoded) if isinstance(images, list)]
+        maps = self.attribute([image for _, images in valid for image, _ in images],
+                              [str(item.sample.question) for item, images in valid for _ in images])
+        results: dict[int, Any] = {}
+        position = 0
+        for item, images in valid:
+            results[id(item)] = (images, maps[position:position + len(images)])
+            position += len(images)
+
+        def finish(item: _Item) -> dict[str, Any]:
+            images, item_maps = results[id(item)]
+            failure = next((m for m in item_maps if isinstance(m, Exception)), None)
+            if failure is not None:
+                return _record(item, "error", error=_message(failure), kind=_error_kind(failure))
+            return self.finish(item, images, item_maps, self.query_note(str(item.sample.question)))
+
+        todo = [item for item, _ in valid if item.name not in done]
+        finished = dict(zip([id(item) for item in todo], mapper(finish, todo)))
+        return [finished.get(id(item), result) for item, result in zip(items, decoded)
+                if item.name not in done]
+
+
+class _Job(Stages):
+    """The local engine's pipeline of one run (see the module docs)."""
+
+    def __init__(self, source: Source, out: OutputDir, prompter: Any, *, batch_size: int, workers: int,
+                 limit: int | None, num_shards: int, shard_index: int, done: set[str],
+                 output: OutputSpec) -> None:
+        super().__init__(source, out, prompter, output)
+        self.batch_size, self.workers, self.limit = batch_size, workers, limit
+        self.num_shards, self.shard_index, self.done = num_shards, shard_index, done
+        self.prefetch = 2                                   # batches decoded ahead of the model
+        self.max_pending = 2 * batch_size + 2 * workers     # samples waiting to be written
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def named(self) -> Iterator[tuple[Sample, str]]:
+        return named_samples(self.source, self.limit)
+
+    def items(self) -> Iterator[_Item]:
+        """This run's share of the samples, named."""
+        for sample, name in self.named():
+            if sample.index % self.num_shards == self.shard_index:
+                yield _Item(sample, name)
+
+    def all_done(self) -> bool:
+        """Whether every sample of the share is done already (one pass over the source)."""
+        return all(item.name in self.done for item in self.items())
+
+    def batches(self, summary: Summary) -> Iterator[list[_Item]]:
+        """Consecutive batches of the share; batches already done entirely are skipped."""
+        items = self.items()
+        while batch := list(islice(items, self.batch_size)):
+            if all(item.name in self.done for item in batch):
+                summary.skipped += len(batch)
+                continue
+            yield batch
+
     # -- the loop ------------------------------------------------------------------------------
+
+    def count(self, summary: Summary, records: list[dict[str, Any]]) -> None:
+        """Add finished records to the summary."""
+        for record in records:
+            if record["status"] == "ok":
+                summary.ok += 1
+            else:
+                summary.error += 1
+                if record.get("error_kind") == "permanent":
+                    summary.permanent += 1
+                else:
+                    summary.transient += 1
+                if len(summary.errors) < MAX_LISTED_ERRORS:
+                    summary.errors.append((record["id"], record["error"]))
 
     def run(self, summary: Summary, bar: Any) -> None:
         pending: deque[dict[str, Any] | Future] = deque()   # records in input order
@@ -325,18 +551,12 @@ class _Job:
                     pending.popleft()
             finally:
                 self.out.append(ready)
-                for record in ready:
-                    if record["status"] == "ok":
-                        summary.ok += 1
-                    else:
-                        summary.error += 1
-                        if len(summary.errors) < MAX_LISTED_ERRORS:
-                            summary.errors.append((record["id"], record["error"]))
+                self.count(summary, ready)
                 bar.update(len(ready))
 
         def decode(item: _Item) -> _Item:
             if self.problem(item.sample) is None:
-                item.decoded = pool.submit(self.source.load_image, item.sample)
+                item.decoded = pool.submit(self.decode, item)
             return item
 
         batches = self.batches(summary)
@@ -347,30 +567,40 @@ class _Job:
                 if not lookahead:
                     break
                 batch = lookahead.popleft()
-                problems: dict[int, str] = {}
-                valid: list[tuple[_Item, Image.Image]] = []
+                problems: dict[int, tuple[str, str]] = {}
+                valid: list[tuple[_Item, list[tuple[Image.Image, bool]]]] = []
                 for item in batch:
                     problem = self.problem(item.sample)
                     if problem is None:
                         try:
                             valid.append((item, item.decoded.result()))
                             continue
-                        except (APIPromptError, OSError, ValueError, TypeError) as exc:
-                            problem = _message(exc)
+                        except Exception as exc:
+                            problem = (_message(exc), _error_kind(exc))
+                    else:
+                        problem = (problem, "permanent")
                     problems[id(item)] = problem
-                maps = self.attribute([image for _, image in valid],
-                                      [str(item.sample.question) for item, _ in valid])
-                results = {id(item): (image, result) for (item, image), result in zip(valid, maps)}
+                maps = self.attribute([image for _, images in valid for image, _ in images],
+                                      [str(item.sample.question) for item, images in valid for _ in images])
+                results: dict[int, tuple[list, list]] = {}
+                position = 0
+                for item, images in valid:
+                    results[id(item)] = (images, maps[position:position + len(images)])
+                    position += len(images)
                 for item in batch:                      # records keep the input order
                     if item.name in self.done:
                         summary.skipped += 1
                     elif id(item) in problems:
-                        pending.append(_record(item, "error", error=problems[id(item)]))
-                    elif isinstance(results[id(item)][1], Exception):
-                        pending.append(_record(item, "error", error=_message(results[id(item)][1])))
+                        message, kind = problems[id(item)]
+                        pending.append(_record(item, "error", error=message, kind=kind))
                     else:
-                        extra = self.query_note(str(item.sample.question))
-                        pending.append(pool.submit(self.finish, item, *results[id(item)], extra))
+                        images, item_maps = results[id(item)]
+                        failure = next((m for m in item_maps if isinstance(m, Exception)), None)
+                        if failure is not None:
+                            pending.append(_record(item, "error", error=_message(failure), kind=_error_kind(failure)))
+                        else:
+                            extra = self.query_note(str(item.sample.question))
+                            pending.append(pool.submit(self.finish, item, images, item_maps, extra))
                 flush(block=False)
             flush(block=True)
         finally:
@@ -380,10 +610,13 @@ class _Job:
                         item.decoded.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             # keep what finished before an interruption
-            self.out.append([
+            kept = [
                 head if isinstance(head, dict) else head.result() for head in pending
                 if isinstance(head, dict) or (head.done() and not head.cancelled() and head.exception() is None)
-            ])
+            ]
+            self.out.append(kept)
+            self.count(summary, kept)
+            bar.update(len(kept))
             pending.clear()
             summary.seconds = time.perf_counter() - started
 
@@ -396,6 +629,8 @@ def encode_image(image: Image.Image, pil_format: str = "PNG", jpeg_quality: int 
 
     >>> encode_image(Image.new("RGB", (2, 2)))[:4]
     b'\\x89PNG'
+    >>> encode_image(Image.new("RGB", (2, 2)), "JPEG")[:3]
+    b'\\xff\\xd8\\xff'
     """
     buffer = io.BytesIO()
     if pil_format == "PNG":
@@ -426,13 +661,38 @@ def map_stats(attention_map: Any) -> dict[str, Any]:
     return stats
 
 
-def _record(item: _Item, status: str, *, file: str | None = None, error: str | None = None) -> dict[str, Any]:
+def named_samples(source: Source, limit: int | None) -> Iterator[tuple[Sample, str]]:
+    """Every sample up to ``limit`` with its file name stem (names count every sample, all shards)."""
+    namer = Namer()
+    for sample in source:
+        if limit is not None and sample.index >= limit:
+            return
+        yield sample, namer(sample.id, len(sample.image) if _is_multi(sample) else 0)
+
+
+def _is_multi(sample: Sample) -> bool:
+    return isinstance(sample.image, list)
+
+
+def _record(item: _Item, status: str, *, file: str | None = None, error: str | None = None,
+            kind: str | None = None) -> dict[str, Any]:
     sample = item.sample
     record = {"index": sample.index, "id": sample.id, "name": item.name, "status": status,
               "file": file, "error": error, "question": sample.question}
+    if kind is not None:
+        record["error_kind"] = kind
     if sample.extra:
         record["extra"] = jsonable(sample.extra)
     return record
+
+
+def _error_kind(exc: BaseException) -> str:
+    """``permanent`` for errors the same input always gives (bad data), else ``transient``.
+
+    >>> _error_kind(ValueError("not an image")), _error_kind(RuntimeError("CUDA error"))
+    ('permanent', 'transient')
+    """
+    return "permanent" if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)) else "transient"
 
 
 def _message(exc: BaseException) -> str:
@@ -456,6 +716,10 @@ def _share_size(source: Source, limit: int | None, num_shards: int, shard_index:
     return len(range(shard_index, count if limit is None else min(count, limit), num_shards))
 
 
+# ------------------------------------------------------------------------------------------------
+# Progress
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -467,10 +731,72 @@ class _NoBar:
         pass
 
 
+class LineProgress:
+    """Progress for logs: one plain line every ``interval`` seconds (and at the end), no ``\\r``.
+
+    >>> import io
+    >>> stream = io.StringIO()
+    >>> with LineProgress(4, 0, stream=stream, interval=0) as bar:
+    ...     bar.update(2)
+    >>> stream.getvalue().splitlines()[0].startswith("prompting: 2/4 (50%)")
+    True
+    """
+
+    def __init__(self, total: int | None, initial: int, *, stream: Any = None, interval: float = 30.0) -> None:
+        self.total, self.done, self.start_done = total, initial, initial
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.started = self.last = time.monotonic()
+        self.printed_at = -1
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if n and now - self.last >= self.interval:
+            self.last = now
+            self.write(now)
+
+    def write(self, now: float) -> None:
+        if self.printed_at == self.done:
+            return
+        self.printed_at = self.done
+        elapsed = max(now - self.started, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        text = f"prompting: {self.done}/{self.total if self.total is not None else '?'}"
+        if self.total:
+            text += f" ({100 * self.done // self.total}%)"
+        text += f", {rate:.2f} img/s"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f", about {_duration((self.total - self.done) / rate)} left"
+        print(text, file=self.stream, flush=True)
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.done > self.start_done:
+            self.write(time.monotonic())
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(42), _duration(3725)
+    ('42s', '1h02m')
+    """
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def _progress_bar(enabled: bool, total: int | None, initial: int):
-    """A tqdm bar on stderr with rate and ETA (counting samples finished in this run)."""
+    """A tqdm bar on a terminal; plain lines every 30 s when stderr is redirected to a log."""
     if not enabled:
         return _NoBar()
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return LineProgress(total, initial)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="img", desc="prompting", file=sys.stderr,

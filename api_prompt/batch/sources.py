@@ -11,7 +11,8 @@ format          what INPUT is                                 default columns (i
 ``jsonl``       ``*.jsonl`` / ``*.ndjson``, one object a line  ``id`` / ``image`` / ``question``
 ``csv``         ``*.csv`` with a header row                    ``id`` / ``image`` / ``question``
 ``tsv``         VLMEvalKit-style ``*.tsv`` (base64 images)     ``index`` / ``image`` / ``question``
-``parquet``     ``*.parquet`` or a folder of them              ``id`` / ``image`` / ``question``
+``parquet``     ``*.parquet``, a folder of them, or a Hub      ``id`` / ``image`` / ``question``
+                layout folder (``data/<split>-*.parquet``)
 ``hf``          a ``datasets`` folder (``save_to_disk``)       ``id`` / ``image`` / ``question``
 ==============  ============================================  ==============================
 
@@ -20,6 +21,10 @@ folder holding INPUT, or INPUT itself when it is a folder), a ``data:image/...;b
 plain base64, raw bytes, a PIL image, or a ``{"bytes": ..., "path": ...}`` dict as
 ``datasets`` stores images. In a VLMEvalKit TSV an image value of at most 64 characters that
 names another row's ``index`` refers to that row's image, as VLMEvalKit itself reads it.
+
+An image value may also be a list (several images for one question: a list column of
+``datasets``/parquet, or ``"['b64', 'b64']"`` in a VLMEvalKit TSV); the runner prompts each image
+with the row's question.
 
 When the id column is missing (and was not asked for explicitly) the row number is the id.
 Every other column with a plain value (text, number, bool) is kept in ``Sample.extra``, so it
@@ -35,6 +40,7 @@ reaches the manifest and the TSV written back for VLMEvalKit.
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import csv
@@ -59,6 +65,7 @@ __all__ = [
     "JSONLSource",
     "CSVSource",
     "TSVSource",
+    "TableSource",
     "ParquetSource",
     "HFDatasetSource",
     "open_source",
@@ -71,6 +78,7 @@ FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf")
 # Base64 fields in VLMEvalKit TSVs are far beyond the csv module's default 128 KiB limit.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
+_JPEG_MAGIC = b"\xff\xd8\xff"
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _SCALARS = (str, int, float, bool, type(None))
 #: VLMEvalKit treats an image value this short as the ``index`` of the row holding the image.
@@ -138,9 +146,28 @@ class Source(ABC):
         """How many samples there are, or ``None`` when that would need a costly pass."""
         return None
 
+    def resolve(self, value: Any, sample: Sample) -> Any:
+        """One raw image value as :func:`~api_prompt.load_image` takes it (path, bytes, PIL)."""
+        return resolve_image(value, self.base_dir)
+
+    def load_images(self, sample: Sample) -> list[tuple[Image.Image, bool]]:
+        """Decode the sample's image(s) into RGB, each with whether it was stored as JPEG.
+
+        A sample whose image value is a list (several images for one question) gives one
+        entry per image. Thread-safe: runs in worker threads.
+        """
+        values = sample.image if isinstance(sample.image, list) else [sample.image]
+        if not values:
+            raise ImageLoadError("the image list is empty")
+        decoded = []
+        for value in values:
+            resolved = self.resolve(value, sample)
+            decoded.append((load_image(resolved), is_jpeg(resolved)))
+        return decoded
+
     def load_image(self, sample: Sample) -> Image.Image:
-        """Decode the sample's image into RGB (thread-safe; runs in worker threads)."""
-        return load_image(resolve_image(sample.image, self.base_dir))
+        """The sample's (first) image in RGB."""
+        return self.load_images(sample)[0][0]
 
     def describe(self) -> dict[str, Any]:
         """What identifies this source in ``run.json``."""
@@ -278,9 +305,9 @@ class TSVSource(CSVSource):
 
     Short image values (at most 64 characters) that name another row's ``index`` are references
     to that row's image, as in VLMEvalKit; they are resolved with one extra pass over the file,
-    keeping only the referenced images in memory. Rows with several images (a list in the image
-    column) are reported as bad samples. A ``image_path`` column instead of ``image`` is read as
-    paths.
+    keeping only the referenced images in memory. Rows with several images (a Python list of
+    base64 strings in the image column, as VLMEvalKit writes MMMU) give one sample whose image is
+    that list. A ``image_path`` column instead of ``image`` is read as paths.
     """
 
     format = "tsv"
@@ -306,7 +333,9 @@ class TSVSource(CSVSource):
             if self.embedded and isinstance(sample.image, str) and sample.error is None:
                 value = sample.image.strip()
                 if value.startswith("["):
-                    sample.error = "rows with several images are not supported"
+                    sample.image = _image_list(value, sample.index)
+                    if sample.image is None:
+                        sample.error = "the image value starts with '[' but is not a list of base64 images"
                 elif len(value) <= TSV_REFERENCE_MAX_LEN:
                     referenced = self._reference_table().get(value)
                     if referenced is None:
@@ -329,44 +358,87 @@ class TSVSource(CSVSource):
             }
         return self._references
 
-    def load_image(self, sample: Sample) -> Image.Image:
+    def resolve(self, value: Any, sample: Sample) -> Any:
         if not self.embedded:
-            return super().load_image(sample)
-        return load_image(_decode_base64(sample.image, f"row {sample.index}"))
+            return super().resolve(value, sample)
+        return _decode_base64(value, f"row {sample.index}")
 
 
 # ------------------------------------------------------------------------------------------------
 # Columnar formats
 
 
-class ParquetSource(Source):
-    """Parquet files (one file, or every ``*.parquet`` in a folder, in name order), streamed in
-    record batches with :mod:`pyarrow`. Image columns may hold ``{"bytes", "path"}`` structs (as
-    ``datasets`` writes them), binary data or paths/base64 text.
+#: a parquet file named as the Hugging Face Hub names them: ``<split>-00000-of-00001[-hash].parquet``
+_HUB_SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}(-[0-9a-f]+)?\.parquet$")
+
+
+class TableSource(Source):
+    """A source backed by Arrow tables (parquet, ``datasets``): it can be written back whole.
+
+    Besides the samples it yields its rows with every column (:meth:`tables`), the
+    ``datasets.Features`` that describe them (:meth:`features`) and a split name, so the
+    prompted dataset keeps every column of the input under the same split.
+    """
+
+    split: str = "train"
+
+    def features(self) -> Any:
+        """The ``datasets.Features`` of the full rows."""
+        raise NotImplementedError
+
+    def tables(self, batch_rows: int = 256) -> Iterator[Any]:
+        """Every row with every column, as ``pyarrow`` tables (images undecoded), in order."""
+        raise NotImplementedError
+
+
+class ParquetSource(TableSource):
+    """Parquet files (one file, or every ``*.parquet`` in a folder or its ``data/`` subfolder, in
+    name order), streamed in record batches with :mod:`pyarrow`. Image columns may hold
+    ``{"bytes", "path"}`` structs (as ``datasets`` writes them), lists of them (several images),
+    binary data or paths/base64 text.
+
+    Folders laid out as on the Hugging Face Hub (``data/test-00000-of-00001.parquet``) are read
+    by split: ``split`` picks one (required when there are several); the split name is kept for
+    the prompted dataset. Files without a split in their name are the ``train`` split unless
+    ``split`` names them otherwise.
     """
 
     format = "parquet"
     batch_rows = 64
 
-    def __init__(self, path: str | os.PathLike, **options: Any) -> None:
+    def __init__(self, path: str | os.PathLike, *, split: str | None = None, **options: Any) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = Path(path)
         super().__init__(name=path.name, path=path, **options)
-        self.files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-        if not self.files:
-            raise ConfigError(f"{path} holds no *.parquet files")
+        files = [path]
+        if path.is_dir():
+            files = sorted(path.glob("*.parquet")) or sorted((path / "data").glob("*.parquet"))
+        if not files:
+            raise ConfigError(f"{path} holds no *.parquet files (nor does {path / 'data'})")
+        splits: dict[str, list[Path]] = {}
+        for file in files:
+            match = _HUB_SHARD.match(file.name)
+            splits.setdefault(match["split"] if match else "", []).append(file)
+        if "" in splits or len(splits) == 1 and split is None:
+            self.files = files
+            self.split = split or (next(iter(splits)) or "train")
+        elif split is None:
+            raise ConfigError(f"{path} has splits {', '.join(sorted(splits))}; choose one with --split")
+        elif split not in splits:
+            raise ConfigError(f"{path} has no split {split!r}; its splits are {', '.join(sorted(splits))}")
+        else:
+            self.files, self.split = splits[split], split
         self._pq = pq
-        schema = pq.read_schema(self.files[0])
-        self.columns = list(schema.names)
+        self.schema = pq.read_schema(self.files[0])
+        self.columns = list(self.schema.names)
         self._check_columns(self.columns)
-        import pyarrow as pa
-
         self._read = [
             name for name in self.columns
             if name in (self.id_column, self.image_column, self.question_column)
-            or not (pa.types.is_nested(schema.field(name).type) or pa.types.is_binary(schema.field(name).type)
-                    or pa.types.is_large_binary(schema.field(name).type))
+            or not (pa.types.is_nested(self.schema.field(name).type) or pa.types.is_binary(self.schema.field(name).type)
+                    or pa.types.is_large_binary(self.schema.field(name).type))
         ]
 
     def __iter__(self) -> Iterator[Sample]:
@@ -380,11 +452,26 @@ class ParquetSource(Source):
     def count(self) -> int:
         return sum(self._pq.ParquetFile(file).metadata.num_rows for file in self.files)
 
+    def features(self) -> Any:
+        import datasets
 
-class HFDatasetSource(Source):
+        return datasets.Features.from_arrow_schema(self.schema)
+
+    def tables(self, batch_rows: int = 256) -> Iterator[Any]:
+        import pyarrow as pa
+
+        for file in self.files:
+            for batch in self._pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "split": self.split}
+
+
+class HFDatasetSource(TableSource):
     """A Hugging Face :class:`datasets.Dataset` (or one split of a ``DatasetDict``), e.g. from
-    :func:`datasets.load_from_disk`. Image columns are read undecoded (``Image(decode=False)``)
-    so decoding happens in the runner's worker threads.
+    :func:`datasets.load_from_disk`. Image columns (``Image`` or a list of ``Image``) are read
+    undecoded so decoding happens in the runner's worker threads.
 
     >>> import datasets                                                         # doctest: +SKIP
     >>> HFDatasetSource(datasets.load_from_disk("vqa_subset"), name="vqa")     # doctest: +SKIP
@@ -410,9 +497,10 @@ class HFDatasetSource(Source):
         if name is None:
             name = getattr(dataset.info, "dataset_name", None) or "dataset"
         super().__init__(name=name, path=path, **options)
-        self.split = split
+        self.split = split or (str(dataset.split) if getattr(dataset, "split", None) else "train")
         self.columns = list(dataset.column_names)
         self._check_columns(self.columns)
+        self.full = dataset
         features = dataset.features
         keep = [
             column for column in self.columns
@@ -420,8 +508,9 @@ class HFDatasetSource(Source):
             or isinstance(features[column], datasets.Value)
         ]
         dataset = dataset.select_columns(keep)
-        if isinstance(features[self.image_column], datasets.Image):
-            dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
+        undecoded = _undecoded(features[self.image_column])
+        if undecoded is not None:
+            dataset = dataset.cast_column(self.image_column, undecoded)
         self.dataset = dataset
 
     def __iter__(self) -> Iterator[Sample]:
@@ -438,8 +527,30 @@ class HFDatasetSource(Source):
         except TypeError:  # an IterableDataset
             return None
 
+    def features(self) -> Any:
+        return self.full.features
+
+    def tables(self, batch_rows: int = 256) -> Iterator[Any]:
+        arrow = self.full.with_format("arrow")
+        for start in range(0, len(arrow), batch_rows):
+            yield arrow[start:start + batch_rows]
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "split": self.split}
+
+
+def _undecoded(feature: Any) -> Any:
+    """The same image feature with ``decode=False`` (also inside a list), or None if not an image."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.Image):
+        return type(feature)(datasets.Image(decode=False))
+    if isinstance(feature, list) and len(feature) == 1 and isinstance(feature[0], datasets.Image):
+        return [datasets.Image(decode=False)]
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -456,7 +567,7 @@ def detect_format(path: str | os.PathLike) -> str:
     if path.is_dir():
         if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "hf"
-        if any(path.glob("*.parquet")):
+        if any(path.glob("*.parquet")) or any((path / "data").glob("*.parquet")):
             return "parquet"
         raise ConfigError(
             f"{path} is a folder but neither a saved Hugging Face dataset (save_to_disk) nor a "
@@ -510,8 +621,10 @@ def open_source(
     classes = {"jsonl": JSONLSource, "csv": CSVSource, "tsv": TSVSource, "parquet": ParquetSource}
     if format not in classes:
         raise ConfigError(f"unknown input format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format == "parquet":
+        return ParquetSource(path, split=split, **options)
     if split is not None:
-        raise ConfigError("--split applies to Hugging Face datasets only")
+        raise ConfigError("--split applies to parquet and Hugging Face datasets only")
     return classes[format](path, **options)
 
 
@@ -566,6 +679,34 @@ def resolve_image(value: Any, base_dir: str | os.PathLike | None = None) -> Any:
     if len(text) >= 64 and _BASE64.fullmatch(text):
         return _decode_base64(text, "base64 image")
     return path  # load_image raises ImageLoadError naming the missing file
+
+
+def is_jpeg(value: Any) -> bool:
+    """Whether a resolved image value (path, bytes, PIL image) holds a JPEG.
+
+    >>> is_jpeg(b"\\xff\\xd8\\xff\\xe0"), is_jpeg(b"\\x89PNG")
+    (True, False)
+    """
+    if isinstance(value, Image.Image):
+        return value.format == "JPEG"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value[:3]) == _JPEG_MAGIC
+    try:
+        with open(value, "rb") as handle:
+            return handle.read(3) == _JPEG_MAGIC
+    except (OSError, TypeError):
+        return False
+
+
+def _image_list(text: str, index: int) -> list[str] | None:
+    """The images of a VLMEvalKit multi-image cell (``"['b64', 'b64']"``), or None."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return None
+    return value
 
 
 def _decode_base64(text: Any, what: str) -> bytes:

@@ -4,8 +4,12 @@ Layout of ``DIR``::
 
     DIR/run.json            parameters, prompter.describe(), package versions, run details
     DIR/manifest.jsonl      one JSON object per finished sample (appended; last line per file wins)
-    DIR/images/<name>.png   prompted images (.jpg with --format jpg)
-    DIR/<input>.tsv         VLMEvalKit inputs only: the same table with the prompted images
+    DIR/images/<name>.png   prompted images (.jpg for JPEG inputs or --format jpg); a sample with
+                            several images has <name>--1.png ... <name>--N.png
+    DIR/<stem>_API.tsv      VLMEvalKit TSV inputs: the same table with the prompted images
+    DIR/dataset/            parquet and ``datasets`` inputs: a DatasetDict (save_to_disk) with
+                            every column of the input and the prompted images
+    DIR/data/<split>-*.parquet  the same as parquet shards (--output-format parquet)
     DIR/.lock               held (flock) while a run writes, so two runs never share a folder
 
 Crash safety: an image is written to a hidden temporary name in ``images/`` and moved into
@@ -84,23 +88,46 @@ def safe_name(sample_id: str) -> str:
 class Namer:
     """Gives every sample a unique, safe file name stem, deterministically in input order.
 
+    A sample with several images (``parts``) gets ``<name>--1`` ... ``<name>--N`` as well (the
+    names VLMEvalKit gives the images of such rows); those are reserved too, so no other sample
+    can take them.
+
     >>> namer = Namer()
     >>> namer("a"), namer("A"), namer("a"), namer("a/b")
     ('a', 'A-6bd54eb3', 'a-9fd35744', 'a_b-c14cddc0')
+    >>> namer("m", parts=2), namer("m--1")
+    ('m', 'm--1-04d0e3f2')
     """
 
     def __init__(self) -> None:
         self._taken: set[str] = set()
 
-    def __call__(self, sample_id: str) -> str:
+    def __call__(self, sample_id: str, parts: int = 0) -> str:
         sample_id = str(sample_id)
         name = safe_name(sample_id)
         attempt = 0
-        while name.casefold() in self._taken:
+        while any(stem.casefold() in self._taken for stem in [name, *part_names(name, parts)]):
             attempt += 1
             name = f"{_readable(sample_id)}-{_hash(f'{sample_id}#{attempt}')}"
-        self._taken.add(name.casefold())
+        self._taken.update(stem.casefold() for stem in [name, *part_names(name, parts)])
         return name
+
+
+def part_names(name: str, parts: int) -> list[str]:
+    """The file name stems of the images of a sample with ``parts`` images (none for one image).
+
+    >>> part_names("q7", 2), part_names("q7", 0)
+    (['q7--1', 'q7--2'], [])
+    """
+    return [f"{name}--{k}" for k in range(1, parts + 1)]
+
+
+def record_files(record: dict[str, Any]) -> list[Any]:
+    """The output files a manifest record names: ``files`` (several images) or ``file``."""
+    files = record.get("files")
+    if isinstance(files, list):
+        return files
+    return [record.get("file")]
 
 
 def package_versions() -> dict[str, str | None]:
@@ -203,17 +230,17 @@ class OutputDir:
         return latest_records(read_manifest(self.manifest))
 
     def is_done(self, record: dict[str, Any] | None) -> bool:
-        """Whether ``record`` says ``ok`` and its image is in this folder's ``images/``.
+        """Whether ``record`` says ``ok`` and its image(s) are in this folder's ``images/``.
 
         A ``file`` that points anywhere else (a hand-edited manifest) never counts, so nothing
         is read or written outside the folder on its behalf.
         """
-        if not record:
+        if not record or record.get("status") != "ok":
             return False
-        file = record.get("file")
-        return (
-            record.get("status") == "ok" and isinstance(file, str)
-            and _IMAGE_FILE.fullmatch(file) is not None and (self.root / file).is_file()
+        files = record_files(record)
+        return bool(files) and all(
+            isinstance(file, str) and _IMAGE_FILE.fullmatch(file) is not None and (self.root / file).is_file()
+            for file in files
         )
 
     # -- preparing -----------------------------------------------------------------------------
@@ -264,14 +291,25 @@ class OutputDir:
         return stored is not None
 
     def clear(self, stored: dict[str, Any] | None) -> None:
-        """Delete an earlier run's outputs (images/, manifest, run.json, the TSV it wrote)."""
+        """Delete an earlier run's outputs (images/, manifest, run.json, the table or dataset it wrote)."""
         shutil.rmtree(self.images, ignore_errors=True)
         for path in (self.manifest, self.run_json):
             path.unlink(missing_ok=True)
-        tsv = plain_file_name(((stored or {}).get("outputs") or {}).get("tsv"))
-        if tsv:
-            (self.root / tsv).unlink(missing_ok=True)
+        self.remove_exports(stored)
         self.images.mkdir()
+
+    def remove_exports(self, stored: dict[str, Any] | None) -> None:
+        """Delete the TSV / dataset an earlier run (described by its run.json) exported."""
+        outputs = (stored or {}).get("outputs") or {}
+        for key in ("tsv", "dataset", "parquet"):
+            name = plain_file_name(outputs.get(key))
+            if name is None:
+                continue
+            target = self.root / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
 
     def repair(self) -> None:
         """Remove temporary files of a killed run and cut a truncated last manifest line."""
@@ -333,45 +371,6 @@ class OutputDir:
             written = os.write(self._manifest_fd, view)
             view = view[written:]
         os.fsync(self._manifest_fd)
-
-    def write_tsv(self, source: dict[str, Any], name: str) -> Path:
-        """Write ``DIR/<name>``: the VLMEvalKit table with the prompted images, for evaluation.
-
-        ``source`` is the source description from ``run.json``. Rows are the samples that
-        finished ``ok``, in input order, with every column as the input had it except
-        ``image`` (the prompted image, base64 of the file in ``images/``) and ``image_path``
-        (the output file's name, so that VLMEvalKit, which dumps images under that name, never
-        gives two prompted versions of one picture the same file). Failed rows are left out.
-        """
-        import base64
-        import csv
-
-        columns = list(source["columns"])
-        id_column, image_column = source["id_column"], source["image_column"]
-        question_column = source["question_column"]
-        if "image" not in columns:
-            columns.insert(columns.index(image_column), "image")
-        records = sorted(
-            (record for record in self.records().values() if self.is_done(record)),
-            key=lambda record: record["index"],
-        )
-        path = self.root / name
-        temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
-        with open(temporary, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(columns)
-            for record in records:
-                values = dict(record.get("extra") or {})
-                values[id_column] = record["id"]
-                values[question_column] = record["question"]
-                values["image"] = base64.b64encode((self.root / record["file"]).read_bytes()).decode("ascii")
-                if "image_path" in columns:
-                    values["image_path"] = Path(record["file"]).name
-                writer.writerow(["" if values.get(column) is None else values[column] for column in columns])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        return path
 
 
 def plain_file_name(name: Any) -> str | None:

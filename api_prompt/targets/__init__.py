@@ -4,6 +4,7 @@ Every target is called as ``target(images, questions, **generation) -> list[str]
 
 - :class:`HFTarget`: any transformers image-text-to-text model with a chat template.
 - :class:`OpenAITarget`: any OpenAI-compatible chat-completions server.
+- :class:`CLIPZeroShotTarget` (``clip-zeroshot:MODEL``): multiple choice by CLIP similarity.
 - any function ``(image, question) -> str``, through :func:`as_target`.
 
 :func:`wrap` puts a :class:`~api_prompt.Prompter` in front of a target:
@@ -26,16 +27,19 @@ from .base import (
 )
 from .wrap import MODES, PromptedTarget, wrap
 
+TARGETS.setdefault("clip-zeroshot", "api_prompt.targets.clip_zeroshot:CLIPZeroShotTarget")
+
 _LAZY = {
     "HFTarget": "api_prompt.targets.hf",
     "OpenAITarget": "api_prompt.targets.openai",
     "encode_image": "api_prompt.targets.openai",
+    "CLIPZeroShotTarget": "api_prompt.targets.clip_zeroshot",
 }
 
 __all__ = [
     "Target", "BaseTarget", "CallableTarget", "TargetError", "HFTarget", "OpenAITarget",
     "PromptedTarget", "as_target", "create_target", "normalise_batch", "wrap", "encode_image",
-    "MODES", "TARGETS",
+    "MODES", "TARGETS", "CLIPZeroShotTarget",
 ]
 
 

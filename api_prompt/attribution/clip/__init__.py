@@ -1,12 +1,46 @@
-"""TEMPORARY shim on the siglip branch only: at merge, take the core helper's clip/__init__.py.
+"""CLIP backend: open_clip models explained by decomposing their image embedding over patches.
 
-``api_prompt/attribution/clip.py`` is still a module here; a folder of the same name with an
-``__init__`` shadows it, so this runs clip.py's source as the package body (same names, same
-monkeypatch targets) to make ``api_prompt.attribution.clip.attention_pool`` importable.
+- :mod:`.attributor`: :class:`CLIPAttributor` (loading, batching, text cache; picks a decomposition)
+- :mod:`.decomposition`: the :class:`Decomposition` protocol and :data:`DECOMPOSITIONS` (ordered)
+- :mod:`.class_token`: :class:`ClassTokenDecomposition`, the paper's (ALGORITHM.md §1)
+- :mod:`.loading`: open_clip loading by name, offline when the weights are local
+
+A new decomposition (another pooling kind) is one module here plus one entry in
+:data:`DECOMPOSITIONS`.
+
+>>> from api_prompt.attribution.clip import DECOMPOSITIONS
+>>> DECOMPOSITIONS[0].name, DECOMPOSITIONS[0].parts, DECOMPOSITIONS[0].default_recipe
+('class-token', ('psi_cls', 'psi_comp'), 'clip-soft-or')
 """
 
-from pathlib import Path as _Path
+from .decomposition import (  # first: it completes DECOMPOSITIONS with the modules beside it
+    DECOMPOSITIONS,
+    Decomposition,
+    attention_unsupported_reason,
+    crop_region,
+    select_decomposition,
+)
+from .attributor import CLIPAttributor
+from .class_token import (
+    ClassTokenDecomposition,
+    cls_attention_contributions,
+    cls_contribution_dots,
+    readout_direction,
+)
+from .loading import DEFAULT_MODEL, DEFAULT_PRETRAINED, weights_sha256
 
-__package__ = "api_prompt.attribution"  # clip.py's relative imports are relative to attribution/
-_source = _Path(__file__).resolve().parent.parent / "clip.py"
-exec(compile(_source.read_text(), str(_source), "exec"))
+__all__ = [
+    "CLIPAttributor",
+    "DEFAULT_MODEL",
+    "DEFAULT_PRETRAINED",
+    "DECOMPOSITIONS",
+    "Decomposition",
+    "ClassTokenDecomposition",
+    "attention_unsupported_reason",
+    "cls_attention_contributions",
+    "cls_contribution_dots",
+    "crop_region",
+    "readout_direction",
+    "select_decomposition",
+    "weights_sha256",
+]

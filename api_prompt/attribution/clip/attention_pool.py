@@ -39,12 +39,13 @@ from torch import nn
 from torch.func import functional_call, vjp
 
 from ...errors import UnsupportedModelError
+from ...maps import Recipe, box_filter, enhance, minmax, register_recipe, soft_or
 
 __all__ = [
     "RECIPE_NAME",
     "AttentionPoolDecomposition",
     "PoolCapture",
-    "attention_pool_mask",
+    "combine_attention_pool",
     "head_rest",
     "pool_contributions",
 ]
@@ -249,29 +250,32 @@ class AttentionPoolDecomposition:
 # -- the default recipe ---------------------------------------------------------------------------
 
 
-def attention_pool_mask(parts: dict, *, enhance: float, kernel_size: int):
+def combine_attention_pool(psi_pool, psi_token, *, coe: float, kernel_size: int):
     """The default mask for attention-pooled towers from ``psi_pool`` and ``psi_token`` (pure).
 
     ``a = box(enhance(minmax(ψ_pool)))``, ``b = box(minmax(ψ_token))``, mask = ``minmax(soft_or(a, b))``:
     the CLIP soft-OR recipe with the token part taken with its *positive* sign (not inverted).
     Chosen by the pointing game on the attention-pooled synthetic-shapes model, where the inverted
     token part is at chance and this mask is the best of the masks tried at every layer (README,
-    "Does the map point at the right thing?"). Same signature as a ``maps.Recipe`` function; torch
+    "Does the map point at the right thing?"). Registered as the ``siglip-soft-or`` recipe; torch
     or numpy, batched over leading dimensions.
 
     >>> import numpy as np
     >>> pool = np.zeros((2, 4, 4), np.float32); pool[:, 1, 2] = 1.0
     >>> token = np.zeros((2, 4, 4), np.float32); token[:, 1, 2] = 0.5
-    >>> mask = attention_pool_mask({"psi_pool": pool, "psi_token": token}, enhance=10.0, kernel_size=1)
+    >>> mask = combine_attention_pool(pool, token, coe=10.0, kernel_size=1)
     >>> mask.shape, float(mask[0, 1, 2]), float(mask[0, 3, 3])
     ((2, 4, 4), 1.0, 0.0)
     """
-    from ...maps import box_filter, minmax, soft_or
-    from ...maps import enhance as enhance_contrast
-
-    pool = box_filter(enhance_contrast(minmax(parts["psi_pool"]), enhance), kernel_size)
-    token = box_filter(minmax(parts["psi_token"]), kernel_size)
+    pool = box_filter(enhance(minmax(psi_pool), coe), kernel_size)
+    token = box_filter(minmax(psi_token), kernel_size)
     return minmax(soft_or(pool, token))
+
+
+register_recipe(Recipe(
+    RECIPE_NAME, ("psi_pool", "psi_token"), combine_attention_pool,
+    "attention-pooled towers (SigLIP): enhance(ψ_pool) soft-OR ψ_token (positive), box-filtered, min-max",
+))
 
 
 # -- the pieces, also used by the tests to state the identities ----------------------------------

@@ -1,0 +1,284 @@
+"""Benchmark metrics from per-sample answers, in a form the paired bootstrap can resample.
+
+Every metric of a benchmark is a function of *sums over units*: a unit is one sample, or the
+group of samples the benchmark scores together (MME's two questions about one image, MMBench's
+circular variants of one question). :func:`build_table` turns answers into a ``(n_units, k)``
+array per condition and a function from column sums to the metrics, so the point estimate is
+that function on the plain sums and a bootstrap resample is the same function on weighted sums.
+
+Metrics (fractions in [0, 1], except MME's, which are percentages as MME defines them):
+
+==================  ==========================================================================
+``pope``            ``accuracy precision recall f1 yes_ratio`` (positive class: yes)
+``mme``             ``<category>/acc``, ``<category>/acc_plus`` (both questions of an image
+                    right), ``perception`` and ``cognition``: the sum over MME's categories of
+                    ``acc + acc_plus``
+``textvqa vqav2``   ``vqa_accuracy``
+``gqa mcq``         ``accuracy``; ``mcq`` adds ``circular_accuracy`` when rows share an
+                    ``index`` modulo 1,000,000 (MMBench's circular variants: all must be right)
+==================  ==========================================================================
+
+Benchmarks other than MME with a ``category`` column holding several values also get every
+metric per category, named ``<category>/<metric>``.
+
+>>> samples = [{"answer": "yes"}, {"answer": "no"}, {"answer": "yes"}]
+>>> table = build_table("pope", samples, {"original": ["Yes", "No", "No"]})
+>>> {k: round(v, 3) for k, v in table.point("original").items()}
+{'accuracy': 0.667, 'precision': 1.0, 'recall': 0.5, 'f1': 0.667, 'yes_ratio': 0.333}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from .normalize import normalize_answer
+from .scoring import (
+    BENCHMARKS, ground_truth_answers, infer_option, options_of, pope_answer, pope_label, score,
+    vqa_accuracy_normalised,
+)
+
+__all__ = ["MME_PERCEPTION", "MME_COGNITION", "MetricTable", "build_table", "CIRCULAR_MODULUS"]
+
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
+                  "landmark", "artwork", "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation",
+                 "code_reasoning")
+#: MMBench's circular variants of one question share ``index % CIRCULAR_MODULUS``.
+CIRCULAR_MODULUS = 1_000_000
+# Columns looked up, in order, for the image two MME questions share.
+_MME_IMAGE_KEYS = ("image_path", "question_id", "image_id")
+
+
+@dataclass
+class MetricTable:
+    """Per-unit numbers of each condition and the function from their sums to the metrics.
+
+    Attributes:
+        units: condition -> ``(n_units, k)`` float array (the same units in every condition).
+        metric: column sums ``(..., k)`` -> ``{metric name: array (...)}``.
+        scores: condition -> per-sample scores (the official per-sample score, 0/1 or VQA's).
+        binary: metric name -> condition -> 0/1 array: the right/wrong outcomes the metric
+            averages, for metrics that are plain proportions (McNemar applies to those).
+    """
+
+    units: dict[str, np.ndarray]
+    metric: Callable[[np.ndarray], dict[str, np.ndarray]]
+    scores: dict[str, np.ndarray]
+    binary: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def point(self, condition: str) -> dict[str, float]:
+        """The metrics of one condition on all units."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = self.metric(self.units[condition].sum(axis=0))
+        return {name: float(value) for name, value in values.items()}
+
+
+def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
+                answers: Mapping[str, Sequence[str]]) -> MetricTable:
+    """Score ``answers[condition][i]`` against ``samples[i]`` and lay out the units.
+
+    ``answers`` maps each condition to one answer per sample, in the order of ``samples``.
+    """
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+    for condition, values in answers.items():
+        if len(values) != len(samples):
+            raise ValueError(f"{condition}: {len(values)} answers for {len(samples)} samples")
+    if benchmark == "pope":  # parsed once: the columns hold what the score is made of
+        label_yes = np.array([pope_label(s) == "yes" for s in samples], dtype=float)
+        columns = {c: _pope_columns(values, label_yes) for c, values in answers.items()}
+        scores = {c: cols["correct"] for c, cols in columns.items()}
+        names, finish = ["correct", "yes", "label", "tp", "one"], _pope_metrics
+    else:
+        scores = _scores(benchmark, samples, answers)
+    if benchmark == "mme":
+        return _mme_table(samples, answers, scores)
+    if benchmark == "pope":
+        pass
+    elif benchmark in ("textvqa", "vqav2"):
+        columns = {c: {"score": scores[c], "one": np.ones(len(samples))} for c in answers}
+        names, finish = ["score", "one"], lambda s: {"vqa_accuracy": s[..., 0] / s[..., 1]}
+    else:
+        columns = {c: {"correct": scores[c], "one": np.ones(len(samples))} for c in answers}
+        names, finish = ["correct", "one"], lambda s: {"accuracy": s[..., 0] / s[..., 1]}
+
+    groups = _circular_groups(samples) if benchmark in ("mcq", "synthshapes-mcq") else None
+    n_units = len(samples) if groups is None else int(groups.max()) + 1 if len(samples) else 0
+    unit_of = np.arange(len(samples)) if groups is None else groups
+
+    def units_of(cols: dict[str, np.ndarray]) -> np.ndarray:
+        table = [np.bincount(unit_of, weights=cols[name], minlength=n_units) for name in names]
+        if groups is not None:  # circular: a group counts when every variant is right
+            table += [(table[0] == table[1]).astype(float), np.ones(n_units)]
+        return np.stack(table, axis=1) if table else np.zeros((0, len(names)))
+
+    base_finish = finish
+    if groups is not None:
+        def finish(sums):  # noqa: F811 - the circular version of the same metrics
+            values = base_finish(sums[..., :2])
+            values["circular_accuracy"] = sums[..., 2] / sums[..., 3]
+            return values
+
+    units = {c: units_of(cols) for c, cols in columns.items()}
+    binary: dict[str, dict[str, np.ndarray]] = {}
+    if benchmark not in ("textvqa", "vqav2"):
+        binary["accuracy"] = dict(scores)
+    if groups is not None:
+        binary["circular_accuracy"] = {c: u[:, 2] for c, u in units.items()}
+
+    categories = _categories(samples, unit_of, n_units)
+    if categories is None:
+        return MetricTable(units, finish, scores, binary)
+    labels, unit_category = categories
+    k = next(iter(units.values())).shape[1] if units else 0
+    sample_category = unit_category[unit_of]
+    for index, label in enumerate(labels):
+        mask = sample_category == index
+        for name, per_condition in list(binary.items()):
+            if "/" in name:
+                continue
+            use = mask if name == "accuracy" else unit_category == index
+            binary[f"{label}/{name}"] = {c: values[use] for c, values in per_condition.items()}
+    masks = np.stack([unit_category == index for index in range(len(labels))], axis=1).astype(float)
+    units = {c: np.hstack([u] + [u * masks[:, [i]] for i in range(len(labels))]) for c, u in units.items()}
+
+    def by_category(sums):
+        values = finish(sums[..., :k])
+        for index, label in enumerate(labels):
+            part = finish(sums[..., k * (index + 1): k * (index + 2)])
+            values.update({f"{label}/{name}": value for name, value in part.items()})
+        return values
+
+    return MetricTable(units, by_category, scores, binary)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _scores(benchmark, samples, answers) -> dict[str, np.ndarray]:
+    """:func:`score` of every answer; each sample's ground truth is read once for all conditions."""
+    if benchmark in ("textvqa", "vqav2"):
+        humans = [[normalize_answer(h) for h in ground_truth_answers(s)] for s in samples]
+        return {c: np.array([vqa_accuracy_normalised(normalize_answer(a or ""), h)
+                             for a, h in zip(values, humans)], dtype=float)
+                for c, values in answers.items()}
+    if benchmark in ("mcq", "synthshapes-mcq"):
+        truths = [(options_of(s), s.get("answer")) for s in samples]
+        for sample, (options, truth) in zip(samples, truths):
+            if truth is None or not options:
+                score(benchmark, "", sample)   # raises the same error score() does
+        truths = [(options, str(truth).strip()) for options, truth in truths]
+        return {c: np.array([float(infer_option(a or "", o) == t) for a, (o, t) in zip(values, truths)],
+                            dtype=float)
+                for c, values in answers.items()}
+    return {c: np.array([score(benchmark, a, s) for a, s in zip(values, samples)], dtype=float)
+            for c, values in answers.items()}
+
+
+def _pope_columns(answers, label_yes) -> dict[str, np.ndarray]:
+    said_yes = np.array([pope_answer(a or "") == "yes" for a in answers], dtype=float)
+    return {"correct": (said_yes == label_yes).astype(float), "yes": said_yes, "label": label_yes,
+            "tp": said_yes * label_yes, "one": np.ones(len(answers))}
+
+
+def _pope_metrics(sums: np.ndarray) -> dict[str, np.ndarray]:
+    correct, yes, label, tp, one = (sums[..., i] for i in range(5))
+    precision, recall = tp / yes, tp / label
+    return {
+        "accuracy": correct / one,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall),
+        "yes_ratio": yes / one,
+    }
+
+
+def _circular_groups(samples) -> np.ndarray | None:
+    """Unit index of each sample by ``index % 1e6``, or None when no two samples share one."""
+    keys = []
+    for sample in samples:
+        try:
+            keys.append(int(float(sample["index"])) % CIRCULAR_MODULUS)
+        except (KeyError, TypeError, ValueError):
+            return None
+    if len(set(keys)) == len(keys):
+        return None
+    order = {key: position for position, key in enumerate(dict.fromkeys(keys))}
+    return np.array([order[key] for key in keys], dtype=np.int64)
+
+
+def _categories(samples, unit_of, n_units):
+    """(labels, category index per unit) when the samples have two or more categories."""
+    values = [sample.get("category") for sample in samples]
+    if any(value is None for value in values):
+        return None
+    labels = list(dict.fromkeys(str(value) for value in values))
+    if len(labels) < 2:
+        return None
+    position = {label: i for i, label in enumerate(labels)}
+    unit_category = np.zeros(n_units, dtype=np.int64)
+    unit_category[unit_of] = [position[str(value)] for value in values]
+    return labels, unit_category
+
+
+def _mme_table(samples, answers, scores) -> MetricTable:
+    """Units are the images (per category); MME's acc, acc_plus and the two totals."""
+    labels: list[str] = []
+    unit_keys: dict[tuple[str, str], int] = {}
+    unit_of = np.zeros(len(samples), dtype=np.int64)
+    for i, sample in enumerate(samples):
+        category = sample.get("category")
+        if category is None:
+            raise ConfigError("an MME sample needs its 'category' (existence, count, OCR, ...)")
+        image = next((sample[key] for key in _MME_IMAGE_KEYS if sample.get(key) is not None), None)
+        if image is None:
+            raise ConfigError(
+                "an MME sample needs the image its question pair shares: a column "
+                + ", ".join(repr(key) for key in _MME_IMAGE_KEYS)
+            )
+        category = str(category)
+        if category not in labels:
+            labels.append(category)
+        unit_of[i] = unit_keys.setdefault((category, str(image)), len(unit_keys))
+    n_units = len(unit_keys)
+    unit_category = np.zeros(n_units, dtype=np.int64)
+    for (category, _), unit in unit_keys.items():
+        unit_category[unit] = labels.index(category)
+    ones = np.ones(len(samples))
+    count = np.bincount(unit_of, weights=ones, minlength=n_units)
+
+    units, binary = {}, {}
+    for condition, values in scores.items():
+        right = np.bincount(unit_of, weights=values, minlength=n_units)
+        both = (right == count).astype(float)
+        blocks = []
+        for index in range(len(labels)):
+            mask = (unit_category == index).astype(float)
+            blocks += [right * mask, count * mask, both * mask, mask]
+        units[condition] = np.stack(blocks, axis=1)
+    for index, label in enumerate(labels):
+        binary[f"{label}/acc"] = {c: v[unit_category[unit_of] == index] for c, v in scores.items()}
+        binary[f"{label}/acc_plus"] = {c: u[unit_category == index, 4 * index + 2] for c, u in units.items()}
+
+    def finish(sums):
+        values = {}
+        perception = cognition = 0.0
+        for index, label in enumerate(labels):
+            right, asked, both, images = (sums[..., 4 * index + j] for j in range(4))
+            acc, acc_plus = 100 * right / asked, 100 * both / images
+            values[f"{label}/acc"], values[f"{label}/acc_plus"] = acc, acc_plus
+            if label in MME_PERCEPTION:
+                perception = perception + acc + acc_plus
+            elif label in MME_COGNITION:
+                cognition = cognition + acc + acc_plus
+        if any(label in MME_PERCEPTION for label in labels):
+            values["perception"] = perception + 0 * sums[..., 0]
+        if any(label in MME_COGNITION for label in labels):
+            values["cognition"] = cognition + 0 * sums[..., 0]
+        return values
+
+    return MetricTable(units, finish, scores, binary)

@@ -1,0 +1,184 @@
+"""The outputs of an evaluation run: ``summary.json``'s content, ``report.md`` and the chart.
+
+:func:`summarize` is pure (answers in, a JSON-able dict out); the writers only lay it out.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .metrics import build_table
+from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_conditions, mcnemar_p
+
+__all__ = ["summarize", "write_report", "write_chart", "chart_metrics"]
+
+_PRIMARY = {"pope": "accuracy", "mme": "acc", "textvqa": "vqa_accuracy", "vqav2": "vqa_accuracy"}
+
+
+def summarize(
+    benchmark: str,
+    samples: Sequence[Mapping[str, Any]],
+    answers: Mapping[str, Sequence[str | None]],
+    errors: Mapping[str, Sequence[str | None]],
+    *,
+    target: Any = None,
+    settings: Any = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    baseline: str = "original",
+) -> dict[str, Any]:
+    """The summary of a run: metrics per condition and the paired difference from ``baseline``.
+
+    ``answers[c][i]`` / ``errors[c][i]`` are condition ``c``'s answer and error (or None) for
+    ``samples[i]``. A sample with an error in any condition is left out of every condition's
+    metrics, so the conditions are always compared on the same samples.
+
+    >>> samples = [{"answer": "yes"}, {"answer": "no"}, {"answer": "no"}]
+    >>> summary = summarize("pope", samples, {"original": ["yes", "yes", "no"], "api": ["yes", "no", None]},
+    ...                     {"original": [None] * 3, "api": [None, None, "timeout"]})
+    >>> summary["conditions"]["api"]["n"], summary["conditions"]["api"]["errors"]
+    (2, 1)
+    >>> summary["delta"]["accuracy"]["value"]
+    0.5
+    """
+    conditions = list(answers)
+    keep = [i for i in range(len(samples)) if all(errors[c][i] is None for c in conditions)]
+    kept = [samples[i] for i in keep]
+    table = build_table(benchmark, kept, {c: [answers[c][i] for i in keep] for c in conditions})
+    base = baseline if baseline in conditions else conditions[0]
+    boot = bootstrap_conditions(table.units, table.metric, baseline=base,
+                                n_resamples=n_resamples, seed=seed) if kept else None
+    summary: dict[str, Any] = {
+        "benchmark": benchmark,
+        "target": target,
+        "settings": settings,
+        "conditions": {},
+        "delta": {},
+        "statistics": {
+            "samples": len(samples), "scored": len(kept), "excluded": len(samples) - len(kept),
+            "bootstrap_resamples": n_resamples, "seed": seed, "baseline": base,
+            "p_value": "exact McNemar test on the paired 0/1 outcomes (null for other metrics)",
+        },
+    }
+    for condition in conditions:
+        metrics = table.point(condition) if kept else {}
+        intervals = boot["intervals"][condition] if boot else {}
+        summary["conditions"][condition] = {
+            "n": len(kept),
+            "errors": sum(error is not None for error in errors[condition]),
+            "metrics": {name: _number(value) for name, value in metrics.items()},
+            "ci95": {name: [_number(lo), _number(hi)] for name, (lo, hi) in intervals.items()},
+        }
+    others = [c for c in conditions if c != base]
+    if boot and others:
+        other = others[0]
+        for name, (value, (lo, hi)) in boot["delta"][other].items():
+            pair = table.binary.get(name)
+            p_value = mcnemar_p(pair[base], pair[other]) if pair is not None else None
+            summary["delta"][name] = {"value": _number(value), "ci95": [_number(lo), _number(hi)],
+                                      "p_value": p_value}
+    return summary
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: undefined metrics (say, precision with no "yes") become null."""
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def chart_metrics(benchmark: str, metrics: Mapping[str, Any]) -> list[str]:
+    """The metrics the chart shows: per category when there are categories, else all (MME's
+    totals, on another scale, are left to the report)."""
+    primary = _PRIMARY.get(benchmark, "accuracy")
+    per_category = [name for name in metrics if name.endswith("/" + primary)]
+    if per_category:
+        return ([primary] if primary in metrics else []) + per_category
+    return [name for name in metrics if name not in ("perception", "cognition")]
+
+
+def _format(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}" if abs(value) >= 10 else f"{value:.{digits}f}"
+
+
+def write_report(summary: Mapping[str, Any], path: Path, *, chart: str | None = None) -> None:
+    """``report.md``: one table row per metric, both conditions, the difference, its interval
+    and its p-value."""
+    conditions = list(summary["conditions"])
+    stats = summary["statistics"]
+    lines = [
+        f"# {summary['benchmark']}: does attention prompting help?",
+        "",
+        f"- target: `{_describe(summary.get('target'))}`",
+        f"- samples: {stats['samples']} ({stats['scored']} scored in every condition, "
+        f"{stats['excluded']} left out because a target call failed)",
+        "- errors: " + ", ".join(f"{c} {summary['conditions'][c]['errors']}" for c in conditions),
+        f"- intervals: paired bootstrap, {stats['bootstrap_resamples']} resamples, seed {stats['seed']}; "
+        "p: exact McNemar (0/1 outcomes only)",
+        "",
+    ]
+    header = ["metric"] + conditions
+    if summary["delta"]:
+        header += ["delta", "95% CI", "p"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    names = list(next(iter(summary["conditions"].values()))["metrics"]) if conditions else []
+    for name in names:
+        row = [name] + [_format(summary["conditions"][c]["metrics"].get(name)) for c in conditions]
+        delta = summary["delta"].get(name)
+        if summary["delta"]:
+            if delta:
+                lo, hi = delta["ci95"]
+                p = delta["p_value"]
+                row += [f"{delta['value']:+.4f}" if delta["value"] is not None else "n/a",
+                        f"[{_format(lo)}, {_format(hi)}]", "" if p is None else f"{p:.3g}"]
+            else:
+                row += ["", "", ""]
+        lines.append("| " + " | ".join(row) + " |")
+    if chart:
+        lines += ["", f"![{summary['benchmark']} per condition]({chart})"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_chart(summary: Mapping[str, Any], path: Path) -> bool:
+    """A bar chart of the metrics per condition with their 95% intervals (False: nothing to plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    conditions = list(summary["conditions"])
+    first = summary["conditions"][conditions[0]]["metrics"] if conditions else {}
+    names = chart_metrics(summary["benchmark"], first)
+    if not names:
+        return False
+    x = np.arange(len(names))
+    width = 0.8 / len(conditions)
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.9 * len(names) * len(conditions) + 1.5), 3.6))
+    colours = {"original": "#9aa5b1", "api": "#d9480f"}
+    for position, condition in enumerate(conditions):
+        data = summary["conditions"][condition]
+        values = np.array([np.nan if data["metrics"].get(n) is None else data["metrics"][n] for n in names])
+        bounds = np.array([data["ci95"].get(n, [None, None]) for n in names], dtype=float)
+        errors = np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))
+        axes.bar(x + (position - (len(conditions) - 1) / 2) * width, values, width,
+                 yerr=np.nan_to_num(errors), capsize=3, label=condition,
+                 color=colours.get(condition, None))
+    axes.set_xticks(x, [n.replace("/", "\n") for n in names], fontsize=8)
+    axes.set_ylabel("score (95% CI)")
+    axes.set_title(f"{summary['benchmark']}: {summary['statistics']['scored']} samples", fontsize=10)
+    axes.legend(fontsize=8)
+    axes.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _describe(target: Any) -> str:
+    if isinstance(target, Mapping):
+        return target.get("spec") or target.get("target") or str(dict(target))
+    return str(target)

@@ -1,0 +1,447 @@
+"""``evaluate(...)``: ask a target on every benchmark sample, with and without attention prompting.
+
+For each sample the target is asked once per condition (``original``: the image as it is;
+``api``: the attention-prompted image), the answer is scored as the benchmark's official
+evaluation scores it, and one line per sample and condition is appended to
+``DIR/predictions.jsonl`` (whole lines in one write, fsynced at least every second, so a killed
+run loses at most the batch in flight). A second run with the same parameters continues where the first stopped; the
+summary is computed from the predictions file alone, so a resumed run's summary equals an
+uninterrupted one's.
+
+>>> from api_prompt.evaluation import evaluate                                     # doctest: +SKIP
+>>> summary = evaluate("pope.tsv", "pope", "openai:gpt-4o-mini", "runs/pope")     # doctest: +SKIP
+>>> summary["delta"]["accuracy"]                                                   # doctest: +SKIP
+{'value': 0.012, 'ci95': [0.004, 0.02], 'p_value': 0.003}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ..errors import ConfigError
+from .data import EvalSample, auxiliary_query, read_samples, target_prompt
+from .report import summarize, write_chart, write_report
+from .scoring import BENCHMARKS, score
+from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+
+__all__ = ["evaluate", "check_data", "CONDITIONS", "PREDICTIONS", "SUMMARY", "REPORT", "CHART", "RUN"]
+
+CONDITIONS = ("original", "api")
+PREDICTIONS = "predictions.jsonl"
+SUMMARY = "summary.json"
+REPORT = "report.md"
+CHART = "chart.png"
+RUN = "eval_run.json"
+#: Seconds between fsyncs of predictions.jsonl (every write is whole lines regardless).
+SYNC_INTERVAL_S = 1.0
+_OUTPUTS = (PREDICTIONS, SUMMARY, REPORT, CHART, RUN)
+
+
+def evaluate(
+    data: Any,
+    benchmark: str,
+    target: Any,
+    out: str | os.PathLike,
+    *,
+    conditions: Sequence[str] = CONDITIONS,
+    prompter: Any = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    generation: Mapping[str, Any] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    retry_errors: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    target_name: str | None = None,
+    **data_options: Any,
+) -> dict[str, Any]:
+    """Evaluate ``target`` on ``benchmark`` with each condition; returns the summary.
+
+    Args:
+        data: a VLMEvalKit TSV, a JSON Lines / CSV file, a parquet file or folder, a saved
+            ``datasets`` folder (the lmms-eval layout), or a ``datasets.Dataset``.
+        benchmark: one of :data:`~api_prompt.evaluation.BENCHMARKS`.
+        target: what :func:`api_prompt.targets.as_target` accepts: ``"hf:..."``,
+            ``"openai:..."``, ``"clip-zeroshot:..."``, a target object or a function
+            ``(image, question) -> str``.
+        out: the output folder (created; an earlier run with the same parameters is resumed).
+        conditions: ``original`` and/or ``api``.
+        prompter: the :class:`~api_prompt.Prompter` making the ``api`` images (default:
+            ``Prompter()``, the paper's CLIP), or any function ``(image, query) -> image``.
+        limit: only the first ``limit`` samples.
+        batch_size: samples per prompting and target call.
+        generation: options for every target call (e.g. ``{"max_new_tokens": 32}``).
+        n_resamples, seed: the paired bootstrap's settings.
+        retry_errors: ask again for samples whose earlier call failed.
+        overwrite: discard an earlier run's outputs in ``out`` instead of resuming.
+        progress: called as ``progress(done, total)`` after every batch.
+        target_name: how the summary names the target, and what identifies it when a run is
+            resumed (default: the spec string, else the target's own description).
+        **data_options: ``id_column``, ``image_column``, ``question_column``, ``image_root``,
+            ``split``, ``format`` (see :func:`api_prompt.batch.sources.open_source`).
+    """
+    from ..targets import as_target
+
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+    conditions = _check_conditions(conditions)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    source, samples = check_data(data, benchmark, limit=limit, **data_options)
+
+    answerer = as_target(target)
+    if "api" in conditions and prompter is None:
+        from ..prompter import Prompter
+
+        prompter = Prompter()
+    name = target_name or (target if isinstance(target, str) else None)
+    target_info = {"spec": name} if name else _describe(answerer)
+    settings = {
+        "conditions": list(conditions),
+        "prompter": _describe(prompter) if "api" in conditions else None,
+        "generation": dict(generation or {}),
+        "data": {**source.describe(), "samples": len(samples), "limit": limit},
+    }
+    parameters = json.loads(json.dumps(
+        {"benchmark": benchmark, "target": target_info, "settings": settings}, default=str))
+
+    run = _RunFolder(Path(out))
+    run.prepare(parameters, overwrite=overwrite)
+    try:
+        done = run.done(retry_errors)
+        pending = [s for s in samples if any((s.id, c) not in done for c in conditions)]
+        total, finished = len(samples), len(samples) - len(pending)
+        chunks = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+        # The next chunk's images are decoded in a thread while the models work on this one.
+        with ThreadPoolExecutor(max_workers=1) as decoder:
+            upcoming = decoder.submit(_decode, chunks[0], source) if chunks else None
+            for position, chunk in enumerate(chunks):
+                images = upcoming.result()
+                if position + 1 < len(chunks):
+                    upcoming = decoder.submit(_decode, chunks[position + 1], source)
+                records = _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter,
+                                     dict(generation or {}))
+                run.append(records)
+                finished += len(chunk)
+                if progress is not None:
+                    progress(finished, total)
+        summary = _summary(benchmark, samples, conditions, run.latest(), parameters, n_resamples, seed)
+        run.write_outputs(summary)
+    finally:
+        run.close()
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_conditions(conditions: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(conditions, str):
+        conditions = [c.strip() for c in conditions.split(",") if c.strip()]
+    conditions = tuple(dict.fromkeys(conditions))
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown or not conditions:
+        raise ConfigError(
+            f"unknown condition {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from: {', '.join(CONDITIONS)}"
+        )
+    return tuple(c for c in CONDITIONS if c in conditions)
+
+
+def check_data(data: Any, benchmark: str, *, limit: int | None = None, **data_options: Any):
+    """``(source, samples)`` of ``data``, refused (ConfigError) when it is empty or lacks the
+    benchmark's ground truth. Cheap (no image is decoded): run it before loading models."""
+    source, samples = read_samples(data, limit=limit, **data_options)
+    if not samples:
+        raise ConfigError(f"{source.name} holds no samples")
+    for sample in samples:
+        if sample.error is None:
+            try:
+                score(benchmark, "", sample.fields)
+            except ConfigError as exc:
+                raise ConfigError(f"sample {sample.id!r}: {exc}") from None
+    return source, samples
+
+
+def _describe(obj: Any) -> dict[str, Any]:
+    describe = getattr(obj, "describe", None)
+    return dict(describe()) if callable(describe) else {"callable": getattr(obj, "__qualname__", type(obj).__name__)}
+
+
+def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
+    """The decoded images of ``chunk`` by sample id; a bad image marks its sample's error."""
+    images: dict[str, Any] = {}
+    for sample in chunk:
+        if sample.error is not None:
+            continue
+        try:
+            images[sample.id] = source.load_image(_raw_sample(sample))
+        except Exception as exc:  # noqa: BLE001 - a bad image is one failed sample
+            sample.error = f"image: {_message(exc)}"
+    return images
+
+
+def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, generation):
+    """Prediction records for every (sample, condition) of ``chunk`` not done yet."""
+    records: list[dict[str, Any]] = []
+    for condition in conditions:
+        todo = [s for s in chunk if (s.id, condition) not in done]
+        ready = [s for s in todo if s.id in images]
+        for sample in todo:
+            if sample.id not in images:
+                records.append(_record(benchmark, sample, condition, None, sample.error or "image missing"))
+        if not ready:
+            continue
+        shown = [images[s.id] for s in ready]
+        failures: dict[str, str] = {}
+        if condition == "api":
+            shown, failures = _prompt(prompter, ready, shown, benchmark)
+        asked = [(s, image) for s, image in zip(ready, shown) if s.id not in failures]
+        answers, answer_failures = _answer(answerer, [s for s, _ in asked], [i for _, i in asked],
+                                           benchmark, generation)
+        failures.update(answer_failures)
+        for sample in ready:
+            error = failures.get(sample.id)
+            records.append(_record(benchmark, sample, condition, answers.get(sample.id), error))
+    return records
+
+
+def _raw_sample(sample: EvalSample):
+    from ..batch.sources import Sample
+
+    return Sample(sample.index, sample.id, sample.image, sample.question)
+
+
+def _prompt(prompter, samples, images, benchmark):
+    """The prompted images (one batch call; one call per sample when the batch fails)."""
+    queries = [auxiliary_query(benchmark, s) for s in samples]
+    batch = getattr(prompter, "batch", None)
+    try:
+        results = batch(images, queries) if callable(batch) else [prompter(i, q) for i, q in zip(images, queries)]
+        return [_as_image(r) for r in results], {}
+    except Exception:  # noqa: BLE001 - isolate the sample that fails, below
+        pass
+    shown, failures = [], {}
+    for sample, image, query in zip(samples, images, queries):
+        try:
+            shown.append(_as_image(batch([image], [query])[0] if callable(batch) else prompter(image, query)))
+        except Exception as exc:  # noqa: BLE001
+            failures[sample.id] = f"prompting: {_message(exc)}"
+            shown.append(None)
+    return shown, failures
+
+
+def _answer(answerer, samples, images, benchmark, generation):
+    """Answers by sample id (one batch call; one call per sample when the batch fails)."""
+    if not samples:
+        return {}, {}
+    questions = [_target_text(benchmark, s) for s in samples]
+    try:
+        answers = answerer(images, questions, **generation)
+        if len(answers) != len(samples):
+            raise ConfigError(f"the target returned {len(answers)} answers for {len(samples)} questions")
+        return {s.id: _text(a) for s, a in zip(samples, answers)}, {}
+    except Exception as exc:  # noqa: BLE001 - isolate the sample that fails
+        if len(samples) == 1:
+            return {}, {samples[0].id: f"target: {_message(exc)}"}
+    answers, failures = {}, {}
+    for sample, image, question in zip(samples, images, questions):
+        try:
+            answers[sample.id] = _text(answerer([image], [question], **generation)[0])
+        except Exception as exc:  # noqa: BLE001
+            failures[sample.id] = f"target: {_message(exc)}"
+    return answers, failures
+
+
+def _target_text(benchmark: str, sample: EvalSample) -> str:
+    """The target's text for ``sample``, built once for every condition."""
+    text = sample.__dict__.get("_target_text")
+    if text is None:
+        text = sample.__dict__["_target_text"] = target_prompt(benchmark, sample)
+    return text
+
+
+def _record(benchmark, sample, condition, answer, error):
+    value = None if error is not None else score(benchmark, answer, sample.fields)
+    return {"id": sample.id, "condition": condition, "answer": answer, "score": value, "error": error,
+            "index": sample.index}
+
+
+def _as_image(result):
+    from PIL import Image
+
+    image = getattr(result, "image", result)
+    if not isinstance(image, Image.Image):
+        raise ConfigError(f"the prompter returned a {type(image).__name__}, not an image")
+    return image
+
+
+def _text(answer) -> str:
+    return "" if answer is None else str(answer)
+
+
+def _message(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _summary(benchmark, samples, conditions, latest, parameters, n_resamples, seed):
+    answers = {c: [] for c in conditions}
+    errors = {c: [] for c in conditions}
+    for sample in samples:
+        for condition in conditions:
+            record = latest.get((sample.id, condition))
+            if record is None:  # only when the run was stopped before finishing
+                raise ConfigError(f"no prediction for sample {sample.id!r} ({condition})")
+            answers[condition].append(record.get("answer"))
+            errors[condition].append(record.get("error"))
+    return summarize(
+        benchmark, [s.fields for s in samples], answers, errors,
+        target=parameters["target"], settings=parameters["settings"],
+        n_resamples=n_resamples, seed=seed,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The output folder
+
+
+class _RunFolder:
+    """``DIR``: the run's parameters, the append-only predictions and the final outputs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.predictions = root / PREDICTIONS
+        self.run_json = root / RUN
+        self._fd: int | None = None
+        self._lock = None
+        self._synced = time.monotonic()
+
+    def prepare(self, parameters: dict[str, Any], *, overwrite: bool) -> None:
+        from ..batch.store import compare_parameters
+
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--out {self.root} exists and is not a folder")
+        if self.root.is_dir() and not self.run_json.exists():
+            others = [p.name for p in self.root.iterdir() if p.name != ".lock"]
+            if others:
+                raise ConfigError(
+                    f"--out {self.root} is not empty and holds no {RUN} from an earlier evaluation "
+                    f"(found {', '.join(sorted(others)[:3])}); choose a new or empty folder"
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        stored = None
+        if self.run_json.exists():
+            try:
+                stored = json.loads(self.run_json.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                if not overwrite:
+                    raise ConfigError(f"{self.run_json} is not valid JSON ({exc}); use --overwrite") from exc
+        if overwrite:
+            for name in _OUTPUTS:
+                (self.root / name).unlink(missing_ok=True)
+            stored = None
+        if stored is not None:
+            changes = compare_parameters(stored.get("parameters"), parameters)
+            if changes:
+                shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+                raise ConfigError(
+                    f"--out {self.root} holds an evaluation with different parameters ({shown}); "
+                    "use a new --out folder, or --overwrite to discard it"
+                )
+        else:
+            _write_atomic(self.run_json, json.dumps({"parameters": parameters}, indent=2) + "\n")
+        self._repair()
+
+    def _take_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        handle = open(self.root / ".lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(f"another evaluation is writing to {self.root}; wait for it or use another --out") from None
+        self._lock = handle
+
+    def _repair(self) -> None:
+        """Cut a line the killed run left half-written."""
+        if not self.predictions.exists():
+            return
+        with open(self.predictions, "rb+") as handle:
+            data = handle.read()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                handle.truncate(end)
+
+    def latest(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The last record of every (id, condition)."""
+        latest = {}
+        if self.predictions.exists():
+            with open(self.predictions, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                        latest[(str(record["id"]), record["condition"])] = record
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        return latest
+
+    def done(self, retry_errors: bool) -> set[tuple[str, str]]:
+        return {key for key, record in self.latest().items()
+                if not (retry_errors and record.get("error") is not None)}
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append whole lines in one write; fsync at most every :data:`SYNC_INTERVAL_S`.
+
+        A killed process loses nothing that was written (the kernel has it); a power cut loses
+        at most the last interval, and a cut last line is removed on the next start.
+        """
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        if not data:
+            return
+        if self._fd is None:
+            self._fd = os.open(self.predictions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        if time.monotonic() - self._synced >= SYNC_INTERVAL_S:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+        self._synced = time.monotonic()
+
+    def write_outputs(self, summary: dict[str, Any]) -> None:
+        _write_atomic(self.root / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        chart = CHART if write_chart(summary, self.root / CHART) else None
+        write_report(summary, self.root / REPORT, chart=chart)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._sync()
+            os.close(self._fd)
+            self._fd = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

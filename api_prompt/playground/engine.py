@@ -1,0 +1,283 @@
+"""What the playground computes, with no web framework: one model, three stages, pictures.
+
+The page calls three verbs, each doing only what a changed control needs:
+
+- :meth:`Playground.attribute` runs the auxiliary model (a new image, question or layer);
+- :meth:`Playground.combine` makes a new mask from the raw parts it kept (enhance, kernel size);
+- :meth:`Playground.view` draws the prompted image, the heat map and the raw parts (resample,
+  background, geometry).
+
+The model is loaded once, on first use, behind a lock: concurrent requests wait for the same
+load instead of loading twice, and a load that failed is tried again by the next request.
+``loads`` and ``model_runs`` count what happened, for tests and for the curious.
+
+>>> from api_prompt.playground.engine import Playground                    # doctest: +SKIP
+>>> playground = Playground(device="cpu")              # the shipped small CLIP  # doctest: +SKIP
+>>> raw = playground.attribute(image, "a red square")                      # doctest: +SKIP
+>>> view = playground.view(image, playground.combine(raw, kernel_size=5))  # doctest: +SKIP
+>>> view.prompted.size == image.size, playground.loads                     # doctest: +SKIP
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError, ModelLoadError
+from ..prompter import Prompter, check_settings
+
+__all__ = ["Playground", "View", "default_model_dir", "part_picture", "layer_count"]
+
+#: The small CLIP trained on synthetic shapes: in a wheel it ships inside this package; in a
+#: clone of the repository it is read from ``assets/`` (the same files).
+_PACKAGED_MODEL = Path(__file__).resolve().parent / "synthshapes_clip"
+_REPOSITORY_MODEL = Path(__file__).resolve().parents[2] / "assets" / "synthshapes-clip"
+_MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+
+#: Longest side of the heat-map figure; the prompted image always keeps the input's size.
+HEATMAP_SIDE = 512
+#: Side of each raw-part thumbnail.
+PART_SIDE = 160
+
+
+def default_model_dir() -> Path:
+    """The folder of the shipped small CLIP, or a ModelLoadError saying it is missing."""
+    for folder in (_PACKAGED_MODEL, _REPOSITORY_MODEL):
+        if all((folder / name).is_file() for name in _MODEL_FILES):
+            return folder
+    raise ModelLoadError(
+        "the small example CLIP is not installed with this copy of api-prompt (looked in "
+        f"{_PACKAGED_MODEL} and {_REPOSITORY_MODEL}); pass a model with --model"
+    )
+
+
+@dataclass
+class View:
+    """Everything the page shows for one map: pictures plus the map they came from."""
+
+    prompted: Image.Image
+    heatmap: Image.Image
+    parts: list[tuple[Image.Image, str]]
+    map: Any  # AttentionMap
+
+
+@dataclass
+class Playground:
+    """One auxiliary model shared by every visitor of the page, plus the page's default settings.
+
+    Args:
+        backend, model, pretrained, device, dtype: as for :class:`~api_prompt.Prompter`. With
+            the CLIP backend and no model, the small CLIP shipped with api-prompt is used.
+        backend_options: further options for the backend's constructor (see its spec).
+        layer: the layer selected when the page opens (None: the backend's default).
+        preset, enhance, kernel_size, resample, background, geometry: the settings the page
+            opens with (checked here, before any model is loaded).
+        target: optional model asked about the original and the prompted image:
+            ``"openai:<model>"``, ``"hf:<id or folder>"`` (``target_options`` go to its
+            constructor) or anything :func:`~api_prompt.targets.as_target` takes.
+        build_prompter: how to build the Prompter (tests pass a counting or failing one).
+    """
+
+    backend: str = "clip"
+    model: Any = None
+    pretrained: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    layer: int | None = None
+    preset: str | None = None
+    enhance: float | None = None
+    kernel_size: int | None = None
+    resample: str | None = None
+    background: int | None = None
+    geometry: str = "stretch"
+    backend_options: dict = field(default_factory=dict)
+    target: Any = None
+    target_options: dict = field(default_factory=dict)
+    max_new_tokens: int = 64
+    build_prompter: Callable[..., Prompter] = Prompter
+
+    loads: int = field(default=0, init=False)
+    model_runs: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.settings, self.overlay = check_settings(
+            self.preset, enhance=self.enhance, kernel_size=self.kernel_size,
+            resample=self.resample, background=self.background, geometry=self.geometry,
+        )
+        if self.backend == "clip" and self.model is None:
+            self.model = f"local-dir:{default_model_dir()}"
+        self._prompter: Prompter | None = None
+        self._target = None
+        self._model_lock = threading.Lock()
+        self._target_lock = threading.Lock()
+
+    # -- the model -----------------------------------------------------------------------------
+
+    def prompter(self) -> Prompter:
+        """The loaded Prompter; the first call loads the model (later calls wait for it)."""
+        with self._model_lock:
+            if self._prompter is None:
+                options = dict(self.backend_options)
+                if self.pretrained is not None:
+                    options["pretrained"] = self.pretrained
+                self._prompter = self.build_prompter(
+                    self.backend, self.model, layer=self.layer, device=self.device,
+                    dtype=self.dtype, preset=self.preset, **self.settings, geometry=self.geometry,
+                    **options,
+                )
+                self._n_layers = layer_count(self._prompter.attributor)
+                self._default_layer = int(self._prompter.attributor.layer)
+                self.loads += 1
+            return self._prompter
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded (a load that failed leaves it unloaded)."""
+        return self._prompter is not None
+
+    @property
+    def target_name(self) -> str | None:
+        """How the page names the target."""
+        if self.target is None or isinstance(self.target, str):
+            return self.target
+        return getattr(self.target, "__name__", type(self.target).__name__)
+
+    def layers(self) -> tuple[int, int]:
+        """``(number of layers, default layer)`` of the loaded model (loads it if needed)."""
+        self.prompter()
+        return self._n_layers, self._default_layer
+
+    def attribute(self, image: Image.Image, question: str, layer: int | None = None):
+        """The raw map of ``question`` on ``image`` at ``layer`` (None: the model's default).
+
+        The only verb that runs the model. Changing the layer does not reload anything: the
+        loaded attributor reads another block for this call, then goes back to its default.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ConfigError("the question is empty: type what the image should answer")
+        prompter = self.prompter()
+        attributor = prompter.attributor
+        with self._model_lock:
+            if layer is not None:
+                from ..attribution.base import check_layer
+
+                attributor.layer = check_layer(int(layer), self._n_layers)
+            try:
+                amap = prompter.attribute([image], [question.strip()])[0]
+            finally:
+                attributor.layer = self._default_layer
+            self.model_runs += 1
+        return amap
+
+    def truncation_note(self, question: str) -> str | None:
+        """A sentence when the text encoder reads only the start of ``question``, else None."""
+        overflow = self.prompter().query_overflow(question.strip())
+        if overflow is None:
+            return None
+        count, context = overflow
+        return f"the question is {count} tokens long but the text encoder reads {context}; only its start was used"
+
+    # -- no model ------------------------------------------------------------------------------
+
+    def combine(self, amap, *, enhance: float, kernel_size: int):
+        """A copy of ``amap`` with the mask its raw parts give at these settings. No model."""
+        return self.prompter().combine(amap, enhance=enhance, kernel_size=kernel_size)
+
+    def view(self, image: Image.Image, amap, *, resample: str, background: int, geometry: str) -> View:
+        """The prompted image, the heat map with its colour bar, and the raw parts. No model."""
+        from ..overlay import render_heatmap
+
+        prompted = self.prompter().render(
+            image, amap, resample=resample, background=background, geometry=geometry
+        )
+        small = _thumbnail(image, HEATMAP_SIDE)
+        heatmap = _with_colour_bar(render_heatmap(small, amap, geometry=geometry))
+        parts = [(part_picture(values), _part_caption(name, values)) for name, values in amap.parts.items()]
+        return View(prompted=prompted, heatmap=heatmap, parts=parts, map=amap)
+
+    # -- the target ----------------------------------------------------------------------------
+
+    def ask(self, original: Image.Image, prompted: Image.Image, question: str) -> tuple[str, str]:
+        """The target's answers about the original and the prompted image (one batch)."""
+        if self.target is None:
+            raise ConfigError("no target model: start the playground with --target to compare answers")
+        if not isinstance(question, str) or not question.strip():
+            raise ConfigError("the question is empty: type what the target should answer")
+        with self._target_lock:
+            if self._target is None:
+                from ..targets import as_target
+
+                self._target = as_target(self.target, **self.target_options)
+            # A function target takes (image, question) only; built-in ones take generation options.
+            generation = {"max_new_tokens": self.max_new_tokens} if isinstance(self.target, str) else {}
+            answers = self._target([original, prompted], [question.strip()] * 2, **generation)
+        return answers[0], answers[1]
+
+
+def layer_count(attributor) -> int:
+    """How many blocks the attributor's model has (the layer slider's bound)."""
+    counter = getattr(attributor, "n_layers", None)
+    if isinstance(counter, int):
+        return counter
+    if callable(counter):
+        return int(counter())
+    decomposition = getattr(attributor, "decomposition", None)  # CLIP-like towers
+    if decomposition is not None and hasattr(decomposition, "n_layers"):
+        return int(decomposition.n_layers(attributor.model.visual))
+    decoder_layers = getattr(attributor, "decoder_layers", None)  # LLaVA
+    if decoder_layers is not None:
+        return len(decoder_layers)
+    visual = attributor.model.visual  # open_clip
+    return len(visual.transformer.resblocks)
+
+
+def part_picture(values: np.ndarray, side: int = PART_SIDE) -> Image.Image:
+    """A raw map as a small picture: min-max scaled, viridis colours, square pixels, ``side`` px.
+
+    >>> part_picture(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32), side=4).size
+    (4, 4)
+    """
+    import matplotlib
+
+    grid = np.asarray(values, dtype=np.float64)
+    low, high = np.nanmin(grid), np.nanmax(grid)
+    scaled = (grid - low) / (high - low) if high > low else np.zeros_like(grid)
+    colours = matplotlib.colormaps["viridis"](scaled, bytes=True)[..., :3]
+    rows, cols = grid.shape
+    scale = max(1, side // max(rows, cols))
+    return Image.fromarray(colours).resize((cols * scale, rows * scale), Image.Resampling.NEAREST)
+
+
+def _part_caption(name: str, values: np.ndarray) -> str:
+    return f"{name}  [{float(np.min(values)):.3g}, {float(np.max(values)):.3g}]"
+
+
+def _with_colour_bar(heatmap: Image.Image) -> Image.Image:
+    """``render_heatmap(..., colorbar=True)``, with the bar drawn once per height, not per request."""
+    from ..overlay import _attach
+
+    return _attach(heatmap, _colour_bar(heatmap.height))
+
+
+@functools.lru_cache(maxsize=16)
+def _colour_bar(height: int) -> Image.Image:
+    # matplotlib takes ~50 ms to draw the bar: a third of a request's time budget.
+    from ..overlay import _colorbar_strip, _colormap
+
+    return _colorbar_strip(_colormap("jet"), height)
+
+
+def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+    if max(image.size) <= side:
+        return image
+    copy = image.copy()
+    copy.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return copy
+

@@ -1,0 +1,145 @@
+"""Pure functions on chat-completions requests: find the images to prompt, put prompted ones back.
+
+An image to prompt is an ``image_url`` part of a **user** message; the message's text parts,
+joined, are its query. Everything else in the request (other messages, other fields, the
+``detail`` hint) is left exactly as it was.
+
+>>> body = {"model": "m", "messages": [{"role": "user", "content": [
+...     {"type": "text", "text": "What color"}, {"type": "text", "text": "is the car?"},
+...     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "high"}}]}]}
+>>> (found,) = find_images(body)
+>>> found.query, found.url[:15], found.location
+('What color is the car?', 'data:image/png;', (0, 2))
+>>> new = replace_images(body, [found], ["data:image/png;base64,BBBB"])
+>>> new["messages"][0]["content"][2]
+{'type': 'image_url', 'image_url': {'url': 'data:image/png;base64,BBBB', 'detail': 'high'}}
+>>> body["messages"][0]["content"][2]["image_url"]["url"]          # the original is untouched
+'data:image/png;base64,AAAA'
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import binascii
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ImagePart", "RequestError", "find_images", "replace_images", "decode_data_url", "parse_request"]
+
+_DATA_URL = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*?)(?P<base64>;base64)?,", re.IGNORECASE)
+
+
+class RequestError(Exception):
+    """A request the proxy cannot use: ``status`` (400, 413, ...) and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """One image to prompt: where it is, its URL, and the query it is prompted for."""
+
+    location: tuple[int, int]     # (message index, part index)
+    url: str
+    query: str
+
+    @property
+    def param(self) -> str:
+        """The OpenAI-style ``param`` naming the part, for error messages."""
+        return f"messages[{self.location[0]}].content[{self.location[1]}].image_url"
+
+
+def parse_request(data: bytes) -> dict[str, Any]:
+    """The JSON body of a chat-completions request; RequestError 400 when it is not one.
+
+    >>> parse_request(b'{"model": "m", "messages": []}')
+    Traceback (most recent call last):
+    ...
+    api_prompt.serve.messages.RequestError: 'messages' must be a non-empty list of messages
+    """
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list of messages", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError(400, f"messages[{index}] must be an object", param=f"messages[{index}]")
+    return body
+
+
+def find_images(body: dict[str, Any]) -> list[ImagePart]:
+    """Every ``image_url`` part of a user message, with that message's text as its query."""
+    found = []
+    for m, message in enumerate(body["messages"]):
+        content = message.get("content")
+        if message.get("role") != "user" or not isinstance(content, list):
+            continue
+        images, texts = [], []
+        for p, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise RequestError(400, f"messages[{m}].content[{p}] must be an object",
+                                   param=f"messages[{m}].content[{p}]")
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"].strip())
+            elif part.get("type") == "image_url":
+                images.append((p, _image_url(part, m, p)))
+        if not images:
+            continue
+        query = " ".join(text for text in texts if text)
+        if not query:
+            raise RequestError(400, f"messages[{m}] has an image but no text: the message's text is "
+                                    "the query that attention prompting needs", param=f"messages[{m}].content")
+        found.extend(ImagePart((m, p), url, query) for p, url in images)
+    return found
+
+
+def _image_url(part: dict[str, Any], m: int, p: int) -> str:
+    value = part.get("image_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise RequestError(400, f"messages[{m}].content[{p}].image_url needs a 'url'",
+                           param=f"messages[{m}].content[{p}].image_url")
+    return url
+
+
+def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: list[str]) -> dict[str, Any]:
+    """A copy of ``body`` with each part's URL replaced by the matching one of ``urls``."""
+    new = copy.copy(body)
+    new["messages"] = messages = list(body["messages"])
+    for part, url in zip(parts, urls):
+        m, p = part.location
+        if messages[m] is body["messages"][m]:  # copy each touched message once
+            messages[m] = {**messages[m], "content": list(messages[m]["content"])}
+        old = messages[m]["content"][p]
+        value = old["image_url"]
+        messages[m]["content"][p] = {**old, "image_url": {**value, "url": url} if isinstance(value, dict) else url}
+    return new
+
+
+def decode_data_url(url: str, *, max_bytes: int, param: str | None = None) -> bytes:
+    """The bytes of a base64 ``data:`` URL; RequestError 400 (malformed) or 413 (too large).
+
+    >>> decode_data_url("data:image/png;base64,aGVsbG8=", max_bytes=100)
+    b'hello'
+    """
+    match = _DATA_URL.match(url)
+    if match is None or not match.group("base64"):
+        raise RequestError(400, "the image URL is not a base64 data URL (data:image/...;base64,...)", param=param)
+    payload = url[match.end():]
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise RequestError(413, f"the image is larger than the proxy's limit of {max_bytes:,} bytes", param=param,
+                           code="image_too_large")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "the image's data URL is not valid base64", param=param) from None

@@ -1,0 +1,210 @@
+"""``api-prompt eval DATA --benchmark NAME --target SPEC --out DIR``: does attention prompting help?
+
+Asks the target on every sample with the original image and with the attention-prompted image,
+scores both as the benchmark's official evaluation does, and writes ``DIR/predictions.jsonl``,
+``DIR/summary.json`` (metrics per condition, the paired difference with its bootstrap interval
+and McNemar p-value), ``DIR/report.md`` and ``DIR/chart.png``. A stopped run continues when the
+same command is run again.
+
+Example::
+
+    api-prompt eval POPE.tsv --benchmark pope --target openai:gpt-4o-mini --out runs/pope
+"""
+
+from __future__ import annotations
+
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from api_prompt.errors import ConfigError
+
+from .app import app
+from .ask import (
+    BaseUrlOpt, MaxNewTokensOpt, TargetDeviceOpt, TargetDtypeOpt, TargetOpt, TimeoutOpt,
+    target_options,
+)
+from .common import (
+    DEFAULT_BACKEND, BackendOpt, BackendOptionOpt, BackgroundOpt, DebugOpt, DeviceOpt, DtypeOpt,
+    EnhanceOpt, Geometry, GeometryOpt, KernelOpt, LayerOpt, ModelOpt, OneLineErrorCommand,
+    PresetOpt, PretrainedOpt, PromptOptions, QuietOpt, ResampleOpt, handle_errors, status,
+)
+
+_DATA = "Data"
+_RUN = "Run"
+
+
+class BenchmarkName(str, Enum):
+    pope = "pope"
+    mme = "mme"
+    textvqa = "textvqa"
+    vqav2 = "vqav2"
+    gqa = "gqa"
+    mcq = "mcq"
+    synthshapes_mcq = "synthshapes-mcq"
+
+
+class DataFormat(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+    parquet = "parquet"
+    hf = "hf"
+
+
+@app.command("eval", cls=OneLineErrorCommand)
+def eval_command(
+    data: Annotated[Path, typer.Argument(
+        metavar="DATA", show_default=False,
+        help="Benchmark data: a VLMEvalKit TSV, JSON Lines, CSV, parquet (file or folder) or a "
+        "saved Hugging Face dataset folder (the lmms-eval layout).")],
+    benchmark: Annotated[BenchmarkName, typer.Option(
+        "--benchmark", show_default=False,
+        help="How answers are scored: pope, mme, textvqa, vqav2, gqa, mcq (MMBench, SEED-Bench, "
+        "ScienceQA, MMMU multiple choice) or synthshapes-mcq.")],
+    target: TargetOpt = ...,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", show_default=False,
+        help="Output folder: predictions.jsonl, summary.json, report.md, chart.png. An earlier run "
+        "with the same parameters is continued.")] = ...,
+    conditions: Annotated[str, typer.Option(
+        "--conditions", rich_help_panel=_RUN,
+        help="Comma-separated: original (the image as it is), api (the attention-prompted image).",
+    )] = "original,api",
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", min=1, rich_help_panel=_RUN, show_default=False,
+        help="Only the first N samples.")] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=1, rich_help_panel=_RUN, help="Samples per model call.")] = 16,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", min=100, rich_help_panel=_RUN, help="Paired bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=_RUN, help="Bootstrap seed.")] = 0,
+    retry_errors: Annotated[bool, typer.Option(
+        "--retry-errors", rich_help_panel=_RUN,
+        help="Ask again for samples whose target call failed in an earlier run.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", rich_help_panel=_RUN,
+        help="Discard an earlier evaluation's outputs in --out instead of continuing it.")] = False,
+    id_column: Annotated[Optional[str], typer.Option(
+        "--id-column", rich_help_panel=_DATA,
+        show_default="question_id, else id (index for TSV), else the row number",
+        help="Column with each sample's unique id.")] = None,
+    image_column: Annotated[Optional[str], typer.Option(
+        "--image-column", rich_help_panel=_DATA, show_default="image",
+        help="Column with the image (path, base64, bytes or a datasets image).")] = None,
+    question_column: Annotated[Optional[str], typer.Option(
+        "--question-column", rich_help_panel=_DATA, show_default="question",
+        help="Column with the question.")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(
+        "--image-root", rich_help_panel=_DATA, show_default="the folder holding DATA",
+        help="Folder that relative image paths are read from.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        "--split", rich_help_panel=_DATA, show_default=False,
+        help="Split of a saved dataset with several.")] = None,
+    input_format: Annotated[Optional[DataFormat], typer.Option(
+        "--input-format", rich_help_panel=_DATA, show_default="from the extension",
+        help="Format of DATA.")] = None,
+    base_url: BaseUrlOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 64,
+    target_device: TargetDeviceOpt = None,
+    target_dtype: TargetDtypeOpt = None,
+    timeout: TimeoutOpt = 60.0,
+    preset: PresetOpt = None,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    enhance: EnhanceOpt = None,
+    kernel_size: KernelOpt = None,
+    resample: ResampleOpt = None,
+    background: BackgroundOpt = None,
+    geometry: GeometryOpt = Geometry.stretch,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score a target on a benchmark with and without attention prompting, with paired statistics.
+
+    Example:  api-prompt eval POPE.tsv --benchmark pope --target openai:gpt-4o-mini --out runs/pope
+    """
+    from api_prompt.evaluation.runner import _check_conditions, check_data, evaluate
+    from api_prompt.targets import TARGETS, create_target
+
+    with handle_errors(debug):
+        # 1. Everything cheap first, so a typo never costs a model load.
+        chosen = _check_conditions(conditions)
+        kind, _, name = target.partition(":")
+        if kind not in TARGETS or not name.strip():
+            raise ConfigError(
+                f"unknown target {target!r}: use one of " + ", ".join(f"'{k}:<model>'" for k in TARGETS)
+            )
+        options = target_options(target, base_url=base_url, timeout=timeout,
+                                 device=target_device or device, dtype=target_dtype)
+        prompt_options = PromptOptions(
+            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
+            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
+            resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
+        )
+        if "api" in chosen:
+            prompt_options.check()
+        data_options = dict(
+            id_column=id_column, image_column=image_column, question_column=question_column,
+            image_root=image_root, split=split, format=input_format.value if input_format else None,
+        )
+        check_data(data, benchmark.value, limit=limit, **data_options)
+
+        # 2. The models.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with status(f"Loading target {target}", quiet=quiet):
+                answerer = create_target(target, **options)
+            prompter = prompt_options.build(quiet=quiet, batch_size=batch_size) if "api" in chosen else None
+            summary = evaluate(
+                data, benchmark.value, answerer, out, conditions=chosen, prompter=prompter,
+                limit=limit, batch_size=batch_size, generation={"max_new_tokens": max_new_tokens},
+                n_resamples=resamples, seed=seed, retry_errors=retry_errors, overwrite=overwrite,
+                progress=None if quiet else _progress(), target_name=target, **data_options,
+            )
+    if not quiet:
+        typer.echo(_headline(summary, out))
+
+
+def _progress():
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def show(done: int, total: int) -> None:
+        if console.is_terminal:
+            console.print(f"\r{done}/{total} samples", end="", highlight=False)
+        elif done == total or done % 100 < 16:
+            console.print(f"{done}/{total} samples", highlight=False)
+
+    return show
+
+
+def _headline(summary: dict, out: Path) -> str:
+    """One line per metric of the delta (or of the single condition), and where the report is."""
+    lines = []
+    if summary["delta"]:
+        for name, delta in list(summary["delta"].items())[:8]:
+            before = summary["conditions"]["original"]["metrics"].get(name)
+            after = summary["conditions"]["api"]["metrics"].get(name)
+            if delta["value"] is None or before is None or after is None:
+                continue
+            lo, hi = delta["ci95"]
+            p = "" if delta["p_value"] is None else f", p={delta['p_value']:.3g}"
+            lines.append(f"{name}: original {before:.4f} -> api {after:.4f} "
+                         f"(delta {delta['value']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]{p})")
+    else:
+        for condition, data in summary["conditions"].items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in list(data["metrics"].items())[:6] if v is not None)
+            lines.append(f"{condition}: {shown}")
+    lines.append(f"report: {out / 'report.md'}")
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""``api-prompt serve --upstream URL``: the attention-prompting proxy for OpenAI-compatible clients.
+
+Loads the auxiliary model once (the same prompt options as ``api-prompt IMAGE QUERY``), then
+serves ``/v1/chat/completions`` on ``--host:--port``, forwarding each request with its images
+prompted to ``--upstream`` (see :mod:`api_prompt.serve.app`). SIGTERM or Ctrl-C stops accepting
+connections, finishes the requests in flight, then exits.
+
+Example::
+
+    API_PROMPT_UPSTREAM_KEY=... api-prompt serve --upstream http://127.0.0.1:8000/v1 --port 8080
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import warnings
+from typing import Annotated, Optional
+
+import typer
+
+from api_prompt.errors import ConfigError
+
+from .app import app
+from .common import (
+    DEFAULT_BACKEND,
+    BackendOpt,
+    BackendOptionOpt,
+    BackgroundOpt,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EnhanceOpt,
+    Geometry,
+    GeometryOpt,
+    KernelOpt,
+    LayerOpt,
+    ModelOpt,
+    OneLineErrorCommand,
+    PresetOpt,
+    PretrainedOpt,
+    PromptOptions,
+    QuietOpt,
+    ResampleOpt,
+    handle_errors,
+)
+
+_SERVER = "Server"
+_LIMITS = "Batching and limits"
+DEFAULT_UPSTREAM_KEY_ENV = "API_PROMPT_UPSTREAM_KEY"
+
+UpstreamOpt = Annotated[str, typer.Option(
+    "--upstream", rich_help_panel=_SERVER, show_default=False,
+    help="The OpenAI-compatible server requests go to, API root ending in /v1 "
+    "(e.g. http://127.0.0.1:8000/v1 for vLLM).",
+)]
+HostOpt = Annotated[str, typer.Option("--host", rich_help_panel=_SERVER, help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option("--port", rich_help_panel=_SERVER, min=0, max=65535,
+                                      help="Port to listen on (0: any free port, printed at start).")]
+ApiKeyOpt = Annotated[Optional[str], typer.Option(
+    "--api-key", rich_help_panel=_SERVER, show_default=False, envvar="API_PROMPT_SERVE_KEY",
+    help="Key clients must send as 'Authorization: Bearer KEY' (default $API_PROMPT_SERVE_KEY; "
+    "none: no client authentication).",
+)]
+UpstreamKeyEnvOpt = Annotated[str, typer.Option(
+    "--upstream-key-env", rich_help_panel=_SERVER, metavar="NAME",
+    help="Environment variable holding the key sent to the upstream. When it is unset (and there "
+    "is no --api-key), the client's own Authorization header is passed through.",
+)]
+UpstreamTimeoutOpt = Annotated[float, typer.Option(
+    "--upstream-timeout", rich_help_panel=_SERVER, min=0.001,
+    help="Seconds for the upstream to start answering (502/504 otherwise), and the longest pause "
+    "while its answer streams.",
+)]
+AllowUrlFetchOpt = Annotated[bool, typer.Option(
+    "--allow-url-fetch", rich_help_panel=_SERVER,
+    help="Fetch http(s) image URLs (default: refused with 400; data URLs always work). Redirects "
+    "to private addresses are never followed.",
+)]
+MaxBatchOpt = Annotated[int, typer.Option(
+    "--max-batch", rich_help_panel=_LIMITS, min=1, help="Most images attributed in one model call.")]
+MaxWaitOpt = Annotated[float, typer.Option(
+    "--max-wait-ms", rich_help_panel=_LIMITS, min=0.0,
+    help="How long the first image of a batch waits for others to join it.")]
+MaxQueueOpt = Annotated[int, typer.Option(
+    "--max-queue", rich_help_panel=_LIMITS, min=1,
+    help="Most images waiting for attribution; beyond it requests get 429 with Retry-After.")]
+MaxImageMbOpt = Annotated[float, typer.Option(
+    "--max-image-mb", rich_help_panel=_LIMITS, min=0.001, help="Largest encoded image (413 beyond).")]
+PngCompressionOpt = Annotated[int, typer.Option(
+    "--png-compression", rich_help_panel=_LIMITS, min=0, max=9,
+    help="zlib level of the prompted PNGs sent upstream (lossless at every level): 0 is fastest, "
+    "9 smallest.")]
+FetchTimeoutOpt = Annotated[float, typer.Option(
+    "--fetch-timeout", rich_help_panel=_LIMITS, min=0.001,
+    help="Seconds one image URL fetch may take in all (--allow-url-fetch).")]
+
+
+@app.command("serve", cls=OneLineErrorCommand)
+def serve_command(
+    upstream: UpstreamOpt = ...,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    api_key: ApiKeyOpt = None,
+    upstream_key_env: UpstreamKeyEnvOpt = DEFAULT_UPSTREAM_KEY_ENV,
+    upstream_timeout: UpstreamTimeoutOpt = 600.0,
+    allow_url_fetch: AllowUrlFetchOpt = False,
+    max_batch: MaxBatchOpt = 8,
+    max_wait_ms: MaxWaitOpt = 10.0,
+    max_queue: MaxQueueOpt = 256,
+    max_image_mb: MaxImageMbOpt = 20.0,
+    fetch_timeout: FetchTimeoutOpt = 10.0,
+    png_compression: PngCompressionOpt = 1,
+    preset: PresetOpt = None,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    backend_option: BackendOptionOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    enhance: EnhanceOpt = None,
+    kernel_size: KernelOpt = None,
+    resample: ResampleOpt = None,
+    background: BackgroundOpt = None,
+    geometry: GeometryOpt = Geometry.stretch,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve attention prompting as an OpenAI-compatible proxy in front of --upstream.
+
+    Example:  api-prompt serve --upstream http://127.0.0.1:8000/v1 --port 8080
+    """
+    from api_prompt.targets.openai import clean_api_key
+
+    with handle_errors(debug):
+        # 1. Everything cheap first, so a typo never costs a model load.
+        try:
+            import uvicorn
+
+            from api_prompt.serve.app import ServeConfig, create_app
+        except ImportError as exc:
+            raise ConfigError(f"api-prompt serve needs Starlette and uvicorn ({exc.name} is missing): "
+                              "pip install 'api-prompt[serve]'") from None
+        if not upstream.startswith(("http://", "https://")):
+            raise ConfigError(f"--upstream must be an http:// or https:// URL, got {upstream!r}")
+        config = ServeConfig(
+            upstream=upstream.strip().rstrip("/"),
+            api_key=clean_api_key(api_key),
+            upstream_api_key=clean_api_key(os.environ.get(upstream_key_env)),
+            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            upstream_timeout=upstream_timeout, allow_url_fetch=allow_url_fetch,
+            fetch_timeout=fetch_timeout, max_image_bytes=int(max_image_mb * 1024 * 1024),
+            png_compress_level=png_compression,
+        )
+        prompt_options = PromptOptions(
+            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
+            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
+            resample=resample, background=background, geometry=geometry,
+            backend_options=tuple(backend_option or ()),
+        )
+        prompt_options.check()
+        listener = _bind(host, port)
+
+        # 2. The model, then the server (which handles SIGTERM/SIGINT itself).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prompter = prompt_options.build(quiet=quiet)
+        bound_host, bound_port = listener.getsockname()[:2]
+        if not quiet:
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            typer.echo(f"Serving http://{shown}:{bound_port}/v1 -> {config.upstream} "
+                       f"(max batch {max_batch}, max wait {max_wait_ms:g} ms)", err=True)
+            sys.stderr.flush()
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that
+        # was there before; a no-op one makes a graceful stop exit with status 0.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(prompter, config), log_level=logging.WARNING if quiet else logging.INFO,
+            server_header=False, date_header=False, access_log=not quiet, lifespan="on",
+        ))
+        server.run(sockets=[listener])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (so a busy port is one clear error, before the model loads)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} is not an address this machine can listen on ({exc})") from None
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    listener.set_inheritable(True)
+    return listener

@@ -1,0 +1,107 @@
+"""The Ray engine on a local Ray cluster started by the test: the same bytes as the local engine,
+and a resume after the driver was killed.
+
+Needs the ``ray`` extra (``pip install 'api-prompt[ray]'``); CI installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from api_prompt.batch import run
+from api_prompt.prompter import Prompter
+from batch_support import PatternAttributor
+from test_batch import _count_ok_lines, image_files, manifest, questions, write_vlmeval_tsv
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'api-prompt[ray]'")
+pytestmark = pytest.mark.slow   # starting Ray takes seconds
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 2 CPUs whose workers can import the test helpers."""
+    path = os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path           # the workers inherit it
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(cluster, tmp_path):
+    write_vlmeval_tsv(tmp_path / "Bench.tsv")
+    local = run(tmp_path / "Bench.tsv", tmp_path / "local", Prompter(attributor=PatternAttributor()),
+                batch_size=2, progress=False, allow_partial=True)
+    remote = run(tmp_path / "Bench.tsv", tmp_path / "ray", Prompter(attributor=PatternAttributor()),
+                 batch_size=2, progress=False, allow_partial=True, engine="ray")
+    assert (remote.ok, remote.error, remote.permanent) == (local.ok, local.error, local.permanent) == (3, 2, 2)
+    assert image_files(tmp_path / "ray") == image_files(tmp_path / "local")
+    assert remote.tsv.read_bytes() == local.tsv.read_bytes()
+    by_index = lambda out: sorted(manifest(out), key=lambda record: record["index"])  # noqa: E731
+    assert by_index(tmp_path / "ray") == by_index(tmp_path / "local")
+    info = json.loads((tmp_path / "ray/run.json").read_text())
+    assert info["run"]["engine"] == "ray"
+    assert info["parameters"] == json.loads((tmp_path / "local/run.json").read_text())["parameters"]
+
+
+def test_ray_driver_killed_then_resumed_is_byte_identical(cluster, tmp_path):
+    source = questions(16, tmp_path)
+    command = [sys.executable, str(TESTS / "batch_support.py"), "ray-run", str(source), str(tmp_path / "out"), cluster]
+    env = {**os.environ, "API_PROMPT_FAKE_DELAY": "0.3"}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _count_ok_lines(tmp_path / "out/manifest.jsonl") < 2 and time.monotonic() < deadline:
+        if driver.poll() is not None:
+            pytest.fail(f"the driver ended before it was killed: {driver.communicate()}")
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert 2 <= _count_ok_lines(tmp_path / "out/manifest.jsonl") < 16
+    resumed = run(source, tmp_path / "out", Prompter(attributor=PatternAttributor()), engine="ray",
+                  batch_size=2, progress=False)
+    assert resumed.skipped >= 2 and resumed.ok + resumed.skipped == 16
+    clean = run(source, tmp_path / "clean", Prompter(attributor=PatternAttributor()), batch_size=2, progress=False)
+    assert clean.ok == 16
+    assert image_files(tmp_path / "out") == image_files(tmp_path / "clean")
+    assert not [p for p in (tmp_path / "out").rglob(".*") if p.name != ".lock"]
+
+
+def test_cli_engine_ray_with_the_clip_fixture_matches_the_local_engine(cluster, clip_fixture_dir, tmp_path):
+    pytest.importorskip("open_clip")
+    from typer.testing import CliRunner
+
+    try:
+        from api_prompt.cli.app import app
+    except ImportError:
+        from cli.app import app
+    images = sorted((clip_fixture_dir / "images").glob("*.png"))
+    rows = [{"id": f"{path.stem}-{k}", "image": str(path), "question": query}
+            for k, query in enumerate(["a red circle", "what is on the left?"]) for path in images]
+    source = tmp_path / "q.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = [str(source), "--model", f"local-dir:{clip_fixture_dir / 'model'}", "--layer", "4",
+              "--device", "cpu", "--batch-size", "3", "-q"]
+    local = CliRunner().invoke(app, ["batch", *common, "--out", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    # every actor loads its own model from the same options (the driver's is never shipped)
+    remote = CliRunner().invoke(app, ["batch", *common, "--out", str(tmp_path / "ray"), "--engine", "ray"])
+    assert remote.exit_code == 0, remote.output
+    assert image_files(tmp_path / "ray") == image_files(tmp_path / "local")
+    assert len(image_files(tmp_path / "ray")) == len(rows)
