@@ -17,9 +17,18 @@ every torch tensor (RSS sampling would miss short peaks and includes allocator c
 
     python benchmarks/bench_clip.py                                   # CPU and, if present, CUDA
     python benchmarks/bench_clip.py --models ViT-B-16 --batch-sizes 1 --repeats 5
+    python benchmarks/bench_clip.py --models ViT-B-16-SigLIP --batch-sizes 1 8   # SigLIP rows
     # on open_clip's next major version, from the snapshot beside the repository:
     oc=$(mktemp -d) && tar -xzf ../shared/compat/open_clip-main-89fb801.tar.gz -C "$oc"
     PYTHONPATH="$oc/src" python benchmarks/bench_clip.py --repeats 5
+
+Attention-pooled models (``ATTENTION_POOLED``, e.g. ``ViT-B-16-SigLIP``) are attributed by the
+attention-pool decomposition (docs/design/attention_pool.md): the attribution call is
+``preprocess`` + the decomposition's hooked ``encode_image`` forward and maps + ``tokenize`` +
+``encode_text`` + the mask of its default recipe. Their Hugging Face tokenizer cannot be
+downloaded here, so both calls use the same offline stand-in (:func:`stand_in_tokenizer`: word
+hashes into the model's vocabulary, padded to its context length, so ``encode_text`` does the same
+work); the tokenizer's own cost is therefore not measured for these rows.
 
 Target: time ratio <= 1.10 and memory ratio <= 1.10.
 """
@@ -32,6 +41,7 @@ import shlex
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -44,8 +54,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import open_clip  # noqa: E402
 
 from api_prompt.attribution.clip import CLIPAttributor  # noqa: E402
+from api_prompt.attribution.clip.attention_pool import (  # noqa: E402
+    AttentionPoolDecomposition,
+    combine_attention_pool,
+)
 
 MODELS = ["ViT-B-16", "ViT-L-14-336-quickgelu"]
+#: Models whose image tower is pooled by attention (timm AttentionPoolLatent): SigLIP rows.
+ATTENTION_POOLED = ["ViT-B-16-SigLIP"]
 
 
 def make_inputs(batch_size: int, seed: int = 0) -> tuple[list[Image.Image], list[str]]:
@@ -75,6 +91,40 @@ def attribution_call(attributor: CLIPAttributor, device) -> Callable[[list, list
     def run(images, queries):
         attributor._text_cache.clear()  # encode the text every time, as the baseline does
         attributor.attribute(images, queries)
+        synchronize(device)
+
+    return run
+
+
+def stand_in_tokenizer(context_length: int, vocab_size: int) -> Callable[[list], torch.Tensor]:
+    """Offline tokenizer of the right shape: each word hashed into the vocabulary, zero-padded."""
+    import zlib
+
+    def tokenize(texts: list) -> torch.Tensor:
+        tokens = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = [1 + zlib.crc32(word.encode()) % (vocab_size - 1) for word in text.lower().split()]
+            ids = ids[:context_length]
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        return tokens
+
+    return tokenize
+
+
+def attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype) -> Callable[[list, list], None]:
+    """What the attributor does for an attention-pooled tower, batch by batch."""
+    decomposition = AttentionPoolDecomposition()
+    reason = decomposition.unsupported_reason(model.visual)
+    if reason is not None:
+        raise SystemExit(f"error: not an attention-pooled tower: {reason}")
+
+    def run(images, queries):
+        with torch.no_grad():
+            pixels = torch.stack([preprocess(image) for image in images]).to(device, dtype=dtype)
+            text = model.encode_text(tokenizer(queries).to(device)).float()
+            text = text / text.norm(dim=-1, keepdim=True)
+            parts = decomposition.run(model.visual, pixels, text)
+            combine_attention_pool(parts["psi_pool"], parts["psi_token"], coe=10.0, kernel_size=3).cpu()
         synchronize(device)
 
     return run
@@ -126,11 +176,18 @@ def bench_model(name: str, device: torch.device, batch_sizes: list[int], repeats
     dtype = torch.float32
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
     model.eval()
-    tokenizer = open_clip.get_tokenizer(name)
-    attributor = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, batch_size=max(batch_sizes))
+    if name in ATTENTION_POOLED:
+        text_cfg = open_clip.get_model_config(name)["text_cfg"]
+        tokenizer = stand_in_tokenizer(text_cfg["context_length"], text_cfg["vocab_size"])
+        attributor = types.SimpleNamespace(layer=AttentionPoolDecomposition().default_layer(model.visual))
+        attribute = attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype)
+    else:
+        tokenizer = open_clip.get_tokenizer(name)
+        attributor = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, batch_size=max(batch_sizes))
+        attribute = attribution_call(attributor, device)
     calls = {
         "baseline": baseline_call(model, preprocess, tokenizer, device, dtype),
-        "attribution": attribution_call(attributor, device),
+        "attribution": attribute,
     }
     rows = []
     for batch_size in batch_sizes:

@@ -19,6 +19,13 @@ it reports
 One command reproduces the table and the plot::
 
     python -m benchmarks.synthshapes.localize --scenes 300 --out benchmarks/synthshapes/results
+
+For an attention-pooled model (``--model assets/synthshapes-siglip``, the SigLIP-style tower) the
+maps are the attention-pool decomposition's parts (docs/design/attention_pool.md), each sign, and
+candidate masks (``ATTENTION_POOL_METHODS``); the layer L' then only moves the token part::
+
+    python -m benchmarks.synthshapes.localize --model assets/synthshapes-siglip --scenes 300 \
+        --out benchmarks/synthshapes/results/siglip
 """
 
 from __future__ import annotations
@@ -33,13 +40,20 @@ import open_clip
 import torch
 
 from api_prompt.attribution.clip import CLIPAttributor
-from api_prompt.maps import minmax
+from api_prompt.attribution.clip.attention_pool import AttentionPoolDecomposition
+from api_prompt.maps import box_filter, enhance, minmax, soft_or
 
 from .scenes import make_scene, phrase_caption
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "synthshapes-clip"
 EVAL_SEED = 20_241_000  # training uses seeds far below this; see assets/synthshapes-clip/TRAINING.md
 METHODS = ("psi_cls", "psi_comp_inv", "psi_comp", "mask", "random")
+#: Maps compared for an attention-pooled model: each part with each sign, then masks (enhance +
+#: box filter as the CLIP recipe): the pool part alone, and its soft OR with the token part.
+ATTENTION_POOL_METHODS = (
+    "psi_pool", "psi_pool_neg", "psi_token", "psi_token_neg",
+    "pool_mask", "token_mask", "pool_or_token", "pool_or_token_inv", "pool_or_token_enhanced", "random",
+)
 
 
 def held_out_queries(n_scenes: int, n_objects: int, seed: int = EVAL_SEED):
@@ -62,6 +76,65 @@ def candidate_maps(amap, rng: np.random.Generator) -> dict[str, np.ndarray]:
         "mask": amap.mask,
         "random": rng.random(amap.mask.shape).astype(np.float32),
     }
+
+
+def attention_pool_candidates(parts: dict, enhance_coe: float, kernel_size: int,
+                              rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The maps compared for one image of an attention-pooled model, each gh×gw and non-negative."""
+    pool, token = parts["psi_pool"], parts["psi_token"]
+    pool_enhanced = box_filter(enhance(minmax(pool), enhance_coe), kernel_size)
+    token_enhanced = box_filter(enhance(minmax(token), enhance_coe), kernel_size)
+    return {
+        "psi_pool": minmax(pool),
+        "psi_pool_neg": minmax(pool, invert=True),
+        "psi_token": minmax(token),
+        "psi_token_neg": minmax(token, invert=True),
+        "pool_mask": minmax(pool_enhanced),
+        "token_mask": minmax(token_enhanced),
+        "pool_or_token": minmax(soft_or(pool_enhanced, box_filter(minmax(token), kernel_size))),
+        "pool_or_token_inv": minmax(soft_or(pool_enhanced, box_filter(minmax(token, invert=True), kernel_size))),
+        "pool_or_token_enhanced": minmax(soft_or(pool_enhanced, token_enhanced)),
+        "random": rng.random(pool.shape).astype(np.float32),
+    }
+
+
+def evaluate_attention_pool(model_dir: Path, n_scenes: int, n_objects: int, enhance_coe: float,
+                            kernel_size: int, batch_size: int = 64, seed: int = EVAL_SEED) -> dict:
+    """As :func:`evaluate`, for a model whose image tower is pooled by attention (SigLIP style)."""
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
+    decomposition = AttentionPoolDecomposition()
+    reason = decomposition.unsupported_reason(model.visual)
+    if reason is not None:
+        raise SystemExit(f"error: {model_dir} cannot be explained by the attention-pool decomposition: {reason}")
+    n_blocks = decomposition.n_layers(model.visual)
+    pairs = held_out_queries(n_scenes, n_objects, seed)
+    with torch.no_grad():
+        text = model.encode_text(tokenizer([phrase_caption([target.phrase]) for _, target in pairs]))
+    text = torch.nn.functional.normalize(text.float(), dim=-1)
+    pixels = torch.stack([preprocess(scene.image) for scene, _ in pairs])
+
+    results: dict = {}
+    for layer in range(n_blocks):
+        rng = np.random.default_rng(seed + layer)
+        scores = {method: [] for method in ATTENTION_POOL_METHODS}
+        for start in range(0, len(pairs), batch_size):
+            batch = slice(start, start + batch_size)
+            parts = decomposition.run(model.visual, pixels[batch], text[batch], layer=layer)
+            parts = {name: part.numpy() for name, part in parts.items()}
+            for i, (scene, target) in enumerate(pairs[batch]):
+                one = {name: part[i] for name, part in parts.items()}
+                for method, grid_map in attention_pool_candidates(one, enhance_coe, kernel_size, rng).items():
+                    scores[method].append(score(grid_map, target.box, scene.size))
+        results[layer] = {
+            method: {
+                "pointing_game": float(np.mean([hit for hit, _ in values])),
+                "mass_in_box": float(np.mean([mass for _, mass in values])),
+            }
+            for method, values in scores.items()
+        }
+    return {"n_blocks": n_blocks, "methods": list(ATTENTION_POOL_METHODS), "layers": results}
 
 
 def score(grid_map: np.ndarray, box, image_size: int) -> tuple[float, float]:
@@ -112,10 +185,11 @@ def evaluate(model_dir: Path, n_scenes: int, n_objects: int, enhance: float, ker
 
 
 def markdown_table(results: dict, metric: str) -> str:
-    header = "| layer L' | " + " | ".join(METHODS) + " |"
-    rule = "|---" * (len(METHODS) + 1) + "|"
+    methods = results.get("methods", METHODS)
+    header = "| layer L' | " + " | ".join(methods) + " |"
+    rule = "|---" * (len(methods) + 1) + "|"
     rows = [
-        f"| {layer} | " + " | ".join(f"{scores[m][metric]:.3f}" for m in METHODS) + " |"
+        f"| {layer} | " + " | ".join(f"{scores[m][metric]:.3f}" for m in methods) + " |"
         for layer, scores in results["layers"].items()
     ]
     return "\n".join([header, rule, *rows])
@@ -130,7 +204,7 @@ def plot(results: dict, path: Path) -> None:
     layers = list(results["layers"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric, title in zip(axes, ("pointing_game", "mass_in_box"), ("Pointing game", "Mass inside the box")):
-        for method in METHODS:
+        for method in results.get("methods", METHODS):
             ax.plot(layers, [results["layers"][l][method][metric] for l in layers], marker="o", label=method)
         ax.set_xlabel("layer L' (0-based block)")
         ax.set_title(title)
@@ -156,7 +230,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    results = evaluate(args.model, args.scenes, args.objects, args.enhance, args.kernel_size, seed=args.seed)
+    with open(args.model / "open_clip_config.json") as config:
+        attention_pooled = "timm_model_name" in json.load(config)["model_cfg"]["vision_cfg"]
+    run = evaluate_attention_pool if attention_pooled else evaluate
+    results = run(args.model, args.scenes, args.objects, args.enhance, args.kernel_size, seed=args.seed)
     results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "localization.json").write_text(json.dumps(results, indent=2))

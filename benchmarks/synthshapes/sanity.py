@@ -86,9 +86,13 @@ def _to_batch(preprocess, images):
     return torch.stack([preprocess(im) for im in images])
 
 
-def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: int = 200) -> dict:
+def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: int = 200,
+            scene_size: int | None = None) -> dict:
+    """Retrieval checks, and for open_clip ViTs the raw Ψcls pointing game. Scenes are drawn at
+    ``scene_size`` (default: the model's input size) and resized by the model's preprocess."""
     model, preprocess, tokenizer = _load(model_name)
     size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    size = scene_size or size
     captions = [phrase_caption([p]) for p in PHRASES]
     tf = _text_features(model, tokenizer, captions)
 
@@ -115,7 +119,8 @@ def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: in
                           for t, s in zip(top3, multis)]))
     hits, hits_overlap, total = 0, 0, 0
     P = None
-    for oi in range(3):
+    has_class_token = hasattr(model.visual, "transformer")  # timm towers: see localize.py instead
+    for oi in range(3 if has_class_token else 0):
         sel = [s for s in multis if len(s.objects) > oi]
         if not sel:
             continue
@@ -132,9 +137,9 @@ def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: in
             hits_overlap += int(c * cell < x1 and (c + 1) * cell > x0
                                 and r * cell < y1 and (r + 1) * cell > y0)
             total += 1
-    pg = hits / max(total, 1)
-    pg_overlap = hits_overlap / max(total, 1)
-    n_blocks = len(model.visual.transformer.resblocks)
+    pg = hits / total if total else None
+    pg_overlap = hits_overlap / total if total else None
+    n_blocks = len(model.visual.transformer.resblocks) if has_class_token else len(model.visual.trunk.blocks)
     res = {
         "seed": seed,
         "retrieval_1obj_top1": acc1,
@@ -151,7 +156,8 @@ def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: in
     res["markdown"] = [
         f"Evaluation seed {seed} (training used a different seed; scenes drawn with "
         "`make_scene(np.random.default_rng(seed), ...)`), run by "
-        "`python -m benchmarks.synthshapes.sanity local-dir:assets/synthshapes-clip`.",
+        f"`python -m benchmarks.synthshapes.sanity {model_name}"
+        + (f" --scene-size {scene_size}`." if scene_size else "`."),
         "",
         "| check | result |",
         "|---|---|",
@@ -159,6 +165,11 @@ def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: in
         f"captions | **{acc1:.3f}** (colour right {col_ok:.3f}, shape right {shp_ok:.3f}) |",
         f"| {n_multi} 3-object scenes: share of present phrases in the top-3 of the 18 captions | "
         f"{rec3:.3f} |",
+    ]
+    if not has_class_token:
+        res["markdown"] += ["", "Chance level: retrieval 1/18 = 0.056."]
+        return res
+    res["markdown"] += [
         f"| Ψcls pointing game (block {n_blocks - 2}), same 3-object scenes, each object queried "
         f"with its caption ({total} queries); hit = arg-max patch centre inside the box | {pg:.3f} |",
         f"| same, lenient hit = arg-max patch overlaps the box | {pg_overlap:.3f} |",
@@ -176,9 +187,10 @@ def main(argv=None):
     p.add_argument("model", nargs="?", default="local-dir:assets/synthshapes-clip")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--scene-size", type=int, default=None, help="default: the model's input size")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = run_all(args.model, seed=args.seed)
+    res = run_all(args.model, seed=args.seed, scene_size=args.scene_size)
     print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
 
 

@@ -56,6 +56,8 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def model_config(args) -> dict:
+    if args.timm_model:
+        return siglip_model_config(args)
     return {
         "embed_dim": args.embed_dim,
         "quick_gelu": True,
@@ -65,6 +67,31 @@ def model_config(args) -> dict:
             "width": args.vision_width,
             "head_width": args.vision_head_width,
             "patch_size": args.patch_size,
+        },
+        "text_cfg": {
+            "context_length": args.context_length,
+            "vocab_size": 49408,
+            "width": args.text_width,
+            "heads": args.text_heads,
+            "layers": args.text_layers,
+        },
+    }
+
+
+def siglip_model_config(args) -> dict:
+    """An attention-pooled image tower as open_clip builds SigLIP: a timm ViT whose head is timm's
+    ``AttentionPoolLatent`` (``timm_pool="map"``), with no extra projection (``timm_proj="none"``),
+    so the embedding is the pool's output; a learnable logit bias for the sigmoid loss."""
+    return {
+        "embed_dim": args.embed_dim,
+        "init_logit_scale": math.log(10.0),
+        "init_logit_bias": args.init_logit_bias,
+        "vision_cfg": {
+            "image_size": args.image_size,
+            "timm_model_name": args.timm_model,
+            "timm_model_pretrained": False,
+            "timm_pool": args.timm_pool,
+            "timm_proj": args.timm_proj,
         },
         "text_cfg": {
             "context_length": args.context_length,
@@ -171,6 +198,15 @@ def sample_batch(rng: np.random.Generator, batch_size: int, size: int, n_objects
     return np.stack(images), captions, named, present
 
 
+def resize_batch(images_u8: np.ndarray, size: int) -> np.ndarray:
+    """Resize square uint8 scenes to the model size as the eval transform does (PIL bicubic)."""
+    if images_u8.shape[1] == size:
+        return images_u8
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images_u8])
+
+
 def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 [B,H,W,3] -> normalised float [B,3,H,W] (same as the open_clip preprocess for
     images already at model size)."""
@@ -198,6 +234,25 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: 
     with torch.no_grad():
         labels = torch.arange(len(img))
         plain = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+        acc = pos[torch.arange(len(img)), logits.argmax(1)].float().mean()
+    return loss, plain.item(), acc.item()
+
+
+def multi_positive_sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                                logit_bias: torch.Tensor, pos: torch.Tensor):
+    """The SigLIP pairwise sigmoid loss with the known ground truth as labels.
+
+    Every (image i, caption j) pair is a binary problem with label +1 when ``pos[i, j]`` (caption j
+    is true of image i), else -1; the sum over pairs is divided by the batch size, as
+    ``open_clip.loss.SigLipLoss`` does. With diagonal labels only this is exactly ``SigLipLoss``,
+    whose value is returned too. Returns (loss, plain SigLipLoss value, image->text top-1 accuracy).
+    """
+    logits = logit_scale * img @ txt.t() + logit_bias
+    labels = 2.0 * pos.float() - 1.0
+    loss = -F.logsigmoid(labels * logits).sum() / len(img)
+    with torch.no_grad():
+        diagonal = 2.0 * torch.eye(len(img)) - 1.0
+        plain = -F.logsigmoid(diagonal * logits).sum() / len(img)
         acc = pos[torch.arange(len(img)), logits.argmax(1)].float().mean()
     return loss, plain.item(), acc.item()
 
@@ -249,6 +304,17 @@ def parse_args(argv=None):
     p.add_argument("--context-length", type=int, default=32)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--loss", choices=("contrastive", "sigmoid"), default="contrastive",
+                   help="contrastive: CLIP softmax loss; sigmoid: SigLIP pairwise sigmoid loss")
+    p.add_argument("--timm-model", default=None,
+                   help="build the image tower as this timm model (open_clip timm_model_name) "
+                   "instead of open_clip's ViT; --vision-* then do not apply")
+    p.add_argument("--timm-pool", default="map", help="open_clip timm_pool (map = attention pool)")
+    p.add_argument("--timm-proj", default="none", help="open_clip timm_proj")
+    p.add_argument("--scene-size", type=int, default=None,
+                   help="render scenes at this size and resize them (bicubic) to --image-size, "
+                   "as the eval transform does (default: --image-size)")
+    p.add_argument("--init-logit-bias", type=float, default=-10.0, help="sigmoid loss only")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16)")
     p.add_argument("--eval-seed", type=int, default=12345)
     p.add_argument("--no-eval", action="store_true")
@@ -277,6 +343,7 @@ def main(argv=None):
     import open_clip
 
     model = open_clip.CLIP(**model_config(args))
+    scene_size = args.scene_size or args.image_size
     model.train()
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=args.context_length)
     n_params = sum(p.numel() for p in model.parameters())
@@ -285,7 +352,8 @@ def main(argv=None):
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "logit_scale" in n or "ln" in n or "bias" in n
-         or "embedding" in n else decay).append(p)
+         or "embedding" in n or any(k in n for k in ("norm", "pos_embed", "cls_token", "latent"))
+         else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -324,17 +392,21 @@ def main(argv=None):
                 log(f"# time budget reached after {step} steps")
                 break
         imgs, caps, named, present = sample_batch(
-            rng, args.batch_size, args.image_size, (args.min_objects, args.max_objects),
+            rng, args.batch_size, scene_size, (args.min_objects, args.max_objects),
             args.p_single, args.hard_frac)
-        x = to_tensor(imgs)
+        x = to_tensor(resize_batch(imgs, args.image_size))
         toks = tokenize(caps)
         pos = torch.tensor([[named[j] <= present[i] for j in range(len(caps))]
                             for i in range(len(caps))])
         td = time.time()
         for g in opt.param_groups:
             g["lr"] = cur_lr = lr_at(step, progress)
-        img_f, txt_f, scale = model(x, toks)
-        loss, plain, acc = multi_positive_clip_loss(img_f, txt_f, scale, pos)
+        if args.loss == "sigmoid":
+            img_f, txt_f, scale, bias = model(x, toks)
+            loss, plain, acc = multi_positive_sigmoid_loss(img_f, txt_f, scale, bias, pos)
+        else:
+            img_f, txt_f, scale = model(x, toks)
+            loss, plain, acc = multi_positive_clip_loss(img_f, txt_f, scale, pos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -369,11 +441,11 @@ def main(argv=None):
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
     }
-    (Path("/tmp") / "synthshapes_train_summary.json").write_text(json.dumps(summary))
+    (log_path.parent / (log_path.stem + "_summary.json")).write_text(json.dumps(summary))
     evals = None
     if not args.no_eval:
         from benchmarks.synthshapes.sanity import run_all
-        evals = run_all(f"local-dir:{args.out}", seed=args.eval_seed)
+        evals = run_all(f"local-dir:{args.out}", seed=args.eval_seed, scene_size=scene_size)
         log(f"# eval {json.dumps(evals)}")
     write_training_md(args.out, summary, evals)
     log("# wrote TRAINING.md")
@@ -383,13 +455,28 @@ def main(argv=None):
         shutil.copyfile(log_path, args.out / "train_log.tsv")
 
 
-def _curve_table(history, n_rows=12):
+def _architecture(a: dict, summary: dict) -> str:
+    """One paragraph on a timm-tower model (the --vision-* options do not apply to it)."""
+    return (
+        f"Architecture: image tower timm `{a['timm_model']}` built by open_clip with "
+        f"`timm_pool={a['timm_pool']!r}` (timm's attention-pool head `AttentionPoolLatent`: a learned "
+        f"probe attends over the final tokens, then output projection and an MLP residual) and "
+        f"`timm_proj={a['timm_proj']!r}`, input {a['image_size']} px (scenes rendered at "
+        f"{a.get('scene_size') or a['image_size']} px and resized bicubic, as the eval transform "
+        f"does); text tower {a['text_layers']} blocks of width {a['text_width']} ({a['text_heads']} "
+        f"heads), context length {a['context_length']} (open_clip SimpleTokenizer), embed dim "
+        f"{a['embed_dim']}; {summary['n_params'] / 1e6:.2f} M parameters (3.2 M of them the "
+        f"49408-row token embedding), stored as {'fp32' if a['fp32'] else 'fp16'} safetensors."
+    )
+
+
+def _curve_table(history, n_rows=12, plain_name="plain ClipLoss"):
     """Mean loss over equal windows of the run."""
     h = np.array([x[:4] for x in history], dtype=np.float64)
     if len(h) == 0:
         return ""
     edges = np.linspace(0, len(h), n_rows + 1).astype(int)
-    rows = ["| steps | loss (multi-positive) | plain ClipLoss | in-batch top-1 |", "|---|---|---|---|"]
+    rows = [f"| steps | loss (multi-positive) | {plain_name} | in-batch top-1 |", "|---|---|---|---|"]
     for a, b in zip(edges[:-1], edges[1:]):
         if b <= a:
             continue
@@ -406,19 +493,23 @@ def write_training_md(out: Path, summary: dict, evals: dict | None) -> None:
     final_plain = float(np.mean([x[2] for x in last]))
     final_acc = float(np.mean([x[3] for x in last]))
     a = summary["args"]
+    sigmoid = a.get("loss") == "sigmoid"
+    kind = ("open_clip model with an attention-pooled timm ViT tower (as open_clip's SigLIP models)"
+            if a.get("timm_model") else "open_clip CLIP (ViT with CLS pooling, QuickGELU)")
     lines = [
-        "# synthshapes-clip: training record",
+        f"# {out.name}: training record",
         "",
-        "A tiny open_clip CLIP (ViT with CLS pooling, QuickGELU) trained from scratch on the",
+        f"A tiny {kind} trained from scratch{' with the SigLIP sigmoid loss' if sigmoid else ''} on the",
         "synthetic shape scenes of `benchmarks/synthshapes/scenes.py` (3 shapes x 6 colours,",
-        "1-3 objects, 64 px). Load it with",
+        f"1-3 objects, {a.get('scene_size') or a['image_size']} px). Load it with",
         "",
         "```python",
         "import open_clip",
-        'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:assets/synthshapes-clip")',
-        'tokenizer = open_clip.get_tokenizer("local-dir:assets/synthshapes-clip")',
+        f'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:assets/{out.name}")',
+        f'tokenizer = open_clip.get_tokenizer("local-dir:assets/{out.name}")',
         "```",
         "",
+        _architecture(a, summary) if a.get("timm_model") else
         f"Architecture: image {a['image_size']} px, patch {a['patch_size']} "
         f"({a['image_size'] // a['patch_size']}x{a['image_size'] // a['patch_size']} grid + CLS), "
         f"{a['vision_layers']} vision blocks of width {a['vision_width']} "
@@ -446,18 +537,24 @@ def write_training_md(out: Path, summary: dict, evals: dict | None) -> None:
         f"{a['p_single']}; {a['hard_frac']:.0%} of each batch in hard-negative pairs (same layout "
         "and background, one object recoloured/reshaped or two objects' colours swapped, each "
         "captioned with the changed object)",
-        "- loss: symmetric contrastive loss with multi-positive soft targets (a caption is a "
-        "positive for every scene in the batch that contains all the objects it names); the "
-        "plain CLIP loss (diagonal targets only, as `open_clip.loss.ClipLoss`) is logged alongside",
+        ("- loss: SigLIP pairwise sigmoid loss with the ground truth as labels (a caption is a "
+         "positive for every scene in the batch that contains all the objects it names, every "
+         "other pair a negative; summed over pairs / batch size); the plain SigLIP loss "
+         "(diagonal positives only, as `open_clip.loss.SigLipLoss`) is logged alongside; "
+         f"logit scale initialised at 10, logit bias at {a.get('init_logit_bias')}" if sigmoid else
+         "- loss: symmetric contrastive loss with multi-positive soft targets (a caption is a "
+         "positive for every scene in the batch that contains all the objects it names); the "
+         "plain CLIP loss (diagonal targets only, as `open_clip.loss.ClipLoss`) is logged alongside"),
         f"- wall time: {summary['wall_s']:.0f} s ({summary['wall_s'] / 60:.1f} min) of training on "
         f"{a['threads']} CPU thread(s) ({summary['cpu']}); torch {summary['torch']}, "
         f"open_clip {summary['open_clip']}, Python {summary['python']}",
         f"- final loss (mean of the last {len(last)} steps): multi-positive {final_loss:.3f}, "
-        f"plain ClipLoss {final_plain:.3f}, in-batch image->text top-1 {final_acc:.3f}",
+        f"plain {'SigLipLoss' if sigmoid else 'ClipLoss'} {final_plain:.3f}, in-batch image->text "
+        f"top-1 {final_acc:.3f}",
         "",
         "## Loss curve (means over equal windows)",
         "",
-        _curve_table(h),
+        _curve_table(h, plain_name="plain SigLipLoss" if sigmoid else "plain ClipLoss"),
         "",
     ]
     if evals:
