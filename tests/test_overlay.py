@@ -304,3 +304,18 @@ def test_side_by_side_lines_images_up_with_labels():
     assert caption.min() < 128  # the labels are drawn in black on white
     with pytest.raises(ValueError, match="labels"):
         side_by_side(images, ["only one"])
+
+
+@pytest.mark.parametrize("background", [0, 1, 100, 127, 128, 200, 254, 255])
+def test_blend_by_table_is_the_reference_arithmetic(background):
+    """blend() looks levels up in a table; every pixel equals the reference's float arithmetic."""
+    rng = np.random.default_rng(background)
+    pixels = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    mask[0, :2] = (0, 255)
+    alpha = (mask.astype(np.float32) / np.float32(255.0))[..., None]
+    expected = pixels.astype(np.float32) * alpha + (1 - alpha) * np.full(pixels.shape, background, np.float64)
+    got = np.asarray(blend(Image.fromarray(pixels), mask, background))
+    np.testing.assert_array_equal(got, expected.astype(np.uint8))
+    with pytest.raises(ValueError, match="8-bit"):
+        blend(Image.fromarray(pixels), mask.astype(np.float32), background)

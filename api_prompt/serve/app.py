@@ -49,7 +49,7 @@ from ..images import DEFAULT_MAX_PIXELS, load_image
 from .batcher import MicroBatcher, QueueFull
 from .fetch import fetch_image
 from .messages import RequestError, decode_data_url, find_images, parse_request, replace_images
-from .render import TableRender, encode_like
+from .render import encode_like
 
 __all__ = ["ServeConfig", "create_app", "error_response"]
 
@@ -115,13 +115,12 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 
 def prompter_stages(prompter) -> tuple[Callable, Callable]:
-    """``(prompter.attribute, render)``: the batched model call, and the model-free overlay
-    (:class:`~api_prompt.serve.render.TableRender`, the same pixels as ``prompter.render``).
+    """``(prompter.attribute, prompter.render)``: the batched model call, and the model-free overlay.
     Together they are exactly ``prompter.batch``; the proxy runs the first once per micro-batch
     and the second per request, so while other requests are in flight the overlays and encoding
     of one batch overlap with the model call of the next (as ``api-prompt batch`` does).
     """
-    return prompter.attribute, TableRender(prompter)
+    return prompter.attribute, prompter.render
 
 
 def create_app(prompter=None, config: ServeConfig | None = None, *,
