@@ -203,6 +203,7 @@ def bench_model(name: str, device: torch.device, batch_sizes: list[int], repeats
             })
         )
         print(f"  {name} {device.type} batch {batch_size}: done", file=sys.stderr, flush=True)
+        print(markdown_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     del model, attributor
     if device.type == "cuda":
         torch.cuda.empty_cache()
