@@ -38,6 +38,7 @@ __all__ = [
     "soft_or",
     "combine_clip",
     "combine_llava",
+    "combine_attention_pool",
     "check_kernel_size",
     "Recipe",
     "RECIPES",
@@ -146,6 +147,29 @@ def combine_llava(attention: Map, *, coe: float, kernel_size: int) -> Map:
     return box_filter(enhance(minmax(attention), coe), kernel_size)
 
 
+@_accepts_numpy
+def combine_attention_pool(psi_pool, psi_token, *, coe: float, kernel_size: int):
+    """The default mask for attention-pooled towers from ``psi_pool`` and ``psi_token`` (pure).
+
+    ``a = box(enhance(minmax(ψ_pool)))``, ``b = box(minmax(ψ_token))``, mask = ``minmax(soft_or(a, b))``:
+    the CLIP soft-OR recipe with the token part taken with its *positive* sign (not inverted).
+    Chosen by the pointing game on the attention-pooled synthetic-shapes model, where the inverted
+    token part is at chance and this mask is the best of the masks tried at every layer (README,
+    "Does the map point at the right thing?"). The ``siglip-soft-or`` recipe; torch or numpy,
+    batched over leading dimensions.
+
+    >>> import numpy as np
+    >>> pool = np.zeros((2, 4, 4), np.float32); pool[:, 1, 2] = 1.0
+    >>> token = np.zeros((2, 4, 4), np.float32); token[:, 1, 2] = 0.5
+    >>> mask = combine_attention_pool(pool, token, coe=10.0, kernel_size=1)
+    >>> mask.shape, float(mask[0, 1, 2]), float(mask[0, 3, 3])
+    ((2, 4, 4), 1.0, 0.0)
+    """
+    pool = box_filter(enhance(minmax(psi_pool), coe), kernel_size)
+    token = box_filter(minmax(psi_token), kernel_size)
+    return minmax(soft_or(pool, token))
+
+
 # -- recipes: named ways to turn a backend's raw parts into the mask -----------------------------
 
 
@@ -198,6 +222,10 @@ def get_recipe(name: str) -> Recipe:
 register_recipe(Recipe(
     "clip-soft-or", ("psi_cls", "psi_comp"), combine_clip,
     "the paper's CLIP mask: enhance(Ψcls) soft-OR inverted Ψcomp, box-filtered, min-max",
+))
+register_recipe(Recipe(
+    "siglip-soft-or", ("psi_pool", "psi_token"), combine_attention_pool,
+    "attention-pooled towers (SigLIP): enhance(ψ_pool) soft-OR ψ_token (positive), box-filtered, min-max",
 ))
 register_recipe(Recipe(
     "llava", ("attention",), combine_llava,

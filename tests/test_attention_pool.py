@@ -276,18 +276,14 @@ def test_default_mask_points_at_the_named_object_on_held_out_scenes(synthshapes_
     assert np.mean(hits) >= 0.4
 
 
-def test_through_the_clip_attributor_with_images_of_mixed_sizes(monkeypatch):
-    """One entry in DECOMPOSITIONS is all the CLIP attributor needs (added here until it is wired)."""
+def test_through_the_clip_attributor_with_images_of_mixed_sizes():
+    """The CLIP attributor picks the attention-pool decomposition for an attention-pooled tower."""
     from PIL import Image
 
     from api_prompt.attribution.clip import CLIPAttributor
-    from api_prompt.attribution.clip import decomposition as decompositions
 
-    if not any(d.name == "attention-pool" for d in decompositions.DECOMPOSITIONS):
-        monkeypatch.setattr(
-            decompositions, "DECOMPOSITIONS", [*decompositions.DECOMPOSITIONS, AttentionPoolDecomposition()]
-        )
     attributor = CLIPAttributor(f"local-dir:{SIGLIP_DIR}", device="cpu")
+    assert attributor.decomposition.name == "attention-pool"
     images = [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (96, 48), "blue")]
     maps = attributor(images, ["a red circle", "a blue square"])
     assert attributor.layer == 4                                                # n_blocks - 2
@@ -295,3 +291,28 @@ def test_through_the_clip_attributor_with_images_of_mixed_sizes(monkeypatch):
         assert amap.mask.shape == (8, 8) and sorted(amap.parts) == ["psi_pool", "psi_token"]
         assert amap.recipe == "siglip-soft-or"
     assert maps[1].region == (24.0, 0.0, 72.0, 48.0)                            # centre crop of 96x48
+
+
+def test_siglip_backend_through_the_registry_prompter_and_command_line(tmp_path):
+    """--backend siglip: the spec's loader, default recipe and the CLI, on the shipped model."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from api_prompt import Prompter
+    from api_prompt.attribution.registry import get_backend
+
+    spec = get_backend("siglip")
+    assert spec.default_recipe == "siglip-soft-or" and spec.default_model == "ViT-B-16-SigLIP"
+    prompter = Prompter(backend="siglip", model=f"local-dir:{SIGLIP_DIR}", device="cpu")
+    scene = Image.new("RGB", (80, 64), "white")
+    result = prompter(scene, "a red circle")
+    assert prompter.recipe.name == "siglip-soft-or" and result.map.recipe == "siglip-soft-or"
+    scene_path, out = tmp_path / "scene.png", tmp_path / "out.png"
+    scene.save(scene_path)
+    command = [str(Path(sys.executable).with_name("api-prompt")), str(scene_path), "a red circle",
+               "--backend", "siglip", "-m", f"local-dir:{SIGLIP_DIR}", "--device", "cpu", "-o", str(out), "-q"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert Image.open(out).tobytes() == result.image.tobytes()

@@ -117,17 +117,17 @@ def photo(tmp_path: Path) -> Path:
 def test_built_in_specs_name_loadable_classes_and_known_recipes() -> None:
     from api_prompt.maps import RECIPES
 
-    for name in ("clip", "llava"):
+    for name in ("clip", "siglip", "llava"):
         spec = get_backend(name)
         assert spec.name == name and spec.default_recipe in RECIPES
         assert spec.loader.startswith("api_prompt.attribution.")
-    with pytest.raises(ConfigError, match="unknown backend 'nope'; choose one of: clip, llava"):
+    with pytest.raises(ConfigError, match="unknown backend 'nope'; choose one of: clip, siglip, llava"):
         get_backend("nope")
     with pytest.raises(ConfigError, match="takes no option 'pretrained'"):
         create_attributor("llava", pretrained="openai")  # refused before anything loads
 
 
-@pytest.mark.parametrize("name", ["clip", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("name", ["clip", "siglip", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl"])
 def test_built_in_specs_declare_what_the_constructors_take(name: str) -> None:
     import inspect
 
@@ -188,7 +188,7 @@ def test_cli_takes_a_registered_backend(toy, app, photo: Path, tmp_path: Path) -
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
 
     for args, words in [
-        (["--backend", "nope"], "unknown backend 'nope'; choose one of: clip, llava"),
+        (["--backend", "nope"], "unknown backend 'nope'; choose one of: clip, siglip, llava"),
         (["--backend", "toy", "-B", "rows=many"], "option 'rows' must be an integer"),
         (["--backend", "toy", "-B", "depth=2"], "toy backend takes no option 'depth'"),
         (["--backend", "toy", "-B", "rows"], "expected KEY=VALUE"),

@@ -222,6 +222,19 @@ _PROCESSOR_OPTION = BackendOption(
     "the model's processor (with an already loaded model), or a Hugging Face id or folder to load it from",
 )
 
+#: open_clip backends (clip, siglip): the same loader options
+_CLIP_OPTIONS = (
+    BackendOption("pretrained", str, None,
+                  "open_clip pretrained tag or checkpoint path (default: the default model's "
+                  "weights, 'openai' for clip, 'webli' for siglip)"),
+    BackendOption("batch_size", int, 16, _BATCH_SIZE_HELP),
+    BackendOption("cache_dir", str, None, "open_clip download/cache folder"),
+    BackendOption("preprocess", object, None,
+                  "the eval transform of a model instance (Python only)"),
+    BackendOption("tokenizer", object, None, "the tokenizer of a model instance (Python only)"),
+    *_OWN_MASK_OPTIONS,
+)
+
 _BUILT_IN = {
     spec.name: spec
     for spec in (
@@ -232,19 +245,20 @@ _BUILT_IN = {
             default_model="ViT-L-14-336-quickgelu",
             default_layer="n_blocks - 2",
             default_recipe="clip-soft-or",
-            options=(
-                BackendOption("pretrained", str, None,
-                              "open_clip pretrained tag or checkpoint path (default 'openai' for "
-                              "the default model)"),
-                BackendOption("batch_size", int, 16, _BATCH_SIZE_HELP),
-                BackendOption("cache_dir", str, None, "open_clip download/cache folder"),
-                BackendOption("preprocess", object, None,
-                              "the eval transform of a model instance (Python only)"),
-                BackendOption("tokenizer", object, None, "the tokenizer of a model instance (Python only)"),
-                *_OWN_MASK_OPTIONS,
-            ),
+            options=_CLIP_OPTIONS,
             model_help="an open_clip name (default ViT-L-14-336-quickgelu), 'hf-hub:ORG/REPO' or "
             "'local-dir:PATH'",
+        ),
+        BackendSpec(
+            name="siglip",
+            loader="api_prompt.attribution.clip:SigLIPAttributor",
+            help="SigLIP / SigLIP2 (attention-pooled open_clip towers), attention-pool decomposition",
+            default_model="ViT-B-16-SigLIP",
+            default_layer="n_blocks - 2",
+            default_recipe="siglip-soft-or",
+            options=_CLIP_OPTIONS,
+            model_help="an attention-pooled open_clip name (default ViT-B-16-SigLIP, pretrained "
+            "'webli'), 'hf-hub:ORG/REPO' or 'local-dir:PATH'",
         ),
         BackendSpec(
             name="llava",

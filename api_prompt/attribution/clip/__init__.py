@@ -20,14 +20,20 @@ from .decomposition import (  # first: it completes DECOMPOSITIONS with the modu
     crop_region,
     select_decomposition,
 )
-from .attributor import CLIPAttributor
+from .attributor import CLIPAttributor, SigLIPAttributor
 from .class_token import (
     ClassTokenDecomposition,
     cls_attention_contributions,
     cls_contribution_dots,
     readout_direction,
 )
-from .loading import DEFAULT_MODEL, DEFAULT_PRETRAINED, weights_sha256
+from .loading import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    SIGLIP_DEFAULT_MODEL,
+    SIGLIP_DEFAULT_PRETRAINED,
+    weights_sha256,
+)
 
 __all__ = [
     "CLIPAttributor",

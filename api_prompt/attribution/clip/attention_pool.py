@@ -39,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, vjp
 
 from ...errors import UnsupportedModelError
-from ...maps import Recipe, box_filter, enhance, minmax, register_recipe, soft_or
+from ...maps import combine_attention_pool
 
 __all__ = [
     "RECIPE_NAME",
@@ -50,7 +50,7 @@ __all__ = [
     "pool_contributions",
 ]
 
-#: Name of the default recipe for attention-pooled towers (``maps.RECIPES`` key once registered).
+#: Name of the default recipe for attention-pooled towers (a ``maps.RECIPES`` key).
 RECIPE_NAME = "siglip-soft-or"
 
 #: How far (relative to ‖embedding‖) the head rebuilt from the captured pooled vector may be from
@@ -248,34 +248,6 @@ class AttentionPoolDecomposition:
 
 
 # -- the default recipe ---------------------------------------------------------------------------
-
-
-def combine_attention_pool(psi_pool, psi_token, *, coe: float, kernel_size: int):
-    """The default mask for attention-pooled towers from ``psi_pool`` and ``psi_token`` (pure).
-
-    ``a = box(enhance(minmax(ψ_pool)))``, ``b = box(minmax(ψ_token))``, mask = ``minmax(soft_or(a, b))``:
-    the CLIP soft-OR recipe with the token part taken with its *positive* sign (not inverted).
-    Chosen by the pointing game on the attention-pooled synthetic-shapes model, where the inverted
-    token part is at chance and this mask is the best of the masks tried at every layer (README,
-    "Does the map point at the right thing?"). Registered as the ``siglip-soft-or`` recipe; torch
-    or numpy, batched over leading dimensions.
-
-    >>> import numpy as np
-    >>> pool = np.zeros((2, 4, 4), np.float32); pool[:, 1, 2] = 1.0
-    >>> token = np.zeros((2, 4, 4), np.float32); token[:, 1, 2] = 0.5
-    >>> mask = combine_attention_pool(pool, token, coe=10.0, kernel_size=1)
-    >>> mask.shape, float(mask[0, 1, 2]), float(mask[0, 3, 3])
-    ((2, 4, 4), 1.0, 0.0)
-    """
-    pool = box_filter(enhance(minmax(psi_pool), coe), kernel_size)
-    token = box_filter(minmax(psi_token), kernel_size)
-    return minmax(soft_or(pool, token))
-
-
-register_recipe(Recipe(
-    RECIPE_NAME, ("psi_pool", "psi_token"), combine_attention_pool,
-    "attention-pooled towers (SigLIP): enhance(ψ_pool) soft-OR ψ_token (positive), box-filtered, min-max",
-))
 
 
 # -- the pieces, also used by the tests to state the identities ----------------------------------

@@ -30,6 +30,7 @@ from ..base import Attributor, check_layer, chunks, eval_mode, resolve_device, r
 from .decomposition import crop_region, select_decomposition
 from .loading import (
     DEFAULT_MODEL,
+    SIGLIP_DEFAULT_MODEL,
     adopt_instance,
     check_dtype,
     load_open_clip,
@@ -39,7 +40,7 @@ from .loading import (
     weights_sha256,
 )
 
-__all__ = ["CLIPAttributor"]
+__all__ = ["CLIPAttributor", "SigLIPAttributor"]
 
 _TEXT_CACHE_SIZE = 1024
 
@@ -53,10 +54,11 @@ class CLIPAttributor(Attributor):
     Args:
         model: an open_clip model name (with ``pretrained``), an ``hf-hub:org/repo`` or
             ``local-dir:/folder`` name, or an open_clip ``CLIP`` instance (then ``preprocess`` and
-            ``tokenizer`` are required and the model is used where and as it is).
+            ``tokenizer`` are required and the model is used where and as it is). None: the
+            class's ``default_model`` (the paper's ViT-L-14-336-quickgelu).
         pretrained: open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``, ...) or a
             checkpoint file path, for built-in names only. None: ``"openai"`` for the default
-            model, random weights (with a warning) for any other built-in name.
+            model (``"webli"`` for SigLIP's), random weights (with a warning) for any other name.
         preprocess, tokenizer: the eval transform and tokenizer of a model instance.
         layer: 0-based block L' (negative counts from the end); default ``n_blocks - 2``.
         enhance: contrast coefficient of the enhance step (published package: 10).
@@ -75,12 +77,14 @@ class CLIPAttributor(Attributor):
     """
 
     name = "clip"
+    #: the model loaded when none is given (its default weights: ``loading.DEFAULT_TAGS``)
+    default_model = DEFAULT_MODEL
     #: the chosen decomposition's recipe (set per instance); the paper's for the class token
     default_recipe = "clip-soft-or"
 
     def __init__(
         self,
-        model: str | nn.Module = DEFAULT_MODEL,
+        model: str | nn.Module | None = None,
         pretrained: str | None = None,
         *,
         preprocess: Callable | None = None,
@@ -93,6 +97,7 @@ class CLIPAttributor(Attributor):
         batch_size: int = 16,
         cache_dir: str | None = None,
     ) -> None:
+        model = self.default_model if model is None else model
         self.enhance = _check_enhance(enhance)
         self.kernel_size = check_kernel_size(kernel_size)
         self.batch_size = _check_batch_size(batch_size)
@@ -229,3 +234,19 @@ def _check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
+
+
+class SigLIPAttributor(CLIPAttributor):
+    """:class:`CLIPAttributor` with SigLIP's default model: ``ViT-B-16-SigLIP`` (WebLI weights).
+
+    Any attention-pooled open_clip tower works (SigLIP, SigLIP2: the attention-pool decomposition
+    of :mod:`.attention_pool` explains it). Takes the same arguments as :class:`CLIPAttributor`.
+
+    >>> attributor = SigLIPAttributor(device="cpu")                        # doctest: +SKIP
+    >>> attributor.decomposition.name, attributor.default_recipe            # doctest: +SKIP
+    ('attention-pool', 'siglip-soft-or')
+    """
+
+    name = "siglip"
+    default_model = SIGLIP_DEFAULT_MODEL
+    default_recipe = "siglip-soft-or"

@@ -196,6 +196,7 @@ def _centre_crop_origin(size: int, crop: int) -> int:
 
 #: Decompositions tried in order; the first that supports the tower is used. A new one is one
 #: module in this package plus one entry here.
-from .class_token import ClassTokenDecomposition  # noqa: E402  (it uses the helpers above)
+from .attention_pool import AttentionPoolDecomposition  # noqa: E402  (they use the helpers above)
+from .class_token import ClassTokenDecomposition  # noqa: E402
 
-DECOMPOSITIONS: list[Decomposition] = [ClassTokenDecomposition()]
+DECOMPOSITIONS: list[Decomposition] = [ClassTokenDecomposition(), AttentionPoolDecomposition()]

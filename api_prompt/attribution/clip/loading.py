@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 #: The paper's auxiliary model: OpenAI CLIP ViT-L/14 at 336 px (QuickGELU, as trained).
 DEFAULT_MODEL = "ViT-L-14-336-quickgelu"
 DEFAULT_PRETRAINED = "openai"
+#: The ``siglip`` backend's default: SigLIP ViT-B/16 at 224 px, with its only open_clip weights.
+SIGLIP_DEFAULT_MODEL = "ViT-B-16-SigLIP"
+SIGLIP_DEFAULT_PRETRAINED = "webli"
+#: the weights a backend's default model is loaded with when no pretrained tag is given
+DEFAULT_TAGS = {DEFAULT_MODEL: DEFAULT_PRETRAINED, SIGLIP_DEFAULT_MODEL: SIGLIP_DEFAULT_PRETRAINED}
 
 HOW_TO_SUPPLY_WEIGHTS = (
     "Supply the weights locally instead: model='local-dir:/path/to/folder' (a folder with "
@@ -59,8 +64,8 @@ def resolve_name(model: Any, pretrained: str | None) -> tuple[str, str | None]:
         )
     if Path(name).is_dir():
         raise ConfigError(f"{name!r} is a folder: load it with model='local-dir:{name}'")
-    if pretrained is None and name == DEFAULT_MODEL:
-        pretrained = DEFAULT_PRETRAINED
+    if pretrained is None:
+        pretrained = DEFAULT_TAGS.get(name)
     return name, pretrained
 
 
