@@ -15,6 +15,15 @@ import pytest
 CLIP_FIXTURE_DIR = Path(__file__).parent / "fixtures" / "clip_reference"
 
 
+@pytest.fixture(autouse=True)
+def pil_default_truncated_image_handling():
+    """Importing lmms-eval (its plugin tests do) turns on PIL's process-wide
+    ``LOAD_TRUNCATED_IMAGES``; every test here starts from PIL's default, whatever ran before."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
 @pytest.fixture(scope="session")
 def clip_fixture_dir() -> Path:
     """Folder of the golden CLIP fixture (model/, images/, expected/, cases.json, expected.npz)."""
