@@ -174,7 +174,7 @@ def main() -> None:
             os.sched_setaffinity(0, all_cores)
 
     h, a = statistics.median(harness), statistics.median(attribution)
-    print(f"machine: {os.cpu_count()} CPUs, shared with other jobs; torch on 1 thread, image decoding "
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch on 1 thread, image decoding "
           "in the harness's own thread; statistics pinned to one core")
     print(f"harness ({args.questions} questions x 2 conditions, batch {args.batch_size}, instant target, "
           f"median of {args.repeats}):")
