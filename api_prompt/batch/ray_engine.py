@@ -54,9 +54,15 @@ class _Actor:
     decoded, rendered and encoded while the other is in the model, as in the local engine.
     """
 
-    def __init__(self, prompter: Any, source: Any, out_root: str, output: Any, threads: int) -> None:
+    def __init__(self, prompter: Any, source: Any, out_root: str, output: Any, threads: int,
+                 torch_threads: int) -> None:
+        import torch
+
         from .runner import LazyPrompter, Stages
 
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1 here); on CPU the one actor per
+        # machine should use that machine's cores, as the local engine does.
+        torch.set_num_threads(torch_threads)
         if isinstance(prompter, LazyPrompter):
             prompter = prompter.build()
         self.stages = Stages(source, OutputDir(out_root), prompter, output)
@@ -110,12 +116,14 @@ def run_ray(job: Any, summary: Any, bar: Any, *, factory: Any = None, address: s
             return
         dataset = ray.data.from_items(payloads, override_num_blocks=min(len(payloads), 4 * actors))
         prompter = factory if factory is not None else job.prompter
-        threads = max(1, min(job.workers, int(resources.get("CPU", 1) // actors) or 1))
+        cpus_per_actor = max(1, int(resources.get("CPU", 1) // actors))
+        threads = max(1, min(job.workers, cpus_per_actor))
+        torch_threads = 1 if per_actor_gpus > 0 else cpus_per_actor
         results = dataset.map_batches(
             _Actor,
             batch_size=1,
             fn_constructor_kwargs=dict(prompter=prompter, source=job.source, out_root=str(job.out.root),
-                                       output=job.output, threads=threads),
+                                       output=job.output, threads=threads, torch_threads=torch_threads),
             compute=ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2),
             num_gpus=per_actor_gpus,
             num_cpus=0 if per_actor_gpus > 0 else 1,
