@@ -326,19 +326,8 @@ class OutputDir:
 
     def lock(self) -> None:
         """Refuse a second run writing to the same folder at the same time (POSIX only)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return
-        if self._lock_handle is not None:
-            return
-        handle = open(self.root / LOCK, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise ConfigError(f"another batch run is writing to {self.root}; wait for it or use another --out") from None
-        self._lock_handle = handle
+        if self._lock_handle is None:
+            self._lock_handle = lock_folder(self.root, "batch run")
 
     def close(self) -> None:
         """Close the manifest and release the lock."""
@@ -382,6 +371,22 @@ def plain_file_name(name: Any) -> str | None:
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
         return None
     return name
+
+
+def lock_folder(root: Path, what: str):
+    """An exclusive lock on ``root/.lock`` held while the returned file stays open (POSIX; None
+    elsewhere), or a ConfigError when another ``what`` (e.g. "batch run") holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    handle = open(Path(root) / LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"another {what} is writing to {root}; wait for it or use another --out") from None
+    return handle
 
 
 def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:

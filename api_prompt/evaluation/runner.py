@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..batch.store import lock_folder, write_atomic
 from ..errors import ConfigError
 from .data import EvalSample, auxiliary_query, read_samples, target_prompt
 from .report import summarize, write_chart, write_report
@@ -337,7 +338,7 @@ class _RunFolder:
                     f"(found {', '.join(sorted(others)[:3])}); choose a new or empty folder"
                 )
         self.root.mkdir(parents=True, exist_ok=True)
-        self._take_lock()
+        self._lock = lock_folder(self.root, "evaluation")
         stored = None
         if self.run_json.exists():
             try:
@@ -358,21 +359,8 @@ class _RunFolder:
                     "use a new --out folder, or --overwrite to discard it"
                 )
         else:
-            _write_atomic(self.run_json, json.dumps({"parameters": parameters}, indent=2) + "\n")
+            write_atomic(self.run_json, (json.dumps({"parameters": parameters}, indent=2) + "\n").encode())
         self._repair()
-
-    def _take_lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return
-        handle = open(self.root / ".lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise ConfigError(f"another evaluation is writing to {self.root}; wait for it or use another --out") from None
-        self._lock = handle
 
     def _repair(self) -> None:
         """Cut a line the killed run left half-written."""
@@ -424,7 +412,7 @@ class _RunFolder:
         self._synced = time.monotonic()
 
     def write_outputs(self, summary: dict[str, Any]) -> None:
-        _write_atomic(self.root / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.root / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
         chart = CHART if write_chart(summary, self.root / CHART) else None
         write_report(summary, self.root / REPORT, chart=chart)
 
@@ -436,12 +424,3 @@ class _RunFolder:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
