@@ -7,8 +7,13 @@ Generates realistic JPEG photos (default 640×480), then measures at the same ba
 - **end to end**: :func:`api_prompt.batch.run` from a JSONL file: reading, decoding, the model,
   the overlay, encoding (``--format auto``: JPEG for these JPEG inputs) and atomic writes,
   manifest and run.json;
-- with ``--ray``, **end to end on Ray**: the same with ``engine="ray"`` on a local Ray instance
-  started before the timing (each run starts its actors and loads their model: included).
+- with ``--ray``, **the command, local vs Ray engine**: ``api-prompt batch`` run as a user runs it
+  (a fresh process that loads the model from its options; here a checkpoint of the same random
+  weights), once with ``--engine local`` and once with ``--engine ray --address`` of a local Ray
+  instance started before the timing, as a running cluster would be. Each Ray run starts its
+  actor, which imports torch and loads the model. Timed at each of ``--ray-samples``; the
+  samples/s between two sizes (the *marginal* rate) is the engines' throughput once running,
+  the rest is the per-run start-up.
 
 The ratio end-to-end / attribution-only says how well decoding and encoding hide behind the
 model (1.0 = completely). Targets on CPU: >= 0.85; Ray / local >= 0.8.
@@ -17,7 +22,8 @@ Usage::
 
     python benchmarks/bench_batch.py                        # random ViT-B-16, 64 images, CPU
     python benchmarks/bench_batch.py --model fixture        # the tiny test model
-    python benchmarks/bench_batch.py --samples 32 --batch-size 16 --repeats 3 --ray
+    python benchmarks/bench_batch.py --samples 32 --batch-size 16 --repeats 3
+    python benchmarks/bench_batch.py --samples 32 --batch-size 16 --repeats 3 --ray --ray-samples 32,128
     python benchmarks/bench_batch.py --samples 256 --batch-size 32 --device cuda
 """
 
@@ -29,6 +35,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,8 +104,8 @@ def build_prompter(model: str, device: str, batch_size: int) -> Prompter:
     return Prompter(attributor=attributor)
 
 
-def attribution_only(prompter: Prompter, source: Path, batch_size: int) -> tuple[float, int]:
-    rows = [json.loads(line) for line in source.read_text().splitlines()]
+def attribution_only(prompter: Prompter, source: Path, batch_size: int, limit: int) -> tuple[float, int]:
+    rows = [json.loads(line) for line in source.read_text().splitlines()][:limit]
     images = []
     for row in rows:
         with Image.open(source.parent / row["image"]) as image:
@@ -110,6 +117,70 @@ def attribution_only(prompter: Prompter, source: Path, batch_size: int) -> tuple
     return time.perf_counter() - started, len(images)
 
 
+def save_model(model: str, folder: Path) -> list[str]:
+    """``api-prompt batch`` options that load ``build_prompter``'s model (the same weights)."""
+    if model == "fixture":
+        return ["--model", f"local-dir:{REPO / 'tests/fixtures/clip_reference/model'}", "--layer", "4"]
+    from safetensors.torch import save_file
+
+    network = build_prompter(model, "cpu", 1).attributor.model
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, folder / "weights.safetensors")
+    return ["--model", model, "--pretrained", str(folder / "weights.safetensors")]
+
+
+def time_command(source: Path, out: Path, model_options: list[str], args: argparse.Namespace, limit: int,
+                 engine_options: list[str]) -> float:
+    """Wall time of one ``api-prompt batch`` command (a fresh process)."""
+    command = [sys.executable, "-c", "from api_prompt.cli.app import main; main()", "batch", str(source), "--out", str(out), *model_options,
+               "--device", args.device, "--batch-size", str(args.batch_size), "--format", args.format,
+               "--limit", str(limit), "-q", *engine_options]
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    done = sum(json.loads(line)["status"] == "ok" for line in (out / "manifest.jsonl").read_text().splitlines())
+    assert done == limit, f"{done} of {limit} samples done by {command}"
+    return seconds
+
+
+def compare_engines(source: Path, folder: Path, args: argparse.Namespace, sizes: list[int]) -> None:
+    """Time ``api-prompt batch`` with each engine at each size; print the table."""
+    import ray
+
+    model_options = save_model(args.model, folder)
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_start = time.perf_counter() - started
+    engines = {"local": [], "ray": ["--engine", "ray", "--address", ray.get_runtime_context().gcs_address]}
+    times: dict[tuple[str, int], list[float]] = {(engine, size): [] for engine in engines for size in sizes}
+    try:
+        for repeat in range(args.repeats):      # interleaved, so load drifts hit all alike
+            for size in sizes:
+                for engine, options in engines.items():
+                    out = folder / f"cli-{engine}-{size}-{repeat}"
+                    times[engine, size].append(time_command(source, out, model_options, args, size, options))
+    finally:
+        ray.shutdown()
+    median = {key: statistics.median(values) for key, values in times.items()}
+    print("\n`api-prompt batch`, model load included, Ray started once before (as a running cluster):\n")
+    print("| samples | local s | Ray s | Ray / local samples/s | per repeat |")
+    print("|---:|---:|---:|---:|---|")
+    for size in sizes:
+        ratios = [local / remote for local, remote in zip(times["local", size], times["ray", size])]
+        print(f"| {size} | {median['local', size]:.2f} | {median['ray', size]:.2f} | "
+              f"**{median['local', size] / median['ray', size]:.3f}** | {', '.join(f'{r:.3f}' for r in ratios)} |")
+    if len(sizes) > 1:
+        small, large = min(sizes), max(sizes)
+        rate = {engine: (large - small) / (median[engine, large] - median[engine, small]) for engine in engines}
+        print(f"\nmarginal samples/s from {small} to {large} samples: local {rate['local']:.2f}, "
+              f"Ray {rate['ray']:.2f}, **ratio {rate['ray'] / rate['local']:.3f}**")
+        fixed = {engine: median[engine, small] - small / rate[engine] for engine in engines}
+        print(f"start-up per run (time at {small} samples less {small} / marginal rate): "
+              f"local {fixed['local']:.1f} s, Ray {fixed['ray']:.1f} s")
+    print(f"starting Ray itself (`ray.init`, once, outside the runs): {ray_start:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B-16", help="open_clip name (random weights) or 'fixture'")
@@ -119,74 +190,56 @@ def main() -> None:
     parser.add_argument("--size", default="640x480", help="WxH of the generated JPEGs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--format", default="auto", choices=["auto", "png", "jpg"])
-    parser.add_argument("--ray", action="store_true", help="also time engine='ray' on a local Ray instance")
+    parser.add_argument("--ray", action="store_true",
+                        help="also time `api-prompt batch` with --engine local and --engine ray")
+    parser.add_argument("--ray-samples", default=None,
+                        help="comma-separated sample counts for --ray (default: --samples)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
+    ray_sizes = sorted({int(v) for v in (args.ray_samples or str(args.samples)).split(",")})
 
     import torch
 
     folder = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     try:
-        source = make_dataset(folder / "data", args.samples, size)
+        source = make_dataset(folder / "data", max([args.samples, *ray_sizes]), size)
         prompter = build_prompter(args.model, args.device, args.batch_size)
         prompter.describe()                                   # hash the weights outside the timing
         warm = make_photo(0, size)
         prompter.attribute([warm] * min(args.batch_size, 4), QUERIES[:1] * min(args.batch_size, 4))
 
-        if args.ray:
-            import functools
-
-            import ray
-
-            from api_prompt.batch import LazyPrompter
-
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-            lazy = LazyPrompter(functools.partial(build_prompter, args.model, args.device, args.batch_size), {})
-
-        only_times, full_times, ray_times, ratios, ray_ratios = [], [], [], [], []
+        only_times, full_times, ratios = [], [], []
         for repeat in range(args.repeats):  # interleaved, so load drifts hit all alike
-            only_seconds, count = attribution_only(prompter, source, args.batch_size)
+            only_seconds, count = attribution_only(prompter, source, args.batch_size, args.samples)
             only_times.append(only_seconds)
             started = time.perf_counter()
-            summary = run(source, folder / f"out{repeat}", prompter, batch_size=args.batch_size,
+            summary = run(source, folder / f"out{repeat}", prompter, batch_size=args.batch_size, limit=args.samples,
                           workers=args.workers, image_format=args.format, progress=False)
             full_times.append(time.perf_counter() - started)
             ratios.append(only_seconds / full_times[-1])
             assert summary.ok == count, summary.errors
-            if args.ray:
-                started = time.perf_counter()
-                summary = run(source, folder / f"ray{repeat}", lazy, batch_size=args.batch_size,
-                              workers=args.workers, image_format=args.format, progress=False, engine="ray")
-                ray_times.append(time.perf_counter() - started)
-                ray_ratios.append(full_times[-1] / ray_times[-1])
-                assert summary.ok == count, summary.errors
         only_seconds, full_seconds = statistics.median(only_times), statistics.median(full_times)
+
+        only_rate, full_rate = count / only_seconds, count / full_seconds
+        command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
+        workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+        print(f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+              f"device {args.device}, model {args.model}, JPEGs {size[0]}×{size[1]}, batch {args.batch_size}, "
+              f"{workers} workers, output {args.format}, median of {args.repeats}\n")
+        print(f"{count} samples:\n")
+        print("| mode | seconds | samples/s |")
+        print("|---|---:|---:|")
+        print(f"| attribution only (decoded images in memory) | {only_seconds:.2f} | {only_rate:.2f} |")
+        print(f"| end to end (`api_prompt.batch.run`, files in, files out) | {full_seconds:.2f} | {full_rate:.2f} |")
+        print(f"| **ratio** end to end / attribution only | | **{full_rate / only_rate:.3f}** |")
+        print()
+        print("per repeat, end to end / attribution only: " + ", ".join(f"{r:.3f}" for r in ratios))
+        if args.ray:
+            compare_engines(source, folder, args, ray_sizes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-    only_rate, full_rate = count / only_seconds, count / full_seconds
-    command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
-    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
-    print(f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}, "
-          f"model {args.model}, {count} JPEGs {size[0]}×{size[1]}, batch {args.batch_size}, "
-          f"{workers} workers, output {args.format}, median of {args.repeats}\n")
-    print("| mode | seconds | samples/s |")
-    print("|---|---:|---:|")
-    print(f"| attribution only (decoded images in memory) | {only_seconds:.2f} | {only_rate:.2f} |")
-    print(f"| end to end (`api_prompt.batch.run`, files in, files out) | {full_seconds:.2f} | {full_rate:.2f} |")
-    print(f"| **ratio** end to end / attribution only | | **{full_rate / only_rate:.3f}** |")
-    if ray_times:
-        ray_seconds = statistics.median(ray_times)
-        print(f"| end to end, `engine=\"ray\"` (1 actor per machine, model load included) | {ray_seconds:.2f} | "
-              f"{count / ray_seconds:.2f} |")
-        print(f"| **ratio** Ray / local engine | | **{full_seconds / ray_seconds:.3f}** |")
-    print()
-    print("per repeat, end to end / attribution only: " + ", ".join(f"{r:.3f}" for r in ratios))
-    if ray_ratios:
-        print("per repeat, Ray / local: " + ", ".join(f"{r:.3f}" for r in ray_ratios))
 
 
 if __name__ == "__main__":

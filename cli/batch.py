@@ -135,7 +135,7 @@ def batch_command(
     engine: Annotated[Engine, typer.Option(
         "--engine", rich_help_panel=_RUN,
         help="local: threads in this process; ray: Ray Data actors, one model each, on every GPU "
-        "(or CPU) of a Ray cluster (pip install 'api-prompt[ray]').")] = Engine.local,
+        "(or CPU) of a Ray cluster (pip install 'api-prompt\\[ray]').")] = Engine.local,
     address: Annotated[Optional[str], typer.Option(
         "--address", rich_help_panel=_RUN, show_default="a local Ray instance",
         help="Ray cluster to join with --engine ray (e.g. auto, or HEAD_IP:6379 after 'ray start').")] = None,

@@ -83,6 +83,28 @@ class SlowPatternAttributor(PatternAttributor):
         super().__init__(delay=float(os.environ.get("API_PROMPT_FAKE_DELAY", "0")), **options)
 
 
+class PidPatternAttributor(PatternAttributor):
+    """PatternAttributor whose description names the process it lives in (a model that differs
+    between the driver and the actors, as other weights on another node would)."""
+
+    def describe(self):
+        return {**super().describe(), "pid": os.getpid()}
+
+
+def pattern_prompter(grid: int = 6, refuse_pid: int | None = None, fail: str | None = None):
+    """A Prompter around :class:`PatternAttributor`, for a LazyPrompter's ``build``: it raises
+    when called in process ``refuse_pid`` (the driver, which must not load the model) and raises
+    ``fail`` as a load error (missing weights, say)."""
+    from api_prompt.errors import ConfigError
+    from api_prompt.prompter import Prompter
+
+    if refuse_pid == os.getpid():
+        raise AssertionError("the model was loaded in the driver")
+    if fail is not None:
+        raise ConfigError(fail)
+    return Prompter(attributor=PatternAttributor(grid=grid))
+
+
 def run_on_ray(source: str, out: str, address: str) -> None:
     """``run(engine="ray")`` as a separate driver joining the Ray cluster at ``address``."""
     from api_prompt.batch import run

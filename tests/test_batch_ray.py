@@ -6,6 +6,7 @@ Needs the ``ray`` extra (``pip install 'api-prompt[ray]'``); CI installs it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from api_prompt.batch import run
+from api_prompt.batch import LazyPrompter, run
+from api_prompt.errors import ConfigError
 from api_prompt.prompter import Prompter
-from batch_support import PatternAttributor
+from batch_support import PatternAttributor, PidPatternAttributor, pattern_prompter
 from test_batch import _count_ok_lines, image_files, manifest, questions, write_vlmeval_tsv
 
 TESTS = Path(__file__).parent
@@ -83,6 +85,52 @@ def test_ray_driver_killed_then_resumed_is_byte_identical(cluster, tmp_path):
     assert not [p for p in (tmp_path / "out").rglob(".*") if p.name != ".lock"]
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != ".lock"}
+
+
+def test_ray_driver_never_loads_the_model_and_records_the_actors(cluster, tmp_path):
+    source = questions(6, tmp_path)
+    lazy = LazyPrompter(functools.partial(pattern_prompter, refuse_pid=os.getpid()), {"grid": 6})
+    remote = run(source, tmp_path / "ray", lazy, engine="ray", batch_size=2, progress=False)
+    local = run(source, tmp_path / "local", Prompter(attributor=PatternAttributor()), batch_size=2, progress=False)
+    assert remote.ok == local.ok == 6 and remote.model_loaded
+    assert image_files(tmp_path / "ray") == image_files(tmp_path / "local")
+    parameters = lambda out: json.loads((out / "run.json").read_text())["parameters"]  # noqa: E731
+    assert parameters(tmp_path / "ray") == parameters(tmp_path / "local")
+
+
+def test_ray_run_refused_for_other_parameters_leaves_the_folder_as_it_was(cluster, tmp_path):
+    source = questions(6, tmp_path)
+    run(source, tmp_path / "out", Prompter(attributor=PatternAttributor(grid=6)), batch_size=2, limit=2,
+        progress=False)                              # so that the Ray run has batches to do
+    before = snapshot(tmp_path / "out")
+    other = LazyPrompter(functools.partial(pattern_prompter, grid=5), {"grid": 5})
+    with pytest.raises(ConfigError, match="holds a run with different parameters"):
+        run(source, tmp_path / "out", other, engine="ray", batch_size=2, progress=False)
+    time.sleep(1)   # the actors were held at the gate; nothing may land late either
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_ray_model_load_failure_is_the_loaders_one_line_error(cluster, tmp_path):
+    source = questions(4, tmp_path)
+    message = "no weights for ViT-X: pass --pretrained /path/to/weights.safetensors"
+    broken = LazyPrompter(functools.partial(pattern_prompter, fail=message), {})
+    with pytest.raises(ConfigError) as raised:
+        run(source, tmp_path / "out", broken, engine="ray", batch_size=2, progress=False)
+    assert str(raised.value) == message
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_ray_actor_whose_model_differs_from_run_json_writes_nothing(cluster, tmp_path):
+    source = questions(4, tmp_path)
+    with pytest.raises(ConfigError, match="differs from the one recorded in run.json"):
+        run(source, tmp_path / "out", Prompter(attributor=PidPatternAttributor()), engine="ray", batch_size=2,
+            progress=False)
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
 def test_cli_engine_ray_with_the_clip_fixture_matches_the_local_engine(cluster, clip_fixture_dir, tmp_path):
     pytest.importorskip("open_clip")
     from typer.testing import CliRunner
@@ -100,7 +148,7 @@ def test_cli_engine_ray_with_the_clip_fixture_matches_the_local_engine(cluster, 
               "--device", "cpu", "--batch-size", "3", "-q"]
     local = CliRunner().invoke(app, ["batch", *common, "--out", str(tmp_path / "local")])
     assert local.exit_code == 0, local.output
-    # every actor loads its own model from the same options (the driver's is never shipped)
+    # every actor loads its own model from the same options (the driver loads none)
     remote = CliRunner().invoke(app, ["batch", *common, "--out", str(tmp_path / "ray"), "--engine", "ray"])
     assert remote.exit_code == 0, remote.output
     assert image_files(tmp_path / "ray") == image_files(tmp_path / "local")

@@ -266,6 +266,7 @@ def run(
     fmt = image_format.lower()
     output = OutputSpec("jpg" if fmt == "jpeg" else fmt, jpeg_quality)
     out = OutputDir(out_dir)
+    pipeline = None
     try:
         out.check_usable()
         out.root.mkdir(parents=True, exist_ok=True)
@@ -276,25 +277,33 @@ def run(
         job = _Job(source, out, None, batch_size=batch_size, workers=workers, limit=limit,
                    num_shards=num_shards, shard_index=shard_index, done=done, output=output)
         share = _share_size(source, limit, num_shards, shard_index)
+        summary = Summary(out_dir=out.root, total=share)
         already = sum(1 for name in done if _in_share(records[name].get("index"), limit, num_shards, shard_index))
         base_parameters = {"source": source.describe(), "output": output.describe()}
         same_data = stored is not None and all(
             jsonable(base_parameters)[key] == (stored.get("parameters") or {}).get(key) for key in base_parameters)
         if same_data:
             say(f"resuming {out.root}: {already} of {share if share is not None else '?'} samples already done")
-        factory = prompter if isinstance(prompter, LazyPrompter) else None
-        request = jsonable(prompter.request) if factory is not None else None
         loaded = not isinstance(prompter, LazyPrompter)
+        request = None if loaded else jsonable(prompter.request)
         if (not loaded and same_data and request == (stored.get("run") or {}).get("request")
                 and job.all_done()):
             say(f"nothing left to do: all {already} samples are done (the model was not loaded)")
             parameters = {**base_parameters, "prompter": stored["parameters"]["prompter"]}
         else:
-            if not loaded:
-                prompter = prompter.build()
-                loaded = True
-            parameters = {**base_parameters, "prompter": prompter.describe()}
-        job.prompter = prompter
+            if engine == "ray":
+                from .ray_engine import start_ray
+
+                pipeline = start_ray(job, summary, prompter, address=address, num_gpus=num_gpus)
+            if pipeline is not None and not loaded:
+                description = pipeline.description()   # an actor's model: this process loads none
+            else:
+                if not loaded:
+                    prompter = prompter.build()
+                description = prompter.describe()
+                job.prompter = prompter
+            loaded = True
+            parameters = {**base_parameters, "prompter": description}
 
         resumed = out.prepare(parameters, overwrite=overwrite)
         if not resumed:
@@ -322,14 +331,13 @@ def run(
         }
         out.write_run(run_info)
 
-        summary = Summary(out_dir=out.root, total=share, model_loaded=loaded)
+        summary.model_loaded = loaded
         try:
             if loaded:
                 if engine == "ray":
-                    from .ray_engine import run_ray
-
-                    with _progress_bar(progress, share, already) as bar:
-                        run_ray(job, summary, bar, factory=factory, address=address, num_gpus=num_gpus)
+                    if pipeline is not None:
+                        with _progress_bar(progress, share, already) as bar:
+                            pipeline.collect(job, summary, bar, jsonable(parameters["prompter"]))
                 else:
                     with _progress_bar(progress, share, already) as bar:
                         job.run(summary, bar)
@@ -350,6 +358,8 @@ def run(
         out.write_run(run_info)
         return summary
     finally:
+        if pipeline is not None:
+            pipeline.close()
         out.close()
 
 
