@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .presets import check_kernel_size
 
 Map = TypeVar("Map", torch.Tensor, np.ndarray)
 
@@ -92,15 +93,6 @@ def enhance(x: Map, coe: float) -> Map:
     std = x.flatten(-2).std(dim=-1, unbiased=True, keepdim=True).unsqueeze(-1)
     enhanced = torch.sigmoid(coe * (x - mean) / std).clamp(0.0, 1.0)
     return torch.where(std > 0, enhanced, x)
-
-
-def check_kernel_size(kernel_size: int) -> int:
-    """Return ``kernel_size`` if it is a valid box-filter size (odd, >= 1), else raise ConfigError."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)):
-        raise ConfigError(f"kernel size must be an odd integer >= 1, got {kernel_size!r}")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ConfigError(f"kernel size must be an odd integer >= 1, got {kernel_size}")
-    return int(kernel_size)
 
 
 @_accepts_numpy

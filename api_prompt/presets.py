@@ -1,6 +1,7 @@
 """Published settings of the method, by name (ALGORITHM.md §4).
 
 A preset fills the options the user did not set; explicit options always win.
+:func:`check_settings` resolves and validates them without torch or a model.
 
 | name        | enhance | kernel | resample | background | source                               |
 |-------------|---------|--------|----------|------------|--------------------------------------|
@@ -12,7 +13,14 @@ A preset fills the options the user did not set; explicit options always win.
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
 from .errors import ConfigError
+from .overlay import Overlay
 
 PRESETS: dict[str, dict] = {
     "package": {"enhance": 10.0, "kernel_size": 3, "resample": "lanczos", "background": 0},
@@ -41,3 +49,46 @@ def resolve_settings(preset: str | None = None, **explicit) -> dict:
         ) from None
     settings.update({key: value for key, value in explicit.items() if value is not None})
     return settings
+
+
+def check_kernel_size(kernel_size: int) -> int:
+    """Return ``kernel_size`` if it is a valid box-filter size (odd, >= 1), else raise ConfigError."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)):
+        raise ConfigError(f"kernel size must be an odd integer >= 1, got {kernel_size!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ConfigError(f"kernel size must be an odd integer >= 1, got {kernel_size}")
+    return int(kernel_size)
+
+
+def check_settings(
+    preset: str | None = None,
+    *,
+    enhance: float | None = None,
+    kernel_size: int | None = None,
+    resample: str | None = None,
+    background: int | None = None,
+    geometry: str = "stretch",
+) -> tuple[dict[str, Any], Overlay]:
+    """Resolve the preset and validate every map/overlay setting, without loading a model.
+
+    Returns the resolved settings (``enhance``, ``kernel_size``, ``resample``, ``background``)
+    and the :class:`Overlay` they describe. Raises :class:`~api_prompt.errors.ConfigError` for
+    an unknown preset, an even or non-positive kernel size, a non-finite enhance coefficient,
+    an unknown resample filter or geometry, or a background outside 0..255.
+
+    >>> settings, overlay = check_settings("mmvet", background=200)
+    >>> settings["enhance"], overlay.background
+    (1.0, 200)
+    """
+    settings = resolve_settings(
+        preset, enhance=enhance, kernel_size=kernel_size, resample=resample, background=background
+    )
+    settings["kernel_size"] = check_kernel_size(settings["kernel_size"])
+    coe = settings["enhance"]
+    if isinstance(coe, bool) or not isinstance(coe, numbers.Real) or not math.isfinite(coe):
+        raise ConfigError(f"enhance must be a finite number, got {coe!r}")
+    settings["enhance"] = float(coe)
+    overlay = Overlay(
+        resample=settings["resample"], background=settings["background"], geometry=geometry
+    )
+    return settings, overlay

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -21,43 +19,9 @@ from .attention_map import AttentionMap
 from .attribution.base import Attributor, normalise_inputs
 from .attribution.registry import create_attributor, get_backend
 from .errors import ConfigError
-from .maps import check_kernel_size, get_recipe
+from .maps import get_recipe
 from .overlay import Overlay
-from .presets import resolve_settings
-
-
-def check_settings(
-    preset: str | None = None,
-    *,
-    enhance: float | None = None,
-    kernel_size: int | None = None,
-    resample: str | None = None,
-    background: int | None = None,
-    geometry: str = "stretch",
-) -> tuple[dict[str, Any], Overlay]:
-    """Resolve the preset and validate every map/overlay setting, without loading a model.
-
-    Returns the resolved settings (``enhance``, ``kernel_size``, ``resample``, ``background``)
-    and the :class:`Overlay` they describe. Raises :class:`~api_prompt.errors.ConfigError` for
-    an unknown preset, an even or non-positive kernel size, a non-finite enhance coefficient,
-    an unknown resample filter or geometry, or a background outside 0..255.
-
-    >>> settings, overlay = check_settings("mmvet", background=200)
-    >>> settings["enhance"], overlay.background
-    (1.0, 200)
-    """
-    settings = resolve_settings(
-        preset, enhance=enhance, kernel_size=kernel_size, resample=resample, background=background
-    )
-    settings["kernel_size"] = check_kernel_size(settings["kernel_size"])
-    coe = settings["enhance"]
-    if isinstance(coe, bool) or not isinstance(coe, numbers.Real) or not math.isfinite(coe):
-        raise ConfigError(f"enhance must be a finite number, got {coe!r}")
-    settings["enhance"] = float(coe)
-    overlay = Overlay(
-        resample=settings["resample"], background=settings["background"], geometry=geometry
-    )
-    return settings, overlay
+from .presets import check_settings
 
 
 @dataclass

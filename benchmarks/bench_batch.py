@@ -196,6 +196,7 @@ def main() -> None:
                         help="comma-separated sample counts for --ray (default: --samples)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     size = tuple(int(v) for v in args.size.lower().split("x"))
     ray_sizes = sorted({int(v) for v in (args.ray_samples or str(args.samples)).split(",")})
 
@@ -225,7 +226,7 @@ def main() -> None:
         command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
         workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
         print(f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+              f"load average {load_before:.2f} before the run, torch {torch.__version__} ({torch.get_num_threads()} threads), "
               f"device {args.device}, model {args.model}, JPEGs {size[0]}×{size[1]}, batch {args.batch_size}, "
               f"{workers} workers, output {args.format}, median of {args.repeats}\n")
         print(f"{count} samples:\n")

@@ -185,7 +185,7 @@ def batch_command(
             resample=resample, background=background, geometry=geometry,
             backend_options=tuple(backend_option or ()),
         )
-        options.check()
+        options.check(loads_here=engine is not Engine.ray)
         if engine is Engine.ray:
             from api_prompt.batch.ray_engine import require_ray
 

@@ -169,15 +169,21 @@ class PromptOptions:
             geometry=self.geometry.value,
         )
 
-    def check(self) -> None:
-        """Refuse bad map, overlay, device and dtype options without loading a model."""
-        from api_prompt.attribution.base import resolve_device, resolve_dtype
-        from api_prompt.prompter import check_settings
+    def check(self, loads_here: bool = True) -> None:
+        """Refuse bad map, overlay, device and dtype options without loading a model.
+
+        ``loads_here=False``: the model is loaded elsewhere (``--engine ray``: by the actors,
+        which check device and dtype where they run; a head node needs neither GPU nor torch).
+        """
+        from api_prompt.presets import check_settings
 
         settings = self._settings()
         check_settings(settings.pop("preset"), **settings)
-        resolve_device(self.device)
-        resolve_dtype(self.dtype)
+        if loads_here:
+            from api_prompt.attribution.base import resolve_device, resolve_dtype
+
+            resolve_device(self.device)
+            resolve_dtype(self.dtype)
         self.checked_backend_options()
 
     def checked_backend_options(self, **extra) -> dict:

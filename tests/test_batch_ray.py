@@ -153,3 +153,46 @@ def test_cli_engine_ray_with_the_clip_fixture_matches_the_local_engine(cluster, 
     assert remote.exit_code == 0, remote.output
     assert image_files(tmp_path / "ray") == image_files(tmp_path / "local")
     assert len(image_files(tmp_path / "ray")) == len(rows)
+
+
+def _fixture_batch_command(clip_fixture_dir: Path, tmp_path: Path, *options: str) -> list[str]:
+    images = sorted((clip_fixture_dir / "images").glob("*.png"))
+    source = tmp_path / "q.jsonl"
+    source.write_text("".join(json.dumps({"id": path.stem, "image": str(path), "question": "a red circle"}) + "\n"
+                              for path in images))
+    return ["batch", str(source), "--out", str(tmp_path / "out"), "--model", f"local-dir:{clip_fixture_dir / 'model'}",
+            "--layer", "4", "-q", "--engine", "ray", *options]
+
+
+def test_cli_engine_ray_driver_runs_without_torch(cluster, clip_fixture_dir, tmp_path):
+    """A head node needs neither a GPU nor torch: the command's checks and the driver never import it."""
+    from test_registry import modules_imported_by
+
+    argv = _fixture_batch_command(clip_fixture_dir, tmp_path, "--device", "cpu", "--address", cluster)
+    imported = modules_imported_by(f"""
+        import sys
+        from api_prompt.cli.app import main
+        sys.argv = ["api-prompt", *{argv!r}]
+        try:
+            main()
+        except SystemExit as stop:
+            assert stop.code in (0, None), stop.code
+    """)
+    assert "ray" in imported and "torch" not in imported
+    assert len(list((tmp_path / "out/images").glob("*.png"))) == len(list((clip_fixture_dir / "images").glob("*.png")))
+
+
+def test_cli_engine_ray_checks_the_device_where_the_model_loads(cluster, clip_fixture_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("shows the error of a machine without CUDA")
+    from typer.testing import CliRunner
+
+    try:
+        from api_prompt.cli.app import app
+    except ImportError:
+        from cli.app import app
+    result = CliRunner().invoke(app, _fixture_batch_command(clip_fixture_dir, tmp_path, "--device", "cuda"))
+    assert result.exit_code == 2
+    assert "error: device 'cuda' requested but CUDA is not available here" in result.output
+    assert not list(tmp_path.rglob("out/**/*.png"))

@@ -47,6 +47,8 @@ __all__ = ["start_ray", "RayPipeline", "require_ray"]
 
 #: calls one actor runs at once: one batch in the model while the other is decoded or encoded
 CALLS_PER_ACTOR = 2
+#: seconds a run that stops early waits for Ray Data to end its execution (called-off calls are quick)
+CLOSE_TIMEOUT = 30.0
 
 
 def require_ray() -> Any:
@@ -199,9 +201,11 @@ class RayPipeline:
             summary.seconds = time.perf_counter() - self.started
 
     def close(self) -> None:
-        """Call off whatever is left: the actors' next calls write nothing."""
+        """Call off whatever is left (the actors' next calls write nothing) and wait for Ray Data
+        to wind the run down, so that none of it outlives :func:`~api_prompt.batch.run`."""
         if self.thread.is_alive():
             self.ray.get(self.gate.decide.remote(None))
+            self.thread.join(CLOSE_TIMEOUT)
 
 
 def start_ray(job: Any, summary: Any, prompter: Any, *, address: str | None = None,

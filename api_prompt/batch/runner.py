@@ -212,7 +212,8 @@ def run(
             wrote (then finished samples are skipped).
         prompter: a :class:`~api_prompt.Prompter` (its stages ``attribute`` in batches,
             ``render`` in worker threads, ``query_overflow`` and ``describe``), or a
-            :class:`LazyPrompter` (loaded only when some sample is left to do).
+            :class:`LazyPrompter` (loaded only when some sample is left to do; with
+            ``engine="ray"`` only by the actors, never in this process).
         batch_size: samples per model call.
         workers: threads for decoding, overlay and encoding (default: CPU count, at most 8).
         limit: only the first ``limit`` samples of the input.
