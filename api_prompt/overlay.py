@@ -338,7 +338,9 @@ def render_heatmap(
     mixed = (1.0 - alpha) * np.asarray(image, dtype=np.float64) + alpha * colours
     heatmap = Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8))
     if colorbar:
-        heatmap = _attach(heatmap, _colorbar_strip(colormap, heatmap.height))
+        strip = _named_colorbar_strip(cmap, heatmap.height) if isinstance(cmap, str) else \
+            _colorbar_strip(colormap, heatmap.height)
+        heatmap = _attach(heatmap, strip)
     return heatmap
 
 
@@ -351,6 +353,13 @@ def _colormap(cmap: Any):
         return matplotlib.colormaps[cmap]
     except KeyError:
         raise ConfigError(f"unknown colormap {cmap!r}; see matplotlib.colormaps for the names") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _named_colorbar_strip(cmap: str, image_height: int) -> Image.Image:
+    # matplotlib takes ~50 ms to draw a bar (a third of the playground's time per request); the
+    # same colormap and height always give the same pixels, and the strip is only read.
+    return _colorbar_strip(_colormap(cmap), image_height)
 
 
 def _colorbar_strip(colormap: Any, image_height: int) -> Image.Image:

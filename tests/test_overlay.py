@@ -288,6 +288,18 @@ def test_heatmap_colorbar_adds_a_strip(scene):
     assert bar_tall.height == 400 and bar_tall.width > 120
 
 
+def test_heatmap_colorbar_drawn_once_per_name_and_height_is_the_same_bar(scene):
+    import matplotlib
+
+    image, amap = scene
+    first = render_heatmap(image, amap, colorbar=True, cmap="viridis")
+    again = render_heatmap(image, amap, colorbar=True, cmap="viridis")       # the cached strip
+    drawn = render_heatmap(image, amap, colorbar=True, cmap=matplotlib.colormaps["viridis"])  # drawn anew
+    assert np.array_equal(np.asarray(first), np.asarray(drawn))
+    assert np.array_equal(np.asarray(again), np.asarray(drawn))
+    assert not np.array_equal(np.asarray(first), np.asarray(render_heatmap(image, amap, colorbar=True)))  # jet
+
+
 @pytest.mark.parametrize("options", [{"alpha": 1.5}, {"cmap": "no-such-map"}, {"geometry": "x"}])
 def test_heatmap_rejects_bad_options(scene, options):
     with pytest.raises(ValueError):

@@ -21,7 +21,6 @@ load instead of loading twice, and a load that failed is tried again by the next
 
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +197,7 @@ class Playground:
             image, amap, resample=resample, background=background, geometry=geometry
         )
         small = _thumbnail(image, HEATMAP_SIDE)
-        heatmap = _with_colour_bar(render_heatmap(small, amap, geometry=geometry))
+        heatmap = render_heatmap(small, amap, geometry=geometry, colorbar=True)
         parts = [(part_picture(values), _part_caption(name, values)) for name, values in amap.parts.items()]
         return View(prompted=prompted, heatmap=heatmap, parts=parts, map=amap)
 
@@ -257,21 +256,6 @@ def part_picture(values: np.ndarray, side: int = PART_SIDE) -> Image.Image:
 
 def _part_caption(name: str, values: np.ndarray) -> str:
     return f"{name}  [{float(np.min(values)):.3g}, {float(np.max(values)):.3g}]"
-
-
-def _with_colour_bar(heatmap: Image.Image) -> Image.Image:
-    """``render_heatmap(..., colorbar=True)``, with the bar drawn once per height, not per request."""
-    from ..overlay import _attach
-
-    return _attach(heatmap, _colour_bar(heatmap.height))
-
-
-@functools.lru_cache(maxsize=16)
-def _colour_bar(height: int) -> Image.Image:
-    # matplotlib takes ~50 ms to draw the bar: a third of a request's time budget.
-    from ..overlay import _colorbar_strip, _colormap
-
-    return _colorbar_strip(_colormap("jet"), height)
 
 
 def _thumbnail(image: Image.Image, side: int) -> Image.Image:
