@@ -51,7 +51,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from PIL import Image
 
@@ -592,19 +592,24 @@ def open_source(
     question_column: str | None = None,
     image_root: str | os.PathLike | None = None,
     split: str | None = None,
+    readers: Mapping[str, type[Source]] | None = None,
 ) -> Source:
     """A :class:`Source` for a path (format from the extension unless given), a ``datasets``
     dataset object, or an existing Source (returned as is).
 
+    ``readers`` replaces :data:`READERS`, the Source class for each format (evaluation reads
+    with subclasses that keep list columns).
+
     >>> open_source("MMVet.tsv", question_column="question")    # doctest: +SKIP
     """
+    readers = READERS if readers is None else readers
     if isinstance(source, Source):
         return source
     options = dict(id_column=id_column, image_column=image_column,
                    question_column=question_column, image_root=image_root)
     if not isinstance(source, (str, os.PathLike)):
         if hasattr(source, "column_names") and hasattr(source, "features") or _is_dataset_dict(source):
-            return HFDatasetSource(source, split=split, **options)
+            return readers["hf"](source, split=split, **options)
         raise TypeError(f"cannot read samples from {type(source).__name__}; pass a path or a datasets.Dataset")
     path = Path(source)
     if not path.exists():
@@ -617,15 +622,19 @@ def open_source(
             dataset = datasets.load_from_disk(str(path))
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"cannot load the dataset saved in {path}: {exc}") from exc
-        return HFDatasetSource(dataset, name=path.name, split=split, path=path, **options)
-    classes = {"jsonl": JSONLSource, "csv": CSVSource, "tsv": TSVSource, "parquet": ParquetSource}
-    if format not in classes:
+        return readers["hf"](dataset, name=path.name, split=split, path=path, **options)
+    if format not in readers:
         raise ConfigError(f"unknown input format {format!r}; choose one of: {', '.join(FORMATS)}")
     if format == "parquet":
-        return ParquetSource(path, split=split, **options)
+        return readers["parquet"](path, split=split, **options)
     if split is not None:
         raise ConfigError("--split applies to parquet and Hugging Face datasets only")
-    return classes[format](path, **options)
+    return readers[format](path, **options)
+
+
+#: the Source class for each input format ("hf": a ``datasets`` dataset, saved or in memory)
+READERS: dict[str, type[Source]] = {"jsonl": JSONLSource, "csv": CSVSource, "tsv": TSVSource,
+                                    "parquet": ParquetSource, "hf": HFDatasetSource}
 
 
 def _is_dataset_dict(value: Any) -> bool:

@@ -18,9 +18,7 @@ The text a target gets, per benchmark (the auxiliary model gets the bare questio
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..batch import sources as _sources
@@ -140,36 +138,13 @@ class _HF(_KeepColumns, _sources.HFDatasetSource):
         self.dataset = dataset
 
 
-_CLASSES = {"jsonl": _JSONL, "csv": _CSV, "tsv": _TSV, "parquet": _Parquet}
+_READERS = {"jsonl": _JSONL, "csv": _CSV, "tsv": _TSV, "parquet": _Parquet, "hf": _HF}
 
 
-def open_benchmark_source(data: Any, *, format: str | None = None, id_column: str | None = None,
-                          image_column: str | None = None, question_column: str | None = None,
-                          image_root: str | os.PathLike | None = None, split: str | None = None):
-    """A batch :class:`~api_prompt.batch.sources.Source` that keeps every column."""
-    options = dict(id_column=id_column, image_column=image_column,
-                   question_column=question_column, image_root=image_root)
-    if not isinstance(data, (str, os.PathLike)):
-        if hasattr(data, "column_names") or type(data).__name__.endswith("DatasetDict"):
-            return _HF(data, split=split, **options)
-        raise ConfigError(f"cannot read samples from {type(data).__name__}; pass a path or a datasets.Dataset")
-    path = Path(data)
-    if not path.exists():
-        raise ConfigError(f"data {str(path)!r} does not exist")
-    format = format or _sources.detect_format(path)
-    if format == "hf":
-        import datasets
-
-        try:
-            dataset = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"cannot load the dataset saved in {path}: {exc}") from exc
-        return _HF(dataset, name=path.name, split=split, path=path, **options)
-    if format not in _CLASSES:
-        raise ConfigError(f"unknown data format {format!r}; choose one of: {', '.join(_sources.FORMATS)}")
-    if split is not None:
-        raise ConfigError("--split applies to Hugging Face datasets only")
-    return _CLASSES[format](path, **options)
+def open_benchmark_source(data: Any, **options: Any):
+    """A batch :class:`~api_prompt.batch.sources.Source` that keeps every column; ``options`` as
+    for :func:`~api_prompt.batch.sources.open_source`."""
+    return _sources.open_source(data, readers=_READERS, **options)
 
 
 def read_samples(data: Any, *, limit: int | None = None, id_column: str | None = None, **options: Any):
