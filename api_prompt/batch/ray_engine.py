@@ -255,7 +255,8 @@ def _start(ray: Any, job: Any, summary: Any, prompter: Any, num_gpus: float | No
         payloads.append({"payload": pickle.dumps((named, done), protocol=pickle.HIGHEST_PROTOCOL)})
     if not payloads:
         return None
-    gate = ray.remote(_Gate).options(num_cpus=0, max_concurrency=CALLS_PER_ACTOR * actors + 2).remote()
+    # a thread for each call waiting at the gate, and spare ones for the driver's report and decide calls
+    gate = ray.remote(_Gate).options(num_cpus=0, max_concurrency=CALLS_PER_ACTOR * actors + 4).remote()
     dataset = ray.data.from_items(payloads, override_num_blocks=min(len(payloads), 4 * actors))
     cpus_per_actor = max(1, int(resources.get("CPU", 1) // actors))
     threads = max(1, min(job.workers, cpus_per_actor))
