@@ -171,12 +171,7 @@ def ask_command(
                                  max_retries=max_retries, backoff=backoff)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
-        prompt_options = PromptOptions(
-            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample, background=background, geometry=geometry,
-            backend_options=tuple(backend_option or ()),
-        )
+        prompt_options = PromptOptions.from_command(locals())
         if not no_api:
             prompt_options.check()
         picture = load_image(image)

@@ -179,12 +179,7 @@ def batch_command(
             raise ConfigError("--address needs --engine ray")
         if engine is Engine.ray and num_shards != 1:
             raise ConfigError("--engine ray spreads the work itself; leave out --num-shards")
-        options = PromptOptions(
-            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample, background=background, geometry=geometry,
-            backend_options=tuple(backend_option or ()),
-        )
+        options = PromptOptions.from_command(locals())
         options.check(loads_here=engine is not Engine.ray)
         if engine is Engine.ray:
             from api_prompt.batch.ray_engine import require_ray

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Annotated, Iterator, Optional
 
@@ -161,6 +160,14 @@ class PromptOptions:
     geometry: Geometry
     #: ``KEY=VALUE`` texts of ``--backend-option``, typed by the backend's spec
     backend_options: tuple[str, ...] = ()
+
+    @classmethod
+    def from_command(cls, parameters: dict) -> "PromptOptions":
+        """The options among a command's parameters (its ``locals()``), read by name: every
+        command declares them alike (``--backend-option`` as ``backend_option``)."""
+        names = [field.name for field in fields(cls) if field.name != "backend_options"]
+        return cls(**{name: parameters[name] for name in names},
+                   backend_options=tuple(parameters["backend_option"] or ()))
 
     def _settings(self) -> dict:
         return dict(

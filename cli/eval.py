@@ -145,12 +145,7 @@ def eval_command(
             )
         options = target_options(target, base_url=base_url, timeout=timeout,
                                  device=target_device or device, dtype=target_dtype)
-        prompt_options = PromptOptions(
-            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample, background=background, geometry=geometry,
-            backend_options=tuple(backend_option or ()),
-        )
+        prompt_options = PromptOptions.from_command(locals())
         if "api" in chosen:
             prompt_options.check()
         data_options = dict(

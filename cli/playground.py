@@ -112,12 +112,7 @@ def playground_command(
             import gradio  # noqa: F401
         except ImportError:
             raise ConfigError("the playground needs Gradio: pip install 'api-prompt[playground]'") from None
-        options = PromptOptions(
-            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample, background=background, geometry=geometry,
-            backend_options=tuple(backend_option or ()),
-        )
+        options = PromptOptions.from_command(locals())
         options.check()
         target_options: dict = {}
         if target is not None:

@@ -104,12 +104,7 @@ def prompt_command(
         # 1. Everything cheap, so a typo never costs a model load and never leaves a file.
         if not query.strip():
             raise ConfigError("the query is empty: pass the question the image should answer")
-        options = PromptOptions(
-            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample, background=background, geometry=geometry,
-            backend_options=tuple(backend_option or ()),
-        )
+        options = PromptOptions.from_command(locals())
         options.check()
         picture = load_image(image)
         output = output if output is not None else image.parent / (image.stem + DEFAULT_SUFFIX)

@@ -156,12 +156,7 @@ def serve_command(
             fetch_timeout=fetch_timeout, max_image_bytes=int(max_image_mb * 1024 * 1024),
             png_compress_level=png_compression,
         )
-        prompt_options = PromptOptions(
-            backend=backend, model=model, pretrained=pretrained, layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample, background=background, geometry=geometry,
-            backend_options=tuple(backend_option or ()),
-        )
+        prompt_options = PromptOptions.from_command(locals())
         prompt_options.check()
         listener = _bind(host, port)
 
