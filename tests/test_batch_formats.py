@@ -24,16 +24,9 @@ from api_prompt.batch import open_source, run
 from api_prompt.batch.runner import encode_image
 from api_prompt.prompter import Prompter
 from batch_support import PatternAttributor
+from test_batch import picture
 
 TESTS = Path(__file__).parent
-
-
-def picture(i: int, size=(40, 30)) -> Image.Image:
-    array = np.zeros((size[1], size[0], 3), np.uint8)
-    array[..., 0] = (np.arange(size[0]) * (3 + i)) % 256
-    array[..., 1] = ((np.arange(size[1]) * (5 + 2 * i)) % 256)[:, None]
-    array[..., 2] = 40 * i % 256
-    return Image.fromarray(array)
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
