@@ -471,9 +471,15 @@ def _wait_for(condition, timeout: float = 10) -> None:
 
 
 def refused(url: str) -> bool:
+    """True when the server no longer serves new requests.
+
+    A connection that reached the listening socket just before it closed is then dropped
+    without a response (uvicorn closes connections with no request in progress), so a
+    dropped or reset connection counts as refused, as a refused connect does.
+    """
     try:
         httpx.get(url, timeout=1)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
         return True
     return False
 
