@@ -202,7 +202,7 @@ def test_429_is_retried_and_retry_after_is_honoured(server):
     assert len(server.requests) == 3
     gaps = np.diff(server.request_times)
     assert gaps[0] >= 0.29 and gaps[1] >= 0.09
-    assert elapsed < 3
+    assert elapsed < 4.5  # the backoff's own 5 s never ran
 
 
 def test_backoff_without_retry_after_and_bounded_retries(server):
@@ -354,7 +354,7 @@ def test_the_timeout_bounds_the_whole_attempt_not_each_read():
         start = time.monotonic()
         with pytest.raises(TargetError, match="timed out"):
             target.ask(random_image(0), "q")
-    assert time.monotonic() - start < 1.8
+    assert time.monotonic() - start < 4  # well short of the ~12 s the whole answer takes
 
 
 @pytest.mark.parametrize("content, expected", [
