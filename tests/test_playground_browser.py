@@ -47,10 +47,8 @@ from api_prompt import prompt  # noqa: E402
 from api_prompt.errors import ModelLoadError  # noqa: E402
 from api_prompt.playground import Playground, build_app  # noqa: E402
 from api_prompt.prompter import Prompter  # noqa: E402
+from test_playground import EXAMPLES, SMALL_CLIP, CountingPrompter  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL_CLIP = f"local-dir:{ROOT / 'assets' / 'synthshapes-clip'}"
-EXAMPLES = ROOT / "api_prompt" / "playground" / "examples"
 TIMEOUT_MS = 60_000  # generous: the CI machine may be shared
 sync_api.expect.set_options(timeout=TIMEOUT_MS)
 
@@ -58,15 +56,6 @@ sync_api.expect.set_options(timeout=TIMEOUT_MS)
 def brightness(image: Image.Image, question: str) -> str:
     """A stand-in target model: it answers with the image's mean brightness."""
     return f"mean brightness {np.asarray(image).mean():.2f}"
-
-
-class CountingPrompter:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs) -> Prompter:
-        self.calls += 1
-        return Prompter(*args, **kwargs)
 
 
 @contextmanager
