@@ -1,8 +1,9 @@
 """Tiny random LLaVA-NeXT, Qwen2-VL and Qwen2.5-VL models built offline, for the decoder backends.
 
-Unlike :func:`tiny_vlms.tiny_qwen2_vl` (fixed 56×56 images, one layer), these keep the image's
-size and aspect ratio within small pixel budgets, so grids are rectangular and differ from image
-to image, and they have several decoder layers with grouped-query attention. Everything is
+Unlike :func:`tiny_vlms.tiny_qwen2_vl` (a fixed 56×56, one-layer configuration of
+:func:`tiny_qwen_vl`), these keep by default the image's size and aspect ratio within small pixel
+budgets, so grids are rectangular and differ from image to image, and they have several decoder
+layers with grouped-query attention. Everything is
 deterministic for a seed; weights are random.
 
 >>> model, processor = tiny_llava_next()                                  # doctest: +SKIP

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
     "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
@@ -61,45 +59,10 @@ def tiny_qwen2_vl(seed: int = 0, save_dir: str | Path | None = None):
     Images are resized to 56×56 pixels (2×2 merged patches of 14 px), whatever their size.
     With ``save_dir`` the model and processor are also saved there (loadable by id = folder).
     """
-    from transformers import (
-        Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from tiny_decoders import tiny_qwen_vl  # it builds on this module's tokenizer and template
 
-    tokenizer = byte_level_tokenizer(
-        QWEN_SPECIAL_TOKENS, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+    return tiny_qwen_vl(
+        seed, save_dir, version="2", num_layers=1, hidden_size=32, min_pixels=56 * 56, max_pixels=56 * 56,
+        vision_depth=1, vision_hidden_size=32, vision_heads=2, vision_mlp_ratio=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    image_processor = Qwen2VLImageProcessor(
-        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2,
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2,
-    )
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-        chat_template=QWEN_CHAT_TEMPLATE,
-    )
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-        ),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    if save_dir is not None:
-        model.save_pretrained(save_dir)
-        processor.save_pretrained(save_dir)
-    return model, processor
