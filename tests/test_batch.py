@@ -352,6 +352,16 @@ def _count_ok_lines(path: Path) -> int:
         return 0
 
 
+def signal_once_done(process: subprocess.Popen, manifest: Path, done: int, sig: int, timeout: float = 60) -> None:
+    """Send ``sig`` to ``process`` as soon as ``manifest`` records ``done`` finished samples."""
+    deadline = time.monotonic() + timeout
+    while _count_ok_lines(manifest) < done and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it was signalled: {process.communicate()}")
+        time.sleep(0.02)
+    process.send_signal(sig)
+
+
 def kill_test_input(kind: str, folder: Path, n: int) -> tuple[Path, list[str], str | None]:
     """An input of ``kind`` with n samples, extra CLI options, and the export it produces."""
     if kind == "jsonl":
@@ -393,12 +403,7 @@ def test_kill_9_then_resume_is_byte_identical(kind, tmp_path, cli):
     env = {**os.environ, "API_PROMPT_FAKE_DELAY": "0.15",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while _count_ok_lines(tmp_path / "killed/manifest.jsonl") < 3 and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before it was killed: {process.communicate()}")
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+    signal_once_done(process, tmp_path / "killed/manifest.jsonl", 3, signal.SIGKILL)
     process.wait()
     done_before = _count_ok_lines(tmp_path / "killed/manifest.jsonl")
     assert 3 <= done_before < n
@@ -570,10 +575,7 @@ def test_cli_interrupt_says_how_far_and_how_to_resume(tmp_path):
     env = {**os.environ, "API_PROMPT_FAKE_DELAY": "0.15",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while _count_ok_lines(tmp_path / "out/manifest.jsonl") < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
+    signal_once_done(process, tmp_path / "out/manifest.jsonl", 3, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     done = _count_ok_lines(tmp_path / "out/manifest.jsonl")

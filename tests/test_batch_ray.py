@@ -21,7 +21,7 @@ from api_prompt.batch import LazyPrompter, run
 from api_prompt.errors import ConfigError
 from api_prompt.prompter import Prompter
 from batch_support import PatternAttributor, PidPatternAttributor, pattern_prompter
-from test_batch import _count_ok_lines, image_files, manifest, questions, write_vlmeval_tsv
+from test_batch import _count_ok_lines, image_files, manifest, questions, signal_once_done, write_vlmeval_tsv
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -68,12 +68,7 @@ def test_ray_driver_killed_then_resumed_is_byte_identical(cluster, tmp_path):
     command = [sys.executable, str(TESTS / "batch_support.py"), "ray-run", str(source), str(tmp_path / "out"), cluster]
     env = {**os.environ, "API_PROMPT_FAKE_DELAY": "0.3"}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while _count_ok_lines(tmp_path / "out/manifest.jsonl") < 2 and time.monotonic() < deadline:
-        if driver.poll() is not None:
-            pytest.fail(f"the driver ended before it was killed: {driver.communicate()}")
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
+    signal_once_done(driver, tmp_path / "out/manifest.jsonl", 2, signal.SIGKILL, timeout=120)
     driver.wait()
     assert 2 <= _count_ok_lines(tmp_path / "out/manifest.jsonl") < 16
     resumed = run(source, tmp_path / "out", Prompter(attributor=PatternAttributor()), engine="ray",
