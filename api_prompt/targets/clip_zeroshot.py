@@ -14,7 +14,7 @@ to the image's. With no options in the question the target cannot answer and say
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -57,14 +57,14 @@ class CLIPZeroShotTarget(BaseTarget):
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        # CLIPAttributor does the loading (names, offline rules, one-line errors); only its
-        # model, preprocess and tokenizer are used.
-        loaded = CLIPAttributor(model, pretrained, device=device, dtype=dtype, **options)
-        self.model, self.preprocess, self.tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
-        self.model_name = loaded.model_name
-        self.device, self.dtype = loaded.device, loaded.dtype
+        # CLIPAttributor does the loading (names, offline rules, one-line errors) and embeds the
+        # option captions (its cached, L2-normalised text_embeddings).
+        self.attributor = CLIPAttributor(model, pretrained, device=device, dtype=dtype, **options)
+        self.model, self.preprocess = self.attributor.model, self.attributor.preprocess
+        self.tokenizer = self.attributor.tokenizer
+        self.model_name = self.attributor.model_name
+        self.device, self.dtype = self.attributor.device, self.attributor.dtype
         self.batch_size = batch_size
-        self._captions: dict[str, Any] = {}
 
     def answer(self, images: list[list[Image.Image]], questions: list[str], **generation: Any) -> list[str]:
         """The letter of the closest option for each question (generation options are ignored)."""
@@ -88,21 +88,10 @@ class CLIPZeroShotTarget(BaseTarget):
                 features = self.model.encode_image(pixels).float()
                 features = features / features.norm(dim=-1, keepdim=True)
                 for feature, options in zip(features, option_sets[start:stop]):
-                    captions = self._caption_embeddings(list(options.values()))
+                    captions = self.attributor.text_embeddings(list(options.values()))
                     best = int(torch.argmax(captions @ feature))
                     answers.append(list(options)[best])
         return answers
-
-    def _caption_embeddings(self, captions: Sequence[str]):
-        import torch
-
-        missing = [c for c in dict.fromkeys(captions) if c not in self._captions]
-        if missing:
-            tokens = self.tokenizer(missing).to(self.device)
-            embeddings = self.model.encode_text(tokens).float()
-            embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-            self._captions.update(zip(missing, embeddings))
-        return torch.stack([self._captions[c] for c in captions])
 
     def describe(self) -> dict[str, Any]:
         return {"target": "clip-zeroshot", "model": self.model_name}
