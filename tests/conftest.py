@@ -7,6 +7,7 @@ outside the repository). See its README.md for what each file holds.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,25 @@ def expected_npz(clip_fixture_dir: Path) -> dict[str, np.ndarray]:
     """expected.npz loaded into a plain dict: ``<case>_psi_cls``, ``_psi_comp``, ``_mask``, ``_mask_u8``."""
     with np.load(clip_fixture_dir / "expected.npz") as data:
         return {key: data[key] for key in data.files}
+
+
+#: Skips that are right where they happen: a test of file permissions run as root, a test of the
+#: no-CUDA error run on a machine with CUDA.
+EXPECTED_SKIPS = ("root may write anywhere", "shows the error of a machine without CUDA")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With ``API_PROMPT_NO_SKIPS=1`` (CI sets it) any other skip fails the run.
+
+    Most tests of an optional extra skip when it is not installed; in CI every extra is installed,
+    so such a skip means a broken install, and it must not pass quietly.
+    """
+    if os.environ.get("API_PROMPT_NO_SKIPS") != "1" or exitstatus != pytest.ExitCode.OK:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    unexpected = [report.nodeid or str(report.fspath) for report in reporter.stats.get("skipped", [])
+                  if not any(reason in str(report.longrepr) for reason in EXPECTED_SKIPS)]
+    if unexpected:
+        reporter.write_line(f"\nAPI_PROMPT_NO_SKIPS=1: {len(unexpected)} unexpected skip(s): {', '.join(unexpected)}",
+                            red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
