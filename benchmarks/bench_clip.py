@@ -54,10 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import open_clip  # noqa: E402
 
 from api_prompt.attribution.clip import CLIPAttributor  # noqa: E402
-from api_prompt.attribution.clip.attention_pool import (  # noqa: E402
-    AttentionPoolDecomposition,
-    combine_attention_pool,
-)
+from api_prompt.attribution.clip.attention_pool import AttentionPoolDecomposition  # noqa: E402
+from api_prompt.maps import combine_attention_pool  # noqa: E402
 
 MODELS = ["ViT-B-16", "ViT-L-14-336-quickgelu"]
 #: Models whose image tower is pooled by attention (timm AttentionPoolLatent): SigLIP rows.

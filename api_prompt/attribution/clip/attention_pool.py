@@ -39,13 +39,13 @@ from torch import nn
 from torch.func import functional_call, vjp
 
 from ...errors import UnsupportedModelError
-from ...maps import combine_attention_pool
+from ..base import temporary_hooks
+from .decomposition import as_float
 
 __all__ = [
     "RECIPE_NAME",
     "AttentionPoolDecomposition",
     "PoolCapture",
-    "combine_attention_pool",
     "head_rest",
     "pool_contributions",
 ]
@@ -189,7 +189,7 @@ class AttentionPoolDecomposition:
         out_weight = pool.proj.weight.float()                                     # W_o, (C, C)
         pulled = (direction @ out_weight).view(values.shape[0], values.shape[1], -1)  # W_oᵀ w by head
         n_pooled = values.shape[2]
-        out_bias_dot = (_bias(pool.proj) * direction).sum(dim=-1, keepdim=True)    # (B, 1)
+        out_bias_dot = (as_float(pool.proj.bias, 0.0) * direction).sum(dim=-1, keepdim=True)  # (B, 1)
         dots = torch.einsum("bhn,bhnd,bhd->bn", weights, values, pulled) + out_bias_dot / n_pooled
         first = _first_grid_token(visual.trunk)
         psi_pool = dots[:, first:] / rho
@@ -225,9 +225,9 @@ class AttentionPoolDecomposition:
             values = tokens.flatten(2)
         else:
             value_weight = pool.kv.weight.float().chunk(2)[1]
-            value_bias = _bias(pool.kv).chunk(2)[1] if pool.kv.bias is not None else 0.0
+            value_bias = pool.kv.bias.float().chunk(2)[1] if pool.kv.bias is not None else 0.0
             values = visual.trunk.norm(tokens).float() @ value_weight.T + value_bias
-        alone = rest(values @ pool.proj.weight.float().T + _bias(pool.proj))      # e_m, (B, chunk, E)
+        alone = rest(values @ pool.proj.weight.float().T + as_float(pool.proj.bias, 0.0))  # e_m, (B, chunk, E)
         return torch.einsum("bpe,be->bp", alone, text) / alone.norm(dim=-1).clamp_min(1e-12)
 
     def run(self, visual: nn.Module, pixels: torch.Tensor, text: torch.Tensor, layer: int | None = None):
@@ -236,18 +236,10 @@ class AttentionPoolDecomposition:
         ``text``: (B, E) L2-normalised text embeddings. For tests, benchmarks and inspection.
         """
         layer = self.default_layer(visual) if layer is None else layer
-        handles: list = []
-        try:
-            with torch.no_grad():
-                capture = self.capture(visual, layer, text, handles)
-                image_features = visual(pixels)
-                return self.decompose(visual, capture, image_features, text)
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-# -- the default recipe ---------------------------------------------------------------------------
+        with torch.no_grad(), temporary_hooks() as handles:
+            capture = self.capture(visual, layer, text, handles)
+            image_features = visual(pixels)
+            return self.decompose(visual, capture, image_features, text)
 
 
 # -- the pieces, also used by the tests to state the identities ----------------------------------
@@ -265,20 +257,12 @@ def head_rest(visual: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     pool = trunk.attn_pool
     stages = [trunk.fc_norm, trunk.head, visual.head]
 
-    def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(module, (nn.Identity, nn.Dropout)) or (
-            isinstance(module, nn.Sequential) and len(module) == 0
-        ):
-            return x
-        state = {name: tensor.float() for name, tensor in module.state_dict(keep_vars=True).items()}
-        return functional_call(module, state, (x,))
-
     def rest(pooled: torch.Tensor) -> torch.Tensor:
         x = pooled
         if pool.mlp is not None:
-            x = x + call(pool.mlp, call(pool.norm, x))
+            x = x + _float_call(pool.mlp, _float_call(pool.norm, x))
         for stage in stages:
-            x = call(stage, x)
+            x = _float_call(stage, x)
         return x
 
     return rest
@@ -295,7 +279,7 @@ def pool_contributions(visual: nn.Module, capture: PoolCapture) -> torch.Tensor:
     weights, values = _attention_and_values(pool, capture.key_values)
     batch, heads, n_tokens, head_dim = values.shape
     weighted = (weights[..., None] * values).transpose(1, 2).reshape(batch, n_tokens, heads * head_dim)
-    return weighted @ pool.proj.weight.float().T + _bias(pool.proj) / n_tokens
+    return weighted @ pool.proj.weight.float().T + as_float(pool.proj.bias, 0.0) / n_tokens
 
 
 def _attention_and_values(pool: nn.Module, key_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,14 +287,8 @@ def _attention_and_values(pool: nn.Module, key_values: torch.Tensor) -> tuple[to
     batch, n_tokens, _ = key_values.shape
     heads, head_dim = pool.num_heads, pool.head_dim
     keys, values = key_values.float().reshape(batch, n_tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-
-    def call(module, x):
-        if isinstance(module, nn.Identity):
-            return x
-        return functional_call(module, {k: v.float() for k, v in module.state_dict().items()}, (x,))
-
-    query = call(pool.q, pool.latent.float()).reshape(1, heads, head_dim)  # latent_len = 1
-    query, keys = call(pool.q_norm, query), call(pool.k_norm, keys)
+    query = _float_call(pool.q, pool.latent.float()).reshape(1, heads, head_dim)  # latent_len = 1
+    query, keys = _float_call(pool.q_norm, query), _float_call(pool.k_norm, keys)
     logits = torch.einsum("hd,bhnd->bhn", query[0], keys) / math.sqrt(head_dim)
     return logits.softmax(dim=-1), values
 
@@ -320,8 +298,17 @@ def _first_grid_token(trunk: nn.Module) -> int:
     return trunk.num_prefix_tokens if trunk.pool_include_prefix else 0
 
 
-def _bias(linear: nn.Linear) -> torch.Tensor | float:
-    return linear.bias.float() if linear.bias is not None else 0.0
+def _float_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with its parameters and buffers in float32 (the module itself unchanged).
+
+    Identities, dropouts (eval semantics) and empty ``Sequential``s return ``x`` as it is.
+    """
+    if isinstance(module, (nn.Identity, nn.Dropout)) or (
+        isinstance(module, nn.Sequential) and len(module) == 0
+    ):
+        return x
+    state = {name: tensor.float() for name, tensor in module.state_dict(keep_vars=True).items()}
+    return functional_call(module, state, (x,))
 
 
 def _check_rebuilt(rebuilt: torch.Tensor, image_features: torch.Tensor) -> None:
