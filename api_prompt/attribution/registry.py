@@ -222,6 +222,14 @@ _PROCESSOR_OPTION = BackendOption(
     "the model's processor (with an already loaded model), or a Hugging Face id or folder to load it from",
 )
 
+#: decoder backends (llava, llava-next, qwen2-vl, qwen2.5-vl): the same options
+_DECODER_OPTIONS = (
+    BackendOption("max_new_tokens", int, 20, "tokens generated per image"),
+    BackendOption("batch_size", int, 8, _BATCH_SIZE_HELP),
+    _PROCESSOR_OPTION,
+    *_OWN_MASK_OPTIONS,
+)
+
 #: open_clip backends (clip, siglip): the same loader options
 _CLIP_OPTIONS = (
     BackendOption("pretrained", str, None,
@@ -267,12 +275,7 @@ _BUILT_IN = {
             default_model="llava-hf/llava-1.5-7b-hf",
             default_layer="20",
             default_recipe="llava",
-            options=(
-                BackendOption("max_new_tokens", int, 20, "tokens generated per image"),
-                BackendOption("batch_size", int, 8, _BATCH_SIZE_HELP),
-                _PROCESSOR_OPTION,
-                *_OWN_MASK_OPTIONS,
-            ),
+            options=_DECODER_OPTIONS,
             model_help="a Hugging Face id or local folder (default llava-hf/llava-1.5-7b-hf)",
         ),
         *(
@@ -283,12 +286,7 @@ _BUILT_IN = {
                 default_model=model,
                 default_layer="n_layers * 20 // 32",  # the paper's LLaVA-1.5 depth (20 of 32)
                 default_recipe="llava",
-                options=(
-                    BackendOption("max_new_tokens", int, 20, "tokens generated per image"),
-                    BackendOption("batch_size", int, 8, _BATCH_SIZE_HELP),
-                    _PROCESSOR_OPTION,
-                    *_OWN_MASK_OPTIONS,
-                ),
+                options=_DECODER_OPTIONS,
                 model_help=f"a Hugging Face id or local folder (default {model})",
             )
             for name, module, help, model in (
