@@ -450,42 +450,56 @@ class Stages:
         record.update(extra or {})
         return record
 
+    def load(self, item: _Item, decode: Callable[[_Item], list] | None = None) -> list | dict[str, Any]:
+        """The item's decoded images, or its error record: a problem found before decoding
+        (:meth:`problem`) or a failed decode. ``decode`` gets the images (default :meth:`decode`)."""
+        problem = self.problem(item.sample)
+        if problem is not None:
+            return _record(item, "error", error=problem, kind="permanent")
+        try:
+            return (decode or self.decode)(item)
+        except Exception as exc:
+            return _record(item, "error", error=_message(exc), kind=_error_kind(exc))
+
+    def attribute_items(self, items: list[_Item], loaded: list[Any]) -> list[tuple | dict[str, Any]]:
+        """One model call for a batch: per item, in order, ``(images, maps)`` ready for
+        :meth:`finish`, or its error record (from :meth:`load`, or a map that failed).
+
+        ``loaded`` is what :meth:`load` gave for each item."""
+        valid = [(item, images) for item, images in zip(items, loaded) if not isinstance(images, dict)]
+        maps = self.attribute([image for _, images in valid for image, _ in images],
+                              [str(item.sample.question) for item, images in valid for _ in images])
+        results: list[tuple | dict[str, Any]] = []
+        position = 0
+        for item, images in zip(items, loaded):
+            if isinstance(images, dict):
+                results.append(images)
+                continue
+            item_maps = maps[position:position + len(images)]
+            position += len(images)
+            failure = next((m for m in item_maps if isinstance(m, Exception)), None)
+            if failure is not None:
+                results.append(_record(item, "error", error=_message(failure), kind=_error_kind(failure)))
+            else:
+                results.append((images, item_maps))
+        return results
+
     def process(self, items: list[_Item], pool: ThreadPoolExecutor | None = None,
                 done: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
         """Every stage for one batch, start to end; the records of its samples not in ``done``, in
         input order (the Ray engine's unit of work). The whole batch goes through the model, so
         the maps are those of an uninterrupted run. ``pool`` parallelises decoding and encoding."""
         mapper = pool.map if pool is not None else map
+        results = self.attribute_items(items, list(mapper(self.load, items)))
 
-        def decode(item: _Item) -> Any:
-            problem = self.problem(item.sample)
-            if problem is not None:
-                return _record(item, "error", error=problem, kind="permanent")
-            try:
-                return self.decode(item)
-            except Exception as exc:
-                return _record(item, "error", error=_message(exc), kind=_error_kind(exc))
-
-        decoded = list(mapper(decode, items))
-        valid = [(item, images) for item, images in zip(items, decoded) if isinstance(images, list)]
-        maps = self.attribute([image for _, images in valid for image, _ in images],
-                              [str(item.sample.question) for item, images in valid for _ in images])
-        results: dict[int, Any] = {}
-        position = 0
-        for item, images in valid:
-            results[id(item)] = (images, maps[position:position + len(images)])
-            position += len(images)
-
-        def finish(item: _Item) -> dict[str, Any]:
-            images, item_maps = results[id(item)]
-            failure = next((m for m in item_maps if isinstance(m, Exception)), None)
-            if failure is not None:
-                return _record(item, "error", error=_message(failure), kind=_error_kind(failure))
+        def finish(entry: tuple[_Item, tuple]) -> dict[str, Any]:
+            item, (images, item_maps) = entry
             return self.finish(item, images, item_maps, self.query_note(str(item.sample.question)))
 
-        todo = [item for item, _ in valid if item.name not in done]
-        finished = dict(zip([id(item) for item in todo], mapper(finish, todo)))
-        return [finished.get(id(item), result) for item, result in zip(items, decoded)
+        todo = [(item, result) for item, result in zip(items, results)
+                if item.name not in done and not isinstance(result, dict)]
+        finished = dict(zip([id(item) for item, _ in todo], mapper(finish, todo)))
+        return [finished.get(id(item), result) for item, result in zip(items, results)
                 if item.name not in done]
 
 
@@ -578,40 +592,16 @@ class _Job(Stages):
                 if not lookahead:
                     break
                 batch = lookahead.popleft()
-                problems: dict[int, tuple[str, str]] = {}
-                valid: list[tuple[_Item, list[tuple[Image.Image, bool]]]] = []
-                for item in batch:
-                    problem = self.problem(item.sample)
-                    if problem is None:
-                        try:
-                            valid.append((item, item.decoded.result()))
-                            continue
-                        except Exception as exc:
-                            problem = (_message(exc), _error_kind(exc))
-                    else:
-                        problem = (problem, "permanent")
-                    problems[id(item)] = problem
-                maps = self.attribute([image for _, images in valid for image, _ in images],
-                                      [str(item.sample.question) for item, images in valid for _ in images])
-                results: dict[int, tuple[list, list]] = {}
-                position = 0
-                for item, images in valid:
-                    results[id(item)] = (images, maps[position:position + len(images)])
-                    position += len(images)
-                for item in batch:                      # records keep the input order
+                loaded = [self.load(item, lambda item: item.decoded.result()) for item in batch]
+                for item, result in zip(batch, self.attribute_items(batch, loaded)):   # in input order
                     if item.name in self.done:
                         summary.skipped += 1
-                    elif id(item) in problems:
-                        message, kind = problems[id(item)]
-                        pending.append(_record(item, "error", error=message, kind=kind))
+                    elif isinstance(result, dict):
+                        pending.append(result)
                     else:
-                        images, item_maps = results[id(item)]
-                        failure = next((m for m in item_maps if isinstance(m, Exception)), None)
-                        if failure is not None:
-                            pending.append(_record(item, "error", error=_message(failure), kind=_error_kind(failure)))
-                        else:
-                            extra = self.query_note(str(item.sample.question))
-                            pending.append(pool.submit(self.finish, item, images, item_maps, extra))
+                        images, item_maps = result
+                        extra = self.query_note(str(item.sample.question))
+                        pending.append(pool.submit(self.finish, item, images, item_maps, extra))
                 flush(block=False)
             flush(block=True)
         finally:
