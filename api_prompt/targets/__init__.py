@@ -27,8 +27,6 @@ from .base import (
 )
 from .wrap import MODES, PromptedTarget, wrap
 
-TARGETS.setdefault("clip-zeroshot", "api_prompt.targets.clip_zeroshot:CLIPZeroShotTarget")
-
 _LAZY = {
     "HFTarget": "api_prompt.targets.hf",
     "OpenAITarget": "api_prompt.targets.openai",

@@ -37,6 +37,7 @@ __all__ = [
 TARGETS: dict[str, str] = {
     "hf": "api_prompt.targets.hf:HFTarget",
     "openai": "api_prompt.targets.openai:OpenAITarget",
+    "clip-zeroshot": "api_prompt.targets.clip_zeroshot:CLIPZeroShotTarget",
 }
 
 
@@ -138,7 +139,8 @@ def as_target(obj: Any, **options: Any) -> BaseTarget | Target:
 
 
 def create_target(spec: str, **options: Any) -> BaseTarget:
-    """Build a target from ``"kind:name"``: ``hf:<Hugging Face id or folder>``, ``openai:<model>``.
+    """Build a target from ``"kind:name"``: ``hf:<Hugging Face id or folder>``, ``openai:<model>``,
+    ``clip-zeroshot:<open_clip model>`` (any kind of :data:`TARGETS`).
 
     >>> create_target("openai:gpt-4o-mini", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
     OpenAITarget(model='gpt-4o-mini', base_url='http://127.0.0.1:8000/v1', api_key=None)
@@ -146,7 +148,7 @@ def create_target(spec: str, **options: Any) -> BaseTarget:
     kind, sep, name = str(spec).partition(":")
     if not sep or kind not in TARGETS or not name.strip():
         raise ConfigError(
-            f"unknown target {spec!r}: use 'hf:<model id or folder>' or 'openai:<model name>'"
+            f"unknown target {spec!r}: use one of " + ", ".join(f"'{k}:<model>'" for k in TARGETS)
         )
     module_name, class_name = TARGETS[kind].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
