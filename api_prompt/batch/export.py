@@ -100,15 +100,18 @@ def export(out: OutputDir, source: Source, run_info: dict[str, Any], summary: An
     info = run_info["run"]
     limit = info.get("limit")
     records = out.records()
-    rows = [(sample, name, records.get(name)) for sample, name in named_samples(source, limit)]
-    share = [(sample, name, record) for sample, name, record in rows
-             if _in_share(sample.index, limit, info.get("num_shards", 1), info.get("shard_index", 0))]
-    summary.failed_total = sum(1 for _, _, record in share if not out.is_done(record))
+    rows = []   # (sample, name, record, done): whether each is done is looked up once (a stat per image)
+    for sample, name in named_samples(source, limit):
+        record = records.get(name)
+        rows.append((sample, name, record, out.is_done(record)))
+    share = [row for row in rows
+             if _in_share(row[0].index, limit, info.get("num_shards", 1), info.get("shard_index", 0))]
+    summary.failed_total = sum(1 for *_, done in share if not done)
     outputs = run_info.get("outputs") or {}
     target_key = next((key for key in ("tsv", "dataset", "parquet") if outputs.get(key)), None)
     if target_key is None:
         return
-    missing = sum(1 for _, _, record in rows if not out.is_done(record))
+    missing = summary.failed_total   # exports are planned for a whole input only (one shard): share == rows
     if missing and not allow_partial:
         what = "TSV" if target_key == "tsv" else "dataset"
         summary.not_exported = (
@@ -127,8 +130,8 @@ def export(out: OutputDir, source: Source, run_info: dict[str, Any], summary: An
                                         status=allow_partial, keep_original=keep_original)
 
 
-def _status(out: OutputDir, record: dict[str, Any] | None) -> str:
-    if out.is_done(record):
+def _status(done: bool, record: dict[str, Any] | None) -> str:
+    if done:
         return "ok"
     if record is None:
         return "failed: not processed"
@@ -140,7 +143,9 @@ def _status(out: OutputDir, record: dict[str, Any] | None) -> str:
 
 
 def write_tsv(out: OutputDir, source: TSVSource, rows: list, name: str, *, tag: str, status: bool) -> Path:
-    """Write ``DIR/<name>`` (see the module docs); returns its path."""
+    """Write ``DIR/<name>`` (see the module docs); returns its path.
+
+    ``rows`` holds ``(sample, name, record, done)`` per sample, as :func:`export` builds them."""
     columns = list(source.columns or [])
     image_column = source.image_column
     if "image" not in columns:
@@ -155,9 +160,9 @@ def write_tsv(out: OutputDir, source: TSVSource, rows: list, name: str, *, tag: 
     with open(temporary, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(columns)
-        for (sample, stem, record), raw in zip(rows, raw_rows):
+        for (sample, stem, record, done), raw in zip(rows, raw_rows):
             values = dict(raw)
-            if out.is_done(record):
+            if done:
                 files = record_files(record)
                 images = [base64.b64encode((out.root / file).read_bytes()).decode("ascii") for file in files]
                 names = [f"{Path(file).stem}_{tag}{Path(file).suffix}" for file in files]
@@ -171,7 +176,7 @@ def write_tsv(out: OutputDir, source: TSVSource, rows: list, name: str, *, tag: 
                 values["image"] = raw.get("image", raw.get(image_column, ""))
                 values["image_path"] = f"{stem}_original_{tag}.jpg"
             if status:
-                values[STATUS_COLUMN] = _status(out, record)
+                values[STATUS_COLUMN] = _status(done, record)
             writer.writerow(["" if values.get(column) is None else values[column] for column in columns])
         handle.flush()
         os.fsync(handle.fileno())
@@ -201,14 +206,15 @@ def _original_images(source: TSVSource, sample: Any, stem: str, tag: str) -> tup
 
 def write_dataset(out: OutputDir, source: TableSource, rows: list, folder: str, *, parquet: bool,
                   status: bool, keep_original: bool) -> Path:
-    """Write the prompted ``DatasetDict`` (or parquet shards) into ``DIR/<folder>``."""
+    """Write the prompted ``DatasetDict`` (or parquet shards) into ``DIR/<folder>``; ``rows`` as
+    for :func:`write_tsv`."""
     import datasets
     from datasets.arrow_writer import ArrowWriter
 
     image_column = source.image_column
     features = source.features().copy()
     multi = isinstance(features[image_column], (list, datasets.List, datasets.Sequence)) or any(
-        isinstance(sample.image, list) for sample, _, _ in rows
+        isinstance(sample.image, list) for sample, *_ in rows
     )
     image_feature = datasets.List(datasets.Image()) if multi else datasets.Image()
     original_feature = features[image_column]
@@ -236,14 +242,14 @@ def write_dataset(out: OutputDir, source: TableSource, rows: list, folder: str, 
                 chunk = rows[position:position + count]
                 position += count
                 prompted, states = [], []
-                for (sample, _, record), original in zip(chunk, batch[image_column]):
-                    if out.is_done(record):
+                for (sample, _, record, done), original in zip(chunk, batch[image_column]):
+                    if done:
                         images = [{"bytes": (out.root / file).read_bytes(), "path": Path(file).name}
                                   for file in record_files(record)]
                         prompted.append(images if multi else images[0])
                     else:
                         prompted.append(_as_image_value(source, sample, original, multi))
-                    states.append(_status(out, record))
+                    states.append(_status(done, record))
                 if len(chunk) < count:   # rows beyond --limit
                     batch = {key: values[:len(chunk)] for key, values in batch.items()}
                 if keep_original:
