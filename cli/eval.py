@@ -20,8 +20,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from api_prompt.errors import ConfigError
-
 from .app import app
 from .ask import (
     BaseUrlOpt, MaxNewTokensOpt, TargetDeviceOpt, TargetDtypeOpt, TargetOpt, TimeoutOpt,
@@ -133,16 +131,12 @@ def eval_command(
     Example:  api-prompt eval POPE.tsv --benchmark pope --target openai:gpt-4o-mini --out runs/pope
     """
     from api_prompt.evaluation.runner import _check_conditions, check_data, evaluate
-    from api_prompt.targets import TARGETS, create_target
+    from api_prompt.targets import create_target, split_target_spec
 
     with handle_errors(debug):
         # 1. Everything cheap first, so a typo never costs a model load.
         chosen = _check_conditions(conditions)
-        kind, _, name = target.partition(":")
-        if kind not in TARGETS or not name.strip():
-            raise ConfigError(
-                f"unknown target {target!r}: use one of " + ", ".join(f"'{k}:<model>'" for k in TARGETS)
-            )
+        split_target_spec(target)
         options = target_options(target, base_url=base_url, timeout=timeout,
                                  device=target_device or device, dtype=target_dtype)
         prompt_options = PromptOptions.from_command(locals())

@@ -23,7 +23,7 @@ import importlib
 
 from .base import (
     TARGETS, BaseTarget, CallableTarget, Target, TargetError, as_target, create_target,
-    normalise_batch,
+    normalise_batch, split_target_spec,
 )
 from .wrap import MODES, PromptedTarget, wrap
 
@@ -37,7 +37,7 @@ _LAZY = {
 __all__ = [
     "Target", "BaseTarget", "CallableTarget", "TargetError", "HFTarget", "OpenAITarget",
     "PromptedTarget", "as_target", "create_target", "normalise_batch", "wrap", "encode_image",
-    "MODES", "TARGETS", "CLIPZeroShotTarget",
+    "MODES", "TARGETS", "CLIPZeroShotTarget", "split_target_spec",
 ]
 
 

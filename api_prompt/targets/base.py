@@ -30,7 +30,7 @@ from ..images import load_image
 
 __all__ = [
     "Target", "BaseTarget", "CallableTarget", "TargetError", "as_target", "create_target",
-    "normalise_batch", "TARGETS",
+    "normalise_batch", "split_target_spec", "TARGETS",
 ]
 
 #: target kind -> "module:Class", for ``create_target("hf:...")`` / ``--target hf:...``.
@@ -145,14 +145,26 @@ def create_target(spec: str, **options: Any) -> BaseTarget:
     >>> create_target("openai:gpt-4o-mini", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
     OpenAITarget(model='gpt-4o-mini', base_url='http://127.0.0.1:8000/v1', api_key=None)
     """
+    kind, name = split_target_spec(spec)
+    module_name, class_name = TARGETS[kind].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(name, **options)
+
+
+def split_target_spec(spec: str) -> tuple[str, str]:
+    """``"kind:name"`` -> ``(kind, name)`` (name stripped), checked against :data:`TARGETS`.
+
+    Loads nothing, so a typo is caught before any model load.
+
+    >>> split_target_spec("openai: gpt-4o-mini")
+    ('openai', 'gpt-4o-mini')
+    """
     kind, sep, name = str(spec).partition(":")
     if not sep or kind not in TARGETS or not name.strip():
         raise ConfigError(
             f"unknown target {spec!r}: use one of " + ", ".join(f"'{k}:<model>'" for k in TARGETS)
         )
-    module_name, class_name = TARGETS[kind].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(name.strip(), **options)
+    return kind, name.strip()
 
 
 def normalise_batch(images, questions) -> tuple[list[list[Image.Image]], list[str]]:
