@@ -267,7 +267,7 @@ class ToyDecoder:
     default_recipe = "llava"
 
     def __init__(self) -> None:
-        self.decoder_layers = [object()] * 6
+        self.n_layers = 6
         self.layer = 4
         self.ran_at: list[int] = []
 

@@ -37,6 +37,9 @@ class Attributor(ABC):
     name: str = ""
     #: the recipe (:data:`api_prompt.maps.RECIPES`) that turns this backend's parts into a mask
     default_recipe: str | None = None
+    #: how many blocks (layers) the loaded model has: the range of ``layer``; None for a backend
+    #: without layers. Backends with a ``layer`` set it when they load the model.
+    n_layers: int | None = None
 
     def __call__(self, images, queries) -> list[AttentionMap]:
         images, queries = normalise_inputs(images, queries)

@@ -32,7 +32,7 @@ from PIL import Image
 from ..errors import ConfigError, ModelLoadError
 from ..prompter import Prompter, check_settings
 
-__all__ = ["Playground", "View", "default_model_dir", "part_picture", "layer_count"]
+__all__ = ["Playground", "View", "default_model_dir", "part_picture"]
 
 #: The small CLIP trained on synthetic shapes: in a wheel it ships inside this package; in a
 #: clone of the repository it is read from ``assets/`` (the same files).
@@ -131,7 +131,7 @@ class Playground:
                     dtype=self.dtype, preset=self.preset, **self.settings, geometry=self.geometry,
                     **options,
                 )
-                self._n_layers = layer_count(self._prompter.attributor)
+                self._n_layers = int(self._prompter.attributor.n_layers)
                 self._default_layer = int(self._prompter.attributor.layer)
                 self.loads += 1
             return self._prompter
@@ -218,23 +218,6 @@ class Playground:
             generation = {"max_new_tokens": self.max_new_tokens} if isinstance(self.target, str) else {}
             answers = self._target([original, prompted], [question.strip()] * 2, **generation)
         return answers[0], answers[1]
-
-
-def layer_count(attributor) -> int:
-    """How many blocks the attributor's model has (the layer slider's bound)."""
-    counter = getattr(attributor, "n_layers", None)
-    if isinstance(counter, int):
-        return counter
-    if callable(counter):
-        return int(counter())
-    decomposition = getattr(attributor, "decomposition", None)  # CLIP-like towers
-    if decomposition is not None and hasattr(decomposition, "n_layers"):
-        return int(decomposition.n_layers(attributor.model.visual))
-    decoder_layers = getattr(attributor, "decoder_layers", None)  # LLaVA
-    if decoder_layers is not None:
-        return len(decoder_layers)
-    visual = attributor.model.visual  # open_clip
-    return len(visual.transformer.resblocks)
 
 
 def part_picture(values: np.ndarray, side: int = PART_SIDE) -> Image.Image:

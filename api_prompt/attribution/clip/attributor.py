@@ -123,7 +123,7 @@ class CLIPAttributor(Attributor):
         visual = self.model.visual
         self.decomposition = select_decomposition(visual)
         self.default_recipe = self.decomposition.default_recipe
-        n_blocks = self.decomposition.n_layers(visual)
+        self.n_layers = n_blocks = self.decomposition.n_layers(visual)
         self.layer = check_layer(n_blocks - 2 if layer is None else layer, n_blocks)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._weights_sha256: str | None = None

@@ -230,7 +230,7 @@ class DecoderAttributor(Attributor):
             self.model_name = str(model)
             self.model, self.processor = self._load(self.model_name, processor)
         self.decoder_layers = decoder_layers(self.model, self.name)
-        n_layers = len(self.decoder_layers)
+        self.n_layers = n_layers = len(self.decoder_layers)
         self.layer = check_layer(self.default_layer(n_layers) if layer is None else layer, n_layers)
         self.image_token_id = image_token_id(self.model, self.processor)
         attention = self.decoder_layers[self.layer].self_attn
