@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .sources import Source, TableSource, TSVSource, is_jpeg
-from .store import TMP_SUFFIX, OutputDir, plain_file_name, record_files
+from .store import TMP_SUFFIX, OutputDir, part_names, plain_file_name, record_files
 
 __all__ = ["export", "planned_outputs", "check_export_options", "default_tsv_name", "STATUS_COLUMN"]
 
@@ -186,18 +186,26 @@ def write_tsv(out: OutputDir, source: TSVSource, rows: list, name: str, *, tag: 
 
 def _original_images(source: TSVSource, sample: Any, stem: str, tag: str) -> tuple[list[str], list[str]]:
     """The original image(s) of a failed row as base64, with names of their own ("original")."""
-    values = sample.image if isinstance(sample.image, list) else [sample.image]
+    multi = isinstance(sample.image, list)
+    values = sample.image if multi else [sample.image]
     images, names = [], []
-    for k, value in enumerate(values, 1):
-        try:
-            data = source.resolve(value, sample)
-            data = data if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
-        except Exception:  # the image itself is what failed: nothing to keep
+    for part, value in zip(part_names(stem, len(values)) if multi else [stem], values):
+        data = _original_bytes(source, sample, value)
+        if data is None:   # the image itself is what failed: nothing to keep
             return [], []
-        images.append(base64.b64encode(bytes(data)).decode("ascii"))
-        part = f"{stem}--{k}" if isinstance(sample.image, list) else stem
-        names.append(f"{part}_original_{tag}.{'jpg' if is_jpeg(bytes(data)) else 'png'}")
+        images.append(base64.b64encode(data).decode("ascii"))
+        names.append(f"{part}_original_{tag}.{'jpg' if is_jpeg(data) else 'png'}")
     return images, names
+
+
+def _original_bytes(source: Source, sample: Any, value: Any) -> bytes | None:
+    """One original image value of ``sample`` as encoded bytes; None when it cannot be read."""
+    try:
+        data = source.resolve(value, sample)
+        data = data if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
+    except Exception:
+        return None
+    return bytes(data)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,12 +298,10 @@ def _as_image_value(source: TableSource, sample: Any, original: Any, multi: bool
     def one(value: Any) -> Any:
         if isinstance(value, dict) and value.get("bytes"):
             return {"bytes": value["bytes"], "path": value.get("path")}
-        try:
-            data = source.resolve(value, sample)
-            data = data if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
-        except Exception:  # the image itself is what failed: nothing to keep
+        data = _original_bytes(source, sample, value)
+        if data is None:   # the image itself is what failed: nothing to keep
             return None
-        return {"bytes": bytes(data), "path": None}
+        return {"bytes": data, "path": None}
 
     if multi:
         values = original if isinstance(original, list) else [original]
