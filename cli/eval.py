@@ -130,12 +130,12 @@ def eval_command(
 
     Example:  api-prompt eval POPE.tsv --benchmark pope --target openai:gpt-4o-mini --out runs/pope
     """
-    from api_prompt.evaluation.runner import _check_conditions, check_data, evaluate
+    from api_prompt.evaluation.runner import check_conditions, check_data, evaluate
     from api_prompt.targets import create_target, split_target_spec
 
     with handle_errors(debug):
         # 1. Everything cheap first, so a typo never costs a model load.
-        chosen = _check_conditions(conditions)
+        chosen = check_conditions(conditions)
         split_target_spec(target)
         options = target_options(target, base_url=base_url, timeout=timeout,
                                  device=target_device or device, dtype=target_dtype)
@@ -146,7 +146,7 @@ def eval_command(
             id_column=id_column, image_column=image_column, question_column=question_column,
             image_root=image_root, split=split, format=input_format.value if input_format else None,
         )
-        check_data(data, benchmark.value, limit=limit, **data_options)
+        checked = check_data(data, benchmark.value, limit=limit, **data_options)
 
         # 2. The models.
         with warnings.catch_warnings():
@@ -158,7 +158,8 @@ def eval_command(
                 data, benchmark.value, answerer, out, conditions=chosen, prompter=prompter,
                 limit=limit, batch_size=batch_size, generation={"max_new_tokens": max_new_tokens},
                 n_resamples=resamples, seed=seed, retry_errors=retry_errors, overwrite=overwrite,
-                progress=None if quiet else _progress(), target_name=target, **data_options,
+                progress=None if quiet else _progress(), target_name=target, checked=checked,
+                **data_options,
             )
     if not quiet:
         typer.echo(_headline(summary, out))

@@ -30,7 +30,10 @@ from .report import summarize, write_chart, write_report
 from .scoring import BENCHMARKS, score
 from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
-__all__ = ["evaluate", "check_data", "CONDITIONS", "PREDICTIONS", "SUMMARY", "REPORT", "CHART", "RUN"]
+__all__ = [
+    "evaluate", "check_data", "check_conditions", "CONDITIONS", "PREDICTIONS", "SUMMARY", "REPORT",
+    "CHART", "RUN",
+]
 
 CONDITIONS = ("original", "api")
 PREDICTIONS = "predictions.jsonl"
@@ -60,6 +63,7 @@ def evaluate(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     target_name: str | None = None,
+    checked: tuple[Any, list[EvalSample]] | None = None,
     **data_options: Any,
 ) -> dict[str, Any]:
     """Evaluate ``target`` on ``benchmark`` with each condition; returns the summary.
@@ -84,6 +88,8 @@ def evaluate(
         progress: called as ``progress(done, total)`` after every batch.
         target_name: how the summary names the target, and what identifies it when a run is
             resumed (default: the spec string, else the target's own description).
+        checked: what :func:`check_data` returned for the same ``data``, ``benchmark``,
+            ``limit`` and ``data_options``, so the data is not read and checked again.
         **data_options: ``id_column``, ``image_column``, ``question_column``, ``image_root``,
             ``split``, ``format`` (see :func:`api_prompt.batch.sources.open_source`).
     """
@@ -91,12 +97,14 @@ def evaluate(
 
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
-    conditions = _check_conditions(conditions)
+    conditions = check_conditions(conditions)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-    source, samples = check_data(data, benchmark, limit=limit, **data_options)
+    if checked is None:
+        checked = check_data(data, benchmark, limit=limit, **data_options)
+    source, samples = checked
 
     answerer = as_target(target)
     if "api" in conditions and prompter is None:
@@ -144,7 +152,9 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_conditions(conditions: Sequence[str] | str) -> tuple[str, ...]:
+def check_conditions(conditions: Sequence[str] | str) -> tuple[str, ...]:
+    """The chosen conditions (a sequence, or one comma-separated string) in :data:`CONDITIONS`
+    order, without repeats; ConfigError for an unknown one or none."""
     if isinstance(conditions, str):
         conditions = [c.strip() for c in conditions.split(",") if c.strip()]
     conditions = tuple(dict.fromkeys(conditions))
@@ -159,7 +169,8 @@ def _check_conditions(conditions: Sequence[str] | str) -> tuple[str, ...]:
 
 def check_data(data: Any, benchmark: str, *, limit: int | None = None, **data_options: Any):
     """``(source, samples)`` of ``data``, refused (ConfigError) when it is empty or lacks the
-    benchmark's ground truth. Cheap (no image is decoded): run it before loading models."""
+    benchmark's ground truth. Cheap (no image is decoded): run it before loading models, and
+    pass what it returns to :func:`evaluate` as ``checked``."""
     source, samples = read_samples(data, limit=limit, **data_options)
     if not samples:
         raise ConfigError(f"{source.name} holds no samples")
