@@ -126,14 +126,16 @@ class Prompter:
 
     # -- the stages ---------------------------------------------------------------------------
 
-    def attribute(self, images, queries) -> list[AttentionMap]:
+    def attribute(self, images, queries, *, warn: bool = True) -> list[AttentionMap]:
         """Run the model: one map per (image, query), its mask made by this Prompter's recipe.
 
         ``images`` is one image or a list (anything :func:`~api_prompt.load_image` takes);
-        ``queries`` one string for all, or one per image.
+        ``queries`` one string for all, or one per image. A query the text encoder reads only
+        the start of gives a :class:`UserWarning`, unless ``warn`` is False (for a caller that
+        reports it its own way, e.g. with :meth:`query_overflow`).
         """
         images, queries = normalise_inputs(images, queries)
-        return self._attribute_loaded(images, queries)
+        return self._attribute_loaded(images, queries, warn=warn)
 
     def combine(self, attention_map: AttentionMap, **settings: Any) -> AttentionMap:
         """A copy of ``attention_map`` with its mask made again from its raw parts; no model.
@@ -193,9 +195,10 @@ class Prompter:
         maps = self._attribute_loaded(images, queries)
         return [PromptResult(self.render(img, amap), amap) for img, amap in zip(images, maps)]
 
-    def _attribute_loaded(self, images: list, queries: list[str]) -> list[AttentionMap]:
-        for query in dict.fromkeys(queries):
-            warn_if_truncated(self.attributor, query)
+    def _attribute_loaded(self, images: list, queries: list[str], *, warn: bool = True) -> list[AttentionMap]:
+        if warn:
+            for query in dict.fromkeys(queries):
+                warn_if_truncated(self.attributor, query)
         return [self.combine(amap) for amap in self.attributor.attribute(images, queries)]
 
     def query_overflow(self, query: str) -> tuple[int, int] | None:

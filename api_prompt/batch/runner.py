@@ -39,7 +39,6 @@ import io
 import os
 import sys
 import time
-import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -401,9 +400,8 @@ class Stages:
         if not images:
             return []
         try:
-            with self.model_lock, warnings.catch_warnings():   # truncation: recorded per sample (query_note)
-                warnings.filterwarnings("ignore", message=r"the query is \d+ tokens long")
-                return list(self.prompter.attribute(images, queries))
+            with self.model_lock:   # no truncation warning: query_note records it per sample
+                return list(self.prompter.attribute(images, queries, warn=False))
         except Exception as exc:  # one bad sample must not sink the batch
             if _out_of_memory(exc):
                 raise ConfigError(f"out of memory with a batch of {len(images)}: lower --batch-size ({exc})") from exc
