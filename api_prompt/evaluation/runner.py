@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..batch.store import lock_folder, write_atomic
 from ..errors import ConfigError
+from ..targets.wrap import prompt_images
 from .data import EvalSample, auxiliary_query, read_samples, target_prompt
 from .report import summarize, write_chart, write_report
 from .scoring import BENCHMARKS, score
@@ -235,16 +236,14 @@ def _raw_sample(sample: EvalSample):
 def _prompt(prompter, samples, images, benchmark):
     """The prompted images (one batch call; one call per sample when the batch fails)."""
     queries = [auxiliary_query(benchmark, s) for s in samples]
-    batch = getattr(prompter, "batch", None)
     try:
-        results = batch(images, queries) if callable(batch) else [prompter(i, q) for i, q in zip(images, queries)]
-        return [_as_image(r) for r in results], {}
+        return prompt_images(prompter, images, queries), {}
     except Exception:  # noqa: BLE001 - isolate the sample that fails, below
         pass
     shown, failures = [], {}
     for sample, image, query in zip(samples, images, queries):
         try:
-            shown.append(_as_image(batch([image], [query])[0] if callable(batch) else prompter(image, query)))
+            shown.append(prompt_images(prompter, [image], [query])[0])
         except Exception as exc:  # noqa: BLE001
             failures[sample.id] = f"prompting: {_message(exc)}"
             shown.append(None)
@@ -285,15 +284,6 @@ def _record(benchmark, sample, condition, answer, error):
     value = None if error is not None else score(benchmark, answer, sample.fields)
     return {"id": sample.id, "condition": condition, "answer": answer, "score": value, "error": error,
             "index": sample.index}
-
-
-def _as_image(result):
-    from PIL import Image
-
-    image = getattr(result, "image", result)
-    if not isinstance(image, Image.Image):
-        raise ConfigError(f"the prompter returned a {type(image).__name__}, not an image")
-    return image
 
 
 def _text(answer) -> str:

@@ -24,7 +24,7 @@ from PIL import Image
 from ..errors import ConfigError
 from .base import as_target, normalise_batch
 
-__all__ = ["wrap", "PromptedTarget", "MODES"]
+__all__ = ["wrap", "PromptedTarget", "MODES", "prompt_images", "as_image"]
 
 MODES = ("prompted", "both")
 
@@ -58,20 +58,13 @@ class PromptedTarget:
         if any(len(image_list) != 1 for image_list in image_lists):
             raise ConfigError("wrap() takes one image per question")
         originals = [image_list[0] for image_list in image_lists]
-        prompted = self._prompt(originals, questions)
+        prompted = prompt_images(self.prompter, originals, questions)
         self.last_prompted = prompted
         if self.mode == "both":
             inputs = [[original, image] for original, image in zip(originals, prompted)]
         else:
             inputs = prompted
         return self.target(inputs, questions, **{**self.generation, **generation})
-
-    def _prompt(self, images: list[Image.Image], questions: list[str]) -> list[Image.Image]:
-        batch = getattr(self.prompter, "batch", None)
-        results = batch(images, questions) if callable(batch) else [
-            self.prompter(image, question) for image, question in zip(images, questions)
-        ]
-        return [_as_image(result) for result in results]
 
     def __repr__(self) -> str:
         return f"PromptedTarget({self.target!r}, mode={self.mode!r})"
@@ -102,7 +95,17 @@ def wrap(target: Any, prompter: Any, mode: str = "prompted", **generation: Any) 
     return PromptedTarget(target, prompter, mode=mode, **generation)
 
 
-def _as_image(result: Any) -> Image.Image:
+def prompt_images(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Image.Image]:
+    """The prompted images: one ``prompter.batch(images, queries)`` call when the prompter has
+    ``batch``, else one ``prompter(image, query)`` call per image; see :func:`as_image`."""
+    batch = getattr(prompter, "batch", None)
+    results = batch(images, queries) if callable(batch) else [
+        prompter(image, query) for image, query in zip(images, queries)
+    ]
+    return [as_image(result) for result in results]
+
+
+def as_image(result: Any) -> Image.Image:
     """A prompter's output as a PIL image (PromptResult.image, or the image itself)."""
     image = getattr(result, "image", result)
     if not isinstance(image, Image.Image):
