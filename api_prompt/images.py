@@ -47,7 +47,7 @@ from PIL import Image, ImageOps
 
 from .errors import ImageLoadError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "load_image", "load_images"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "is_jpeg", "load_image", "load_images"]
 
 #: PIL raises DecompressionBombError above 2 × ``Image.MAX_IMAGE_PIXELS`` (2 × 89,478,485).
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -105,6 +105,27 @@ def load_images(sources: Iterable[ImageSource], **options: Any) -> list[Image.Im
     [(2, 1), (1, 3)]
     """
     return [load_image(source, **options) for source in sources]
+
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def is_jpeg(value: Any) -> bool:
+    """Whether an image value (encoded bytes, a path, a PIL image) holds a JPEG, by its first
+    bytes (a PIL image by the format it was read from).
+
+    >>> is_jpeg(b"\\xff\\xd8\\xff\\xe0"), is_jpeg(b"\\x89PNG")
+    (True, False)
+    """
+    if isinstance(value, Image.Image):
+        return value.format == "JPEG"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value[:3]) == _JPEG_MAGIC
+    try:
+        with open(value, "rb") as handle:
+            return handle.read(3) == _JPEG_MAGIC
+    except (OSError, TypeError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------

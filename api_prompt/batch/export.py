@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .sources import Source, TableSource, TSVSource, is_jpeg
+from ..images import is_jpeg
+from .sources import Source, TableSource, TSVSource
 from .store import TMP_SUFFIX, OutputDir, part_names, plain_file_name, record_files
 
 __all__ = ["export", "planned_outputs", "check_export_options", "default_tsv_name", "STATUS_COLUMN"]

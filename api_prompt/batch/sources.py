@@ -56,7 +56,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from PIL import Image
 
 from ..errors import ConfigError, ImageLoadError
-from ..images import load_image
+from ..images import is_jpeg, load_image
 
 __all__ = [
     "FORMATS",
@@ -78,7 +78,6 @@ FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf")
 # Base64 fields in VLMEvalKit TSVs are far beyond the csv module's default 128 KiB limit.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
-_JPEG_MAGIC = b"\xff\xd8\xff"
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _SCALARS = (str, int, float, bool, type(None))
 #: VLMEvalKit treats an image value this short as the ``index`` of the row holding the image.
@@ -688,23 +687,6 @@ def resolve_image(value: Any, base_dir: str | os.PathLike | None = None) -> Any:
     if len(text) >= 64 and _BASE64.fullmatch(text):
         return _decode_base64(text, "base64 image")
     return path  # load_image raises ImageLoadError naming the missing file
-
-
-def is_jpeg(value: Any) -> bool:
-    """Whether a resolved image value (path, bytes, PIL image) holds a JPEG.
-
-    >>> is_jpeg(b"\\xff\\xd8\\xff\\xe0"), is_jpeg(b"\\x89PNG")
-    (True, False)
-    """
-    if isinstance(value, Image.Image):
-        return value.format == "JPEG"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value[:3]) == _JPEG_MAGIC
-    try:
-        with open(value, "rb") as handle:
-            return handle.read(3) == _JPEG_MAGIC
-    except (OSError, TypeError):
-        return False
 
 
 def _image_list(text: str, index: int) -> list[str] | None:

@@ -17,20 +17,12 @@ from __future__ import annotations
 
 import base64
 import io
+
 from PIL import Image
 
+from ..images import is_jpeg
+
 __all__ = ["encode_like", "is_jpeg"]
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def is_jpeg(data: bytes) -> bool:
-    """Whether encoded image bytes are a JPEG (by their first bytes).
-
-    >>> is_jpeg(b"\\xff\\xd8\\xff\\xdb"), is_jpeg(b"\\x89PNG\\r\\n")
-    (True, False)
-    """
-    return data[:3] == _JPEG_MAGIC
 
 
 def encode_like(image: Image.Image, source: bytes, *, jpeg_quality: int | None = 95,
