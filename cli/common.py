@@ -169,7 +169,8 @@ class PromptOptions:
         return cls(**{name: parameters[name] for name in names},
                    backend_options=tuple(parameters["backend_option"] or ()))
 
-    def _settings(self) -> dict:
+    def settings(self) -> dict:
+        """The map and overlay settings (``preset`` included), as a Prompter takes them."""
         return dict(
             preset=self.preset, enhance=self.enhance, kernel_size=self.kernel_size,
             resample=self.resample.value if self.resample else None, background=self.background,
@@ -184,7 +185,7 @@ class PromptOptions:
         """
         from api_prompt.presets import check_settings
 
-        settings = self._settings()
+        settings = self.settings()
         check_settings(settings.pop("preset"), **settings)
         if loads_here:
             from api_prompt.attribution.base import resolve_device, resolve_dtype
@@ -232,7 +233,7 @@ class PromptOptions:
         with status(f"Loading {backend} model {self.model or '(default)'}", quiet=quiet):
             return Prompter(
                 backend, self.model, layer=self.layer, device=self.device, dtype=self.dtype,
-                **self._settings(), **options,
+                **self.settings(), **options,
             )
 
 

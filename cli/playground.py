@@ -127,11 +127,8 @@ def playground_command(
             raise ConfigError("--base-url needs --target openai:<model>")
         playground = Playground(
             backend=backend, model=model, backend_options=options.checked_backend_options(),
-            layer=layer, device=device,
-            dtype=dtype, preset=preset, enhance=enhance, kernel_size=kernel_size,
-            resample=resample.value if resample else None, background=background,
-            geometry=geometry.value, target=target, target_options=target_options,
-            max_new_tokens=max_new_tokens,
+            layer=layer, device=device, dtype=dtype, **options.settings(),
+            target=target, target_options=target_options, max_new_tokens=max_new_tokens,
         )
 
         # 2. The model, once. A model that cannot load does not stop the page: it says why, and
