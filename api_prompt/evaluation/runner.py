@@ -254,7 +254,7 @@ def _answer(answerer, samples, images, benchmark, generation):
     """Answers by sample id (one batch call; one call per sample when the batch fails)."""
     if not samples:
         return {}, {}
-    questions = [_target_text(benchmark, s) for s in samples]
+    questions = [target_prompt(benchmark, s) for s in samples]
     try:
         answers = answerer(images, questions, **generation)
         if len(answers) != len(samples):
@@ -270,14 +270,6 @@ def _answer(answerer, samples, images, benchmark, generation):
         except Exception as exc:  # noqa: BLE001
             failures[sample.id] = f"target: {_message(exc)}"
     return answers, failures
-
-
-def _target_text(benchmark: str, sample: EvalSample) -> str:
-    """The target's text for ``sample``, built once for every condition."""
-    text = sample.__dict__.get("_target_text")
-    if text is None:
-        text = sample.__dict__["_target_text"] = target_prompt(benchmark, sample)
-    return text
 
 
 def _record(benchmark, sample, condition, answer, error):
