@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..images import is_jpeg
-from .sources import Source, TableSource, TSVSource
+from .sources import Source, TableSource, TSVSource, is_multi_image
 from .store import TMP_SUFFIX, OutputDir, part_names, plain_file_name, record_files
 
 __all__ = ["export", "planned_outputs", "check_export_options", "default_tsv_name", "STATUS_COLUMN"]
@@ -169,7 +169,7 @@ def write_tsv(out: OutputDir, source: TSVSource, rows: list, name: str, *, tag: 
                 names = [f"{Path(file).stem}_{tag}{Path(file).suffix}" for file in files]
             else:
                 images, names = _original_images(source, sample, stem, tag)
-            multi = isinstance(sample.image, list)
+            multi = is_multi_image(sample)
             if images:
                 values["image"] = repr(images) if multi else images[0]
                 values["image_path"] = repr(names) if multi else names[0]
@@ -187,7 +187,7 @@ def write_tsv(out: OutputDir, source: TSVSource, rows: list, name: str, *, tag: 
 
 def _original_images(source: TSVSource, sample: Any, stem: str, tag: str) -> tuple[list[str], list[str]]:
     """The original image(s) of a failed row as base64, with names of their own ("original")."""
-    multi = isinstance(sample.image, list)
+    multi = is_multi_image(sample)
     values = sample.image if multi else [sample.image]
     images, names = [], []
     for part, value in zip(part_names(stem, len(values)) if multi else [stem], values):
@@ -223,7 +223,7 @@ def write_dataset(out: OutputDir, source: TableSource, rows: list, folder: str, 
     image_column = source.image_column
     features = source.features().copy()
     multi = isinstance(features[image_column], (list, datasets.List, datasets.Sequence)) or any(
-        isinstance(sample.image, list) for sample, *_ in rows
+        is_multi_image(sample) for sample, *_ in rows
     )
     image_feature = datasets.List(datasets.Image()) if multi else datasets.Image()
     original_feature = features[image_column]

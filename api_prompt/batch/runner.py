@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import APIPromptError, ConfigError
-from .sources import Sample, Source, open_source
+from .sources import Sample, Source, is_multi_image, open_source
 from .store import Namer, OutputDir, jsonable, package_versions, part_names, write_atomic
 
 __all__ = ["run", "Summary", "Interrupted", "LazyPrompter", "OutputSpec", "encode_image", "IMAGE_FORMATS"]
@@ -432,18 +432,18 @@ class Stages:
                 encoded.append((encode_image(prompted, pil_format, self.output.jpeg_quality), extension))
         except Exception as exc:  # one bad sample must not sink the run
             return _record(item, "error", error=_message(exc), kind=_error_kind(exc))
-        stems = part_names(item.name, len(decoded)) if _is_multi(item.sample) else [item.name]
+        multi = is_multi_image(item.sample)
+        stems = part_names(item.name, len(decoded)) if multi else [item.name]
         files = []
         for stem, (data, extension) in zip(stems, encoded):
             path = self.out.image_path(stem, extension)
             write_atomic(path, data)
             files.append(path.relative_to(self.out.root).as_posix())
-        if _is_multi(item.sample):
-            record = _record(item, "ok", file=files[0])
+        record = _record(item, "ok", file=files[0])
+        if multi:
             record["files"] = files
             record["maps"] = [map_stats(attention_map) for attention_map in maps]
         else:
-            record = _record(item, "ok", file=files[0])
             record.update(map_stats(maps[0]))
         record.update(extra or {})
         return record
@@ -666,11 +666,7 @@ def named_samples(source: Source, limit: int | None) -> Iterator[tuple[Sample, s
     for sample in source:
         if limit is not None and sample.index >= limit:
             return
-        yield sample, namer(sample.id, len(sample.image) if _is_multi(sample) else 0)
-
-
-def _is_multi(sample: Sample) -> bool:
-    return isinstance(sample.image, list)
+        yield sample, namer(sample.id, len(sample.image) if is_multi_image(sample) else 0)
 
 
 def _record(item: _Item, status: str, *, file: str | None = None, error: str | None = None,

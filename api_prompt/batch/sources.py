@@ -107,6 +107,11 @@ class Sample:
     error: str | None = None
 
 
+def is_multi_image(sample: Sample) -> bool:
+    """Whether the sample's image value is a list (several images for one question)."""
+    return isinstance(sample.image, list)
+
+
 class Source(ABC):
     """A sequence of samples with a format name and the columns it reads.
 
@@ -155,7 +160,7 @@ class Source(ABC):
         A sample whose image value is a list (several images for one question) gives one
         entry per image. Thread-safe: runs in worker threads.
         """
-        values = sample.image if isinstance(sample.image, list) else [sample.image]
+        values = sample.image if is_multi_image(sample) else [sample.image]
         if not values:
             raise ImageLoadError("the image list is empty")
         decoded = []
