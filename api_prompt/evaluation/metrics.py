@@ -93,16 +93,14 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
         columns = {c: _pope_columns(values, label_yes) for c, values in answers.items()}
         scores = {c: cols["correct"] for c, cols in columns.items()}
         names, finish = ["correct", "yes", "label", "tp", "one"], _pope_metrics
-    else:
-        scores = _scores(benchmark, samples, answers)
-    if benchmark == "mme":
-        return _mme_table(samples, answers, scores)
-    if benchmark == "pope":
-        pass
+    elif benchmark == "mme":
+        return _mme_table(samples, answers, _scores(benchmark, samples, answers))
     elif benchmark in ("textvqa", "vqav2"):
+        scores = _scores(benchmark, samples, answers)
         columns = {c: {"score": scores[c], "one": np.ones(len(samples))} for c in answers}
         names, finish = ["score", "one"], lambda s: {"vqa_accuracy": s[..., 0] / s[..., 1]}
     else:
+        scores = _scores(benchmark, samples, answers)
         columns = {c: {"correct": scores[c], "one": np.ones(len(samples))} for c in answers}
         names, finish = ["correct", "one"], lambda s: {"accuracy": s[..., 0] / s[..., 1]}
 
