@@ -515,12 +515,9 @@ class _Job(Stages):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def named(self) -> Iterator[tuple[Sample, str]]:
-        return named_samples(self.source, self.limit)
-
     def items(self) -> Iterator[_Item]:
         """This run's share of the samples, named."""
-        for sample, name in self.named():
+        for sample, name in named_samples(self.source, self.limit):
             if sample.index % self.num_shards == self.shard_index:
                 yield _Item(sample, name)
 
