@@ -179,7 +179,6 @@ def main() -> None:
         )
         processes.append(proxy)
         prompter = Prompter(model=args.model, device="cpu")
-        prompter.describe()
         _, render = prompter_stages(prompter)  # the proxy's own overlay
         proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
         direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"

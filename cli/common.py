@@ -200,7 +200,7 @@ class PromptOptions:
         own settings, e.g. ``batch_size``) that the spec declares."""
         from api_prompt.attribution.registry import COMMON_OPTIONS, get_backend
 
-        spec = get_backend(getattr(self.backend, "value", self.backend))
+        spec = get_backend(self.backend)
         given = dict(parse_backend_option(text) for text in self.backend_options)
         for key in given:
             if key in COMMON_OPTIONS or key in _OWN_FLAGS:
@@ -228,11 +228,10 @@ class PromptOptions:
         """
         from api_prompt.prompter import Prompter
 
-        backend = getattr(self.backend, "value", self.backend)
         options = self.checked_backend_options(**backend_options)
-        with status(f"Loading {backend} model {self.model or '(default)'}", quiet=quiet):
+        with status(f"Loading {self.backend} model {self.model or '(default)'}", quiet=quiet):
             return Prompter(
-                backend, self.model, layer=self.layer, device=self.device, dtype=self.dtype,
+                self.backend, self.model, layer=self.layer, device=self.device, dtype=self.dtype,
                 **self.settings(), **options,
             )
 

@@ -288,7 +288,6 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
         exception_handlers={HTTPException: _http_exception},
     )
     app.state.batcher = batcher
-    app.state.config = config
     return app
 
 
