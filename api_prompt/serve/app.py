@@ -48,7 +48,7 @@ from ..errors import APIPromptError, ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, load_image
 from .batcher import MicroBatcher, QueueFull
 from .fetch import fetch_image
-from .messages import RequestError, decode_data_url, find_images, parse_request, replace_images
+from .messages import RequestError, decode_data_url, find_images, parse_request, read_limited, replace_images
 from .render import encode_like
 
 __all__ = ["ServeConfig", "create_app", "error_response"]
@@ -328,18 +328,8 @@ def _unauthorized() -> JSONResponse:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the request body is larger than the proxy's limit of {limit:,} bytes",
-                           code="request_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the request body is larger than the proxy's limit of {limit:,} bytes",
-                               code="request_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request.stream(), request.headers.get("content-length", ""), limit,
+                              what="the request body", code="request_too_large")
 
 
 def _result_is_the_image(image: Image.Image, result: Image.Image) -> Image.Image:

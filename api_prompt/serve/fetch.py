@@ -15,7 +15,7 @@ import socket
 
 import httpx
 
-from .messages import RequestError
+from .messages import RequestError, read_limited
 
 __all__ = ["fetch_image", "is_public_host", "MAX_REDIRECTS"]
 
@@ -67,16 +67,6 @@ async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int, param: str
                 continue
             if response.status_code != 200:
                 raise RequestError(400, f"the image URL answered HTTP {response.status_code}", param=param)
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise RequestError(413, f"the image is larger than the proxy's limit of {max_bytes:,} bytes",
-                                   param=param, code="image_too_large")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise RequestError(413, f"the image is larger than the proxy's limit of {max_bytes:,} bytes",
-                                       param=param, code="image_too_large")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return await read_limited(response.aiter_bytes(), response.headers.get("content-length", ""),
+                                      max_bytes, what="the image", code="image_too_large", param=param)
     raise RequestError(400, f"the image URL redirected more than {MAX_REDIRECTS} times", param=param)

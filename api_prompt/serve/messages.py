@@ -24,10 +24,14 @@ import json
 import binascii
 import copy
 import re
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ImagePart", "RequestError", "find_images", "replace_images", "decode_data_url", "parse_request"]
+__all__ = [
+    "ImagePart", "RequestError", "find_images", "replace_images", "decode_data_url", "parse_request",
+    "read_limited",
+]
 
 _DATA_URL = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*?)(?P<base64>;base64)?,", re.IGNORECASE)
 
@@ -124,6 +128,36 @@ def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: list[str]
         value = old["image_url"]
         messages[m]["content"][p] = {**old, "image_url": {**value, "url": url} if isinstance(value, dict) else url}
     return new
+
+
+async def read_limited(chunks: AsyncIterable[bytes], declared: str, limit: int, *, what: str, code: str,
+                       param: str | None = None) -> bytes:
+    """A body read from ``chunks``, refused with RequestError 413 as soon as it passes ``limit`` bytes.
+
+    ``declared`` is its Content-Length header ('' when none): a larger one is refused before
+    anything is read. ``what`` names the body in the message (``"the image"``).
+
+    >>> import asyncio
+    >>> async def body():
+    ...     yield b"abc"
+    ...     yield b"def"
+    >>> asyncio.run(read_limited(body(), "", 6, what="the image", code="image_too_large"))
+    b'abcdef'
+    >>> asyncio.run(read_limited(body(), "", 5, what="the image", code="image_too_large"))
+    Traceback (most recent call last):
+    ...
+    api_prompt.serve.messages.RequestError: the image is larger than the proxy's limit of 5 bytes
+    """
+    message = f"{what} is larger than the proxy's limit of {limit:,} bytes"
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, message, param=param, code=code)
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, message, param=param, code=code)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def decode_data_url(url: str, *, max_bytes: int, param: str | None = None) -> bytes:
