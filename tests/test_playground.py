@@ -305,6 +305,19 @@ def test_a_decoder_backend_gets_its_layers_parts_and_recipe(scene):
     assert view.map.recipe == "llava" and view.prompted.size == scene.size
 
 
+def test_a_backend_that_does_not_count_its_layers_is_a_one_line_error(scene):
+    toy = ToyDecoder()
+    toy.n_layers = None
+
+    def build(backend, model, **ignored):
+        return Prompter(attributor=toy)
+
+    playground = Playground(backend="toy", build_prompter=build)
+    with pytest.raises(ConfigError, match=r"'toy' backend does not give its model's number of layers"):
+        playground.layers()
+    assert not playground.loaded
+
+
 def test_engine_docstring_examples():
     import doctest
 

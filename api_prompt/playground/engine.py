@@ -126,12 +126,16 @@ class Playground:
                 options = dict(self.backend_options)
                 if self.pretrained is not None:
                     options["pretrained"] = self.pretrained
-                self._prompter = self.build_prompter(
+                prompter = self.build_prompter(
                     self.backend, self.model, layer=self.layer, device=self.device,
                     dtype=self.dtype, preset=self.preset, **self.settings, geometry=self.geometry,
                     **options,
                 )
-                self._n_layers = int(self._prompter.attributor.n_layers)
+                if prompter.attributor.n_layers is None:
+                    raise ConfigError(f"the {self.backend!r} backend does not give its model's number of "
+                                      "layers (Attributor.n_layers), which the playground's layer slider needs")
+                self._prompter = prompter
+                self._n_layers = int(prompter.attributor.n_layers)
                 self._default_layer = int(self._prompter.attributor.layer)
                 self.loads += 1
             return self._prompter
