@@ -33,6 +33,7 @@ from .common import (
 
 _DATA = "Data"
 _RUN = "Run"
+_JUDGE = "Judge (mmvet, llava-bench)"
 
 
 class BenchmarkName(str, Enum):
@@ -43,6 +44,8 @@ class BenchmarkName(str, Enum):
     gqa = "gqa"
     mcq = "mcq"
     synthshapes_mcq = "synthshapes-mcq"
+    mmvet = "mmvet"
+    llava_bench = "llava-bench"
 
 
 class DataFormat(str, Enum):
@@ -62,7 +65,8 @@ def eval_command(
     benchmark: Annotated[BenchmarkName, typer.Option(
         "--benchmark", show_default=False,
         help="How answers are scored: pope, mme, textvqa, vqav2, gqa, mcq (MMBench, SEED-Bench, "
-        "ScienceQA, MMMU multiple choice) or synthshapes-mcq.")],
+        "ScienceQA, MMMU multiple choice), synthshapes-mcq, or by a judge model (--judge): mmvet, "
+        "llava-bench (in the wild).")],
     target: TargetOpt = ...,
     out: Annotated[Path, typer.Option(
         "--out", "-o", show_default=False,
@@ -105,6 +109,22 @@ def eval_command(
     input_format: Annotated[Optional[DataFormat], typer.Option(
         "--input-format", rich_help_panel=_DATA, show_default="from the extension",
         help="Format of DATA.")] = None,
+    judge: Annotated[Optional[str], typer.Option(
+        "--judge", rich_help_panel=_JUDGE, show_default=False,
+        help="The judge model of mmvet and llava-bench: openai:MODEL on any OpenAI-compatible "
+        "endpoint (lmms-eval's default is openai:gpt-4o-2024-11-20).")] = None,
+    judge_base_url: Annotated[Optional[str], typer.Option(
+        "--judge-base-url", rich_help_panel=_JUDGE, show_default="OPENAI_BASE_URL, else OpenAI's",
+        help="The judge's API root, up to /v1.")] = None,
+    judge_api_key: Annotated[Optional[str], typer.Option(
+        "--judge-api-key", rich_help_panel=_JUDGE, show_default="$API_PROMPT_JUDGE_KEY, else $OPENAI_API_KEY",
+        help="The judge's API key.")] = None,
+    judge_repeats: Annotated[int, typer.Option(
+        "--judge-repeats", min=1, rich_help_panel=_JUDGE,
+        help="Grade every answer N times to report the judge's run-to-run variation.")] = 1,
+    judge_concurrency: Annotated[int, typer.Option(
+        "--judge-concurrency", min=1, rich_help_panel=_JUDGE,
+        help="Judge requests in flight at once.")] = 8,
     base_url: BaseUrlOpt = None,
     max_new_tokens: MaxNewTokensOpt = 64,
     target_device: TargetDeviceOpt = None,
@@ -130,12 +150,18 @@ def eval_command(
 
     Example:  api-prompt eval POPE.tsv --benchmark pope --target openai:gpt-4o-mini --out runs/pope
     """
-    from api_prompt.evaluation.runner import check_conditions, check_data, evaluate
+    from api_prompt.evaluation.judge import create_judge
+    from api_prompt.evaluation.runner import check_conditions, check_data, check_judge, evaluate
     from api_prompt.targets import create_target, split_target_spec
 
     with handle_errors(debug):
         # 1. Everything cheap first, so a typo never costs a model load.
         chosen = check_conditions(conditions)
+        grader = None
+        if judge is not None:
+            grader = create_judge(judge, base_url=judge_base_url, api_key=judge_api_key,
+                                  timeout=timeout, max_concurrency=judge_concurrency)
+        check_judge(benchmark.value, grader, judge_repeats)
         split_target_spec(target)
         options = target_options(target, base_url=base_url, timeout=timeout,
                                  device=target_device or device, dtype=target_dtype)
@@ -147,6 +173,8 @@ def eval_command(
             image_root=image_root, split=split, format=input_format.value if input_format else None,
         )
         checked = check_data(data, benchmark.value, limit=limit, **data_options)
+        if "api" in chosen:
+            prompt_options.check_device()
 
         # 2. The models.
         with warnings.catch_warnings():
@@ -159,7 +187,7 @@ def eval_command(
                 limit=limit, batch_size=batch_size, generation={"max_new_tokens": max_new_tokens},
                 n_resamples=resamples, seed=seed, retry_errors=retry_errors, overwrite=overwrite,
                 progress=None if quiet else _progress(), target_name=target, checked=checked,
-                **data_options,
+                judge=grader, judge_repeats=judge_repeats, **data_options,
             )
     if not quiet:
         typer.echo(_headline(summary, out))
@@ -196,5 +224,8 @@ def _headline(summary: dict, out: Path) -> str:
         for condition, data in summary["conditions"].items():
             shown = ", ".join(f"{k} {v:.4f}" for k, v in list(data["metrics"].items())[:6] if v is not None)
             lines.append(f"{condition}: {shown}")
+    judge = summary.get("judge")
+    if judge:
+        lines.append(f"judge: {judge['judge_model']}, {judge['calls']} calls, {judge['total_tokens']} tokens")
     lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)

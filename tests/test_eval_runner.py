@@ -109,7 +109,7 @@ def test_condition_subsets_and_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="unknown condition 'prompted'"):
         evaluate(data, "pope", bright, tmp_path / "b", conditions="original,prompted")
     with pytest.raises(ConfigError, match="unknown benchmark"):
-        evaluate(data, "mmvet", bright, tmp_path / "c")
+        evaluate(data, "nope", bright, tmp_path / "c")
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     for row in rows:
         row.pop("answer")
@@ -270,7 +270,7 @@ def test_cli_resumes_after_kill_9_to_the_same_summary(tmp_path):
 
 
 @pytest.mark.parametrize("args, words, installed", [
-    (["--benchmark", "mmvet"], ["mmvet"], False),
+    (["--benchmark", "mmvet"], ["mmvet", "--judge"], False),    # judge-scored: needs --judge
     (["--benchmark", "pope", "--conditions", "original,prompted"], ["prompted"], False),
     (["--benchmark", "pope", "--target", "nope:x"], ["unknown target"], True),
     (["--benchmark", "gqa"], ["answer"], True),                 # the data has no ground truth

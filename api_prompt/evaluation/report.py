@@ -16,7 +16,8 @@ from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_conditions, mcnema
 
 __all__ = ["summarize", "write_report", "write_chart", "chart_metrics"]
 
-_PRIMARY = {"pope": "accuracy", "mme": "acc", "textvqa": "vqa_accuracy", "vqav2": "vqa_accuracy"}
+_PRIMARY = {"pope": "accuracy", "mme": "acc", "textvqa": "vqa_accuracy", "vqav2": "vqa_accuracy",
+            "mmvet": "score", "llava-bench": "relative_score"}
 
 
 def summarize(
@@ -30,12 +31,15 @@ def summarize(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     baseline: str = "original",
+    judge: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary of a run: metrics per condition and the paired difference from ``baseline``.
 
     ``answers[c][i]`` / ``errors[c][i]`` are condition ``c``'s answer and error (or None) for
     ``samples[i]``. A sample with an error in any condition is left out of every condition's
-    metrics, so the conditions are always compared on the same samples.
+    metrics, so the conditions are always compared on the same samples. For the judge-scored
+    benchmarks (``mmvet``, ``llava-bench``) ``answers`` holds the judge's grades, and ``judge``
+    (the judge, its cost and run-to-run variation) is stored as the summary's ``judge`` entry.
 
     >>> samples = [{"answer": "yes"}, {"answer": "no"}, {"answer": "no"}]
     >>> summary = summarize("pope", samples, {"original": ["yes", "yes", "no"], "api": ["yes", "no", None]},
@@ -48,7 +52,7 @@ def summarize(
     conditions = list(answers)
     keep = [i for i in range(len(samples)) if all(errors[c][i] is None for c in conditions)]
     kept = [samples[i] for i in keep]
-    table = build_table(benchmark, kept, {c: [answers[c][i] for i in keep] for c in conditions})
+    table = _table(benchmark, kept, {c: [answers[c][i] for i in keep] for c in conditions})
     base = baseline if baseline in conditions else conditions[0]
     boot = bootstrap_conditions(table.units, table.metric, baseline=base,
                                 n_resamples=n_resamples, seed=seed) if kept else None
@@ -73,6 +77,8 @@ def summarize(
             "metrics": {name: _number(value) for name, value in metrics.items()},
             "ci95": {name: [_number(lo), _number(hi)] for name, (lo, hi) in intervals.items()},
         }
+    if judge is not None:
+        summary["judge"] = dict(judge)
     others = [c for c in conditions if c != base]
     if boot and others:
         other = others[0]
@@ -82,6 +88,14 @@ def summarize(
             summary["delta"][name] = {"value": _number(value), "ci95": [_number(lo), _number(hi)],
                                       "p_value": p_value}
     return summary
+
+
+def _table(benchmark, samples, answers):
+    from .judged import JUDGED
+
+    if benchmark in JUDGED:
+        return JUDGED[benchmark].table(samples, answers)
+    return build_table(benchmark, samples, answers)
 
 
 def _number(value: float) -> float | None:
@@ -114,8 +128,9 @@ def write_report(summary: Mapping[str, Any], path: Path, *, chart: str | None = 
         "",
         f"- target: `{_describe(summary.get('target'))}`",
         f"- samples: {stats['samples']} ({stats['scored']} scored in every condition, "
-        f"{stats['excluded']} left out because a target call failed)",
+        f"{stats['excluded']} left out because a target or judge call failed)",
         "- errors: " + ", ".join(f"{c} {summary['conditions'][c]['errors']}" for c in conditions),
+        *_judge_lines(summary.get("judge")),
         f"- intervals: paired bootstrap, {stats['bootstrap_resamples']} resamples, seed {stats['seed']}; "
         "p: exact McNemar (0/1 outcomes only)",
         "",
@@ -176,6 +191,20 @@ def write_chart(summary: Mapping[str, Any], path: Path) -> bool:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
+
+
+def _judge_lines(judge: Mapping[str, Any] | None) -> list[str]:
+    """The judge, what it cost, and (with repeats) the spread of the primary metrics."""
+    if not judge:
+        return []
+    lines = [f"- judge: `{judge.get('judge_model')}` at {judge.get('base_url')}, {judge['calls']} calls, "
+             f"{judge['prompt_tokens']} prompt + {judge['completion_tokens']} completion tokens"]
+    variation = judge.get("variation")
+    if variation:
+        for key, metrics in variation["spread"].items():
+            shown = ", ".join(f"{name} sd {_format(v['std'])}" for name, v in list(metrics.items())[:4])
+            lines.append(f"- judge run-to-run ({variation['repeats']} runs), {key}: {shown}")
+    return lines
 
 
 def _describe(target: Any) -> str:

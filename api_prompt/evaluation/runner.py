@@ -27,6 +27,8 @@ from ..batch.store import lock_folder, write_atomic
 from ..errors import ConfigError
 from ..targets.wrap import prompt_images
 from .data import EvalSample, auxiliary_query, read_samples, target_prompt
+from .judge import CACHE, JudgeCache, JudgeJob, create_judge, grade_all
+from .judged import JUDGED, judge_variation
 from .report import summarize, write_chart, write_report
 from .scoring import BENCHMARKS, score
 from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -65,6 +67,8 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     target_name: str | None = None,
     checked: tuple[Any, list[EvalSample]] | None = None,
+    judge: Any = None,
+    judge_repeats: int = 1,
     **data_options: Any,
 ) -> dict[str, Any]:
     """Evaluate ``target`` on ``benchmark`` with each condition; returns the summary.
@@ -91,13 +95,18 @@ def evaluate(
             resumed (default: the spec string, else the target's own description).
         checked: what :func:`check_data` returned for the same ``data``, ``benchmark``,
             ``limit`` and ``data_options``, so the data is not read and checked again.
+        judge: for the judge-scored benchmarks (``mmvet``, ``llava-bench``): ``"openai:MODEL"``
+            or an :class:`~api_prompt.evaluation.judge.OpenAIJudge`. Its replies are cached in
+            ``out/judge_cache.jsonl``; per-sample grades go to the ``judge`` field of
+            predictions.jsonl and the tokens it used to the summary's ``judge`` entry.
+        judge_repeats: grade every answer this many times (independent judge runs); the
+            metrics are the first run's, and the summary reports the spread over the runs.
         **data_options: ``id_column``, ``image_column``, ``question_column``, ``image_root``,
             ``split``, ``format`` (see :func:`api_prompt.batch.sources.open_source`).
     """
     from ..targets import as_target
 
-    if benchmark not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+    judge = check_judge(benchmark, judge, judge_repeats)
     conditions = check_conditions(conditions)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -120,6 +129,8 @@ def evaluate(
         "generation": dict(generation or {}),
         "data": {**source.describe(), "samples": len(samples), "limit": limit},
     }
+    if judge is not None:
+        settings["judge"] = {**judge.describe(), "repeats": judge_repeats}
     parameters = json.loads(json.dumps(
         {"benchmark": benchmark, "target": target_info, "settings": settings}, default=str))
 
@@ -127,6 +138,11 @@ def evaluate(
     run.prepare(parameters, overwrite=overwrite)
     try:
         done = run.done(retry_errors)
+        # answers whose judging failed are graded again without asking the target again
+        graded_later = {key: record["answer"] for key, record in run.latest().items()
+                        if key not in done and record.get("answer") is not None
+                        and str(record.get("error") or "").startswith("judge:")}
+        grader = _Grader(benchmark, judge, judge_repeats, run.root / CACHE) if judge is not None else None
         pending = [s for s in samples if any((s.id, c) not in done for c in conditions)]
         total, finished = len(samples), len(samples) - len(pending)
         chunks = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
@@ -138,7 +154,9 @@ def evaluate(
                 if position + 1 < len(chunks):
                     upcoming = decoder.submit(_decode, chunks[position + 1], source)
                 records = _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter,
-                                     dict(generation or {}))
+                                     dict(generation or {}), graded_later)
+                if grader is not None:
+                    grader.grade(records, {s.id: s for s in chunk})
                 run.append(records)
                 finished += len(chunk)
                 if progress is not None:
@@ -151,6 +169,25 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def check_judge(benchmark: str, judge: Any, repeats: int = 1):
+    """The judge object for ``benchmark`` (None for the benchmarks scored by rule); ConfigError
+    for an unknown benchmark, a judged one without a judge, or a judge where none is used."""
+    if benchmark not in BENCHMARKS and benchmark not in JUDGED:
+        known = (*BENCHMARKS, *JUDGED)
+        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(known)}")
+    if benchmark not in JUDGED:
+        if judge is not None:
+            raise ConfigError(f"--benchmark {benchmark} is scored by rule; --judge is for "
+                              f"{' and '.join(JUDGED)}")
+        return None
+    if judge is None:
+        raise ConfigError(f"--benchmark {benchmark} is scored by a judge model: pass --judge openai:MODEL "
+                          "(e.g. openai:gpt-4o-2024-11-20, lmms-eval's default)")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"judge_repeats must be a positive integer, got {repeats!r}")
+    return create_judge(judge) if isinstance(judge, str) else judge
 
 
 def check_conditions(conditions: Sequence[str] | str) -> tuple[str, ...]:
@@ -175,10 +212,11 @@ def check_data(data: Any, benchmark: str, *, limit: int | None = None, **data_op
     source, samples = read_samples(data, limit=limit, **data_options)
     if not samples:
         raise ConfigError(f"{source.name} holds no samples")
+    check = JUDGED[benchmark].check if benchmark in JUDGED else lambda fields: score(benchmark, "", fields)
     for sample in samples:
         if sample.error is None:
             try:
-                score(benchmark, "", sample.fields)
+                check(sample.fields)
             except ConfigError as exc:
                 raise ConfigError(f"sample {sample.id!r}: {exc}") from None
     return source, samples
@@ -202,11 +240,16 @@ def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
     return images
 
 
-def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, generation):
-    """Prediction records for every (sample, condition) of ``chunk`` not done yet."""
+def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, generation, answered=None):
+    """Prediction records for every (sample, condition) of ``chunk`` not done yet; ``answered``
+    holds answers that are kept (only their judging is to be done again)."""
     records: list[dict[str, Any]] = []
+    answered = answered or {}
     for condition in conditions:
         todo = [s for s in chunk if (s.id, condition) not in done]
+        records += [_record(benchmark, s, condition, answered[(s.id, condition)], None)
+                    for s in todo if (s.id, condition) in answered]
+        todo = [s for s in todo if (s.id, condition) not in answered]
         ready = [s for s in todo if s.id in images]
         for sample in todo:
             if sample.id not in images:
@@ -273,7 +316,7 @@ def _answer(answerer, samples, images, benchmark, generation):
 
 
 def _record(benchmark, sample, condition, answer, error):
-    value = None if error is not None else score(benchmark, answer, sample.fields)
+    value = None if error is not None or benchmark in JUDGED else score(benchmark, answer, sample.fields)
     return {"id": sample.id, "condition": condition, "answer": answer, "score": value, "error": error,
             "index": sample.index}
 
@@ -296,11 +339,67 @@ def _summary(benchmark, samples, conditions, latest, parameters, n_resamples, se
                 raise ConfigError(f"no prediction for sample {sample.id!r} ({condition})")
             answers[condition].append(record.get("answer"))
             errors[condition].append(record.get("error"))
+    judge = None
+    if benchmark in JUDGED:  # the metrics are made of the judge's grades, not of the answers
+        records = [[latest[(s.id, c)] for s in samples] for c in conditions]
+        graded = [all(r["error"] is None for r in column) for column in zip(*records)]
+        kept = [s.fields for s, ok in zip(samples, graded) if ok]
+        repeats = parameters["settings"]["judge"]["repeats"]
+        grades = [{c: [r["judge"]["grades"][repeat] for r, ok in zip(column, graded) if ok]
+                   for c, column in zip(conditions, records)} for repeat in range(repeats)]
+        answers = {c: [r["judge"]["grades"][0] if r.get("judge") and r["error"] is None else None
+                       for r in column] for c, column in zip(conditions, records)}
+        judge = {**parameters["settings"]["judge"], **_tokens(r for column in records for r in column)}
+        if repeats > 1:
+            judge["variation"] = judge_variation(benchmark, kept, grades)
     return summarize(
         benchmark, [s.fields for s in samples], answers, errors,
         target=parameters["target"], settings=parameters["settings"],
-        n_resamples=n_resamples, seed=seed,
+        n_resamples=n_resamples, seed=seed, judge=judge,
     )
+
+
+def _tokens(records) -> dict[str, int]:
+    """What the judge calls behind the final grades cost (cached replies count once, as paid)."""
+    totals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for record in records:
+        for name in totals:
+            totals[name] += int((record.get("judge") or {}).get(name) or 0)
+    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+    return totals
+
+
+class _Grader:
+    """Grades prediction records with the judge (every repeat), filling ``judge`` and ``score``;
+    a judge that cannot be reached makes the record's error."""
+
+    def __init__(self, benchmark: str, judge, repeats: int, cache_path: Path) -> None:
+        self.benchmark, self.record = benchmark, JUDGED[benchmark]
+        self.judge, self.repeats = judge, repeats
+        self.cache = JudgeCache(cache_path)
+
+    def grade(self, records: list[dict[str, Any]], samples: Mapping[str, EvalSample]) -> None:
+        todo = [r for r in records if r["error"] is None]
+        jobs = [JudgeJob((r["id"], r["condition"], repeat),
+                         self.record.prompt(samples[r["id"]].fields, r["answer"] or ""),
+                         self.record.max_tokens, self.record.rule)
+                for r in todo for repeat in range(self.repeats)]
+        results = grade_all(self.judge, jobs, self.cache)
+        for position, record in enumerate(todo):
+            mine = results[position * self.repeats:(position + 1) * self.repeats]
+            failed = next((result.error for result in mine if result.error), None)
+            record["judge"] = {
+                "grades": [result.grade for result in mine],
+                "replies": [result.replies for result in mine],
+                "calls": sum(result.calls for result in mine),
+                "prompt_tokens": sum(result.prompt_tokens for result in mine),
+                "completion_tokens": sum(result.completion_tokens for result in mine),
+                "model": next((result.model for result in mine if result.model), None),
+            }
+            if failed:
+                record["error"] = failed
+            else:
+                record["score"] = self.record.score(mine[0].grade)
 
 
 # ------------------------------------------------------------------------------------------------
