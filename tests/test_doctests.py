@@ -26,6 +26,12 @@ MODULES = [
     "api_prompt.targets.base",
     "api_prompt.targets.wrap",
     "api_prompt.targets.openai",
+    "api_prompt.styles",
+    "api_prompt.styles.base",
+    "api_prompt.styles.overlay",
+    "api_prompt.styles.crop",
+    "api_prompt.styles.blur",
+    "api_prompt.styles.box",
 ]
 
 

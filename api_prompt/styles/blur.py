@@ -1,0 +1,60 @@
+"""``blur``: what the map ignores is blurred, what it points at stays sharp (as in FGVP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from ..errors import ConfigError
+from ..overlay import Overlay
+from .base import Style, as_rgb, register_style
+
+__all__ = ["BlurStyle", "mix"]
+
+
+def mix(sharp: np.ndarray, blurred: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(sharp·m + blurred·(255 − m) + 127) // 255`` per pixel, in integers: the 8-bit map
+    ``m`` keeps the sharp image where it is 255 and the blurred one where it is 0.
+
+    >>> mix(np.array([[[200]]], np.uint8), np.array([[[100]]], np.uint8), np.array([[128]], np.uint8)).item()
+    150
+    """
+    m = weights.astype(np.uint32)[..., None]
+    out = (sharp.astype(np.uint32) * m + blurred.astype(np.uint32) * (255 - m) + 127) // 255
+    return out.astype(np.uint8)
+
+
+@register_style
+class BlurStyle(Style):
+    """The image blurred where the map is low and sharp where it is high, blended by the map.
+
+    Args:
+        blur: the Gaussian blur's radius as a fraction of the image's longer side
+            (0.02: 20 px on a 1000 px image), so a picture looks the same at any size.
+        resample, geometry: how the map is laid over the image, as for ``overlay``.
+
+    >>> from api_prompt import AttentionMap
+    >>> amap = AttentionMap(np.ones((2, 2), np.float32), {}, (8, 8), (0.0, 0.0, 8.0, 8.0))
+    >>> image = Image.radial_gradient("L").convert("RGB").resize((8, 8))
+    >>> BlurStyle().apply(image, amap)[0].tobytes() == image.tobytes()   # all attended: sharp
+    True
+    """
+
+    name = "blur"
+
+    def __init__(self, *, blur: float = 0.02, resample: str = "lanczos", geometry: str = "stretch") -> None:
+        if isinstance(blur, bool) or not isinstance(blur, (int, float)) or not 0 < blur <= 1:
+            raise ConfigError(f"blur must be a fraction of the image side in (0, 1], got {blur!r}")
+        self.blur = float(blur)
+        self._overlay = Overlay(resample=resample, geometry=geometry)
+        self.resample = self._overlay.resample.name.lower()
+        self.geometry = self._overlay.geometry
+
+    def apply(self, image: Any, attention_map) -> list[Image.Image]:
+        image = as_rgb(image)
+        radius = self.blur * max(image.size)
+        blurred = image.filter(ImageFilter.GaussianBlur(radius))
+        weights = self._overlay.resized_mask(attention_map, image.size)
+        return [Image.fromarray(mix(np.asarray(image), np.asarray(blurred), weights))]
