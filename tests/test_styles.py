@@ -11,6 +11,7 @@ from PIL import Image, ImageFilter
 
 from api_prompt import AttentionMap, Overlay
 from api_prompt.errors import ConfigError
+from api_prompt.styles.blur import gaussian_blur
 from api_prompt.styles import STYLES, BlurStyle, BoxStyle, CropStyle, OverlayStyle, attention_box, create_style
 
 
@@ -148,12 +149,21 @@ def test_blur_mixes_sharp_and_blurred_pixels_by_the_8_bit_map():
     image = pattern(16, 8)
     mask = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
     amap = make_map(mask, image.size)
-    (out,) = BlurStyle(blur=0.125, resample="nearest").apply(image, amap)
+    (out,) = BlurStyle(blur=0.125, resample="nearest").apply(image, amap)      # radius 2 px
     blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(2.0)), dtype=np.float64)
     weights = np.floor(mask.astype(np.float32) * np.float32(255)).astype(np.float64)
     weights = np.kron(weights, np.ones((4, 8)))[..., None]        # nearest: each cell 8×4 pixels
     expected = np.rint((np.asarray(image, np.float64) * weights + blurred * (255 - weights)) / 255)
     np.testing.assert_array_equal(np.asarray(out), expected.astype(np.uint8))
+
+
+def test_a_wide_blur_is_close_to_the_full_resolution_blur():
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((800, 600))
+    fast = np.asarray(gaussian_blur(image, 24.0), dtype=float)
+    full = np.asarray(image.filter(ImageFilter.GaussianBlur(24.0)), dtype=float)
+    inner = (slice(48, -48), slice(48, -48))          # edges are handled differently by design
+    assert np.abs(fast - full)[inner].mean() < 2.0 and np.abs(fast - full)[inner].max() < 16
 
 
 def test_box_draws_the_outline_of_the_attended_cells_and_nothing_else():
