@@ -395,3 +395,97 @@ def test_request_shape_follows_lmms_eval_for_reasoning_models():
 def test_records_are_one_per_benchmark():
     assert set(JUDGED) == {"mmvet", "llava-bench"}
     assert all(record.name == name for name, record in JUDGED.items())
+
+
+# -- kill -9 and resume ---------------------------------------------------------------------------
+
+
+class _Deterministic:
+    """A target and a judge whose replies depend only on the request; judge replies past
+    ``hold_after`` wait until ``release`` is set (so a run can be killed mid-judging)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.hold_after: int | None = None
+        self.answered: list[str] = []
+        self.seen: list[str] = []
+        self.held = 0
+
+    def __call__(self, conn, request) -> None:
+        body = request["json"]
+        text = json.dumps(body["messages"])
+        number = int(text.split("<<s")[1].split(">>")[0])
+        if body["model"] != MODEL:
+            return respond(200, completion(f"answer {number}"))(conn, request)
+        canonical = json.dumps(body, sort_keys=True)
+        with self.lock:
+            self.seen.append(canonical)
+            hold = self.hold_after is not None and len(self.answered) >= self.hold_after
+            self.held += hold
+        if hold:
+            self.release.wait(30)
+            return
+        temperature = body["temperature"]
+        reply = "unsure" if number % 3 == 0 and temperature < 0.5 else f"0.{number % 10}"
+        respond(200, {**completion(reply), "usage": {"prompt_tokens": 50, "completion_tokens": 2}})(conn, request)
+        with self.lock:
+            self.answered.append(canonical)
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_gives_the_same_summary_without_repeating_judge_calls(tmp_path):
+    import collections
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append({"id": f"s{i}", "image": f"{i}.png", "question": f"<<s{i}>> What is it?",
+                     "answer": f"{i}", "capability": "rec,ocr" if i % 2 else "know"})
+    data = tmp_path / "mmvet.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = _Deterministic()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "API_PROMPT_JUDGE_KEY": "sk-judge"}
+    env.pop("OPENAI_API_KEY", None)
+
+    with RawServer(default=script) as server:
+        def command(out):
+            return [sys.executable, "-c", "from api_prompt.cli.app import main; main()", "eval", str(data),
+                    "--benchmark", "mmvet",
+                    "--judge", f"openai:{MODEL}", "--judge-base-url", server.base_url,
+                    "--target", "openai:target-model", "--base-url", server.base_url,
+                    "--conditions", "original", "--batch-size", "2", "--out", str(out), "--quiet"]
+
+        whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=env, timeout=300)
+        assert whole.returncode == 0, whole.stderr
+        uninterrupted = collections.Counter(script.seen)
+
+        script.seen, script.answered, script.hold_after = [], [], 7
+        process = subprocess.Popen(command(tmp_path / "killed"), env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not script.held:
+            time.sleep(0.01)
+        assert script.held, "the run never reached the held judge reply"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        script.release.set()
+        paid_before_kill = collections.Counter(script.answered)
+        assert not (tmp_path / "killed" / "summary.json").exists()
+
+        script.seen, script.hold_after = [], None
+        resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, env=env, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        asked_after = collections.Counter(script.seen)
+
+    assert sum(paid_before_kill.values()) == 7
+    assert paid_before_kill + asked_after == uninterrupted     # nothing paid for was asked again
+    first = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    second = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert second["conditions"] == first["conditions"] and second["judge"] == first["judge"]
+    assert first["conditions"]["original"]["n"] == 12 and first["judge"]["calls"] == sum(uninterrupted.values())
