@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 
 from api_prompt import AttentionMap, Overlay
 from api_prompt.errors import ConfigError
-from api_prompt.styles.blur import gaussian_blur
+from api_prompt.styles.blur import gaussian_blur, mix
 from api_prompt.styles import STYLES, BlurStyle, BoxStyle, CropStyle, OverlayStyle, attention_box, create_style
 
 
@@ -155,6 +155,14 @@ def test_blur_mixes_sharp_and_blurred_pixels_by_the_8_bit_map():
     weights = np.kron(weights, np.ones((4, 8)))[..., None]        # nearest: each cell 8×4 pixels
     expected = np.rint((np.asarray(image, np.float64) * weights + blurred * (255 - weights)) / 255)
     np.testing.assert_array_equal(np.asarray(out), expected.astype(np.uint8))
+
+
+def test_the_blend_rounds_every_reachable_sum_to_the_nearest_level():
+    # every (sharp, blurred, m) triple, through the 16-bit arithmetic, against float rounding
+    sharp, blurred, m = (v.reshape(-1, 1) for v in np.meshgrid(*[np.arange(256)] * 3, indexing="ij"))
+    out = mix(sharp[..., None].astype(np.uint8), blurred[..., None].astype(np.uint8), m.astype(np.uint8))
+    expected = np.rint((sharp * m + blurred * (255 - m)) / 255.0)
+    np.testing.assert_array_equal(out[..., 0], expected.astype(np.uint8))
 
 
 def test_a_wide_blur_is_close_to_the_full_resolution_blur():
