@@ -52,6 +52,8 @@ def test_pope_metrics_equal_the_hand_computed_confusion_matrix():
     ("Yes.", "yes"), ("yes", "yes"), ("YES", "yes"), ("no, there is not", "no"),
     ("Not really", "no"), ("None", "no"), ("I think so", "other"), ("", "other"),
     ("The answer is yes", "other"),         # only the first four characters are searched
+    ("n", "no"), ("Y", "yes"), ("y.", "yes"), ("x", "other"),   # single characters
+    (" No", "no"), ("...yes", "yes"),        # stripped, full stops removed first
 ])
 def test_mme_parsing_follows_the_official_rules(answer, parsed):
     assert mme_answer(answer) == parsed
@@ -104,11 +106,23 @@ def test_vqa_accuracy_is_the_mean_over_leave_one_out_subsets():
     assert score("vqav2", "2", {"answers": [{"answer": "two", "answer_id": i} for i in range(10)]}) == 1.0
 
 
-def test_gqa_is_exact_match_after_normalisation():
+def test_gqa_is_exact_match_ignoring_case_and_punctuation_only():
     assert score("gqa", "Yes.", {"answer": "yes"}) == 1.0
-    assert score("gqa", "The table", {"answer": "table"}) == 1.0
+    assert score("gqa", "  left-hand\n", {"answer": "lefthand"}) == 1.0
+    assert score("gqa", "The table", {"answer": "table"}) == 0.0    # no article removal
+    assert score("gqa", "two", {"answer": "2"}) == 0.0              # no number words
     assert score("gqa", "tables", {"answer": "table"}) == 0.0
     assert score("gqa", "", {"answer": "table"}) == 0.0
+
+
+def test_vqav2_does_not_normalise_like_textvqa():
+    humans = ["red white"] * 2 + ["redwhite"] * 8
+    assert score("vqav2", "red,white", {"answers": humans}) == pytest.approx(0.6)
+    assert score("textvqa", "red,white", {"answers": humans}) == 1.0
+    # dict answers that are equal leave each other out together (lmms-eval compares the dicts)
+    same = [{"answer": "dog"}] * 4
+    assert score("vqav2", "dog", {"answers": same}) == 0.0
+    assert score("vqav2", "dog", {"answers": [{"answer": "dog", "answer_id": i} for i in range(4)]}) == 1.0
 
 
 # -- multiple choice -----------------------------------------------------------------------------
@@ -119,6 +133,8 @@ OPTIONS = {"A": "red", "B": "blue", "C": "green", "D": "yellow"}
 @pytest.mark.parametrize("answer, option", [
     ("(B) red", "B"),                 # a letter wins over an option's text
     ("The answer is C", "C"),
+    ("C is right, as the picture shows", None),   # the letter must be among the last four words
+    ("Failed to obtain answer via API: C", None),  # an API failure: no letter is read
     ("C.", "C"),
     ("green", "C"),                   # no letter: the one option text it contains
     ("It is green or blue", None),    # two option texts: none

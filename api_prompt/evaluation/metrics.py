@@ -11,11 +11,13 @@ Metrics (fractions in [0, 1], except MME's, which are percentages as MME defines
 ==================  ==========================================================================
 ``pope``            ``accuracy precision recall f1 yes_ratio`` (positive class: yes)
 ``mme``             ``<category>/acc``, ``<category>/acc_plus`` (both questions of an image
-                    right), ``perception`` and ``cognition``: the sum over MME's categories of
-                    ``acc + acc_plus``
+                    right), ``perception`` and ``cognition``: the sum of ``acc + acc_plus``
+                    over MME's perception categories, and over all the others
 ``textvqa vqav2``   ``vqa_accuracy``
 ``gqa mcq``         ``accuracy``; ``mcq`` adds ``circular_accuracy`` when rows share an
-                    ``index`` modulo 1,000,000 (MMBench's circular variants: all must be right)
+                    ``index`` modulo 1,000,000 (MMBench's circular variants: all must be right;
+                    as in VLMEvalKit, only groups whose main row, ``index`` < 1,000,000, is
+                    present count, and a group's category is its main row's)
 ==================  ==========================================================================
 
 Benchmarks other than MME with a ``category`` column holding several values also get every
@@ -35,10 +37,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .normalize import normalize_answer
+from .normalize import normalize_answer, normalize_vqav2_answer
 from .scoring import (
-    BENCHMARKS, ground_truth_answers, infer_option, options_of, pope_answer, pope_label, score,
-    vqa_accuracy_normalised,
+    BENCHMARKS, choices_of, mcq_pick, options_of, pope_answer, pope_label, score, vqa_humans, vqa_score,
 )
 
 __all__ = ["MME_PERCEPTION", "MME_COGNITION", "MetricTable", "build_table", "CIRCULAR_MODULUS"]
@@ -104,14 +105,17 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
         columns = {c: {"correct": scores[c], "one": np.ones(len(samples))} for c in answers}
         names, finish = ["correct", "one"], lambda s: {"accuracy": s[..., 0] / s[..., 1]}
 
-    groups = _circular_groups(samples) if benchmark in ("mcq", "synthshapes-mcq") else None
+    circular = _circular_groups(samples) if benchmark in ("mcq", "synthshapes-mcq") else None
+    groups, main = circular if circular is not None else (None, None)
     n_units = len(samples) if groups is None else int(groups.max()) + 1 if len(samples) else 0
     unit_of = np.arange(len(samples)) if groups is None else groups
+    # VLMEvalKit scores a circular group only through its main row (index < 1e6)
+    has_main = None if groups is None else np.bincount(unit_of, weights=main, minlength=n_units) > 0
 
     def units_of(cols: dict[str, np.ndarray]) -> np.ndarray:
         table = [np.bincount(unit_of, weights=cols[name], minlength=n_units) for name in names]
         if groups is not None:  # circular: a group counts when every variant is right
-            table += [(table[0] == table[1]).astype(float), np.ones(n_units)]
+            table += [((table[0] == table[1]) & has_main).astype(float), has_main.astype(float)]
         return np.stack(table, axis=1) if table else np.zeros((0, len(names)))
 
     base_finish = finish
@@ -126,9 +130,9 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
     if benchmark not in ("textvqa", "vqav2"):
         binary["accuracy"] = dict(scores)
     if groups is not None:
-        binary["circular_accuracy"] = {c: u[:, 2] for c, u in units.items()}
+        binary["circular_accuracy"] = {c: u[has_main, 2] for c, u in units.items()}
 
-    categories = _categories(samples, unit_of, n_units)
+    categories = _categories(samples, unit_of, n_units, main)
     if categories is None:
         return MetricTable(units, finish, scores, binary)
     labels, unit_category = categories
@@ -139,7 +143,7 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
         for name, per_condition in list(binary.items()):
             if "/" in name:
                 continue
-            use = mask if name == "accuracy" else unit_category == index
+            use = mask if name == "accuracy" else (unit_category == index)[has_main]
             binary[f"{label}/{name}"] = {c: values[use] for c, values in per_condition.items()}
     masks = np.stack([unit_category == index for index in range(len(labels))], axis=1).astype(float)
     units = {c: np.hstack([u] + [u * masks[:, [i]] for i in range(len(labels))]) for c, u in units.items()}
@@ -160,17 +164,16 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
 def _scores(benchmark, samples, answers) -> dict[str, np.ndarray]:
     """:func:`score` of every answer; each sample's ground truth is read once for all conditions."""
     if benchmark in ("textvqa", "vqav2"):
-        humans = [[normalize_answer(h) for h in ground_truth_answers(s)] for s in samples]
-        return {c: np.array([vqa_accuracy_normalised(normalize_answer(a or ""), h)
-                             for a, h in zip(values, humans)], dtype=float)
+        normalise = normalize_answer if benchmark == "textvqa" else normalize_vqav2_answer
+        humans = [vqa_humans(benchmark, s) for s in samples]
+        return {c: np.array([vqa_score(normalise(a or ""), *h) for a, h in zip(values, humans)], dtype=float)
                 for c, values in answers.items()}
     if benchmark in ("mcq", "synthshapes-mcq"):
-        truths = [(options_of(s), s.get("answer")) for s in samples]
-        for sample, (options, truth) in zip(samples, truths):
-            if truth is None or not options:
+        for sample in samples:
+            if sample.get("answer") is None or not options_of(sample):
                 score(benchmark, "", sample)   # raises the same error score() does
-        truths = [(options, str(truth).strip()) for options, truth in truths]
-        return {c: np.array([float(infer_option(a or "", o) == t) for a, (o, t) in zip(values, truths)],
+        truths = [(choices_of(s), str(s["answer"]).strip()) for s in samples]
+        return {c: np.array([float(mcq_pick(a or "", o) == t) for a, (o, t) in zip(values, truths)],
                             dtype=float)
                 for c, values in answers.items()}
     return {c: np.array([score(benchmark, a, s) for a, s in zip(values, samples)], dtype=float)
@@ -195,22 +198,28 @@ def _pope_metrics(sums: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _circular_groups(samples) -> np.ndarray | None:
-    """Unit index of each sample by ``index % 1e6``, or None when no two samples share one."""
-    keys = []
+def _circular_groups(samples) -> tuple[np.ndarray, np.ndarray] | None:
+    """Unit index of each sample by ``index % 1e6`` and whether it is its group's main row
+    (``index`` itself below 1e6), or None when no two samples share a unit."""
+    keys, main = [], []
     for sample in samples:
         try:
-            keys.append(int(float(sample["index"])) % CIRCULAR_MODULUS)
+            index = int(float(sample["index"]))
         except (KeyError, TypeError, ValueError):
             return None
+        keys.append(index % CIRCULAR_MODULUS)
+        main.append(index == keys[-1])
     if len(set(keys)) == len(keys):
         return None
     order = {key: position for position, key in enumerate(dict.fromkeys(keys))}
-    return np.array([order[key] for key in keys], dtype=np.int64)
+    return np.array([order[key] for key in keys], dtype=np.int64), np.array(main, dtype=float)
 
 
-def _categories(samples, unit_of, n_units):
-    """(labels, category index per unit) when the samples have two or more categories."""
+def _categories(samples, unit_of, n_units, main=None):
+    """(labels, category index per unit) when the samples have two or more categories.
+
+    A unit's category is its main row's where the unit has one (VLMEvalKit's circular groups).
+    """
     values = [sample.get("category") for sample in samples]
     if any(value is None for value in values):
         return None
@@ -219,7 +228,10 @@ def _categories(samples, unit_of, n_units):
         return None
     position = {label: i for i, label in enumerate(labels)}
     unit_category = np.zeros(n_units, dtype=np.int64)
-    unit_category[unit_of] = [position[str(value)] for value in values]
+    sample_category = np.array([position[str(value)] for value in values], dtype=np.int64)
+    unit_category[unit_of] = sample_category
+    if main is not None:
+        unit_category[unit_of[main > 0]] = sample_category[main > 0]
     return labels, unit_category
 
 
@@ -271,11 +283,11 @@ def _mme_table(samples, answers, scores) -> MetricTable:
             values[f"{label}/acc"], values[f"{label}/acc_plus"] = acc, acc_plus
             if label in MME_PERCEPTION:
                 perception = perception + acc + acc_plus
-            elif label in MME_COGNITION:
+            else:   # lmms-eval counts every category that is not perception as cognition
                 cognition = cognition + acc + acc_plus
         if any(label in MME_PERCEPTION for label in labels):
             values["perception"] = perception + 0 * sums[..., 0]
-        if any(label in MME_COGNITION for label in labels):
+        if any(label not in MME_PERCEPTION for label in labels):
             values["cognition"] = cognition + 0 * sums[..., 0]
         return values
 

@@ -1,6 +1,7 @@
-"""The VQA answer normalisation (the VQA challenge's evaluation, as EvalAI and lmms-eval run it).
+"""Answer normalisations of the official scorers: the VQA challenge's (as lmms-eval runs it for
+TextVQA and, differently, for VQAv2) and lmms-eval's ``exact_match`` (GQA).
 
-An answer is normalised in four steps before it is compared with the human answers:
+:func:`normalize_answer` is lmms-eval's ``EvalAIAnswerProcessor()(answer)`` (TextVQA):
 
 1. lower case; commas and question marks dropped; ``'s`` split off (``"dog's"`` -> ``"dog 's"``);
    newlines and tabs become spaces;
@@ -10,20 +11,33 @@ An answer is normalised in four steps before it is compared with the human answe
 3. number words ``none``/``zero`` .. ``ten`` become digits, the articles ``a an the`` are dropped;
 4. contractions written without their apostrophe get it back (``"dont"`` -> ``"don't"``).
 
+:func:`normalize_vqav2_answer` is what lmms-eval's VQAv2 ``process_results`` does instead: newlines
+and tabs become spaces and the ends are stripped, then steps 2-4 only. Step 1 is skipped, so a
+comma is punctuation (``"red,white"`` -> ``"red white"``, where TextVQA gives ``"redwhite"``) and
+``'s`` stays attached; the text is lower-cased in step 3.
+
+:func:`exact_match_text` is the form lmms-eval's ``exact_match`` compares with ``ignore_case`` and
+``ignore_punctuation`` (GQA): lower case, every ``string.punctuation`` mark deleted, nothing else.
+
 >>> normalize_answer("Two dogs.")
 '2 dogs'
 >>> normalize_answer("A dog"), normalize_answer("the dog's ball?")
 ('dog', "dog 's ball")
 >>> normalize_answer("1,000"), normalize_answer("yes/no"), normalize_answer("dont")
 ('1000', 'yes no', "don't")
+>>> normalize_answer("red,white"), normalize_vqav2_answer("red,white"), normalize_vqav2_answer("Dog's?")
+('redwhite', 'red white', "dog's")
+>>> exact_match_text("A dog."), exact_match_text("two")
+('a dog', 'two')
 """
 
 from __future__ import annotations
 
 import re
+import string
 from functools import lru_cache
 
-__all__ = ["normalize_answer", "PUNCTUATION", "NUMBER_WORDS", "ARTICLES", "CONTRACTIONS"]
+__all__ = ["normalize_answer", "normalize_vqav2_answer", "exact_match_text", "PUNCTUATION", "NUMBER_WORDS", "ARTICLES", "CONTRACTIONS"]
 
 #: Marks handled by step 2 (the full stop is handled separately: it may be a decimal point).
 PUNCTUATION = tuple(';/[]"{}()=+\\_-><@`,?!')
@@ -95,3 +109,24 @@ def normalize_answer(answer: str) -> str:
     text = str(answer).lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return _digits_and_articles(_punctuation(text))
+
+
+@lru_cache(maxsize=65536)
+def normalize_vqav2_answer(answer: str) -> str:
+    """``answer`` as lmms-eval's VQAv2 scorer normalises it (see the module docstring)."""
+    text = str(answer).replace("\n", " ").replace("\t", " ").strip()
+    return _digits_and_articles(_punctuation(text))
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def exact_match_text(text: str) -> str:
+    """``text`` as lmms-eval's ``exact_match`` compares it with ``ignore_case`` and ``ignore_punctuation``.
+
+    The comparison runs on numpy string arrays: lower-casing keeps the length of the original
+    (``"İ"`` lower-cases to two characters, and the last one is cut off), and trailing NUL
+    characters do not count.
+    """
+    text = str(text)
+    return text.lower()[: len(text)].translate(_NO_PUNCTUATION).rstrip("\x00")

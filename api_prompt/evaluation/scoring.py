@@ -1,27 +1,37 @@
 """Per-sample scoring as each benchmark's official evaluation does it: ``score(benchmark, answer, sample)``.
 
-Every rule below was re-derived from the benchmark's own evaluation script:
+Every rule below is the official scorer's, quirks included, and the tests call the official code
+itself on the same answers (``tests/test_official_scorers.py``; versions and quirks in
+``docs/scoring.md``):
 
 ``pope``
-    The POPE evaluation keeps the first sentence (text before the first ``.``), drops commas,
-    splits on spaces, and reads *no* when one of the words is exactly ``No``, ``no`` or ``not``;
-    anything else, the empty answer included, is *yes*. Labels other than ``no`` are *yes*.
+    LLaVA's ``eval_pope.py``: the first sentence (text before the first ``.``), commas dropped,
+    split on spaces; *no* when one of the words is exactly ``No``, ``no`` or ``not``, anything
+    else (the empty answer included) is *yes*. Labels other than ``no`` are *yes*.
 ``mme``
-    MME's ``calculation.py`` lower-cases the answer; ``yes``/``no`` stand as they are, otherwise
-    the first four characters are searched for ``yes``, then ``no``; anything else is *other*
-    (always wrong).
-``textvqa``, ``vqav2``
-    The VQA accuracy: both the answer and the (usually ten) human answers are normalised
-    (:func:`~api_prompt.evaluation.normalize.normalize_answer`); for each human answer left out
-    in turn, ``min(#other humans who gave the answer / 3, 1)``; the mean of those.
+    lmms-eval's ``parse_pred_ans``: lower-cased, stripped, full stops removed; ``yes``/``no``
+    stand as they are, a single character ``y``/``n`` is yes/no (any other single character is
+    *other*); otherwise the first four characters are searched for ``yes``, then ``no``; else
+    *other* (always wrong).
+``textvqa``
+    lmms-eval's TextVQA ``process_results``: the answer and the human answers normalised by
+    :func:`~api_prompt.evaluation.normalize.normalize_answer`; for each human answer left out in
+    turn, ``min(#other humans who gave the answer / 3, 1)``; the mean of those.
+``vqav2``
+    lmms-eval's VQAv2 ``process_results``: the same accuracy, but normalised by
+    :func:`~api_prompt.evaluation.normalize.normalize_vqav2_answer` (no lower-casing before the
+    punctuation rules, commas are punctuation); a human answer given as a dict is left out
+    together with every *equal* dict (they differ by ``answer_id`` in the real data).
 ``gqa``
-    Exact match of the normalised answer with the normalised ground truth.
+    lmms-eval's ``exact_match`` as ``gqa.yaml`` configures it: the answer stripped, then answer
+    and ground truth lower-cased and without punctuation (:func:`exact_match_text`); no article
+    or number-word rules.
 ``mcq``, ``synthshapes-mcq``
-    VLMEvalKit's rule-based option extraction (no judge model): punctuation ``.()[],:;!*#{}``
-    becomes spaces; when exactly one option letter is a word of the answer, that option; else
-    (no letter but a word ``Z``, or a known refusal: the refusal ``Z``), when exactly one option
-    text occurs in the lower-cased answer, that option; else none (scored wrong, where
-    VLMEvalKit would go on to ask a judge model).
+    VLMEvalKit's ``can_infer`` (exact matching, no judge model): punctuation ``.()[],:;!*#{}``
+    becomes spaces; a known refusal is ``Z``; when exactly one option letter is a word of the
+    answer and its first occurrence is among the last four words, that option; no letter but a
+    word ``Z``: ``Z``; otherwise, unless the answer is longer than twice the options' total
+    length, the one option text the lower-cased answer contains; else nothing, scored as ``Z``.
 
 >>> score("pope", "No, there is not.", {"answer": "no"})
 1.0
@@ -37,16 +47,18 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import string
+from fractions import Fraction
+from functools import lru_cache
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .normalize import normalize_answer
+from .normalize import exact_match_text, normalize_answer, normalize_vqav2_answer
 
 __all__ = [
-    "BENCHMARKS", "score", "pope_answer", "mme_answer", "vqa_accuracy", "vqa_accuracy_normalised",
-    "options_of",
-    "infer_option", "ground_truth_answers",
+    "BENCHMARKS", "score", "pope_answer", "mme_answer", "vqa_accuracy", "vqa_humans", "vqa_score",
+    "options_of", "choices_of", "infer_option", "ground_truth_answers", "gqa_match",
 ]
 
 BENCHMARKS = ("pope", "mme", "textvqa", "vqav2", "gqa", "mcq", "synthshapes-mcq")
@@ -58,6 +70,8 @@ _REFUSALS = (
     "Sorry, I can't help with images of people yet.", "I can't process this file.",
     "I'm sorry, but without the image provided", "Cannot determine the answer",
 )
+# An answer holding this is an API failure to VLMEvalKit: no letter is read from it.
+_API_FAILURE = "Failed to obtain answer via API"
 
 
 def pope_answer(answer: str) -> str:
@@ -79,20 +93,30 @@ def pope_label(sample: Mapping[str, Any]) -> str:
 
 
 def mme_answer(answer: str) -> str:
-    """``"yes"``, ``"no"`` or ``"other"`` as MME's calculation reads ``answer``.
+    """``"yes"``, ``"no"`` or ``"other"`` as lmms-eval's MME ``parse_pred_ans`` reads ``answer``.
 
-    >>> [mme_answer(a) for a in ["Yes.", "no, there is not", "Not sure", "I think so", ""]]
-    ['yes', 'no', 'no', 'other', 'other']
+    >>> [mme_answer(a) for a in ["Yes.", "no, there is not", "Not sure", "I think so", "", "N", "y."]]
+    ['yes', 'no', 'no', 'other', 'other', 'no', 'yes']
     """
-    text = str(answer).lower()
+    text = str(answer).lower().strip().replace(".", "")
     if text in ("yes", "no"):
         return text
+    if len(text) == 1:
+        return {"y": "yes", "n": "no"}.get(text, "other")
     head = text[:4]
     if "yes" in head:
         return "yes"
     if "no" in head:
         return "no"
     return "other"
+
+
+def mme_label(sample: Mapping[str, Any]) -> str:
+    """The ground truth of an MME sample, ``yes`` or ``no`` (lower-cased, stripped, no full stops)."""
+    truth = str(_required(sample, "answer", "mme")).lower().strip().replace(".", "")
+    if truth not in ("yes", "no"):
+        raise ConfigError(f"an MME answer is Yes or No, not {sample.get('answer')!r}")
+    return truth
 
 
 def ground_truth_answers(sample: Mapping[str, Any]) -> list[str]:
@@ -102,6 +126,11 @@ def ground_truth_answers(sample: Mapping[str, Any]) -> list[str]:
     text of a list (VLMEvalKit TSVs store ``"['a', 'b']"`` in ``answer``); a plain string is one
     answer.
     """
+    return [item if type(item) is str else str(item.get("answer", "")) if isinstance(item, dict)
+            else str(item) for item in _raw_answers(sample)]
+
+
+def _raw_answers(sample: Mapping[str, Any]) -> list:
     value = sample.get("answers")
     if value is None:
         value = sample.get("answer")
@@ -121,34 +150,79 @@ def ground_truth_answers(sample: Mapping[str, Any]) -> list[str]:
             value = [text]
     if hasattr(value, "tolist"):  # numpy / pyarrow arrays
         value = value.tolist()
-    return [item if type(item) is str else str(item.get("answer", "")) if isinstance(item, dict)
-            else str(item) for item in value]
+    return list(value)
 
 
-def vqa_accuracy(answer: str, human_answers: list[str]) -> float:
+def vqa_humans(benchmark: str, sample: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    """The normalised human answers of a VQA sample and who each one is.
+
+    Two human answers with the same identity leave each other out together when one is left
+    out. For ``vqav2`` a dict answer is identified by its whole content (lmms-eval compares the
+    dicts); every other answer is its own.
+    """
+    if benchmark == "textvqa":
+        humans = [normalize_answer(h) for h in ground_truth_answers(sample)]
+        return humans, list(range(len(humans)))
+    humans, identities = [], []
+    for position, item in enumerate(_raw_answers(sample)):
+        if isinstance(item, dict):
+            text = normalize_vqav2_answer(str(item.get("answer", "")))
+            identities.append(tuple(sorted(
+                (str(key), text if key == "answer" else repr(value)) for key, value in item.items())))
+        else:
+            text = normalize_vqav2_answer(str(item))
+            identities.append(position)
+        humans.append(text)
+    return humans, identities
+
+
+def vqa_score(prediction: str, humans: list[str], identities: list[Any]) -> float:
+    """The VQA accuracy of an already normalised ``prediction`` (see :func:`vqa_humans`).
+
+    The mean is exact, as lmms-eval's ``statistics.mean`` computes it.
+    """
+    if not humans:
+        raise ConfigError("a VQA sample has no human answers")
+    matches = humans.count(prediction)
+    if len(set(identities)) == len(identities):       # the common case: each human is their own
+        others = tuple(sorted(matches - (human == prediction) for human in humans))
+    else:
+        others = tuple(sorted(
+            matches - sum(1 for h, who in zip(humans, identities) if who == me and h == prediction)
+            for me in identities))
+    return _mean_of_thirds(others)
+
+
+@lru_cache(maxsize=4096)
+def _mean_of_thirds(others: tuple[int, ...]) -> float:
+    """``statistics.mean(min(1, float(n) / 3) for n in others)``, without its cost."""
+    total = sum(Fraction(min(1, float(n) / 3)) for n in others)
+    return float(total / len(others))
+
+
+def vqa_accuracy(answer: str, human_answers: list[str], benchmark: str = "textvqa") -> float:
     """The VQA accuracy of ``answer`` against the human answers (see the module docstring).
-
-    With a single human answer it is exact match after normalisation.
 
     >>> vqa_accuracy("Two", ["2", "2", "2", "two", "3", "3", "3", "3", "3", "3"])
     1.0
     >>> round(vqa_accuracy("2", ["2", "2", "3", "3", "3", "3", "3", "3", "3", "3"]), 4)
     0.6
+    >>> humans = ["red white"] * 2 + ["redwhite"] * 8
+    >>> vqa_accuracy("red,white", humans, benchmark="vqav2"), vqa_accuracy("red,white", humans)
+    (0.6, 1.0)
     """
-    return vqa_accuracy_normalised(normalize_answer(answer), [normalize_answer(h) for h in human_answers])
+    humans, identities = vqa_humans(benchmark, {"answers": list(human_answers)})
+    normalise = normalize_answer if benchmark == "textvqa" else normalize_vqav2_answer
+    return vqa_score(normalise(answer), humans, identities)
 
 
-def vqa_accuracy_normalised(prediction: str, humans: list[str]) -> float:
-    """:func:`vqa_accuracy` on answers that are already normalised."""
-    if not humans:
-        raise ConfigError("a VQA sample has no human answers")
-    if len(humans) == 1:
-        return float(prediction == humans[0])
-    matches = humans.count(prediction)
-    # leaving out a human who gave the prediction leaves matches - 1 others; anyone else, matches
-    left_out_match = matches * min(1.0, (matches - 1) / 3.0)
-    left_out_other = (len(humans) - matches) * min(1.0, matches / 3.0)
-    return (left_out_match + left_out_other) / len(humans)
+def gqa_match(answer: str, truth: Any) -> bool:
+    """lmms-eval's ``exact_match`` with ``ignore_case`` and ``ignore_punctuation`` (GQA).
+
+    >>> gqa_match(" Table. ", "table"), gqa_match("the table", "table"), gqa_match("Two", "2")
+    (True, False, False)
+    """
+    return exact_match_text(str(answer).strip()) == exact_match_text(str(truth))
 
 
 def options_of(sample: Mapping[str, Any]) -> dict[str, str]:
@@ -164,27 +238,62 @@ def options_of(sample: Mapping[str, Any]) -> dict[str, str]:
     return options
 
 
+def choices_of(sample: Mapping[str, Any]) -> dict[str, str]:
+    """The options as VLMEvalKit's scorer sees them: every column ``A``..``Z`` that is not missing.
+
+    Unlike :func:`options_of`, an empty or blank text is an option here (VLMEvalKit keeps it).
+    """
+    return {letter: str(sample[letter]) for letter in string.ascii_uppercase
+            if letter in sample and not _missing(sample[letter])}
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(math.isnan(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def infer_option(answer: str, options: Mapping[str, str]) -> str | None:
-    """The option letter ``answer`` picks by VLMEvalKit's rules, ``"Z"`` for a refusal, or None.
+    """The option letter ``answer`` picks by VLMEvalKit's ``can_infer``, ``"Z"`` for a refusal, or None.
 
     >>> options = {"A": "red", "B": "blue", "C": "green"}
     >>> [infer_option(a, options) for a in ["(B) red", "The answer is C", "green.", "A or B", ""]]
     ['B', 'C', 'C', None, None]
+    >>> infer_option("C is the answer, as the picture clearly shows", options)  # C too early
     """
     text = str(answer)
-    words = text.translate(_OPTION_PUNCTUATION).split()
-    if len(words) == 1 and words[0] in options:   # the common answer: just a letter
-        return words[0]
+    return _option_letter(text, options) or _option_text(text, options)
+
+
+def _option_letter(text: str, options: Mapping[str, str]) -> str | None:
+    if _API_FAILURE in text:
+        return None
     if any(refusal in text for refusal in _REFUSALS):
         return "Z"
+    words = text.translate(_OPTION_PUNCTUATION).split()
     letters = [letter for letter in options if letter in words]
     if len(letters) == 1:
-        return letters[0]
+        # only when the letter's first occurrence is among the last four words
+        return letters[0] if words.index(letters[0]) > len(words) - 5 else None
     if not letters and "Z" in words:
         return "Z"
+    return None
+
+
+def _option_text(text: str, options: Mapping[str, str]) -> str | None:
     lowered = text.lower()
+    if len(lowered) > 2 * sum(len(str(option)) for option in options.values()):
+        return None
     found = [letter for letter, option in options.items() if str(option).lower() in lowered]
     return found[0] if len(found) == 1 else None
+
+
+def mcq_pick(answer: str, options: Mapping[str, str]) -> str:
+    """The option VLMEvalKit's exact matching scores: :func:`infer_option`, or ``Z`` when none."""
+    return infer_option(answer, options) or "Z"
 
 
 def score(benchmark: str, answer: str | None, sample: Mapping[str, Any]) -> float:
@@ -192,25 +301,25 @@ def score(benchmark: str, answer: str | None, sample: Mapping[str, Any]) -> floa
 
     ``sample`` is a row of the benchmark's data (a dict): ``answer`` holds the ground truth
     (``answers`` the human answers for VQA; option columns ``A``, ``B``, ... for multiple
-    choice). The score is 0 or 1, except for ``textvqa``/``vqav2`` (multiples of 0.1).
+    choice). The score is 0 or 1, except for ``textvqa``/``vqav2`` (multiples of 1/30).
     """
     answer = "" if answer is None else str(answer)
     if benchmark == "pope":
         return float(pope_answer(answer) == pope_label(sample))
     if benchmark == "mme":
-        truth = str(_required(sample, "answer", benchmark)).strip().lower()
-        return float(mme_answer(answer) == truth)
-    if benchmark in ("textvqa", "vqav2"):
-        return vqa_accuracy(answer, ground_truth_answers(sample))
+        return float(mme_answer(answer) == mme_label(sample))
+    if benchmark == "textvqa":
+        return vqa_score(normalize_answer(answer), *vqa_humans(benchmark, sample))
+    if benchmark == "vqav2":
+        return vqa_score(normalize_vqav2_answer(answer), *vqa_humans(benchmark, sample))
     if benchmark == "gqa":
-        truth = str(_required(sample, "answer", benchmark))
-        return float(normalize_answer(answer) == normalize_answer(truth))
+        return float(gqa_match(answer, _required(sample, "answer", benchmark)))
     if benchmark in ("mcq", "synthshapes-mcq"):
         truth = str(_required(sample, "answer", benchmark)).strip()
-        options = options_of(sample)
-        if not options:
+        options = choices_of(sample)
+        if not options_of(sample):
             raise ConfigError("a multiple-choice sample needs option columns A, B, ...")
-        return float(infer_option(answer, options) == truth)
+        return float(mcq_pick(answer, options) == truth)
     raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
 
 
