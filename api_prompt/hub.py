@@ -8,20 +8,79 @@ failure is one :class:`~api_prompt.errors.ModelLoadError` that ends with the cal
 The pieces: :func:`offline`, :func:`hf_cached_file` (is a file in the HF cache?),
 :func:`reachable` / :func:`require_online` (a bounded probe of a download host) and
 :func:`load_cache_first` / :func:`check_hub` (``from_pretrained``-style loaders).
+
+What ships inside the package needs no network at all: :func:`builtin_model` turns a built-in
+model name (``synthshapes``, the small CLIP trained for this project) into the ``local-dir:`` name
+of its folder, and :func:`example_image` names the example scenes shipped beside it.
+
+>>> builtin_model("synthshapes").startswith("local-dir:")
+True
+>>> builtin_model("ViT-B-16") is None
+True
+>>> sorted(EXAMPLES)[:2]
+['synthshapes-23', 'synthshapes-30']
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 
 T = TypeVar("T")
 
 
 _PROBE_TIMEOUT_S = 3.0
+
+_PACKAGE = Path(__file__).resolve().parent
+#: Built-in model names and where their open_clip folder is: inside the installed package (the
+#: wheel ships it), else in ``assets/`` of a clone of the repository (the same files).
+BUILTIN_MODELS: dict[str, tuple[Path, ...]] = {
+    "synthshapes": (_PACKAGE / "playground" / "synthshapes_clip", _PACKAGE.parent / "assets" / "synthshapes-clip"),
+}
+_OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+#: The example scenes shipped with the package (synthetic shapes), with the question each one
+#: was picked for (the map points at the named shape).
+EXAMPLES_DIR = _PACKAGE / "playground" / "examples"
+EXAMPLES: dict[str, str] = {
+    Path(entry["file"]).stem: entry["question"]
+    for entry in json.loads((EXAMPLES_DIR / "examples.json").read_text(encoding="utf-8"))
+}
+#: How a shipped example image is named where a path is expected: ``example:synthshapes-23``.
+EXAMPLE_SCHEME = "example:"
+
+
+def builtin_model(name: Any) -> str | None:
+    """``local-dir:<folder>`` for a built-in model name (``synthshapes``), None for any other name.
+
+    A ModelLoadError if the name is built in but its files are missing from this copy.
+    """
+    if not isinstance(name, str) or name.strip() not in BUILTIN_MODELS:
+        return None
+    folders = BUILTIN_MODELS[name.strip()]
+    for folder in folders:
+        if all((folder / file).is_file() for file in _OPEN_CLIP_FILES):
+            return f"local-dir:{folder}"
+    raise ModelLoadError(
+        f"the built-in model {name.strip()!r} is not installed with this copy of api-prompt "
+        f"(looked in {', '.join(str(folder) for folder in folders)}); reinstall api-prompt"
+    )
+
+
+def example_image(name: str) -> Path:
+    """The file of a shipped example image, by its name (``synthshapes-23``) or as
+    ``example:synthshapes-23``; a ConfigError listing the names for any other.
+
+    >>> example_image("example:synthshapes-23").name
+    'synthshapes-23.png'
+    """
+    key = name[len(EXAMPLE_SCHEME):] if name.startswith(EXAMPLE_SCHEME) else name
+    if key not in EXAMPLES:
+        raise ConfigError(f"no example image {key!r}; the examples are {', '.join(sorted(EXAMPLES))}")
+    return EXAMPLES_DIR / f"{key}.png"
 
 
 def offline() -> bool:
@@ -120,6 +179,52 @@ def local_folder(name: str, advice: str) -> Path | None:
     if looks_like_path(name):
         raise ModelLoadError(f"model folder {name!r} does not exist. {advice}")
     return None
+
+
+def check_model_name(name: str | None, *, open_clip: bool, pretrained: str | None = None) -> None:
+    """Refuse, without torch or any download, a model name that names a local file wrongly.
+
+    ``open_clip``: the name is read as open_clip reads it (``local-dir:FOLDER``, ``hf-hub:ID``,
+    an architecture name with ``pretrained``), else as ``from_pretrained`` does (a Hub id or a
+    folder). Names that need the network or the cache are left to the loader.
+
+    >>> check_model_name("local-dir:/no/such/folder", open_clip=True)
+    Traceback (most recent call last):
+    ...
+    api_prompt.errors.ModelLoadError: model folder '/no/such/folder' does not exist; model='local-dir:FOLDER' needs a folder with open_clip_config.json and open_clip_model.safetensors
+    """
+    if pretrained is not None and looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
+        raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist (pretrained={pretrained!r})")
+    if name is None or builtin_model(name) is not None:
+        return
+    name = str(name).strip()
+    if not open_clip:
+        local_folder(name, "Pass a Hugging Face model id or an existing folder as model=ID_OR_FOLDER.")
+        return
+    if name.startswith("hf-hub:"):
+        return
+    if name.startswith("local-dir:"):
+        folder = name[len("local-dir:"):]
+        path = Path(folder).expanduser()
+        needs = "model='local-dir:FOLDER' needs a folder with " + " and ".join(_OPEN_CLIP_FILES)
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder {folder!r} does not exist; {needs}")
+        if not (path / _OPEN_CLIP_FILES[0]).is_file():
+            raise ModelLoadError(f"model folder {folder!r} has no {_OPEN_CLIP_FILES[0]}; {needs}")
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{name!r} is a folder: load it with model='local-dir:{name}'")
+    if path.is_file():
+        raise ConfigError(
+            f"{name!r} is a checkpoint file: name its architecture and pass the file as "
+            f"pretrained, e.g. model='ViT-B-16' pretrained={name!r}"
+        )
+    if looks_like_path(name):
+        raise ModelLoadError(
+            f"model folder {name!r} does not exist; an open_clip folder is given as "
+            f"model='local-dir:FOLDER', a built-in model by name (e.g. model='synthshapes')"
+        )
 
 
 def load_cache_first(

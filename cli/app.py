@@ -12,7 +12,21 @@ from typer.core import TyperGroup
 
 from api_prompt import __version__
 
+from .common import DOCS_HINT, _without_type_labels
+
 DEFAULT_COMMAND = "prompt"
+
+#: One line per command in ``api-prompt --help`` (each command's own help says more).
+SUMMARIES = {
+    "prompt": "IMAGE QUERY: write the prompted image (the default command).",
+    "batch": "Prompt every sample of a dataset into a folder (resumable).",
+    "merge": "Combine the output folders of sharded batch runs.",
+    "ask": "Answer a question with a target model shown the prompted image.",
+    "eval": "Score a target on a benchmark with and without prompting.",
+    "serve": "An OpenAI-compatible proxy that prompts each request's images.",
+    "playground": "A page in the browser: upload, ask, see where the model looks.",
+    "examples": "List the example images shipped with the package.",
+}
 
 
 class _DefaultCommandGroup(TyperGroup):
@@ -29,18 +43,41 @@ class _DefaultCommandGroup(TyperGroup):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
 
+    def get_params(self, ctx: click.Context) -> list:
+        return _without_type_labels(super().get_params(ctx))
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         # The default command first, then the rest in the order they were registered.
         return [DEFAULT_COMMAND] + [name for name in self.commands if name != DEFAULT_COMMAND]
 
 
+def _root_help() -> str:
+    """``api-prompt --help``: the one-image usage, the backends and presets, where to read more."""
+    from api_prompt.attribution.registry import backend_specs
+    from api_prompt.presets import PRESETS
+
+    backends = ", ".join(spec.name for spec in backend_specs())
+    return "\n\n".join([
+        "Attention Prompting on Image: mask an image so a vision-language model looks where the "
+        "question points.",
+        "Usage for one image (all options: api-prompt prompt --help):",
+        "  api-prompt IMAGE QUERY \\[-o OUT.png] \\[-m MODEL] \\[--backend NAME]\n"
+        "             \\[--preset NAME] \\[--layer L] \\[--heatmap PATH] \\[--device D]",
+        "Examples:\n"
+        "  # offline, with the model and the image shipped in the package:\n"
+        "  api-prompt example:synthshapes-23 \"a red square\" -m synthshapes\n"
+        "  # the paper's CLIP ViT-L/14-336 (downloads about 1.7 GB once):\n"
+        "  api-prompt photo.jpg \"What color is the car?\"",
+        f"Backends (--backend): {backends}. Presets (--preset): {', '.join(PRESETS)}. "
+        "Built-in model (-m): synthshapes, the small CLIP shipped with the package.",
+        f"Read more: api-prompt COMMAND --help; {DOCS_HINT}.",
+    ])
+
+
 app = typer.Typer(
     cls=_DefaultCommandGroup,
     name="api-prompt",
-    help=(
-        "Attention Prompting on Image: mask an image so a vision-language model looks where the "
-        "question points.\n\nQuick start:  api-prompt photo.jpg \"What color is the car?\""
-    ),
+    help=_root_help(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -75,3 +112,7 @@ from . import ask as _ask  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import eval as _eval  # noqa: E402,F401
 from . import playground as _playground  # noqa: E402,F401
+from . import examples as _examples  # noqa: E402,F401
+
+for _info in app.registered_commands:
+    _info.short_help = SUMMARIES.get(_info.name, _info.short_help)

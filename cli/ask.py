@@ -44,6 +44,7 @@ from .common import (
     QuietOpt,
     ResampleOpt,
     handle_errors,
+    image_argument,
     status,
 )
 
@@ -57,9 +58,11 @@ class Mode(str, Enum):
 
 TargetOpt = Annotated[str, typer.Option(
     "--target", "-t", rich_help_panel=_TARGET, show_default=False,
-    help="The model that answers: 'hf:<Hugging Face id or folder>' (an image-text-to-text model "
-    "with a chat template), 'openai:<model>' (any OpenAI-compatible chat-completions server) or "
-    "'clip-zeroshot:<open_clip name>' (multiple choice by CLIP similarity, one caption per option).",
+    help="The model that answers, KIND:NAME. hf:<Hugging Face id or folder>: an image-text-to-text "
+    "model with a chat template, any question. openai:<model>: any OpenAI-compatible "
+    "chat-completions server (--base-url, key in $OPENAI_API_KEY), any question. "
+    "clip-zeroshot:<open_clip name>: multiple choice only, by CLIP similarity; QUESTION must list "
+    "its options as lines 'A. text', 'B. text' (one caption each), and the answer is a letter.",
 )]
 BaseUrlOpt = Annotated[Optional[str], typer.Option(
     "--base-url", rich_help_panel=_TARGET, show_default=False,
@@ -124,8 +127,9 @@ def target_options(target: str, *, base_url: Optional[str], timeout: float, devi
 
 @app.command("ask", cls=OneLineErrorCommand)
 def ask_command(
-    image: Annotated[Path, typer.Argument(
-        metavar="IMAGE", help="The image to ask about.", show_default=False)],
+    image: Annotated[str, typer.Argument(
+        metavar="IMAGE", show_default=False,
+        help="The image to ask about: a local file, or a shipped example as example:NAME.")],
     question: Annotated[str, typer.Argument(
         metavar="QUESTION", help="The question for the target model.", show_default=False)],
     target: TargetOpt = ...,
@@ -157,7 +161,11 @@ def ask_command(
 ) -> None:
     """Answer QUESTION about IMAGE with a target model, shown the attention-prompted image.
 
-    Example:  api-prompt ask photo.jpg "What color is the car?" --target openai:gpt-4o-mini
+    Examples (the first runs offline; clip-zeroshot needs option lines, written here with bash's $'...'):
+
+      api-prompt ask example:synthshapes-23 $'Which?\\nA. a red square\\nB. a blue circle' \\
+          --target clip-zeroshot:synthshapes -m synthshapes
+      api-prompt ask photo.jpg "What color is the car?" --target openai:gpt-4o-mini
     """
     from api_prompt.images import load_image
     from api_prompt.targets import create_target, wrap
@@ -171,10 +179,24 @@ def ask_command(
                                  max_retries=max_retries, backoff=backoff)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
+        kind, _, target_model = target.partition(":")
+        if kind == "clip-zeroshot":
+            from api_prompt.hub import check_model_name
+            from api_prompt.targets.clip_zeroshot import parse_options
+
+            if not parse_options(question):
+                raise ConfigError(
+                    "--target clip-zeroshot answers multiple choice only: QUESTION must list its "
+                    "options as lines 'A. text', 'B. text' (e.g. $'Which shape?\\nA. a red square\\n"
+                    "B. a blue circle' in bash)"
+                )
+            check_model_name(target_model, open_clip=True)
         prompt_options = PromptOptions.from_command(locals())
         if not no_api:
             prompt_options.check()
-        picture = load_image(image)
+        picture = load_image(image_argument(image))
+        if not no_api:
+            prompt_options.check_device()
 
         # 2. The models.
         with warnings.catch_warnings():

@@ -35,7 +35,10 @@ from .common import (
     PromptOptions,
     QuietOpt,
     ResampleOpt,
+    _command_options,
+    for_command_line,
     handle_errors,
+    plural,
 )
 
 _INPUT = "Input"
@@ -180,7 +183,7 @@ def batch_command(
         if engine is Engine.ray and num_shards != 1:
             raise ConfigError("--engine ray spreads the work itself; leave out --num-shards")
         options = PromptOptions.from_command(locals())
-        options.check(loads_here=engine is not Engine.ray)
+        options.check()
         if engine is Engine.ray:
             from api_prompt.batch.ray_engine import require_ray
 
@@ -191,6 +194,10 @@ def batch_command(
             split=split,
         )
         OutputDir(out).check_usable()
+        if not overwrite:
+            check_rerun(out, source, options, image_format=image_format.value, jpeg_quality=jpeg_quality)
+        if engine is not Engine.ray:   # the actors check their own device where they run
+            options.check_device()
 
         # Loaded only when some sample is left to do; the model's own chunking follows --batch-size.
         request = {key: getattr(value, "value", value) for key, value in vars(options).items()}
@@ -220,6 +227,40 @@ def batch_command(
         raise typer.Exit(1)
 
 
+def check_rerun(out: Path, source, options: PromptOptions, *, image_format: str, jpeg_quality: int) -> None:
+    """Refuse, before any model loads, a rerun into ``out`` whose parameters differ from the
+    earlier run's: the input and its columns, the output format, the backend and the map and
+    overlay settings (what run.json records and can be known without the model). The runner
+    checks the rest (the model and its weights) once the model is loaded.
+    """
+    from api_prompt.batch.runner import OutputSpec
+    from api_prompt.batch.store import OutputDir, compare_parameters, jsonable
+    from api_prompt.errors import ConfigError
+    from api_prompt.presets import check_settings
+
+    stored = OutputDir(out).read_run()
+    if stored is None:
+        return
+    recorded = stored.get("parameters") or {}
+    settings = options.settings()
+    resolved, _ = check_settings(settings.pop("preset"), **settings)
+    prompter = {"backend": options.backend, **resolved, "geometry": settings["geometry"]}
+    requested = jsonable({
+        "source": source.describe(),
+        "output": OutputSpec("jpg" if image_format == "jpeg" else image_format, jpeg_quality).describe(),
+        "prompter": {key: value for key, value in prompter.items() if key in (recorded.get("prompter") or {})},
+    })
+    earlier = {"source": recorded.get("source"), "output": recorded.get("output"),
+               "prompter": {key: (recorded.get("prompter") or {}).get(key) for key in requested["prompter"]}}
+    changes = compare_parameters(earlier, requested)
+    if changes:
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise ConfigError(
+            f"--out {out} holds a run with different parameters ({shown}); use a new --out folder, "
+            "or --overwrite to discard the earlier outputs"
+        )
+
+
 def failure_message(summary, out: Path) -> str:
     """One ``error:`` line: how many failed, which kind, what to do, and the first few."""
     parts = []
@@ -229,16 +270,16 @@ def failure_message(summary, out: Path) -> str:
             kinds.append(f"{summary.permanent} with bad input that a rerun cannot fix (fix the input, then rerun)")
         if summary.transient:
             kinds.append(f"{summary.transient} that a rerun may fix (rerun the same command to retry them)")
-        parts.append(f"{summary.error} samples failed: {'; '.join(kinds)}")
+        parts.append(f"{plural(summary.error, 'sample')} failed: {'; '.join(kinds)}")
     elif summary.failed_total:
-        parts.append(f"{summary.failed_total} samples failed in an earlier run (see the manifest; rerun to retry)")
+        parts.append(f"{plural(summary.failed_total, 'sample')} failed in an earlier run (see the manifest; rerun to retry)")
     if summary.not_exported:
         parts.append(summary.not_exported)
     shown = "; ".join(
         " ".join(f"{sample_id}: {message}".split()) for sample_id, message in summary.errors[:3]
     )
     text = f"error: {'; '.join(parts)} (see {out / 'manifest.jsonl'})"
-    return f"{text}: {shown}" if shown else text
+    return for_command_line(f"{text}: {shown}" if shown else text, _command_options())
 
 
 def vlmevalkit_next_steps(tsv: Path) -> str:
@@ -316,9 +357,11 @@ def merge_command(
     if not summary.complete or summary.not_exported:
         problems = []
         if summary.missing_shards:
-            problems.append(f"shards {', '.join(map(str, summary.missing_shards))} are missing")
+            missing = summary.missing_shards
+            problems.append(f"shard{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+                            f"{'are' if len(missing) > 1 else 'is'} missing")
         if summary.error:
-            problems.append(f"{summary.error} samples failed (see {out / 'manifest.jsonl'})")
+            problems.append(f"{plural(summary.error, 'sample')} failed (see {out / 'manifest.jsonl'})")
         if summary.not_exported:
             problems.append(summary.not_exported)
         typer.echo(f"error: {'; '.join(problems)}", err=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -17,8 +19,10 @@ from api_prompt.presets import PRESETS
 
 try:  # recent typer releases vendor click, with their own exception classes
     from typer._click.exceptions import UsageError as _VendoredUsageError
+    from typer._click.globals import get_current_context as _current_context
 except ImportError:  # pragma: no cover - typer on top of the click package
     _VendoredUsageError = click.UsageError
+    _current_context = click.get_current_context
 _USAGE_ERRORS = (click.UsageError, _VendoredUsageError)
 
 
@@ -27,6 +31,108 @@ Resample = Enum("Resample", {name: name for name in RESAMPLE}, type=str)
 Geometry = Enum("Geometry", {name: name for name in GEOMETRIES}, type=str)
 #: The backend used when --backend is not given.
 DEFAULT_BACKEND = "clip"
+#: Where to read more, said at the end of ``api-prompt --help``.
+DOCS_HINT = ("the documentation is the docs/ folder of the source distribution "
+             "(a site: pip install -e '.\\[dev]' && mkdocs serve); start with docs/getting-started.md")
+#: Device kinds torch knows (checked here without importing torch; whether the device is
+#: present is checked when the model loads).
+_DEVICE = re.compile(r"(auto|cpu|mps|meta|(cuda|xpu|hpu|npu|xla|mtia)(:\d+)?)")
+_DTYPES = ("fp32", "float32", "fp16", "float16", "half", "bf16", "bfloat16")
+
+
+def check_device_name(device: str) -> str:
+    """``--device``'s value checked by its shape, without torch (whether it exists is checked when
+    the model loads).
+
+    >>> check_device_name("cuda:1")
+    'cuda:1'
+    >>> check_device_name("gpu")
+    Traceback (most recent call last):
+    ...
+    api_prompt.errors.ConfigError: unknown device 'gpu': use auto, cpu, cuda, cuda:N or mps
+    """
+    if not _DEVICE.fullmatch(str(device).strip()):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    return str(device).strip()
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 sample``, ``2 samples``: a count with its noun in the right number.
+
+    >>> plural(1, "sample"), plural(0, "sample"), plural(3, "shard")
+    ('1 sample', '0 samples', '3 shards')
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def check_image_argument(text: str) -> None:
+    """Refuse an IMAGE argument that is a URL, with a sentence that says what to do.
+
+    The command line reads local files only (the proxy, ``api-prompt serve``, is where images can
+    be fetched, with its limits); a URL would otherwise be read as a file name.
+
+    >>> check_image_argument("https://example.com/a.jpg")
+    Traceback (most recent call last):
+    ...
+    api_prompt.errors.ConfigError: IMAGE 'https://example.com/a.jpg' is a URL: the command line reads local image files only; download it first (e.g. curl -o image.jpg 'https://example.com/a.jpg') and pass the file
+    """
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text.strip()):
+        raise ConfigError(
+            f"IMAGE {text!r} is a URL: the command line reads local image files only; download it "
+            f"first (e.g. curl -o image.jpg {shlex.quote(text)}) and pass the file"
+        )
+
+
+def image_argument(text: str):
+    """IMAGE as a path: a local file, or a shipped example named ``example:NAME`` (see
+    ``api-prompt examples``); URLs are refused (:func:`check_image_argument`)."""
+    from pathlib import Path
+
+    from api_prompt.hub import EXAMPLE_SCHEME, example_image
+
+    check_image_argument(text)
+    return example_image(text) if text.startswith(EXAMPLE_SCHEME) else Path(text)
+
+
+_KEYWORD_ADVICE = re.compile(r"\b([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;'\")]+)?")
+
+
+def for_command_line(message: str, options: dict[str, str]) -> str:
+    """A message written for Python callers, with its ``name=value`` advice said as options.
+
+    Errors are raised in Python's words (``model='local-dir:/m'``); on the command line the same
+    advice reads ``--model local-dir:/m``. ``options`` maps parameter names to the command's
+    options; other ``name=`` texts are left as they are.
+
+    >>> for_command_line("'/m' is a folder: load it with model='local-dir:/m'", {"model": "--model"})
+    "'/m' is a folder: load it with --model local-dir:/m"
+    >>> for_command_line("pass image_root= to read them elsewhere", {"image_root": "--image-root"})
+    'pass --image-root to read them elsewhere'
+    """
+    def option(match: re.Match) -> str:
+        flag = options.get(match.group(1))
+        if flag is None:
+            return match.group(0)
+        value = match.group(2)
+        if not value:
+            return flag
+        if value[0] in "'\"":
+            value = shlex.quote(value[1:-1])
+        return f"{flag} {value}"
+
+    return _KEYWORD_ADVICE.sub(option, message)
+
+
+def _command_options() -> dict[str, str]:
+    """The running command's parameters by name, each with its long option."""
+    context = _current_context(silent=True)
+    if context is None:
+        return {}
+    return {
+        param.name: next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
+        for param in context.command.params
+        if param.name and param.opts and getattr(param, "param_type_name", "") == "option"
+    }
 
 
 def parse_backend(name: str) -> str:
@@ -177,22 +283,32 @@ class PromptOptions:
             geometry=self.geometry.value,
         )
 
-    def check(self, loads_here: bool = True) -> None:
-        """Refuse bad map, overlay, device and dtype options without loading a model.
+    def check(self) -> None:
+        """Refuse bad map, overlay, device, dtype, model and backend options without torch.
 
-        ``loads_here=False``: the model is loaded elsewhere (``--engine ray``: by the actors,
-        which check device and dtype where they run; a head node needs neither GPU nor torch).
+        Only what the options themselves say is checked here (the device's name, a local model
+        folder that exists); whether the device is present needs torch and is checked by
+        :meth:`check_device`.
         """
+        from api_prompt.hub import check_model_name
         from api_prompt.presets import check_settings
 
         settings = self.settings()
         check_settings(settings.pop("preset"), **settings)
-        if loads_here:
-            from api_prompt.attribution.base import resolve_device, resolve_dtype
-
-            resolve_device(self.device)
-            resolve_dtype(self.dtype)
+        check_device_name(self.device)
+        if self.dtype is not None and str(self.dtype).lower() not in _DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose fp32, fp16 or bf16")
         self.checked_backend_options()
+        from api_prompt.attribution.registry import get_backend
+
+        check_model_name(self.model, open_clip=get_backend(self.backend).option("pretrained") is not None,
+                         pretrained=self.pretrained)
+
+    def check_device(self) -> None:
+        """Whether ``--device`` is present here (imports torch: call it after the cheap checks)."""
+        from api_prompt.attribution.base import resolve_device
+
+        resolve_device(self.device)
 
     def checked_backend_options(self, **extra) -> dict:
         """``--pretrained`` and ``--backend-option``, typed and checked against the backend's
@@ -267,23 +383,34 @@ def handle_errors(debug: bool) -> Iterator[None]:
         if debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        typer.echo(f"error: {message}", err=True)
+        typer.echo(f"error: {for_command_line(message, _command_options())}", err=True)
         raise typer.Exit(2)
+
+
+def _without_type_labels(params: list) -> list:
+    """Flags (``--quiet``, ``--help``) shown without a ``<bool>`` label in ``--help``."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
 
 
 class OneLineErrorCommand(TyperCommand):
     """A command whose usage errors (bad option value, missing argument) are one line on stderr.
 
     Click would print a usage block and a boxed message; scripts and people reading logs get
-    ``error: <what was wrong> (see 'api-prompt --help')`` and exit code 2 instead. Use it with
-    ``@app.command("name", cls=OneLineErrorCommand)``.
+    ``error: <what was wrong> (see 'api-prompt prompt --help')`` (the help of the command that
+    was run) and exit code 2 instead. Use it with ``@app.command("name", cls=OneLineErrorCommand)``.
     """
+
+    def get_params(self, ctx: click.Context) -> list:
+        return _without_type_labels(super().get_params(ctx))
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except _USAGE_ERRORS as exc:
             message = " ".join(exc.format_message().replace("Value error, ", "").split())
-            program = ctx.find_root().info_name or "api-prompt"
-            typer.echo(f"error: {message} (see '{program} --help')", err=True)
+            command = ctx.command_path or "api-prompt"
+            typer.echo(f"error: {message} (see '{command} --help')", err=True)
             raise typer.Exit(2) from None

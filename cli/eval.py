@@ -175,6 +175,8 @@ def eval_command(
         checked = check_data(data, benchmark.value, limit=limit, **data_options)
         if "api" in chosen:
             prompt_options.check_device()
+        if "api" in chosen:
+            prompt_options.check_device()
 
         # 2. The models.
         with warnings.catch_warnings():

@@ -43,6 +43,7 @@ from .common import (
     QuietOpt,
     ResampleOpt,
     handle_errors,
+    image_argument,
 )
 
 #: JPEG quality of ``-o *.jpg`` (stated in --help). PNG and WebP are written lossless.
@@ -70,8 +71,10 @@ HeatmapOpt = Annotated[Optional[Path], typer.Option(
 
 @app.command("prompt", cls=OneLineErrorCommand)
 def prompt_command(
-    image: Annotated[Path, typer.Argument(
-        metavar="IMAGE", help="The image to prompt (any format Pillow reads).", show_default=False)],
+    image: Annotated[str, typer.Argument(
+        metavar="IMAGE", show_default=False,
+        help="The image to prompt: a local file in any format Pillow reads, or a shipped example "
+        "as example:NAME ('api-prompt examples' lists them). URLs are refused: download first.")],
     query: Annotated[str, typer.Argument(
         metavar="QUERY", help="The question or instruction the image should answer.",
         show_default=False)],
@@ -96,7 +99,11 @@ def prompt_command(
 ) -> None:
     """Mask IMAGE so a vision-language model looks where QUERY points (the default command).
 
-    Example:  api-prompt photo.jpg "What color is the car?" -o photo_api.png
+    Examples (the first offline, with the model and image shipped in the package; the second
+    with the paper's CLIP ViT-L/14-336, downloaded once, about 1.7 GB):
+
+      api-prompt example:synthshapes-23 "a red square" -m synthshapes
+      api-prompt photo.jpg "What color is the car?" -o photo_api.png
     """
     from api_prompt.images import load_image
 
@@ -106,12 +113,16 @@ def prompt_command(
             raise ConfigError("the query is empty: pass the question the image should answer")
         options = PromptOptions.from_command(locals())
         options.check()
+        shipped = image.startswith("example:")
+        image = image_argument(image)
         picture = load_image(image)
-        output = output if output is not None else image.parent / (image.stem + DEFAULT_SUFFIX)
+        if output is None:  # beside the image; a shipped example's output goes to this folder
+            output = (Path() if shipped else image.parent) / (image.stem + DEFAULT_SUFFIX)
         targets = {"output": output, "--save-map": save_map, "--heatmap": heatmap}
         check_outputs({name: path for name, path in targets.items() if path is not None})
 
         # 2. The model and the method.
+        options.check_device()
         with warnings.catch_warnings(record=True) as caught, _quiet_logging(quiet):
             prompter = options.build(quiet=quiet)
             result = prompter(picture, query)

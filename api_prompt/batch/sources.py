@@ -691,6 +691,11 @@ def resolve_image(value: Any, base_dir: str | os.PathLike | None = None) -> Any:
         return path
     if len(text) >= 64 and _BASE64.fullmatch(text):
         return _decode_base64(text, "base64 image")
+    if base_dir is not None and not Path(text).is_absolute() and len(text) < 4096:
+        raise ImageLoadError(
+            f"cannot load image {text!r}: no such file {str(path.resolve())!r} (relative image paths "
+            f"are read from {str(Path(base_dir).resolve())!r}; image_root=FOLDER reads them from another folder)"
+        )
     return path  # load_image raises ImageLoadError naming the missing file
 
 

@@ -1,7 +1,8 @@
 """Loading open_clip models by name, offline when the weights are local, or adopting an instance.
 
-Names: built-in architectures with a ``pretrained`` tag or checkpoint file, ``hf-hub:org/repo``
-and ``local-dir:/folder``. The local files are found first (HF cache, open_clip's URL cache);
+Names: built-in architectures with a ``pretrained`` tag or checkpoint file, ``hf-hub:org/repo``,
+``local-dir:/folder``, and the models shipped in the package (``synthshapes``,
+:data:`api_prompt.hub.BUILTIN_MODELS`). The local files are found first (HF cache, open_clip's URL cache);
 the network only after a bounded probe (:mod:`api_prompt.hub`, shared with the other backends),
 so a machine without network fails in seconds with advice instead of a minute of retries.
 """
@@ -46,7 +47,7 @@ def resolve_name(model: Any, pretrained: str | None) -> tuple[str, str | None]:
         raise ConfigError(
             f"model must be an open_clip name or an open_clip model instance, got {model!r}"
         )
-    name = str(model).strip()
+    name = hub.builtin_model(str(model).strip()) or str(model).strip()   # "synthshapes": shipped
     schema = _schema(name)
     if schema is not None:
         if pretrained is not None:
