@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 from PIL import Image
 
 from .attention_map import AttentionMap
@@ -24,12 +25,27 @@ from .overlay import Overlay
 from .presets import check_settings
 
 
+#: Recipes that min-max normalise each part first, so a positive affine map of a part changes
+#: nothing: they may be fed the early-exit parts (``exact_parts=False``).
+SCALE_FREE_RECIPES = frozenset({"clip-soft-or", "siglip-soft-or", "llava"})
+
+
 @dataclass
 class PromptResult:
-    """A prompted image and the map that made it."""
+    """A prompted image and the map that made it.
+
+    ``image`` is one picture (for one-image consumers: files, batch exports); ``images`` is what
+    the target is shown, in order: ``[image]`` for the one-image styles, the original and the
+    zoomed crop for ``crop`` (see :mod:`api_prompt.styles`).
+    """
 
     image: Image.Image
     map: AttentionMap
+    images: list[Image.Image] | None = None
+
+    def __post_init__(self) -> None:
+        if self.images is None:
+            self.images = [self.image]
 
 
 class Prompter:
@@ -53,8 +69,17 @@ class Prompter:
         recipe: how parts become the mask (:data:`api_prompt.maps.RECIPES`); None: the backend's.
         enhance, kernel_size: the recipe's settings (None: the preset's).
         resample, background, geometry: overlay settings (see :class:`api_prompt.Overlay`).
+        style: how the map is shown to the target, a name in :data:`api_prompt.styles.STYLES`
+            (``"overlay"``, the paper's, by default; ``"crop"``, ``"blur"``, ``"box"``) or a
+            :class:`~api_prompt.styles.Style`. The overlay settings above go to the styles that
+            take them; ``style_options`` holds the others (e.g. ``{"crop_size": 224}``).
         device, dtype: where and in what precision the auxiliary model runs.
         attributor: an already built :class:`Attributor` to use instead of loading a model.
+        exact_parts: False (default): a prompter needs only the mask, so where the backend allows
+            it (CLIP class-token towers) the model stops after block L' and each map's raw parts
+            are the reference's up to a positive affine map per image (same mask; marked
+            ``extra["exact_parts"] = False``). True: parts in the reference's scale (the full
+            forward pass), e.g. to save them. Each stage call can override it.
         **backend_options: passed to the backend's constructor (e.g. ``max_new_tokens``), checked
             against the options its spec declares before anything loads.
 
@@ -94,6 +119,9 @@ class Prompter:
         device: str | None = "auto",
         dtype: str | None = None,
         attributor: Attributor | None = None,
+        exact_parts: bool = False,
+        style: Any = "overlay",
+        style_options: dict[str, Any] | None = None,
         **backend_options: Any,
     ) -> None:
         if attributor is not None and preset is None:
@@ -108,6 +136,7 @@ class Prompter:
         )
         if recipe is not None:
             get_recipe(recipe)
+        self.style = _make_style(style, style_options, self.settings, geometry)
         if attributor is None:
             spec = get_backend(backend)
             options = dict(
@@ -123,19 +152,21 @@ class Prompter:
         self.attributor = attributor
         recipe = recipe or attributor.default_recipe
         self.recipe = get_recipe(recipe) if recipe else None
+        self.exact_parts = bool(exact_parts)
 
     # -- the stages ---------------------------------------------------------------------------
 
-    def attribute(self, images, queries, *, warn: bool = True) -> list[AttentionMap]:
+    def attribute(self, images, queries, *, warn: bool = True, exact_parts: bool | None = None) -> list[AttentionMap]:
         """Run the model: one map per (image, query), its mask made by this Prompter's recipe.
 
         ``images`` is one image or a list (anything :func:`~api_prompt.load_image` takes);
         ``queries`` one string for all, or one per image. A query the text encoder reads only
         the start of gives a :class:`UserWarning`, unless ``warn`` is False (for a caller that
-        reports it its own way, e.g. with :meth:`query_overflow`).
+        reports it its own way, e.g. with :meth:`query_overflow`). ``exact_parts``: see the class
+        (None: this Prompter's setting).
         """
         images, queries = normalise_inputs(images, queries)
-        return self._attribute_loaded(images, queries, warn=warn)
+        return self._attribute_loaded(images, queries, warn=warn, exact_parts=exact_parts)
 
     def combine(self, attention_map: AttentionMap, **settings: Any) -> AttentionMap:
         """A copy of ``attention_map`` with its mask made again from its raw parts; no model.
@@ -157,7 +188,18 @@ class Prompter:
             if attention_map.mask is None:
                 raise ConfigError("the map has neither a mask nor raw parts to make one from")
             return attention_map
-        mask = recipe(attention_map.parts, enhance=resolved["enhance"], kernel_size=resolved["kernel_size"])
+        if attention_map.extra.get("exact_parts") is False and recipe.name not in SCALE_FREE_RECIPES:
+            raise ConfigError(
+                f"recipe {recipe.name!r} may depend on the parts' scale, and this map's parts are "
+                "exact only up to a positive affine map: attribute with exact_parts=True for it"
+            )
+        parts = attention_map.parts
+        if "exact_parts" in attention_map.extra:
+            # Parts that come in two equivalent scales (exact or early-exit): the recipe runs in
+            # float64 on the small grid (microseconds), so its rounding is ~1e-8, not the ~1e-6
+            # float32 reaches after enhance's gain, and either scale gives the same mask.
+            parts = {name: np.asarray(part, dtype=np.float64) for name, part in parts.items()}
+        mask = recipe(parts, enhance=resolved["enhance"], kernel_size=resolved["kernel_size"])
         return attention_map.with_mask(mask, recipe.name)
 
     def render(self, image, attention_map: AttentionMap, **overlay_settings: Any) -> Image.Image:
@@ -174,7 +216,14 @@ class Prompter:
             )
             current.update({k: v for k, v in overlay_settings.items() if v is not None})
             overlay = Overlay(**current)
-        return overlay.apply(image, attention_map)
+        if overlay_settings or self.style.name == "overlay":
+            return overlay.apply(image, attention_map)
+        return self.style.single(image, attention_map)
+
+    def target_images(self, image, attention_map: AttentionMap) -> list[Image.Image]:
+        """What the target is shown for ``image``, in order (one image, or the original and the
+        zoomed crop for ``crop``), by this Prompter's style. No model."""
+        return self.style.apply(image, attention_map)
 
     def heatmap(self, image, attention_map: AttentionMap, *, colorbar: bool = False) -> Image.Image:
         """The map as a colour heat map over ``image`` (for people, not for the target model),
@@ -185,21 +234,34 @@ class Prompter:
 
     # -- all three ----------------------------------------------------------------------------
 
-    def __call__(self, image, query: str) -> PromptResult:
-        """Prompt one image for one query."""
-        return self.batch([image], [query])[0]
+    def __call__(self, image, query: str, *, exact_parts: bool | None = None) -> PromptResult:
+        """Prompt one image for one query (``exact_parts``: see the class)."""
+        return self.batch([image], [query], exact_parts=exact_parts)[0]
 
-    def batch(self, images: Sequence, queries: Sequence[str] | str) -> list[PromptResult]:
+    def batch(
+        self, images: Sequence, queries: Sequence[str] | str, *, exact_parts: bool | None = None
+    ) -> list[PromptResult]:
         """Prompt many images at once (batched through the model); one query may serve all."""
         images, queries = normalise_inputs(list(images), queries)
-        maps = self._attribute_loaded(images, queries)
-        return [PromptResult(self.render(img, amap), amap) for img, amap in zip(images, maps)]
+        maps = self._attribute_loaded(images, queries, exact_parts=exact_parts)
+        results = []
+        for image, amap in zip(images, maps):
+            shown = self.style.apply(image, amap)
+            results.append(PromptResult(self.style.single_from(shown), amap, shown))
+        return results
 
-    def _attribute_loaded(self, images: list, queries: list[str], *, warn: bool = True) -> list[AttentionMap]:
+    def _attribute_loaded(
+        self, images: list, queries: list[str], *, warn: bool = True, exact_parts: bool | None = None
+    ) -> list[AttentionMap]:
         if warn:
             for query in dict.fromkeys(queries):
                 warn_if_truncated(self.attributor, query)
-        return [self.combine(amap) for amap in self.attributor.attribute(images, queries)]
+        exact = self.exact_parts if exact_parts is None else exact_parts
+        early = (not exact and getattr(self.attributor, "stops_early", False)
+                 and self.recipe is not None and self.recipe.name in SCALE_FREE_RECIPES)
+        maps = (self.attributor.attribute(images, queries, exact_parts=False) if early
+                else self.attributor.attribute(images, queries))
+        return [self.combine(amap) for amap in maps]
 
     def query_overflow(self, query: str) -> tuple[int, int] | None:
         """``(tokens, context_length)`` when the attributor's text encoder will truncate ``query``."""
@@ -208,7 +270,9 @@ class Prompter:
     def describe(self) -> dict[str, Any]:
         """Every setting that shapes the output, for manifests and reproducibility."""
         recipe = {"recipe": self.recipe.name} if self.recipe else {}
-        return {**self.attributor.describe(), **self.settings, **recipe, "geometry": self.overlay.geometry}
+        # the default style adds nothing, so manifests written before styles existed still match
+        style = {} if self.style.name == "overlay" else self.style.describe()
+        return {**self.attributor.describe(), **self.settings, **recipe, "geometry": self.overlay.geometry, **style}
 
 
 def query_overflow(attributor: Attributor, query: str) -> tuple[int, int] | None:
@@ -254,3 +318,16 @@ def prompt(image, query: str, **options: Any) -> Image.Image:
     if _last_prompter is None or _last_prompter[0] != key:
         _last_prompter = (key, Prompter(**options))
     return _last_prompter[1](image, query).image
+
+
+def _make_style(style: Any, options: dict[str, Any] | None, settings: dict[str, Any], geometry: str):
+    """The Prompter's style: the overlay settings go to the styles that take them."""
+    from .styles import STYLES, Style, create_style, style_options
+
+    if isinstance(style, Style):
+        if options:
+            raise ConfigError("style_options apply to a style given by name, not to a Style object")
+        return style
+    shared = {"resample": settings["resample"], "background": settings["background"], "geometry": geometry}
+    accepted = style_options(STYLES[style]) if isinstance(style, str) and style in STYLES else []
+    return create_style(style, **{k: v for k, v in shared.items() if k in accepted}, **(options or {}))

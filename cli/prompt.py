@@ -125,7 +125,7 @@ def prompt_command(
         options.check_device()
         with warnings.catch_warnings(record=True) as caught, _quiet_logging(quiet):
             prompter = options.build(quiet=quiet)
-            result = prompter(picture, query)
+            result = prompter(picture, query, exact_parts=save_map is not None)  # saved parts: reference scale
             heat = prompter.heatmap(picture, result.map, colorbar=True) if heatmap is not None else None
         if not quiet:
             report_warnings(caught)  # one line each

@@ -27,7 +27,7 @@ from ...attention_map import AttentionMap
 from ...errors import ConfigError
 from ...maps import check_kernel_size, get_recipe
 from ..base import Attributor, check_layer, chunks, eval_mode, resolve_device, resolve_dtype, temporary_hooks
-from .decomposition import crop_region, select_decomposition
+from .decomposition import StopForward, crop_region, select_decomposition
 from .loading import (
     DEFAULT_MODEL,
     SIGLIP_DEFAULT_MODEL,
@@ -130,16 +130,27 @@ class CLIPAttributor(Attributor):
 
     # -- the verb ------------------------------------------------------------------------------
 
-    def attribute(self, images: list, queries: list[str]) -> list[AttentionMap]:
-        """One :class:`AttentionMap` per (RGB PIL image, query) pair, batched through the model."""
+    def attribute(self, images: list, queries: list[str], *, exact_parts: bool = True) -> list[AttentionMap]:
+        """One :class:`AttentionMap` per (RGB PIL image, query) pair, batched through the model.
+
+        ``exact_parts=True`` (the default): the parts are in the reference's scale (the full
+        forward pass runs). ``exact_parts=False``, for a caller that needs only the mask: where
+        the decomposition allows it (the class token: ``decomposition.stops_early``) the tower
+        stops after block L', the mask is the same, and the parts are the reference's up to one
+        positive affine map per image (any recipe that min-max normalises each part, as every
+        built-in one does, gives the same mask from them); ``extra["exact_parts"]`` says which.
+        """
         if len(images) != len(queries):
             raise ConfigError(f"got {len(images)} images but {len(queries)} queries")
         recipe = get_recipe(self.default_recipe)
+        early = not exact_parts and self.stops_early
         maps: list[AttentionMap] = []
         for batch in chunks(list(zip(images, queries)), self.batch_size):
             batch_images = [image for image, _ in batch]
-            parts = self.raw_maps(batch_images, [query for _, query in batch])
-            masks = recipe(parts, enhance=self.enhance, kernel_size=self.kernel_size)
+            parts = self.raw_maps(batch_images, [query for _, query in batch], exact_parts=not early)
+            # float64 on the small grid: the same mask from either scale of the parts (~1e-8)
+            masks = recipe({name: part.double() for name, part in parts.items()},
+                           enhance=self.enhance, kernel_size=self.kernel_size).float()
             for i, (image, query) in enumerate(batch):
                 maps.append(
                     AttentionMap(
@@ -148,23 +159,50 @@ class CLIPAttributor(Attributor):
                         image_size=image.size,
                         region=crop_region(self.preprocess, image.size),
                         query=query,
+                        extra={"exact_parts": not early},
                         recipe=recipe.name,
                     )
                 )
         return maps
 
-    def raw_maps(self, images: Sequence, queries: Sequence[str]) -> dict[str, torch.Tensor]:
+    @property
+    def stops_early(self) -> bool:
+        """Whether ``attribute(..., exact_parts=False)`` ends the forward pass after block L'."""
+        return bool(getattr(self.decomposition, "stops_early", False))
+
+    def raw_maps(self, images: Sequence, queries: Sequence[str], *, exact_parts: bool = True) -> dict[str, torch.Tensor]:
         """The decomposition's raw parts for one batch (Ψcls and Ψcomp for the class token):
-        float32 CPU tensors of shape (B, grid_h, grid_w), by part name."""
+        float32 CPU tensors of shape (B, grid_h, grid_w), by part name.
+
+        ``exact_parts=False`` (only for a decomposition that ``stops_early``): the forward pass
+        ends after block L' and the parts are exact up to a positive affine map per image.
+        """
         pixels = torch.stack([self.preprocess(image) for image in images])
+        return {name: part.cpu() for name, part in self.parts_from_pixels(pixels, queries, exact_parts=exact_parts).items()}
+
+    def parts_from_pixels(
+        self, pixels: torch.Tensor, queries: Sequence[str], *, exact_parts: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`raw_maps` after preprocessing: ``pixels`` (B, 3, H, W) as ``preprocess`` makes
+        them; the parts stay on the model's device (for benchmarks of the model side alone)."""
+        if not exact_parts and not self.stops_early:
+            raise ConfigError(f"the {self.decomposition.name} decomposition needs the whole tower for its parts")
         pixels = pixels.to(self.device, dtype=self.dtype)
         text = self.text_embeddings(queries)
         visual = self.model.visual
         with torch.no_grad(), eval_mode(self.model), temporary_hooks() as handles:
-            capture = self.decomposition.capture(visual, self.layer, text, handles)
-            image_features = self.model.encode_image(pixels)
-            parts = self.decomposition.decompose(visual, capture, image_features, text)
-        return {name: part.cpu() for name, part in parts.items()}
+            if exact_parts:
+                capture = self.decomposition.capture(visual, self.layer, text, handles)
+                image_features = self.model.encode_image(pixels)
+                parts = self.decomposition.decompose(visual, capture, image_features, text)
+            else:
+                capture = self.decomposition.capture_until(visual, self.layer, text, handles)
+                try:
+                    self.model.encode_image(pixels)
+                except StopForward:
+                    pass
+                parts = self.decomposition.decompose_until(visual, capture)
+        return parts
 
     def text_embeddings(self, queries: Sequence[str]) -> torch.Tensor:
         """L2-normalised ``encode_text`` of each raw query (float32, cached per query string)."""

@@ -11,6 +11,12 @@ embedding in two ways:
 Both are read off one ordinary forward pass: hooks capture block L''s input and output and the
 final class-token residual, and only the class token's attention row of that block is
 recomputed (O(N·D) per image, never the N×N×D tensor the reference builds).
+
+Early exit: everything after block L' (the later blocks, ``ln_post``'s statistics μ, σ and the
+embedding norm ρ) enters both parts as one positive affine map per image, which the recipe's
+min-max removes. So when only the mask is wanted (:meth:`ClassTokenDecomposition.capture_until`,
+:meth:`~ClassTokenDecomposition.decompose_until`) the forward pass stops after block L', and the
+parts are the dot products themselves: the same mask for less than a plain forward's work.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .decomposition import as_float, attention_unsupported_reason, in_proj_biases, layer_scale
+from .decomposition import StopForward, as_float, attention_unsupported_reason, in_proj_biases, layer_scale
 
 __all__ = [
     "ClassTokenDecomposition",
@@ -62,6 +68,8 @@ class ClassTokenDecomposition:
 
     name = "class-token"
     parts = ("psi_cls", "psi_comp")
+    #: the mask needs nothing after block L' (:meth:`capture_until`, :meth:`decompose_until`)
+    stops_early = True
     default_recipe = "clip-soft-or"
     description = "ViTs pooled by their class token (open_clip VisionTransformer, pool_type='tok')"
 
@@ -102,6 +110,23 @@ class ClassTokenDecomposition:
 
     def capture(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> _Capture:
         """Hook block L' (reduce its tokens to dot products) and ``ln_post`` (the final CLS residual)."""
+        capture = self._hook_block(visual, layer, text, handles, stop=False)
+
+        def on_ln_post(module, args):
+            residual = args[0]
+            # final_ln_after_pool models normalise the pooled token only, others all tokens
+            capture.final_cls = (residual[:, 0] if residual.dim() == 3 else residual).float()
+
+        handles.append(visual.ln_post.register_forward_pre_hook(on_ln_post))
+        return capture
+
+    def capture_until(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> _Capture:
+        """Hook block L' only, and end the forward pass there (its hook raises
+        :class:`~.decomposition.StopForward`, which the caller catches): blocks after L',
+        ``ln_post`` and the projection never run."""
+        return self._hook_block(visual, layer, text, handles, stop=True)
+
+    def _hook_block(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list, *, stop: bool) -> _Capture:
         capture = _Capture(direction=readout_direction(visual, text))
         batch_first = getattr(visual.transformer, "batch_first", True)
 
@@ -112,14 +137,10 @@ class ClassTokenDecomposition:
             w = capture.direction
             capture.contribution_dots = cls_contribution_dots(module, to_batch_first(args[0]), w)
             capture.residual_dots = torch.einsum("bnd,bd->bn", to_batch_first(output).float(), w)
-
-        def on_ln_post(module, args):
-            residual = args[0]
-            # final_ln_after_pool models normalise the pooled token only, others all tokens
-            capture.final_cls = (residual[:, 0] if residual.dim() == 3 else residual).float()
+            if stop:
+                raise StopForward
 
         handles.append(visual.transformer.resblocks[layer].register_forward_hook(on_block))
-        handles.append(visual.ln_post.register_forward_pre_hook(on_ln_post))
         return capture
 
     def decompose(
@@ -142,14 +163,28 @@ class ClassTokenDecomposition:
         def score(dots: torch.Tensor, share: float) -> torch.Tensor:
             return ((dots - mu * direction_sum / share) / sigma + beta_dot / share) / rho
 
-        psi_cls = score(capture.contribution_dots, k * n_tokens)
-        psi_comp = score(capture.residual_dots, k)
-        grid_h, grid_w = visual.grid_size
-        patches = slice(1, None)  # drop the class token as a source
-        return {
-            "psi_cls": psi_cls[:, patches].reshape(-1, grid_h, grid_w),
-            "psi_comp": psi_comp[:, patches].reshape(-1, grid_h, grid_w),
-        }
+        return _patch_grids(visual, score(capture.contribution_dots, k * n_tokens), score(capture.residual_dots, k))
+
+    def decompose_until(self, visual: nn.Module, capture: _Capture) -> dict[str, torch.Tensor]:
+        """Ψcls and Ψcomp up to one positive affine map per image (the dot products ``c_m · w``
+        and ``z_m · w``), each (B, gh, gw) float32, from :meth:`capture_until`'s forward pass.
+
+        :meth:`decompose` is ``((dots − μ·Σw/share)/σ + β·(Pj t̂)/share)/ρ`` of these, with
+        σ, ρ > 0, so min-max normalising either gives the same map.
+        """
+        if capture.contribution_dots is None:
+            raise RuntimeError("the visual tower's forward pass did not reach block L'")
+        return _patch_grids(visual, capture.contribution_dots, capture.residual_dots)
+
+
+def _patch_grids(visual: nn.Module, psi_cls: torch.Tensor, psi_comp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token scores (B, N) to the parts (B, gh, gw), the class token dropped as a source."""
+    grid_h, grid_w = visual.grid_size
+    patches = slice(1, None)
+    return {
+        "psi_cls": psi_cls[:, patches].reshape(-1, grid_h, grid_w),
+        "psi_comp": psi_comp[:, patches].reshape(-1, grid_h, grid_w),
+    }
 
 
 def _text_in_width(visual: nn.Module, text: torch.Tensor) -> torch.Tensor:

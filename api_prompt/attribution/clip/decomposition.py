@@ -26,12 +26,21 @@ from ...attention_map import Box
 from ...errors import UnsupportedModelError
 
 __all__ = [
+    "StopForward",
     "Decomposition",
     "DECOMPOSITIONS",
     "select_decomposition",
     "attention_unsupported_reason",
     "crop_region",
 ]
+
+
+class StopForward(Exception):
+    """Raised by a hook once it holds all that is needed: the rest of the forward pass is skipped.
+
+    Decompositions that can make the mask from block L' alone (``stops_early = True``) raise it
+    from :meth:`capture_until`'s hook; the attributor catches it around ``encode_image``.
+    """
 
 
 @runtime_checkable
@@ -64,6 +73,12 @@ class Decomposition(Protocol):
         self, visual: nn.Module, capture: Any, image_features: torch.Tensor, text: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """The raw parts, each (B, rows, columns) float32, after the forward pass."""
+
+    # Optional early exit, for a decomposition whose mask needs nothing after block L'. Such a
+    # decomposition sets ``stops_early = True`` and has ``capture_until(visual, layer, text,
+    # handles)`` (hooks whose last one raises StopForward) and ``decompose_until(visual,
+    # capture)`` (the parts up to one positive affine map per image, which every recipe's
+    # min-max removes). Without ``stops_early`` the full forward pass always runs.
 
 
 def select_decomposition(visual: nn.Module) -> Decomposition:
