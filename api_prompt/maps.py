@@ -1,4 +1,4 @@
-"""Pure tensor operations on attention maps (ALGORITHM.md §1 "Combining" and §2 "Mask"), and
+"""Pure tensor operations on attention maps (docs/ALGORITHM.md §1 "Combining" and §2 "Mask"), and
 the named recipes that combine a backend's raw parts into the mask (:data:`RECIPES`).
 
 Every function works on the last two dimensions (the P×P grid) and broadcasts over any leading
@@ -120,7 +120,7 @@ def soft_or(a: Map, b: Map) -> Map:
 
 @_accepts_numpy
 def combine_clip(psi_cls: Map, psi_comp: Map, *, coe: float, kernel_size: int) -> Map:
-    """The CLIP mask from the raw maps (ALGORITHM.md §1, steps 1–5).
+    """The CLIP mask from the raw maps (docs/ALGORITHM.md §1, steps 1–5).
 
     ``a = enhance(minmax(Ψcls))``, ``b = minmax(Ψcomp, invert=True)``, both box-filtered, then
     ``minmax(soft_or(a, b))``.

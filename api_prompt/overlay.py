@@ -1,4 +1,4 @@
-"""Turn an :class:`~api_prompt.AttentionMap` into a prompted image (ALGORITHM.md §3). No model.
+"""Turn an :class:`~api_prompt.AttentionMap` into a prompted image (docs/ALGORITHM.md §3). No model.
 
 The reference pipeline, reproduced bit for bit by :class:`Overlay` with ``geometry="stretch"``:
 

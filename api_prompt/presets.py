@@ -1,4 +1,4 @@
-"""Published settings of the method, by name (ALGORITHM.md §4).
+"""Published settings of the method, by name (docs/ALGORITHM.md §4).
 
 A preset fills the options the user did not set; explicit options always win.
 :func:`check_settings` resolves and validates them without torch or a model.

@@ -87,7 +87,7 @@ def _grid(name, model, inputs):
 
 
 def _oracle(name, eager, processor, image, query, layer=LAYER):
-    """ALGORITHM.md §2 from eager ``output_attentions``, batch 1 like the reference."""
+    """docs/ALGORITHM.md §2 from eager ``output_attentions``, batch 1 like the reference."""
     inputs = _inputs(processor, [image], [query])
     with torch.no_grad():
         out = _generate(eager, inputs, output_attentions=True, return_dict_in_generate=True)

@@ -1,4 +1,4 @@
-"""The pure map operations (ALGORITHM.md §1 "Combining", §2 "Mask")."""
+"""The pure map operations (docs/ALGORITHM.md §1 "Combining", §2 "Mask")."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ that is present, e.g. "a red circle". For every layer L' of the shipped CLIP, an
 - ``psi_cls``      Ψcls alone (the cls-token decomposition),
 - ``psi_comp_inv`` the inverted Ψcomp alone (high where the patch is *not* register-like),
 - ``psi_comp``     Ψcomp not inverted (for analysis: which sign of Ψcomp points at the object),
-- ``mask``         the soft-OR mask the method uses (enhance + box filter, ALGORITHM.md §1),
+- ``mask``         the soft-OR mask the method uses (enhance + box filter, docs/ALGORITHM.md §1),
 - ``random``       a uniform random map (the chance level),
 
 it reports

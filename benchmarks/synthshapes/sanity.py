@@ -6,7 +6,7 @@
   that are among the top-3 of the 18 captions;
 * a quick Ψcls pointing game on held-out 3-object scenes: for each present object, query
   its caption and check whether the arg-max patch of the CLS-attention decomposition
-  (ALGORITHM.md §1, at block ``n_blocks - 2``) has its centre inside the object's box.
+  (docs/ALGORITHM.md §1, at block ``n_blocks - 2``) has its centre inside the object's box.
   This is a self-contained, minimal re-derivation for model selection only; the real
   localization benchmark lives elsewhere and uses the project's attributor.
 

@@ -2,7 +2,7 @@
 
 - :mod:`.attributor`: :class:`CLIPAttributor` (loading, batching, text cache; picks a decomposition)
 - :mod:`.decomposition`: the :class:`Decomposition` protocol and :data:`DECOMPOSITIONS` (ordered)
-- :mod:`.class_token`: :class:`ClassTokenDecomposition`, the paper's (ALGORITHM.md §1)
+- :mod:`.class_token`: :class:`ClassTokenDecomposition`, the paper's (docs/ALGORITHM.md §1)
 - :mod:`.loading`: open_clip loading by name, offline when the weights are local
 
 A new decomposition (another pooling kind) is one module here plus one entry in

@@ -1,4 +1,4 @@
-"""The paper's decomposition (ALGORITHM.md §1): a ViT's class token, split over its patch tokens.
+"""The paper's decomposition (docs/ALGORITHM.md §1): a ViT's class token, split over its patch tokens.
 
 For each (image, query) every patch token of the tower is scored against the L2-normalised text
 embedding in two ways:
@@ -48,7 +48,7 @@ class _Capture:
 
 
 class ClassTokenDecomposition:
-    """ALGORITHM.md §1 for ViTs whose image embedding is ``ln_post(class token) @ proj``.
+    """docs/ALGORITHM.md §1 for ViTs whose image embedding is ``ln_post(class token) @ proj``.
 
     It implements :class:`~.decomposition.Decomposition`: whether it can explain a tower
     (:meth:`unsupported_reason`), which quantities it takes from the forward pass

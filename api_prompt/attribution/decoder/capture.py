@@ -1,4 +1,4 @@
-"""Decoder-attention maps: what every vision-language decoder shares (ALGORITHM.md §2).
+"""Decoder-attention maps: what every vision-language decoder shares (docs/ALGORITHM.md §2).
 
 While the model answers greedily (at most ``max_new_tokens`` new tokens), one decoder layer L' is
 watched at every forward pass (the prefill and each generated token except the last): the

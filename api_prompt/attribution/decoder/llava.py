@@ -1,4 +1,4 @@
-"""LLaVA-1.5 adapter: the paper's second auxiliary model (ALGORITHM.md §2).
+"""LLaVA-1.5 adapter: the paper's second auxiliary model (docs/ALGORITHM.md §2).
 
 What differs from the shared capture (:mod:`.capture`): the question goes in the llava_v1 prompt
 with its system sentence, the image is padded to a square of CLIP's mean colour (as the reference
@@ -64,7 +64,7 @@ def pad_to_square(image: Image.Image, colour: tuple[int, int, int] = PAD_COLOUR)
 
 
 class LLaVAAttributor(DecoderAttributor):
-    """Attention maps from LLaVA-1.5's decoder while it answers the question (ALGORITHM.md §2).
+    """Attention maps from LLaVA-1.5's decoder while it answers the question (docs/ALGORITHM.md §2).
 
     Takes the options of :class:`~api_prompt.attribution.decoder.capture.DecoderAttributor`;
     ``model`` is a LLaVA-1.5 checkpoint in the transformers format (``llava-hf/llava-1.5-7b-hf``,
