@@ -47,10 +47,32 @@ from PIL import Image, ImageOps
 
 from .errors import ImageLoadError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "is_jpeg", "load_image", "load_images"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "ImageTooLargeError", "is_jpeg", "load_image", "load_images"]
 
 #: PIL raises DecompressionBombError above 2 × ``Image.MAX_IMAGE_PIXELS`` (2 × 89,478,485).
 DEFAULT_MAX_PIXELS = 178_956_970
+
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image refused for having more pixels than ``max_pixels`` (the decompression-bomb guard).
+
+    ``size`` is ``(width, height)`` when known (None when PIL refused the file while reading
+    its header); ``max_pixels`` is the limit in force. Front ends catch this class to say how to
+    raise their own limit (``--max-pixels``) instead of reading the message.
+
+    >>> from PIL import Image
+    >>> try:
+    ...     load_image(Image.new("RGB", (20, 10)), max_pixels=100)
+    ... except ImageTooLargeError as exc:
+    ...     print(exc.size, exc.max_pixels)
+    (20, 10) 100
+    """
+
+    def __init__(self, message: str, *, size: tuple[int, int] | None, max_pixels: int | None) -> None:
+        super().__init__(message)
+        self.size, self.max_pixels = size, max_pixels
+
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 RGB = tuple[int, int, int]
@@ -164,9 +186,9 @@ def _open(source: Any, name: str, max_pixels: int | None) -> Image.Image:
         with _pil_size_limit(max_pixels):
             return Image.open(stream)
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(
+        raise ImageTooLargeError(
             f"cannot load image {name}: too large, {str(exc).rstrip('.')}; pass a higher "
-            "max_pixels (or None) to allow it"
+            "max_pixels (or None) to allow it", size=None, max_pixels=max_pixels
         ) from exc
     except Exception as exc:  # PIL raises many types for unreadable data
         raise ImageLoadError(f"cannot load image {name}: {_reason(exc)}") from exc
@@ -222,10 +244,10 @@ def _decode(
     """Check the size, decode fully, orient and convert to RGB; every failure names the file."""
     pixels = image.width * image.height
     if max_pixels is not None and pixels > max_pixels:
-        raise ImageLoadError(
+        raise ImageTooLargeError(
             f"cannot load image {name}: too large, {image.width}x{image.height} = {pixels:,} pixels "
             f"exceeds max_pixels={max_pixels:,} (decompression-bomb guard); pass a higher "
-            "max_pixels (or None) to allow it"
+            "max_pixels (or None) to allow it", size=image.size, max_pixels=max_pixels
         )
     if pixels == 0:
         raise ImageLoadError(f"cannot load image {name}: it has no pixels ({image.width}x{image.height})")

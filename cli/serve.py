@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ from typing import Annotated, Optional
 import typer
 
 from api_prompt.errors import ConfigError
+from api_prompt.images import DEFAULT_MAX_PIXELS
 
 from .app import app
 from .common import (
@@ -77,8 +79,20 @@ UpstreamTimeoutOpt = Annotated[float, typer.Option(
 )]
 AllowUrlFetchOpt = Annotated[bool, typer.Option(
     "--allow-url-fetch", rich_help_panel=_SERVER,
-    help="Fetch http(s) image URLs (default: refused with 400; data URLs always work). Redirects "
-    "to private addresses are never followed.",
+    help="Fetch http(s) image URLs (default: refused with 400; base64 data URLs always work). Fetched: "
+    "a GET to an http(s) URL whose host resolves only to public unicast addresses, following up to 3 "
+    "redirects that pass the same check, answering 200 within --fetch-timeout with at most --max-image-mb. "
+    "Never fetched: other schemes; any host with a loopback, private (RFC 1918, fc00::/7), link-local "
+    "(169.254.0.0/16 cloud metadata, fe80::/10), shared, multicast, reserved or unspecified address, or an "
+    "IPv6 form embedding an IPv4 address (::ffff:a.b.c.d and the like). The address is checked when the "
+    "connection is opened (the one connected to, so DNS rebinding cannot pass), and every failure gives "
+    "the client the same message.",
+)]
+AllowPrivateFetchOpt = Annotated[Optional[str], typer.Option(
+    "--allow-private-fetch", rich_help_panel=_SERVER, metavar="HOST[,HOST]", show_default=False,
+    help="With --allow-url-fetch: host names or IP addresses (exactly as written in the URLs) that are "
+    "fetched even though they resolve to private or loopback addresses, e.g. an internal image server. "
+    "Nothing else is widened.",
 )]
 MaxBatchOpt = Annotated[int, typer.Option(
     "--max-batch", rich_help_panel=_LIMITS, min=1, help="Most images attributed in one model call.")]
@@ -94,6 +108,10 @@ PngCompressionOpt = Annotated[int, typer.Option(
     "--png-compression", rich_help_panel=_LIMITS, min=0, max=9,
     help="zlib level of the prompted PNGs sent upstream (lossless at every level): 0 is fastest, "
     "9 smallest.")]
+MaxPixelsOpt = Annotated[int, typer.Option(
+    "--max-pixels", rich_help_panel=_LIMITS, min=1, max=DEFAULT_MAX_PIXELS,
+    help="Largest image in pixels (width x height); larger ones get 413 with the limit in the message. "
+    "Lower it to bound the memory and time one request can take (a 12000x12000 image needs several GB).")]
 FetchTimeoutOpt = Annotated[float, typer.Option(
     "--fetch-timeout", rich_help_panel=_LIMITS, min=0.001,
     help="Seconds one image URL fetch may take in all (--allow-url-fetch).")]
@@ -108,10 +126,12 @@ def serve_command(
     upstream_key_env: UpstreamKeyEnvOpt = DEFAULT_UPSTREAM_KEY_ENV,
     upstream_timeout: UpstreamTimeoutOpt = 600.0,
     allow_url_fetch: AllowUrlFetchOpt = False,
+    allow_private_fetch: AllowPrivateFetchOpt = None,
     max_batch: MaxBatchOpt = 8,
     max_wait_ms: MaxWaitOpt = 10.0,
     max_queue: MaxQueueOpt = 256,
     max_image_mb: MaxImageMbOpt = 20.0,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fetch_timeout: FetchTimeoutOpt = 10.0,
     png_compression: PngCompressionOpt = 1,
     preset: PresetOpt = None,
@@ -153,9 +173,12 @@ def serve_command(
             upstream_api_key=clean_api_key(os.environ.get(upstream_key_env)),
             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
             upstream_timeout=upstream_timeout, allow_url_fetch=allow_url_fetch,
+            allow_private_fetch=parse_hosts(allow_private_fetch or ""),
             fetch_timeout=fetch_timeout, max_image_bytes=int(max_image_mb * 1024 * 1024),
-            png_compress_level=png_compression,
+            max_image_pixels=max_pixels, png_compress_level=png_compression,
         )
+        if config.allow_private_fetch and not allow_url_fetch:
+            raise ConfigError("--allow-private-fetch only applies with --allow-url-fetch")
         prompt_options = PromptOptions.from_command(locals())
         prompt_options.check()
         listener = _bind(host, port)
@@ -178,6 +201,24 @@ def serve_command(
             server_header=False, date_header=False, access_log=not quiet, lifespan="on",
         ))
         server.run(sockets=[listener])
+
+
+def parse_hosts(value: str) -> tuple[str, ...]:
+    """The hosts of ``--allow-private-fetch``: comma-separated names or IP addresses, no scheme or port.
+
+    >>> parse_hosts("images.internal, 10.0.0.5,[fd00::1]")
+    ('images.internal', '10.0.0.5', 'fd00::1')
+    """
+    hosts = []
+    for host in (item.strip() for item in value.split(",")):
+        if not host:
+            continue
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not re.fullmatch(r"[A-Za-z0-9._:-]+", bare) or "://" in host:
+            raise ConfigError(f"--allow-private-fetch takes host names or IP addresses separated by commas "
+                              f"(no scheme, port or path), got {host!r}")
+        hosts.append(bare)
+    return tuple(hosts)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,4 +1,4 @@
-"""A raw TCP server on 127.0.0.1 that answers each connection with a scripted behaviour.
+"""A raw TCP server on 127.0.0.1 (or ::1) that answers each connection with a scripted behaviour.
 
 Unlike ``http.server``, a handler may misbehave the way real servers and middleboxes do: break
 off a body, drip bytes slowly, speak another protocol, redirect elsewhere. Each connection reads
@@ -21,11 +21,16 @@ Handler = Callable[[socket.socket, dict], None]
 
 
 class RawServer:
-    def __init__(self, default: Handler | None = None) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    """``host`` is 127.0.0.1 or ::1; ``connections`` counts every connection accepted, even one
+    that sends no request (so a test can tell that nothing connected at all)."""
+
+    def __init__(self, default: Handler | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.sock = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.settimeout(0.05)
         self.script: list[Handler] = []
         self.requests: list[dict] = []
+        self.connections = 0
         self.default = default or respond(200, completion("ok"))
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -37,7 +42,7 @@ class RawServer:
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -60,6 +65,8 @@ class RawServer:
                 continue
             except OSError:
                 return
+            with self._lock:
+                self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:

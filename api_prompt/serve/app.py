@@ -5,14 +5,21 @@ an http(s) URL with ``allow_url_fetch``) is replaced by the attention-prompted i
 JPEG, a lossless PNG for anything else: :mod:`~api_prompt.serve.render`), the message's text
 being the query; everything else in the request goes to the upstream unchanged.
 The upstream's status, headers and body come back as they are, streamed chunk by chunk (so
-server-sent events pass through as the upstream sends them). ``GET /v1/models`` is forwarded;
-``GET /health`` answers locally.
+server-sent events pass through as the upstream sends them). ``GET /v1/models`` and
+``GET /v1/models/{id}`` (one path segment, percent-encoded on the way up) are forwarded and no
+other path is: an id holding ``/``, ``\\`` or ``..``, encoded or not, is refused with 400.
+``GET /health`` answers locally. When a client goes away, its upstream request is closed and
+its queued images leave the batcher.
+
+Nothing one request does stalls the others: decoding, overlay and encoding of an image above
+:data:`INLINE_MAX_PIXELS`, and every model call with such an image, run in worker threads.
 
 Images of requests that arrive together are prompted in one batch
 (:class:`~api_prompt.serve.batcher.MicroBatcher`). Errors the proxy itself raises use the OpenAI
-error shape ``{"error": {"message", "type", "param", "code"}}``: 400 malformed request or bad
-image, 401 missing or wrong client key, 413 too large, 429 queue full (with ``Retry-After``),
-502 upstream unreachable, 504 upstream too slow.
+error shape ``{"error": {"message", "type", "param", "code"}}``: 400 malformed request (any
+unparsable body), bad image, failed image fetch, or more images than the queue can ever hold;
+401 missing or wrong client key, 413 too large (bytes or pixels), 429 queue full for now (with
+``Retry-After``), 502 upstream unreachable, 504 upstream too slow.
 
 Keys: with ``api_key`` set, clients must send ``Authorization: Bearer <api_key>`` (and it is
 never forwarded). The upstream key (``upstream_api_key``, read from the environment by the CLI)
@@ -30,11 +37,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import json
 import logging
 import re
+import urllib.parse
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 from PIL import Image
@@ -45,15 +54,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import APIPromptError, ImageLoadError
-from ..images import DEFAULT_MAX_PIXELS, load_image
+from ..images import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_image
 from .batcher import MicroBatcher, QueueFull
-from .fetch import fetch_image
+from .fetch import fetch_client, fetch_failed, fetch_image
 from .messages import RequestError, decode_data_url, find_images, parse_request, read_limited, replace_images
 from .render import encode_like
 
-__all__ = ["ServeConfig", "create_app", "error_response"]
+__all__ = ["INLINE_MAX_PIXELS", "ServeConfig", "create_app", "error_response"]
 
 logger = logging.getLogger("api_prompt.serve")
+
+#: Images up to this many pixels are decoded, overlaid and encoded on the event loop when their
+#: request is the only one in flight (a thread hand-off would only add latency); larger ones, and
+#: every image while other requests are in flight, in a worker thread.
+INLINE_MAX_PIXELS = 1_000_000
+#: Request bodies above this many bytes are parsed (and prompted ones serialised) in a thread.
+_INLINE_MAX_JSON_BYTES = 1 << 20
 
 # Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those httpx or
 # the server set themselves.
@@ -73,11 +89,15 @@ class ServeConfig:
         max_batch, max_wait_ms, max_queue: the micro-batcher's limits.
         upstream_timeout: seconds for the upstream to start answering (connect + response
             headers), and the longest silence while its body streams.
-        allow_url_fetch: fetch http(s) image URLs (otherwise they are refused with 400).
+        allow_url_fetch: fetch http(s) image URLs on public addresses (otherwise they are
+            refused with 400; see :mod:`~api_prompt.serve.fetch` for what is fetched).
+        allow_private_fetch: host names (or IP addresses) whose URLs are fetched even though they
+            resolve to loopback, private or other non-public addresses.
         fetch_timeout: seconds one image fetch may take in all.
         max_image_bytes: largest encoded image (data URL or fetched).
         max_body_bytes: largest request body.
-        max_image_pixels: largest decoded image (the package's decompression-bomb guard).
+        max_image_pixels: largest decoded image in pixels (413 beyond; the package's
+            decompression-bomb guard, by default the library's own limit).
         png_compress_level: zlib level (0-9) of the prompted PNGs sent upstream; 0 is fastest.
         jpeg_quality: quality (1-95) of the prompted JPEGs sent upstream for JPEG inputs; None
             sends every prompted image as a lossless PNG (see :func:`~api_prompt.serve.render.encode_like`).
@@ -91,6 +111,7 @@ class ServeConfig:
     max_queue: int = 256
     upstream_timeout: float = 600.0
     allow_url_fetch: bool = False
+    allow_private_fetch: tuple[str, ...] = ()
     fetch_timeout: float = 10.0
     max_image_bytes: int = 20 * 1024 * 1024
     max_body_bytes: int = 64 * 1024 * 1024
@@ -143,9 +164,10 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
     upstream = config.upstream.rstrip("/")
     arriving = [0]  # chat requests with images, received but not yet queued for the model
     prompting = [0]  # chat requests with images, from their arrival until their images are encoded
+    large = [0]  # of those, requests with an image above INLINE_MAX_PIXELS
     batcher = MicroBatcher(run_batch, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
                            max_queue=config.max_queue, arriving=lambda: arriving[0],
-                           alone=lambda: prompting[0] <= 1)
+                           alone=lambda: prompting[0] <= 1 and not large[0])
     state: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
@@ -154,8 +176,7 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         state["upstream"] = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False,
                                               trust_env=False)
-        state["fetch"] = httpx.AsyncClient(timeout=httpx.Timeout(config.fetch_timeout), trust_env=False,
-                                           headers={"Accept-Encoding": "identity", "User-Agent": "api-prompt-serve"})
+        state["fetch"] = fetch_client(config.fetch_timeout, config.allow_private_fetch)
         await batcher.start()
         try:
             yield
@@ -179,10 +200,11 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
             headers["authorization"] = request.headers["authorization"]
         return headers
 
-    async def forward(request: Request, method: str, path: str, body: bytes | None) -> Response:
+    async def forward(request: Request, method: str, path: str, body: bytes | None, *,
+                      params: list[tuple[str, str]] | None = None) -> Response:
         client = state["upstream"]
         outgoing = client.build_request(method, upstream + path, content=body, headers=upstream_headers(request),
-                                        params=list(request.query_params.multi_items()))
+                                        params=params)
         try:
             response = await asyncio.wait_for(client.send(outgoing, stream=True), config.upstream_timeout)
         except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -196,37 +218,52 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
                    if name.lower().decode("latin-1") not in _HOP_BY_HOP]
         return _PassThrough(response, headers)
 
-    async def prompt_request(request: Request, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The body with prompted images, or None when it has no image to prompt."""
+    async def prompted_body(raw: bytes) -> bytes:
+        """The body to send upstream: ``raw`` itself when it has no image to prompt."""
+        body = await off_loop(lambda: parse_request(raw), inline=len(raw) <= _INLINE_MAX_JSON_BYTES)
         parts = find_images(body)
         if not parts:
-            return None
+            return raw
+        if len(parts) > config.max_queue:
+            raise RequestError(400, f"the request holds {len(parts)} images; this proxy prompts at most "
+                                    f"{config.max_queue} at once (its --max-queue), so it can never be served: "
+                                    "send fewer images per request", param="messages", code="too_many_images")
         arriving[0] += 1
         prompting[0] += 1
+        counted_large = False
         try:
             try:
                 loaded = await asyncio.gather(*(load_part(part) for part in parts))
+                if any(image.width * image.height > INLINE_MAX_PIXELS for image, _ in loaded):
+                    large[0] += 1
+                    counted_large = True
             finally:
                 arriving[0] -= 1
                 batcher.wake()
             results = await batcher.prompt([image for image, _ in loaded], [part.query for part in parts])
-            urls = await off_loop(lambda: [
-                encode_like(render(image, result), source, jpeg_quality=config.jpeg_quality,
-                            png_compress_level=config.png_compress_level)
-                for (image, source), result in zip(loaded, results)])
+
+            def finish() -> bytes:
+                urls = [encode_like(render(image, result), source, jpeg_quality=config.jpeg_quality,
+                                    png_compress_level=config.png_compress_level)
+                        for (image, source), result in zip(loaded, results)]
+                return _to_json(replace_images(body, parts, urls))
+
+            return await off_loop(finish, inline=not counted_large and len(raw) <= _INLINE_MAX_JSON_BYTES)
         finally:
             prompting[0] -= 1
-        return replace_images(body, parts, urls)
+            if counted_large:
+                large[0] -= 1
 
-    async def off_loop(work: Callable[[], Any]) -> Any:
-        """``work()`` in a thread while other requests are being prompted, so they go on meanwhile;
-        alone, on the event loop (a thread hand-off would only add to this request's latency)."""
-        if prompting[0] <= 1:
+    async def off_loop(work: Callable[[], Any], *, inline: bool = True) -> Any:
+        """``work()`` in a worker thread, except when it is small (``inline``) and its request is
+        the only one in flight: then on the event loop (a thread hand-off would only add latency)."""
+        if inline and prompting[0] <= 1:
             return work()
         return await asyncio.to_thread(work)
 
     async def load_part(part) -> tuple[Image.Image, bytes]:
         """The decoded image, and its encoded bytes (whose format the prompted image keeps)."""
+        fetched = False
         if part.url.startswith("data:"):
             data = decode_data_url(part.url, max_bytes=config.max_image_bytes, param=part.param)
         elif part.url.lower().startswith(("http://", "https://")):
@@ -235,23 +272,25 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
                                         "--allow-url-fetch); send the image as a base64 data URL", param=part.param)
             data = await fetch_image(state["fetch"], part.url, max_bytes=config.max_image_bytes,
                                      timeout=config.fetch_timeout, param=part.param)
+            fetched = True
         else:
             raise RequestError(400, "the image URL must be a base64 data URL or an http(s) URL", param=part.param)
         try:
-            return await off_loop(lambda: load_image(data, max_pixels=config.max_image_pixels)), data
+            small = _header_pixels(data) <= INLINE_MAX_PIXELS
+            return await off_loop(lambda: load_image(data, max_pixels=config.max_image_pixels), inline=small), data
+        except ImageTooLargeError as exc:
+            raise RequestError(413, _too_many_pixels(exc), param=part.param, code="image_too_large") from None
         except ImageLoadError as exc:
+            if fetched:  # the same answer as any other failed fetch
+                logger.info("image fetched for %s is not an image: %s", part.param, exc)
+                raise fetch_failed(max_bytes=config.max_image_bytes, timeout=config.fetch_timeout,
+                                   param=part.param) from None
             message = re.sub(r"^cannot load image <[^>]*>", "cannot load the image", " ".join(str(exc).split()))
-            status = 413 if "too large" in message else 400
-            raise RequestError(status, message, param=part.param,
-                               code="image_too_large" if status == 413 else "invalid_image") from None
+            raise RequestError(400, message, param=part.param, code="invalid_image") from None
 
-    async def chat_completions(request: Request) -> Response:
-        if not client_allowed(request):
-            return _unauthorized()
+    async def prompt_and_forward(request: Request, raw: bytes) -> Response:
         try:
-            raw = await read_body(request, config.max_body_bytes)
-            body = parse_request(raw)
-            prompted = await prompt_request(request, body)
+            data = await prompted_body(raw)
         except RequestError as exc:
             return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
         except QueueFull as exc:
@@ -261,13 +300,25 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
         except Exception:  # noqa: BLE001 - a bug or a model failure: the client gets a clean 500
             logger.exception("attention prompting failed")
             return error_response(500, "attention prompting failed on the proxy; see its log", code="proxy_error")
-        data = raw if prompted is None else json.dumps(prompted, ensure_ascii=False).encode("utf-8")
         return await forward(request, "POST", "/chat/completions", data)
+
+    async def chat_completions(request: Request) -> Response:
+        if not client_allowed(request):
+            return _unauthorized()
+        try:
+            raw = await read_body(request, config.max_body_bytes)
+        except RequestError as exc:
+            return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+        return await _unless_disconnected(request.receive, prompt_and_forward(request, raw))
 
     async def models(request: Request) -> Response:
         if not client_allowed(request):
             return _unauthorized()
-        return await forward(request, "GET", "/" + request.url.path.removeprefix("/v1/").lstrip("/"), None)
+        try:
+            path = _models_path(request.scope)
+        except RequestError as exc:
+            return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+        return await _unless_disconnected(request.receive, forward(request, "GET", path, None))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "queued": batcher.queued, "batches": batcher.batches})
@@ -280,7 +331,7 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/models/{model:path}", models, methods=["GET"]),
+            Route("/v1/models/{rest:path}", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ],
@@ -292,7 +343,11 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
 
 
 class _PassThrough(Response):
-    """The upstream's response, relayed as it arrives: status, headers, and each body chunk."""
+    """The upstream's response, relayed as it arrives: status, headers, and each body chunk.
+
+    When the client goes away mid-answer, the upstream response is closed at once (so the model
+    server stops generating for nobody) instead of being read to its end.
+    """
 
     def __init__(self, upstream: httpx.Response, headers: list[tuple[bytes, bytes]]) -> None:
         self.upstream = upstream
@@ -301,6 +356,12 @@ class _PassThrough(Response):
         self.background = None
 
     async def __call__(self, scope, receive, send) -> None:
+        try:
+            await _unless_disconnected(receive, self._relay(send))
+        finally:
+            await self.upstream.aclose()
+
+    async def _relay(self, send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.upstream.aiter_raw():
@@ -311,8 +372,99 @@ class _PassThrough(Response):
             # The upstream broke off mid-answer: end the connection so the client sees it too.
             logger.warning("upstream answer broken off: %s", type(exc).__name__)
             raise
-        finally:
-            await self.upstream.aclose()
+
+
+async def _disconnected(receive) -> None:
+    """Returns once the client has gone away (call after the request body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(receive, work: Awaitable[Any]) -> Any:
+    """``await work``, cancelled as soon as the client disconnects (then None; nobody is listening).
+
+    Cancelling closes what ``work`` holds open: its upstream request (httpx closes the connection)
+    and its place in the batcher's queue.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        result = await task
+    except asyncio.CancelledError:
+        return Response(status_code=499)
+    if isinstance(result, _PassThrough):  # it got the upstream's answer just as the client left
+        await result.upstream.aclose()
+    return Response(status_code=499)
+
+
+_MODELS = "/v1/models"
+_BAD_ID = re.compile(r"[/\\\x00-\x1f\x7f]|^\.{1,2}$|\.\.")
+
+
+def _models_path(scope) -> str:
+    """The upstream path for ``GET /v1/models`` or ``/v1/models/{id}``; RequestError 400 otherwise.
+
+    Read from the raw (still percent-encoded) request path, so ``%2F`` or ``%2e%2e`` cannot become
+    a path separator or a parent segment on the way up; the id is percent-encoded again, whole.
+
+    >>> _models_path({"raw_path": b"/v1/models/Qwen2-VL-7B%3Alatest", "path": ""})
+    '/models/Qwen2-VL-7B%3Alatest'
+    >>> _models_path({"raw_path": b"/v1/models/..%2Ffiles", "path": ""})
+    Traceback (most recent call last):
+    ...
+    api_prompt.serve.messages.RequestError: the model id must be one path segment without '/', '\\' or '..' (encoded or not)
+    """
+    raw = scope.get("raw_path")
+    raw = raw.decode("latin-1").split("?", 1)[0] if raw is not None else urllib.parse.quote(scope["path"])
+    if raw in (_MODELS, _MODELS + "/"):
+        return "/models"
+    if not raw.startswith(_MODELS + "/"):
+        raise RequestError(400, "only GET /v1/models and GET /v1/models/{id} are forwarded", param="model")
+    try:
+        model = urllib.parse.unquote(raw[len(_MODELS) + 1:], errors="strict")
+    except UnicodeDecodeError:
+        raise RequestError(400, "the model id is not percent-encoded UTF-8", param="model") from None
+    if _BAD_ID.search(model) or _BAD_ID.search(urllib.parse.unquote(model)):
+        raise RequestError(400, "the model id must be one path segment without '/', '\\' or '..' (encoded or not)",
+                           param="model")
+    return "/models/" + urllib.parse.quote(model, safe="")
+
+
+def _to_json(body: dict[str, Any]) -> bytes:
+    """``body`` as UTF-8 JSON; text holding lone surrogates (valid as JSON escapes) stays escaped."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body).encode("ascii")
+
+
+def _header_pixels(data: bytes) -> int:
+    """Width × height from the image header (no decoding); 0 when the header cannot be read."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width * image.height
+    except Image.DecompressionBombError:
+        return INLINE_MAX_PIXELS + 1
+    except Exception:  # noqa: BLE001 - load_image reports what is wrong with it
+        return 0
+
+
+def _too_many_pixels(exc: ImageTooLargeError) -> str:
+    shown = f"{exc.size[0]}x{exc.size[1]} = {exc.size[0] * exc.size[1]:,} pixels" if exc.size else "too many pixels"
+    limit = f"{exc.max_pixels:,}" if exc.max_pixels else "its limit"
+    side = int(exc.max_pixels ** 0.5) if exc.max_pixels else None
+    advice = f"; resize it to at most {side}x{side} (or the same area) and send it again" if side else ""
+    return f"the image is too large ({shown}): this proxy prompts images of at most {limit} pixels (--max-pixels){advice}"
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> JSONResponse:

@@ -6,7 +6,9 @@ collects queued pairs until it holds ``max_batch`` of them or the oldest has wai
 request never waits for company that is not coming), runs the batch function once (in a worker thread, so the event loop keeps
 serving), and hands every request its own images back, in order. While a batch runs, new pairs
 queue up and form the next batch. The queue is bounded: when it is full, :class:`QueueFull`
-says how long to wait (the proxy answers 429 with ``Retry-After``).
+says how long to wait (the proxy answers 429 with ``Retry-After``); a request with more images
+than the whole queue holds gets ValueError, since waiting would never help. A request that is
+cancelled (its client went away) takes its pairs out of the queue at once.
 
 >>> import asyncio
 >>> async def demo():
@@ -126,6 +128,9 @@ class MicroBatcher:
         """The results for one request's pairs (all queued at once, or none: QueueFull)."""
         if self._worker is None or self._stopping:
             raise RuntimeError("the batcher is not running")
+        if len(images) > self.max_queue:
+            raise ValueError(f"{len(images)} images can never be queued together: the queue holds at most "
+                             f"{self.max_queue}")
         if len(self._queue) + len(images) > self.max_queue:
             raise QueueFull(self._retry_after())
         loop = asyncio.get_running_loop()
@@ -135,9 +140,10 @@ class MicroBatcher:
         self._arrived.set()
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
-        except asyncio.CancelledError:  # the client went away: drop its queued pairs
+        except asyncio.CancelledError:  # the client went away: drop its queued pairs now
             for job in jobs:
                 job.future.cancel()
+            self._queue = deque(job for job in self._queue if not job.future.cancelled())
             raise
 
     def wake(self) -> None:

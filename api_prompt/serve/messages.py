@@ -1,8 +1,12 @@
 """Pure functions on chat-completions requests: find the images to prompt, put prompted ones back.
 
 An image to prompt is an ``image_url`` part of a **user** message; the message's text parts,
-joined, are its query. Everything else in the request (other messages, other fields, the
-``detail`` hint) is left exactly as it was.
+joined, are its query. A user message with images and no text (the chat format allows the
+question to come in a separate message) takes its query from the **nearest user message of the
+same turn that has text**: a turn is a run of consecutive user messages, nearness is counting
+messages, and between two equally near the later one wins (image first, then the question, is
+the usual order). Only a turn without any user text is refused. Everything else in the request
+(other messages, other fields, the ``detail`` hint) is left exactly as it was.
 
 >>> body = {"model": "m", "messages": [{"role": "user", "content": [
 ...     {"type": "text", "text": "What color"}, {"type": "text", "text": "is the car?"},
@@ -70,6 +74,8 @@ def parse_request(data: bytes) -> dict[str, Any]:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RequestError(400, "the request body is nested too deeply to be a chat request") from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     messages = body.get("messages")
@@ -82,29 +88,52 @@ def parse_request(data: bytes) -> dict[str, Any]:
 
 
 def find_images(body: dict[str, Any]) -> list[ImagePart]:
-    """Every ``image_url`` part of a user message, with that message's text as its query."""
-    found = []
-    for m, message in enumerate(body["messages"]):
-        content = message.get("content")
-        if message.get("role") != "user" or not isinstance(content, list):
+    """Every ``image_url`` part of a user message, with its query (see the module docs).
+
+    >>> body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]},
+    ...                      {"role": "user", "content": "What is red?"}]}
+    >>> [(part.location, part.query) for part in find_images(body)]
+    [((0, 0), 'What is red?')]
+    """
+    messages = body["messages"]
+    texts: dict[int, str] = {}
+    found: list[tuple[int, int, str]] = []
+    for m, message in enumerate(messages):
+        if message.get("role") != "user":
             continue
-        images, texts = [], []
+        content = message.get("content")
+        if isinstance(content, str):
+            texts[m] = content.strip()
+            continue
+        if not isinstance(content, list):
+            continue
+        parts = []
         for p, part in enumerate(content):
             if not isinstance(part, dict):
                 raise RequestError(400, f"messages[{m}].content[{p}] must be an object",
                                    param=f"messages[{m}].content[{p}]")
             if part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"].strip())
+                parts.append(part["text"].strip())
             elif part.get("type") == "image_url":
-                images.append((p, _image_url(part, m, p)))
-        if not images:
-            continue
-        query = " ".join(text for text in texts if text)
-        if not query:
-            raise RequestError(400, f"messages[{m}] has an image but no text: the message's text is "
-                                    "the query that attention prompting needs", param=f"messages[{m}].content")
-        found.extend(ImagePart((m, p), url, query) for p, url in images)
-    return found
+                found.append((m, p, _image_url(part, m, p)))
+        texts[m] = " ".join(text for text in parts if text)
+    return [ImagePart((m, p), url, _query(messages, texts, m)) for m, p, url in found]
+
+
+def _query(messages: list[dict[str, Any]], texts: dict[int, str], m: int) -> str:
+    """The query for an image in messages[m]: its own text, else the nearest user text of its turn."""
+    if texts.get(m):
+        return texts[m]
+    turn = range(m, m + 1)
+    while turn.start > 0 and messages[turn.start - 1].get("role") == "user":
+        turn = range(turn.start - 1, turn.stop)
+    while turn.stop < len(messages) and messages[turn.stop].get("role") == "user":
+        turn = range(turn.start, turn.stop + 1)
+    candidates = [i for i in turn if texts.get(i)]
+    if not candidates:
+        raise RequestError(400, f"messages[{m}] has an image but no text, and neither has any user message "
+                                "of its turn: the question is the query that attention prompting needs", param=f"messages[{m}].content")
+    return texts[min(candidates, key=lambda i: (abs(i - m), -i))]
 
 
 def _image_url(part: dict[str, Any], m: int, p: int) -> str:
