@@ -329,5 +329,6 @@ def _make_style(style: Any, options: dict[str, Any] | None, settings: dict[str, 
             raise ConfigError("style_options apply to a style given by name, not to a Style object")
         return style
     shared = {"resample": settings["resample"], "background": settings["background"], "geometry": geometry}
-    accepted = style_options(STYLES[style]) if isinstance(style, str) and style in STYLES else []
+    key = style.strip().lower() if isinstance(style, str) else style
+    accepted = style_options(STYLES[key]) if key in STYLES else []
     return create_style(style, **{k: v for k, v in shared.items() if k in accepted}, **(options or {}))

@@ -248,3 +248,83 @@ def test_describe_names_every_option():
     assert create_style("crop").describe() == {"style": "crop", "crop_size": 336, "zoom": 336,
                                                "one_image": "side-by-side", "geometry": "stretch"}
     assert isinstance(create_style(OverlayStyle()), OverlayStyle)
+
+
+# ---------------------------------------------------------------------------------------------
+# through the Prompter and wrap(): what the target receives
+
+
+class CornerAttributor:
+    """A model-free attributor: all attention on the bottom-right cell of a 4×4 grid."""
+
+    default_recipe = None
+    n_layers = 1
+
+    def attribute(self, images, queries):
+        mask = np.zeros((4, 4), np.float32)
+        mask[3, 3] = 1.0
+        return [AttentionMap(mask, {}, im.size, (0.0, 0.0, *map(float, im.size)), query=q)
+                for im, q in zip(images, queries)]
+
+    __call__ = attribute
+
+    def describe(self):
+        return {"backend": "corner"}
+
+
+def test_prompter_with_a_style_gives_what_the_target_sees_and_one_image():
+    from api_prompt import Prompter
+
+    image = pattern(400, 400)
+    prompter = Prompter(attributor=CornerAttributor(), style="crop", style_options={"crop_size": 100})
+    result = prompter(image, "q")
+    original, zoomed = result.images
+    assert original.tobytes() == image.tobytes()
+    np.testing.assert_array_equal(np.asarray(zoomed)[:1], np.asarray(image.crop((300, 300, 400, 400)).resize((100, 100)))[:1])
+    assert result.image.size[0] > 400                                # side by side for one-image use
+    assert prompter.describe()["style"] == "crop" and prompter.describe()["crop_size"] == 100
+    default = Prompter(attributor=CornerAttributor())
+    assert "style" not in default.describe()                         # old manifests still match
+    assert default(image, "q").images == [default(image, "q").image]
+    blurred = Prompter(attributor=CornerAttributor(), style="blur", background=200, resample="nearest")
+    assert blurred.style.resample == "nearest"                        # overlay settings reach it
+    with pytest.raises(ConfigError, match="style 'box' takes"):
+        Prompter(attributor=CornerAttributor(), style="box", style_options={"crop_size": 3})
+
+
+def test_openai_target_receives_the_original_then_the_crop_in_one_turn(monkeypatch):
+    from test_targets_openai import FakeOpenAI, request_images
+
+    from api_prompt import Prompter, wrap
+    from api_prompt.targets import OpenAITarget
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    image = pattern(400, 400)
+    prompter = Prompter(attributor=CornerAttributor(), style="crop", style_options={"crop_size": 100})
+    with FakeOpenAI() as server:
+        ask = wrap(OpenAITarget("test", base_url=server.base_url), prompter)
+        assert ask(image, "what is in the corner?") == "echo: what is in the corner?"
+        original, zoomed = request_images(server.requests[0])
+    assert np.array_equal(np.asarray(original), np.asarray(image))
+    assert np.array_equal(np.asarray(zoomed), np.asarray(prompter(image, "q").images[1]))
+
+
+def test_hf_target_gets_two_images_in_one_turn_through_its_chat_template():
+    from tiny_vlms import tiny_qwen2_vl
+
+    from api_prompt import Prompter, wrap
+    from api_prompt.targets import HFTarget
+
+    model, processor = tiny_qwen2_vl()
+    target = HFTarget(model, processor, max_new_tokens=4)
+    conversations = []
+    build = target._conversation
+    target._conversation = lambda images, question: conversations.append(build(images, question)) or conversations[-1]
+    image = pattern(96, 96)
+    prompter = Prompter(attributor=CornerAttributor(), style="crop", style_options={"crop_size": 24, "zoom": 48})
+    answer = wrap(target, prompter)(image, "What?")
+    (turn,) = conversations[0]
+    assert [part["type"] for part in turn["content"]] == ["image", "image", "text"]
+    assert turn["content"][0]["image"].tobytes() == image.tobytes()
+    del target._conversation
+    assert answer == target.ask(prompter(image, "What?").images, "What?")

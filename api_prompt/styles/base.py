@@ -47,9 +47,12 @@ class Style:
 
     def single(self, image: Any, attention_map: "AttentionMap") -> Image.Image:
         """One image for a consumer that takes only one (a batch export, a single-image target)."""
-        images = self.apply(image, attention_map)
+        return self.single_from(self.apply(image, attention_map))
+
+    def single_from(self, images: list[Image.Image]) -> Image.Image:
+        """One image made of :meth:`apply`'s images (a style that makes several overrides it)."""
         if len(images) != 1:  # pragma: no cover - multi-image styles override this
-            raise ConfigError(f"style {self.name!r} makes {len(images)} images; it must define single()")
+            raise ConfigError(f"style {self.name!r} makes {len(images)} images; it must define single_from()")
         return images[0]
 
     __call__ = apply

@@ -129,8 +129,8 @@ class CropStyle(Style):
                              Image.Resampling.LANCZOS)
         return [image.copy(), zoomed]
 
-    def single(self, image: Any, attention_map) -> Image.Image:
-        original, zoomed = self.apply(image, attention_map)
+    def single_from(self, images: list[Image.Image]) -> Image.Image:
+        original, zoomed = images
         return zoomed if self.one_image == "crop" else side_by_side([original, zoomed])
 
 

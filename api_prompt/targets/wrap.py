@@ -10,7 +10,8 @@
 
 Modes:
 
-- ``"prompted"`` (the paper): the target sees only the prompted image.
+- ``"prompted"`` (the paper): the target sees only the prompted image (or, for a style that
+  makes several, such as ``crop``, all of them in one turn: the original and the zoomed crop).
 - ``"both"``: the target sees the original image and then the prompted one, in one turn, for
   models that take several images.
 """
@@ -24,7 +25,7 @@ from PIL import Image
 from ..errors import ConfigError
 from .base import as_target, normalise_batch
 
-__all__ = ["wrap", "PromptedTarget", "MODES", "prompt_images", "as_image"]
+__all__ = ["wrap", "PromptedTarget", "MODES", "prompt_images", "prompt_image_lists", "as_image"]
 
 MODES = ("prompted", "both")
 
@@ -58,12 +59,12 @@ class PromptedTarget:
         if any(len(image_list) != 1 for image_list in image_lists):
             raise ConfigError("wrap() takes one image per question")
         originals = [image_list[0] for image_list in image_lists]
-        prompted = prompt_images(self.prompter, originals, questions)
-        self.last_prompted = prompted
+        shown = prompt_image_lists(self.prompter, originals, questions)
+        self.last_prompted = [images[-1] for images in shown]
         if self.mode == "both":
-            inputs = [[original, image] for original, image in zip(originals, prompted)]
+            inputs = [[original, images[-1]] for original, images in zip(originals, shown)]
         else:
-            inputs = prompted
+            inputs = [images[0] if len(images) == 1 else images for images in shown]
         return self.target(inputs, questions, **{**self.generation, **generation})
 
     def __repr__(self) -> str:
@@ -103,6 +104,16 @@ def prompt_images(prompter: Any, images: Sequence[Image.Image], queries: Sequenc
         prompter(image, query) for image, query in zip(images, queries)
     ]
     return [as_image(result) for result in results]
+
+
+def prompt_image_lists(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[list[Image.Image]]:
+    """What the target is shown for each image: a :class:`~api_prompt.PromptResult`'s
+    ``images`` (several for a style such as ``crop``), or the one prompted image."""
+    batch = getattr(prompter, "batch", None)
+    results = batch(images, queries) if callable(batch) else [
+        prompter(image, query) for image, query in zip(images, queries)
+    ]
+    return [list(getattr(result, "images", None) or [as_image(result)]) for result in results]
 
 
 def as_image(result: Any) -> Image.Image:
