@@ -489,3 +489,44 @@ def test_kill_9_and_resume_gives_the_same_summary_without_repeating_judge_calls(
     second = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert second["conditions"] == first["conditions"] and second["judge"] == first["judge"]
     assert first["conditions"]["original"]["n"] == 12 and first["judge"]["calls"] == sum(uninterrupted.values())
+
+
+def test_a_refused_key_stops_the_run_and_no_key_for_openai_is_refused_at_once(tmp_path, monkeypatch):
+    from api_prompt.errors import ConfigError
+
+    data = _mmvet_jsonl(tmp_path, 3)
+    refuse = respond(401, {"error": {"message": "Incorrect API key provided"}})
+    with RawServer(default=refuse) as server:
+        judge = OpenAIJudge(MODEL, base_url=server.base_url, api_key="sk-wrong")
+        with pytest.raises(ConfigError, match=r"refused the request \(HTTP 401\).*API_PROMPT_JUDGE_KEY") as raised:
+            evaluate(data, "mmvet", lambda i, q: "a", tmp_path / "out", conditions="original", judge=judge)
+        assert len(server.requests) <= 3 and "sk-wrong" not in str(raised.value)
+    monkeypatch.delenv("API_PROMPT_JUDGE_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="needs an API key"):
+        OpenAIJudge(MODEL)
+    monkeypatch.setenv("API_PROMPT_JUDGE_KEY", " sk-from-env\n")
+    assert OpenAIJudge(MODEL)._api_key == "sk-from-env"
+
+
+def test_cli_judge_options_reach_the_judge(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from api_prompt.cli.app import app
+
+    data = _mmvet_jsonl(tmp_path, 2)
+    script = ScriptedJudge({f"<<mmvet {i}>>": ["0.5"] for i in range(2)},
+                           {f"<<mmvet {i}>>": "an answer" for i in range(2)})
+    with RawServer(default=script) as server:
+        result = CliRunner().invoke(app, [
+            "eval", str(data), "--benchmark", "mmvet", "--judge", f"openai:{MODEL}",
+            "--judge-base-url", server.base_url, "--judge-api-key", "sk-cli", "--judge-repeats", "2",
+            "--target", "openai:target-model", "--base-url", server.base_url, "--conditions", "original",
+            "--out", str(tmp_path / "out")])
+        assert result.exit_code == 0, result.output
+        judged = [r for r in server.requests if r["json"]["model"] == MODEL]
+    assert len(judged) == 4 and {r["headers"]["authorization"] for r in judged} == {"Bearer sk-cli"}
+    assert "judge: gpt-4o-2024-11-20, 4 calls" in result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["judge"]["repeats"] == 2 and summary["judge"]["variation"]["repeats"] == 2

@@ -16,7 +16,10 @@ and how its reply is read belong to each benchmark (:mod:`api_prompt.evaluation.
   request *and* of which call it was (sample, condition, judge repeat, attempt), so a resumed or
   repeated run asks nothing twice, while the same question about two images is still two calls.
 - :func:`grade_all`: runs every sample's grading rule concurrently (at most ``max_concurrency``
-  requests in flight); a rule asks the judge as often as its benchmark's retry rule says.
+  requests in flight); a rule asks the judge as often as its benchmark's retry rule says. A judge
+  that fails after its retries (timeouts, 5xx, 429) is that sample's error; a refused key or an
+  unknown model or address (HTTP 401, 403, 404) stops the run with a ConfigError, since every
+  other sample would fail the same way.
 
 >>> chat_request("Grade this.", model="gpt-4o-2024-11-20", max_tokens=128, temperature=0.0)
 {'model': 'gpt-4o-2024-11-20', 'messages': [{'role': 'user', 'content': 'Grade this.'}], 'max_tokens': 128, 'temperature': 0.0}
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, TargetError
-from ..targets.openai import OpenAITarget, _run_coroutine, answer_text
+from ..targets.openai import DEFAULT_BASE_URL, OpenAITarget, _run_coroutine, answer_text
 
 __all__ = [
     "JUDGE_KINDS", "JUDGE_KEY_ENV", "OpenAIJudge", "create_judge", "chat_request", "JudgeCache",
@@ -47,6 +50,8 @@ JUDGE_KINDS = ("openai",)
 #: The environment variable the judge's key is read from (before ``OPENAI_API_KEY``).
 JUDGE_KEY_ENV = "API_PROMPT_JUDGE_KEY"
 CACHE = "judge_cache.jsonl"
+#: HTTP statuses that no other sample would fare better with: the run stops with the message.
+FATAL_STATUSES = frozenset({401, 403, 404})
 _REASONING_PREFIXES = ("gpt-5", "o1", "o3", "o4")
 
 #: ``ask(temperature) -> reply text``: one call to the judge, as a grading rule sees it.
@@ -84,6 +89,19 @@ class OpenAIJudge(OpenAITarget):
             api_key = os.environ.get(JUDGE_KEY_ENV) or os.environ.get("OPENAI_API_KEY")
         super().__init__(model, base_url=base_url, api_key=api_key, max_concurrency=max_concurrency,
                          **options)
+        if self._api_key is None and self.base_url == DEFAULT_BASE_URL:
+            raise ConfigError(f"the judge at {DEFAULT_BASE_URL} needs an API key: set ${JUDGE_KEY_ENV} "
+                              "or pass --judge-api-key")
+
+    def _http_error(self, status: int, message: str) -> TargetError:
+        if status in (401, 403):
+            hint = "the judge's API key was refused" if self._api_key else "no API key was sent"
+            return TargetError(f"the judge at {self.base_url} refused the request (HTTP {status}): {message} "
+                               f"— {hint}; set ${JUDGE_KEY_ENV} or pass --judge-api-key", status=status)
+        if status == 404:
+            return TargetError(f"the judge at {self.url} answered 404: {message} — check --judge-base-url "
+                               f"(it should end in /v1) and the judge model {self.model!r}", status=status)
+        return super()._http_error(status, message)
 
     def __repr__(self) -> str:
         return "OpenAIJudge" + super().__repr__()[len("OpenAITarget"):]
@@ -236,7 +254,9 @@ async def _grade_all(judge: OpenAIJudge, jobs: Sequence[JudgeJob], cache: JudgeC
 
             try:
                 result.grade = await job.rule(ask)
-            except (TargetError, ConfigError) as exc:
+            except TargetError as exc:
+                if exc.status in FATAL_STATUSES:
+                    raise ConfigError(str(exc)) from None
                 result.error = "judge: " + (" ".join(str(exc).split()) or type(exc).__name__)
             return result
 
