@@ -226,6 +226,11 @@ _PROCESSOR_OPTION = BackendOption(
 _DECODER_OPTIONS = (
     BackendOption("max_new_tokens", int, 20, "tokens generated per image"),
     BackendOption("batch_size", int, 8, _BATCH_SIZE_HELP),
+    BackendOption("relative", bool, False,
+                  "ViCrop's relative attention: the question's map divided by a generic "
+                  "instruction's map on the same image (with max_new_tokens=1 as ViCrop)"),
+    BackendOption("generic_query", str, "Write a general description of the image.",
+                  "the generic instruction of relative attention"),
     _PROCESSOR_OPTION,
     *_OWN_MASK_OPTIONS,
 )

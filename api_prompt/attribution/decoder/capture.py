@@ -27,6 +27,8 @@ of attention over those keys becomes a grid and the box of the image it covers.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +142,25 @@ class LastRowCapture:
         return None
 
 
+#: The generic instruction of relative attention (ViCrop's wording).
+GENERIC_QUERY = "Write a general description of the image."
+
+#: Added to the generic map before dividing, so a key the generic pass ignores (attention 0 in
+#: float32) gives a large finite ratio rather than infinity. Each map sums to 1 over N image keys,
+#: so 1e-8 is far below any attention that matters (1/N ≥ 1e-5 for N ≤ 100,000 keys).
+RELATIVE_EPSILON = 1e-8
+
+
+def relative_attention(question: np.ndarray, generic: np.ndarray) -> np.ndarray:
+    """ViCrop's relative attention: the question's map divided by the generic instruction's map
+    (same image, same layer), which cancels what draws attention whatever is asked (the "sinks").
+
+    >>> relative_attention(np.array([[0.2, 0.6]]), np.array([[0.1, 0.6]])).round(6).tolist()
+    [[2.0, 1.0]]
+    """
+    return np.asarray(question, np.float64) / (np.asarray(generic, np.float64) + RELATIVE_EPSILON)
+
+
 def relative_default_layer(n_layers: int) -> int:
     """The paper's LLaVA-1.5 choice (layer 20 of 32) at the same relative depth: ``n * 20 // 32``.
 
@@ -171,6 +192,12 @@ class DecoderAttributor(Attributor):
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... (ignored for a loaded model, which stays put).
         dtype: fp16 on a GPU and fp32 on the CPU unless given.
         batch_size: images per generation call (rows are left-padded).
+        relative: ViCrop's relative attention: the map for the question divided by the map for
+            ``generic_query`` on the same image (:func:`relative_attention`), both computed in
+            the same batched passes; the generic map depends only on the image, so it is cached
+            per image (the 64 most recent). ViCrop reads the prefill alone: ``max_new_tokens=1``.
+            The raw maps are kept as parts ``attention_question`` and ``attention_generic``.
+        generic_query: the instruction of the generic map.
     """
 
     name = ""
@@ -195,6 +222,8 @@ class DecoderAttributor(Attributor):
         dtype: str | torch.dtype | None = None,
         batch_size: int = 8,
         pretrained: str | None = None,
+        relative: bool = False,
+        generic_query: str = GENERIC_QUERY,
     ) -> None:
         if pretrained is not None:
             raise ConfigError(
@@ -207,6 +236,12 @@ class DecoderAttributor(Attributor):
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if layer is not None and (isinstance(layer, bool) or not isinstance(layer, (int, np.integer))):
             raise ConfigError(f"layer must be an integer, got {layer!r}")
+        if not isinstance(relative, bool):
+            raise ConfigError(f"relative must be true or false, got {relative!r}")
+        if not isinstance(generic_query, str) or not generic_query.strip():
+            raise ConfigError("generic_query must be a non-empty instruction")
+        self.relative, self.generic_query = relative, generic_query
+        self._generic_cache: dict[tuple, tuple[np.ndarray, Any]] = {}
         self.kernel_size = check_kernel_size(kernel_size)
         self.enhance = float(enhance)
         self.max_new_tokens = max_new_tokens
@@ -273,15 +308,45 @@ class DecoderAttributor(Attributor):
             "kernel_size": self.kernel_size,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            # only when on, so manifests written before relative attention existed still match
+            **({"relative": True, "generic_query": self.generic_query} if self.relative else {}),
         }
 
     def attribute(self, images: list, queries: list[str]) -> list[AttentionMap]:
         """One map per (RGB image, query) pair; see the module docstring for what is computed."""
         if len(images) != len(queries):
             raise ConfigError(f"got {len(images)} images but {len(queries)} queries")
+        if self.relative:
+            return self._attribute_relative(images, queries)
         maps: list[AttentionMap] = []
         for image_batch, query_batch in zip(chunks(images, self.batch_size), chunks(queries, self.batch_size)):
             maps.extend(self._attribute_batch(list(image_batch), list(query_batch)))
+        return maps
+
+    def _attribute_relative(self, images: list, queries: list[str]) -> list[AttentionMap]:
+        """Question maps and the generic maps not yet cached, in the same batched passes, then
+        their ratio (:func:`relative_attention`) as the ``attention`` part."""
+        keys = [_image_key(image) for image in images]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._generic_cache))
+        first_image = {key: image for key, image in zip(keys, images)}
+        rows_images = list(images) + [first_image[key] for key in missing]
+        rows_queries = list(queries) + [self.generic_query] * len(missing)
+        computed: list[AttentionMap] = []
+        for image_batch, query_batch in zip(chunks(rows_images, self.batch_size), chunks(rows_queries, self.batch_size)):
+            computed.extend(self._attribute_batch(list(image_batch), list(query_batch)))
+        for key, amap in zip(missing, computed[len(images):]):
+            self._generic_cache[key] = (amap.parts["attention"], amap.region)
+            while len(self._generic_cache) > 64:
+                self._generic_cache.pop(next(iter(self._generic_cache)))
+        maps = []
+        for key, amap in zip(keys, computed[: len(images)]):
+            generic, _ = self._generic_cache[key]
+            question = amap.parts["attention"]
+            parts = {"attention": relative_attention(question, generic).astype(np.float32),
+                     "attention_question": question, "attention_generic": generic}
+            mask = get_recipe(self.default_recipe)(parts, enhance=self.enhance, kernel_size=self.kernel_size)
+            maps.append(dataclasses.replace(amap, parts=parts, mask=np.asarray(mask, np.float32),
+                                            extra={**amap.extra, "relative": True}))
         return maps
 
     def model_inputs(self, images: list, queries: list[str]) -> dict:
@@ -518,3 +583,9 @@ def pack_positions(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
         positions[index, : len(row)] = row
         valid[index, : len(row)] = True
     return positions, valid, rows
+
+
+def _image_key(image: Any) -> tuple:
+    """What identifies an image for the generic-map cache: its size, mode and pixels' digest."""
+    image = load_image(image) if not hasattr(image, "tobytes") else image
+    return image.size, image.mode, hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
