@@ -21,6 +21,15 @@ The design (fixed before the first measurement; see README.md, "synthshapes-mcq"
     has; three options, "a {colour} circle / square / triangle";
 - option order shuffled; a scene with no object the template can ask about is redrawn;
 - everything drawn from ``numpy.random.default_rng((SEED, i, attempt))``, ``SEED`` = 20240917.
+
+The *small-object* variant (``--variant small``; design fixed on 2026-12-03 before its first
+measurement, for comparing prompt styles where zooming in should matter): the same 600 questions'
+templates and option rules, but each scene is ``SMALL["size"]`` = 160 px with 4 to 6 objects
+whose boxes are 12 to 20 px (each object ~0.6-1.6% of the image, against 3.5-14% in the default
+variant), seed ``SMALL_SEED`` = 20261203, written as ``synthshapes_mcq_small.jsonl``. A 64 px
+target (the shipped CLIP) sees these objects at 5-8 px, below the 12-24 px it was trained on;
+a crop of the attended region brings them back to its scale. The comparison uses
+``crop_size`` = 64 (the target's input side, as ViCrop takes the target's input resolution).
 """
 
 from __future__ import annotations
@@ -39,14 +48,20 @@ N_OBJECTS = (3, 5)
 IMAGE_SIZE = 64
 N_COLOUR_OPTIONS = 4
 LETTERS = "ABCD"
+#: The small-object variant (see the module docstring): scene size, objects, box sides, seed.
+SMALL = {"size": 160, "n_objects": (4, 6), "min_side": 12, "max_side": 20}
+SMALL_SEED = 20261203
+VARIANTS = ("default", "small")
 
 
-def make_question(index: int) -> tuple[dict, "object"]:
-    """``(row, scene)`` for question ``index`` (a pure function of ``index``)."""
+def make_question(index: int, variant: str = "default") -> tuple[dict, "object"]:
+    """``(row, scene)`` for question ``index`` of ``variant`` (a pure function of both)."""
     template = "colour" if index % 2 == 0 else "shape"
+    seed, scene_options = (SEED, {"size": IMAGE_SIZE, "n_objects": N_OBJECTS}) if variant == "default" \
+        else (SMALL_SEED, SMALL)
     for attempt in range(1000):
-        rng = np.random.default_rng((SEED, index, attempt))
-        scene = make_scene(rng, size=IMAGE_SIZE, n_objects=N_OBJECTS)
+        rng = np.random.default_rng((seed, index, attempt))
+        scene = make_scene(rng, **scene_options)
         objects = scene.objects
         if template == "colour":
             shapes = [o.shape for o in objects]
@@ -73,7 +88,7 @@ def make_question(index: int) -> tuple[dict, "object"]:
         options = {LETTERS[i]: captions[j] for i, j in enumerate(order)}
         answer = LETTERS[int(np.flatnonzero(order == 0)[0])]
         row = {
-            "id": f"ssmcq-{index:04d}",
+            "id": f"ssmcq-{index:04d}" if variant == "default" else f"ssmcq-small-{index:04d}",
             "image": f"images/{index:04d}.png",
             "question": question,
             **options,
@@ -86,14 +101,16 @@ def make_question(index: int) -> tuple[dict, "object"]:
     raise RuntimeError(f"no usable scene for question {index}")  # pragma: no cover
 
 
-def write_benchmark(out: Path, n_questions: int = N_QUESTIONS) -> Path:
+def write_benchmark(out: Path, n_questions: int = N_QUESTIONS, variant: str = "default") -> Path:
     """Write the JSONL and the images under ``out``; returns the JSONL path."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    path = out / "synthshapes_mcq.jsonl"
+    path = out / ("synthshapes_mcq.jsonl" if variant == "default" else "synthshapes_mcq_small.jsonl")
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(n_questions):
-            row, scene = make_question(index)
+            row, scene = make_question(index, variant)
             scene.image.save(out / row["image"])
             handle.write(json.dumps(row) + "\n")
     return path
@@ -103,8 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--n", type=int, default=N_QUESTIONS, help=f"questions (default {N_QUESTIONS})")
+    parser.add_argument("--variant", choices=VARIANTS, default="default",
+                        help="default (64 px scenes) or small (160 px scenes, small objects)")
     args = parser.parse_args(argv)
-    path = write_benchmark(args.out, args.n)
+    path = write_benchmark(args.out, args.n, args.variant)
     print(f"wrote {args.n} questions to {path}")
 
 
