@@ -168,7 +168,7 @@ def ask_command(
       api-prompt ask photo.jpg "What color is the car?" --target openai:gpt-4o-mini
     """
     from api_prompt.images import load_image
-    from api_prompt.targets import create_target, wrap
+    from api_prompt.targets import create_target, split_target_spec, wrap
 
     with handle_errors(debug):
         # 1. Everything cheap first, so a typo never costs a model load.
@@ -179,7 +179,7 @@ def ask_command(
                                  max_retries=max_retries, backoff=backoff)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
-        kind, _, target_model = target.partition(":")
+        kind, target_model = split_target_spec(target)
         if kind == "clip-zeroshot":
             from api_prompt.hub import check_model_name
             from api_prompt.targets.clip_zeroshot import parse_options
