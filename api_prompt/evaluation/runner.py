@@ -141,7 +141,8 @@ def evaluate(
         # answers whose judging failed are graded again without asking the target again
         graded_later = {key: record["answer"] for key, record in run.latest().items()
                         if key not in done and record.get("answer") is not None
-                        and str(record.get("error") or "").startswith("judge:")}
+                        and str(record.get("error") or "").startswith("judge:")} \
+            if retry_errors and judge is not None else {}
         grader = _Grader(benchmark, judge, judge_repeats, run.root / CACHE) if judge is not None else None
         pending = [s for s in samples if any((s.id, c) not in done for c in conditions)]
         total, finished = len(samples), len(samples) - len(pending)
