@@ -284,3 +284,32 @@ def test_command_line_backend_llava(tmp_path, tiny):
     command[command.index("--layer") + 1] = "20"  # LLaVA-1.5's layer does not exist in 4 layers
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 2 and "out of range" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_default_layer_follows_the_relative_rule_so_a_small_folder_loads(tmp_path, tiny):
+    """No layer given: n_layers * 20 // 32 (2 of 4), so Prompter(backend="llava", model=folder)
+    works on a small model (a fixed 20 was out of range for it)."""
+    from api_prompt.prompter import Prompter
+
+    model, processor, _ = tiny
+    tiny_llava(seed=0, initializer_range=INIT, save_dir=tmp_path)
+    prompter = Prompter(backend="llava", model=str(tmp_path), device="cpu", max_new_tokens=2)
+    assert prompter.attributor.layer == 4 * 20 // 32 == 2
+    image, query = _images()[0], QUERIES[0]
+    expected = LLaVAAttributor(model, processor, layer=2, max_new_tokens=2)([image], [query])[0]
+    np.testing.assert_allclose(prompter.attribute(image, query)[0].parts["attention"],
+                               expected.parts["attention"], atol=1e-6)
+
+
+def test_chat_template_prompt_keeps_the_llava_v1_system_sentence(tiny):
+    """A processor with a chat template writes the prompt with it; a tokenizer that spells the
+    system sentence gets it as a system turn, which here is exactly the llava_v1 prompt."""
+    model, processor, _ = tiny
+    attributor = LLaVAAttributor(model, processor, layer=LAYER)
+    assert attributor._prompts(["What is it?"]) == [PROMPT_TEMPLATE.format(question="What is it?")]
+    processor.chat_template = processor.chat_template.replace("USER: ", "HUMAN: ")
+    try:
+        [prompt] = attributor._prompts(["What is it?"])
+    finally:
+        processor.chat_template = processor.chat_template.replace("HUMAN: ", "USER: ")
+    assert "HUMAN: <image>\nWhat is it?" in prompt and prompt.startswith("A chat between")

@@ -1,0 +1,755 @@
+"""Train a small LLaVA (stock ``LlavaForConditionalGeneration``) on synthetic shape scenes.
+
+Usage (from the repository root)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.synthshapes.train_llava \
+        --stage1-minutes 8 --stage2-minutes 70 --seed 0 --out assets/synthshapes-llava
+
+What it builds
+--------------
+* **Vision tower**: the visual tower of the shipped synthshapes CLIP (``assets/synthshapes-clip``,
+  open_clip format) converted to the transformers ``CLIPVisionModel`` format
+  (:func:`convert_open_clip_visual`), frozen. The LLaVA reads its second-to-last block
+  (``vision_feature_layer=-2``) and drops the CLS token (``vision_feature_select_strategy=
+  "default"``), so an image is 64 tokens, an 8x8 grid.
+* **Projector**: the stock LLaVA MLP (linear, GELU, linear).
+* **Language model**: a small LLaMA over a word-level tokenizer whose vocabulary is exactly the
+  words of the questions, answers and chat template below (:func:`vocabulary`).
+* **Processor**: ``LlavaProcessor`` (``CLIPImageProcessor`` at 64 px, the tokenizer, a chat
+  template ``USER: <image>\\n{question} ASSISTANT:``), with ``patch_size=8``,
+  ``num_additional_image_tokens=1`` and ``vision_feature_select_strategy="default"`` so that one
+  ``<image>`` expands to the 64 image tokens.
+
+How it trains
+-------------
+* Stage 1 (``--stage1-*``): the projector only, on captions (``What is in the image?`` ->
+  ``a red circle and a blue square .``, objects left to right); the vision tower and the language
+  model stay as they are (the latter at its random initialisation).
+* Stage 2 (``--stage2-*``): projector and language model on a mix of questions with short answers
+  (:data:`QUESTION_TEMPLATES`, several wordings per type; one-word answers), ``Describe the
+  {color} {shape}.`` answered with one sentence, and the captions of stage 1.
+* The loss is the cross-entropy of the answer tokens (and the closing ``</s>``), averaged per
+  sample then over the batch, so long answers do not outweigh one-word ones.
+* Scenes come on the fly from a numpy generator seeded with ``--seed``; held-out evaluation uses
+  :data:`EVAL_SEED`. Every ``--save-every`` steps the folder is rewritten with ``save_pretrained``
+  (an interrupted run leaves a loadable model), and at the end ``TRAINING.md`` is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.synthshapes.scenes import COLORS, SHAPES, Scene, make_scene, _article
+
+REPO = Path(__file__).resolve().parents[2]
+CLIP_DIR = REPO / "assets" / "synthshapes-clip"
+OUT_DIR = REPO / "assets" / "synthshapes-llava"
+#: Held-out scenes come from this seed; training streams start at ``--seed`` (small integers).
+EVAL_SEED = 20_251_203
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ("<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN)
+
+# ----------------------------------------------------------------------------- questions
+
+#: Several wordings per question type, as people ask. ``{shape}``/``{color}``/``{a}`` (article)
+#: are filled in; every word is in the tokenizer's vocabulary (see :func:`vocabulary`).
+QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "color": (
+        "What color is the {shape}?",
+        "What is the color of the {shape}?",
+        "Which color is the {shape}?",
+        "What colour is the {shape}?",
+        "Tell me the color of the {shape}.",
+        "The {shape} is what color?",
+        "What color does the {shape} have?",
+    ),
+    "shape": (
+        "What shape is the {color} object?",
+        "What is the shape of the {color} object?",
+        "Which shape is {color}?",
+        "What kind of shape is the {color} one?",
+        "What is the {color} thing?",
+        "Name the shape of the {color} object.",
+        "What shape does the {color} object have?",
+    ),
+    "exists": (
+        "Is there {a} {color} {shape}?",
+        "Is there {a} {color} {shape} in the image?",
+        "Do you see {a} {color} {shape}?",
+        "Does the picture contain {a} {color} {shape}?",
+        "Can you find {a} {color} {shape} here?",
+        "Is {a} {color} {shape} in the picture?",
+        "Is there {a} {color} {shape} in this image?",
+    ),
+    "count": (
+        "How many shapes are there?",
+        "How many objects are in the image?",
+        "How many shapes do you see?",
+        "Count the shapes.",
+        "How many things are in the picture?",
+        "What is the number of objects?",
+        "How many objects are there in this image?",
+    ),
+    "describe": (
+        "Describe the {color} {shape}.",
+        "Describe the {color} {shape} in the image.",
+    ),
+    "caption": (
+        "What is in the image?",
+        "Describe the image.",
+        "What do you see?",
+    ),
+}
+#: Question types with a one-word answer (its first word is what is scored).
+SHORT_TYPES = ("color", "shape", "exists", "count")
+COUNT_WORDS = ("one", "two", "three")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string "
+    "else message['content'][0]['text'] }} "
+    "{% elif message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% endif %}{% endfor %}{% for item in message['content'] %}{% if item['type'] == 'text' %}"
+    "{{ item['text'] }}{% endif %}{% endfor %}{% endif %} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}"
+    "</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+# Chance levels of the held-out questions (uniform guessing over the possible answers).
+CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "exists": 0.5, "count": 1 / 3}
+
+
+def position_words(scene: Scene, index: int) -> str:
+    """Where object ``index`` sits, in thirds of the image: ``at the top left``, ``in the center``.
+
+    >>> from benchmarks.synthshapes.scenes import ShapeObject, render_scene
+    >>> position_words(render_scene([ShapeObject("circle", "red", (0, 0, 12, 12))]), 0)
+    'at the top left'
+    """
+    cx, cy = scene.objects[index].center
+    third = scene.size / 3
+    row = ("top", "", "bottom")[min(2, int(cy // third))]
+    col = ("left", "", "right")[min(2, int(cx // third))]
+    if not row and not col:
+        return "in the center"
+    return "at the " + " ".join(w for w in (row, col) if w)
+
+
+def describe_answer(scene: Scene, index: int) -> str:
+    obj = scene.objects[index]
+    return f"It is {_article(obj.color)} {obj.color} {obj.shape} {position_words(scene, index)}."
+
+
+def caption_answer(scene: Scene) -> str:
+    """All objects, left to right: ``a red circle and a blue square.``"""
+    order = sorted(range(len(scene.objects)), key=lambda i: scene.objects[i].center)
+    items = [f"{_article(scene.objects[i].color)} {scene.objects[i].phrase}" for i in order]
+    text = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return text + "."
+
+
+@dataclass
+class Example:
+    """One question about one scene. ``answer`` is the training target; ``target`` the object the
+    question names (None for count and caption questions)."""
+
+    scene: Scene
+    kind: str
+    question: str
+    answer: str
+    target: int | None = None
+
+
+def make_question(scene: Scene, kind: str, rng: np.random.Generator) -> Example | None:
+    """A question of ``kind`` about ``scene`` with its answer, or None when the scene cannot
+    support one (color questions need a shape that occurs once, shape questions a colour that
+    occurs once)."""
+    objs = scene.objects
+    wording = QUESTION_TEMPLATES[kind][int(rng.integers(len(QUESTION_TEMPLATES[kind])))]
+    if kind == "color":
+        unique = [i for i, o in enumerate(objs) if sum(p.shape == o.shape for p in objs) == 1]
+        if not unique:
+            return None
+        i = unique[int(rng.integers(len(unique)))]
+        return Example(scene, kind, wording.format(shape=objs[i].shape), objs[i].color, i)
+    if kind == "shape":
+        unique = [i for i, o in enumerate(objs) if sum(p.color == o.color for p in objs) == 1]
+        if not unique:
+            return None
+        i = unique[int(rng.integers(len(unique)))]
+        return Example(scene, kind, wording.format(color=objs[i].color), objs[i].shape, i)
+    if kind == "exists":
+        present = {(o.color, o.shape) for o in objs}
+        if rng.random() < 0.5:
+            i = int(rng.integers(len(objs)))
+            color, shape, answer, target = objs[i].color, objs[i].shape, "yes", i
+        else:
+            absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+            near = [(c, s) for c, s in absent if any(c == o.color or s == o.shape for o in objs)]
+            pool = near if near and rng.random() < 0.7 else absent
+            color, shape = pool[int(rng.integers(len(pool)))]
+            answer, target = "no", None
+        return Example(scene, kind, wording.format(a=_article(color), color=color, shape=shape), answer, target)
+    if kind == "count":
+        return Example(scene, kind, wording, COUNT_WORDS[len(objs) - 1])
+    if kind == "describe":
+        i = int(rng.integers(len(objs)))
+        return Example(scene, kind, wording.format(color=objs[i].color, shape=objs[i].shape),
+                       describe_answer(scene, i), i)
+    if kind == "caption":
+        return Example(scene, kind, wording, caption_answer(scene))
+    raise ValueError(f"unknown question kind {kind!r}")
+
+
+def sample_examples(rng: np.random.Generator, n: int, mix: dict[str, float],
+                    n_objects=(1, 3), size: int = 64) -> list[Example]:
+    kinds = list(mix)
+    weights = np.array([mix[k] for k in kinds], dtype=np.float64)
+    weights /= weights.sum()
+    out: list[Example] = []
+    while len(out) < n:
+        scene = make_scene(rng, size=size, n_objects=n_objects)
+        example = make_question(scene, kinds[int(rng.choice(len(kinds), p=weights))], rng)
+        if example is not None:
+            out.append(example)
+    return out
+
+
+def held_out(kind: str, n: int, seed: int = EVAL_SEED, n_objects=(1, 3)) -> list[Example]:
+    """``n`` held-out questions of one kind (scenes from ``seed``, disjoint from training)."""
+    offset = list(QUESTION_TEMPLATES).index(kind)
+    return sample_examples(np.random.default_rng(seed + offset), n, {kind: 1.0}, n_objects)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+_WORD = re.compile(r"\w+|[^\w\s]+")
+
+
+def words_of(text: str) -> list[str]:
+    """The words the tokenizer sees (its ``Whitespace`` pre-tokenizer after lowercasing)."""
+    return _WORD.findall(text.lower())
+
+
+def vocabulary() -> list[str]:
+    """Every word of every template, fill-in, answer and the chat template, sorted."""
+    words: set[str] = set(words_of("USER: ASSISTANT: SYSTEM: yes no " + " ".join(COUNT_WORDS)))
+    fills = " ".join([*COLORS, *SHAPES, "a an It is at the top bottom left right in center and , ."])
+    words.update(words_of(fills))
+    for templates in QUESTION_TEMPLATES.values():
+        for template in templates:
+            words.update(words_of(re.sub(r"\{\w+\}", " ", template)))
+    return sorted(words)
+
+
+def build_tokenizer():
+    """A word-level ``PreTrainedTokenizerFast`` over :func:`vocabulary` (lower-cased)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for word in vocabulary():
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=512,
+        clean_up_tokenization_spaces=True,
+    )
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def vision_config_from_open_clip(model_cfg: dict):
+    """The transformers ``CLIPVisionConfig`` equal to an open_clip ViT ``model_cfg``."""
+    from transformers import CLIPVisionConfig
+
+    vision = model_cfg["vision_cfg"]
+    width = vision["width"]
+    heads = width // vision.get("head_width", 64)
+    return CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=int(width * vision.get("mlp_ratio", 4.0)),
+        num_hidden_layers=vision["layers"],
+        num_attention_heads=heads,
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        projection_dim=model_cfg["embed_dim"],
+        hidden_act="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
+        layer_norm_eps=1e-5,
+    )
+
+
+def convert_open_clip_visual(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """open_clip ``VisionTransformer`` weights -> ``CLIPVisionModelWithProjection`` state dict
+    (``vision_model.*`` and ``visual_projection.weight``).
+
+    open_clip keeps q, k and v in one ``in_proj`` matrix and the projection as ``x @ proj``;
+    transformers splits q/k/v and stores the projection as a ``Linear`` weight (transposed).
+    """
+    sd = {k: v.detach().float() for k, v in visual.state_dict().items()}
+    unsupported = [k for k in sd if k.startswith(("attn_pool", "ls_", "head")) or ".ls_" in k]
+    if unsupported:
+        raise ValueError(f"cannot convert open_clip tower with {unsupported[:3]}")
+    out = {
+        "vision_model.embeddings.class_embedding": sd["class_embedding"],
+        "vision_model.embeddings.patch_embedding.weight": sd["conv1.weight"],
+        "vision_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+        "vision_model.pre_layrnorm.weight": sd["ln_pre.weight"],
+        "vision_model.pre_layrnorm.bias": sd["ln_pre.bias"],
+        "vision_model.post_layernorm.weight": sd["ln_post.weight"],
+        "vision_model.post_layernorm.bias": sd["ln_post.bias"],
+        "visual_projection.weight": sd["proj"].t().contiguous(),
+    }
+    n_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    for i in range(n_layers):
+        src, dst = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+        q, k, v = sd[src + "attn.in_proj_weight"].chunk(3)
+        qb, kb, vb = sd[src + "attn.in_proj_bias"].chunk(3)
+        out.update({
+            dst + "self_attn.q_proj.weight": q, dst + "self_attn.q_proj.bias": qb,
+            dst + "self_attn.k_proj.weight": k, dst + "self_attn.k_proj.bias": kb,
+            dst + "self_attn.v_proj.weight": v, dst + "self_attn.v_proj.bias": vb,
+            dst + "self_attn.out_proj.weight": sd[src + "attn.out_proj.weight"],
+            dst + "self_attn.out_proj.bias": sd[src + "attn.out_proj.bias"],
+            dst + "layer_norm1.weight": sd[src + "ln_1.weight"],
+            dst + "layer_norm1.bias": sd[src + "ln_1.bias"],
+            dst + "layer_norm2.weight": sd[src + "ln_2.weight"],
+            dst + "layer_norm2.bias": sd[src + "ln_2.bias"],
+            dst + "mlp.fc1.weight": sd[src + "mlp.c_fc.weight"],
+            dst + "mlp.fc1.bias": sd[src + "mlp.c_fc.bias"],
+            dst + "mlp.fc2.weight": sd[src + "mlp.c_proj.weight"],
+            dst + "mlp.fc2.bias": sd[src + "mlp.c_proj.bias"],
+        })
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def load_converted_clip(clip_dir: Path = CLIP_DIR):
+    """(``CLIPVisionModelWithProjection`` with the converted weights, open_clip config dict)."""
+    import open_clip
+    from transformers import CLIPVisionModelWithProjection
+
+    cfg = json.loads((clip_dir / "open_clip_config.json").read_text())
+    model = open_clip.create_model(f"local-dir:{clip_dir}")
+    hf = CLIPVisionModelWithProjection(vision_config_from_open_clip(cfg["model_cfg"]))
+    missing, unexpected = hf.load_state_dict(convert_open_clip_visual(model.visual), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise RuntimeError(f"conversion mismatch: missing {missing}, unexpected {unexpected}")
+    return hf.eval(), cfg
+
+
+# ----------------------------------------------------------------------------- model
+
+def build_model_and_processor(args, clip_dir: Path = CLIP_DIR):
+    from transformers import (
+        CLIPImageProcessor,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = build_tokenizer()
+    clip, cfg = load_converted_clip(clip_dir)
+    vision_config = clip.config
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    grid = vision_config.image_size // vision_config.patch_size
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=args.vision_feature_layer,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=grid * grid,
+    )
+    torch.manual_seed(args.seed)
+    model = LlavaForConditionalGeneration(config)
+    tower = model.model.vision_tower
+    # a CLIPVisionModel (keys under vision_model.) or, in some transformers versions, its inner
+    # CLIPVisionTransformer
+    source = clip if hasattr(tower, "vision_model") else clip.vision_model
+    tower_state = {k: v for k, v in source.state_dict().items() if not k.startswith("visual_projection")}
+    missing, unexpected = tower.load_state_dict(tower_state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise RuntimeError(f"vision tower mismatch: missing {missing}, unexpected {unexpected}")
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.max_new_tokens = 20
+    model.generation_config.do_sample = False
+
+    pre = cfg["preprocess_cfg"]
+    size = vision_config.image_size
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        do_resize=True,
+        do_center_crop=True,
+        resample=3,  # bicubic, as the CLIP's open_clip transform
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(pre["mean"]),
+        image_std=list(pre["std"]),
+        do_convert_rgb=True,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE_TOKEN,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+# ----------------------------------------------------------------------------- batches
+
+def prompt_text(question: str) -> str:
+    """What the chat template makes of one user turn with an image and ``question``."""
+    return f"USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"
+
+
+class Encoder:
+    """Examples -> right-padded training tensors (input ids with the image run expanded, pixels,
+    attention mask, and labels that are -100 outside the answer)."""
+
+    def __init__(self, processor, n_image_tokens: int):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.n_image_tokens = n_image_tokens
+        self.image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
+        self._cache: dict[str, list[int]] = {}
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            if self.tokenizer.unk_token_id in ids:
+                raise ValueError(f"word outside the vocabulary in {text!r}")
+            self._cache[text] = ids
+        return self._cache[text]
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        rows, labels = [], []
+        for ex in examples:
+            prompt = []
+            for token in self.ids(prompt_text(ex.question)):
+                prompt.extend([token] * self.n_image_tokens if token == self.image_id else [token])
+            answer = self.ids(ex.answer) + [self.eos_id]
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        length = max(map(len, rows))
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(rows), length), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, (row, label) in enumerate(zip(rows, labels)):
+            ids[r, :len(row)] = torch.tensor(row)
+            lab[r, :len(row)] = torch.tensor(label)
+            mask[r, :len(row)] = 1
+        pixels = self.processor.image_processor(
+            [ex.scene.image for ex in examples], return_tensors="pt")["pixel_values"]
+        return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "labels": lab}
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the answer tokens, mean per sample, then mean over the batch."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    per_token = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                shift_labels.reshape(-1), ignore_index=-100, reduction="none")
+    per_token = per_token.view(shift_labels.shape)
+    valid = (shift_labels != -100).float()
+    return ((per_token * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+
+
+@torch.no_grad()
+def first_token_accuracy(model, batch: dict[str, torch.Tensor]) -> float:
+    """Teacher-forced: share of rows whose first answer token is the argmax (a cheap probe)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   pixel_values=batch["pixel_values"]).logits
+    labels = batch["labels"]
+    first = (labels != -100).float().argmax(1)
+    rows = torch.arange(len(labels))
+    predicted = logits[rows, first - 1].argmax(-1)
+    return float((predicted == labels[rows, first]).float().mean())
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def generate_answers(model, processor, examples: Sequence[Example], batch_size: int = 32,
+                     max_new_tokens: int = 20) -> list[str]:
+    """Greedy answers through the processor's chat template, left padding, batched ``generate``."""
+    answers: list[str] = []
+    tokenizer = processor.tokenizer
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        prompts = [processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ex.question}]}],
+            add_generation_prompt=True, tokenize=False) for ex in chunk]
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        inputs = processor(images=[ex.scene.image for ex in chunk], text=prompts,
+                           return_tensors="pt", padding=True)
+        tokenizer.padding_side = side
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers.extend(t.strip() for t in processor.batch_decode(
+            out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return answers
+
+
+def score_answer(example: Example, answer: str) -> dict[str, float]:
+    """Scores of one answer: ``correct`` (first word for short answers; the whole sentence for
+    describe and caption), plus for describe whether the colour and shape named are right."""
+    got = words_of(answer)
+    want = words_of(example.answer)
+    if example.kind in SHORT_TYPES:
+        return {"correct": float(bool(got) and got[0] == want[0])}
+    scores = {"correct": float(got == want)}
+    if example.kind == "describe":
+        obj = example.scene.objects[example.target]
+        scores["names_object"] = float(obj.color in got and obj.shape in got
+                                       and all(c not in got for c in COLORS if c != obj.color)
+                                       and all(s not in got for s in SHAPES if s != obj.shape))
+    return scores
+
+
+def evaluate(model, processor, n_per_kind: int = 200, seed: int = EVAL_SEED,
+             kinds: Sequence[str] = (*SHORT_TYPES, "describe")) -> dict:
+    results = {}
+    for kind in kinds:
+        examples = held_out(kind, n_per_kind, seed)
+        answers = generate_answers(model, processor, examples,
+                                   max_new_tokens=3 if kind in SHORT_TYPES else 20)
+        scores = [score_answer(ex, a) for ex, a in zip(examples, answers)]
+        entry = {"n": len(examples), **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}}
+        if kind in CHANCE:
+            entry["chance"] = CHANCE[kind]
+        entry["examples"] = [[ex.question, ex.answer, a] for ex, a in list(zip(examples, answers))[:3]]
+        results[kind] = entry
+    return results
+
+
+# ----------------------------------------------------------------------------- saving
+
+def weights_sha256(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def save(model, processor, out: Path) -> None:
+    """``save_pretrained`` into a temporary sibling, then swap it in (a crash never leaves a
+    half-written folder); TRAINING.md and train_log.tsv in ``out`` are kept."""
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in tmp.iterdir():
+        os.chmod(item, 0o644)
+        os.replace(item, out / item.name)
+    tmp.rmdir()
+
+
+# ----------------------------------------------------------------------------- main
+
+STAGE2_MIX = {"color": 0.2, "shape": 0.2, "exists": 0.2, "count": 0.12, "describe": 0.16, "caption": 0.12}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=OUT_DIR)
+    p.add_argument("--clip", type=Path, default=CLIP_DIR, help="open_clip local-dir CLIP folder")
+    p.add_argument("--log", type=Path, default=None, help="log file (default OUT/train_log.tsv)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vision-feature-layer", type=int, default=-2)
+    p.add_argument("--stage1-steps", type=int, default=1000, help="step cap of stage 1")
+    p.add_argument("--stage1-minutes", type=float, default=0.0, help="time budget of stage 1 (0: off)")
+    p.add_argument("--stage1-lr", type=float, default=2e-3)
+    p.add_argument("--stage2-steps", type=int, default=20000, help="step cap of stage 2")
+    p.add_argument("--stage2-minutes", type=float, default=0.0, help="time budget of stage 2 (0: off)")
+    p.add_argument("--stage2-lr", type=float, default=1e-3)
+    p.add_argument("--min-lr", type=float, default=2e-5)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--probe-every", type=int, default=100, help="teacher-forced probe interval")
+    p.add_argument("--summary", type=Path, default=Path("/tmp/synthshapes_llava_summary.json"),
+                   help="JSON summary (losses, evaluation) read by --write-training-md")
+    p.add_argument("--eval-n", type=int, default=200, help="held-out questions per type at the end (0: none)")
+    return p.parse_args(argv)
+
+
+def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, log, history,
+              probes, out, processor):
+    """One training stage with a linear-warmup cosine schedule; progress is max(step/steps,
+    elapsed/budget) when a time budget is set, so the schedule completes within it."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    t0 = time.time()
+    done = 0
+    for step in range(steps):
+        progress = step / steps
+        if minutes:
+            progress = max(progress, (time.time() - t0) / (minutes * 60))
+            if progress >= 1.0:
+                log(f"# {name}: time budget reached after {step} steps")
+                break
+        warm = min(args.warmup, steps // 10)
+        if step < warm:
+            cur = lr * (step + 1) / warm
+        else:
+            w = warm / steps
+            t = min(1.0, max(0.0, (progress - w) / max(1e-9, 1 - w)))
+            cur = args.min_lr + 0.5 * (lr - args.min_lr) * (1 + math.cos(math.pi * t))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        ts = time.time()
+        batch = encoder(sample_examples(rng, args.batch_size, mix))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"]).logits
+        loss = answer_loss(logits, batch["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        done = step + 1
+        history.append((name, step, float(loss), cur))
+        if step % 10 == 0:
+            log(f"{name}\t{step}\t{cur:.2e}\t{float(loss):.4f}\t{time.time() - ts:.2f}\t{time.time() - t0:.0f}")
+        if args.probe_every and (step + 1) % args.probe_every == 0:
+            model.eval()
+            accs = {k: first_token_accuracy(model, b) for k, b in probes.items()}
+            model.train()
+            log(f"# probe {name} {step + 1} " + " ".join(f"{k}={v:.3f}" for k, v in accs.items()))
+        if args.save_every and done % args.save_every == 0:
+            save(model, processor, out)
+            log(f"# {name}: checkpoint saved at step {done}")
+    return done, time.time() - t0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.log or args.out / "train_log.tsv"
+    logf = open(log_path, "w")
+
+    def log(msg):
+        print(msg, flush=True)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    model, processor = build_model_and_processor(args, args.clip)
+    n_image_tokens = model.config.image_seq_length
+    encoder = Encoder(processor, n_image_tokens)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for n, p in model.named_parameters() if "vision_tower" not in n)
+    log(f"# params {n_params} ({n_train} outside the frozen vision tower); vocabulary {len(processor.tokenizer)}; "
+        f"args {json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})}")
+    probe_rng = np.random.default_rng(EVAL_SEED + 99)
+    probes = {k: encoder(sample_examples(probe_rng, 64, {k: 1.0})) for k in (*SHORT_TYPES, "describe")}
+    log("stage\tstep\tlr\tloss\tstep_s\telapsed_s")
+
+    history: list = []
+    model.train()
+    projector = list(model.model.multi_modal_projector.parameters())
+    language = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    for p in language:
+        p.requires_grad_(False)
+    s1, t1 = run_stage("stage1", model, projector, encoder, rng, args, args.stage1_steps,
+                       args.stage1_minutes, args.stage1_lr, {"caption": 1.0}, log, history, probes,
+                       args.out, processor)
+    for p in language:
+        p.requires_grad_(True)
+    s2, t2 = run_stage("stage2", model, projector + language, encoder, rng, args, args.stage2_steps,
+                       args.stage2_minutes, args.stage2_lr, STAGE2_MIX, log, history, probes,
+                       args.out, processor)
+    model.eval()
+    save(model, processor, args.out)
+    log(f"# done: stage1 {s1} steps {t1:.0f} s, stage2 {s2} steps {t2:.0f} s")
+    summary = {
+        "command": "python -m benchmarks.synthshapes.train_llava " + " ".join(
+            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "stage1": {"steps": s1, "wall_s": t1}, "stage2": {"steps": s2, "wall_s": t2},
+        "n_params": n_params, "n_trained": n_train, "vocab": len(processor.tokenizer),
+        "history": history, "sha256": weights_sha256(args.out),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    import transformers
+    summary["transformers"] = transformers.__version__
+    if args.eval_n:
+        summary["eval"] = evaluate(model, processor, args.eval_n)
+        log(f"# eval {json.dumps({k: {m: v for m, v in e.items() if m != 'examples'} for k, e in summary['eval'].items()})}")
+    args.summary.write_text(json.dumps(summary))
+    logf.close()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
