@@ -25,7 +25,6 @@ from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import ConfigError
 from .presets import check_kernel_size
@@ -104,12 +103,18 @@ def box_filter(x: Map, kernel_size: int) -> Map:
     k = check_kernel_size(kernel_size)
     if k == 1:
         return x.clone()
-    leading, grid = x.shape[:-2], x.shape[-2:]
-    flat = x.reshape(-1, 1, *grid)
+    leading, (rows, columns) = x.shape[:-2], x.shape[-2:]
+    flat = x.reshape(-1, rows, columns)
     pad = (k - 1) // 2
-    padded = F.pad(flat, (pad, pad, pad, pad), mode="replicate")
-    weight = torch.full((1, 1, k, k), 1.0 / (k * k), dtype=x.dtype, device=x.device)
-    return F.conv2d(padded, weight).reshape(*leading, *grid)
+    # Replicate padding by clamped indices and the mean as a sum of the k² shifted views, not
+    # F.pad + conv2d: on the CPU those two wake the whole intra-op thread pool even for a 24×24
+    # map, and with the cores busy (a batch run's decode/encode threads) one call waited ~100 ms
+    # for them; index_select and elementwise adds of a small map stay on the calling thread.
+    row_index = torch.arange(-pad, rows + pad, device=x.device).clamp(0, rows - 1)
+    column_index = torch.arange(-pad, columns + pad, device=x.device).clamp(0, columns - 1)
+    padded = flat.index_select(1, row_index).index_select(2, column_index)
+    total = sum(padded[:, i : i + rows, j : j + columns] for i in range(k) for j in range(k))
+    return (total / (k * k)).reshape(*leading, rows, columns)
 
 
 @_accepts_numpy
