@@ -4,6 +4,7 @@ scripted judge, and the metrics equal lmms-eval's aggregation functions on the s
 from __future__ import annotations
 
 import base64
+import csv
 import importlib
 import io
 import json
@@ -64,6 +65,29 @@ def _tsv(path: Path, header: list[str], rows: list[list]) -> Path:
     return path
 
 
+#: lmms-eval's column -> VLMEvalKit's column, where they differ
+_VLMEVALKIT_NAMES = {"capability": "category", "gpt_answer": "gpt4_ans"}
+
+
+def _write(layout: str, docs: list[dict], folder: Path) -> tuple[Path, list[str]]:
+    """``docs`` (lmms-eval's documents) as data in ``layout`` with an image each, and the ids the
+    evaluation will give them: lmms-eval's dataset folder (``question_id``) or a VLMEvalKit TSV
+    (``index``, base64 images, VLMEvalKit's column names)."""
+    if layout == "lmms-eval":
+        datasets = pytest.importorskip("datasets")
+        table = {key: [d[key] for d in docs] for key in docs[0]}
+        table["image"] = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(len(docs))]
+        datasets.Dataset.from_dict(table).cast_column("image", datasets.Image()).save_to_disk(str(folder / "data"))
+        return folder / "data", [str(d["question_id"]) for d in docs]
+    columns = [key for key in docs[0] if key != "question_id"]
+    header = ["index", "image"] + [_VLMEVALKIT_NAMES.get(key, key) for key in columns]
+    with open(folder / "data.tsv", "w", newline="", encoding="utf-8") as handle:   # as pandas writes it
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(header)
+        writer.writerows([i, _png_b64((i, 0, 0))] + [d[key] for key in columns] for i, d in enumerate(docs))
+    return folder / "data.tsv", [str(i) for i in range(len(docs))]
+
+
 @pytest.fixture(scope="module")
 def lmms_tasks():
     """lmms-eval's own task modules (imported once: the import takes seconds). MM-Vet's builds its
@@ -109,7 +133,8 @@ MMVET_CASES = [
 ]
 
 
-def test_mmvet_requests_and_metrics_equal_lmms_eval(tmp_path, monkeypatch, lmms_tasks):
+@pytest.mark.parametrize("layout", ["vlmevalkit", "lmms-eval"])
+def test_mmvet_requests_and_metrics_equal_lmms_eval(layout, tmp_path, monkeypatch, lmms_tasks):
     mmvet_utils, _ = lmms_tasks
     markers = [f"<<mmvet {i}>>" for i in range(len(MMVET_CASES))]
     docs = [{"question_id": f"v1_{i}", "question": f"{marker} What is shown <here>?",
@@ -124,10 +149,8 @@ def test_mmvet_requests_and_metrics_equal_lmms_eval(tmp_path, monkeypatch, lmms_
         official_bodies = judge_script.bodies
         judge_script.reset()
 
-        # the same samples as VLMEvalKit's MMVet.tsv holds them (capabilities in 'category')
-        data = _tsv(tmp_path / "MMVet.tsv", ["index", "image", "question", "answer", "category"],
-                    [[i, _png_b64((i, 0, 0)), d["question"], d["answer"], d["capability"]]
-                     for i, d in enumerate(docs)])
+        # the same samples as VLMEvalKit's MMVet.tsv or lmms-eval's dataset holds them
+        data, ids = _write(layout, docs, tmp_path)
         judge = OpenAIJudge(MODEL, base_url=server.base_url, api_key="sk-test")
         summary = evaluate(data, "mmvet", _openai_target(server), tmp_path / "out",
                            conditions="original", judge=judge)
@@ -140,8 +163,8 @@ def test_mmvet_requests_and_metrics_equal_lmms_eval(tmp_path, monkeypatch, lmms_
 
     lines = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     by_id = {line["id"]: line for line in lines}
-    assert [by_id[str(i)]["score"] for i in range(len(docs))] == [r["score"] for r in official]
-    assert by_id["3"]["judge"]["calls"] == 8 and by_id["3"]["judge"]["replies"][0][-1] == "banana"
+    assert [by_id[i]["score"] for i in ids] == [r["score"] for r in official]
+    assert by_id[ids[3]]["judge"]["calls"] == 8 and by_id[ids[3]]["judge"]["replies"][0][-1] == "banana"
 
     # the metrics equal lmms-eval's aggregation (overall returned, capabilities logged to 2 places)
     logged = _lmms_log(lambda: mmvet_utils.mmvet_aggregate_results(official))
@@ -216,8 +239,8 @@ def _llava_docs(markers):
             for i, (marker, (cat, _, _)) in enumerate(zip(markers, LLAVA_CASES))]
 
 
-def test_llava_bench_requests_and_metrics_equal_lmms_eval(tmp_path, monkeypatch, lmms_tasks):
-    datasets = pytest.importorskip("datasets")
+@pytest.mark.parametrize("layout", ["lmms-eval", "vlmevalkit"])
+def test_llava_bench_requests_and_metrics_equal_lmms_eval(layout, tmp_path, monkeypatch, lmms_tasks):
     _, llava_utils = lmms_tasks
     markers = [f"<<llava {i}>>" for i in range(len(LLAVA_CASES))]
     docs = _llava_docs(markers)
@@ -229,12 +252,10 @@ def test_llava_bench_requests_and_metrics_equal_lmms_eval(tmp_path, monkeypatch,
         official_bodies = judge_script.bodies
         judge_script.reset()
 
-        # the same samples in lmms-eval's dataset layout (a saved datasets folder)
-        table = {key: [d[key] for d in docs] for key in docs[0]}
-        table["image"] = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(len(docs))]
-        datasets.Dataset.from_dict(table).cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "llava"))
+        # the same samples in lmms-eval's dataset layout or as VLMEvalKit's LLaVABench.tsv
+        data, ids = _write(layout, docs, tmp_path)
         judge = OpenAIJudge(MODEL, base_url=server.base_url, api_key="sk-test")
-        summary = evaluate(tmp_path / "llava", "llava-bench", _openai_target(server), tmp_path / "out",
+        summary = evaluate(data, "llava-bench", _openai_target(server), tmp_path / "out",
                            conditions="original", judge=judge)
     for marker in markers:
         assert judge_script.bodies[marker] == official_bodies[marker] and len(official_bodies[marker]) == 1
@@ -248,7 +269,7 @@ def test_llava_bench_requests_and_metrics_equal_lmms_eval(tmp_path, monkeypatch,
         assert ours == official, name
     lines = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     grades = {line["id"]: line["judge"]["grades"][0] for line in lines}
-    assert [grades[str(i)] for i in range(len(docs))] == [o["gpt_eval_llava_all"]["scores"] for o in outputs]
+    assert [grades[i] for i in ids] == [o["gpt_eval_llava_all"]["scores"] for o in outputs]
 
 
 def test_llava_bench_aggregation_equals_lmms_eval_on_random_grades(lmms_tasks):
