@@ -31,6 +31,9 @@ aggregation functions.
     ``<category>/relative_score``: the two means rounded to 3 decimals, then
     ``round(answer / reference * 100, 1)``.
 
+In ``predictions.jsonl`` each answer's ``score`` is its MM-Vet grade, or its LLaVA-Bench score
+(assistant 2's, ``-1`` when the review was unreadable); ``judge`` holds every grading's result.
+
 Where lmms-eval turns a judge it could not reach into a grade of 0 (MM-Vet) or ``[-1, -1]``
 (LLaVA-Bench), this project records a judge error on the sample instead, as for a failed target
 call, so an outage is never averaged into the score (``--retry-errors`` grades it again).
