@@ -551,3 +551,75 @@ def test_cli_judge_options_reach_the_judge(tmp_path, monkeypatch):
     assert "judge: gpt-4o-2024-11-20, 4 calls" in result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["settings"]["judge"]["repeats"] == 2 and summary["judge"]["variation"]["repeats"] == 2
+
+
+# -- property tests: the rules against lmms-eval's own code ------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_GRADE_WORDS = ["0.0", "0.1", "0.5", "1.0", "1", "0", "-0", ".5", "1e-1", "0.30", "1.5", "-0.2",
+                "inf", "nan", "", " ", "banana", "correctness:", "0,5", "1.0.", "Ten"]
+_reply = st.builds(lambda head, tail: head + tail, st.sampled_from(_GRADE_WORDS),
+                   st.sampled_from(["", " because", "\nreason", "  ", " 0.9", "\n"]))
+
+
+def _out_of_range(reply: str) -> bool:
+    text = reply.strip()
+    try:
+        value = float(text.split(" ")[0].strip())
+    except ValueError:
+        return False
+    return not 0.0 <= value <= 1.0
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(replies=st.lists(_reply, max_size=12).filter(lambda rs: sum(map(_out_of_range, rs)) < 5))
+def test_mmvet_retry_rule_equals_lmms_eval_on_generated_replies(replies, lmms_tasks, monkeypatch):
+    """The same replies, in order, give the same calls (temperatures) and the same grade."""
+    import asyncio
+
+    from lmms_eval.llm_judge.protocol import Response
+
+    from api_prompt.evaluation.judged import mmvet_rule
+
+    mmvet_utils, _ = lmms_tasks
+    padded = list(replies) + ["0.5"] * 20     # a valid grade in the end, so lmms-eval stops too
+
+    class Replay:
+        def __init__(self):
+            self.queue, self.temperatures = list(padded), []
+
+        def evaluate(self, request):
+            self.temperatures.append(request.config.temperature)
+            return Response(content=self.queue.pop(0), model_used="m")
+
+    theirs = Replay()
+    monkeypatch.setattr(mmvet_utils, "server", theirs)
+    monkeypatch.setattr(mmvet_utils, "time", type("NoSleep", (), {"sleep": staticmethod(lambda s: None)}))
+    doc = {"question_id": "q", "question": "Q?", "answer": "A", "capability": "rec"}
+    official = mmvet_utils.mmvet_process_results(doc, ["P"])["gpt_eval_score"]["score"]
+
+    ours, temperatures = list(padded), []
+
+    async def ask(temperature):
+        temperatures.append(temperature)
+        return ours.pop(0).strip()        # the client strips replies, as lmms-eval's provider does
+
+    assert asyncio.run(mmvet_rule(ask)) == official
+    assert temperatures == theirs.temperatures
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(review=st.one_of(
+    st.text(alphabet="0123456789 .,;-\n:aA", max_size=24),
+    st.builds(lambda a, sep, b, rest: f"{a}{sep}{b}{rest}",
+              st.sampled_from(["8", "7.5", "-1", "10", "Assistant 1: 6", "", "9."]),
+              st.sampled_from([" ", ",", ", ", ";", "\n", " and ", "/"]),
+              st.sampled_from(["7", "8.5", "10", "", "Assistant 2: 3", ".5"]),
+              st.sampled_from(["", "\nBecause.", " (out of 10)", "\n7 8"]))))
+def test_llava_bench_review_parsing_equals_lmms_eval(review, lmms_tasks):
+    from api_prompt.evaluation.judged import parse_llava_scores
+
+    _, llava_utils = lmms_tasks
+    assert parse_llava_scores(review) == llava_utils._parse_comparative_scores(review).metadata["scores"]
