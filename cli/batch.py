@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from api_prompt.images import DEFAULT_MAX_PIXELS
+
 from .app import app
 from .common import (
     DEFAULT_BACKEND,
@@ -28,6 +30,7 @@ from .common import (
     GeometryOpt,
     KernelOpt,
     LayerOpt,
+    MaxPixelsOpt,
     ModelOpt,
     OneLineErrorCommand,
     PresetOpt,
@@ -158,6 +161,7 @@ def batch_command(
     geometry: GeometryOpt = Geometry.stretch,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -209,6 +213,7 @@ def batch_command(
                 image_format=image_format.value, jpeg_quality=jpeg_quality, allow_partial=allow_partial,
                 tsv_name=tsv_name, output_format=output_format.value, keep_original=keep_original,
                 engine=engine.value, address=address, num_gpus=num_gpus, progress=not quiet, log=say,
+                max_pixels=max_pixels,
             )
         except Interrupted as stop:
             total = stop.total if stop.total is not None else "?"

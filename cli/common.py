@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperCommand
 
 from api_prompt.errors import APIPromptError, ConfigError
+from api_prompt.images import DEFAULT_MAX_PIXELS
 from api_prompt.overlay import GEOMETRIES, RESAMPLE
 from api_prompt.presets import PRESETS
 
@@ -242,6 +243,11 @@ GeometryOpt = Annotated[Geometry, typer.Option(
 )]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+MaxPixelsOpt = Annotated[int, typer.Option(
+    "--max-pixels", min=1, max=DEFAULT_MAX_PIXELS, metavar="N",
+    help=f"Refuse images of more than N pixels (width x height) before decoding them (the "
+    f"decompression-bomb guard). Default and highest value: the library's limit, {DEFAULT_MAX_PIXELS:,}.",
+)]
 
 
 @dataclass(frozen=True)

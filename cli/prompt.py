@@ -19,7 +19,8 @@ from typing import IO, Annotated, Callable, Iterator, Optional
 import typer
 from PIL import Image
 
-from api_prompt.errors import ConfigError
+from api_prompt.errors import ConfigError, ImageLoadError
+from api_prompt.images import DEFAULT_MAX_PIXELS, ImageTooLargeError
 
 from .app import app
 from .common import (
@@ -35,6 +36,7 @@ from .common import (
     GeometryOpt,
     KernelOpt,
     LayerOpt,
+    MaxPixelsOpt,
     ModelOpt,
     OneLineErrorCommand,
     PresetOpt,
@@ -94,6 +96,7 @@ def prompt_command(
     geometry: GeometryOpt = Geometry.stretch,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -115,7 +118,10 @@ def prompt_command(
         options.check()
         shipped = image.startswith("example:")
         image = image_argument(image)
-        picture = load_image(image)
+        try:
+            picture = load_image(image, max_pixels=max_pixels)
+        except ImageTooLargeError as exc:
+            raise ImageLoadError(too_many_pixels(image, exc)) from None
         if output is None:  # beside the image; a shipped example's output goes to this folder
             output = (Path() if shipped else image.parent) / (image.stem + DEFAULT_SUFFIX)
         targets = {"output": output, "--save-map": save_map, "--heatmap": heatmap}
@@ -252,6 +258,15 @@ def report_warnings(caught: list[warnings.WarningMessage]) -> None:
             lines[f"warning: {message}"] = None
     for line in lines:
         typer.echo(line, err=True)
+
+
+def too_many_pixels(image: Path, exc: ImageTooLargeError) -> str:
+    """The one-line error for an image over ``--max-pixels``, saying what to change."""
+    size = f"{exc.size[0]}x{exc.size[1]} = {exc.size[0] * exc.size[1]:,} pixels, " if exc.size else ""
+    limit = exc.max_pixels or DEFAULT_MAX_PIXELS
+    advice = ("pass a higher --max-pixels (at most {:,}) or resize the image".format(DEFAULT_MAX_PIXELS)
+              if limit < DEFAULT_MAX_PIXELS else "resize the image (--max-pixels cannot go higher)")
+    return f"cannot load image {str(image)!r}: too large, {size}more than --max-pixels {limit:,} pixels; {advice}"
 
 
 @contextmanager

@@ -51,8 +51,9 @@ def url_message(url: str, text: str = "q") -> list[dict]:
                                          {"type": "image_url", "image_url": {"url": url}}]}]
 
 
-def ask(base_url: str, messages: list[dict], **extra) -> httpx.Response:
-    return httpx.post(base_url + "/chat/completions", json={"model": "m", "messages": messages, **extra}, timeout=30)
+def ask(base_url: str, messages: list[dict], timeout: float = 30, **extra) -> httpx.Response:
+    return httpx.post(base_url + "/chat/completions", json={"model": "m", "messages": messages, **extra},
+                      timeout=timeout)
 
 
 # -- a simulated network: only loopback is ever connected to ----------------------------------
@@ -465,7 +466,7 @@ def test_health_answers_within_100_ms_while_a_large_image_is_prompted(side):
         app = create_app(prompter, ServeConfig(upstream=upstream.base_url, max_body_bytes=1 << 30))
         with running_proxy(app) as base_url:
             ask(base_url, url_message(png_data_url(random_image(0)), "warm up"))  # the model's first call
-            latencies, answer = health_latencies_during(base_url, lambda: ask(base_url, url_message(url)))
+            latencies, answer = health_latencies_during(base_url, lambda: ask(base_url, url_message(url), timeout=600))
     assert answer.status_code == 200 and len(upstream.requests) == 2
     assert len(latencies) >= 5  # the request took a while, and /health was asked throughout
     assert max(latencies) < 0.1, f"/health took up to {max(latencies) * 1000:.0f} ms"
@@ -550,3 +551,49 @@ def test_an_image_only_message_takes_its_query_from_the_nearest_user_text_of_its
     assert other_turn_only.status_code == 400 and "no text" in other_turn_only.json()["error"]["message"]
     assert len(upstream.requests) == 3
     assert upstream.requests[0]["json"]["messages"][1] == {"role": "user", "content": "What is red?"}
+
+
+# -- the same --max-pixels for api-prompt IMAGE QUERY and api-prompt batch ---------------------
+
+
+CLIP_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets" / "synthshapes-clip"
+CLI_MODEL = ["--model", f"local-dir:{CLIP_DIR}", "--device", "cpu"]
+
+
+def test_cli_max_pixels_refuses_a_larger_image_in_one_actionable_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "photo.png")
+    refused = CliRunner().invoke(app, [str(tmp_path / "photo.png"), "What is red?", "--max-pixels", "1000", *CLI_MODEL])
+    assert refused.exit_code == 2, refused.output
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "40x30 = 1,200 pixels" in line
+    assert "--max-pixels 1,000" in line and "pass a higher --max-pixels" in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["photo.png"]  # nothing written
+    allowed = CliRunner().invoke(app, [str(tmp_path / "photo.png"), "What is red?", "--max-pixels", "1200", *CLI_MODEL,
+                                       "-q"])
+    assert allowed.exit_code == 0, allowed.output
+    assert (tmp_path / "photo_api.png").exists()
+    over = CliRunner().invoke(app, [str(tmp_path / "photo.png"), "q", "--max-pixels", "999999999999"])
+    assert over.exit_code == 2 and "--max-pixels" in over.stderr
+
+
+def test_batch_max_pixels_fails_only_the_larger_images(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "big.png")
+    Image.new("RGB", (20, 20), (30, 200, 30)).save(tmp_path / "small.png")
+    rows = [{"id": "big", "image": "big.png", "question": "What is red?"},
+            {"id": "small", "image": "small.png", "question": "What is green?"}]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = CliRunner().invoke(app, ["batch", str(tmp_path / "qa.jsonl"), "--out", str(tmp_path / "out"),
+                                    "--max-pixels", "1000", *CLI_MODEL])
+    assert done.exit_code == 1, done.output
+    assert "1 ok, 1 failed" in done.output and "big: cannot load image" in done.output
+    assert "1,200 pixels exceeds" in done.output and "max-pixels 1,000" in done.output.replace("_", "-")
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert {record["id"]: record["status"] for record in records} == {"big": "error", "small": "ok"}

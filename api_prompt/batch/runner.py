@@ -35,6 +35,7 @@ combines them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import sys
@@ -50,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import APIPromptError, ConfigError
+from ..images import DEFAULT_MAX_PIXELS
 from .sources import Sample, Source, is_multi_image, open_source
 from .store import Namer, OutputDir, jsonable, package_versions, part_names, write_atomic
 
@@ -199,6 +201,7 @@ def run(
     num_gpus: float | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     **source_options: Any,
 ) -> Summary:
     """Prompt every sample of ``source`` and write images, ``manifest.jsonl`` and ``run.json``,
@@ -232,6 +235,8 @@ def run(
         num_gpus: GPUs per Ray actor (default: 1 when the cluster has GPUs, else 0).
         progress: show progress on stderr (a bar on a terminal, a line now and then otherwise).
         log: called with one-line messages (resume, nothing left to do); default: none.
+        max_pixels: images with more pixels fail (recorded, not raised) before they are decoded;
+            :func:`~api_prompt.load_image`'s guard, with its default.
         **source_options: for :func:`~api_prompt.batch.open_source` (``format``, ``id_column``,
             ``image_column``, ``question_column``, ``image_root``, ``split``).
 
@@ -263,6 +268,9 @@ def run(
     say = log or (lambda message: None)
 
     source = open_source(source, **source_options)
+    if max_pixels != source.max_pixels:  # a copy: a Source the caller passed is left as it was
+        source = copy.copy(source)
+        source.max_pixels = max_pixels
     fmt = image_format.lower()
     output = OutputSpec("jpg" if fmt == "jpeg" else fmt, jpeg_quality)
     out = OutputDir(out_dir)

@@ -56,7 +56,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from PIL import Image
 
 from ..errors import ConfigError, ImageLoadError
-from ..images import is_jpeg, load_image
+from ..images import DEFAULT_MAX_PIXELS, is_jpeg, load_image
 
 __all__ = [
     "FORMATS",
@@ -119,6 +119,8 @@ class Source(ABC):
     """
 
     format: str = ""
+    #: the decompression-bomb guard of :meth:`load_images` (:func:`~api_prompt.load_image`'s ``max_pixels``)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __init__(
         self,
@@ -166,7 +168,7 @@ class Source(ABC):
         decoded = []
         for value in values:
             resolved = self.resolve(value, sample)
-            decoded.append((load_image(resolved), is_jpeg(resolved)))
+            decoded.append((load_image(resolved, max_pixels=self.max_pixels), is_jpeg(resolved)))
         return decoded
 
     def load_image(self, sample: Sample) -> Image.Image:

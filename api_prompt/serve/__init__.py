@@ -6,7 +6,7 @@ at the proxy; it prompts the images of each request and forwards it to the real 
 - :mod:`~api_prompt.serve.app`: the Starlette application (:func:`create_app`, :class:`ServeConfig`)
 - :mod:`~api_prompt.serve.batcher`: the micro-batcher
 - :mod:`~api_prompt.serve.messages`: finding and replacing images in chat requests (pure)
-- :mod:`~api_prompt.serve.fetch`: fetching http(s) image URLs with limits
+- :mod:`~api_prompt.serve.fetch`: fetching http(s) image URLs with limits, from public addresses only
 
 Needs ``pip install "api-prompt[serve]"`` (Starlette and uvicorn).
 """
