@@ -17,7 +17,7 @@ from scripted_http import RawServer, completion, respond
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reproduce.md"
 JUDGE = "gpt-4o-2024-11-20"
-#: (benchmark, backend) -> the paper's numbers without and with the visual prompt (ALGORITHM.md §4).
+#: (benchmark, backend) -> the paper's numbers without and with the visual prompt (docs/ALGORITHM.md §4).
 PAPER = {("mmvet", "clip"): ("32.8", "35.3"), ("mmvet", "llava"): ("32.8", "36.6"),
          ("llava-bench", "clip"): ("71.9", "74.1"), ("llava-bench", "llava"): ("71.9", "74.8")}
 
