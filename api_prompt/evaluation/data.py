@@ -13,7 +13,9 @@ The text a target gets, per benchmark (the auxiliary model gets the bare questio
 - ``textvqa``, ``vqav2``, ``gqa``: the question and ``Answer the question using a single word or
   phrase.`` (LLaVA-1.5's short-answer prompt);
 - ``pope``, ``mme``: the question as the data has it (MME's ends in ``Please answer yes or no.``,
-  which is left out of the auxiliary model's query).
+  which is left out of the auxiliary model's query);
+- ``mmvet``, ``llava-bench``: the question as the data has it (lmms-eval's ``mmvet`` task
+  prepends a step-by-step instruction by default; this does not).
 """
 
 from __future__ import annotations
