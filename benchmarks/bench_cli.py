@@ -1,7 +1,9 @@
 """Cold start of the ``api-prompt`` command: ``--help`` and each mistake that needs no model.
 
 Every case is a fresh process, timed from outside from its start to its exit (wall clock,
-``time.perf_counter`` around ``subprocess.run``), as a user waits for it. With ``--baseline REV``
+``time.perf_counter``), as a user waits for it, with the CPU seconds (user + system) and the
+peak memory the operating system accounted to it (``os.wait4``); on a busy machine the CPU
+seconds say more than the wall clock. With ``--baseline REV``
 the same cases also run on the code of an earlier commit (extracted with ``git archive`` into a
 temporary folder and put first on ``PYTHONPATH``; the installed dependencies are shared), the two
 versions taking turns run by run, so the ratio compares them under the same machine load.
@@ -10,8 +12,8 @@ versions taking turns run by run, so the ratio compares them under the same mach
     python benchmarks/bench_cli.py --repeats 7 --baseline d51afa3~1
 
 Prints, per case, the exit code and the last line of stderr of the first run (so a case that
-does not fail the way it should is seen), then the median, min and max seconds and, with a
-baseline, the median of the per-pair ratios (this / baseline). The goal: under 1 s for every
+does not fail the way it should is seen), the median (min-max) wall seconds, the median CPU
+seconds and peak memory and, with a baseline, the medians of the per-pair ratios (this / baseline). The goal: under 1 s for every
 error that needs no model, on an idle machine. It measures; it asserts nothing.
 """
 
@@ -36,7 +38,7 @@ def cases(work: Path) -> dict[str, list[str]]:
     """The command lines to time, by name (run in ``work``)."""
     clip_question = "Which shape? (no options)"
     return {
-        "--help": ["--help"],
+        "help": ["--help"],
         "missing image": ["missing.png", "a red square"],
         "image URL": ["https://example.com/a.jpg", "a red square"],
         "unknown device": ["scene.png", "a red square", "--device", "gpu"],
@@ -63,21 +65,28 @@ def prepare(work: Path) -> None:
 
 def baseline_tree(revision: str, into: Path) -> Path:
     """``api_prompt`` and ``cli`` of ``revision``, laid out as installed (``cli`` as ``api_prompt.cli``)."""
+    into.mkdir()
     archive = subprocess.run(["git", "archive", revision, "api_prompt", "cli"], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     shutil.move(str(into / "cli"), str(into / "api_prompt" / "cli"))
     return into
 
 
-def run_once(args: list[str], work: Path, pythonpath: str | None) -> tuple[float, int, str]:
+def run_once(args: list[str], work: Path, pythonpath: str | None) -> tuple[float, float, float, int, str]:
+    """(wall s, CPU s, peak MiB, exit code, last line of stderr) of one fresh process."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", RUN_CLI, *args], cwd=work, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    last = (done.stderr.strip().splitlines() or [""])[-1]
-    return seconds, done.returncode, last
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-c", RUN_CLI, *args], cwd=work, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        lines = err.read().decode(errors="replace").strip().splitlines()
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, child.returncode, (lines or [""])[-1]
 
 
 def main() -> None:
@@ -96,26 +105,29 @@ def main() -> None:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f} at the start; {options.repeats} runs per case"
               + (f"; baseline {options.baseline}" if old else ""))
-        header = f"{'case':32} {'version':9} {'exit':>4} {'median s':>9} {'min':>6} {'max':>6}  {'ratio':>6}  last line of stderr"
-        print(header)
+        print(f"{'case':32} {'version':9} {'exit':>4} {'wall s (min-max)':>18} {'ratio':>6} {'cpu s':>6} "
+              f"{'ratio':>6} {'peak MiB':>8}  last line of stderr")
         for name, args in cases(work).items():
             if options.only and name not in options.only:
                 continue
-            times: dict[str, list[float]] = {version: [] for version in versions}
-            first: dict[str, tuple[int, str]] = {}
+            runs: dict[str, list[tuple]] = {version: [] for version in versions}
             for _ in range(options.repeats):
                 for version, path in versions.items():   # the versions take turns
-                    seconds, code, last = run_once(args, work, path)
-                    times[version].append(seconds)
-                    first.setdefault(version, (code, last))
-            ratio = ""
+                    runs[version].append(run_once(args, work, path))
+            ratios = {"wall": "", "cpu": ""}
             if old:
-                ratio = f"{statistics.median(a / b for a, b in zip(times['this'], times['baseline'])):.3f}"
+                for column, index in (("wall", 0), ("cpu", 1)):
+                    pairs = zip(runs["this"], runs["baseline"])
+                    ratios[column] = f"{statistics.median(a[index] / b[index] for a, b in pairs):.3f}"
             for version in versions:
-                values = times[version]
-                code, last = first[version]
-                print(f"{name:32} {version:9} {code:>4} {statistics.median(values):>9.2f} {min(values):>6.2f} "
-                      f"{max(values):>6.2f}  {ratio if version == 'this' else '':>6}  {last[:90]}")
+                wall = [run[0] for run in runs[version]]
+                cpu = statistics.median(run[1] for run in runs[version])
+                peak = statistics.median(run[2] for run in runs[version])
+                code, last = runs[version][0][3], runs[version][0][4]
+                mine = version == "this"
+                spread = f"{statistics.median(wall):.2f} ({min(wall):.2f}-{max(wall):.2f})"
+                print(f"{name:32} {version:9} {code:>4} {spread:>18} {ratios['wall'] if mine else '':>6} {cpu:>6.2f} "
+                      f"{ratios['cpu'] if mine else '':>6} {peak:>8.0f}  {last[:80]}")
 
 
 if __name__ == "__main__":

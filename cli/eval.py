@@ -162,7 +162,11 @@ def eval_command(
             grader = create_judge(judge, base_url=judge_base_url, api_key=judge_api_key,
                                   timeout=timeout, max_concurrency=judge_concurrency)
         check_judge(benchmark.value, grader, judge_repeats)
-        split_target_spec(target)
+        kind, target_model = split_target_spec(target)
+        if kind == "clip-zeroshot":   # a missing local model is said now, not after the data is read
+            from api_prompt.hub import check_model_name
+
+            check_model_name(target_model, open_clip=True)
         options = target_options(target, base_url=base_url, timeout=timeout,
                                  device=target_device or device, dtype=target_dtype)
         prompt_options = PromptOptions.from_command(locals())

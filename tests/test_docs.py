@@ -82,6 +82,17 @@ def test_algorithm_is_where_the_code_cites_it() -> None:
     citing = [
         path for folder in ("api_prompt", "cli", "tests", "benchmarks")
         for path in (ROOT / folder).rglob("*.py")
-        if re.search(r"(?<!docs/)\bALGORITHM\.md", path.read_text(encoding="utf-8"))
+        if path != Path(__file__) and re.search(r"(?<!docs/)\bALGORITHM\.md", path.read_text(encoding="utf-8"))
     ]
     assert citing == [], "cite docs/ALGORITHM.md"
+
+
+def test_the_wheel_lists_every_package() -> None:
+    """pyproject.toml names the packages one by one (cli/ is mapped to api_prompt.cli), so a new
+    subpackage left out of the list would be missing from the wheel (tests/test_first_run.py
+    shows the failure end to end; this says which one, at once)."""
+    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "api_prompt").rglob("__init__.py")}
+    assert found - listed == set()

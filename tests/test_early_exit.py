@@ -1,7 +1,7 @@
 """Early exit: a CLIP mask from blocks 0..L' only, equal to the full computation's mask.
 
 The final LayerNorm's statistics and the embedding norm enter Ψcls and Ψcomp as one positive
-affine map per image (ALGORITHM.md §1), which the recipe's min-max removes; so a caller that
+affine map per image (docs/ALGORITHM.md §1), which the recipe's min-max removes; so a caller that
 needs only the mask (``exact_parts=False``, the Prompter's default) stops the tower after block
 L'. These tests pin that the mask is the same (≤ 1e-6) on the golden fixture, on random towers of
 several shapes and on ViT-B-16's real shape, that the later blocks really do not run, that the
