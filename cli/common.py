@@ -75,7 +75,7 @@ def check_image_argument(text: str) -> None:
     >>> check_image_argument("https://example.com/a.jpg")
     Traceback (most recent call last):
     ...
-    api_prompt.errors.ConfigError: IMAGE 'https://example.com/a.jpg' is a URL: the command line reads local image files only; download it first (e.g. curl -o image.jpg 'https://example.com/a.jpg') and pass the file
+    api_prompt.errors.ConfigError: IMAGE 'https://example.com/a.jpg' is a URL: the command line reads local image files only; download it first (e.g. curl -o image.jpg https://example.com/a.jpg) and pass the file
     """
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text.strip()):
         raise ConfigError(
