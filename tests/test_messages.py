@@ -171,6 +171,14 @@ def test_a_missing_relative_image_names_the_resolved_path_in_python(tmp_path: Pa
     assert "image_root=" in message and "--image-root" not in message
 
 
+def test_a_url_in_a_dataset_is_said_to_be_a_url(tmp_path: Path) -> None:
+    from api_prompt.batch.sources import resolve_image
+    from api_prompt.errors import ImageLoadError
+
+    with pytest.raises(ImageLoadError, match=r"'https://example.com/a.jpg': URLs are not supported, download it first"):
+        resolve_image("https://example.com/a.jpg", tmp_path)
+
+
 @pytest.mark.slow
 def test_batch_failure_names_the_resolved_path_and_image_root(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()

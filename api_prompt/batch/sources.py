@@ -693,6 +693,8 @@ def resolve_image(value: Any, base_dir: str | os.PathLike | None = None) -> Any:
         return path
     if len(text) >= 64 and _BASE64.fullmatch(text):
         return _decode_base64(text, "base64 image")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise ImageLoadError(f"cannot load image {text!r}: URLs are not supported, download it first")
     if base_dir is not None and not Path(text).is_absolute() and len(text) < 4096:
         raise ImageLoadError(
             f"cannot load image {text!r}: no such file {str(path.resolve())!r} (relative image paths "
