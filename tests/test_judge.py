@@ -632,3 +632,27 @@ def test_docstring_examples(name, monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_judge_requests_run_concurrently_within_the_bound(tmp_path):
+    import time
+
+    data = _mmvet_jsonl(tmp_path, 12)
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def slow(conn, request):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.1)
+        with lock:
+            state["now"] -= 1
+        respond(200, completion("0.5"))(conn, request)
+
+    with RawServer(default=slow) as server:
+        judge = OpenAIJudge(MODEL, base_url=server.base_url, api_key="k", max_concurrency=3)
+        summary = evaluate(data, "mmvet", lambda i, q: "a", tmp_path / "out", conditions="original",
+                           judge=judge, batch_size=12)
+    assert state["most"] == 3
+    assert summary["conditions"]["original"]["metrics"]["score"] == pytest.approx(50.0)
