@@ -2,6 +2,12 @@
 
 Every error a user can cause derives from :class:`APIPromptError`, so the command line can turn
 them into one clear line and programs can catch them in one place.
+
+Messages say what was wrong and what to pass instead, in Python's words (``model='local-dir:…'``,
+``image_root=FOLDER``): that is how a caller of the library reads them. The command line says the
+same advice in its own words (``--model local-dir:…``, ``--image-root FOLDER``) by rewriting each
+``name=value`` whose ``name`` is one of the running command's options
+(:func:`api_prompt.cli.common.for_command_line`), so a message is written once, here in Python.
 """
 
 
