@@ -195,7 +195,11 @@ def check_model_name(name: str | None, *, open_clip: bool, pretrained: str | Non
     """
     if pretrained is not None and looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
         raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist (pretrained={pretrained!r})")
-    if name is None or builtin_model(name) is not None:
+    if name is None:
+        return
+    if builtin_model(name) is not None:
+        if not open_clip:
+            raise ConfigError(f"{name.strip()!r} is a built-in open_clip (CLIP) model: use it with backend='clip'")
         return
     name = str(name).strip()
     if not open_clip:

@@ -84,6 +84,8 @@ FAST_REFUSALS = [
                  ["multiple choice only", "A. text"], id="ask-clip-zeroshot-without-options"),
     pytest.param(["ask", "scene.png", "q", "--target", "nope:model"], ["nope"], id="ask-target-kind"),
     pytest.param(["batch", "missing.jsonl", "--out", "out"], ["missing.jsonl"], id="batch-input"),
+    pytest.param(["scene.png", "q", "--backend", "llava", "-m", "synthshapes"], ["built-in", "--backend clip"],
+                 id="builtin-model-on-a-decoder-backend"),
 ]
 
 
