@@ -18,6 +18,16 @@ Generates realistic JPEG photos (default 640×480), then measures at the same ba
 The ratio end-to-end / attribution-only says how well decoding and encoding hide behind the
 model (1.0 = completely). Targets on CPU: >= 0.85; Ray / local >= 0.8.
 
+With ``--ceiling``, **the pipeline's own ceiling**: the model's time set to zero (an instant
+attributor returning a fixed 24×24 CLIP map, :class:`InstantAttributor`), ``api_prompt.batch.run``
+against the bare loop over the same JPEGs (``PIL.Image.open(...).convert("RGB")``, the overlay of a
+ready mask, JPEG encoding at quality 95 in memory: ``bare_item``), both on the same cores, the
+process pinned with ``sched_setaffinity`` to 1, 2, ... and all cores (``--cores``), the bare loop
+on as many threads as cores and the pipeline with its default ``workers`` for those cores
+(``runner.default_workers``: twice the cores, since writes wait on fsync). Target: pipeline / bare
+>= 0.85 at every core count. samples/s per core of the bare loop is what a GPU's attribution rate
+divides by to give the cores it needs.
+
 Usage::
 
     python benchmarks/bench_batch.py                        # random ViT-B-16, 64 images, CPU
@@ -25,6 +35,7 @@ Usage::
     python benchmarks/bench_batch.py --samples 32 --batch-size 16 --repeats 3
     python benchmarks/bench_batch.py --samples 32 --batch-size 16 --repeats 3 --ray --ray-samples 32,128
     python benchmarks/bench_batch.py --samples 256 --batch-size 32 --device cuda
+    python benchmarks/bench_batch.py --ceiling --samples 128 --repeats 5 --cores 1,2,all
 """
 
 from __future__ import annotations
@@ -117,6 +128,86 @@ def attribution_only(prompter: Prompter, source: Path, batch_size: int, limit: i
     return time.perf_counter() - started, len(images)
 
 
+class InstantAttributor:
+    """No model: every image gets the same fixed 24×24 ``psi_cls``/``psi_comp`` (ViT-L-14-336's
+    grid), so the pipeline runs as if the GPU took no time. The Prompter's recipe still runs."""
+
+    name = "instant"
+    default_recipe = "clip-soft-or"
+    n_layers = None
+
+    def __init__(self, grid: int = 24) -> None:
+        rng = np.random.default_rng(0)
+        self.parts = {"psi_cls": rng.random((grid, grid), dtype=np.float32),
+                      "psi_comp": rng.random((grid, grid), dtype=np.float32)}
+
+    def attribute(self, images, queries):
+        from api_prompt.attention_map import AttentionMap
+
+        return [AttentionMap(None, dict(self.parts), image.size, (0.0, 0.0, *map(float, image.size)), query=query)
+                for image, query in zip(images, queries)]
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+def bare_item(path: Path, attention_map, overlay) -> int:
+    """Decode, overlay, encode one image in memory: the floor under any pipeline (bytes out)."""
+    from api_prompt.batch.runner import encode_image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    return len(encode_image(overlay.apply(rgb, attention_map), "JPEG", 95))
+
+
+def pipeline_ceiling(source: Path, folder: Path, args: argparse.Namespace) -> None:
+    """samples/s of ``api_prompt.batch.run`` with an instant model vs the bare loop, per core count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from api_prompt.overlay import Overlay
+
+    every = sorted(os.sched_getaffinity(0))
+    counts = sorted({len(every) if v == "all" else int(v) for v in args.cores.split(",")})
+    prompter = Prompter(attributor=InstantAttributor())
+    paths = [source.parent / json.loads(line)["image"] for line in source.read_text().splitlines()][: args.samples]
+    with Image.open(paths[0]) as first:
+        ready = prompter.combine(InstantAttributor().attribute([first], ["q"])[0])
+    overlay = Overlay()
+    times: dict[tuple[str, int], list[float]] = {}
+    try:
+        for repeat in range(args.repeats + 1):           # the first round warms up, not counted
+            for cores in counts:
+                os.sched_setaffinity(0, every[:cores])
+                torch.set_num_threads(cores)
+                with ThreadPoolExecutor(cores) as pool:
+                    started = time.perf_counter()
+                    list(pool.map(lambda path: bare_item(path, ready, overlay), paths))
+                    bare = time.perf_counter() - started
+                started = time.perf_counter()
+                summary = run(source, folder / f"ceiling-{cores}-{repeat}", prompter, batch_size=args.batch_size,
+                              limit=args.samples, workers=args.workers, image_format="auto", progress=False)
+                piped = time.perf_counter() - started
+                assert summary.ok == len(paths), summary.errors
+                if repeat:
+                    times.setdefault(("bare", cores), []).append(bare)
+                    times.setdefault(("pipeline", cores), []).append(piped)
+    finally:
+        os.sched_setaffinity(0, every)
+    print(f"\nPipeline ceiling (instant attributor: model time 0), {len(paths)} JPEGs, batch {args.batch_size}, "
+          f"median of {args.repeats} interleaved repeats:\n")
+    print("| cores | bare loop samples/s | per core | `batch.run` samples/s | per core | workers | **pipeline / bare** | per repeat |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    for cores in counts:
+        bare, piped = statistics.median(times["bare", cores]), statistics.median(times["pipeline", cores])
+        ratios = [b / p for b, p in zip(times["bare", cores], times["pipeline", cores])]
+        workers = args.workers or min(32, 2 * cores)  # default_workers() under this affinity
+        print(f"| {cores} | {len(paths) / bare:.1f} | {len(paths) / bare / cores:.1f} | {len(paths) / piped:.1f} | "
+              f"{len(paths) / piped / cores:.1f} | {workers} | **{bare / piped:.3f}** | "
+              f"{', '.join(f'{r:.3f}' for r in ratios)} |")
+
+
 def save_model(model: str, folder: Path) -> list[str]:
     """``api-prompt batch`` options that load ``build_prompter``'s model (the same weights)."""
     if model == "fixture":
@@ -195,6 +286,9 @@ def main() -> None:
     parser.add_argument("--ray-samples", default=None,
                         help="comma-separated sample counts for --ray (default: --samples)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only the pipeline's ceiling: an instant attributor vs the bare decode/overlay/encode loop")
+    parser.add_argument("--cores", default="1,2,all", help="core counts for --ceiling (comma-separated, 'all')")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -205,6 +299,11 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     try:
         source = make_dataset(folder / "data", max([args.samples, *ray_sizes]), size)
+        if args.ceiling:
+            print(f"`python benchmarks/bench_batch.py {' '.join(sys.argv[1:])}`  \n{os.cpu_count()} CPUs, "
+                  f"load average {load_before:.2f} before the run, JPEGs {size[0]}×{size[1]}")
+            pipeline_ceiling(source, folder, args)
+            return
         prompter = build_prompter(args.model, args.device, args.batch_size)
         prompter.describe()                                   # hash the weights outside the timing
         warm = make_photo(0, size)
@@ -224,7 +323,9 @@ def main() -> None:
 
         only_rate, full_rate = count / only_seconds, count / full_seconds
         command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
-        workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+        from api_prompt.batch.runner import default_workers
+
+        workers = args.workers if args.workers is not None else default_workers()
         print(f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"load average {load_before:.2f} before the run, torch {torch.__version__} ({torch.get_num_threads()} threads), "
               f"device {args.device}, model {args.model}, JPEGs {size[0]}×{size[1]}, batch {args.batch_size}, "

@@ -127,7 +127,7 @@ def batch_command(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", min=1, rich_help_panel=_RUN, help="Samples per model call.")] = 16,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=1, rich_help_panel=_RUN, show_default="CPU count, at most 8",
+        "--workers", min=1, rich_help_panel=_RUN, show_default="twice the CPU count, at most 32",
         help="Threads that decode, overlay and encode images while the model runs.")] = None,
     limit: Annotated[Optional[int], typer.Option(
         "--limit", min=0, rich_help_panel=_RUN, show_default=False,

@@ -604,6 +604,134 @@ def save(model, processor, out: Path) -> None:
     tmp.rmdir()
 
 
+# ----------------------------------------------------------------------------- record
+
+def _curve_rows(history: list, n_rows: int = 12) -> list[str]:
+    rows = ["| stage | steps | mean answer loss | learning rate at start |", "|---|---|---|---|"]
+    for stage in ("stage1", "stage2"):
+        h = [x for x in history if x[0] == stage]
+        if not h:
+            continue
+        rows_here = max(1, n_rows // 3) if stage == "stage1" else n_rows
+        edges = np.linspace(0, len(h), min(rows_here, len(h)) + 1).astype(int)
+        for a, b in zip(edges[:-1], edges[1:]):
+            window = h[a:b]
+            rows.append(f"| {stage} | {window[0][1]}-{window[-1][1]} | "
+                        f"{np.mean([x[2] for x in window]):.3f} | {window[0][3]:.2e} |")
+    return rows
+
+
+def _probe_rows(log_text: str) -> list[str]:
+    probes = [line.split()[2:] for line in log_text.splitlines() if line.startswith("# probe stage2")]
+    if not probes:
+        return []
+    kinds = [item.split("=")[0] for item in probes[0][2:]]
+    rows = ["| stage 2 step | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    keep = probes if len(probes) <= 12 else [probes[i] for i in np.linspace(0, len(probes) - 1, 12).astype(int)]
+    for probe in keep:
+        rows.append(f"| {probe[1]} | " + " | ".join(item.split("=")[1] for item in probe[2:]) + " |")
+    return rows
+
+
+def write_training_md(out: Path, summary: dict) -> None:
+    """``out/TRAINING.md`` from a run's summary (and the probes in ``out/train_log.tsv``)."""
+    a = summary["args"]
+    log_file = Path(out) / "train_log.tsv"
+    log_text = log_file.read_text() if log_file.exists() else ""
+    size = sum(p.stat().st_size for p in Path(out).iterdir() if p.is_file())
+    lines = [
+        f"# {Path(out).name}: training record",
+        "",
+        "A small LLaVA (stock transformers `LlavaForConditionalGeneration` + `LlavaProcessor`, no "
+        "remote code) trained here, on one CPU thread, on the synthetic shape scenes of "
+        "`benchmarks/synthshapes/scenes.py` (64 px, 1-3 objects, 3 shapes x 6 colours). Load it with",
+        "",
+        "```python",
+        "from transformers import AutoProcessor, LlavaForConditionalGeneration",
+        f'model = LlavaForConditionalGeneration.from_pretrained("assets/{Path(out).name}")',
+        f'processor = AutoProcessor.from_pretrained("assets/{Path(out).name}")',
+        "```",
+        "",
+        "## Architecture",
+        "",
+        "- vision tower: the visual tower of `assets/synthshapes-clip` (open_clip ViT, 64 px, patch 8, "
+        "4 blocks of width 128, QuickGELU) converted to transformers `CLIPVisionModel` "
+        "(`train_llava.convert_open_clip_visual`; `tests/test_synthshapes_llava.py` checks the image "
+        "embeddings and every block's tokens against open_clip within 1e-5), frozen; "
+        f"`vision_feature_layer={a['vision_feature_layer']}`, CLS dropped "
+        "(`vision_feature_select_strategy=\"default\"`): 64 image tokens, an 8x8 grid",
+        "- projector: the stock LLaVA MLP (128 -> GELU -> "
+        f"{a['hidden']})",
+        f"- language model: LLaMA, {a['layers']} layers, hidden {a['hidden']}, {a['heads']} heads, "
+        f"MLP {a['intermediate']}, vocabulary {summary['vocab']} (word-level, lower-cased: the words "
+        "of the questions, answers and chat template, plus `<unk> <pad> <s> </s> <image>`)",
+        f"- {summary['n_params'] / 1e6:.2f} M parameters ({summary['n_trained'] / 1e6:.2f} M trained), "
+        f"fp32 safetensors; folder {size / 2**20:.1f} MiB",
+        "- processor: `CLIPImageProcessor` (64 px, bicubic, CLIP mean/std: the same pixels as the "
+        "CLIP's open_clip transform), chat template `USER: <image>\\n{question} ASSISTANT:`, "
+        "`patch_size=8`, `num_additional_image_tokens=1`, `vision_feature_select_strategy=\"default\"`",
+        "",
+        "## Command",
+        "",
+        "```",
+        "OMP_NUM_THREADS=1 nice -n 5 " + summary["command"],
+        "```",
+        "",
+        f"- seed: {a['seed']} (torch initialisation and the numpy scene/question stream)",
+        f"- stage 1 (projector only, captions `What is in the image?` -> `a red circle and a blue "
+        f"square.`, objects left to right): {summary['stage1']['steps']} steps in "
+        f"{summary['stage1']['wall_s'] / 60:.1f} min, lr {a['stage1_lr']}",
+        f"- stage 2 (projector + language model): {summary['stage2']['steps']} steps in "
+        f"{summary['stage2']['wall_s'] / 60:.1f} min, lr {a['stage2_lr']}; mix "
+        + ", ".join(f"{k} {v:.0%}" for k, v in STAGE2_MIX.items()),
+        f"- batch size {a['batch_size']}, AdamW (betas 0.9/0.98, weight decay {a['weight_decay']} on "
+        f"matrices), warmup {a['warmup']} steps then cosine decay to {a['min_lr']}; time-budgeted "
+        "schedule (progress = max(step/cap, elapsed/budget)), so the step count depends on machine "
+        "speed; gradient norm clipped at 1",
+        "- loss: cross-entropy of the answer tokens and the closing `</s>`, mean per sample, then "
+        "over the batch",
+        f"- data: scenes drawn on the fly (never repeated); held-out evaluation from seed {EVAL_SEED}",
+        f"- wall time {(summary['stage1']['wall_s'] + summary['stage2']['wall_s']) / 60:.1f} min on 1 "
+        f"CPU thread ({summary['cpu']}, 2 cores shared with other jobs); torch {summary['torch']}, "
+        f"transformers {summary['transformers']}, Python {summary['python']}",
+        f"- weights: `model.safetensors` sha256 `{summary['sha256']}`",
+        "",
+        "Question wordings (one drawn at random per question; `{a}` is the article):",
+        "",
+    ]
+    for kind, templates in QUESTION_TEMPLATES.items():
+        lines.append(f"- {kind}: " + " / ".join(f"`{t}`" for t in templates))
+    lines += ["", "## Loss curve (means over equal windows)", "", *_curve_rows(summary["history"]), ""]
+    probe = _probe_rows(log_text)
+    if probe:
+        lines += ["## Teacher-forced first-token accuracy during stage 2 (64 fixed held-out questions "
+                  "per type; describe's first word is always `it`)", "", *probe, ""]
+    if summary.get("eval"):
+        lines += [
+            "## Held-out accuracy (greedy `generate` through the chat template, left padding)",
+            "",
+            f"`python -m benchmarks.synthshapes.train_llava` evaluates at the end: "
+            f"{next(iter(summary['eval'].values()))['n']} questions per type from seed {EVAL_SEED}, "
+            "scenes with 1-3 objects. Short answers: the first word is scored. Describe: "
+            "`correct` = the whole sentence (`it is a red circle at the top left.`), "
+            "`names object` = it names the queried colour and shape and no other.",
+            "",
+            "| question type | accuracy | chance |",
+            "|---|---|---|",
+        ]
+        for kind, entry in summary["eval"].items():
+            chance = f"{entry['chance']:.3f}" if "chance" in entry else "-"
+            lines.append(f"| {kind} | {entry['correct']:.3f} | {chance} |")
+            if "names_object" in entry:
+                lines.append(f"| {kind}: names object | {entry['names_object']:.3f} | - |")
+        lines += ["", "Examples (question / expected / answer):", ""]
+        for kind, entry in summary["eval"].items():
+            for q, want, got in entry["examples"][:2]:
+                lines.append(f"- {q} / {want} / {got}")
+        lines.append("")
+    (Path(out) / "TRAINING.md").write_text("\n".join(lines))
+
+
 # ----------------------------------------------------------------------------- main
 
 STAGE2_MIX = {"color": 0.2, "shape": 0.2, "exists": 0.2, "count": 0.12, "describe": 0.16, "caption": 0.12}
@@ -635,6 +763,8 @@ def parse_args(argv=None):
     p.add_argument("--probe-every", type=int, default=100, help="teacher-forced probe interval")
     p.add_argument("--summary", type=Path, default=Path("/tmp/synthshapes_llava_summary.json"),
                    help="JSON summary (losses, evaluation) read by --write-training-md")
+    p.add_argument("--write-training-md", action="store_true",
+                   help="only write OUT/TRAINING.md from --summary (a finished run) and exit")
     p.add_argument("--eval-n", type=int, default=200, help="held-out questions per type at the end (0: none)")
     return p.parse_args(argv)
 
@@ -691,6 +821,9 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.write_training_md:
+        write_training_md(args.out, json.loads(args.summary.read_text()))
+        return None
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -748,6 +881,7 @@ def main(argv=None):
         log(f"# eval {json.dumps({k: {m: v for m, v in e.items() if m != 'examples'} for k, e in summary['eval'].items()})}")
     args.summary.write_text(json.dumps(summary))
     logf.close()
+    write_training_md(args.out, summary)
     return summary
 
 

@@ -67,21 +67,27 @@ class UnknownWordsWarning(UserWarning):
 
 
 def unknown_words(tokenizer: Any, text: str) -> list[str]:
-    """The whitespace-separated words of ``text`` that ``tokenizer`` maps to its unknown token
-    (always empty for byte-level tokenizers, which spell everything).
+    """The words of ``text`` (as the tokenizer's pre-tokenizer splits it, else at whitespace)
+    that ``tokenizer`` maps to its unknown token (always none for byte-level tokenizers, which
+    spell everything).
 
     >>> from tokenizers import Tokenizer, models, pre_tokenizers
     >>> from transformers import PreTrainedTokenizerFast
     >>> backend = Tokenizer(models.WordLevel({"<unk>": 0, "red": 1, "?": 2}, unk_token="<unk>"))
     >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
     >>> unknown_words(PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>"), "red car?")
-    ['car?']
+    ['car']
     """
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None:
         return []
-    return [word for word in re.findall(r"\S+", text)
-            if unk in tokenizer(word, add_special_tokens=False)["input_ids"]]
+    pre_tokenizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if pre_tokenizer is not None:
+        words = [text[start:end] for _, (start, end) in pre_tokenizer.pre_tokenize_str(text)]
+    else:
+        words = re.findall(r"\S+", text)
+    return list(dict.fromkeys(
+        word for word in words if unk in tokenizer(word, add_special_tokens=False)["input_ids"]))
 
 #: Colour of the square padding: CLIP's pixel mean in 8 bits, as the reference pads.
 PAD_COLOUR = (122, 116, 104)
