@@ -200,11 +200,12 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
             headers["authorization"] = request.headers["authorization"]
         return headers
 
-    async def forward(request: Request, method: str, path: str, body: bytes | None, *,
-                      params: list[tuple[str, str]] | None = None) -> Response:
+    async def forward(request: Request, method: str, path: str, body: bytes | None) -> Response:
+        """``path`` (already checked) on the upstream, with the client's query string (Azure's
+        ``api-version``, ...) and headers but the proxy's key policy."""
         client = state["upstream"]
         outgoing = client.build_request(method, upstream + path, content=body, headers=upstream_headers(request),
-                                        params=params)
+                                        params=list(request.query_params.multi_items()))
         try:
             response = await asyncio.wait_for(client.send(outgoing, stream=True), config.upstream_timeout)
         except (asyncio.TimeoutError, httpx.TimeoutException):
