@@ -1,19 +1,23 @@
 """The batch outputs read back by their consumers: VLMEvalKit TSVs, ``datasets`` folders, parquet
 shards, lmms-eval tasks; multi-image rows; JPEG in, JPEG out.
 
-VLMEvalKit itself is not installable here (no PyPI release); :func:`vlmevalkit_image_paths`
-follows what its ``ImageBaseDataset`` does with a TSV (read with pandas, short image values are
-row references, list cells hold several images, each image is saved once under
-``$LMUData/images/<dataset>/<image_path or index.jpg>`` and reused from there).
+VLMEvalKit is its own code here (``pip install --no-deps ms-vlmeval``, see
+``tests/official_code.py``): :func:`vlmevalkit_image_paths` puts a TSV where VLMEvalKit looks
+(``$LMUData/<dataset>.tsv``), builds the dataset with its ``build_dataset`` and asks its
+``build_prompt`` for every row, which saves each image once under
+``$LMUData/images/<dataset>/`` (``dump_image``) and reuses a file that is already there.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import csv
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,7 @@ from api_prompt.batch import open_source, run
 from api_prompt.batch.runner import encode_image
 from api_prompt.prompter import Prompter
 from batch_support import PatternAttributor
+from official_code import vlmevalkit
 from test_batch import picture
 
 TESTS = Path(__file__).parent
@@ -55,34 +60,51 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     return path
 
 
-def vlmevalkit_image_paths(tsv: Path, lmu_data: Path, dataset: str) -> dict[str, list[Path]]:
-    """index -> the image files VLMEvalKit would hand the model for ``python run.py --data dataset``."""
-    import pandas
-
-    data = pandas.read_csv(tsv, sep="\t")
-    data = data[~pandas.isna(data["image"])]          # rows without an image are skipped
-    data["index"] = [str(x) for x in data["index"]]
-    images = {k: str(v) for k, v in zip(data["index"], data["image"])}
-    root = lmu_data / "images" / dataset
-    root.mkdir(parents=True, exist_ok=True)
-    served = {}
-    for _, line in data.iterrows():
-        value = images[line["index"]]
-        if len(value) <= 64:                          # a reference to another row's image
-            value = images[value]
-        values = ast.literal_eval(value) if value.startswith("[") else value
-        if isinstance(values, list):
-            names = ast.literal_eval(line["image_path"])
-            targets = [root / name for name in names]
+@contextlib.contextmanager
+def lmu_data(folder: Path):
+    """VLMEvalKit's data folder (``$LMUData``) set to ``folder`` for the time of the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("LMUData")
+    os.environ["LMUData"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop("LMUData", None)
         else:
-            values = [values]
-            name = line["image_path"] if "image_path" in line and isinstance(line["image_path"], str) else None
-            targets = [root / (name or f"{line['index']}.jpg")]
-        for value, target in zip(values, targets):
-            if not target.exists():                   # the cache: an existing file is reused
-                Image.open(io.BytesIO(base64.b64decode(value))).save(target)
-        served[line["index"]] = targets
-    return served
+            os.environ["LMUData"] = old
+
+
+def vlmevalkit_dataset(tsv: Path, lmu: Path, dataset: str):
+    """VLMEvalKit's own dataset object for ``tsv``, as ``python run.py --data <dataset>`` builds it."""
+    vlmevalkit()
+    import warnings
+
+    from vlmeval.dataset import build_dataset
+
+    with lmu_data(lmu):
+        target = lmu / f"{dataset}.tsv"
+        if tsv.resolve() != target.resolve():
+            shutil.copyfile(tsv, target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # "Dataset ... is not officially supported"
+            built = build_dataset(dataset)
+    assert built is not None, f"VLMEvalKit could not build {dataset} from {tsv}"
+    return built
+
+
+def vlmevalkit_prompts(tsv: Path, lmu: Path, dataset: str) -> dict[str, list[dict]]:
+    """index -> the message VLMEvalKit's ``build_prompt`` gives the model for that row."""
+    built = vlmevalkit_dataset(tsv, lmu, dataset)
+    with lmu_data(lmu):
+        return {str(built.data.iloc[i]["index"]): built.build_prompt(built.data.iloc[i])
+                for i in range(len(built.data))}
+
+
+def vlmevalkit_image_paths(tsv: Path, lmu: Path, dataset: str) -> dict[str, list[Path]]:
+    """index -> the image files VLMEvalKit hands the model for ``python run.py --data dataset``."""
+    return {index: [Path(part["value"]) for part in message if part["type"] == "image"]
+            for index, message in vlmevalkit_prompts(tsv, lmu, dataset).items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,6 +182,66 @@ def test_jpeg_inputs_give_jpeg_outputs_unless_told_otherwise(tmp_path):
     assert auto.tsv.stat().st_size < png.tsv.stat().st_size
     with Image.open(tmp_path / "png/images/0.png") as image:
         assert image.format == "PNG"
+
+
+@pytest.mark.parametrize("name", ["Quiz", "QuizCircular"])
+def test_vlmevalkit_builds_prompts_and_scores_the_prompted_mcq_table(tmp_path, monkeypatch, name):
+    """VLMEvalKit's own build_dataset, build_prompt, dump_image and exact-matching MCQ evaluation on
+    the batch output; its accuracy equals ``api-prompt eval``'s scorer on the same predictions."""
+    pandas = pytest.importorskip("pandas")
+    from api_prompt.evaluation.metrics import build_table
+
+    circular = name.endswith("Circular")      # VLMEvalKit evaluates a "...circular..." name circularly
+    header = ["index", "image", "question", "hint", "A", "B", "C", "answer", "category"]
+    indices = [0, 1, 2, 1_000_000, 1_000_001, 2_000_000] if circular else list(range(6))
+    rows = [[str(index), b64(encoded(picture(i))), f"which shape is {i}?", "look closely" if i % 2 else "",
+             "circle", "square", "star", "ABC"[i % 3], "shapes" if i < 3 else "colours"]
+            for i, index in enumerate(indices)]
+    write_tsv(tmp_path / f"{name}.tsv", header, rows)
+    summary = run(tmp_path / f"{name}.tsv", tmp_path / "out", prompter(), progress=False)
+    assert summary.tsv.name == f"{name}_API.tsv"
+    dataset = f"{name}_API"
+    lmu = tmp_path / "LMUData"
+    prompts = vlmevalkit_prompts(summary.tsv, lmu, dataset)
+    assert list(prompts) == [str(index) for index in indices]
+    for i, index in enumerate(indices):
+        image, text = prompts[str(index)]
+        assert image["type"] == "image" and Path(image["value"]).parent == lmu / "images" / dataset
+        with Image.open(image["value"]) as served:
+            expected = Image.open(io.BytesIO(prompted(picture(i), f"which shape is {i}?")))
+            assert np.array_equal(np.asarray(served.convert("RGB")), np.asarray(expected.convert("RGB")))
+        assert text["value"] == ("Hint: look closely\n" if i % 2 else "") + (
+            f"Question: which shape is {i}?\nOptions:\nA. circle\nB. square\nC. star\n"
+            "Please select the correct answer from the options above. \n")
+
+    # predictions as a model would give them, scored by VLMEvalKit (exact matching: offline)
+    predictions = ["A", "The answer is B", "star", "(B) square, as the picture shows clearly", "C", ""]
+    built = vlmevalkit_dataset(summary.tsv, lmu, dataset)
+    table = built.data.drop(columns=["image"]).copy()
+    table["prediction"] = predictions
+    eval_file = tmp_path / "eval" / f"model_{dataset}.tsv"
+    eval_file.parent.mkdir()
+    table.to_csv(eval_file, sep="\t", index=False)
+    monkeypatch.setenv("PRED_FORMAT", "tsv")
+    before = set(Path("/tmp").glob("[0-9]*.tsv"))
+    try:
+        with lmu_data(lmu):
+            accuracy = built.evaluate(str(eval_file), model="exact_matching", nproc=1)
+    finally:   # its circular evaluation leaves a copy in /tmp/<YYYYmmddHHMMSS>.tsv
+        for left in set(Path("/tmp").glob("[0-9]*.tsv")) - before:
+            if left.stem.isdigit() and len(left.stem) == 14:
+                left.unlink(missing_ok=True)
+    official = accuracy.iloc[0]
+    samples = pandas.read_csv(summary.tsv, sep="\t").drop(columns=["image"]).to_dict("records")
+    ours = build_table("mcq", samples, {"original": predictions}).point("original")
+    key = "circular_accuracy" if circular else "accuracy"
+    assert ours[key] == pytest.approx(official["Overall"], rel=1e-12)
+    for category in ("shapes", "colours"):
+        if category in official.index:
+            assert ours[f"{category}/{key}"] == pytest.approx(official[category], rel=1e-12)
+    # rows 3-5 are wrong: "(B) ..." names B too early and is too long for option texts; "C" for B; ""
+    # circular: question 0 (rows 0, 3, 5) and 1 (rows 1, 4) fail, question 2 (row 2) passes
+    assert official["Overall"] == pytest.approx(1 / 3 if circular else 3 / 6)
 
 
 def test_cli_prints_the_vlmevalkit_next_steps(tmp_path, monkeypatch):
