@@ -345,9 +345,14 @@ class ClosureWatch:
                     self.closed_at = time.monotonic()
                     return
             readable, _, _ = select.select([conn], [], [], self.every)
-            if readable and conn.recv(1) == b"":  # the proxy closed its side
-                self.closed_at = time.monotonic()
-                return
+            if readable:
+                try:
+                    closed = conn.recv(1) == b""  # the proxy closed its side
+                except OSError:  # ... with unread data in its buffer: a reset
+                    closed = True
+                if closed:
+                    self.closed_at = time.monotonic()
+                    return
         if not self.stream:
             data = json.dumps(completion("late")).encode()
             conn.sendall(_head(200, {"Content-Type": "application/json", "Content-Length": str(len(data))}) + data)
