@@ -322,6 +322,26 @@ def test_datasets_input_gives_a_datasets_folder_with_every_column(tmp_path):
     assert not np.array_equal(np.asarray(rows[0]["image"]), np.asarray(picture(0)))
 
 
+def test_datasets_output_is_byte_identical_but_for_the_fingerprint_in_state_json(tmp_path):
+    """Which files of a ``datasets`` output two runs of the same command share byte for byte: all
+    but ``state.json``, whose ``_fingerprint`` ``datasets`` draws anew on every save (a resumed run's
+    data files are compared with an uninterrupted run's in test_batch.py's kill -9 test)."""
+    datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
+    textvqa_like(datasets, n=4).save_to_disk(str(tmp_path / "textvqa"))
+    for name in ("first", "second"):
+        run(tmp_path / "textvqa", tmp_path / name, prompter(), progress=False, id_column="question_id")
+    files = {run_name: {p.relative_to(tmp_path / run_name / "dataset").as_posix(): p.read_bytes()
+                        for p in sorted((tmp_path / run_name / "dataset").rglob("*")) if p.is_file()}
+             for run_name in ("first", "second")}
+    assert set(files["first"]) == set(files["second"]) == {
+        "dataset_dict.json", "test/data-00000-of-00001.arrow", "test/dataset_info.json", "test/state.json"}
+    differing = [name for name in files["first"] if files["first"][name] != files["second"][name]]
+    assert differing == ["test/state.json"]
+    first, second = (json.loads(files[r]["test/state.json"]) for r in ("first", "second"))
+    assert {key for key in first if first[key] != second.get(key)} == {"_fingerprint"}
+    assert set(first) == set(second)
+
+
 def test_hub_layout_parquet_in_and_parquet_shards_out(tmp_path):
     datasets = pytest.importorskip("datasets", reason="pip install 'api-prompt[datasets]'")
     (tmp_path / "hub/data").mkdir(parents=True)
