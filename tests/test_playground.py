@@ -339,3 +339,154 @@ def test_an_openai_target_gets_the_original_and_the_prompted_image(playground, s
     # The two requests may run concurrently: their order is not fixed.
     assert sorted(np.asarray(image).tobytes() for image in sent) == sorted(
         [pixels(scene).tobytes(), pixels(prompted).tobytes()])
+
+
+# -- the page's handlers (plain Python; the browser tests drive the same handlers through Gradio) --
+
+
+@pytest.fixture(scope="module")
+def page_module():
+    pytest.importorskip("gradio", reason="pip install -e '.[playground]'")
+    from api_prompt.playground import app
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def page(page_module, playground):
+    return page_module.Page(playground)
+
+
+def upload_value(path: Path, name: str | None = None) -> dict:
+    """What the upload box sends: the file's path on the server and the name the visitor knows."""
+    return {"path": str(path), "orig_name": name or path.name}
+
+
+def prompted_page(page, scene_path: Path):
+    """A page session that shows results for ``scene_path``."""
+    changes = page.prompt(upload_value(scene_path), "a yellow triangle", 2, 10.0, 3, "lanczos", 0, "stretch",
+                          None, True)
+    assert changes["error"] == "" and changes["prompted"]
+    return changes["session"]
+
+
+@pytest.mark.parametrize(
+    "handler, args, sentence",
+    [
+        ("redraw", ("lanczos", 300, "stretch"), "Background gray takes a whole number from 0 to 255, not 300"),
+        ("redraw", ("lanczos", None, "stretch"), "Background gray takes a whole number from 0 to 255; its box is empty"),
+        ("redraw", ("lanczos", 12.5, "stretch"), "Background gray takes a whole number from 0 to 255, not 12.5"),
+        ("recombine", (-5, 3, "lanczos", 0, "stretch"), "Enhance takes a number from 0 to 20, not -5"),
+        ("recombine", (float("nan"), 3, "lanczos", 0, "stretch"), "Enhance takes a number from 0 to 20, not nan"),
+        ("recombine", (10, 4, "lanczos", 0, "stretch"), "Kernel size takes an odd whole number from 1 to 15, not 4"),
+        ("recombine", (10, 17, "lanczos", 0, "stretch"), "Kernel size takes an odd whole number from 1 to 15, not 17"),
+    ],
+)
+def test_a_number_beyond_a_control_is_one_sentence_and_the_pictures_stay(page, scene, tmp_path, handler, args,
+                                                                         sentence):
+    scene_path = tmp_path / "scene.png"
+    scene.save(scene_path)
+    state = prompted_page(page, scene_path)
+    changes = getattr(page, handler)(*args, state)
+    assert changes == {"error": f"**Error:** {sentence}"}  # no picture panel named: they keep their content
+    # The next valid value redraws from the kept map, and the sentence goes.
+    valid = page.redraw("lanczos", 120, "stretch", state) if handler == "redraw" else \
+        page.recombine(10, 5, "lanczos", 0, "stretch", state)
+    assert valid["error"] == "" and valid["prompted"]
+
+
+def test_a_layer_beyond_the_model_is_one_sentence_and_runs_nothing(page, playground, scene, tmp_path):
+    scene_path = tmp_path / "scene.png"
+    scene.save(scene_path)
+    state = prompted_page(page, scene_path)
+    runs = playground.model_runs
+    changes = page.relayer(upload_value(scene_path), "a yellow triangle", 9, 10.0, 3, "lanczos", 0, "stretch",
+                           state, True)
+    assert changes == {"error": "**Error:** Layer takes a whole number from 0 to 3, not 9"}
+    assert playground.model_runs == runs
+
+
+def test_a_file_that_is_not_an_image_gets_a_sentence_and_empties_the_results(page, page_module, scene, tmp_path):
+    scene_path = tmp_path / "scene.png"
+    scene.save(scene_path)
+    state = prompted_page(page, scene_path)
+    notes = tmp_path / "upload-7f3a.txt"  # Gradio keeps uploads under its own names
+    notes.write_text("not an image\n")
+    changes = page.upload(upload_value(notes, "notes.txt"), state)
+    assert changes["error"] == "**Error:** cannot load image 'notes.txt': not a recognised image format " \
+                               "(is it really an image?)"
+    assert all(changes[name] is None for name in page_module.PICTURES)
+    assert changes["answer_original"] == changes["answer_prompted"] == ""
+    assert state.image is None and state.prompted is None
+    again = page.prompt(upload_value(notes, "notes.txt"), "what is it?", 2, 10.0, 3, "lanczos", 0, "stretch",
+                        state, True)
+    assert again == {"error": changes["error"]}
+
+
+def test_a_huge_image_is_refused_in_a_page_users_words(page_module, playground, tmp_path):
+    small_limit = page_module.Page(Playground(device="cpu", max_pixels=10_000,
+                                              build_prompter=lambda *a, **k: playground.prompter()))
+    photo = tmp_path / "upload-1.png"
+    Image.new("RGB", (200, 100)).save(photo)
+    changes = small_limit.upload(upload_value(photo, "photo.png"), None)
+    assert changes["error"] == ("**Error:** 'photo.png' (200×100 pixels) is larger than this page accepts "
+                                "(10,000 pixels): upload a smaller copy of it")
+    # Past PIL's own limit the size is not known, only that it is too large; the default limit.
+    bomb = tmp_path / "upload-2.png"
+    Image.new("1", (20_000, 10_000)).save(bomb)  # 200 million pixels, 25 kB on disk
+    changes = page_module.Page(playground).upload(upload_value(bomb, "scan.png"), None)
+    assert changes["error"] == ("**Error:** 'scan.png' is larger than this page accepts (178,956,970 pixels): "
+                                "upload a smaller copy of it")
+
+
+def test_the_geometry_line_says_what_stretch_and_fit_do_and_which_the_paper_used(page_module, playground):
+    app = page_module.build_app(playground)
+    geometry = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "geometry")
+    assert geometry.info == page_module.GEOMETRY_INFO
+    assert "stretch (the paper's) spreads the map over the whole image" in geometry.info
+    assert "fit puts it on the part the model saw" in geometry.info
+    assert "on a tall or wide image the highlight stays on the object instead of shifting off it" in geometry.info
+
+
+def highlight_centre(playground: Playground, amap, size: tuple[int, int], geometry: str) -> tuple[float, float]:
+    """Where the prompted image is brightest (top 1% of the mask drawn over white), as (x, y)."""
+    white = Image.new("RGB", size, "white")
+    drawn = np.asarray(playground.view(white, amap, resample="lanczos", background=0, geometry=geometry).prompted)
+    ys, xs = np.nonzero(drawn[..., 0] >= np.percentile(drawn[..., 0], 99))
+    return float(xs.mean()), float(ys.mean())
+
+
+def test_on_a_tall_image_stretch_puts_the_highlight_above_the_object_and_fit_on_it(playground):
+    """The claim of the Geometry line, with the page's model on a tall image (a scene in the middle)."""
+    scene = Image.open(EXAMPLES / "synthshapes-23.png").convert("RGB")  # the red square is in its upper half
+    tall = Image.new("RGB", (256, 768), scene.getpixel((0, 0)))
+    tall.paste(scene, (0, 256))  # CLIP's centre crop is exactly the scene
+    red = np.all(np.abs(np.asarray(tall, int) - (220, 30, 30)) < 40, axis=-1)
+    rows, cols = np.nonzero(red)
+    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    amap = playground.combine(playground.attribute(tall, "a red square"), enhance=10.0, kernel_size=3)
+    fit_x, fit_y = highlight_centre(playground, amap, tall.size, "fit")
+    stretch_x, stretch_y = highlight_centre(playground, amap, tall.size, "stretch")
+    assert top <= fit_y <= bottom and left - 16 <= fit_x <= right
+    assert stretch_y < top  # above the object
+
+
+def test_the_page_says_its_model_is_the_small_one_and_how_to_start_a_real_clip(page_module, playground, monkeypatch):
+    intro = page_module._introduction(playground, "api-prompt playground")
+    assert "small CLIP trained only on synthetic shapes" in intro
+    assert f"`{page_module.REAL_CLIP_COMMAND}`" in intro
+    other = Playground(model="ViT-B-16", pretrained="openai", build_prompter=CountingPrompter())
+    assert "synthetic shapes" not in page_module._introduction(other, "api-prompt playground")
+
+    # The command the page gives starts the page with that CLIP (no download here: nothing loads).
+    gradio = pytest.importorskip("gradio")
+    started = []
+    monkeypatch.setattr(Playground, "prompter", lambda self: started.append(self))
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda app, **options: None)
+    command = page_module.REAL_CLIP_COMMAND.split()
+    assert command[:2] == ["api-prompt", "playground"]
+    result = invoke(*command[2:])
+    assert result.exit_code == 0, result.stderr
+    assert [(pg.backend, pg.model, pg.backend_options) for pg in started] == [
+        ("clip", "ViT-B-16", {"pretrained": "openai"})]
+    assert not started[0].small_example_model

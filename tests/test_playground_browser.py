@@ -277,3 +277,154 @@ def test_a_model_that_cannot_load_is_one_sentence_in_the_page(page):
         page.press("#question textarea", "Enter")
         sync_api.expect(error).to_have_text("Error: no weights in /models/missing")
         assert "Traceback" not in page.content()
+
+
+# -- what one visitor cannot break: values beyond a slider, stale results, a large image -------
+
+
+@pytest.fixture(scope="module")
+def small_clip_page():
+    """One page with the shipped small CLIP, loaded before serving; each test is a new visitor."""
+    playground = Playground(device="cpu")
+    playground.prompter()
+    with served(playground) as url:
+        yield url, playground
+
+
+PANELS = ("original", "prompted", "heatmap", "parts")
+
+
+def panel_sources(page) -> dict[str, list[str]]:
+    """The URL of every picture each panel shows."""
+    return page.evaluate(
+        """(panels) => Object.fromEntries(panels.map(id => [id,
+               [...document.querySelectorAll('#' + id + ' img')].map(i => i.getAttribute('src'))]))""",
+        list(PANELS),
+    )
+
+
+def type_number(page, control: str, value: str) -> None:
+    """Type ``value`` into the number box of a slider, as a visitor does, and confirm it."""
+    box = page.locator(f"#{control} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def natural_size(page, panel: str) -> tuple[int, int]:
+    page.wait_for_function(
+        "(id) => { const i = document.querySelector('#' + id + ' img'); return i && i.complete && i.naturalWidth > 0 }",
+        arg=panel,
+    )
+    return tuple(page.evaluate(
+        "(id) => { const i = document.querySelector('#' + id + ' img'); return [i.naturalWidth, i.naturalHeight] }",
+        panel,
+    ))
+
+
+def prompt_scene(page, path: Path, question: str, old_src: str | None = None) -> str:
+    upload(page, path)
+    sync_api.expect(page.locator("#original img")).to_be_visible()
+    page.fill("#question textarea", question)
+    page.click("#run")
+    return wait_for_new_image(page, old_src)
+
+
+def test_a_number_typed_beyond_a_slider_is_one_sentence_and_the_pictures_stay(small_clip_page, page, tmp_path):
+    url, playground = small_clip_page
+    scene = tmp_path / "scene.png"
+    Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize((300, 200)).save(scene)
+    page.goto(url)
+    sync_api.expect(page.locator("#layer")).to_contain_text("0..3")
+    prompt_scene(page, scene, "a yellow triangle")
+    error = page.locator("#error")
+    for control, typed, sentence, valid in [
+        ("background", "300", "Background gray takes a whole number from 0 to 255, not 300", "0"),
+        ("enhance", "-5", "Enhance takes a number from 0 to 20, not -5", "10"),
+        ("layer", "9", "Layer takes a whole number from 0 to 3, not 9", "2"),
+    ]:
+        before = panel_sources(page)
+        assert all(before[panel] for panel in PANELS), before
+        type_number(page, control, typed)
+        sync_api.expect(error).to_have_text(f"Error: {sentence}")
+        assert panel_sources(page) == before  # every picture panel keeps its content ...
+        for panel in PANELS:  # ... without an error badge
+            sync_api.expect(page.locator(f"#{panel}")).not_to_contain_text("Error")
+        assert page.locator(".toast-body").count() == 0  # and no raw Gradio message
+        type_number(page, control, valid)
+        sync_api.expect(error).to_have_text("")
+    # Back at the defaults: the page shows prompt()'s pixels again.
+    page.fill("#question textarea", "a blue circle")
+    before = shown_src(page)
+    page.click("#run")
+    expected = np.asarray(prompt(scene, "a blue circle", model=SMALL_CLIP, device="cpu"))
+    wait_for_pixels(page, before, expected)
+
+
+def test_a_new_upload_empties_the_results_of_the_previous_image(small_clip_page, page, tmp_path):
+    url, _ = small_clip_page
+    page.goto(url)
+    sync_api.expect(page.locator("#layer")).to_contain_text("0..3")
+    first = prompt_scene(page, EXAMPLES / "synthshapes-30.png", "a yellow triangle")
+    assert all(panel_sources(page)[panel] for panel in PANELS)
+
+    # Another image: only the image itself is shown until it is prompted.
+    upload(page, EXAMPLES / "synthshapes-23.png")
+    sync_api.expect(page.locator("#upload")).to_contain_text("synthshapes-23")
+    for panel in ("prompted", "heatmap", "parts"):
+        sync_api.expect(page.locator(f"#{panel} img")).to_have_count(0)
+    sync_api.expect(page.locator("#original img")).to_have_count(1)
+    assert np.array_equal(fetch_png(page, page.locator("#original img").get_attribute("src")),
+                          np.asarray(Image.open(EXAMPLES / "synthshapes-23.png").convert("RGB")))
+    page.fill("#question textarea", "a red square")
+    page.click("#run")
+    expected = np.asarray(prompt(EXAMPLES / "synthshapes-23.png", "a red square", model=SMALL_CLIP, device="cpu"))
+    wait_for_pixels(page, first, expected)
+
+    # A failed upload empties everything, the image too, and says why.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG file")
+    upload(page, broken)
+    sync_api.expect(page.locator("#error")).to_contain_text("cannot load image 'broken.png'")
+    for panel in PANELS:
+        sync_api.expect(page.locator(f"#{panel} img")).to_have_count(0)
+
+    # A file that is not an image at all gets a sentence too (not a silent drop or a raw toast).
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    upload(page, notes)
+    sync_api.expect(page.locator("#error")).to_have_text(
+        "Error: cannot load image 'notes.txt': not a recognised image format (is it really an image?)")
+    assert page.locator(".toast-body").count() == 0
+
+
+def test_a_large_image_is_shown_smaller_and_downloaded_full_size(small_clip_page, page, tmp_path):
+    from api_prompt.playground.app import DISPLAY_SIDE
+    from api_prompt.playground.engine import shrink_to
+
+    url, _ = small_clip_page
+    big = tmp_path / "big.png"
+    Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize((4000, 3000), Image.Resampling.NEAREST).save(big)
+    question = "a yellow triangle"
+    page.goto(url)
+    sync_api.expect(page.locator("#layer")).to_contain_text("0..3")
+    start = time.perf_counter()
+    upload(page, big)
+    assert natural_size(page, "original") == (DISPLAY_SIDE, DISPLAY_SIDE * 3 // 4)
+    shown_upload = time.perf_counter() - start
+    page.fill("#question textarea", question)
+    start = time.perf_counter()
+    page.click("#run")
+    src = wait_for_new_image(page, None)
+    shown_press = time.perf_counter() - start
+    assert natural_size(page, "prompted") == (DISPLAY_SIDE, DISPLAY_SIDE * 3 // 4)
+    full = prompt(big, question, model=SMALL_CLIP, device="cpu")
+    assert np.array_equal(fetch_png(page, src), np.asarray(shrink_to(full, DISPLAY_SIDE)))
+    with page.expect_download() as download:
+        page.click("#download-image")
+    downloaded = Image.open(download.value.path())
+    assert downloaded.size == (4000, 3000)
+    assert np.array_equal(np.asarray(downloaded.convert("RGB")), np.asarray(full))
+    sent = {panel: len(page.request.get(page.locator(f"#{panel} img").get_attribute("src")).body())
+            for panel in ("original", "prompted")}
+    print(f"\nplayground, 4000x3000 upload: shown after {shown_upload:.1f} s, a press shown after {shown_press:.1f} s; "
+          f"sent to the browser: {sent} bytes (benchmark figures, not assertions)")

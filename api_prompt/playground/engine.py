@@ -30,9 +30,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
+from ..images import DEFAULT_MAX_PIXELS
 from ..prompter import Prompter, check_settings
 
-__all__ = ["Playground", "View", "default_model_dir", "part_picture"]
+__all__ = ["Playground", "View", "default_model_dir", "part_picture", "shrink_to"]
 
 #: The small CLIP trained on synthetic shapes: in a wheel it ships inside this package; in a
 #: clone of the repository it is read from ``assets/`` (the same files).
@@ -78,6 +79,7 @@ class Playground:
         layer: the layer selected when the page opens (None: the backend's default).
         preset, enhance, kernel_size, resample, background, geometry: the settings the page
             opens with (checked here, before any model is loaded).
+        max_pixels: the largest image (in pixels) the page accepts; None: no limit.
         target: optional model asked about the original and the prompted image:
             ``"openai:<model>"``, ``"hf:<id or folder>"`` (``target_options`` go to its
             constructor) or anything :func:`~api_prompt.targets.as_target` takes.
@@ -97,6 +99,7 @@ class Playground:
     background: int | None = None
     geometry: str = "stretch"
     backend_options: dict = field(default_factory=dict)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     target: Any = None
     target_options: dict = field(default_factory=dict)
     max_new_tokens: int = 64
@@ -110,7 +113,9 @@ class Playground:
             self.preset, enhance=self.enhance, kernel_size=self.kernel_size,
             resample=self.resample, background=self.background, geometry=self.geometry,
         )
-        if self.backend == "clip" and self.model is None:
+        #: True when the page runs the small CLIP trained on synthetic shapes (no model given).
+        self.small_example_model = self.backend == "clip" and self.model is None
+        if self.small_example_model:
             self.model = f"local-dir:{default_model_dir()}"
         self._prompter: Prompter | None = None
         self._target = None
@@ -200,7 +205,7 @@ class Playground:
         prompted = self.prompter().render(
             image, amap, resample=resample, background=background, geometry=geometry
         )
-        small = _thumbnail(image, HEATMAP_SIDE)
+        small = shrink_to(image, HEATMAP_SIDE)
         heatmap = render_heatmap(small, amap, geometry=geometry, colorbar=True)
         parts = [(part_picture(values), _part_caption(name, values)) for name, values in amap.parts.items()]
         return View(prompted=prompted, heatmap=heatmap, parts=parts, map=amap)
@@ -245,7 +250,12 @@ def _part_caption(name: str, values: np.ndarray) -> str:
     return f"{name}  [{float(np.min(values)):.3g}, {float(np.max(values)):.3g}]"
 
 
-def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+def shrink_to(image: Image.Image, side: int) -> Image.Image:
+    """``image`` itself if its longer side is at most ``side``, else a smaller copy (same aspect).
+
+    >>> shrink_to(Image.new("RGB", (4000, 3000)), 1024).size
+    (1024, 768)
+    """
     if max(image.size) <= side:
         return image
     copy = image.copy()
