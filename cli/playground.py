@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from api_prompt.errors import ConfigError
+from api_prompt.images import DEFAULT_MAX_PIXELS
 
 from .app import app
 from .common import (
@@ -32,6 +33,7 @@ from .common import (
     GeometryOpt,
     KernelOpt,
     LayerOpt,
+    MaxPixelsOpt,
     OneLineErrorCommand,
     PresetOpt,
     PretrainedOpt,
@@ -90,6 +92,7 @@ def playground_command(
     geometry: GeometryOpt = Geometry.stretch,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     target: TargetOpt = None,
     base_url: BaseUrlOpt = None,
     max_new_tokens: MaxNewTokensOpt = 64,
@@ -127,7 +130,7 @@ def playground_command(
             raise ConfigError("--base-url needs --target openai:<model>")
         playground = Playground(
             backend=backend, model=model, backend_options=options.checked_backend_options(),
-            layer=layer, device=device, dtype=dtype, **options.settings(),
+            layer=layer, device=device, dtype=dtype, **options.settings(), max_pixels=max_pixels,
             target=target, target_options=target_options, max_new_tokens=max_new_tokens,
         )
 

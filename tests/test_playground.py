@@ -249,11 +249,13 @@ def test_command_loads_the_model_once_then_serves_where_asked(monkeypatch):
     real_build = app_module.build_app
     monkeypatch.setattr(app_module, "build_app", lambda pg, **kw: app_playground.append(pg) or real_build(pg, **kw))
     monkeypatch.setattr(gradio.Blocks, "launch", launch)
-    result = invoke("--device", "cpu", "--host", "0.0.0.0", "--port", "7999", "--share", "-k", "5")
+    result = invoke("--device", "cpu", "--host", "0.0.0.0", "--port", "7999", "--share", "-k", "5",
+                    "--max-pixels", "1000000")
     assert result.exit_code == 0, result.stderr
     assert served == dict(server_name="0.0.0.0", server_port=7999, share=True, quiet=True, loaded=True, loads=1)
     assert app_playground[0].model == f"local-dir:{default_model_dir()}"
     assert app_playground[0].settings["kernel_size"] == 5
+    assert app_playground[0].max_pixels == 1_000_000  # the largest upload the page accepts
     assert "Playground at http://0.0.0.0:7999" in result.stdout
 
 
