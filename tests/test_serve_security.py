@@ -300,20 +300,18 @@ def test_model_paths_cannot_escape_to_other_upstream_endpoints():
     with RawServer(default=respond(200, listing)) as upstream:
         config = ServeConfig(upstream=upstream.base_url, upstream_api_key="sk-operator-SECRET")
         with running_proxy(create_app(config=config, run_batch=invert)) as base_url:
-            origin = base_url.removesuffix("/v1")
             refused = {target: raw_request(base_url, target) for target in ESCAPES}
             assert upstream.requests == [], [r["path"] for r in upstream.requests]
             allowed = [raw_request(base_url, target)[0] for target in
                        ("/v1/models", "/v1/models/Qwen2-VL-7B-Instruct", "/v1/models/my%20model:v1.5",
                         "/v1/models/llava?x=../../files")]
     assert {target: status for target, (status, _) in refused.items()} == {target: 400 for target in ESCAPES}
-    for status, body in refused.values():
+    for _, body in refused.values():
         assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert allowed == [200] * 4
     assert [r["path"] for r in upstream.requests] == [
         "/v1/models", "/v1/models/Qwen2-VL-7B-Instruct", "/v1/models/my%20model%3Av1.5",
         "/v1/models/llava?x=..%2F..%2Ffiles"]  # a query string stays a query string
-    assert origin
 
 
 # -- 3. a client that goes away stops its upstream request -------------------------------------
@@ -440,10 +438,12 @@ def one_colour_png(size: tuple[int, int]) -> str:
     return png_data_url(Image.new("RGB", size, (40, 120, 200)))
 
 
-def health_latencies_during(base_url: str, request: Callable[[], httpx.Response]) -> tuple[list[float], httpx.Response]:
-    """``/health`` latencies (s), polled every 20 ms while ``request()`` runs in a thread."""
+def health_latencies_during(base_url: str, request: Callable[[], httpx.Response] | None,
+                            seconds: float = 2.0) -> tuple[list[float], httpx.Response | None]:
+    """``/health`` latencies (s), polled every 20 ms while ``request()`` runs in a thread (or, with
+    None, for ``seconds``: the machine's own noise, with nothing in flight)."""
     result: dict[str, httpx.Response] = {}
-    worker = threading.Thread(target=lambda: result.setdefault("answer", request()))
+    worker = threading.Thread(target=lambda: result.setdefault("answer", request()) if request else time.sleep(seconds))
     latencies = []
     with httpx.Client(timeout=30) as client:
         client.get(base_url.removesuffix("/v1") + "/health")  # connection open before timing
@@ -453,8 +453,7 @@ def health_latencies_during(base_url: str, request: Callable[[], httpx.Response]
             assert client.get(base_url.removesuffix("/v1") + "/health").status_code == 200
             latencies.append(time.perf_counter() - started)
             time.sleep(0.02)
-    return latencies, result["answer"]
-
+    return latencies, result.get("answer")
 
 
 @pytest.mark.parametrize("side", [4000, pytest.param(12000, marks=pytest.mark.slow)])
@@ -463,7 +462,6 @@ def test_health_answers_within_100_ms_while_a_large_image_is_prompted(side):
     from pathlib import Path
 
     from api_prompt.prompter import Prompter
-    from api_prompt.serve.app import prompter_stages
 
     clip = f"local-dir:{Path(__file__).resolve().parents[1] / 'assets' / 'synthshapes-clip'}"
     prompter = Prompter(model=clip, device="cpu")
@@ -472,11 +470,16 @@ def test_health_answers_within_100_ms_while_a_large_image_is_prompted(side):
         app = create_app(prompter, ServeConfig(upstream=upstream.base_url, max_body_bytes=1 << 30))
         with running_proxy(app) as base_url:
             ask(base_url, url_message(png_data_url(random_image(0)), "warm up"))  # the model's first call
+            idle, _ = health_latencies_during(base_url, None)
             latencies, answer = health_latencies_during(base_url, lambda: ask(base_url, url_message(url), timeout=600))
     assert answer.status_code == 200 and len(upstream.requests) == 2
     assert len(latencies) >= 5  # the request took a while, and /health was asked throughout
-    assert max(latencies) < 0.1, f"/health took up to {max(latencies) * 1000:.0f} ms"
-    print(f"\n{side}x{side}: /health max {max(latencies) * 1000:.1f} ms over {len(latencies)} polls")
+    # 100 ms on top of what this (shared, noisy) machine takes with nothing in flight; the code
+    # before the change blocked the event loop for 0.4-2 s here.
+    assert max(latencies) < 0.1 + max(idle), \
+        f"/health took up to {max(latencies) * 1000:.0f} ms (idle: up to {max(idle) * 1000:.0f} ms)"
+    print(f"\n{side}x{side}: /health max {max(latencies) * 1000:.1f} ms over {len(latencies)} polls "
+          f"(idle: max {max(idle) * 1000:.1f} ms)")
 
 
 def test_max_pixels_is_413_with_a_message_a_person_can_act_on():
