@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ConfigError
 from .normalize import normalize_answer, normalize_vqav2_answer
 from .scoring import (
-    BENCHMARKS, choices_of, mcq_pick, options_of, pope_answer, pope_label, score, vqa_humans, vqa_score,
+    BENCHMARKS, choices_of, mcq_pick, pope_answer, pope_label, score, vqa_humans, vqa_score,
 )
 
 __all__ = ["MME_PERCEPTION", "MME_COGNITION", "MetricTable", "build_table", "CIRCULAR_MODULUS"]
@@ -169,12 +169,21 @@ def _scores(benchmark, samples, answers) -> dict[str, np.ndarray]:
         return {c: np.array([vqa_score(normalise(a or ""), *h) for a, h in zip(values, humans)], dtype=float)
                 for c, values in answers.items()}
     if benchmark in ("mcq", "synthshapes-mcq"):
+        truths = []
         for sample in samples:
-            if sample.get("answer") is None or not options_of(sample):
+            choices = choices_of(sample)
+            if sample.get("answer") is None or not any(text.strip() for text in choices.values()):
                 score(benchmark, "", sample)   # raises the same error score() does
-        truths = [(choices_of(s), str(s["answer"]).strip()) for s in samples]
-        return {c: np.array([float(mcq_pick(a or "", o) == t) for a, (o, t) in zip(values, truths)],
-                            dtype=float)
+            truths.append((tuple(choices.items()), str(sample["answer"]).strip()))
+        picks: dict[tuple, str] = {}   # answers repeat (letters), and so do option lists
+
+        def pick(answer, options):
+            key = (answer, options)
+            if key not in picks:
+                picks[key] = mcq_pick(answer, dict(options))
+            return picks[key]
+
+        return {c: np.array([float(pick(a or "", o) == t) for a, (o, t) in zip(values, truths)], dtype=float)
                 for c, values in answers.items()}
     return {c: np.array([score(benchmark, a, s) for a, s in zip(values, samples)], dtype=float)
             for c, values in answers.items()}

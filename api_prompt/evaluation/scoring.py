@@ -243,11 +243,15 @@ def choices_of(sample: Mapping[str, Any]) -> dict[str, str]:
 
     Unlike :func:`options_of`, an empty or blank text is an option here (VLMEvalKit keeps it).
     """
-    return {letter: str(sample[letter]) for letter in string.ascii_uppercase
-            if letter in sample and not _missing(sample[letter])}
+    letters = [key for key in sample if key in _LETTERS]
+    letters.sort()
+    return {letter: value if type(value) is str else str(value) for letter in letters
+            if not _missing(value := sample[letter])}
 
 
 def _missing(value: Any) -> bool:
+    if type(value) is str:
+        return False
     if value is None:
         return True
     try:
@@ -269,6 +273,8 @@ def infer_option(answer: str, options: Mapping[str, str]) -> str | None:
 
 
 def _option_letter(text: str, options: Mapping[str, str]) -> str | None:
+    if text in options:      # the common answer, just the letter (what the rules below give it)
+        return text
     if _API_FAILURE in text:
         return None
     if any(refusal in text for refusal in _REFUSALS):
