@@ -492,3 +492,10 @@ def test_the_page_says_its_model_is_the_small_one_and_how_to_start_a_real_clip(p
     assert [(pg.backend, pg.model, pg.backend_options) for pg in started] == [
         ("clip", "ViT-B-16", {"pretrained": "openai"})]
     assert not started[0].small_example_model
+
+
+def test_page_docstring_examples(page_module):
+    import doctest
+
+    result = doctest.testmod(page_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
