@@ -580,6 +580,25 @@ def evaluate(model, processor, n_per_kind: int = 200, seed: int = EVAL_SEED,
     return results
 
 
+def write_vqa(out: Path, n_per_kind: int = 100, seed: int = EVAL_SEED + 500) -> Path:
+    """Held-out short-answer questions for ``api-prompt eval --benchmark gqa`` (exact match):
+    ``out/synthshapes_vqa.jsonl`` (question_id, image, question, answer, category) and the scenes
+    as ``out/images/*.png``; ``n_per_kind`` questions of each short type, scenes from ``seed``
+    (disjoint from training and from the TRAINING.md evaluation)."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind in SHORT_TYPES:
+        for i, ex in enumerate(held_out(kind, n_per_kind, seed)):
+            name = f"{kind}-{i:04d}"
+            ex.scene.image.save(out / "images" / f"{name}.png")
+            rows.append({"question_id": name, "image": f"images/{name}.png", "question": ex.question,
+                         "answer": ex.answer, "category": kind})
+    path = out / "synthshapes_vqa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 # ----------------------------------------------------------------------------- saving
 
 def weights_sha256(folder: Path) -> str:
@@ -765,6 +784,8 @@ def parse_args(argv=None):
                    help="JSON summary (losses, evaluation) read by --write-training-md")
     p.add_argument("--write-training-md", action="store_true",
                    help="only write OUT/TRAINING.md from --summary (a finished run) and exit")
+    p.add_argument("--write-vqa", type=Path, default=None, metavar="DIR",
+                   help="only write held-out short-answer questions for api-prompt eval to DIR and exit")
     p.add_argument("--eval-n", type=int, default=200, help="held-out questions per type at the end (0: none)")
     return p.parse_args(argv)
 
@@ -821,6 +842,9 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.write_vqa:
+        print(write_vqa(args.write_vqa))
+        return None
     if args.write_training_md:
         write_training_md(args.out, json.loads(args.summary.read_text()))
         return None
