@@ -163,17 +163,31 @@ def vqa_humans(benchmark: str, sample: Mapping[str, Any]) -> tuple[list[str], li
     if benchmark == "textvqa":
         humans = [normalize_answer(h) for h in ground_truth_answers(sample)]
         return humans, list(range(len(humans)))
-    humans, identities = [], []
-    for position, item in enumerate(_raw_answers(sample)):
-        if isinstance(item, dict):
-            text = normalize_vqav2_answer(str(item.get("answer", "")))
-            identities.append(tuple(sorted(
-                (str(key), text if key == "answer" else repr(value)) for key, value in item.items())))
-        else:
-            text = normalize_vqav2_answer(str(item))
-            identities.append(position)
-        humans.append(text)
+    raw = _raw_answers(sample)
+    humans = [normalize_vqav2_answer(str(item.get("answer", "")) if isinstance(item, dict) else str(item))
+              for item in raw]
+    identities: list[Any] = list(range(len(raw)))
+    dicts = [position for position, item in enumerate(raw) if isinstance(item, dict)]
+    if len(dicts) > 1 and not _distinct_ids([raw[position].get("answer_id") for position in dicts]):
+        for position in dicts:   # dicts without distinct answer_ids may be equal: compare them whole
+            identities[position] = (humans[position], _rest_of(raw[position]))
     return humans, identities
+
+
+def _distinct_ids(ids: list) -> bool:
+    try:
+        return None not in ids and len(set(ids)) == len(ids)
+    except TypeError:
+        return False
+
+
+def _rest_of(item: dict) -> Any:
+    """What, besides the answer, makes an answer dict equal to another (as ``==`` compares dicts)."""
+    rest = [(key, value) for key, value in item.items() if key != "answer"]
+    try:
+        return frozenset(rest)
+    except TypeError:   # an unhashable value (a list): compared by its text
+        return tuple(sorted((str(key), repr(value)) for key, value in rest))
 
 
 def vqa_score(prediction: str, humans: list[str], identities: list[Any]) -> float:
@@ -185,12 +199,18 @@ def vqa_score(prediction: str, humans: list[str], identities: list[Any]) -> floa
         raise ConfigError("a VQA sample has no human answers")
     matches = humans.count(prediction)
     if len(set(identities)) == len(identities):       # the common case: each human is their own
-        others = tuple(sorted(matches - (human == prediction) for human in humans))
+        return _leave_one_out_mean(len(humans), matches)
     else:
         others = tuple(sorted(
             matches - sum(1 for h, who in zip(humans, identities) if who == me and h == prediction)
             for me in identities))
     return _mean_of_thirds(others)
+
+
+@lru_cache(maxsize=4096)
+def _leave_one_out_mean(n_humans: int, matches: int) -> float:
+    """The accuracy when ``matches`` of ``n_humans`` distinct humans gave the prediction."""
+    return _mean_of_thirds((matches - 1,) * matches + (matches,) * (n_humans - matches))
 
 
 @lru_cache(maxsize=4096)
