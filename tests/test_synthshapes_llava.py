@@ -195,3 +195,100 @@ def test_random_object_baseline_points_at_an_object_centre():
     scene = _scenes(1, seed=11)[0]
     grid_map = random_object_map(scene, 8, np.random.default_rng(0))
     assert grid_map.sum() == 1 and on_any_object(grid_map, scene) == 1.0
+
+
+_LMMS_TASK = '''
+task: synthshapes_llava
+dataset_path: {data}
+dataset_kwargs:
+  load_from_disk: true
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 3
+process_results: !function utils.process_results
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  - version: 0.0
+'''
+
+_LMMS_UTILS = '''
+def doc_to_visual(doc):
+    return [doc["image"].convert("RGB")]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"]
+
+
+def process_results(doc, results):
+    return {"exact_match": float(results[0].strip().split(" ")[0] == doc["answer"])}
+'''
+
+
+@pytest.mark.slow
+def test_lmms_eval_llava_hf_answers_with_this_model_behind_the_api_prompt_plugin(tmp_path):
+    """lmms-eval's own command line and its own ``llava_hf`` model class load the shipped folder
+    behind the ``api_prompt`` plugin (CLIP maps); the answers it logs are the model's answers on
+    the attention-prompted images, in the folder's chat template."""
+    import os
+    import subprocess
+    import sys
+
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("lmms_eval")
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from api_prompt import Prompter
+
+    examples = train_llava.held_out("color", 3, seed=train_llava.EVAL_SEED + 77)
+    dataset = datasets.Dataset.from_dict(
+        {"question_id": [0, 1, 2], "question": [ex.question for ex in examples],
+         "image": [ex.scene.image for ex in examples], "answer": [ex.answer for ex in examples]},
+        features=datasets.Features({
+            "question_id": datasets.Value("int64"), "question": datasets.Value("string"),
+            "image": datasets.Image(), "answer": datasets.Value("string"),
+        }),
+    )
+    datasets.DatasetDict({"test": dataset}).save_to_disk(str(tmp_path / "data"))
+    tasks = tmp_path / "tasks" / "synthshapes_llava"
+    tasks.mkdir(parents=True)
+    (tasks / "synthshapes_llava.yaml").write_text(_LMMS_TASK.format(data=tmp_path / "data"))
+    (tasks / "utils.py").write_text(_LMMS_UTILS)
+    script = Path(sys.executable).with_name("lmms-eval")
+    clip = f"local-dir:{CLIP_DIR}"
+    command = [str(script) if script.exists() else sys.executable, *([] if script.exists() else ["-m", "lmms_eval"]),
+               "--model", "api_prompt",
+               "--model_args", f"inner=llava_hf,pretrained={LLAVA_DIR},device=cpu,device_map=cpu,dtype=float32,"
+               f"api_model={clip},api_device=cpu",
+               "--tasks", "synthshapes_llava", "--include_path", str(tmp_path / "tasks"),
+               "--batch_size", "1", "--log_samples", "--output_path", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Traceback (most recent call last)" not in output, output[-6000:]
+
+    samples = [json.loads(line) for path in (tmp_path / "results").rglob("*samples*.jsonl")
+               for line in path.read_text().splitlines() if line.strip()]
+    assert len(samples) == 3, output[-3000:]
+    def first(value):
+        return first(value[0]) if isinstance(value, list) else value
+
+    logged = {int(s["doc_id"]): first(s["filtered_resps"]) for s in samples}
+
+    prompter = Prompter(model=clip, device="cpu")
+    model = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(LLAVA_DIR, local_files_only=True)
+    prompted = [train_llava.Example(scene=type(ex.scene)(image=prompter(ex.scene.image, ex.question).image,
+                                                          objects=ex.scene.objects, size=ex.scene.size),
+                                    kind=ex.kind, question=ex.question, answer=ex.answer) for ex in examples]
+    expected = train_llava.generate_answers(model, processor, prompted, max_new_tokens=3)
+    assert [logged[i].strip() for i in range(3)] == expected
+    assert all(answer in train_llava.COLORS for answer in expected)
