@@ -72,7 +72,8 @@ class Prompter:
         style: how the map is shown to the target, a name in :data:`api_prompt.styles.STYLES`
             (``"overlay"``, the paper's, by default; ``"crop"``, ``"blur"``, ``"box"``) or a
             :class:`~api_prompt.styles.Style`. The overlay settings above go to the styles that
-            take them; ``style_options`` holds the others (e.g. ``{"crop_size": 224}``).
+            take them; ``style_options`` holds the others (e.g. ``{"crop_size": 224}``); an option
+            of another style is kept for :meth:`style_named`, one no style takes is an error.
         device, dtype: where and in what precision the auxiliary model runs.
         attributor: an already built :class:`Attributor` to use instead of loading a model.
         exact_parts: False (default): a prompter needs only the mask, so where the backend allows
@@ -137,6 +138,7 @@ class Prompter:
         if recipe is not None:
             get_recipe(recipe)
         self.style = _make_style(style, style_options, self.settings, geometry)
+        self.style_options = dict(style_options or {})
         if attributor is None:
             spec = get_backend(backend)
             options = dict(
@@ -219,6 +221,21 @@ class Prompter:
         if overlay_settings or self.style.name == "overlay":
             return overlay.apply(image, attention_map)
         return self.style.single(image, attention_map)
+
+    def style_named(self, name: str):
+        """Another style with this Prompter's settings: the overlay settings and the
+        ``style_options`` it takes (for comparing styles on the same maps, as ``eval`` does)."""
+        from .styles import STYLES, create_style, style_options
+
+        key = str(name).strip().lower()
+        if key == self.style.name:
+            return self.style
+        if key not in STYLES:
+            create_style(key)  # the one-line unknown-style error
+        accepted = style_options(STYLES[key])
+        shared = {"resample": self.settings["resample"], "background": self.settings["background"],
+                  "geometry": self.overlay.geometry, **self.style_options}
+        return create_style(key, **{option: value for option, value in shared.items() if option in accepted})
 
     def target_images(self, image, attention_map: AttentionMap) -> list[Image.Image]:
         """What the target is shown for ``image``, in order (one image, or the original and the
@@ -329,6 +346,15 @@ def _make_style(style: Any, options: dict[str, Any] | None, settings: dict[str, 
             raise ConfigError("style_options apply to a style given by name, not to a Style object")
         return style
     shared = {"resample": settings["resample"], "background": settings["background"], "geometry": geometry}
+    options = dict(options or {})
+    taken = {option for cls in STYLES.values() for option in style_options(cls)}
+    unknown = sorted(set(options) - taken)
+    if unknown:
+        raise ConfigError(f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
+                          f"{', '.join(sorted(taken))}")
     key = style.strip().lower() if isinstance(style, str) else style
     accepted = style_options(STYLES[key]) if key in STYLES else []
-    return create_style(style, **{k: v for k, v in shared.items() if k in accepted}, **(options or {}))
+    # options of other styles are kept for style_named() (eval compares styles on one map)
+    given = {**{k: v for k, v in shared.items() if k in accepted},
+             **{k: v for k, v in options.items() if k in accepted}}
+    return create_style(style, **given)

@@ -74,7 +74,9 @@ def eval_command(
         "with the same parameters is continued.")] = ...,
     conditions: Annotated[str, typer.Option(
         "--conditions", rich_help_panel=_RUN,
-        help="Comma-separated: original (the image as it is), api (the attention-prompted image).",
+        help="Comma-separated: original (the image as it is), api (the attention-prompted image), "
+        "or prompt styles by name (overlay, crop, blur, box), each drawn from the same map; every two "
+        "conditions are compared in the report.",
     )] = "original,api",
     limit: Annotated[Optional[int], typer.Option(
         "--limit", min=1, rich_help_panel=_RUN, show_default=False,
@@ -170,16 +172,15 @@ def eval_command(
         options = target_options(target, base_url=base_url, timeout=timeout,
                                  device=target_device or device, dtype=target_dtype)
         prompt_options = PromptOptions.from_command(locals())
-        if "api" in chosen:
+        prompted = any(condition != "original" for condition in chosen)
+        if prompted:
             prompt_options.check()
         data_options = dict(
             id_column=id_column, image_column=image_column, question_column=question_column,
             image_root=image_root, split=split, format=input_format.value if input_format else None,
         )
         checked = check_data(data, benchmark.value, limit=limit, **data_options)
-        if "api" in chosen:
-            prompt_options.check_device()
-        if "api" in chosen:
+        if prompted:
             prompt_options.check_device()
 
         # 2. The models.
@@ -187,7 +188,7 @@ def eval_command(
             warnings.simplefilter("ignore")
             with status(f"Loading target {target}", quiet=quiet):
                 answerer = create_target(target, **options)
-            prompter = prompt_options.build(quiet=quiet, batch_size=batch_size) if "api" in chosen else None
+            prompter = prompt_options.build(quiet=quiet, batch_size=batch_size) if prompted else None
             summary = evaluate(
                 data, benchmark.value, answerer, out, conditions=chosen, prompter=prompter,
                 limit=limit, batch_size=batch_size, generation={"max_new_tokens": max_new_tokens},
@@ -216,15 +217,18 @@ def _progress():
 def _headline(summary: dict, out: Path) -> str:
     """One line per metric of the delta (or of the single condition), and where the report is."""
     lines = []
+    conditions = list(summary["conditions"])
     if summary["delta"]:
+        base = conditions[0]
+        other = "api" if "api" in conditions else conditions[1]
         for name, delta in list(summary["delta"].items())[:8]:
-            before = summary["conditions"]["original"]["metrics"].get(name)
-            after = summary["conditions"]["api"]["metrics"].get(name)
+            before = summary["conditions"][base]["metrics"].get(name)
+            after = summary["conditions"][other]["metrics"].get(name)
             if delta["value"] is None or before is None or after is None:
                 continue
             lo, hi = delta["ci95"]
             p = "" if delta["p_value"] is None else f", p={delta['p_value']:.3g}"
-            lines.append(f"{name}: original {before:.4f} -> api {after:.4f} "
+            lines.append(f"{name}: {base} {before:.4f} -> {other} {after:.4f} "
                          f"(delta {delta['value']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]{p})")
     else:
         for condition, data in summary["conditions"].items():

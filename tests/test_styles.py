@@ -288,8 +288,10 @@ def test_prompter_with_a_style_gives_what_the_target_sees_and_one_image():
     assert default(image, "q").images == [default(image, "q").image]
     blurred = Prompter(attributor=CornerAttributor(), style="blur", background=200, resample="nearest")
     assert blurred.style.resample == "nearest"                        # overlay settings reach it
-    with pytest.raises(ConfigError, match="style 'box' takes"):
-        Prompter(attributor=CornerAttributor(), style="box", style_options={"crop_size": 3})
+    with pytest.raises(ConfigError, match="no prompt style takes crop_sise"):
+        Prompter(attributor=CornerAttributor(), style="box", style_options={"crop_sise": 3})
+    boxed = Prompter(attributor=CornerAttributor(), style="box", style_options={"crop_size": 50})
+    assert boxed.style_named("crop").crop_size == 50                 # kept for the other styles
 
 
 def test_openai_target_receives_the_original_then_the_crop_in_one_turn(monkeypatch):

@@ -81,13 +81,30 @@ def summarize(
         summary["judge"] = dict(judge)
     others = [c for c in conditions if c != base]
     if boot and others:
-        other = others[0]
-        for name, (value, (lo, hi)) in boot["delta"][other].items():
-            pair = table.binary.get(name)
-            p_value = mcnemar_p(pair[base], pair[other]) if pair is not None else None
-            summary["delta"][name] = {"value": _number(value), "ci95": [_number(lo), _number(hi)],
-                                      "p_value": p_value}
+        # ``delta`` is api − original when both ran, else the first other condition's
+        other = "api" if "api" in others else others[0]
+        if (base, other) in boot["pairs"]:
+            summary["delta"] = _differences(boot["pairs"][(base, other)], table, base, other)
+        else:
+            summary["delta"] = _differences(boot["pairs"][(other, base)], table, base, other, sign=-1)
+        if len(conditions) > 2:
+            summary["comparisons"] = {
+                f"{b} - {a}": _differences(boot["pairs"][(a, b)], table, a, b)
+                for (a, b) in boot["pairs"]
+            }
     return summary
+
+
+def _differences(pair_deltas, table, a: str, b: str, sign: int = 1) -> dict[str, Any]:
+    """``{metric: {value, ci95, p_value}}`` of b − a (``sign`` −1: the pair was computed as a − b)."""
+    out = {}
+    for name, (value, (lo, hi)) in pair_deltas.items():
+        if sign < 0:
+            value, lo, hi = -value, -hi, -lo
+        outcomes = table.binary.get(name)
+        p_value = mcnemar_p(outcomes[a], outcomes[b]) if outcomes is not None else None
+        out[name] = {"value": _number(value), "ci95": [_number(lo), _number(hi)], "p_value": p_value}
+    return out
 
 
 def _table(benchmark, samples, answers):
@@ -153,6 +170,17 @@ def write_report(summary: Mapping[str, Any], path: Path, *, chart: str | None = 
             else:
                 row += ["", "", ""]
         lines.append("| " + " | ".join(row) + " |")
+    if summary.get("comparisons"):
+        lines += ["", "Every two conditions (b − a, same samples):", "",
+                  "| b − a | metric | delta | 95% CI | p |", "|---|---|---|---|---|"]
+        shown = [n for n in names if "/" not in n][:3]  # the headline metrics, not each category
+        for pair, per_metric in summary["comparisons"].items():
+            for name in shown:
+                delta = per_metric.get(name)
+                if delta and delta["value"] is not None:
+                    lo, hi = delta["ci95"]
+                    p = "" if delta["p_value"] is None else f"{delta['p_value']:.3g}"
+                    lines.append(f"| {pair} | {name} | {delta['value']:+.4f} | [{_format(lo)}, {_format(hi)}] | {p} |")
     if chart:
         lines += ["", f"![{summary['benchmark']} per condition]({chart})"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -173,7 +201,8 @@ def write_chart(summary: Mapping[str, Any], path: Path) -> bool:
     x = np.arange(len(names))
     width = 0.8 / len(conditions)
     figure, axes = plt.subplots(figsize=(max(4.0, 0.9 * len(names) * len(conditions) + 1.5), 3.6))
-    colours = {"original": "#9aa5b1", "api": "#d9480f"}
+    colours = {"original": "#9aa5b1", "api": "#d9480f", "overlay": "#d9480f", "crop": "#1971c2",
+               "blur": "#2f9e44", "box": "#ae3ec9"}
     for position, condition in enumerate(conditions):
         data = summary["conditions"][condition]
         values = np.array([np.nan if data["metrics"].get(n) is None else data["metrics"][n] for n in names])

@@ -1,7 +1,9 @@
 """``evaluate(...)``: ask a target on every benchmark sample, with and without attention prompting.
 
 For each sample the target is asked once per condition (``original``: the image as it is;
-``api``: the attention-prompted image), the answer is scored as the benchmark's official
+``api``: the attention-prompted image, in the Prompter's style; ``overlay``, ``crop``, ``blur``,
+``box``: the image in that prompt style, all styles made from the same map of the sample), the
+answer is scored as the benchmark's official
 evaluation scores it, and one line per sample and condition is appended to
 ``DIR/predictions.jsonl`` (whole lines in one write, fsynced at least every second, so a killed
 run loses at most the batch in flight). A second run with the same parameters continues where the first stopped; the
@@ -39,6 +41,13 @@ __all__ = [
 ]
 
 CONDITIONS = ("original", "api")
+
+
+def condition_names() -> tuple[str, ...]:
+    """Every condition ``evaluate`` takes: ``original``, ``api`` and each prompt style."""
+    from ..styles import STYLES
+
+    return ("original", "api", *STYLES)
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.md"
@@ -81,9 +90,12 @@ def evaluate(
             ``"openai:..."``, ``"clip-zeroshot:..."``, a target object or a function
             ``(image, question) -> str``.
         out: the output folder (created; an earlier run with the same parameters is resumed).
-        conditions: ``original`` and/or ``api``.
-        prompter: the :class:`~api_prompt.Prompter` making the ``api`` images (default:
-            ``Prompter()``, the paper's CLIP), or any function ``(image, query) -> image``.
+        conditions: ``original``, ``api`` (the Prompter's own style, the paper's overlay by
+            default) and any prompt style by name (:data:`api_prompt.styles.STYLES`: ``overlay``,
+            ``crop``, ``blur``, ``box``); every styled condition shows the same map of a sample.
+        prompter: the :class:`~api_prompt.Prompter` making the prompted images (default:
+            ``Prompter()``, the paper's CLIP), or, for ``api`` alone, any function
+            ``(image, query) -> image``.
         limit: only the first ``limit`` samples.
         batch_size: samples per prompting and target call.
         generation: options for every target call (e.g. ``{"max_new_tokens": 32}``).
@@ -117,15 +129,20 @@ def evaluate(
     source, samples = checked
 
     answerer = as_target(target)
-    if "api" in conditions and prompter is None:
+    prompted = [c for c in conditions if c != "original"]
+    if prompted and prompter is None:
         from ..prompter import Prompter
 
         prompter = Prompter()
+    styled = [c for c in prompted if c != "api"]
+    if styled and not callable(getattr(prompter, "style_named", None)):
+        raise ConfigError(f"condition {styled[0]!r} needs a Prompter (a prompt style is drawn from "
+                          "its map); a plain function only makes the 'api' images")
     name = target_name or (target if isinstance(target, str) else None)
     target_info = {"spec": name} if name else _describe(answerer)
     settings = {
         "conditions": list(conditions),
-        "prompter": _describe(prompter) if "api" in conditions else None,
+        "prompter": _describe(prompter) if prompted else None,
         "generation": dict(generation or {}),
         "data": {**source.describe(), "samples": len(samples), "limit": limit},
     }
@@ -192,18 +209,20 @@ def check_judge(benchmark: str, judge: Any, repeats: int = 1):
 
 
 def check_conditions(conditions: Sequence[str] | str) -> tuple[str, ...]:
-    """The chosen conditions (a sequence, or one comma-separated string) in :data:`CONDITIONS`
-    order, without repeats; ConfigError for an unknown one or none."""
+    """The chosen conditions (a sequence, or one comma-separated string) in the order of
+    :func:`condition_names` (``original`` first), without repeats; ConfigError for an unknown
+    one or none."""
     if isinstance(conditions, str):
         conditions = [c.strip() for c in conditions.split(",") if c.strip()]
-    conditions = tuple(dict.fromkeys(conditions))
-    unknown = [c for c in conditions if c not in CONDITIONS]
+    conditions = tuple(dict.fromkeys(str(c).strip().lower() for c in conditions))
+    known = condition_names()
+    unknown = [c for c in conditions if c not in known]
     if unknown or not conditions:
         raise ConfigError(
             f"unknown condition {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"choose from: {', '.join(CONDITIONS)}"
+            f"choose from: {', '.join(known)}"
         )
-    return tuple(c for c in CONDITIONS if c in conditions)
+    return tuple(c for c in known if c in conditions)
 
 
 def check_data(data: Any, benchmark: str, *, limit: int | None = None, **data_options: Any):
@@ -246,6 +265,7 @@ def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, g
     holds answers that are kept (only their judging is to be done again)."""
     records: list[dict[str, Any]] = []
     answered = answered or {}
+    maps: dict[str, Any] = {}  # one map per sample, shared by every styled condition
     for condition in conditions:
         todo = [s for s in chunk if (s.id, condition) not in done]
         records += [_record(benchmark, s, condition, answered[(s.id, condition)], None)
@@ -259,8 +279,8 @@ def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, g
             continue
         shown = [images[s.id] for s in ready]
         failures: dict[str, str] = {}
-        if condition == "api":
-            shown, failures = _prompt(prompter, ready, shown, benchmark)
+        if condition != "original":
+            shown, failures = _prompt(prompter, ready, shown, benchmark, condition, maps)
         asked = [(s, image) for s, image in zip(ready, shown) if s.id not in failures]
         answers, answer_failures = _answer(answerer, [s for s, _ in asked], [i for _, i in asked],
                                            benchmark, generation)
@@ -277,21 +297,54 @@ def _raw_sample(sample: EvalSample):
     return Sample(sample.index, sample.id, sample.image, sample.question)
 
 
-def _prompt(prompter, samples, images, benchmark):
-    """The prompted images (one batch call; one call per sample when the batch fails)."""
+def _prompt(prompter, samples, images, benchmark, condition="api", maps=None):
+    """What the target sees under ``condition`` (one image, or a list for a style such as
+    ``crop``), and the failures by sample id. A Prompter's maps are computed once per sample and
+    kept in ``maps`` for the other conditions (one batch call; one call per sample when the
+    batch fails); a plain function prompter makes the ``api`` images itself."""
     queries = [auxiliary_query(benchmark, s) for s in samples]
-    try:
-        return prompt_images(prompter, images, queries), {}
-    except Exception:  # noqa: BLE001 - isolate the sample that fails, below
-        pass
+    if not callable(getattr(prompter, "style_named", None)):
+        return _each(samples, lambda batch: prompt_images(prompter, [images[i] for i in batch],
+                                                          [queries[i] for i in batch]))
+    maps = {} if maps is None else maps
+    missing = [i for i, s in enumerate(samples) if s.id not in maps]
+    if missing:
+        made, failed = _each([samples[i] for i in missing], lambda batch: prompter.attribute(
+            [images[missing[i]] for i in batch], [queries[missing[i]] for i in batch]))
+        maps.update({samples[i].id: amap for i, amap in zip(missing, made) if amap is not None})
+        maps.update({samples[i].id: failed[samples[i].id] for i in missing if samples[i].id in failed})
+    style = prompter.style if condition == "api" else prompter.style_named(condition)
     shown, failures = [], {}
-    for sample, image, query in zip(samples, images, queries):
+    for sample, image in zip(samples, images):
+        amap = maps[sample.id]
+        if isinstance(amap, str):
+            failures[sample.id] = amap
+            shown.append(None)
+            continue
         try:
-            shown.append(prompt_images(prompter, [image], [query])[0])
-        except Exception as exc:  # noqa: BLE001
+            made = style.apply(image, amap)
+            shown.append(made[0] if len(made) == 1 else made)
+        except Exception as exc:  # noqa: BLE001 - one failed sample
             failures[sample.id] = f"prompting: {_message(exc)}"
             shown.append(None)
     return shown, failures
+
+
+def _each(samples, make):
+    """``make(list of positions)`` on the whole batch, or position by position when the batch
+    fails: (one result per sample, None where it failed; failures by sample id)."""
+    try:
+        return make(list(range(len(samples)))), {}
+    except Exception:  # noqa: BLE001 - isolate the sample that fails, below
+        pass
+    results, failures = [], {}
+    for position, sample in enumerate(samples):
+        try:
+            results.append(make([position])[0])
+        except Exception as exc:  # noqa: BLE001
+            failures[sample.id] = f"prompting: {_message(exc)}"
+            results.append(None)
+    return results, failures
 
 
 def _answer(answerer, samples, images, benchmark, generation):

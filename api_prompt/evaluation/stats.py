@@ -107,8 +107,10 @@ def bootstrap_conditions(
     difference from ``baseline`` with its interval, all from the same resamples of the units.
 
     Returns ``{"intervals": {condition: {metric: (low, high)}},
-    "delta": {condition: {metric: (difference, (low, high))}}}`` (``delta`` has every condition
-    but the baseline). A metric returning a bare array is reported under the key ``None``.
+    "delta": {condition: {metric: (difference, (low, high))}},
+    "pairs": {(a, b): {metric: (difference b − a, (low, high))}}}`` (``delta`` has every
+    condition but the baseline; ``pairs`` every two conditions, in the order given). A metric
+    returning a bare array is reported under the key ``None``.
     """
     names = list(units)
     arrays = [np.asarray(units[name], dtype=float) for name in names]
@@ -132,16 +134,15 @@ def bootstrap_conditions(
                for name, per in draws.items()}
     intervals = {name: {m: percentile_interval(v, level) for m, v in per.items()}
                  for name, per in samples.items()}
-    delta = {}
-    for name in names:
-        if name == baseline:
-            continue
-        delta[name] = {
-            m: (float(points[name][m] - points[baseline][m]),
-                percentile_interval(samples[name][m] - samples[baseline][m], level))
-            for m in points[name] if m in points[baseline]
+    def difference(a: str, b: str) -> dict:
+        return {
+            m: (float(points[b][m] - points[a][m]), percentile_interval(samples[b][m] - samples[a][m], level))
+            for m in points[b] if m in points[a]
         }
-    return {"intervals": intervals, "delta": delta}
+
+    delta = {name: difference(baseline, name) for name in names if name != baseline}
+    pairs = {(a, b): difference(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"intervals": intervals, "delta": delta, "pairs": pairs}
 
 
 def _resamples(units: np.ndarray, n_resamples: int, seed: int):

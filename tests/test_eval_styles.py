@@ -1,0 +1,105 @@
+"""``evaluate`` with prompt styles as conditions: every style drawn from the same map of a
+sample, each condition scored, and every two conditions compared on the same samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from api_prompt import Prompter
+from api_prompt.errors import ConfigError
+from api_prompt.evaluation import evaluate
+from api_prompt.evaluation.data import auxiliary_query, read_samples, target_prompt
+from api_prompt.evaluation.runner import check_conditions
+from api_prompt.targets import create_target
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = f"local-dir:{REPO / 'assets' / 'synthshapes-clip'}"
+STYLED = "original,overlay,crop,blur,box"
+
+
+class CountingPrompter(Prompter):
+    """A Prompter that counts how many images its model was run on."""
+
+    images_attributed = 0
+
+    def attribute(self, images, queries, **options):
+        maps = super().attribute(images, queries, **options)
+        CountingPrompter.images_attributed += len(maps)
+        return maps
+
+
+@pytest.fixture(scope="module")
+def small_mcq(tmp_path_factory):
+    from benchmarks.synthshapes.mcq import write_benchmark
+
+    return write_benchmark(tmp_path_factory.mktemp("small"), 8, variant="small")
+
+
+def test_every_style_is_a_condition_made_from_one_map_per_sample(small_mcq, tmp_path):
+    prompter = CountingPrompter(model=CLIP, device="cpu", style_options={"crop_size": 64})
+    target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
+    CountingPrompter.images_attributed = 0
+    summary = evaluate(small_mcq, "synthshapes-mcq", target, tmp_path / "run", conditions=STYLED,
+                       prompter=prompter, batch_size=4)
+    assert CountingPrompter.images_attributed == 8            # one map per sample for four styles
+    assert list(summary["conditions"]) == STYLED.split(",")
+
+    # each condition's answers, made here independently: the map, the style, the target
+    _, samples = read_samples(small_mcq)
+    predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    recorded = {(p["id"], p["condition"]): p["answer"] for p in predictions}
+    accuracy = {}
+    for condition in STYLED.split(","):
+        right = []
+        for sample in samples:
+            image = sample.load_image() if hasattr(sample, "load_image") else None
+            from api_prompt.images import load_image
+
+            image = load_image(small_mcq.parent / sample.image)
+            if condition == "original":
+                shown = image
+            else:
+                amap = prompter.attribute([image], [auxiliary_query("synthshapes-mcq", sample)])[0]
+                made = prompter.style_named(condition).apply(image, amap)
+                shown = made[0] if len(made) == 1 else made
+            answer = target([shown], [target_prompt("synthshapes-mcq", sample)])[0]
+            assert recorded[(sample.id, condition)] == answer, (sample.id, condition)
+            right.append(answer == sample.fields["answer"])
+        accuracy[condition] = float(np.mean(right))
+        assert summary["conditions"][condition]["metrics"]["accuracy"] == pytest.approx(accuracy[condition])
+
+    pairs = summary["comparisons"]
+    assert len(pairs) == 10                                   # every two of five conditions
+    crop = pairs["crop - original"]["accuracy"]
+    assert crop["value"] == pytest.approx(accuracy["crop"] - accuracy["original"])
+    assert crop["ci95"][0] <= crop["value"] <= crop["ci95"][1] and 0 <= crop["p_value"] <= 1
+    assert pairs["box - blur"]["accuracy"]["value"] == pytest.approx(accuracy["box"] - accuracy["blur"])
+    assert summary["delta"]["accuracy"]["value"] == pytest.approx(accuracy["overlay"] - accuracy["original"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| crop - original | accuracy |" in report
+
+
+def test_api_stays_the_prompters_style_and_the_contract_keeps_its_shape(small_mcq, tmp_path):
+    prompter = Prompter(model=CLIP, device="cpu")
+    target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
+    both = evaluate(small_mcq, "synthshapes-mcq", target, tmp_path / "both", conditions="original,api,overlay",
+                    prompter=prompter, batch_size=8)
+    assert both["conditions"]["api"]["metrics"] == both["conditions"]["overlay"]["metrics"]
+    assert both["delta"]["accuracy"]["value"] == pytest.approx(
+        both["conditions"]["api"]["metrics"]["accuracy"] - both["conditions"]["original"]["metrics"]["accuracy"])
+    two = evaluate(small_mcq, "synthshapes-mcq", target, tmp_path / "two", prompter=prompter, batch_size=8)
+    assert "comparisons" not in two and set(two["conditions"]) == {"original", "api"}
+
+
+def test_condition_names_and_what_each_needs(small_mcq, tmp_path):
+    assert check_conditions("box, Original,crop") == ("original", "crop", "box")
+    with pytest.raises(ConfigError, match="choose from: original, api, overlay, crop, blur, box"):
+        check_conditions("zoom")
+    with pytest.raises(ConfigError, match="condition 'crop' needs a Prompter"):
+        evaluate(small_mcq, "synthshapes-mcq", lambda image, question: "A", tmp_path / "never",
+                 conditions="original,crop", prompter=lambda image, query: image)
+    assert not (tmp_path / "never").exists()                  # refused before anything is written
