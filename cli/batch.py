@@ -234,9 +234,9 @@ def batch_command(
 
 def check_rerun(out: Path, source, options: PromptOptions, *, image_format: str, jpeg_quality: int) -> None:
     """Refuse, before any model loads, a rerun into ``out`` whose parameters differ from the
-    earlier run's: the input and its columns, the output format, the backend and the map and
-    overlay settings (what run.json records and can be known without the model). The runner
-    checks the rest (the model and its weights) once the model is loaded.
+    earlier run's: the input and its columns, the output format, and the map and overlay
+    settings (what run.json records and can be known without the model). The runner checks the
+    rest (the backend, the model and its weights) once the model is loaded.
     """
     from api_prompt.batch.runner import OutputSpec
     from api_prompt.batch.store import OutputDir, compare_parameters, jsonable
@@ -249,7 +249,9 @@ def check_rerun(out: Path, source, options: PromptOptions, *, image_format: str,
     recorded = stored.get("parameters") or {}
     settings = options.settings()
     resolved, _ = check_settings(settings.pop("preset"), **settings)
-    prompter = {"backend": options.backend, **resolved, "geometry": settings["geometry"]}
+    # the backend's name in run.json is what its attributor describes itself as, known once it
+    # loads (a registered backend may name itself otherwise): the runner checks it with the model
+    prompter = {**resolved, "geometry": settings["geometry"]}
     requested = jsonable({
         "source": source.describe(),
         "output": OutputSpec("jpg" if image_format == "jpeg" else image_format, jpeg_quality).describe(),

@@ -539,7 +539,7 @@ def test_cli_batch_exit_codes_and_merge(cli, tmp_path):
     result = cli("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m")
     assert result.exit_code == 1 and "1 failed" in result.output
     result = cli("merge", tmp_path / "s1", "--out", tmp_path / "m1")
-    assert result.exit_code == 1 and "shards 0 are missing" in result.output
+    assert result.exit_code == 1 and "shard 0 is missing" in result.output
 
 
 def test_cli_feedback_resume_nothing_left_and_log_friendly_progress(cli, tmp_path, monkeypatch):
