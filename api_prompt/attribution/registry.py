@@ -14,7 +14,7 @@ backend is one module (an :class:`~api_prompt.attribution.base.Attributor` subcl
 >>> get_backend("llava").check_options({"pretrained": "openai"})
 Traceback (most recent call last):
 ...
-api_prompt.errors.ConfigError: the llava backend takes no option 'pretrained'; it takes model, layer, device, dtype, max_new_tokens, batch_size, processor, enhance, kernel_size
+api_prompt.errors.ConfigError: the llava backend takes no option 'pretrained'; it takes model, layer, device, dtype, max_new_tokens, batch_size, relative, generic_query, processor, enhance, kernel_size
 """
 
 from __future__ import annotations
