@@ -841,6 +841,13 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
 
 
 def main(argv=None):
+    # a library imported earlier in the process may have turned autograd off globally
+    # (torch.set_grad_enabled(False)); training needs it on, whatever ran before
+    with torch.enable_grad():
+        return _main(argv)
+
+
+def _main(argv=None):
     args = parse_args(argv)
     if args.write_vqa:
         print(write_vqa(args.write_vqa))
