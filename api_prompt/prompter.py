@@ -225,22 +225,10 @@ class Prompter:
     def style_named(self, name: str):
         """Another style with this Prompter's settings: the overlay settings and the
         ``style_options`` it takes (for comparing styles on the same maps, as ``eval`` does)."""
-        from .styles import STYLES, create_style, style_options
-
         key = str(name).strip().lower()
         if key == self.style.name:
             return self.style
-        if key not in STYLES:
-            create_style(key)  # the one-line unknown-style error
-        accepted = style_options(STYLES[key])
-        shared = {"resample": self.settings["resample"], "background": self.settings["background"],
-                  "geometry": self.overlay.geometry, **self.style_options}
-        return create_style(key, **{option: value for option, value in shared.items() if option in accepted})
-
-    def target_images(self, image, attention_map: AttentionMap) -> list[Image.Image]:
-        """What the target is shown for ``image``, in order (one image, or the original and the
-        zoomed crop for ``crop``), by this Prompter's style. No model."""
-        return self.style.apply(image, attention_map)
+        return _style_with(key, self.settings, self.overlay.geometry, self.style_options)
 
     def heatmap(self, image, attention_map: AttentionMap, *, colorbar: bool = False) -> Image.Image:
         """The map as a colour heat map over ``image`` (for people, not for the target model),
@@ -339,22 +327,28 @@ def prompt(image, query: str, **options: Any) -> Image.Image:
 
 def _make_style(style: Any, options: dict[str, Any] | None, settings: dict[str, Any], geometry: str):
     """The Prompter's style: the overlay settings go to the styles that take them."""
-    from .styles import STYLES, Style, create_style, style_options
+    from .styles import STYLES, Style, style_options
 
     if isinstance(style, Style):
         if options:
             raise ConfigError("style_options apply to a style given by name, not to a Style object")
         return style
-    shared = {"resample": settings["resample"], "background": settings["background"], "geometry": geometry}
     options = dict(options or {})
     taken = {option for cls in STYLES.values() for option in style_options(cls)}
     unknown = sorted(set(options) - taken)
     if unknown:
         raise ConfigError(f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
                           f"{', '.join(sorted(taken))}")
-    key = style.strip().lower() if isinstance(style, str) else style
-    accepted = style_options(STYLES[key]) if key in STYLES else []
     # options of other styles are kept for style_named() (eval compares styles on one map)
-    given = {**{k: v for k, v in shared.items() if k in accepted},
-             **{k: v for k, v in options.items() if k in accepted}}
-    return create_style(style, **given)
+    return _style_with(style, settings, geometry, options)
+
+
+def _style_with(name: Any, settings: dict[str, Any], geometry: str, options: dict[str, Any]):
+    """Style ``name`` with the overlay settings and those of ``options`` that it takes."""
+    from .styles import STYLES, create_style, style_options
+
+    key = name.strip().lower() if isinstance(name, str) else name
+    accepted = style_options(STYLES[key]) if key in STYLES else []
+    given = {"resample": settings["resample"], "background": settings["background"], "geometry": geometry,
+             **options}
+    return create_style(name, **{option: value for option, value in given.items() if option in accepted})

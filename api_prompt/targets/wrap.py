@@ -99,21 +99,22 @@ def wrap(target: Any, prompter: Any, mode: str = "prompted", **generation: Any) 
 def prompt_images(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Image.Image]:
     """The prompted images: one ``prompter.batch(images, queries)`` call when the prompter has
     ``batch``, else one ``prompter(image, query)`` call per image; see :func:`as_image`."""
-    batch = getattr(prompter, "batch", None)
-    results = batch(images, queries) if callable(batch) else [
-        prompter(image, query) for image, query in zip(images, queries)
-    ]
-    return [as_image(result) for result in results]
+    return [as_image(result) for result in _prompt_results(prompter, images, queries)]
 
 
 def prompt_image_lists(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[list[Image.Image]]:
     """What the target is shown for each image: a :class:`~api_prompt.PromptResult`'s
     ``images`` (several for a style such as ``crop``), or the one prompted image."""
+    return [list(getattr(result, "images", None) or [as_image(result)])
+            for result in _prompt_results(prompter, images, queries)]
+
+
+def _prompt_results(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Any]:
+    """One ``prompter.batch`` call when the prompter has ``batch``, else one call per image."""
     batch = getattr(prompter, "batch", None)
-    results = batch(images, queries) if callable(batch) else [
+    return batch(images, queries) if callable(batch) else [
         prompter(image, query) for image, query in zip(images, queries)
     ]
-    return [list(getattr(result, "images", None) or [as_image(result)]) for result in results]
 
 
 def as_image(result: Any) -> Image.Image:

@@ -586,6 +586,6 @@ def pack_positions(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _image_key(image: Any) -> tuple:
-    """What identifies an image for the generic-map cache: its size, mode and pixels' digest."""
-    image = load_image(image) if not hasattr(image, "tobytes") else image
+    """What identifies an image (a PIL image, as :meth:`attribute` gets them) for the generic-map
+    cache: its size, mode and pixels' digest."""
     return image.size, image.mode, hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
