@@ -178,10 +178,12 @@ class Example:
     target: int | None = None
 
 
-def make_question(scene: Scene, kind: str, rng: np.random.Generator) -> Example | None:
+def make_question(scene: Scene, kind: str, rng: np.random.Generator,
+                  near_miss: float = 0.7) -> Example | None:
     """A question of ``kind`` about ``scene`` with its answer, or None when the scene cannot
     support one (color questions need a shape that occurs once, shape questions a colour that
-    occurs once)."""
+    occurs once). Half the yes/no questions are ``no``; of those, a share ``near_miss`` names a
+    near miss (a present colour with an absent shape, or the reverse) when the scene has one."""
     objs = scene.objects
     wording = QUESTION_TEMPLATES[kind][int(rng.integers(len(QUESTION_TEMPLATES[kind])))]
     if kind == "color":
@@ -204,7 +206,7 @@ def make_question(scene: Scene, kind: str, rng: np.random.Generator) -> Example 
         else:
             absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
             near = [(c, s) for c, s in absent if any(c == o.color or s == o.shape for o in objs)]
-            pool = near if near and rng.random() < 0.7 else absent
+            pool = near if near and rng.random() < near_miss else absent
             color, shape = pool[int(rng.integers(len(pool)))]
             answer, target = "no", None
         return Example(scene, kind, wording.format(a=_article(color), color=color, shape=shape), answer, target)
@@ -220,14 +222,14 @@ def make_question(scene: Scene, kind: str, rng: np.random.Generator) -> Example 
 
 
 def sample_examples(rng: np.random.Generator, n: int, mix: dict[str, float],
-                    n_objects=(1, 3), size: int = 64) -> list[Example]:
+                    n_objects=(1, 3), size: int = 64, near_miss: float = 0.7) -> list[Example]:
     kinds = list(mix)
     weights = np.array([mix[k] for k in kinds], dtype=np.float64)
     weights /= weights.sum()
     out: list[Example] = []
     while len(out) < n:
         scene = make_scene(rng, size=size, n_objects=n_objects)
-        example = make_question(scene, kinds[int(rng.choice(len(kinds), p=weights))], rng)
+        example = make_question(scene, kinds[int(rng.choice(len(kinds), p=weights))], rng, near_miss)
         if example is not None:
             out.append(example)
     return out
@@ -756,6 +758,32 @@ def write_training_md(out: Path, summary: dict) -> None:
 STAGE2_MIX = {"color": 0.2, "shape": 0.2, "exists": 0.2, "count": 0.12, "describe": 0.16, "caption": 0.12}
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """``"exists=0.5,color=0.1"`` -> ``{"exists": 0.5, "color": 0.1}`` (kinds of QUESTION_TEMPLATES).
+
+    >>> parse_mix("exists=0.5,color=0.5")
+    {'exists': 0.5, 'color': 0.5}
+    """
+    mix = {}
+    for item in text.split(","):
+        kind, _, weight = item.partition("=")
+        if kind.strip() not in QUESTION_TEMPLATES or not weight:
+            raise argparse.ArgumentTypeError(f"bad mix item {item!r}: use KIND=WEIGHT with KIND in {list(QUESTION_TEMPLATES)}")
+        mix[kind.strip()] = float(weight)
+    return mix
+
+
+def load_trained(folder: Path):
+    """(model, processor) from a trained folder, vision tower frozen, ready to train on."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    return model, processor
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
@@ -787,13 +815,21 @@ def parse_args(argv=None):
     p.add_argument("--write-vqa", type=Path, default=None, metavar="DIR",
                    help="only write held-out short-answer questions for api-prompt eval to DIR and exit")
     p.add_argument("--eval-n", type=int, default=200, help="held-out questions per type at the end (0: none)")
+    p.add_argument("--init", type=Path, default=None, metavar="DIR",
+                   help="continue from a trained folder (model and processor) instead of building one")
+    p.add_argument("--stage2-mix", type=parse_mix, default=None, metavar="KIND=W,...",
+                   help="question mix of stage 2 (default: " + ",".join(f"{k}={v}" for k, v in STAGE2_MIX.items()) + ")")
+    p.add_argument("--near-miss-ramp", type=int, default=0, metavar="STEPS",
+                   help="stage 2: near-miss share of 'no' questions grows from 0 to 0.7 over STEPS (0: 0.7 throughout)")
     return p.parse_args(argv)
 
 
 def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, log, history,
-              probes, out, processor):
+              probes, out, processor, near_miss_ramp: int = 0):
     """One training stage with a linear-warmup cosine schedule; progress is max(step/steps,
-    elapsed/budget) when a time budget is set, so the schedule completes within it."""
+    elapsed/budget) when a time budget is set, so the schedule completes within it. With
+    ``near_miss_ramp`` the share of near-miss ``no`` questions grows linearly from 0 to 0.7 over
+    that many steps (easy negatives first)."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -817,7 +853,8 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
         for g in opt.param_groups:
             g["lr"] = cur
         ts = time.time()
-        batch = encoder(sample_examples(rng, args.batch_size, mix))
+        near_miss = 0.7 * min(1.0, step / near_miss_ramp) if near_miss_ramp else 0.7
+        batch = encoder(sample_examples(rng, args.batch_size, mix, near_miss=near_miss))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        pixel_values=batch["pixel_values"]).logits
         loss = answer_loss(logits, batch["labels"])
@@ -867,7 +904,15 @@ def _main(argv=None):
         logf.write(msg + "\n")
         logf.flush()
 
-    model, processor = build_model_and_processor(args, args.clip)
+    previous = None
+    if args.init:
+        model, processor = load_trained(args.init)
+        record = args.init / "TRAINING.md"
+        previous = {"sha256": weights_sha256(args.init),
+                    "training_md": record.read_text() if record.exists() else ""}
+    else:
+        model, processor = build_model_and_processor(args, args.clip)
+    mix = args.stage2_mix or STAGE2_MIX
     n_image_tokens = model.config.image_seq_length
     encoder = Encoder(processor, n_image_tokens)
     n_params = sum(p.numel() for p in model.parameters())
@@ -890,8 +935,8 @@ def _main(argv=None):
     for p in language:
         p.requires_grad_(True)
     s2, t2 = run_stage("stage2", model, projector + language, encoder, rng, args, args.stage2_steps,
-                       args.stage2_minutes, args.stage2_lr, STAGE2_MIX, log, history, probes,
-                       args.out, processor)
+                       args.stage2_minutes, args.stage2_lr, mix, log, history, probes,
+                       args.out, processor, args.near_miss_ramp)
     model.eval()
     save(model, processor, args.out)
     log(f"# done: stage1 {s1} steps {t1:.0f} s, stage2 {s2} steps {t2:.0f} s")
@@ -901,7 +946,7 @@ def _main(argv=None):
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "stage1": {"steps": s1, "wall_s": t1}, "stage2": {"steps": s2, "wall_s": t2},
         "n_params": n_params, "n_trained": n_train, "vocab": len(processor.tokenizer),
-        "history": history, "sha256": weights_sha256(args.out),
+        "history": history, "sha256": weights_sha256(args.out), "mix": mix, "init": previous,
         "torch": torch.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
     }
