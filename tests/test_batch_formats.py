@@ -189,7 +189,7 @@ def test_vlmevalkit_builds_prompts_and_scores_the_prompted_mcq_table(tmp_path, m
     """VLMEvalKit's own build_dataset, build_prompt, dump_image and exact-matching MCQ evaluation on
     the batch output; its accuracy equals ``api-prompt eval``'s scorer on the same predictions."""
     pandas = pytest.importorskip("pandas")
-    from api_prompt.evaluation.metrics import build_table
+    from api_prompt.evaluation.benchmarks import build_table
 
     circular = name.endswith("Circular")      # VLMEvalKit evaluates a "...circular..." name circularly
     header = ["index", "image", "question", "hint", "A", "B", "C", "answer", "category"]

@@ -8,7 +8,7 @@ from math import comb
 
 from api_prompt.errors import ConfigError
 from api_prompt.evaluation import score
-from api_prompt.evaluation.metrics import build_table
+from api_prompt.evaluation.benchmarks import build_table
 from api_prompt.evaluation.normalize import normalize_answer
 from api_prompt.evaluation.scoring import infer_option, mme_answer, pope_answer, vqa_accuracy
 from api_prompt.evaluation.stats import bootstrap_conditions, mcnemar_p, paired_bootstrap
@@ -168,7 +168,9 @@ def test_missing_ground_truth_and_unknown_benchmark_are_clear_errors():
         score("pope", "yes", {"question": "Is there a dog?"})
     with pytest.raises(ConfigError, match="option columns"):
         score("mcq", "A", {"answer": "A"})
-    with pytest.raises(ConfigError, match="unknown benchmark"):
+    with pytest.raises(ConfigError, match="unknown benchmark 'mmbench'; choose one of: pope, mme,"):
+        score("mmbench", "A", {"answer": "A"})
+    with pytest.raises(ConfigError, match="mmvet is scored by a judge model"):
         score("mmvet", "A", {"answer": "A"})
 
 
@@ -240,6 +242,7 @@ def test_bootstrap_intervals_of_each_condition_and_of_the_delta():
 @pytest.mark.parametrize("module", [
     "api_prompt.evaluation", "api_prompt.evaluation.normalize", "api_prompt.evaluation.scoring",
     "api_prompt.evaluation.stats", "api_prompt.evaluation.metrics", "api_prompt.evaluation.report",
+    "api_prompt.evaluation.benchmarks",
     "api_prompt.targets.clip_zeroshot",
 ])
 def test_docstring_examples_run(module):

@@ -5,17 +5,9 @@ The readers of :mod:`api_prompt.batch.sources` (VLMEvalKit TSV, JSON Lines, CSV,
 benchmark also needs its ground truth, which can be a list (the ten VQA answers) or a dict, so
 this module adapts those readers to keep every column except the image.
 
-The text a target gets, per benchmark (the auxiliary model gets the bare question):
-
-- ``mcq``, ``synthshapes-mcq``: VLMEvalKit's multiple-choice prompt: ``Hint: ...`` (when there is
-  a hint), ``Question: ...``, ``Options:`` with one ``X. text`` line per option, and
-  ``Please select the correct answer from the options above.``;
-- ``textvqa``, ``vqav2``, ``gqa``: the question and ``Answer the question using a single word or
-  phrase.`` (LLaVA-1.5's short-answer prompt);
-- ``pope``, ``mme``: the question as the data has it (MME's ends in ``Please answer yes or no.``,
-  which is left out of the auxiliary model's query);
-- ``mmvet``, ``llava-bench``: the question as the data has it (lmms-eval's ``mmvet`` task
-  prepends a step-by-step instruction by default; this does not).
+The texts a target and the auxiliary model get are each benchmark's
+(:mod:`~api_prompt.evaluation.benchmarks`); :func:`target_prompt` and :func:`auxiliary_query`
+look them up.
 """
 
 from __future__ import annotations
@@ -25,12 +17,9 @@ from typing import Any
 
 from ..batch import sources as _sources
 from ..errors import ConfigError
-from .scoring import options_of
+from .benchmarks import SHORT_ANSWER, get_benchmark
 
 __all__ = ["EvalSample", "read_samples", "target_prompt", "auxiliary_query", "SHORT_ANSWER"]
-
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-_MME_SUFFIX = "Please answer yes or no."
 
 
 @dataclass
@@ -45,32 +34,17 @@ class EvalSample:
     error: str | None = None
 
 
-def target_prompt(benchmark: str, sample: EvalSample) -> str:
-    """The text the target model is asked (see the module docstring)."""
-    question = sample.question.strip()
-    if benchmark in ("mcq", "synthshapes-mcq"):
-        lines = []
-        hint = sample.fields.get("hint")
-        if hint is not None and str(hint).strip() and str(hint).lower() != "nan":
-            lines.append(f"Hint: {hint}")
-        lines.append(f"Question: {question}")
-        options = options_of(sample.fields)
-        if options:
-            lines.append("Options:")
-            lines += [f"{letter}. {text}" for letter, text in options.items()]
-            lines.append("Please select the correct answer from the options above.")
-        return "\n".join(lines)
-    if benchmark in ("textvqa", "vqav2", "gqa"):
-        return f"{question}\n{SHORT_ANSWER}"
-    return question
+def target_prompt(benchmark: str, sample: EvalSample, *, bare: bool = False) -> str:
+    """The text the target model is asked: the benchmark's prompt, or with ``bare`` the question
+    exactly as the data has it (no answer-format instruction, no options)."""
+    if bare:
+        return sample.question
+    return get_benchmark(benchmark).prompt(sample.question, sample.fields)
 
 
 def auxiliary_query(benchmark: str, sample: EvalSample) -> str:
     """The text the auxiliary model attributes: the question without answer-format instructions."""
-    question = sample.question.strip()
-    if benchmark == "mme" and question.endswith(_MME_SUFFIX):
-        question = question[: -len(_MME_SUFFIX)].strip() or question
-    return question
+    return get_benchmark(benchmark).query(sample.question, sample.fields)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -301,12 +301,12 @@ JUDGED: dict[str, JudgedBenchmark] = {
 }
 
 
-def judge_variation(benchmark: str, samples: Sequence[Mapping[str, Any]],
+def judge_variation(benchmark: str | JudgedBenchmark, samples: Sequence[Mapping[str, Any]],
                     grades: Sequence[Mapping[str, Sequence[Any]]], baseline: str = "original") -> dict[str, Any]:
     """The metrics of each judge repeat (``grades[r][condition][i]``), and per metric and
     condition (and for the difference from ``baseline``) the mean, standard deviation
-    (``ddof=1``), min and max over the repeats."""
-    record = JUDGED[benchmark]
+    (``ddof=1``), min and max over the repeats. ``benchmark``: a record, or a name in :data:`JUDGED`."""
+    record = JUDGED[benchmark] if isinstance(benchmark, str) else benchmark
     runs = []
     for repeat in grades:
         table = record.table(samples, repeat)

@@ -2,9 +2,12 @@
 
 Every metric of a benchmark is a function of *sums over units*: a unit is one sample, or the
 group of samples the benchmark scores together (MME's two questions about one image, MMBench's
-circular variants of one question). :func:`build_table` turns answers into a ``(n_units, k)``
+circular variants of one question). A benchmark's table function (its record's ``table`` in
+:mod:`~api_prompt.evaluation.benchmarks`, called by
+:func:`~api_prompt.evaluation.benchmarks.build_table`) turns answers into a ``(n_units, k)``
 array per condition and a function from column sums to the metrics, so the point estimate is
 that function on the plain sums and a bootstrap resample is the same function on weighted sums.
+The table functions here are those of the built-in benchmarks; they know no benchmark by name.
 
 Metrics (fractions in [0, 1], except MME's, which are percentages as MME defines them):
 
@@ -24,7 +27,7 @@ Benchmarks other than MME with a ``category`` column holding several values also
 metric per category, named ``<category>/<metric>``.
 
 >>> samples = [{"answer": "yes"}, {"answer": "no"}, {"answer": "yes"}]
->>> table = build_table("pope", samples, {"original": ["Yes", "No", "No"]})
+>>> table = pope_table(None, samples, {"original": ["Yes", "No", "No"]})
 >>> {k: round(v, 3) for k, v in table.point("original").items()}
 {'accuracy': 0.667, 'precision': 1.0, 'recall': 0.5, 'f1': 0.667, 'yes_ratio': 0.333}
 """
@@ -37,12 +40,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .normalize import normalize_answer, normalize_vqav2_answer
-from .scoring import (
-    BENCHMARKS, choices_of, mcq_pick, pope_answer, pope_label, score, vqa_humans, vqa_score,
-)
+from .scoring import pope_answer, pope_label
 
-__all__ = ["MME_PERCEPTION", "MME_COGNITION", "MetricTable", "build_table", "CIRCULAR_MODULUS"]
+__all__ = [
+    "MME_PERCEPTION", "MME_COGNITION", "MetricTable", "CIRCULAR_MODULUS", "pope_table",
+    "mean_score_table", "mme_table", "units_table",
+]
 
 MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
                   "landmark", "artwork", "OCR")
@@ -78,35 +81,52 @@ class MetricTable:
         return {name: float(value) for name, value in values.items()}
 
 
-def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
-                answers: Mapping[str, Sequence[str]]) -> MetricTable:
-    """Score ``answers[condition][i]`` against ``samples[i]`` and lay out the units.
+def pope_table(benchmark, samples: Sequence[Mapping[str, Any]],
+               answers: Mapping[str, Sequence[str | None]]) -> MetricTable:
+    """POPE's table: the answers are parsed once, and the columns hold what the metrics are made of."""
+    label_yes = np.array([pope_label(s) == "yes" for s in samples], dtype=float)
+    columns = {c: _pope_columns(values, label_yes) for c, values in answers.items()}
+    scores = {c: cols["correct"] for c, cols in columns.items()}
+    return units_table(samples, columns, scores, ["correct", "yes", "label", "tp", "one"], _pope_metrics,
+                       proportion="accuracy")
 
-    ``answers`` maps each condition to one answer per sample, in the order of ``samples``.
+
+def mean_score_table(metric: str = "accuracy", *, proportion: bool = True, circular: bool = False):
+    """The table function of a benchmark whose metric is the mean per-sample score, named
+    ``metric``; ``proportion``: the scores are 0/1 (McNemar applies); ``circular``: MMBench's
+    circular groups (see the module docstring).
+
+    >>> table = mean_score_table("hits")
+    >>> class Toy:  # any benchmark record: scores(samples, answers) -> {condition: array}
+    ...     def scores(self, samples, answers):
+    ...         return {c: np.array([float(a == s["answer"]) for a, s in zip(v, samples)]) for c, v in answers.items()}
+    >>> table(Toy(), [{"answer": "x"}, {"answer": "y"}], {"original": ["x", "x"]}).point("original")
+    {'hits': 0.5}
     """
-    if benchmark not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
-    for condition, values in answers.items():
-        if len(values) != len(samples):
-            raise ValueError(f"{condition}: {len(values)} answers for {len(samples)} samples")
-    if benchmark == "pope":  # parsed once: the columns hold what the score is made of
-        label_yes = np.array([pope_label(s) == "yes" for s in samples], dtype=float)
-        columns = {c: _pope_columns(values, label_yes) for c, values in answers.items()}
-        scores = {c: cols["correct"] for c, cols in columns.items()}
-        names, finish = ["correct", "yes", "label", "tp", "one"], _pope_metrics
-    elif benchmark == "mme":
-        return _mme_table(samples, answers, _scores(benchmark, samples, answers))
-    elif benchmark in ("textvqa", "vqav2"):
-        scores = _scores(benchmark, samples, answers)
+    def table(benchmark, samples: Sequence[Mapping[str, Any]],
+              answers: Mapping[str, Sequence[str | None]]) -> MetricTable:
+        scores = benchmark.scores(samples, answers)
         columns = {c: {"score": scores[c], "one": np.ones(len(samples))} for c in answers}
-        names, finish = ["score", "one"], lambda s: {"vqa_accuracy": s[..., 0] / s[..., 1]}
-    else:
-        scores = _scores(benchmark, samples, answers)
-        columns = {c: {"correct": scores[c], "one": np.ones(len(samples))} for c in answers}
-        names, finish = ["correct", "one"], lambda s: {"accuracy": s[..., 0] / s[..., 1]}
+        return units_table(samples, columns, scores, ["score", "one"],
+                           lambda s: {metric: s[..., 0] / s[..., 1]},
+                           proportion=metric if proportion else None, circular=circular)
 
-    circular = _circular_groups(samples) if benchmark in ("mcq", "synthshapes-mcq") else None
-    groups, main = circular if circular is not None else (None, None)
+    return table
+
+
+def mme_table(benchmark, samples: Sequence[Mapping[str, Any]],
+              answers: Mapping[str, Sequence[str | None]]) -> MetricTable:
+    """MME's table: units are the images (per category); acc, acc_plus and the two totals."""
+    return _mme_table(samples, answers, benchmark.scores(samples, answers))
+
+
+def units_table(samples, columns, scores, names, finish, *, proportion: str | None = None,
+                circular: bool = False) -> MetricTable:
+    """The table of per-sample ``columns`` (condition -> name -> array) summed per unit, with
+    ``finish`` (sums of ``names`` -> metrics); circular groups and categories as the module
+    docstring says. ``proportion`` names the metric that averages the 0/1 ``scores``."""
+    circular_groups = _circular_groups(samples) if circular else None
+    groups, main = circular_groups if circular_groups is not None else (None, None)
     n_units = len(samples) if groups is None else int(groups.max()) + 1 if len(samples) else 0
     unit_of = np.arange(len(samples)) if groups is None else groups
     # VLMEvalKit scores a circular group only through its main row (index < 1e6)
@@ -127,8 +147,8 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
 
     units = {c: units_of(cols) for c, cols in columns.items()}
     binary: dict[str, dict[str, np.ndarray]] = {}
-    if benchmark not in ("textvqa", "vqav2"):
-        binary["accuracy"] = dict(scores)
+    if proportion is not None:
+        binary[proportion] = dict(scores)
     if groups is not None:
         binary["circular_accuracy"] = {c: u[has_main, 2] for c, u in units.items()}
 
@@ -143,7 +163,7 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
         for name, per_condition in list(binary.items()):
             if "/" in name:
                 continue
-            use = mask if name == "accuracy" else (unit_category == index)[has_main]
+            use = mask if name == proportion else (unit_category == index)[has_main]
             binary[f"{label}/{name}"] = {c: values[use] for c, values in per_condition.items()}
     masks = np.stack([unit_category == index for index in range(len(labels))], axis=1).astype(float)
     units = {c: np.hstack([u] + [u * masks[:, [i]] for i in range(len(labels))]) for c, u in units.items()}
@@ -159,34 +179,6 @@ def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
 
 
 # ------------------------------------------------------------------------------------------------
-
-
-def _scores(benchmark, samples, answers) -> dict[str, np.ndarray]:
-    """:func:`score` of every answer; each sample's ground truth is read once for all conditions."""
-    if benchmark in ("textvqa", "vqav2"):
-        normalise = normalize_answer if benchmark == "textvqa" else normalize_vqav2_answer
-        humans = [vqa_humans(benchmark, s) for s in samples]
-        return {c: np.array([vqa_score(normalise(a or ""), *h) for a, h in zip(values, humans)], dtype=float)
-                for c, values in answers.items()}
-    if benchmark in ("mcq", "synthshapes-mcq"):
-        truths = []
-        for sample in samples:
-            choices = choices_of(sample)
-            if sample.get("answer") is None or not any(text.strip() for text in choices.values()):
-                score(benchmark, "", sample)   # raises the same error score() does
-            truths.append((tuple(choices.items()), str(sample["answer"]).strip()))
-        picks: dict[tuple, str] = {}   # answers repeat (letters), and so do option lists
-
-        def pick(answer, options):
-            key = (answer, options)
-            if key not in picks:
-                picks[key] = mcq_pick(answer, dict(options))
-            return picks[key]
-
-        return {c: np.array([float(pick(a or "", o) == t) for a, (o, t) in zip(values, truths)], dtype=float)
-                for c, values in answers.items()}
-    return {c: np.array([score(benchmark, a, s) for a, s in zip(values, samples)], dtype=float)
-            for c, values in answers.items()}
 
 
 def _pope_columns(answers, label_yes) -> dict[str, np.ndarray]:

@@ -11,13 +11,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .metrics import build_table
+from .benchmarks import BENCHMARKS, build_table
 from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_conditions, mcnemar_p
 
 __all__ = ["summarize", "write_report", "write_chart", "chart_metrics"]
-
-_PRIMARY = {"pope": "accuracy", "mme": "acc", "textvqa": "vqa_accuracy", "vqav2": "vqa_accuracy",
-            "mmvet": "score", "llava-bench": "relative_score"}
 
 
 def summarize(
@@ -52,7 +49,7 @@ def summarize(
     conditions = list(answers)
     keep = [i for i in range(len(samples)) if all(errors[c][i] is None for c in conditions)]
     kept = [samples[i] for i in keep]
-    table = _table(benchmark, kept, {c: [answers[c][i] for i in keep] for c in conditions})
+    table = build_table(benchmark, kept, {c: [answers[c][i] for i in keep] for c in conditions})
     base = baseline if baseline in conditions else conditions[0]
     boot = bootstrap_conditions(table.units, table.metric, baseline=base,
                                 n_resamples=n_resamples, seed=seed) if kept else None
@@ -107,14 +104,6 @@ def _differences(pair_deltas, table, a: str, b: str, sign: int = 1) -> dict[str,
     return out
 
 
-def _table(benchmark, samples, answers):
-    from .judged import JUDGED
-
-    if benchmark in JUDGED:
-        return JUDGED[benchmark].table(samples, answers)
-    return build_table(benchmark, samples, answers)
-
-
 def _number(value: float) -> float | None:
     """JSON has no NaN: undefined metrics (say, precision with no "yes") become null."""
     value = float(value)
@@ -124,7 +113,8 @@ def _number(value: float) -> float | None:
 def chart_metrics(benchmark: str, metrics: Mapping[str, Any]) -> list[str]:
     """The metrics the chart shows: per category when there are categories, else all (MME's
     totals, on another scale, are left to the report)."""
-    primary = _PRIMARY.get(benchmark, "accuracy")
+    record = BENCHMARKS.get(benchmark)   # a summary may name a benchmark not registered here
+    primary = record.primary if record is not None else "accuracy"
     per_category = [name for name in metrics if name.endswith("/" + primary)]
     if per_category:
         return ([primary] if primary in metrics else []) + per_category

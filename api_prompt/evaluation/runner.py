@@ -28,11 +28,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ..batch.store import lock_folder, write_atomic
 from ..errors import ConfigError
 from ..targets.wrap import prompt_images
+from .benchmarks import BENCHMARKS, get_benchmark, score
 from .data import EvalSample, auxiliary_query, read_samples, target_prompt
 from .judge import CACHE, JudgeCache, JudgeJob, create_judge, grade_all
-from .judged import JUDGED, judge_variation
+from .judged import judge_variation
 from .report import summarize, write_chart, write_report
-from .scoring import BENCHMARKS, score
 from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
 __all__ = [
@@ -78,6 +78,7 @@ def evaluate(
     checked: tuple[Any, list[EvalSample]] | None = None,
     judge: Any = None,
     judge_repeats: int = 1,
+    bare_question: bool = False,
     **data_options: Any,
 ) -> dict[str, Any]:
     """Evaluate ``target`` on ``benchmark`` with each condition; returns the summary.
@@ -113,6 +114,9 @@ def evaluate(
             predictions.jsonl and the tokens it used to the summary's ``judge`` entry.
         judge_repeats: grade every answer this many times (independent judge runs); the
             metrics are the first run's, and the summary reports the spread over the runs.
+        bare_question: ask the target the question exactly as the data has it, without the
+            benchmark's answer-format instruction or options (for a model trained without
+            them); recorded in the run's parameters, so a resume must use the same value.
         **data_options: ``id_column``, ``image_column``, ``question_column``, ``image_root``,
             ``split``, ``format`` (see :func:`api_prompt.batch.sources.open_source`).
     """
@@ -148,6 +152,8 @@ def evaluate(
     }
     if judge is not None:
         settings["judge"] = {**judge.describe(), "repeats": judge_repeats}
+    if bare_question:   # recorded only when set: earlier runs' parameters stay as they were
+        settings["bare_question"] = True
     parameters = json.loads(json.dumps(
         {"benchmark": benchmark, "target": target_info, "settings": settings}, default=str))
 
@@ -172,7 +178,7 @@ def evaluate(
                 if position + 1 < len(chunks):
                     upcoming = decoder.submit(_decode, chunks[position + 1], source)
                 records = _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter,
-                                     dict(generation or {}), graded_later)
+                                     dict(generation or {}), graded_later, bare=bare_question)
                 if grader is not None:
                     grader.grade(records, {s.id: s for s in chunk})
                 run.append(records)
@@ -192,13 +198,11 @@ def evaluate(
 def check_judge(benchmark: str, judge: Any, repeats: int = 1):
     """The judge object for ``benchmark`` (None for the benchmarks scored by rule); ConfigError
     for an unknown benchmark, a judged one without a judge, or a judge where none is used."""
-    if benchmark not in BENCHMARKS and benchmark not in JUDGED:
-        known = (*BENCHMARKS, *JUDGED)
-        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(known)}")
-    if benchmark not in JUDGED:
+    if get_benchmark(benchmark).judge is None:
         if judge is not None:
+            judged = [name for name, record in BENCHMARKS.items() if record.judge is not None]
             raise ConfigError(f"--benchmark {benchmark} is scored by rule; --judge is for "
-                              f"{' and '.join(JUDGED)}")
+                              f"{' and '.join(judged)}")
         return None
     if judge is None:
         raise ConfigError(f"--benchmark {benchmark} is scored by a judge model: pass --judge openai:MODEL "
@@ -229,10 +233,10 @@ def check_data(data: Any, benchmark: str, *, limit: int | None = None, **data_op
     """``(source, samples)`` of ``data``, refused (ConfigError) when it is empty or lacks the
     benchmark's ground truth. Cheap (no image is decoded): run it before loading models, and
     pass what it returns to :func:`evaluate` as ``checked``."""
-    source, samples = read_samples(data, limit=limit, **data_options)
+    check = get_benchmark(benchmark).check
+    source, samples = read_samples(data, limit=limit, **get_benchmark(benchmark).reader_options(data_options))
     if not samples:
         raise ConfigError(f"{source.name} holds no samples")
-    check = JUDGED[benchmark].check if benchmark in JUDGED else lambda fields: score(benchmark, "", fields)
     for sample in samples:
         if sample.error is None:
             try:
@@ -260,9 +264,11 @@ def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
     return images
 
 
-def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, generation, answered=None):
+def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, generation, answered=None,
+               bare=False):
     """Prediction records for every (sample, condition) of ``chunk`` not done yet; ``answered``
-    holds answers that are kept (only their judging is to be done again)."""
+    holds answers that are kept (only their judging is to be done again); ``bare``: the target
+    is asked the bare question."""
     records: list[dict[str, Any]] = []
     answered = answered or {}
     maps: dict[str, Any] = {}  # one map per sample, shared by every styled condition
@@ -283,7 +289,7 @@ def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, g
             shown, failures = _prompt(prompter, ready, shown, benchmark, condition, maps)
         asked = [(s, image) for s, image in zip(ready, shown) if s.id not in failures]
         answers, answer_failures = _answer(answerer, [s for s, _ in asked], [i for _, i in asked],
-                                           benchmark, generation)
+                                           benchmark, generation, bare)
         failures.update(answer_failures)
         for sample in ready:
             error = failures.get(sample.id)
@@ -347,11 +353,11 @@ def _each(samples, make):
     return results, failures
 
 
-def _answer(answerer, samples, images, benchmark, generation):
+def _answer(answerer, samples, images, benchmark, generation, bare=False):
     """Answers by sample id (one batch call; one call per sample when the batch fails)."""
     if not samples:
         return {}, {}
-    questions = [target_prompt(benchmark, s) for s in samples]
+    questions = [target_prompt(benchmark, s, bare=bare) for s in samples]
     try:
         answers = answerer(images, questions, **generation)
         if len(answers) != len(samples):
@@ -370,7 +376,8 @@ def _answer(answerer, samples, images, benchmark, generation):
 
 
 def _record(benchmark, sample, condition, answer, error):
-    value = None if error is not None or benchmark in JUDGED else score(benchmark, answer, sample.fields)
+    judged = get_benchmark(benchmark).judge is not None
+    value = None if error is not None or judged else score(benchmark, answer, sample.fields)
     return {"id": sample.id, "condition": condition, "answer": answer, "score": value, "error": error,
             "index": sample.index}
 
@@ -394,7 +401,7 @@ def _summary(benchmark, samples, conditions, latest, parameters, n_resamples, se
             answers[condition].append(record.get("answer"))
             errors[condition].append(record.get("error"))
     judge = None
-    if benchmark in JUDGED:  # the metrics are made of the judge's grades, not of the answers
+    if get_benchmark(benchmark).judge is not None:  # the metrics are the judge's grades, not the answers
         records = [[latest[(s.id, c)] for s in samples] for c in conditions]
         graded = [all(r["error"] is None for r in column) for column in zip(*records)]
         kept = [s.fields for s, ok in zip(samples, graded) if ok]
@@ -405,7 +412,7 @@ def _summary(benchmark, samples, conditions, latest, parameters, n_resamples, se
                        for r in column] for c, column in zip(conditions, records)}
         judge = {**parameters["settings"]["judge"], **_tokens(r for column in records for r in column)}
         if repeats > 1:
-            judge["variation"] = judge_variation(benchmark, kept, grades)
+            judge["variation"] = judge_variation(get_benchmark(benchmark).judge, kept, grades)
     return summarize(
         benchmark, [s.fields for s in samples], answers, errors,
         target=parameters["target"], settings=parameters["settings"],
@@ -428,7 +435,7 @@ class _Grader:
     a judge that cannot be reached makes the record's error."""
 
     def __init__(self, benchmark: str, judge, repeats: int, cache_path: Path) -> None:
-        self.benchmark, self.record = benchmark, JUDGED[benchmark]
+        self.benchmark, self.record = benchmark, get_benchmark(benchmark).judge
         self.judge, self.repeats = judge, repeats
         self.cache = JudgeCache(cache_path)
 

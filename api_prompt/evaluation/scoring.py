@@ -1,8 +1,11 @@
-"""Per-sample scoring as each benchmark's official evaluation does it: ``score(benchmark, answer, sample)``.
+"""Per-sample scoring as each benchmark's official evaluation does it, benchmark by benchmark.
 
-Every rule below is the official scorer's, quirks included, and the tests call the official code
-itself on the same answers (``tests/test_official_scorers.py``; versions and quirks in
-``docs/scoring.md``):
+Each benchmark has a *truth* function (the sample's ground truth, read once and checked: a
+ConfigError when it is missing) and a *score* function ``(answer, truth) -> float``; its record
+in :mod:`~api_prompt.evaluation.benchmarks` names them, and
+:func:`~api_prompt.evaluation.benchmarks.score` calls them. Every rule below is the official
+scorer's, quirks included, and the tests call the official code itself on the same answers
+(``tests/test_official_scorers.py``; versions and quirks in ``docs/scoring.md``):
 
 ``pope``
     LLaVA's ``eval_pope.py``: the first sentence (text before the first ``.``), commas dropped,
@@ -33,6 +36,7 @@ itself on the same answers (``tests/test_official_scorers.py``; versions and qui
     word ``Z``: ``Z``; otherwise, unless the answer is longer than twice the options' total
     length, the one option text the lower-cased answer contains; else nothing, scored as ``Z``.
 
+>>> from api_prompt.evaluation import score
 >>> score("pope", "No, there is not.", {"answer": "no"})
 1.0
 >>> score("mme", "Yes.", {"answer": "No"})
@@ -57,11 +61,11 @@ from ..errors import ConfigError
 from .normalize import exact_match_text, normalize_answer, normalize_vqav2_answer
 
 __all__ = [
-    "BENCHMARKS", "score", "pope_answer", "mme_answer", "vqa_accuracy", "vqa_humans", "vqa_score",
+    "pope_answer", "mme_answer", "vqa_accuracy", "vqa_humans", "vqa_score",
     "options_of", "choices_of", "infer_option", "ground_truth_answers", "gqa_match",
+    "pope_label", "pope_score", "mme_label", "mme_score", "textvqa_truth", "vqav2_truth",
+    "textvqa_score", "vqav2_score", "gqa_truth", "gqa_score", "mcq_truth", "mcq_score", "mcq_pick",
 ]
-
-BENCHMARKS = ("pope", "mme", "textvqa", "vqav2", "gqa", "mcq", "synthshapes-mcq")
 
 _LETTERS = frozenset(string.ascii_uppercase)
 _OPTION_PUNCTUATION = str.maketrans({mark: " " for mark in ".()[],:;!*#{}"})
@@ -322,31 +326,69 @@ def mcq_pick(answer: str, options: Mapping[str, str]) -> str:
     return infer_option(answer, options) or "Z"
 
 
-def score(benchmark: str, answer: str | None, sample: Mapping[str, Any]) -> float:
-    """The official score of one ``answer`` to one ``sample`` of ``benchmark``.
+# ------------------------------------------------------------------------------------------------
+# Truth and score per benchmark: ``truth(sample)`` once per sample, ``score(answer, truth)``
 
-    ``sample`` is a row of the benchmark's data (a dict): ``answer`` holds the ground truth
-    (``answers`` the human answers for VQA; option columns ``A``, ``B``, ... for multiple
-    choice). The score is 0 or 1, except for ``textvqa``/``vqav2`` (multiples of 1/30).
-    """
-    answer = "" if answer is None else str(answer)
-    if benchmark == "pope":
-        return float(pope_answer(answer) == pope_label(sample))
-    if benchmark == "mme":
-        return float(mme_answer(answer) == mme_label(sample))
-    if benchmark == "textvqa":
-        return vqa_score(normalize_answer(answer), *vqa_humans(benchmark, sample))
-    if benchmark == "vqav2":
-        return vqa_score(normalize_vqav2_answer(answer), *vqa_humans(benchmark, sample))
-    if benchmark == "gqa":
-        return float(gqa_match(answer, _required(sample, "answer", benchmark)))
-    if benchmark in ("mcq", "synthshapes-mcq"):
-        truth = str(_required(sample, "answer", benchmark)).strip()
-        options = choices_of(sample)
-        if not options_of(sample):
-            raise ConfigError("a multiple-choice sample needs option columns A, B, ...")
-        return float(mcq_pick(answer, options) == truth)
-    raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+
+def pope_score(answer: str, label: str) -> float:
+    """1.0 when POPE reads ``answer`` as ``label`` (:func:`pope_label`)."""
+    return float(pope_answer(answer) == label)
+
+
+def mme_score(answer: str, label: str) -> float:
+    """1.0 when MME reads ``answer`` as ``label`` (:func:`mme_label`)."""
+    return float(mme_answer(answer) == label)
+
+
+def textvqa_truth(sample: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    """The normalised human answers of a TextVQA sample (see :func:`vqa_humans`)."""
+    return vqa_humans("textvqa", sample)
+
+
+def vqav2_truth(sample: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    """The normalised human answers of a VQAv2 sample (see :func:`vqa_humans`)."""
+    return vqa_humans("vqav2", sample)
+
+
+def textvqa_score(answer: str, humans: tuple[list[str], list[Any]]) -> float:
+    """TextVQA's accuracy of ``answer`` against :func:`textvqa_truth`."""
+    return vqa_score(normalize_answer(answer), *humans)
+
+
+def vqav2_score(answer: str, humans: tuple[list[str], list[Any]]) -> float:
+    """VQAv2's accuracy of ``answer`` against :func:`vqav2_truth`."""
+    return vqa_score(normalize_vqav2_answer(answer), *humans)
+
+
+def gqa_truth(sample: Mapping[str, Any]) -> Any:
+    """The ground truth of a GQA sample."""
+    return _required(sample, "answer", "gqa")
+
+
+def gqa_score(answer: str, truth: Any) -> float:
+    """1.0 when :func:`gqa_match` holds."""
+    return float(gqa_match(answer, truth))
+
+
+def mcq_truth(sample: Mapping[str, Any], benchmark: str = "mcq") -> tuple[tuple[tuple[str, str], ...], str]:
+    """``(options as VLMEvalKit sees them, the right letter)`` of a multiple-choice sample."""
+    truth = str(_required(sample, "answer", benchmark)).strip()
+    options = choices_of(sample)
+    if not options_of(sample):
+        raise ConfigError("a multiple-choice sample needs option columns A, B, ...")
+    return tuple(options.items()), truth
+
+
+def mcq_score(answer: str, truth: tuple[tuple[tuple[str, str], ...], str]) -> float:
+    """1.0 when VLMEvalKit's exact matching picks the right option (:func:`mcq_truth`)."""
+    options, letter = truth
+    return float(_cached_pick(answer, options) == letter)
+
+
+@lru_cache(maxsize=65536)
+def _cached_pick(answer: str, options: tuple[tuple[str, str], ...]) -> str:
+    # answers repeat (letters), and so do option lists
+    return mcq_pick(answer, dict(options))
 
 
 def _required(sample: Mapping[str, Any], field: str, benchmark: str) -> Any:
