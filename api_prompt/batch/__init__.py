@@ -18,19 +18,34 @@ The same from the command line::
     api-prompt merge part0 part1 --out all
 
 - :mod:`.sources`: inputs (JSON Lines, CSV, VLMEvalKit TSV, parquet, saved HF datasets).
-- :mod:`.store`: the output folder (names, manifest, run.json, atomic writes).
-- :mod:`.runner`: :func:`run`, the batched, overlapped, resumable loop (the local engine).
-- :mod:`.ray_engine`: the same stages on Ray Data actors (``engine="ray"``).
-- :mod:`.export`: the prompted VLMEvalKit TSV and ``datasets`` / parquet outputs.
+- :mod:`.store`: the output folder (names, manifest, run.json), a :class:`~api_prompt.runs.RunFolder`.
+- :mod:`.runner`: :func:`run`: options, ``DIR``, an engine, the export.
+- :mod:`.job`: the run's settings, prompter, summary and interruption (shared by the engines).
+- :mod:`.selection`: which samples (``limit``, shards), named, in which batches.
+- :mod:`.records`, :mod:`.encoding`, :mod:`.stages`: the work on one batch (decode, attribute,
+  render, encode, write) and the manifest records it makes.
+- :mod:`.local_engine`: threads in this process; :mod:`.ray_engine`: Ray Data actors.
+- :mod:`.progress`: the progress bar or log lines.
+- :mod:`.formats`: the output formats' registry; :mod:`.export` writes the planned one
+  (:mod:`.export_tsv`, :mod:`.export_dataset`).
 - :mod:`.merge`: :func:`merge`, combining shard folders.
 """
 
+from .formats import OUTPUT_FORMATS, ExportJob, ExportRow, OutputFormat, get_output_format, register_output_format
+from .job import LazyPrompter, RunSettings, Summary
 from .merge import MergeSummary, merge
-from .runner import IMAGE_FORMATS, Interrupted, LazyPrompter, OutputSpec, Summary, run
+from .runner import IMAGE_FORMATS, Interrupted, OutputSpec, run
 from .sources import Sample, Source, detect_format, open_source, resolve_image
 from .store import Namer, OutputDir, safe_name
 
 __all__ = [
+    "OUTPUT_FORMATS",
+    "ExportJob",
+    "ExportRow",
+    "OutputFormat",
+    "RunSettings",
+    "get_output_format",
+    "register_output_format",
     "IMAGE_FORMATS",
     "Interrupted",
     "LazyPrompter",

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError
+from ..runs import TMP_SUFFIX, compare_parameters, write_atomic
 from .export import export, planned_outputs
+from .formats import default_output_format
 from .sources import Source, open_source
-from .store import TMP_SUFFIX, OutputDir, compare_parameters, latest_records, read_manifest, record_files, write_atomic
+from .store import OutputDir, latest_records, read_manifest, record_files
 
 __all__ = ["merge", "MergeSummary"]
 
@@ -40,6 +42,7 @@ class MergeSummary:
         ok, error: samples in the merged manifest by status.
         inputs: the folders merged.
         missing_shards: shard indices of an ``N``-shard run that no input folder holds.
+        exported: the prompted table or dataset written (any output format), if any.
         tsv: the VLMEvalKit TSV written, if any.
         dataset: the prompted dataset (or parquet) folder written, if any.
         partial: the TSV / dataset keeps failed rows with their original image.
@@ -51,6 +54,7 @@ class MergeSummary:
     error: int = 0
     inputs: list[Path] = field(default_factory=list)
     missing_shards: list[int] = field(default_factory=list)
+    exported: Path | None = None
     tsv: Path | None = None
     dataset: Path | None = None
     partial: bool = False
@@ -143,7 +147,7 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
         outputs = {"manifest": "manifest.jsonl", "images": "images"}
         if source is not None:
             outputs.update(planned_outputs(source, num_shards=1, tsv_name=export_options.get("tsv_name"),
-                                           output_format=export_options.get("output_format", "dataset")))
+                                           output_format=export_options.get("output_format")))
         run_info = {
             "layout": first.get("layout"),
             "parameters": parameters,
@@ -161,7 +165,7 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
         if source is not None:
             export(out, source, run_info, summary, allow_partial=allow_partial,
                    keep_original=bool(export_options.get("keep_original")))
-        elif (parameters.get("source") or {}).get("format") in ("tsv", "parquet", "hf"):
+        elif default_output_format((parameters.get("source") or {}).get("format") or "") is not None:
             summary.not_exported = f"the prompted table was not written: {reason}"
     finally:
         out.close()

@@ -6,7 +6,7 @@ references and ``limit`` mean exactly the same), prepares ``DIR`` (lock, paramet
 forms the same consecutive batches, and appends the records to the one manifest. In between,
 the pending batches become a Ray dataset (``ray.data.from_items``, one row per batch) and
 ``map_batches`` sends them to a pool of actors, each holding one model
-(:class:`~api_prompt.batch.runner.Stages`: decode, attribute, render, encode, write). The
+(:class:`~api_prompt.batch.stages.Stages`: decode, attribute, render, encode, write). The
 actors write the images themselves through the same atomic writes, so their outputs are byte
 for byte those of the local engine, and a killed driver is resumed like a killed local run.
 
@@ -17,7 +17,7 @@ driver records the first report in run.json as the run's model, checks ``DIR`` a
 earlier run with other parameters is refused as in the local engine) and only then opens the
 gate (:meth:`RayPipeline.collect`). So a refused run leaves ``DIR`` as it was, and an actor
 whose model differs from the recorded one (other weights on another node) refuses to write.
-Given a loaded Prompter instead of a :class:`~api_prompt.batch.runner.LazyPrompter`, the driver
+Given a loaded Prompter instead of a :class:`~api_prompt.batch.job.LazyPrompter`, the driver
 describes it itself and every actor gets a pickled copy.
 
 What a cluster needs: every node can import api-prompt and load the model, and sees ``DIR`` (and
@@ -38,10 +38,23 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..runs import error_message, jsonable
+from .encoding import OutputSpec
+from .job import BatchPrompter, LazyPrompter, Summary
+from .local_engine import Job
+from .progress import Progress
+from .records import Item, ManifestRecord
+from .sources import Sample, Source
+from .stages import Stages
 from .store import OutputDir
+
+if TYPE_CHECKING:   # Ray is an optional extra: imported only by require_ray
+    from ray.actor import ActorHandle
+    from ray.data import Dataset
 
 __all__ = ["start_ray", "RayPipeline", "require_ray"]
 
@@ -51,7 +64,11 @@ CALLS_PER_ACTOR = 2
 CLOSE_TIMEOUT = 30.0
 
 
-def require_ray() -> Any:
+#: a prompter's ``describe()`` as JSON reads it back
+Description = dict[str, Any]
+
+
+def require_ray() -> ModuleType:
     """The ``ray`` module with Ray Data, or a one-line ConfigError saying how to install it."""
     try:
         import ray
@@ -71,25 +88,25 @@ class _Gate:
 
     def __init__(self) -> None:
         self.reported, self.decided = threading.Event(), threading.Event()
-        self.first: tuple[Any, str | None] | None = None
-        self.accepted: Any = None
+        self.first: tuple[Description | None, str | None] | None = None
+        self.accepted: Description | None = None
 
-    def report(self, description: Any, failure: str | None = None) -> None:
+    def report(self, description: Description | None, failure: str | None = None) -> None:
         if self.first is None:
             self.first = (description, failure)
             self.reported.set()
 
-    def first_report(self, timeout: float) -> tuple[Any, str | None] | None:
+    def first_report(self, timeout: float) -> tuple[Description | None, str | None] | None:
         self.reported.wait(timeout)
         return self.first
 
-    def decide(self, accepted: Any) -> None:
+    def decide(self, accepted: Description | None) -> None:
         """``accepted``: the description recorded in run.json; None calls the run off (the actors
         ask before every batch, so this also stops a run under way)."""
         self.accepted = accepted
         self.decided.set()
 
-    def wait(self) -> Any:
+    def wait(self) -> Description | None:
         self.decided.wait()
         return self.accepted
 
@@ -101,13 +118,10 @@ class _Actor:
     decoded, rendered and encoded while the other is in the model, as in the local engine.
     """
 
-    def __init__(self, prompter: Any, source: Any, out_root: str, output: Any, threads: int,
-                 torch_threads: int, gate: Any) -> None:
+    def __init__(self, prompter: BatchPrompter | LazyPrompter, source: Source, out_root: str, output: OutputSpec,
+                 threads: int, torch_threads: int, gate: ActorHandle) -> None:
         import ray
         import torch
-
-        from .runner import LazyPrompter, Stages, _message
-        from .store import jsonable
 
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1 here); on CPU the one actor per
         # machine should use that machine's cores, as the local engine does.
@@ -117,7 +131,7 @@ class _Actor:
                 prompter = prompter.build()
             self.description = jsonable(prompter.describe())
         except Exception as exc:
-            ray.get(gate.report.remote(None, _message(exc)))
+            ray.get(gate.report.remote(None, error_message(exc)))
             raise
         ray.get(gate.report.remote(self.description))
         self.stages = Stages(source, OutputDir(out_root), prompter, output)
@@ -125,10 +139,8 @@ class _Actor:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="api-prompt-ray")
         self.gate = gate
 
-    def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, rows: dict[str, Any]) -> dict[str, list[str]]:
         import ray
-
-        from .runner import _Item
 
         accepted = ray.get(self.gate.wait.remote())
         if accepted is None:                        # the driver called the run off
@@ -139,8 +151,9 @@ class _Actor:
                 "run.json; every node must load the same weights")})]}
         results = []
         for payload in rows["payload"]:
+            named: list[tuple[Sample, str]]
             named, done = pickle.loads(payload)   # written by this run's driver (see start_ray)
-            records = self.stages.process([_Item(sample, name) for sample, name in named], self.pool,
+            records = self.stages.process([Item(sample, name) for sample, name in named], self.pool,
                                           done=frozenset(done))
             results.append(json.dumps(records, ensure_ascii=False))
         return {"records": results}
@@ -151,17 +164,17 @@ class RayPipeline:
 
     _END = object()
 
-    def __init__(self, ray: Any, dataset: Any, gate: Any, started: float, log_level: int) -> None:
+    def __init__(self, ray: ModuleType, dataset: Dataset, gate: ActorHandle, started: float, log_level: int) -> None:
         self.ray, self.gate, self.started, self.log_level = ray, gate, started, log_level
         self.error: BaseException | None = None
-        self.results: queue.Queue = queue.Queue()
+        self.results: queue.Queue[list[ManifestRecord] | dict[str, str] | BaseException | object] = queue.Queue()
         # Ray Data runs the actors only while someone iterates: a thread does, from now on, so
         # that they start and load their models while the driver prepares DIR.
         self.thread = threading.Thread(target=self._consume, args=(dataset,), daemon=True,
                                        name="api-prompt-ray-results")
         self.thread.start()
 
-    def _consume(self, dataset: Any) -> None:
+    def _consume(self, dataset: Dataset) -> None:
         try:
             for row in dataset.iter_rows():
                 self.results.put(json.loads(row["records"]))
@@ -172,19 +185,19 @@ class RayPipeline:
             logging.getLogger("ray.data").setLevel(self.log_level)
             self.results.put(self._END)
 
-    def description(self) -> Any:
+    def description(self) -> Description:
         """The first actor's ``describe()`` of the model it loaded (waits for it)."""
         while True:
             report = self.ray.get(self.gate.first_report.remote(0.5))
             if report is not None:
                 description, failure = report
-                if failure is not None:
-                    raise ConfigError(failure)
+                if failure is not None or description is None:
+                    raise ConfigError(failure or "the Ray actor reported no model")
                 return description
             if self.error is not None:
                 raise self.error
 
-    def collect(self, job: Any, summary: Any, bar: Any, accepted: Any) -> None:
+    def collect(self, job: Job, summary: Summary, bar: Progress, accepted: Description) -> None:
         """Let the actors write (those whose model is ``accepted``); append their records to the
         manifest as they come."""
         try:
@@ -194,8 +207,9 @@ class RayPipeline:
                     raise records
                 if isinstance(records, dict):
                     raise ConfigError(records["refused"])
+                assert isinstance(records, list)
                 job.out.append(records)
-                job.count(summary, records)
+                summary.add(records)
                 bar.update(len(records))
         finally:
             summary.seconds = time.perf_counter() - self.started
@@ -208,11 +222,11 @@ class RayPipeline:
             self.thread.join(CLOSE_TIMEOUT)
 
 
-def start_ray(job: Any, summary: Any, prompter: Any, *, address: str | None = None,
+def start_ray(job: Job, summary: Summary, prompter: BatchPrompter | LazyPrompter, *, address: str | None = None,
               num_gpus: float | None = None) -> RayPipeline | None:
     """Start ``job``'s pending batches on Ray, held at the gate; None when no batch is pending.
 
-    ``prompter`` is what each actor gets: a :class:`~api_prompt.batch.runner.LazyPrompter` (each
+    ``prompter`` is what each actor gets: a :class:`~api_prompt.batch.job.LazyPrompter` (each
     loads its own) or a loaded Prompter (pickled to each).
     """
     ray = require_ray()
@@ -235,8 +249,8 @@ def start_ray(job: Any, summary: Any, prompter: Any, *, address: str | None = No
             ray_data_log.setLevel(log_level)
 
 
-def _start(ray: Any, job: Any, summary: Any, prompter: Any, num_gpus: float | None, started: float,
-           log_level: int) -> RayPipeline | None:
+def _start(ray: ModuleType, job: Job, summary: Summary, prompter: BatchPrompter | LazyPrompter,
+           num_gpus: float | None, started: float, log_level: int) -> RayPipeline | None:
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     per_actor_gpus = num_gpus if num_gpus is not None else (1.0 if gpus >= 1 else 0.0)

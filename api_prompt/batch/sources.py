@@ -28,7 +28,9 @@ with the row's question.
 
 When the id column is missing (and was not asked for explicitly) the row number is the id.
 Every other column with a plain value (text, number, bool) is kept in ``Sample.extra``, so it
-reaches the manifest and the TSV written back for VLMEvalKit.
+reaches the manifest and the TSV written back for VLMEvalKit. With ``keep_columns="all"`` (what
+evaluation reads with: a benchmark's ground truth can be a list or a dict) every column but the
+image is kept, lists and dicts included, as JSON-able values.
 
 >>> import json, tempfile, pathlib
 >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -51,7 +53,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from PIL import Image
 
@@ -71,6 +73,8 @@ __all__ = [
     "open_source",
     "resolve_image",
     "detect_format",
+    "plain_value",
+    "KEEP_COLUMNS",
 ]
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf")
@@ -80,6 +84,9 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _SCALARS = (str, int, float, bool, type(None))
+#: what a source keeps of a row besides id, image and question (:attr:`Source.keep_columns`)
+KeepColumns = Literal["plain", "all"]
+KEEP_COLUMNS = ("plain", "all")
 #: VLMEvalKit treats an image value this short as the ``index`` of the row holding the image.
 TSV_REFERENCE_MAX_LEN = 64
 
@@ -115,7 +122,11 @@ def is_multi_image(sample: Sample) -> bool:
 class Source(ABC):
     """A sequence of samples with a format name and the columns it reads.
 
-    Subclasses implement :meth:`__iter__` and, when it is cheap, :meth:`__len__`.
+    ``keep_columns`` says what ``Sample.extra`` keeps: ``"plain"`` (every other column with a
+    text, number or bool value) or ``"all"`` (every column but the id and the image, lists and
+    dicts too, see :func:`plain_value`).
+
+    Subclasses implement :meth:`__iter__` and, when it is cheap, :meth:`count`.
     """
 
     format: str = ""
@@ -131,7 +142,11 @@ class Source(ABC):
         question_column: str | None = None,
         image_root: str | os.PathLike | None = None,
         path: Path | None = None,
+        keep_columns: KeepColumns = "plain",
     ) -> None:
+        if keep_columns not in KEEP_COLUMNS:
+            raise ConfigError(f"keep_columns must be one of {', '.join(KEEP_COLUMNS)}, got {keep_columns!r}")
+        self.keep_columns = keep_columns
         default_id = "index" if self.format == "tsv" else "id"
         self.name = name
         self.path = path
@@ -210,7 +225,7 @@ class Source(ABC):
             )
 
     def _sample(self, index: int, row: dict[str, Any]) -> Sample:
-        """A Sample from one row as a dict."""
+        """A Sample from one row as a dict; ``extra`` as :attr:`keep_columns` says."""
         raw_id = row.get(self.id_column, index)
         question = row.get(self.question_column)
         extra = {
@@ -218,6 +233,13 @@ class Source(ABC):
             if key not in (self.id_column, self.image_column, self.question_column)
             and isinstance(value, _SCALARS)
         }
+        if self.keep_columns == "all":
+            for key, value in row.items():
+                if key in (self.id_column, self.image_column) or key in extra:
+                    continue
+                plain = plain_value(value)
+                if plain is not None:
+                    extra[key] = plain
         return Sample(
             index=index,
             id=str(index if raw_id is None else raw_id),
@@ -291,12 +313,13 @@ class CSVSource(Source):
     def _open(self):
         return open(self.path, encoding="utf-8-sig", newline="")
 
-    def _rows(self) -> Iterator[dict[str, str]]:
+    def rows(self) -> Iterator[dict[str, str]]:
+        """Every row as the file has it (column name -> text), in order."""
         with self._open() as handle:
             yield from csv.DictReader(handle, delimiter=self.delimiter)
 
     def __iter__(self) -> Iterator[Sample]:
-        for index, row in enumerate(self._rows()):
+        for index, row in enumerate(self.rows()):
             yield self._sample(index, row)
 
     def count(self) -> int:
@@ -352,13 +375,12 @@ class TSVSource(CSVSource):
     def _reference_table(self) -> dict[str, str]:
         """index -> base64 image of every row that another row refers to (built on first use)."""
         if self._references is None:
-            rows = lambda: self._rows()  # noqa: E731
             wanted = {
-                row.get(self.image_column, "").strip() for row in rows()
+                row.get(self.image_column, "").strip() for row in self.rows()
                 if len(row.get(self.image_column, "").strip()) <= TSV_REFERENCE_MAX_LEN
             }
             self._references = {
-                row[self.id_column]: row[self.image_column] for row in rows()
+                row[self.id_column]: row[self.image_column] for row in self.rows()
                 if row.get(self.id_column) in wanted
                 and len(row.get(self.image_column, "")) > TSV_REFERENCE_MAX_LEN
             }
@@ -440,7 +462,7 @@ class ParquetSource(TableSource):
         self.schema = pq.read_schema(self.files[0])
         self.columns = list(self.schema.names)
         self._check_columns(self.columns)
-        self._read = [
+        self._read = list(self.columns) if self.keep_columns == "all" else [
             name for name in self.columns
             if name in (self.id_column, self.image_column, self.question_column)
             or not (pa.types.is_nested(self.schema.field(name).type) or pa.types.is_binary(self.schema.field(name).type)
@@ -508,11 +530,15 @@ class HFDatasetSource(TableSource):
         self._check_columns(self.columns)
         self.full = dataset
         features = dataset.features
-        keep = [
-            column for column in self.columns
-            if column in (self.id_column, self.image_column, self.question_column)
-            or isinstance(features[column], datasets.Value)
-        ]
+        if self.keep_columns == "all":   # every column but the other images
+            keep = [column for column in self.columns
+                    if column == self.image_column or not isinstance(features[column], datasets.Image)]
+        else:
+            keep = [
+                column for column in self.columns
+                if column in (self.id_column, self.image_column, self.question_column)
+                or isinstance(features[column], datasets.Value)
+            ]
         dataset = dataset.select_columns(keep)
         undecoded = _undecoded(features[self.image_column])
         if undecoded is not None:
@@ -599,12 +625,13 @@ def open_source(
     image_root: str | os.PathLike | None = None,
     split: str | None = None,
     readers: Mapping[str, type[Source]] | None = None,
+    keep_columns: KeepColumns = "plain",
 ) -> Source:
     """A :class:`Source` for a path (format from the extension unless given), a ``datasets``
     dataset object, or an existing Source (returned as is).
 
-    ``readers`` replaces :data:`READERS`, the Source class for each format (evaluation reads
-    with subclasses that keep list columns).
+    ``readers`` replaces :data:`READERS`, the Source class for each format; ``keep_columns``
+    as for :class:`Source` (``"all"``: evaluation keeps the ground truth, lists included).
 
     >>> open_source("MMVet.tsv", question_column="question")    # doctest: +SKIP
     """
@@ -612,7 +639,7 @@ def open_source(
     if isinstance(source, Source):
         return source
     options = dict(id_column=id_column, image_column=image_column,
-                   question_column=question_column, image_root=image_root)
+                   question_column=question_column, image_root=image_root, keep_columns=keep_columns)
     if not isinstance(source, (str, os.PathLike)):
         if hasattr(source, "column_names") and hasattr(source, "features") or _is_dataset_dict(source):
             return readers["hf"](source, split=split, **options)
@@ -641,6 +668,26 @@ def open_source(
 #: the Source class for each input format ("hf": a ``datasets`` dataset, saved or in memory)
 READERS: dict[str, type[Source]] = {"jsonl": JSONLSource, "csv": CSVSource, "tsv": TSVSource,
                                     "parquet": ParquetSource, "hf": HFDatasetSource}
+
+
+def plain_value(value: Any) -> Any:
+    """A JSON-able copy of a column value (arrays become lists), or None for binary data and
+    image structs.
+
+    >>> plain_value((1, {"a": b"x"})), plain_value({"bytes": b"...", "path": None})
+    ([1, {'a': None}], None)
+    """
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain_value(item) for item in value]
+    if isinstance(value, dict):
+        if "bytes" in value:  # an image struct
+            return None
+        return {str(key): plain_value(item) for key, item in value.items()}
+    return None
 
 
 def _is_dataset_dict(value: Any) -> bool:

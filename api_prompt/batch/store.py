@@ -1,4 +1,8 @@
-"""The output folder of a batch run: file names, the manifest, ``run.json``, atomic writes.
+"""The output folder of a batch run: file names, the manifest, ``run.json``.
+
+:class:`OutputDir` is a :class:`~api_prompt.runs.RunFolder` (lock, parameter check, atomic
+writes, repair, append, resume: the rules ``api-prompt eval`` follows too) with the batch
+layout below.
 
 Layout of ``DIR``::
 
@@ -28,24 +32,27 @@ file and the same input always gives the same names.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import shutil
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..errors import ConfigError
+from ..runs import TMP_SUFFIX, RunFolder, compare_parameters, jsonable, lock_folder, read_jsonl, remove_path, write_atomic
 
-__all__ = ["Namer", "safe_name", "OutputDir", "package_versions", "read_manifest", "compare_parameters"]
+__all__ = [
+    "Namer", "safe_name", "OutputDir", "package_versions", "read_manifest", "latest_records",
+    "record_files", "part_names", "plain_file_name",
+    # the run folder's helpers, where batch code has always imported them
+    "compare_parameters", "jsonable", "write_atomic", "lock_folder", "TMP_SUFFIX",
+]
 
 MANIFEST = "manifest.jsonl"
 RUN_JSON = "run.json"
 IMAGES = "images"
-LOCK = ".lock"
-TMP_SUFFIX = ".tmp"
+#: outputs of ``run.json`` that are not an export
+OWN_OUTPUTS = ("manifest", IMAGES)
 #: the longest readable part of a file name (a hash and the extension come on top)
 MAX_NAME = 100
 
@@ -146,45 +153,9 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists, odd objects become text)."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def compare_parameters(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Human-readable differences between two parameter trees (``key: old -> new``).
-
-    >>> compare_parameters({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}})
-    ['b.c: 2 -> 3']
-    """
-    if isinstance(old, dict) and isinstance(new, dict):
-        changes = []
-        for key in sorted(set(old) | set(new), key=str):
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old:
-                changes.append(f"{name}: (unset) -> {json.dumps(new[key])}")
-            elif key not in new:
-                changes.append(f"{name}: {json.dumps(old[key])} -> (unset)")
-            else:
-                changes.extend(compare_parameters(old[key], new[key], name))
-        return changes
-    return [] if old == new else [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
-
-
 def read_manifest(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The records of a manifest in file order; a broken (truncated) line is skipped."""
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        return
-    with handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                yield record
+    return read_jsonl(path)
 
 
 def latest_records(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -197,7 +168,7 @@ def latest_records(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any
     return latest
 
 
-class OutputDir:
+class OutputDir(RunFolder):
     """One batch run's output folder (see the module docs for the layout).
 
     >>> import tempfile
@@ -207,27 +178,15 @@ class OutputDir:
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        # a run creates images/ before it writes run.json: a killed run may leave it empty
+        super().__init__(root, run_file=RUN_JSON, log=MANIFEST, what="batch run", early=(IMAGES, MANIFEST),
+                         outputs=(IMAGES,))
         self.images = self.root / IMAGES
-        self.manifest = self.root / MANIFEST
-        self.run_json = self.root / RUN_JSON
-        self._lock_handle = None
-        self._manifest_fd: int | None = None
-
-    # -- state ---------------------------------------------------------------------------------
-
-    def read_run(self) -> dict[str, Any] | None:
-        """The stored ``run.json`` (None when there is none)."""
-        try:
-            return json.loads(self.run_json.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise ConfigError(f"{self.run_json} is not valid JSON ({exc}); use --overwrite to start afresh") from exc
+        self.manifest = self.log
 
     def records(self) -> dict[str, dict[str, Any]]:
         """The latest manifest record of every sample, keyed by file name stem."""
-        return latest_records(read_manifest(self.manifest))
+        return latest_records(self.read_log())
 
     def is_done(self, record: dict[str, Any] | None) -> bool:
         """Whether ``record`` says ``ok`` and its image(s) are in this folder's ``images/``.
@@ -243,123 +202,39 @@ class OutputDir:
             for file in files
         )
 
-    # -- preparing -----------------------------------------------------------------------------
-
-    def check_usable(self) -> None:
-        """Refuse a path that is a file, or a non-empty folder no batch run wrote (cheap)."""
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"--out {self.root} exists and is not a folder")
-        if self.root.is_dir() and not self.run_json.exists():
-            # Without run.json only what a run creates before writing it may be there, and empty,
-            # so --overwrite can never delete a user's own images/ folder or manifest.
-            others = [p.name for p in self.root.iterdir() if p.name != LOCK and not _is_empty(p)]
-            if others:
-                raise ConfigError(
-                    f"--out {self.root} is not empty and holds no run.json from an earlier batch run "
-                    f"(found {', '.join(sorted(others)[:3])}); choose a new or empty folder"
-                )
-
     def prepare(self, parameters: dict[str, Any], *, overwrite: bool = False) -> bool:
         """Check ``DIR`` against ``parameters``; returns True when it resumes an earlier run.
 
         ``DIR`` may be missing, empty, or hold an earlier run with the same parameters. With
         ``overwrite`` an earlier run's files (only those) are deleted first.
         """
-        self.check_usable()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.lock()
-        self.check_usable()
-        try:
-            stored = self.read_run()
-        except ConfigError:
-            if not overwrite:
-                raise
-            stored = None
-        if overwrite:
-            self.clear(stored)
-            return False
-        if stored is not None:
-            changes = compare_parameters(stored.get("parameters"), jsonable(parameters))
-            if changes:
-                shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
-                raise ConfigError(
-                    f"--out {self.root} holds a run with different parameters ({shown}); use a new "
-                    "--out folder, or --overwrite to discard the earlier outputs"
-                )
+        resumed = super().prepare(parameters, overwrite=overwrite)
         self.images.mkdir(exist_ok=True)
-        self.repair()
-        return stored is not None
+        return resumed
 
     def clear(self, stored: dict[str, Any] | None) -> None:
         """Delete an earlier run's outputs (images/, manifest, run.json, the table or dataset it wrote)."""
-        shutil.rmtree(self.images, ignore_errors=True)
-        for path in (self.manifest, self.run_json):
-            path.unlink(missing_ok=True)
+        super().clear(stored)
         self.remove_exports(stored)
-        self.images.mkdir()
 
     def remove_exports(self, stored: dict[str, Any] | None) -> None:
-        """Delete the TSV / dataset an earlier run (described by its run.json) exported."""
+        """Delete what an earlier run (described by its run.json) exported: every entry of its
+        ``outputs`` but the manifest and the images, when it names a file or folder in ``DIR``."""
         outputs = (stored or {}).get("outputs") or {}
-        for key in ("tsv", "dataset", "parquet"):
-            name = plain_file_name(outputs.get(key))
-            if name is None:
-                continue
-            target = self.root / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+        for key, name in outputs.items():
+            name = plain_file_name(name)
+            if key not in OWN_OUTPUTS and name is not None and name not in (RUN_JSON, MANIFEST, IMAGES):
+                remove_path(self.root / name)
 
     def repair(self) -> None:
-        """Remove temporary files of a killed run and cut a truncated last manifest line."""
+        """Also delete the temporary images of a killed run."""
+        super().repair()
         for leftover in self.images.glob(f".*{TMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
-        for leftover in self.root.glob(f".*{TMP_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
-        if self.manifest.exists():
-            with open(self.manifest, "rb+") as handle:
-                data = handle.read()
-                end = data.rfind(b"\n") + 1
-                if end != len(data):
-                    handle.truncate(end)
-
-    def lock(self) -> None:
-        """Refuse a second run writing to the same folder at the same time (POSIX only)."""
-        if self._lock_handle is None:
-            self._lock_handle = lock_folder(self.root, "batch run")
-
-    def close(self) -> None:
-        """Close the manifest and release the lock."""
-        if self._manifest_fd is not None:
-            os.close(self._manifest_fd)
-            self._manifest_fd = None
-        if self._lock_handle is not None:
-            self._lock_handle.close()   # the file stays: unlinking it would let a racing run lock a stale one
-            self._lock_handle = None
-
-    # -- writing -------------------------------------------------------------------------------
 
     def image_path(self, name: str, extension: str) -> Path:
         """Where the image of the sample called ``name`` goes."""
         return self.images / f"{name}.{extension}"
-
-    def write_run(self, run: dict[str, Any]) -> None:
-        """Write ``run.json`` atomically."""
-        write_atomic(self.run_json, (json.dumps(jsonable(run), indent=2, sort_keys=False) + "\n").encode())
-
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Append whole manifest lines, then flush and fsync."""
-        if not records:
-            return
-        if self._manifest_fd is None:
-            self._manifest_fd = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
-        view = memoryview(data)
-        while view:
-            written = os.write(self._manifest_fd, view)
-            view = view[written:]
-        os.fsync(self._manifest_fd)
 
 
 def plain_file_name(name: Any) -> str | None:
@@ -372,34 +247,3 @@ def plain_file_name(name: Any) -> str | None:
         return None
     return name
 
-
-def lock_folder(root: Path, what: str):
-    """An exclusive lock on ``root/.lock`` held while the returned file stays open (POSIX; None
-    elsewhere), or a ConfigError when another ``what`` (e.g. "batch run") holds it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    handle = open(Path(root) / LOCK, "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ConfigError(f"another {what} is writing to {root}; wait for it or use another --out") from None
-    return handle
-
-
-def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Write ``data`` to ``path`` through a hidden temporary file and :func:`os.replace`."""
-    temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _is_empty(path: Path) -> bool:
-    """An empty file, or a folder with nothing in it."""
-    return not any(path.iterdir()) if path.is_dir() else path.stat().st_size == 0
