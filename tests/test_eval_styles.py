@@ -103,3 +103,58 @@ def test_condition_names_and_what_each_needs(small_mcq, tmp_path):
         evaluate(small_mcq, "synthshapes-mcq", lambda image, question: "A", tmp_path / "never",
                  conditions="original,crop", prompter=lambda image, query: image)
     assert not (tmp_path / "never").exists()                  # refused before anything is written
+
+
+def _exact_mcnemar(a, b):
+    """Two-sided exact McNemar from its definition: the discordant pairs as fair coin flips."""
+    from math import comb
+
+    only_a = sum(bool(x) and not y for x, y in zip(a, b))
+    only_b = sum(bool(y) and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n)
+
+
+def test_comparison_report_lists_every_pair_with_its_interval_and_p(tmp_path):
+    """What a reader of a styles comparison gets (no model): every two conditions' difference,
+    b − a, with its paired-bootstrap interval and exact McNemar p, in summary.json and in
+    report.md, and one chart holding every condition."""
+    from itertools import combinations
+
+    from api_prompt.evaluation.report import summarize, write_chart, write_report
+
+    rng = np.random.default_rng(3)
+    n = 120
+    samples = [{"answer": "ABC"[i % 3], "A": "a", "B": "b", "C": "c", "question": "q", "category": "x"}
+               for i in range(n)]
+    chance = {"original": 0.5, "overlay": 0.45, "crop": 0.75, "blur": 0.5, "box": 0.3}
+    right = {c: rng.random(n) < p for c, p in chance.items()}
+    wrong = {"A": "B", "B": "C", "C": "A"}
+    answers = {c: [s["answer"] if ok else wrong[s["answer"]] for s, ok in zip(samples, right[c])]
+               for c in chance}
+    errors = {c: [None] * n for c in chance}
+    summary = summarize("synthshapes-mcq", samples, answers, errors, n_resamples=500, seed=1)
+
+    pairs = summary["comparisons"]
+    assert set(pairs) == {f"{b} - {a}" for a, b in combinations(chance, 2)}      # all 10, b after a
+    for a, b in combinations(chance, 2):
+        delta = pairs[f"{b} - {a}"]["accuracy"]
+        assert delta["value"] == pytest.approx(right[b].mean() - right[a].mean())
+        assert delta["ci95"][0] <= delta["value"] <= delta["ci95"][1]
+        assert delta["p_value"] == pytest.approx(_exact_mcnemar(right[a], right[b]), rel=1e-9)
+    crop = pairs["crop - original"]["accuracy"]
+    assert crop["ci95"][0] > 0 and crop["p_value"] < 0.01                # a real gain is found as one
+    assert summary["delta"]["accuracy"] == pairs["overlay - original"]["accuracy"]
+
+    assert write_chart(summary, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    write_report(summary, tmp_path / "report.md", chart="chart.png")
+    report = (tmp_path / "report.md").read_text()
+    for pair, per_metric in pairs.items():
+        d = per_metric["accuracy"]
+        line = f"| {pair} | accuracy | {d['value']:+.4f} | [{d['ci95'][0]:.4f}, {d['ci95'][1]:.4f}] | {d['p_value']:.3g} |"
+        assert line in report, line
+    assert "| accuracy | " + " | ".join(f"{right[c].mean():.4f}" for c in chance) in report
+    assert "![synthshapes-mcq per condition](chart.png)" in report
