@@ -1,12 +1,15 @@
 """``evaluate(...)``: ask a target on every benchmark sample, with and without attention prompting.
 
+(Over 400 lines: the loop, its per-batch steps (prompt, answer, score, grade) and the summary all
+work on the same prediction records; the run folder itself is :mod:`api_prompt.runs`.)
+
 For each sample the target is asked once per condition (``original``: the image as it is;
 ``api``: the attention-prompted image, in the Prompter's style; ``overlay``, ``crop``, ``blur``,
 ``box``: the image in that prompt style, all styles made from the same map of the sample), the
 answer is scored as the benchmark's official
 evaluation scores it, and one line per sample and condition is appended to
-``DIR/predictions.jsonl`` (whole lines in one write, fsynced at least every second, so a killed
-run loses at most the batch in flight). A second run with the same parameters continues where the first stopped; the
+``DIR/predictions.jsonl`` (whole lines in one write, fsynced after every batch, so a killed
+run loses at most the batch in flight; :mod:`api_prompt.runs`). A second run with the same parameters continues where the first stopped; the
 summary is computed from the predictions file alone, so a resumed run's summary equals an
 uninterrupted one's.
 
@@ -20,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from ..batch.store import lock_folder, write_atomic
+from ..batch.sources import Sample
 from ..errors import ConfigError
+from ..runs import RunFolder, error_message, write_atomic
 from ..targets.wrap import prompt_images
 from .benchmarks import BENCHMARKS, get_benchmark, score
 from .data import EvalSample, auxiliary_query, read_samples, target_prompt
@@ -53,8 +56,6 @@ SUMMARY = "summary.json"
 REPORT = "report.md"
 CHART = "chart.png"
 RUN = "eval_run.json"
-#: Seconds between fsyncs of predictions.jsonl (every write is whole lines regardless).
-SYNC_INTERVAL_S = 1.0
 _OUTPUTS = (PREDICTIONS, SUMMARY, REPORT, CHART, RUN)
 
 
@@ -157,12 +158,12 @@ def evaluate(
     parameters = json.loads(json.dumps(
         {"benchmark": benchmark, "target": target_info, "settings": settings}, default=str))
 
-    run = _RunFolder(Path(out))
+    run = EvalFolder(Path(out))
     run.prepare(parameters, overwrite=overwrite)
     try:
         done = run.done(retry_errors)
         # answers whose judging failed are graded again without asking the target again
-        graded_later = {key: record["answer"] for key, record in run.latest().items()
+        graded_later = {key: record["answer"] for key, record in run.latest_predictions().items()
                         if key not in done and record.get("answer") is not None
                         and str(record.get("error") or "").startswith("judge:")} \
             if retry_errors and judge is not None else {}
@@ -185,7 +186,7 @@ def evaluate(
                 finished += len(chunk)
                 if progress is not None:
                     progress(finished, total)
-        summary = _summary(benchmark, samples, conditions, run.latest(), parameters, n_resamples, seed)
+        summary = _summary(benchmark, samples, conditions, run.latest_predictions(), parameters, n_resamples, seed)
         run.write_outputs(summary)
     finally:
         run.close()
@@ -260,7 +261,7 @@ def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
         try:
             images[sample.id] = source.load_image(_raw_sample(sample))
         except Exception as exc:  # noqa: BLE001 - a bad image is one failed sample
-            sample.error = f"image: {_message(exc)}"
+            sample.error = f"image: {error_message(exc)}"
     return images
 
 
@@ -297,9 +298,7 @@ def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, g
     return records
 
 
-def _raw_sample(sample: EvalSample):
-    from ..batch.sources import Sample
-
+def _raw_sample(sample: EvalSample) -> Sample:
     return Sample(sample.index, sample.id, sample.image, sample.question)
 
 
@@ -331,7 +330,7 @@ def _prompt(prompter, samples, images, benchmark, condition="api", maps=None):
             made = style.apply(image, amap)
             shown.append(made[0] if len(made) == 1 else made)
         except Exception as exc:  # noqa: BLE001 - one failed sample
-            failures[sample.id] = f"prompting: {_message(exc)}"
+            failures[sample.id] = f"prompting: {error_message(exc)}"
             shown.append(None)
     return shown, failures
 
@@ -348,7 +347,7 @@ def _each(samples, make):
         try:
             results.append(make([position])[0])
         except Exception as exc:  # noqa: BLE001
-            failures[sample.id] = f"prompting: {_message(exc)}"
+            failures[sample.id] = f"prompting: {error_message(exc)}"
             results.append(None)
     return results, failures
 
@@ -365,13 +364,13 @@ def _answer(answerer, samples, images, benchmark, generation, bare=False):
         return {s.id: _text(a) for s, a in zip(samples, answers)}, {}
     except Exception as exc:  # noqa: BLE001 - isolate the sample that fails
         if len(samples) == 1:
-            return {}, {samples[0].id: f"target: {_message(exc)}"}
+            return {}, {samples[0].id: f"target: {error_message(exc)}"}
     answers, failures = {}, {}
     for sample, image, question in zip(samples, images, questions):
         try:
             answers[sample.id] = _text(answerer([image], [question], **generation)[0])
         except Exception as exc:  # noqa: BLE001
-            failures[sample.id] = f"target: {_message(exc)}"
+            failures[sample.id] = f"target: {error_message(exc)}"
     return answers, failures
 
 
@@ -384,10 +383,6 @@ def _record(benchmark, sample, condition, answer, error):
 
 def _text(answer) -> str:
     return "" if answer is None else str(answer)
-
-
-def _message(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _summary(benchmark, samples, conditions, latest, parameters, n_resamples, seed):
@@ -467,113 +462,31 @@ class _Grader:
 # The output folder
 
 
-class _RunFolder:
-    """``DIR``: the run's parameters, the append-only predictions and the final outputs."""
+class EvalFolder(RunFolder):
+    """``DIR`` of an evaluation: ``eval_run.json`` (the parameters), the append-only
+    ``predictions.jsonl`` and the final outputs; a :class:`~api_prompt.runs.RunFolder`, so lock,
+    parameter check, repair and resume follow the batch run's rules. ``--overwrite`` keeps
+    ``judge_cache.jsonl`` (replies already paid for)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.predictions = root / PREDICTIONS
-        self.run_json = root / RUN
-        self._fd: int | None = None
-        self._lock = None
-        self._synced = time.monotonic()
+        super().__init__(root, run_file=RUN, log=PREDICTIONS, what="evaluation", outputs=_OUTPUTS)
+        self.predictions = self.log
 
-    def prepare(self, parameters: dict[str, Any], *, overwrite: bool) -> None:
-        from ..batch.store import compare_parameters
+    def prepare(self, parameters: dict[str, Any], *, overwrite: bool = False) -> bool:
+        resumed = super().prepare(parameters, overwrite=overwrite)
+        if not resumed:
+            self.write_run({"parameters": parameters})
+        return resumed
 
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"--out {self.root} exists and is not a folder")
-        if self.root.is_dir() and not self.run_json.exists():
-            others = [p.name for p in self.root.iterdir() if p.name != ".lock"]
-            if others:
-                raise ConfigError(
-                    f"--out {self.root} is not empty and holds no {RUN} from an earlier evaluation "
-                    f"(found {', '.join(sorted(others)[:3])}); choose a new or empty folder"
-                )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_folder(self.root, "evaluation")
-        stored = None
-        if self.run_json.exists():
-            try:
-                stored = json.loads(self.run_json.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                if not overwrite:
-                    raise ConfigError(f"{self.run_json} is not valid JSON ({exc}); use --overwrite") from exc
-        if overwrite:
-            for name in _OUTPUTS:
-                (self.root / name).unlink(missing_ok=True)
-            stored = None
-        if stored is not None:
-            changes = compare_parameters(stored.get("parameters"), parameters)
-            if changes:
-                shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
-                raise ConfigError(
-                    f"--out {self.root} holds an evaluation with different parameters ({shown}); "
-                    "use a new --out folder, or --overwrite to discard it"
-                )
-        else:
-            write_atomic(self.run_json, (json.dumps({"parameters": parameters}, indent=2) + "\n").encode())
-        self._repair()
-
-    def _repair(self) -> None:
-        """Cut a line the killed run left half-written."""
-        if not self.predictions.exists():
-            return
-        with open(self.predictions, "rb+") as handle:
-            data = handle.read()
-            end = data.rfind(b"\n") + 1
-            if end != len(data):
-                handle.truncate(end)
-
-    def latest(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def latest_predictions(self) -> dict[tuple[str, str], dict[str, Any]]:
         """The last record of every (id, condition)."""
-        latest = {}
-        if self.predictions.exists():
-            with open(self.predictions, encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        record = json.loads(line)
-                        latest[(str(record["id"]), record["condition"])] = record
-                    except (ValueError, KeyError, TypeError):
-                        continue
-        return latest
+        return self.latest(lambda record: (str(record["id"]), record["condition"]))
 
     def done(self, retry_errors: bool) -> set[tuple[str, str]]:
-        return {key for key, record in self.latest().items()
+        return {key for key, record in self.latest_predictions().items()
                 if not (retry_errors and record.get("error") is not None)}
-
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append whole lines in one write; fsync at most every :data:`SYNC_INTERVAL_S`.
-
-        A killed process loses nothing that was written (the kernel has it); a power cut loses
-        at most the last interval, and a cut last line is removed on the next start.
-        """
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-        if not data:
-            return
-        if self._fd is None:
-            self._fd = os.open(self.predictions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        if time.monotonic() - self._synced >= SYNC_INTERVAL_S:
-            self._sync()
-
-    def _sync(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-        self._synced = time.monotonic()
 
     def write_outputs(self, summary: dict[str, Any]) -> None:
         write_atomic(self.root / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
         chart = CHART if write_chart(summary, self.root / CHART) else None
         write_report(summary, self.root / REPORT, chart=chart)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            self._sync()
-            os.close(self._fd)
-            self._fd = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
