@@ -430,3 +430,82 @@ def test_cli_prints_how_to_load_the_prompted_dataset(tmp_path, monkeypatch):
     assert f'datasets.load_from_disk("{folder}")["test"]' in result.output
     assert f"dataset_path: {folder}" in result.output and "dataset_kwargs: {load_from_disk: true}" in result.output
     assert "Saving the dataset" not in result.output          # no progress bars of datasets in the log
+
+
+# ------------------------------------------------------------------------------------------------
+# a new output format: one writer function and one registration, driven through the CLI
+
+
+def write_toy_jsonl(job) -> Path:
+    """A toy output format: one JSON line per sample with its id, question and prompted image
+    (base64), or its original image and status when it failed (``--allow-partial``)."""
+    from api_prompt.batch.formats import original_bytes, row_status
+    from api_prompt.batch.store import record_files
+
+    temporary = job.target.with_name(f".{job.target.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for row in job.rows:
+            if row.done:
+                data = (job.out.root / record_files(row.record)[0]).read_bytes()
+            else:
+                data = original_bytes(job.source, row.sample, row.sample.image) or b""
+            line = {"id": row.sample.id, "question": row.sample.question,
+                    "image": base64.b64encode(data).decode("ascii"), "status": row_status(row)}
+            handle.write(json.dumps(line) + "\n")
+    os.replace(temporary, job.target)
+    return job.target
+
+
+@pytest.fixture
+def toy_format():
+    """The toy format, registered for one test."""
+    from api_prompt.batch import OUTPUT_FORMATS, OutputFormat, register_output_format
+
+    register_output_format(OutputFormat(name="toy-jsonl", writer=write_toy_jsonl, help="a toy: JSON Lines",
+                                        output_name="{stem}_API.jsonl", what="JSON Lines file"))
+    yield "toy-jsonl"
+    del OUTPUT_FORMATS["toy-jsonl"]
+
+
+def test_a_registered_output_format_is_written_through_the_cli(toy_format, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from api_prompt.attribution import base as attribution_base
+    from test_batch import questions
+
+    monkeypatch.setitem(attribution_base.BACKENDS, "clip", "batch_support:PatternAttributor")
+    try:
+        from api_prompt.cli.app import app
+    except ImportError:
+        from cli.app import app
+
+    def cli(*args):
+        return CliRunner().invoke(app, ["batch", *(str(arg) for arg in args)])
+
+    source = questions(3, tmp_path)
+    result = cli(source, "--out", tmp_path / "out", "--output-format", toy_format, "-q")
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "out/q_API.jsonl"
+    lines = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["s0", "s1", "s2"]
+    assert all(line["status"] == "ok" for line in lines)
+    assert [base64.b64decode(line["image"]) for line in lines] == [
+        (tmp_path / f"out/images/s{i}.png").read_bytes() for i in range(3)]
+    run_json = json.loads((tmp_path / "out/run.json").read_text())
+    assert run_json["outputs"][toy_format] == "q_API.jsonl"
+    # a rerun resumes (nothing left to do) and writes the same file again
+    before = written.read_bytes()
+    assert cli(source, "--out", tmp_path / "out", "--output-format", toy_format, "-q").exit_code == 0
+    assert written.read_bytes() == before
+    # nothing partial is written unless asked for; then the failed row says why
+    (tmp_path / "pics/img1.png").unlink()
+    result = cli(source, "--out", tmp_path / "bad", "--output-format", toy_format)
+    assert result.exit_code == 1 and "the JSON Lines file was not written" in result.output
+    assert not (tmp_path / "bad/q_API.jsonl").exists()
+    result = cli(source, "--out", tmp_path / "bad", "--output-format", toy_format, "--allow-partial", "-q")
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "bad/q_API.jsonl").read_text().splitlines()]
+    assert statuses[0] == statuses[2] == "ok" and statuses[1].startswith("failed (permanent): ")
+    # an unknown format is refused before anything is read, naming the registered ones
+    result = cli(source, "--out", tmp_path / "other", "--output-format", "nope")
+    assert result.exit_code == 2 and toy_format in result.output and "dataset" in result.output
+    assert not (tmp_path / "other").exists()
