@@ -55,9 +55,22 @@ class ImageFormat(str, Enum):
     jpg = "jpg"
 
 
-class OutputFormat(str, Enum):
-    dataset = "dataset"
-    parquet = "parquet"
+def parse_output_format(name: str) -> str:
+    """``--output-format``'s value checked against the output format registry at parse time (so a
+    format registered after this module was imported is accepted too)."""
+    from api_prompt.batch.formats import OUTPUT_FORMATS
+
+    key = str(name).strip()
+    if key not in OUTPUT_FORMATS:
+        raise typer.BadParameter(f"unknown output format {name!r}; choose one of: {', '.join(OUTPUT_FORMATS)}")
+    return key
+
+
+def _output_formats_help() -> str:
+    from api_prompt.batch.formats import OUTPUT_FORMATS
+
+    described = "; ".join(f"{spec.name}: {spec.help}" for spec in OUTPUT_FORMATS.values())
+    return f"The prompted data written back whole, for the inputs a format writes ({described})."
 
 
 class Engine(str, Enum):
@@ -96,10 +109,10 @@ def batch_command(
     tsv_name: Annotated[Optional[str], typer.Option(
         "--tsv-name", rich_help_panel=_OUTPUT, show_default="<stem>_API.tsv",
         help="File name of the prompted VLMEvalKit TSV (its dataset name in VLMEvalKit).")] = None,
-    output_format: Annotated[OutputFormat, typer.Option(
-        "--output-format", rich_help_panel=_OUTPUT,
-        help="For parquet and datasets inputs: dataset (save_to_disk folder DIR/dataset) or parquet "
-        "(shards in DIR/data/).")] = OutputFormat.dataset,
+    output_format: Annotated[Optional[str], typer.Option(
+        "--output-format", parser=parse_output_format, metavar="NAME", rich_help_panel=_OUTPUT,
+        show_default="tsv for a TSV, dataset for parquet and datasets inputs, none for JSONL and CSV",
+        help=_output_formats_help())] = None,
     keep_original: Annotated[bool, typer.Option(
         "--keep-original", rich_help_panel=_OUTPUT,
         help="Keep the original image in a <image column>_original column of the dataset.")] = False,
@@ -211,7 +224,7 @@ def batch_command(
                 source, out, prompter, batch_size=batch_size, workers=workers, limit=limit,
                 num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,
                 image_format=image_format.value, jpeg_quality=jpeg_quality, allow_partial=allow_partial,
-                tsv_name=tsv_name, output_format=output_format.value, keep_original=keep_original,
+                tsv_name=tsv_name, output_format=output_format, keep_original=keep_original,
                 engine=engine.value, address=address, num_gpus=num_gpus, progress=not quiet, log=say,
                 max_pixels=max_pixels,
             )
