@@ -179,11 +179,12 @@ class Example:
 
 
 def make_question(scene: Scene, kind: str, rng: np.random.Generator,
-                  near_miss: float = 0.7) -> Example | None:
+                  near_miss: float = 0.7, easy: float = 0.0) -> Example | None:
     """A question of ``kind`` about ``scene`` with its answer, or None when the scene cannot
     support one (color questions need a shape that occurs once, shape questions a colour that
-    occurs once). Half the yes/no questions are ``no``; of those, a share ``near_miss`` names a
-    near miss (a present colour with an absent shape, or the reverse) when the scene has one."""
+    occurs once). Half the yes/no questions are ``no``; of those, a share ``easy`` names a colour
+    that is not in the scene (a curriculum's easy negatives), and of the rest a share ``near_miss``
+    names a near miss (a present colour with an absent shape, or the reverse) when the scene has one."""
     objs = scene.objects
     wording = QUESTION_TEMPLATES[kind][int(rng.integers(len(QUESTION_TEMPLATES[kind])))]
     if kind == "color":
@@ -207,6 +208,8 @@ def make_question(scene: Scene, kind: str, rng: np.random.Generator,
             absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
             near = [(c, s) for c, s in absent if any(c == o.color or s == o.shape for o in objs)]
             pool = near if near and rng.random() < near_miss else absent
+            if easy and rng.random() < easy:
+                pool = [(c, s) for c, s in absent if all(c != o.color for o in objs)]
             color, shape = pool[int(rng.integers(len(pool)))]
             answer, target = "no", None
         return Example(scene, kind, wording.format(a=_article(color), color=color, shape=shape), answer, target)
@@ -222,14 +225,15 @@ def make_question(scene: Scene, kind: str, rng: np.random.Generator,
 
 
 def sample_examples(rng: np.random.Generator, n: int, mix: dict[str, float],
-                    n_objects=(1, 3), size: int = 64, near_miss: float = 0.7) -> list[Example]:
+                    n_objects=(1, 3), size: int = 64, near_miss: float = 0.7,
+                    easy: float = 0.0) -> list[Example]:
     kinds = list(mix)
     weights = np.array([mix[k] for k in kinds], dtype=np.float64)
     weights /= weights.sum()
     out: list[Example] = []
     while len(out) < n:
         scene = make_scene(rng, size=size, n_objects=n_objects)
-        example = make_question(scene, kinds[int(rng.choice(len(kinds), p=weights))], rng, near_miss)
+        example = make_question(scene, kinds[int(rng.choice(len(kinds), p=weights))], rng, near_miss, easy)
         if example is not None:
             out.append(example)
     return out
@@ -601,6 +605,37 @@ def write_vqa(out: Path, n_per_kind: int = 100, seed: int = EVAL_SEED + 500) -> 
     return path
 
 
+def eval_breakdown(run_dir: Path, baseline: str = "original", n_resamples: int = 10_000,
+                   seed: int = 0) -> list[dict]:
+    """Per question type of a :func:`write_vqa` run of ``api-prompt eval`` (``RUN_DIR/predictions.jsonl``;
+    the type is the question id's prefix): each condition's accuracy and, for each other condition,
+    the paired difference from ``baseline`` with its 95% bootstrap interval. The latest record of
+    each (id, condition) counts; samples with an error in any condition are left out."""
+    from api_prompt.evaluation.stats import paired_bootstrap
+
+    latest: dict[tuple[str, str], dict] = {}
+    for line in (Path(run_dir) / "predictions.jsonl").read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest[(record["id"], record["condition"])] = record
+    conditions = sorted({c for _, c in latest}, key=lambda c: (c != baseline, c))
+    ids = sorted({i for i, _ in latest})
+    ids = [i for i in ids if all((i, c) in latest and latest[(i, c)]["error"] is None for c in conditions)]
+    rows = []
+    for kind in [*SHORT_TYPES, "all"]:
+        chosen = [i for i in ids if kind == "all" or i.split("-")[0] == kind]
+        if not chosen:
+            continue
+        scores = {c: np.array([[float(latest[(i, c)]["score"])] for i in chosen]) for c in conditions}
+        row = {"type": kind, "n": len(chosen), **{c: float(scores[c].mean()) for c in conditions}}
+        for c in conditions[1:]:
+            delta, (low, high) = paired_bootstrap(scores[baseline], scores[c], lambda sums: sums[..., 0] / len(chosen),
+                                                  n_resamples=n_resamples, seed=seed)
+            row[f"{c} - {baseline}"] = [float(delta), float(low), float(high)]
+        rows.append(row)
+    return rows
+
+
 # ----------------------------------------------------------------------------- saving
 
 def weights_sha256(folder: Path) -> str:
@@ -784,6 +819,30 @@ def load_trained(folder: Path):
     return model, processor
 
 
+def reinit_output_rows(model, tokenizer, words: Sequence[str], seed: int) -> float:
+    """Give the output rows (``lm_head``) of ``words`` their mean plus independent random offsets
+    as large as a typical row's spread; returns the norm of the first two rows' difference after.
+
+    Why: when a question type sits on its answer prior long enough, weight decay shrinks the
+    difference of its answers' output rows towards zero (``yes`` minus ``no`` had norm 0.065 in
+    the first shipped model, ``red`` minus ``blue`` 1.1). The gradient reaching the rest of the
+    network is proportional to that difference, and the difference's own gradient to what the
+    network already computes about the answer: both stay near zero, a saddle that more training
+    does not leave. New offsets break the symmetry without touching any other answer.
+    """
+    head = model.get_output_embeddings().weight
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    if tokenizer.unk_token_id in ids:
+        raise ValueError(f"not all of {list(words)} are in the vocabulary")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        spread = float((head - head.mean(0)).std())
+        mean = head[ids].mean(0)
+        for i in ids:
+            head[i] = mean + spread * torch.randn(head.shape[1], generator=generator)
+    return float((head[ids[0]] - head[ids[1]]).norm()) if len(ids) > 1 else 0.0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
@@ -814,6 +873,8 @@ def parse_args(argv=None):
                    help="only write OUT/TRAINING.md from --summary (a finished run) and exit")
     p.add_argument("--write-vqa", type=Path, default=None, metavar="DIR",
                    help="only write held-out short-answer questions for api-prompt eval to DIR and exit")
+    p.add_argument("--breakdown", type=Path, default=None, metavar="RUN_DIR",
+                   help="only print per-type accuracy and deltas of an api-prompt eval run on --write-vqa data, and exit")
     p.add_argument("--eval-n", type=int, default=200, help="held-out questions per type at the end (0: none)")
     p.add_argument("--init", type=Path, default=None, metavar="DIR",
                    help="continue from a trained folder (model and processor) instead of building one")
@@ -821,15 +882,20 @@ def parse_args(argv=None):
                    help="question mix of stage 2 (default: " + ",".join(f"{k}={v}" for k, v in STAGE2_MIX.items()) + ")")
     p.add_argument("--near-miss-ramp", type=int, default=0, metavar="STEPS",
                    help="stage 2: near-miss share of 'no' questions grows from 0 to 0.7 over STEPS (0: 0.7 throughout)")
+    p.add_argument("--reinit-rows", default="", metavar="WORD,WORD",
+                   help="with --init: re-initialise these answers' output rows first (see reinit_output_rows)")
+    p.add_argument("--easy-negatives", type=int, default=0, metavar="STEPS",
+                   help="stage 2: share of 'no' questions naming an absent colour falls from 1 to 0 over STEPS (0: off)")
     return p.parse_args(argv)
 
 
 def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, log, history,
-              probes, out, processor, near_miss_ramp: int = 0):
+              probes, out, processor, near_miss_ramp: int = 0, easy_steps: int = 0):
     """One training stage with a linear-warmup cosine schedule; progress is max(step/steps,
     elapsed/budget) when a time budget is set, so the schedule completes within it. With
     ``near_miss_ramp`` the share of near-miss ``no`` questions grows linearly from 0 to 0.7 over
-    that many steps (easy negatives first)."""
+    that many steps; with ``easy_steps`` the share of negatives that name a colour absent from the
+    scene falls linearly from 1 to 0 over that many steps (a curriculum: easy negatives first)."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -854,7 +920,8 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
             g["lr"] = cur
         ts = time.time()
         near_miss = 0.7 * min(1.0, step / near_miss_ramp) if near_miss_ramp else 0.7
-        batch = encoder(sample_examples(rng, args.batch_size, mix, near_miss=near_miss))
+        easy = max(0.0, 1.0 - step / easy_steps) if easy_steps else 0.0
+        batch = encoder(sample_examples(rng, args.batch_size, mix, near_miss=near_miss, easy=easy))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        pixel_values=batch["pixel_values"]).logits
         loss = answer_loss(logits, batch["labels"])
@@ -889,6 +956,10 @@ def _main(argv=None):
     if args.write_vqa:
         print(write_vqa(args.write_vqa))
         return None
+    if args.breakdown:
+        rows = eval_breakdown(args.breakdown)
+        print(json.dumps(rows, indent=1))
+        return rows
     if args.write_training_md:
         write_training_md(args.out, json.loads(args.summary.read_text()))
         return None
@@ -910,6 +981,10 @@ def _main(argv=None):
         record = args.init / "TRAINING.md"
         previous = {"sha256": weights_sha256(args.init),
                     "training_md": record.read_text() if record.exists() else ""}
+        if args.reinit_rows:
+            words = [w.strip() for w in args.reinit_rows.split(",") if w.strip()]
+            previous["reinit_rows"] = {"words": words, "difference_norm_after":
+                                       reinit_output_rows(model, processor.tokenizer, words, args.seed)}
     else:
         model, processor = build_model_and_processor(args, args.clip)
     mix = args.stage2_mix or STAGE2_MIX
@@ -936,7 +1011,7 @@ def _main(argv=None):
         p.requires_grad_(True)
     s2, t2 = run_stage("stage2", model, projector + language, encoder, rng, args, args.stage2_steps,
                        args.stage2_minutes, args.stage2_lr, mix, log, history, probes,
-                       args.out, processor, args.near_miss_ramp)
+                       args.out, processor, args.near_miss_ramp, args.easy_negatives)
     model.eval()
     save(model, processor, args.out)
     log(f"# done: stage1 {s1} steps {t1:.0f} s, stage2 {s2} steps {t2:.0f} s")
