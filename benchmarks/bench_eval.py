@@ -72,7 +72,7 @@ def harness_run(data: Path, prompter, n: int, batch: int) -> dict:
 
     timed_prompter, timed_target = Timed(prompter), Timed(instant_target)
     end_of_run = []
-    summary_step, write_step = runner._summary, runner._RunFolder.write_outputs
+    summary_step, write_step = runner._summary, runner.EvalFolder.write_outputs
 
     def timed(step):
         def call(*args, **kwargs):
@@ -83,7 +83,7 @@ def harness_run(data: Path, prompter, n: int, batch: int) -> dict:
                 end_of_run.append(time.perf_counter() - start)
         return call
 
-    runner._summary, runner._RunFolder.write_outputs = timed(summary_step), timed(write_step)
+    runner._summary, runner.EvalFolder.write_outputs = timed(summary_step), timed(write_step)
     try:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
@@ -91,7 +91,7 @@ def harness_run(data: Path, prompter, n: int, batch: int) -> dict:
                                batch_size=batch, limit=n, target_name="instant")
             total = time.perf_counter() - start
     finally:
-        runner._summary, runner._RunFolder.write_outputs = summary_step, write_step
+        runner._summary, runner.EvalFolder.write_outputs = summary_step, write_step
     assert summary["conditions"]["api"]["n"] == n
     assert summary["conditions"]["original"]["metrics"]["accuracy"] > 0   # the answers were "A"
     return {"total": total, "prompter": timed_prompter.seconds, "target": timed_target.seconds,
