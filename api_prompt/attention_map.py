@@ -75,10 +75,10 @@ class AttentionMap:
         """Write ``mask``, the raw parts, ``image_size`` and ``region`` to an ``.npz`` file."""
         if self.mask is None:
             raise ValueError("this map has no mask yet: combine its parts with a recipe first")
-        np.savez(
-            path,
-            mask=self.mask.astype(np.float32),
+        arrays: dict[str, Any] = {
+            "mask": self.mask.astype(np.float32),
             **{name: part.astype(np.float32) for name, part in self.parts.items()},
-            image_size=np.asarray(self.image_size, dtype=np.int64),
-            region=np.asarray(self.region, dtype=np.float64),
-        )
+            "image_size": np.asarray(self.image_size, dtype=np.int64),
+            "region": np.asarray(self.region, dtype=np.float64),
+        }
+        np.savez(path, **arrays)

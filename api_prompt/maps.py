@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar, cast
 
 import numpy as np
 import torch
 
+from .attention_map import AttentionMap
 from .errors import ConfigError
-from .presets import check_kernel_size
+from .settings import check_kernel_size
 
 Map = TypeVar("Map", torch.Tensor, np.ndarray)
 
@@ -44,23 +45,35 @@ __all__ = [
     "RECIPES",
     "get_recipe",
     "register_recipe",
+    "combine_map",
 ]
 
 
-def _accepts_numpy(fn: Callable[..., torch.Tensor]) -> Callable:
-    """Let a torch implementation take numpy arrays too, and give numpy back for them."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _accepts_numpy(fn: F) -> F:
+    """Let a torch implementation take numpy arrays too, and give numpy back for them: the body
+    always sees tensors (:func:`_tensor`), the caller gets the type it gave."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         if any(isinstance(arg, np.ndarray) for arg in args):
-            args = [
+            tensors = [
                 torch.from_numpy(np.ascontiguousarray(arg)) if isinstance(arg, np.ndarray) else arg
                 for arg in args
             ]
-            return fn(*args, **kwargs).numpy()
+            return fn(*tensors, **kwargs).numpy()
         return fn(*args, **kwargs)
 
-    return wrapper
+    return cast(F, wrapper)
+
+
+def _tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The tensor a body of an :func:`_accepts_numpy` function is given (numpy is converted)."""
+    if not isinstance(x, torch.Tensor):  # pragma: no cover - the decorator converts numpy first
+        raise TypeError(f"expected a tensor, got {type(x).__name__}")
+    return x
 
 
 def _grid_stats(x: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
@@ -75,11 +88,12 @@ def minmax(x: Map, *, invert: bool = False) -> Map:
     becomes 0 (used for Ψcomp, which is high on low-information patches).
     A constant map becomes all ones.
     """
-    lo = _grid_stats(x, torch.amin)
-    hi = _grid_stats(x, torch.amax)
+    t = _tensor(x)
+    lo = _grid_stats(t, torch.amin)
+    hi = _grid_stats(t, torch.amax)
     span = hi - lo
-    scaled = (hi - x) / span if invert else (x - lo) / span
-    return torch.where(span > 0, scaled, torch.ones_like(x))
+    scaled = (hi - t) / span if invert else (t - lo) / span
+    return cast(Map, torch.where(span > 0, scaled, torch.ones_like(t)))
 
 
 @_accepts_numpy
@@ -88,10 +102,11 @@ def enhance(x: Map, coe: float) -> Map:
 
     A map with zero spread is returned unchanged (there is no contrast to enhance).
     """
-    mean = _grid_stats(x, torch.mean)
-    std = x.flatten(-2).std(dim=-1, unbiased=True, keepdim=True).unsqueeze(-1)
-    enhanced = torch.sigmoid(coe * (x - mean) / std).clamp(0.0, 1.0)
-    return torch.where(std > 0, enhanced, x)
+    t = _tensor(x)
+    mean = _grid_stats(t, torch.mean)
+    std = t.flatten(-2).std(dim=-1, unbiased=True, keepdim=True).unsqueeze(-1)
+    enhanced = torch.sigmoid(coe * (t - mean) / std).clamp(0.0, 1.0)
+    return cast(Map, torch.where(std > 0, enhanced, t))
 
 
 @_accepts_numpy
@@ -101,26 +116,30 @@ def box_filter(x: Map, kernel_size: int) -> Map:
     ``kernel_size`` must be odd; 1 returns the map unchanged.
     """
     k = check_kernel_size(kernel_size)
+    t = _tensor(x)
     if k == 1:
-        return x.clone()
-    leading, (rows, columns) = x.shape[:-2], x.shape[-2:]
-    flat = x.reshape(-1, rows, columns)
+        return cast(Map, t.clone())
+    leading, (rows, columns) = t.shape[:-2], t.shape[-2:]
+    flat = t.reshape(-1, rows, columns)
     pad = (k - 1) // 2
     # Replicate padding by clamped indices and the mean as a sum of the k² shifted views, not
     # F.pad + conv2d: on the CPU those two wake the whole intra-op thread pool even for a 24×24
     # map, and with the cores busy (a batch run's decode/encode threads) one call waited ~100 ms
     # for them; index_select and elementwise adds of a small map stay on the calling thread.
-    row_index = torch.arange(-pad, rows + pad, device=x.device).clamp(0, rows - 1)
-    column_index = torch.arange(-pad, columns + pad, device=x.device).clamp(0, columns - 1)
+    row_index = torch.arange(-pad, rows + pad, device=t.device).clamp(0, rows - 1)
+    column_index = torch.arange(-pad, columns + pad, device=t.device).clamp(0, columns - 1)
     padded = flat.index_select(1, row_index).index_select(2, column_index)
-    total = sum(padded[:, i : i + rows, j : j + columns] for i in range(k) for j in range(k))
-    return (total / (k * k)).reshape(*leading, rows, columns)
+    total = padded[:, 0:rows, 0:columns]
+    for i, j in ((i, j) for i in range(k) for j in range(k) if (i, j) != (0, 0)):
+        total = total + padded[:, i : i + rows, j : j + columns]
+    return cast(Map, (total / (k * k)).reshape(*leading, rows, columns))
 
 
 @_accepts_numpy
 def soft_or(a: Map, b: Map) -> Map:
     """Probabilistic OR of two maps in [0, 1]: ``a + b − a·b``."""
-    return a + b - a * b
+    ta, tb = _tensor(a), _tensor(b)
+    return cast(Map, ta + tb - ta * tb)
 
 
 @_accepts_numpy
@@ -145,7 +164,7 @@ def combine_llava(attention: Map, *, coe: float, kernel_size: int) -> Map:
 
 
 @_accepts_numpy
-def combine_attention_pool(psi_pool, psi_token, *, coe: float, kernel_size: int):
+def combine_attention_pool(psi_pool: Map, psi_token: Map, *, coe: float, kernel_size: int) -> Map:
     """The default mask for attention-pooled towers from ``psi_pool`` and ``psi_token`` (pure).
 
     ``a = box(enhance(minmax(ψ_pool)))``, ``b = box(minmax(ψ_token))``, mask = ``minmax(soft_or(a, b))``:
@@ -228,3 +247,28 @@ register_recipe(Recipe(
     "llava", ("attention",), combine_llava,
     "the paper's decoder mask: min-max, enhance, box filter (no soft OR)",
 ))
+
+
+def combine_map(attention_map: AttentionMap, recipe: Recipe, *, enhance: float, kernel_size: int) -> AttentionMap:
+    """A copy of ``attention_map`` holding the mask ``recipe`` makes from its raw parts.
+
+    The one place parts become a mask (the :class:`~api_prompt.Prompter` and an attributor used
+    alone both call it). A map without raw parts is returned as it is. Parts that come in two
+    equivalent scales (marked by ``extra["exact_parts"]``: exact, or early-exit) are combined in
+    float64 on the small grid (microseconds), so the rounding is ~1e-8, not the ~1e-6 float32
+    reaches after enhance's gain, and either scale gives the same mask.
+
+    >>> amap = AttentionMap(None, {"attention": np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)},
+    ...                     (2, 2), (0.0, 0.0, 2.0, 2.0))
+    >>> combined = combine_map(amap, get_recipe("llava"), enhance=10.0, kernel_size=1)
+    >>> combined.recipe, combined.mask.dtype, amap.mask is None
+    ('llava', dtype('float32'), True)
+    """
+    if not attention_map.parts:
+        return attention_map
+    parts: Mapping[str, np.ndarray] = attention_map.parts
+    if "exact_parts" in attention_map.extra:
+        parts = {name: np.asarray(part, dtype=np.float64) for name, part in parts.items()}
+    mask = recipe(parts, enhance=enhance, kernel_size=kernel_size)
+    return attention_map.with_mask(mask, recipe.name)
+

@@ -13,16 +13,16 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 from PIL import Image
 
 from .attention_map import AttentionMap
 from .attribution.base import Attributor, normalise_inputs
 from .attribution.registry import create_attributor, get_backend
 from .errors import ConfigError
-from .maps import get_recipe
+from .maps import combine_map, get_recipe
 from .overlay import Overlay
 from .presets import check_settings
+from .protocols import PrompterLike  # noqa: F401  (re-exported: the type batch/eval/serve annotate with)
 
 
 #: Recipes that min-max normalise each part first, so a positive affine map of a part changes
@@ -140,16 +140,13 @@ class Prompter:
         self.style = _make_style(style, style_options, self.settings, geometry)
         self.style_options = dict(style_options or {})
         if attributor is None:
-            spec = get_backend(backend)
-            options = dict(
-                model=model, pretrained=pretrained, layer=layer, device=device, dtype=dtype,
-                **backend_options,
-            )
-            for name in ("enhance", "kernel_size"):  # for a backend that makes its own mask too
-                if spec.option(name) is not None and name not in backend_options:
-                    options[name] = self.settings[name]
+            # the attributor returns raw parts; the mask is made here, once, by the recipe below
             attributor = create_attributor(
-                spec.name, **{key: value for key, value in options.items() if value is not None}
+                get_backend(backend).name,
+                **{key: value for key, value in dict(
+                    model=model, pretrained=pretrained, layer=layer, device=device, dtype=dtype,
+                    **backend_options,
+                ).items() if value is not None},
             )
         self.attributor = attributor
         recipe = recipe or attributor.default_recipe
@@ -195,14 +192,7 @@ class Prompter:
                 f"recipe {recipe.name!r} may depend on the parts' scale, and this map's parts are "
                 "exact only up to a positive affine map: attribute with exact_parts=True for it"
             )
-        parts = attention_map.parts
-        if "exact_parts" in attention_map.extra:
-            # Parts that come in two equivalent scales (exact or early-exit): the recipe runs in
-            # float64 on the small grid (microseconds), so its rounding is ~1e-8, not the ~1e-6
-            # float32 reaches after enhance's gain, and either scale gives the same mask.
-            parts = {name: np.asarray(part, dtype=np.float64) for name, part in parts.items()}
-        mask = recipe(parts, enhance=resolved["enhance"], kernel_size=resolved["kernel_size"])
-        return attention_map.with_mask(mask, recipe.name)
+        return combine_map(attention_map, recipe, enhance=resolved["enhance"], kernel_size=resolved["kernel_size"])
 
     def render(self, image, attention_map: AttentionMap, **overlay_settings: Any) -> Image.Image:
         """The prompted image; ``overlay_settings`` (``resample``, ``background``, ``geometry``)
@@ -264,8 +254,8 @@ class Prompter:
         exact = self.exact_parts if exact_parts is None else exact_parts
         early = (not exact and getattr(self.attributor, "stops_early", False)
                  and self.recipe is not None and self.recipe.name in SCALE_FREE_RECIPES)
-        maps = (self.attributor.attribute(images, queries, exact_parts=False) if early
-                else self.attributor.attribute(images, queries))
+        maps = (self.attributor.attribute_parts(images, queries, exact_parts=False) if early
+                else self.attributor.attribute_parts(images, queries))
         return [self.combine(amap) for amap in maps]
 
     def query_overflow(self, query: str) -> tuple[int, int] | None:

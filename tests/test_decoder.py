@@ -22,6 +22,11 @@ FAMILIES = {
     "llava-next": (LLaVANextAttributor, lambda **kw: tiny_llava_next(initializer_range=INIT, **kw)),
     "qwen2-vl": (Qwen2VLAttributor, lambda **kw: tiny_qwen_vl(version="2", initializer_range=INIT, **kw)),
     "qwen2.5-vl": (Qwen25VLAttributor, lambda **kw: tiny_qwen_vl(version="2.5", initializer_range=INIT, **kw)),
+    # spatial_merge_size 3 (the real checkpoints use 2): nothing may assume 2×2 patches per token
+    "qwen2-vl merge 3": (Qwen2VLAttributor, lambda **kw: tiny_qwen_vl(
+        version="2", merge_size=3, initializer_range=INIT, **kw)),
+    "qwen2.5-vl merge 3": (Qwen25VLAttributor, lambda **kw: tiny_qwen_vl(
+        version="2.5", merge_size=3, initializer_range=INIT, **kw)),
 }
 
 # wide, tall and square; different sizes, so grids and token counts differ from row to row
@@ -83,7 +88,8 @@ def _grid(name, model, inputs):
         assert len(positions) == side * side + rows * (cols + 1)
         return positions[~newline], [("base", side, side), ("attention", rows, cols)]
     _, h, w = inputs["image_grid_thw"][0].tolist()
-    return positions, [("attention", h // 2, w // 2)]
+    merge = model.config.vision_config.spatial_merge_size
+    return positions, [("attention", h // merge, w // merge)]
 
 
 def _oracle(name, eager, processor, image, query, layer=LAYER):
@@ -270,7 +276,8 @@ def test_geometry_of_wide_and_tall_images(family):
     else:
         # 60×30 -> 112×56 px (min_pixels) -> 8×4 patches -> 2×4 merged... as the processor says:
         inputs = _inputs(processor, images, ["a", "b"])
-        expected = [(h // 2, w // 2) for _, h, w in inputs["image_grid_thw"].tolist()]
+        merge = model.config.vision_config.spatial_merge_size
+        expected = [(h // merge, w // merge) for _, h, w in inputs["image_grid_thw"].tolist()]
         assert [m.parts["attention"].shape for m in maps] == expected
         assert expected[0][1] > expected[0][0] and expected[1][0] > expected[1][1]
         assert [m.region for m in maps] == [(0.0, 0.0, 60.0, 30.0), (0.0, 0.0, 30.0, 70.0)]
@@ -282,16 +289,16 @@ def test_saved_folder_through_registry_and_prompter(tmp_path, family):
     name, cls, model, processor, _ = family
     FAMILIES[name][1](save_dir=tmp_path)
     image, query = _images()[0], QUERIES[0]
-    loaded = create_attributor(name, model=str(tmp_path), layer=LAYER, max_new_tokens=3, device="cpu")
-    assert type(loaded) is cls and loaded.describe()["backend"] == name
+    loaded = create_attributor(cls.name, model=str(tmp_path), layer=LAYER, max_new_tokens=3, device="cpu")
+    assert type(loaded) is cls and loaded.describe()["backend"] == cls.name
     shared = cls(model, processor, layer=LAYER, max_new_tokens=3)
     np.testing.assert_allclose(
         loaded([image], [query])[0].parts["attention"], shared([image], [query])[0].parts["attention"], atol=1e-6,
     )
-    result = Prompter(backend=name, model=model, processor=processor, layer=LAYER, max_new_tokens=3)(image, query)
+    result = Prompter(backend=cls.name, model=model, processor=processor, layer=LAYER, max_new_tokens=3)(image, query)
     assert result.image.size == image.size
     # a loaded model with its processor given as a folder (what ``-B processor=PATH`` passes)
-    named = create_attributor(name, model=model, processor=str(tmp_path), layer=LAYER, max_new_tokens=3)
+    named = create_attributor(cls.name, model=model, processor=str(tmp_path), layer=LAYER, max_new_tokens=3)
     np.testing.assert_allclose(
         named([image], [query])[0].parts["attention"], shared([image], [query])[0].parts["attention"], atol=1e-6,
     )
@@ -326,10 +333,10 @@ def test_command_line_backend(tmp_path, name="qwen2-vl"):
         assert prompted.size == image.size
 
 
-@pytest.mark.parametrize("module", ["capture", "llava", "llava_next", "qwen2_vl"])
+@pytest.mark.parametrize("module", ["capture", "attributor", "loading", "llava", "llava_next", "qwen2_vl"])
 def test_docstring_examples(module):
     import doctest
     import importlib
 
     result = doctest.testmod(importlib.import_module(f"api_prompt.attribution.decoder.{module}"))
-    assert result.failed == 0 and (result.attempted > 0 or module == "qwen2_vl")
+    assert result.failed == 0 and (result.attempted > 0 or module in ("qwen2_vl", "loading"))

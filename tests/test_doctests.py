@@ -9,11 +9,15 @@ import pytest
 
 MODULES = [
     "api_prompt.maps",
+    "api_prompt.settings",
     "api_prompt.presets",
+    "api_prompt.figures",
+    "api_prompt.protocols",
     "api_prompt.attribution.base",
     "api_prompt.attribution.clip",
     "api_prompt.attribution.clip.decomposition",
     "api_prompt.attribution.clip.class_token",
+    "api_prompt.attribution.clip.registry",
     "api_prompt.attribution.registry",
     "api_prompt.attention_map",
     "api_prompt.attribution.llava",
@@ -26,6 +30,7 @@ MODULES = [
     "api_prompt.targets.base",
     "api_prompt.targets.wrap",
     "api_prompt.targets.openai",
+    "api_prompt.targets.http",
     "api_prompt.styles",
     "api_prompt.styles.base",
     "api_prompt.styles.overlay",

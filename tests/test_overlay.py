@@ -1,4 +1,5 @@
-"""Overlay: bit-exact against the reference outputs, geometry modes, heat maps and figures."""
+"""Overlay: bit-exact against the reference outputs, geometry modes; heat maps and figures
+(:mod:`api_prompt.figures`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from PIL import Image
 
 from api_prompt.attribution.base import AttentionMap
 from api_prompt.errors import ConfigError
+from api_prompt.figures import render_heatmap, side_by_side
 from api_prompt.overlay import (
     RESAMPLE,
     Overlay,
     blend,
     mask_to_uint8,
-    render_heatmap,
     resolve_resample,
-    side_by_side,
 )
 
 
@@ -331,3 +331,12 @@ def test_blend_by_table_is_the_reference_arithmetic(background):
     np.testing.assert_array_equal(got, expected.astype(np.uint8))
     with pytest.raises(ValueError, match="8-bit"):
         blend(Image.fromarray(pixels), mask.astype(np.float32), background)
+
+
+def test_figures_keep_their_old_import_path():
+    """The figures moved from api_prompt.overlay to api_prompt.figures; old imports still work."""
+    from api_prompt import overlay
+
+    assert overlay.render_heatmap is render_heatmap and overlay.side_by_side is side_by_side
+    with pytest.raises(AttributeError):
+        overlay.no_such_name  # noqa: B018

@@ -102,8 +102,9 @@ def tiny_qwen_vl(
     attn_implementation: str = "sdpa",
     initializer_range: float = 0.02,
     hidden_size: int = 64,
-    min_pixels: int = 4 * 28 * 28,
-    max_pixels: int = 24 * 28 * 28,
+    merge_size: int = 2,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     vision_depth: int = 2,
     vision_hidden_size: int = 32,
     vision_heads: int = 2,
@@ -112,27 +113,33 @@ def tiny_qwen_vl(
 ):
     """A random Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``) keeping aspect ratios.
 
-    Images are resized by the model's own rule (multiples of 28 px, between ``min_pixels`` and
-    ``max_pixels``), so a 60×30 image gives a different, rectangular grid of merged tokens than a
-    30×70 one. The text model has ``num_layers`` layers and M-RoPE sections [2, 3, 3].
+    Images are resized by the model's own rule (multiples of ``14 × merge_size`` px: 28 px for the
+    real checkpoints' ``spatial_merge_size`` 2, 42 px for 3; between ``min_pixels`` and
+    ``max_pixels``, by default 4 and 24 merged tokens), so a 60×30 image gives a different,
+    rectangular grid of merged tokens than a 30×70 one. The text model has ``num_layers`` layers
+    and M-RoPE sections [2, 3, 3].
     """
     import transformers
 
     prefix = {"2": "Qwen2VL", "2.5": "Qwen2_5_VL"}[version]
     tokenizer = byte_level_tokenizer(QWEN_SPECIAL_TOKENS, pad_token="<|endoftext|>", eos_token="<|im_end|>")
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    sizes = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
+    token_side = 14 * merge_size  # pixels per merged token, per side
+    min_pixels = 4 * token_side ** 2 if min_pixels is None else min_pixels
+    max_pixels = 24 * token_side ** 2 if max_pixels is None else max_pixels
+    sizes = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=merge_size,
+                 temporal_patch_size=2)
     processor = getattr(transformers, f"{prefix}Processor")(
         image_processor=transformers.Qwen2VLImageProcessor(**sizes),
         video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
         tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE,
     )
     vision = dict(depth=vision_depth, hidden_size=vision_hidden_size, num_heads=vision_heads, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+                  spatial_merge_size=merge_size, temporal_patch_size=2, in_channels=3)
     if version == "2":  # hidden_size is the merger's output there, embed_dim the tower's width
         vision.update(embed_dim=vision_hidden_size, hidden_size=hidden_size, mlp_ratio=vision_mlp_ratio)
     else:
-        vision.update(intermediate_size=vision_mlp_ratio * vision_hidden_size, out_hidden_size=hidden_size, window_size=56,
+        vision.update(intermediate_size=vision_mlp_ratio * vision_hidden_size, out_hidden_size=hidden_size, window_size=2 * token_side,
                       fullatt_block_indexes=[vision_depth - 1])
     text = dict(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,

@@ -9,7 +9,7 @@ so ``import api_prompt`` stays fast and a CLIP user never pays for importing the
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -19,6 +19,8 @@ import torch
 from ..attention_map import AttentionMap, Box
 from ..errors import ConfigError
 from ..images import load_image
+from ..maps import combine_map, get_recipe
+from ..settings import DEFAULT_ENHANCE, DEFAULT_KERNEL_SIZE
 from .registry import BACKENDS, create_attributor
 
 __all__ = [
@@ -30,8 +32,17 @@ __all__ = [
 class Attributor(ABC):
     """Scores image patches against a text query. Loaded once, called many times.
 
-    Subclasses implement :meth:`attribute` on lists of RGB images and queries; ``__call__``
-    accepts the looser inputs users have (one image or many, paths or arrays, one query for all).
+    A backend implements :meth:`attribute_parts` on lists of RGB images and queries: the raw
+    parts only, no mask. Making the mask is a recipe's job (:mod:`api_prompt.maps`), done once by
+    whoever uses the parts: the :class:`~api_prompt.Prompter` with its own recipe and settings,
+    or :meth:`attribute` (and ``__call__``, which accepts the looser inputs users have: one image
+    or many, paths or arrays, one query for all) with :attr:`default_recipe` and this
+    attributor's own :attr:`enhance` and :attr:`kernel_size`, for a caller that uses an
+    attributor alone.
+
+    An attributor written before :meth:`attribute_parts` existed, overriding only
+    :meth:`attribute`, still works: its maps are taken as they come (a mask it made is kept
+    where no recipe applies).
     """
 
     name: str = ""
@@ -40,14 +51,33 @@ class Attributor(ABC):
     #: how many blocks (layers) the loaded model has: the range of ``layer``; None for a backend
     #: without layers. Backends with a ``layer`` set it when they load the model.
     n_layers: int | None = None
+    #: the settings of the mask :meth:`attribute` makes when the attributor is used alone
+    enhance: float = DEFAULT_ENHANCE
+    kernel_size: int = DEFAULT_KERNEL_SIZE
 
     def __call__(self, images, queries) -> list[AttentionMap]:
         images, queries = normalise_inputs(images, queries)
         return self.attribute(images, queries)
 
-    @abstractmethod
-    def attribute(self, images: list, queries: list[str]) -> list[AttentionMap]:
-        """One :class:`AttentionMap` per (image, query) pair, in order."""
+    def attribute_parts(self, images: list, queries: list[str], *, exact_parts: bool = True) -> list[AttentionMap]:
+        """One :class:`AttentionMap` per (image, query) pair, in order, holding the raw parts
+        (``mask`` None). Backends implement this.
+
+        ``exact_parts=False``: the caller needs only the mask, so a backend that ``stops_early``
+        may return parts exact up to a positive affine map per image (CLIP's early exit); every
+        other backend ignores it."""
+        if type(self).attribute is Attributor.attribute:
+            raise NotImplementedError(f"{type(self).__name__} must implement attribute_parts()")
+        return self.attribute(images, queries)
+
+    def attribute(self, images: list, queries: list[str], **options: Any) -> list[AttentionMap]:
+        """:meth:`attribute_parts` with each map's mask made by :attr:`default_recipe` at this
+        attributor's own :attr:`enhance` and :attr:`kernel_size`."""
+        maps = self.attribute_parts(images, queries, **options)
+        if self.default_recipe is None:
+            return maps
+        recipe = get_recipe(self.default_recipe)
+        return [combine_map(amap, recipe, enhance=self.enhance, kernel_size=self.kernel_size) for amap in maps]
 
     def describe(self) -> dict[str, Any]:
         """Settings and model identity, for run manifests. Backends extend it."""

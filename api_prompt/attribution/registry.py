@@ -24,9 +24,12 @@ import importlib
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - the attributors import torch
+    from .base import Attributor
 
 __all__ = [
     "COMMON_OPTIONS",
@@ -142,7 +145,7 @@ class BackendSpec:
                 )
         return checked
 
-    def load(self) -> type:
+    def load(self) -> type[Attributor]:
         """Import and return the attributor class named by :attr:`loader`."""
         module_name, _, class_name = self.loader.partition(":")
         try:
@@ -152,11 +155,11 @@ class BackendSpec:
                 f"the {self.name} backend cannot be loaded ({exc}); is its extra installed?"
             ) from exc
         try:
-            return getattr(module, class_name)
+            return cast("type[Attributor]", getattr(module, class_name))
         except AttributeError:
             raise ConfigError(f"the {self.name} backend's loader {self.loader!r} names no class") from None
 
-    def create(self, **options: Any):
+    def create(self, **options: Any) -> Attributor:
         """Build the attributor: ``cls(**options)`` after :meth:`check_options`; None values dropped."""
         options = {key: value for key, value in options.items() if value is not None}
         return self.load()(**self.check_options(options))
@@ -195,7 +198,7 @@ def backend_specs() -> list[BackendSpec]:
     return [get_backend(name) for name in BACKENDS]
 
 
-def create_attributor(backend: str, **options: Any):
+def create_attributor(backend: str, **options: Any) -> Attributor:
     """Build a backend by name: ``create_attributor("clip", model="ViT-B-16", pretrained=...)``.
 
     Options that are None are left to the backend's defaults; unknown ones are a ConfigError.

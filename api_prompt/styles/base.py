@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
-from ..images import load_image
-from ..overlay import check_geometry
+from ..overlay import as_rgb
+from ..settings import check_geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..attention_map import AttentionMap
@@ -124,14 +124,6 @@ def grid_geometry(
     map_w, map_h = attention_map.image_size
     sx, sy = width / map_w, height / map_h
     return left * sx, top * sy, (right - left) * sx / cols, (bottom - top) * sy / rows
-
-
-def as_rgb(image: Any) -> Image.Image:
-    """An RGB PIL image from anything :func:`~api_prompt.load_image` takes, without EXIF rotation
-    (so it keeps the geometry the map was computed on), as :class:`~api_prompt.Overlay` reads it."""
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image, exif_transpose=False)
 
 
 def mask_array(attention_map: "AttentionMap") -> np.ndarray:

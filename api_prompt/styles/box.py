@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
 from ..errors import ConfigError
-from ..overlay import check_geometry
+from ..settings import check_geometry
 from .base import Style, as_rgb, grid_geometry, mask_array, register_style
 
 __all__ = ["BoxStyle", "attended_box", "SHAPES"]

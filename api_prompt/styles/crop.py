@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
-from ..overlay import check_geometry, side_by_side
+from ..figures import side_by_side
+from ..settings import check_geometry
 from .base import Style, as_rgb, grid_geometry, mask_array, register_style
 
 __all__ = ["CropStyle", "attention_box", "VICROP_RATIOS", "ONE_IMAGE"]
@@ -78,10 +79,10 @@ def attention_box(
     half = side // 2
     centre_x = int(left + x * cell_w + cell_w * bw / 2)
     centre_y = int(top + y * cell_h + cell_h * bh / 2)
-    centre_x = min(max(centre_x, half), width - half)
-    centre_y = min(max(centre_y, half), height - half)
-    return (int(max(0, centre_x - half)), int(max(0, centre_y - half)),
-            int(min(width, centre_x + half)), int(min(height, centre_y + half)))
+    clamped_x = min(max(centre_x, half), width - half)
+    clamped_y = min(max(centre_y, half), height - half)
+    return (int(max(0, clamped_x - half)), int(max(0, clamped_y - half)),
+            int(min(width, clamped_x + half)), int(min(height, clamped_y + half)))
 
 
 @register_style

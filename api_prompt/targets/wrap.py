@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from ..errors import ConfigError
+from ..protocols import PrompterOrFunction
 from .base import as_target, normalise_batch
 
 __all__ = ["wrap", "PromptedTarget", "MODES", "prompt_images", "prompt_image_lists", "as_image"]
@@ -38,7 +39,7 @@ class PromptedTarget:
     images of the latest call, to show or save what the target saw.
     """
 
-    def __init__(self, target: Any, prompter: Any, mode: str = "prompted", **generation: Any) -> None:
+    def __init__(self, target: Any, prompter: PrompterOrFunction, mode: str = "prompted", **generation: Any) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
         if not callable(prompter):
@@ -61,6 +62,7 @@ class PromptedTarget:
         originals = [image_list[0] for image_list in image_lists]
         shown = prompt_image_lists(self.prompter, originals, questions)
         self.last_prompted = [images[-1] for images in shown]
+        inputs: list[Image.Image | list[Image.Image]]
         if self.mode == "both":
             inputs = [[original, images[-1]] for original, images in zip(originals, shown)]
         else:
@@ -71,7 +73,7 @@ class PromptedTarget:
         return f"PromptedTarget({self.target!r}, mode={self.mode!r})"
 
 
-def wrap(target: Any, prompter: Any, mode: str = "prompted", **generation: Any) -> PromptedTarget:
+def wrap(target: Any, prompter: PrompterOrFunction, mode: str = "prompted", **generation: Any) -> PromptedTarget:
     """Make ``target`` answer on attention-prompted images.
 
     Args:
@@ -96,20 +98,20 @@ def wrap(target: Any, prompter: Any, mode: str = "prompted", **generation: Any) 
     return PromptedTarget(target, prompter, mode=mode, **generation)
 
 
-def prompt_images(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Image.Image]:
+def prompt_images(prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Image.Image]:
     """The prompted images: one ``prompter.batch(images, queries)`` call when the prompter has
     ``batch``, else one ``prompter(image, query)`` call per image; see :func:`as_image`."""
     return [as_image(result) for result in _prompt_results(prompter, images, queries)]
 
 
-def prompt_image_lists(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[list[Image.Image]]:
+def prompt_image_lists(prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]) -> list[list[Image.Image]]:
     """What the target is shown for each image: a :class:`~api_prompt.PromptResult`'s
     ``images`` (several for a style such as ``crop``), or the one prompted image."""
     return [list(getattr(result, "images", None) or [as_image(result)])
             for result in _prompt_results(prompter, images, queries)]
 
 
-def _prompt_results(prompter: Any, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Any]:
+def _prompt_results(prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Any]:
     """One ``prompter.batch`` call when the prompter has ``batch``, else one call per image."""
     batch = getattr(prompter, "batch", None)
     return batch(images, queries) if callable(batch) else [

@@ -84,7 +84,7 @@ class AttentionPoolDecomposition:
     """
 
     name = "attention-pool"
-    parts = ("psi_pool", "psi_token")
+    parts: tuple[str, ...] = ("psi_pool", "psi_token")
     #: no early exit: ψ_pool is the probe's attention over the *last* block's tokens, so the mask
     #: needs the whole trunk (ψ_token alone would not: it reads block L' and only the head's weights)
     stops_early = False

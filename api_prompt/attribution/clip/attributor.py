@@ -1,9 +1,10 @@
 """CLIPAttributor: an open_clip model, a decomposition of its image tower, batching and a text cache.
 
 The attributor loads (or adopts) the model (:mod:`.loading`), picks the first decomposition in
-:data:`~.decomposition.DECOMPOSITIONS` that explains the tower (the paper's class-token one,
+:data:`~.registry.DECOMPOSITIONS` that explains the tower (the paper's class-token one,
 :mod:`.class_token`), runs one forward pass per batch with that decomposition's hooks, and
-returns the raw parts with the mask its recipe makes.
+returns the raw parts (:meth:`CLIPAttributor.attribute_parts`); used alone, it adds the mask its
+recipe makes (:meth:`~api_prompt.attribution.base.Attributor.attribute`).
 
 >>> from api_prompt import CLIPAttributor                                   # doctest: +SKIP
 >>> attributor = CLIPAttributor("local-dir:tests/fixtures/clip_reference/model", layer=4,
@@ -15,9 +16,8 @@ returns the raw parts with the mask its recipe makes.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -25,9 +25,9 @@ from torch import nn
 
 from ...attention_map import AttentionMap
 from ...errors import ConfigError
-from ...maps import check_kernel_size, get_recipe
+from ...settings import DEFAULT_ENHANCE, DEFAULT_KERNEL_SIZE, check_enhance, check_kernel_size
 from ..base import Attributor, check_layer, chunks, eval_mode, resolve_device, resolve_dtype, temporary_hooks
-from .decomposition import StopForward, crop_region, select_decomposition
+from .decomposition import EarlyExitDecomposition, StopForward, crop_region
 from .loading import (
     DEFAULT_MODEL,
     SIGLIP_DEFAULT_MODEL,
@@ -39,6 +39,7 @@ from .loading import (
     resolve_name,
     weights_sha256,
 )
+from .registry import select_decomposition
 
 __all__ = ["CLIPAttributor", "SigLIPAttributor"]
 
@@ -48,7 +49,7 @@ _TEXT_CACHE_SIZE = 1024
 class CLIPAttributor(Attributor):
     """Where a CLIP ViT looks for a text query, by decomposing its image embedding over patches.
 
-    The decomposition is the first of :data:`~.decomposition.DECOMPOSITIONS` that explains the
+    The decomposition is the first of :data:`~.registry.DECOMPOSITIONS` that explains the
     tower: for class-token ViTs the paper's (:class:`~.class_token.ClassTokenDecomposition`).
 
     Args:
@@ -61,8 +62,9 @@ class CLIPAttributor(Attributor):
             model (``"webli"`` for SigLIP's), random weights (with a warning) for any other name.
         preprocess, tokenizer: the eval transform and tokenizer of a model instance.
         layer: 0-based block L' (negative counts from the end); default ``n_blocks - 2``.
-        enhance: contrast coefficient of the enhance step (published package: 10).
-        kernel_size: odd box-filter size on the P×P maps (published package: 3).
+        enhance, kernel_size: the settings of the mask :meth:`attribute` makes when the
+            attributor is used alone (published package: 10 and 3); a
+            :class:`~api_prompt.Prompter` combines the parts with its own settings.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         dtype: ``"fp32"`` (default), or ``"bf16"``/``"fp16"`` on a GPU. The decomposition itself
             always runs in float32.
@@ -90,15 +92,15 @@ class CLIPAttributor(Attributor):
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
         layer: int | None = None,
-        enhance: float = 10.0,
-        kernel_size: int = 3,
+        enhance: float = DEFAULT_ENHANCE,
+        kernel_size: int = DEFAULT_KERNEL_SIZE,
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = None,
         batch_size: int = 16,
         cache_dir: str | None = None,
     ) -> None:
         model = self.default_model if model is None else model
-        self.enhance = _check_enhance(enhance)
+        self.enhance = check_enhance(enhance)
         self.kernel_size = check_kernel_size(kernel_size)
         self.batch_size = _check_batch_size(batch_size)
 
@@ -130,8 +132,9 @@ class CLIPAttributor(Attributor):
 
     # -- the verb ------------------------------------------------------------------------------
 
-    def attribute(self, images: list, queries: list[str], *, exact_parts: bool = True) -> list[AttentionMap]:
-        """One :class:`AttentionMap` per (RGB PIL image, query) pair, batched through the model.
+    def attribute_parts(self, images: list, queries: list[str], *, exact_parts: bool = True) -> list[AttentionMap]:
+        """One :class:`AttentionMap` of raw parts per (RGB PIL image, query) pair, batched
+        through the model (:meth:`attribute` adds the mask of this attributor's recipe).
 
         ``exact_parts=True`` (the default): the parts are in the reference's scale (the full
         forward pass runs). ``exact_parts=False``, for a caller that needs only the mask: where
@@ -142,25 +145,20 @@ class CLIPAttributor(Attributor):
         """
         if len(images) != len(queries):
             raise ConfigError(f"got {len(images)} images but {len(queries)} queries")
-        recipe = get_recipe(self.default_recipe)
         early = not exact_parts and self.stops_early
         maps: list[AttentionMap] = []
         for batch in chunks(list(zip(images, queries)), self.batch_size):
             batch_images = [image for image, _ in batch]
             parts = self.raw_maps(batch_images, [query for _, query in batch], exact_parts=not early)
-            # float64 on the small grid: the same mask from either scale of the parts (~1e-8)
-            masks = recipe({name: part.double() for name, part in parts.items()},
-                           enhance=self.enhance, kernel_size=self.kernel_size).float()
             for i, (image, query) in enumerate(batch):
                 maps.append(
                     AttentionMap(
-                        mask=masks[i].numpy(),
+                        mask=None,
                         parts={name: part[i].numpy() for name, part in parts.items()},
                         image_size=image.size,
                         region=crop_region(self.preprocess, image.size),
                         query=query,
                         extra={"exact_parts": not early},
-                        recipe=recipe.name,
                     )
                 )
         return maps
@@ -196,12 +194,13 @@ class CLIPAttributor(Attributor):
                 image_features = self.model.encode_image(pixels)
                 parts = self.decomposition.decompose(visual, capture, image_features, text)
             else:
-                capture = self.decomposition.capture_until(visual, self.layer, text, handles)
+                stopping = cast(EarlyExitDecomposition, self.decomposition)
+                capture = stopping.capture_until(visual, self.layer, text, handles)
                 try:
                     self.model.encode_image(pixels)
                 except StopForward:
                     pass
-                parts = self.decomposition.decompose_until(visual, capture)
+                parts = stopping.decompose_until(visual, capture)
         return parts
 
     def text_embeddings(self, queries: Sequence[str]) -> torch.Tensor:
@@ -258,14 +257,6 @@ class CLIPAttributor(Attributor):
             f"layer={self.layer}, enhance={self.enhance}, kernel_size={self.kernel_size}, "
             f"device='{self.device}', dtype={str(self.dtype).replace('torch.', '')})"
         )
-
-
-def _check_enhance(enhance: Any) -> float:
-    if isinstance(enhance, bool) or not isinstance(enhance, (int, float, np.floating, np.integer)):
-        raise ConfigError(f"enhance must be a number, got {enhance!r}")
-    if not math.isfinite(enhance) or enhance <= 0:
-        raise ConfigError(f"enhance must be a positive number, got {enhance}")
-    return float(enhance)
 
 
 def _check_batch_size(batch_size: Any) -> int:

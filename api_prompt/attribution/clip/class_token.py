@@ -67,7 +67,7 @@ class ClassTokenDecomposition:
     """
 
     name = "class-token"
-    parts = ("psi_cls", "psi_comp")
+    parts: tuple[str, ...] = ("psi_cls", "psi_comp")
     #: the mask needs nothing after block L' (:meth:`capture_until`, :meth:`decompose_until`)
     stops_early = True
     default_recipe = "clip-soft-or"

@@ -1,11 +1,12 @@
-"""How a CLIP image tower is explained: the Decomposition protocol and the ordered list of them.
+"""How a CLIP image tower is explained: the Decomposition protocol and the helpers decompositions share.
 
 One decomposition per pooling kind (the class token of a ViT; an attention-pooling head). Each
 says whether it can explain a tower and why not (:meth:`Decomposition.unsupported_reason`), how
 many blocks there are and which grid the tokens form, which hooks it installs for one forward
-pass, and how it turns what they caught into named raw parts. The attributor
-(:mod:`.attributor`) picks the first in :data:`DECOMPOSITIONS` that supports the tower, so a new
-decomposition is one module in this package plus one entry there.
+pass, and how it turns what they caught into named raw parts. The implementations (:mod:`.class_token`,
+:mod:`.attention_pool`) import this module; :mod:`.registry` lists them, and the attributor
+(:mod:`.attributor`) picks the first there that supports the tower, so a new decomposition is one
+module in this package plus one :func:`~.registry.register_decomposition` call.
 
 Attention blocks are recognised by what they compute, not by class: a fused input projection
 (``in_proj_weight``, optional ``in_proj_bias``), ``out_proj`` and ``num_heads`` with plain scaled
@@ -23,14 +24,15 @@ import torch
 from torch import nn
 
 from ...attention_map import Box
-from ...errors import UnsupportedModelError
 
 __all__ = [
     "StopForward",
     "Decomposition",
-    "DECOMPOSITIONS",
-    "select_decomposition",
+    "EarlyExitDecomposition",
     "attention_unsupported_reason",
+    "in_proj_biases",
+    "layer_scale",
+    "as_float",
     "crop_region",
 ]
 
@@ -74,28 +76,21 @@ class Decomposition(Protocol):
     ) -> dict[str, torch.Tensor]:
         """The raw parts, each (B, rows, columns) float32, after the forward pass."""
 
-    # Optional early exit, for a decomposition whose mask needs nothing after block L'. Such a
-    # decomposition sets ``stops_early = True`` and has ``capture_until(visual, layer, text,
-    # handles)`` (hooks whose last one raises StopForward) and ``decompose_until(visual,
-    # capture)`` (the parts up to one positive affine map per image, which every recipe's
-    # min-max removes). Without ``stops_early`` the full forward pass always runs.
+    # Optional early exit, for a decomposition whose mask needs nothing after block L': see
+    # EarlyExitDecomposition. Without ``stops_early`` the full forward pass always runs.
 
 
-def select_decomposition(visual: nn.Module) -> Decomposition:
-    """The first decomposition in :data:`DECOMPOSITIONS` that explains ``visual``, else an
-    UnsupportedModelError naming, for each, what is missing."""
-    reasons = []
-    for decomposition in DECOMPOSITIONS:
-        reason = decomposition.unsupported_reason(visual)
-        if reason is None:
-            return decomposition
-        reasons.append(f"{decomposition.name}: {reason}")
-    supported = "; ".join(decomposition.description for decomposition in DECOMPOSITIONS)
-    raise UnsupportedModelError(
-        f"this CLIP cannot be attributed ({'; '.join(reasons)}). Supported: {supported}, e.g. the "
-        f"OpenAI and LAION ViT-B-16 / ViT-L-14 / ViT-L-14-336 models. ResNet towers (RN50, ...) are "
-        f"not supported."
-    )
+class EarlyExitDecomposition(Decomposition, Protocol):
+    """A decomposition whose mask needs nothing after block L' (``stops_early = True``)."""
+
+    stops_early: bool
+
+    def capture_until(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> Any:
+        """Hooks whose last one raises :class:`StopForward` once block L' has run."""
+
+    def decompose_until(self, visual: nn.Module, capture: Any) -> dict[str, torch.Tensor]:
+        """The parts up to one positive affine map per image (which every recipe's min-max
+        removes), each (B, rows, columns) float32."""
 
 
 # -- attention blocks, by what they compute --------------------------------------------------------
@@ -163,7 +158,6 @@ def as_float(parameter: torch.Tensor | None, default: float) -> torch.Tensor | f
     return parameter.float() if parameter is not None else default
 
 
-
 # -- preprocessing geometry ------------------------------------------------------------------------
 
 
@@ -207,11 +201,3 @@ def _centre_crop_origin(size: int, crop: int) -> int:
         pad_before = (crop - size) // 2
         return -pad_before
     return int(round((size - crop) / 2.0))
-
-
-#: Decompositions tried in order; the first that supports the tower is used. A new one is one
-#: module in this package plus one entry here.
-from .attention_pool import AttentionPoolDecomposition  # noqa: E402  (they use the helpers above)
-from .class_token import ClassTokenDecomposition  # noqa: E402
-
-DECOMPOSITIONS: list[Decomposition] = [ClassTokenDecomposition(), AttentionPoolDecomposition()]

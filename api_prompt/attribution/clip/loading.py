@@ -90,10 +90,10 @@ def load_open_clip(
     source = architecture = name
     schema = _schema(name)
     if schema == "hf-hub":
-        source = _cached_hf_hub_folder(name[len("hf-hub:"):], cache_dir)
-        if source is None:
+        cached = _cached_hf_hub_folder(name[len("hf-hub:"):], cache_dir)
+        if cached is None:
             _require_online(name, "https://huggingface.co")
-            source = name
+        source = name if cached is None else cached
     elif schema is None:
         _check_builtin_name(name)
         if pretrained is None:

@@ -1,7 +1,8 @@
 """Decoder-attention backends: where a vision-language decoder looks while it answers.
 
-:mod:`.capture` holds what every model shares; one small adapter module per family says what
-differs (prompt, image preparation, image-token layout, grid and region).
+:mod:`.capture` holds the hook, :mod:`.attributor` the attributor every family shares and
+:mod:`.loading` its loading; one small adapter module per family says what differs (prompt, image
+preparation, image-token layout, grid and region).
 
 Families are imported lazily, so importing one does not import the others.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 _PUBLIC = {
-    "DecoderAttributor": ".capture",
+    "DecoderAttributor": ".attributor",
     "LLaVAAttributor": ".llava",
     "LLaVANextAttributor": ".llava_next",
     "Qwen2VLAttributor": ".qwen2_vl",

@@ -1,6 +1,6 @@
 """LLaVA-1.5 adapter: the paper's second auxiliary model (docs/ALGORITHM.md §2).
 
-What differs from the shared capture (:mod:`.capture`): the question goes in a llava_v1 prompt
+What differs from the shared attributor (:mod:`.attributor`): the question goes in a llava_v1 prompt
 with its system sentence, the image is padded to a square of CLIP's mean colour (as the reference
 does), the image tokens sit in one run and map row-major onto a square P×P grid (24×24 for
 LLaVA-1.5's 336 px tower), and LLaMA's 1-D rotary positions are applied as the model hands them to
@@ -44,7 +44,8 @@ import torch
 from PIL import Image
 
 from ...errors import UnsupportedModelError
-from .capture import DecoderAttributor, ImageKeys, image_positions
+from .attributor import DecoderAttributor
+from .capture import ImageKeys, image_positions
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 
@@ -117,7 +118,7 @@ def pad_to_square(image: Image.Image, colour: tuple[int, int, int] = PAD_COLOUR)
 class LLaVAAttributor(DecoderAttributor):
     """Attention maps from LLaVA-1.5's decoder while it answers the question (docs/ALGORITHM.md §2).
 
-    Takes the options of :class:`~api_prompt.attribution.decoder.capture.DecoderAttributor`;
+    Takes the options of :class:`~api_prompt.attribution.decoder.attributor.DecoderAttributor`;
     ``model`` is a LLaVA-1.5 checkpoint in the transformers format (``llava-hf/llava-1.5-7b-hf``,
     ``-13b-hf``) or a loaded ``LlavaForConditionalGeneration``; ``layer`` defaults to
     ``n_layers * 20 // 32`` (20 for LLaVA-1.5-7B).

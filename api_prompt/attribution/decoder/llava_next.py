@@ -1,6 +1,6 @@
 """LLaVA-NeXT adapter (``LlavaNextForConditionalGeneration``, "anyres").
 
-What differs from the shared capture (:mod:`.capture`), read off transformers' own LLaVA-NeXT code:
+What differs from the shared attributor (:mod:`.attributor`), read off transformers' own LLaVA-NeXT code:
 
 - **Prompt**: the processor's chat template (Mistral, Vicuna and Yi checkpoints differ).
 - **Image**: no preparation; the processor makes a base view (the whole image resized to one
@@ -39,7 +39,8 @@ from typing import Any
 import torch
 
 from ...errors import UnsupportedModelError
-from .capture import DecoderAttributor, ImageKeys, image_positions, pack_positions
+from .attributor import DecoderAttributor
+from .capture import ImageKeys, image_positions, pack_positions
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 
@@ -83,7 +84,7 @@ def patch_output_size(height: int, width: int, target: tuple[int, int]) -> tuple
 class LLaVANextAttributor(DecoderAttributor):
     """Attention maps from LLaVA-NeXT's decoder over its stitched high-resolution grid.
 
-    Takes the options of :class:`~api_prompt.attribution.decoder.capture.DecoderAttributor`;
+    Takes the options of :class:`~api_prompt.attribution.decoder.attributor.DecoderAttributor`;
     ``model`` is a LLaVA-NeXT checkpoint in the transformers format
     (``llava-hf/llava-v1.6-mistral-7b-hf``, ``-vicuna-7b-hf``, ...) or a loaded
     ``LlavaNextForConditionalGeneration``.
@@ -128,7 +129,8 @@ class LLaVANextAttributor(DecoderAttributor):
             (cut_cols * cell_x - paste_x) * sx, (cut_rows * cell_y - paste_y) * sy,
             ((full_cols - cut_cols) * cell_x - paste_x) * sx, ((full_rows - cut_rows) * cell_y - paste_y) * sy,
         )
-        return AnyresLayout(side, int(rows), int(cols), tuple(float(v) for v in region), (width, height))
+        left, top, right, bottom = (float(v) for v in region)
+        return AnyresLayout(side, int(rows), int(cols), (left, top, right, bottom), (width, height))
 
     def _image_keys(self, inputs: dict, geometry: list[Any]) -> ImageKeys:
         _, _, rows = image_positions(inputs["input_ids"], self.image_token_id)

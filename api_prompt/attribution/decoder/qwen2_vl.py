@@ -1,16 +1,17 @@
 """Qwen2-VL and Qwen2.5-VL adapter (``Qwen2VLForConditionalGeneration``,
 ``Qwen2_5_VLForConditionalGeneration``).
 
-What differs from the shared capture (:mod:`.capture`), read off transformers' own Qwen2-VL code:
+What differs from the shared attributor (:mod:`.attributor`), read off transformers' own Qwen2-VL code:
 
 - **Prompt**: the processor's chat template, one user turn with the image then the question.
 - **Image**: no preparation; the processor resizes the whole image to multiples of
-  ``patch_size × merge_size`` (28 px) keeping its aspect ratio within its pixel budget, so
+  ``patch_size × merge_size`` (28 px for the released checkpoints' merge of 2) keeping its aspect ratio within its pixel budget, so
   nothing is cropped or padded: the region is the whole image.
-- **Image tokens**: one run of (h / 2) × (w / 2) merged tokens per image, row-major, where
-  ``image_grid_thw`` = (1, h, w) counts 14 px patches (Qwen2.5-VL's windowed vision attention
+- **Image tokens**: one run of (h / m) × (w / m) merged tokens per image, row-major, where
+  ``image_grid_thw`` = (1, h, w) counts 14 px patches and m is the vision config's
+  ``spatial_merge_size`` (2 in the released checkpoints; read from the config, never assumed) (Qwen2.5-VL's windowed vision attention
   restores this order before the merger).
-- **Map**: that h/2 × w/2 grid, rectangular for a non-square image.
+- **Map**: that h/m × w/m grid, rectangular for a non-square image.
 - **Positions**: 3-D M-RoPE (temporal, height, width ids for image tokens, 1-D for text, from
   ``get_rope_index``). The hook rotates queries and keys with the per-position cosines and sines
   the model hands the layer (already merged over the M-RoPE sections), so they are the model's own.
@@ -33,7 +34,8 @@ from typing import Any
 import torch
 
 from ...errors import UnsupportedModelError
-from .capture import DecoderAttributor, ImageKeys, image_positions
+from .attributor import DecoderAttributor
+from .capture import ImageKeys, image_positions
 
 DEFAULT_MODEL = "Qwen/Qwen2-VL-7B-Instruct"
 DEFAULT_MODEL_25 = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -42,7 +44,7 @@ DEFAULT_MODEL_25 = "Qwen/Qwen2.5-VL-7B-Instruct"
 class Qwen2VLAttributor(DecoderAttributor):
     """Attention maps from Qwen2-VL's (or Qwen2.5-VL's) decoder over its merged-token grid.
 
-    Takes the options of :class:`~api_prompt.attribution.decoder.capture.DecoderAttributor`;
+    Takes the options of :class:`~api_prompt.attribution.decoder.attributor.DecoderAttributor`;
     ``model`` is a Qwen2-VL or Qwen2.5-VL checkpoint in the transformers format or a loaded
     model of either class (the class is read from the checkpoint's ``model_type``).
     """
