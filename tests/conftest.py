@@ -1,4 +1,4 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures (PIL's defaults and the docstring examples: ../conftest.py).
 
 The golden CLIP fixture lives in ``tests/fixtures/clip_reference`` (a copy, so tests never read
 outside the repository). See its README.md for what each file holds.
@@ -16,26 +16,12 @@ from hypothesis import settings
 
 CLIP_FIXTURE_DIR = Path(__file__).parent / "fixtures" / "clip_reference"
 
-from PIL import Image as _Image  # noqa: E402
-
-_PIL_MAX_IMAGE_PIXELS = _Image.MAX_IMAGE_PIXELS
-
 # Hypothesis's per-example deadline (200 ms) measures the machine, not the code: on a loaded
 # 2-core machine a property test of a few tensor ops took 487 ms and failed at random. No property
 # here is about speed, so no profile has a deadline; CI also prints the blob to replay a failure.
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-
-@pytest.fixture(autouse=True)
-def pil_default_truncated_image_handling():
-    """Importing lmms-eval (its plugin tests do) turns on PIL's process-wide
-    ``LOAD_TRUNCATED_IMAGES``; every test here starts from PIL's default, whatever ran before."""
-    from PIL import Image, ImageFile
-
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    Image.MAX_IMAGE_PIXELS = _PIL_MAX_IMAGE_PIXELS  # some imports lift PIL's bomb limit process-wide
 
 
 @pytest.fixture(scope="session")

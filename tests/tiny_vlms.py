@@ -4,7 +4,7 @@ Each builder returns ``(model, processor)`` with a real chat template, a byte-le
 (every string round-trips) and a model small enough to generate in milliseconds on a CPU.
 The answers are gibberish, but deterministic for a seed, which is all the tests need.
 
->>> model, processor = tiny_qwen2_vl()                                   # doctest: +SKIP
+>>> model, processor = tiny_qwen2_vl()
 >>> model.config.model_type
 'qwen2_vl'
 """
