@@ -7,6 +7,7 @@ at the proxy; it prompts the images of each request and forwards it to the real 
 - :mod:`~api_prompt.serve.batcher`: the micro-batcher
 - :mod:`~api_prompt.serve.messages`: finding and replacing images in chat requests (pure)
 - :mod:`~api_prompt.serve.fetch`: fetching http(s) image URLs with limits, from public addresses only
+- :mod:`~api_prompt.serve.styles`: the server's prompt style and a request's ``api_prompt`` choice
 
 Needs ``pip install "api-prompt[serve]"`` (Starlette and uvicorn).
 """

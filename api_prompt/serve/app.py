@@ -3,7 +3,10 @@
 ``POST /v1/chat/completions``: every ``image_url`` part of a user message (a base64 data URL, or
 an http(s) URL with ``allow_url_fetch``) is replaced by the attention-prompted image (a JPEG for a
 JPEG, a lossless PNG for anything else: :mod:`~api_prompt.serve.render`), the message's text
-being the query; everything else in the request goes to the upstream unchanged.
+being the query. The image is shown in the server's prompt style, or in the one the request's
+``api_prompt`` field asks for (:mod:`~api_prompt.serve.styles`); a style that shows several
+images (``crop``: the original, then the zoomed crop) puts them in that place of the message,
+in order. Everything else in the request goes to the upstream unchanged (``api_prompt`` is taken out).
 The upstream's status, headers and body come back as they are, streamed chunk by chunk (so
 server-sent events pass through as the upstream sends them). ``GET /v1/models`` and
 ``GET /v1/models/{id}`` (one path segment, percent-encoded on the way up) are forwarded and no
@@ -17,7 +20,8 @@ Nothing one request does stalls the others: decoding, overlay and encoding of an
 Images of requests that arrive together are prompted in one batch
 (:class:`~api_prompt.serve.batcher.MicroBatcher`). Errors the proxy itself raises use the OpenAI
 error shape ``{"error": {"message", "type", "param", "code"}}``: 400 malformed request (any
-unparsable body), bad image, failed image fetch, or more images than the queue can ever hold;
+unparsable body), bad image, failed image fetch, a bad ``api_prompt`` field, or more images
+than the queue can ever hold (counted as images to prompt, not images sent upstream);
 401 missing or wrong client key, 413 too large (bytes or pixels), 429 queue full for now (with
 ``Retry-After``), 502 upstream unreachable, 504 upstream too slow.
 
@@ -55,10 +59,12 @@ from starlette.routing import Route
 
 from ..errors import APIPromptError, ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_image
+from ..styles import Style
 from .batcher import MicroBatcher, QueueFull
 from .fetch import fetch_client, fetch_failed, fetch_image
 from .messages import RequestError, decode_data_url, find_images, parse_request, read_limited, replace_images
 from .render import encode_like
+from .styles import ServerStyles
 
 __all__ = ["INLINE_MAX_PIXELS", "ServeConfig", "create_app", "error_response"]
 
@@ -144,21 +150,38 @@ def prompter_stages(prompter) -> tuple[Callable, Callable]:
     return prompter.attribute, prompter.render
 
 
-def create_app(prompter=None, config: ServeConfig | None = None, *,
+def create_app(prompter=None, config: ServeConfig | None = None, *, style: str | None = None,
+               style_options: dict[str, Any] | None = None,
                run_batch: Callable[[list[Image.Image], list[str]], Sequence[Any]] | None = None,
-               render: Callable[[Image.Image, Any], Image.Image] | None = None) -> Starlette:
+               render: Callable[[Image.Image, Any], Image.Image | list[Image.Image]] | None = None) -> Starlette:
     """The proxy as an ASGI application (serve it with uvicorn).
 
-    ``prompter`` is a :class:`~api_prompt.Prompter`. Instead, ``run_batch(images, queries)`` may
-    give one result per image, and ``render(image, result)`` the prompted image from it (default:
-    the result is the prompted image); tests use a fast fake this way.
+    ``prompter`` is a :class:`~api_prompt.Prompter`. ``style`` and ``style_options`` are the
+    server's default prompt style (None: the prompter's own, ``overlay`` unless it was built
+    with another) and its options, with the prompter's overlay settings; a request may ask for
+    another (see :mod:`~api_prompt.serve.styles`). An unknown style, an option no style takes or
+    a value a style refuses is a one-line :class:`~api_prompt.errors.ConfigError` here, before
+    the proxy starts.
+
+    Instead of a prompter, ``run_batch(images, queries)`` may give one result per image, and
+    ``render(image, result)`` the prompted image (or images) from it (default: the result is the
+    prompted image); tests use a fast fake this way, and the style is then only checked.
+
+    >>> from api_prompt.serve import ServeConfig, create_app
+    >>> create_app(config=ServeConfig(upstream="http://127.0.0.1:9/v1"), run_batch=list, style="zoom")
+    Traceback (most recent call last):
+    ...
+    api_prompt.errors.ConfigError: unknown style 'zoom'; choose one of: overlay, crop, blur, box
     """
     if config is None:
         raise ValueError("create_app needs a ServeConfig with the upstream URL")
+    styles = ServerStyles.create(prompter if run_batch is None else None, style, style_options)
     if run_batch is None:
         if prompter is None:
             raise ValueError("create_app needs a prompter (or a run_batch function)")
-        run_batch, render = prompter_stages(prompter)
+        run_batch = prompter.attribute
+        if render is None:
+            render = _styled
     if render is None:
         render = _result_is_the_image
     upstream = config.upstream.rstrip("/")
@@ -222,9 +245,11 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
     async def prompted_body(raw: bytes) -> bytes:
         """The body to send upstream: ``raw`` itself when it has no image to prompt."""
         body = await off_loop(lambda: parse_request(raw), inline=len(raw) <= _INLINE_MAX_JSON_BYTES)
-        parts = find_images(body)
-        if not parts:
-            return raw
+        style, forwarded = styles.for_request(body)  # before any image is read or anything is sent
+        parts = find_images(forwarded)
+        if not parts:  # as it came, unless its api_prompt field has to come out
+            return raw if forwarded is body else _to_json(forwarded)
+        body = forwarded
         if len(parts) > config.max_queue:
             raise RequestError(400, f"the request holds {len(parts)} images; this proxy prompts at most "
                                     f"{config.max_queue} at once (its --max-queue), so it can never be served: "
@@ -244,8 +269,10 @@ def create_app(prompter=None, config: ServeConfig | None = None, *,
             results = await batcher.prompt([image for image, _ in loaded], [part.query for part in parts])
 
             def finish() -> bytes:
-                urls = [encode_like(render(image, result), source, jpeg_quality=config.jpeg_quality,
-                                    png_compress_level=config.png_compress_level)
+                urls = [[encode_like(shown, source, jpeg_quality=config.jpeg_quality,
+                                     png_compress_level=config.png_compress_level)
+                         for shown in _as_list(render(image, result, style) if render is _styled
+                                               else render(image, result))]
                         for (image, source), result in zip(loaded, results)]
                 return _to_json(replace_images(body, parts, urls))
 
@@ -487,3 +514,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _result_is_the_image(image: Image.Image, result: Image.Image) -> Image.Image:
     return result
+
+
+def _styled(image: Image.Image, attention_map: Any, style: Style) -> list[Image.Image]:
+    """What the target is shown for ``image``: one picture, or several in order (``crop``)."""
+    return style.apply(image, attention_map)
+
+
+def _as_list(shown: Image.Image | list[Image.Image]) -> list[Image.Image]:
+    return list(shown) if isinstance(shown, (list, tuple)) else [shown]

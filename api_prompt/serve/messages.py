@@ -145,17 +145,35 @@ def _image_url(part: dict[str, Any], m: int, p: int) -> str:
     return url
 
 
-def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: list[str]) -> dict[str, Any]:
-    """A copy of ``body`` with each part's URL replaced by the matching one of ``urls``."""
+def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: list[str | list[str]]) -> dict[str, Any]:
+    """A copy of ``body`` with each part's URL replaced by the matching one of ``urls``.
+
+    An entry of ``urls`` that is a list replaces its part by one image part per URL, in order, in
+    the same place of the same message (a style such as ``crop`` shows the target two images);
+    each copy keeps the part's other fields (``detail``).
+
+    >>> body = {"messages": [{"role": "user", "content": [
+    ...     {"type": "image_url", "image_url": {"url": "A", "detail": "low"}}, {"type": "text", "text": "Red?"}]}]}
+    >>> (part,) = find_images(body)
+    >>> [p.get("image_url", p.get("text")) for p in replace_images(body, [part], [["B", "C"]])["messages"][0]["content"]]
+    [{'url': 'B', 'detail': 'low'}, {'url': 'C', 'detail': 'low'}, 'Red?']
+    """
     new = copy.copy(body)
     new["messages"] = messages = list(body["messages"])
+    by_message: dict[int, dict[int, list[str]]] = {}
     for part, url in zip(parts, urls):
         m, p = part.location
-        if messages[m] is body["messages"][m]:  # copy each touched message once
-            messages[m] = {**messages[m], "content": list(messages[m]["content"])}
-        old = messages[m]["content"][p]
-        value = old["image_url"]
-        messages[m]["content"][p] = {**old, "image_url": {**value, "url": url} if isinstance(value, dict) else url}
+        by_message.setdefault(m, {})[p] = [url] if isinstance(url, str) else list(url)
+    for m, replaced in by_message.items():
+        content = []
+        for p, old in enumerate(messages[m]["content"]):
+            if p not in replaced:
+                content.append(old)
+                continue
+            value = old["image_url"]
+            content.extend({**old, "image_url": {**value, "url": url} if isinstance(value, dict) else url}
+                           for url in replaced[p])
+        messages[m] = {**messages[m], "content": content}
     return new
 
 
