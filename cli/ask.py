@@ -24,27 +24,14 @@ from api_prompt.errors import ConfigError
 
 from .app import app
 from .common import (
-    DEFAULT_BACKEND,
-    BackendOpt,
-    BackendOptionOpt,
-    BackgroundOpt,
     DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    EnhanceOpt,
-    Geometry,
-    GeometryOpt,
-    KernelOpt,
-    LayerOpt,
-    ModelOpt,
     OneLineErrorCommand,
-    PresetOpt,
-    PretrainedOpt,
     PromptOptions,
     QuietOpt,
-    ResampleOpt,
     handle_errors,
     image_argument,
+    parse_key_value,
+    prompt_options,
     status,
 )
 
@@ -56,13 +43,33 @@ class Mode(str, Enum):
     both = "both"
 
 
+def _targets_help() -> str:
+    from api_prompt.targets import target_specs
+
+    described = " ".join(f"{spec.kind}:{spec.help}." for spec in target_specs())
+    return f"The model that answers, KIND:NAME. {described}"
+
+
+def _target_options_help() -> str:
+    from api_prompt.targets import target_specs
+
+    declared = "; ".join(
+        f"{spec.kind}: {', '.join(names)}" for spec in target_specs()
+        if (names := [option.name for option in spec.options if option.name not in TARGET_FLAGS])
+    )
+    return f"An option of the target's kind, typed and checked by its spec (repeatable). {declared}."
+
+
+#: target options that have a flag of their own (the kinds that declare them get them)
+TARGET_FLAGS = {"base_url": "--base-url", "timeout": "--timeout", "max_retries": "--max-retries",
+                "backoff": "--backoff", "device": "--target-device", "dtype": "--target-dtype"}
+
 TargetOpt = Annotated[str, typer.Option(
-    "--target", "-t", rich_help_panel=_TARGET, show_default=False,
-    help="The model that answers, KIND:NAME. hf:<Hugging Face id or folder>: an image-text-to-text "
-    "model with a chat template, any question. openai:<model>: any OpenAI-compatible "
-    "chat-completions server (--base-url, key in $OPENAI_API_KEY), any question. "
-    "clip-zeroshot:<open_clip name>: multiple choice only, by CLIP similarity; QUESTION must list "
-    "its options as lines 'A. text', 'B. text' (one caption each), and the answer is a letter.",
+    "--target", "-t", rich_help_panel=_TARGET, show_default=False, help=_targets_help(),
+)]
+TargetOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--target-option", "-T", metavar="KEY=VALUE", rich_help_panel=_TARGET, show_default=False,
+    help=_target_options_help(),
 )]
 BaseUrlOpt = Annotated[Optional[str], typer.Option(
     "--base-url", rich_help_panel=_TARGET, show_default=False,
@@ -82,11 +89,11 @@ MaxNewTokensOpt = Annotated[int, typer.Option(
 )]
 TargetDeviceOpt = Annotated[Optional[str], typer.Option(
     "--target-device", rich_help_panel=_TARGET, show_default="same as --device",
-    help="hf: where the target model runs (auto, cpu, cuda, cuda:N or mps).",
+    help="hf, clip-zeroshot: where the target model runs (auto, cpu, cuda, cuda:N or mps).",
 )]
 TargetDtypeOpt = Annotated[Optional[str], typer.Option(
     "--target-dtype", rich_help_panel=_TARGET, show_default=False,
-    help="hf: fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU).",
+    help="hf, clip-zeroshot: fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU).",
 )]
 TimeoutOpt = Annotated[float, typer.Option(
     "--timeout", rich_help_panel=_TARGET, min=0.001,
@@ -106,26 +113,44 @@ SavePromptedOpt = Annotated[Optional[Path], typer.Option(
 )]
 
 
-def target_options(target: str, *, base_url: Optional[str], timeout: float, device: str,
-                   dtype: Optional[str], max_retries: Optional[int] = None,
-                   backoff: Optional[float] = None) -> dict:
-    """The constructor options ``--target``'s kind takes (shared by ``ask`` and ``eval``)."""
-    kind = target.partition(":")[0]
-    options: dict = {}
-    if kind == "openai":
-        options.update(base_url=base_url, timeout=timeout)
-        options.update({name: value for name, value in
-                        (("max_retries", max_retries), ("backoff", backoff)) if value is not None})
-    elif base_url is not None or max_retries is not None or backoff is not None:
-        raise ConfigError("--base-url, --max-retries and --backoff only apply to --target openai:<model>")
-    if kind == "hf":
-        options.update(device=device, dtype=dtype)
-    elif kind == "clip-zeroshot":
-        options.update(device=device)
-    return options
+def target_options(target: str, texts: Optional[list[str]] = None, *, defaults: Optional[dict] = None,
+                   **flags) -> dict:
+    """The constructor options of ``--target``'s kind, from its spec (shared by ``ask``, ``eval``
+    and ``playground``).
+
+    ``flags`` are the values of the flags in :data:`TARGET_FLAGS` (None: not given): one the kind
+    does not declare is refused, naming the kinds that take it. ``defaults`` (a fallback device,
+    the default timeout) go only to kinds that declare them. ``texts`` are ``--target-option``'s
+    ``KEY=VALUE`` texts. Every value is typed by the spec.
+
+    >>> target_options("openai:m", ["max_concurrency=2"], base_url="http://127.0.0.1:9/v1",
+    ...                defaults={"timeout": 60.0, "device": "cpu"})
+    {'timeout': 60.0, 'base_url': 'http://127.0.0.1:9/v1', 'max_concurrency': 2}
+    >>> target_options("hf:m", base_url="http://127.0.0.1:9/v1")
+    Traceback (most recent call last):
+    ...
+    api_prompt.errors.ConfigError: --base-url only applies to --target openai:<model>
+    """
+    from api_prompt.targets import get_target, split_target_spec, target_specs
+
+    spec = get_target(split_target_spec(target)[0])
+    options = {key: value for key, value in (defaults or {}).items() if value is not None and spec.option(key)}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if spec.option(key) is None:
+            kinds = " or ".join(f"--target {other.kind}:<model>" for other in target_specs() if other.option(key))
+            raise ConfigError(f"{TARGET_FLAGS[key]} only applies to {kinds or 'no target kind'}")
+        options[key] = value
+    for key, value in (parse_key_value(text, "--target-option") for text in texts or ()):
+        if key in TARGET_FLAGS:
+            raise ConfigError(f"give {key} as {TARGET_FLAGS[key]}, not as --target-option")
+        options[key] = value
+    return spec.check_options(options)
 
 
 @app.command("ask", cls=OneLineErrorCommand)
+@prompt_options()
 def ask_command(
     image: Annotated[str, typer.Argument(
         metavar="IMAGE", show_default=False,
@@ -143,19 +168,9 @@ def ask_command(
     max_retries: MaxRetriesOpt = None,
     backoff: BackoffOpt = None,
     save_prompted: SavePromptedOpt = None,
-    preset: PresetOpt = None,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    backend_option: BackendOptionOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    layer: LayerOpt = None,
-    enhance: EnhanceOpt = None,
-    kernel_size: KernelOpt = None,
-    resample: ResampleOpt = None,
-    background: BackgroundOpt = None,
-    geometry: GeometryOpt = Geometry.stretch,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = None,
+    target_option: TargetOptionOpt = None,
+    *,
+    options: PromptOptions,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -168,47 +183,42 @@ def ask_command(
       api-prompt ask photo.jpg "What color is the car?" --target openai:gpt-4o-mini
     """
     from api_prompt.images import load_image
-    from api_prompt.targets import create_target, split_target_spec, wrap
+    from api_prompt.targets import create_target, get_target, split_target_spec, wrap
 
     with handle_errors(debug):
         # 1. Everything cheap first, so a typo never costs a model load.
         if not question.strip():
             raise ConfigError("the question is empty: pass what the target should answer")
-        options = target_options(target, base_url=base_url, timeout=timeout,
-                                 device=target_device or device, dtype=target_dtype,
-                                 max_retries=max_retries, backoff=backoff)
+        answerer_options = target_options(
+            target, target_option, defaults={"timeout": timeout, "device": options.device},
+            base_url=base_url, max_retries=max_retries, backoff=backoff, device=target_device,
+            dtype=target_dtype)
         if no_api and mode is Mode.both:
             raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
         kind, target_model = split_target_spec(target)
-        if kind == "clip-zeroshot":
-            from api_prompt.hub import check_model_name
-            from api_prompt.targets.clip_zeroshot import parse_options
-
-            if not parse_options(question):
-                raise ConfigError(
-                    "--target clip-zeroshot answers multiple choice only: QUESTION must list its "
-                    "options as lines 'A. text', 'B. text' (e.g. $'Which shape?\\nA. a red square\\n"
-                    "B. a blue circle' in bash)"
-                )
-            check_model_name(target_model, open_clip=True)
-        prompt_options = PromptOptions.from_command(locals())
+        spec = get_target(kind)
+        try:
+            spec.check_question(question)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (e.g. $'Which shape?\\nA. a red square\\nB. a blue circle' in bash)") from None
+        spec.check_name(target_model)
         if not no_api:
-            prompt_options.check()
+            options.check()
         picture = load_image(image_argument(image))
         if not no_api:
-            prompt_options.check_device()
+            options.check_device()
 
         # 2. The models.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with status(f"Loading target {target}", quiet=quiet):
-                answerer = create_target(target, **options)
+                answerer = create_target(target, **answerer_options)
             if no_api:
                 shown = picture
                 with status("Asking the target", quiet=quiet):
                     answer = answerer([picture], [question], max_new_tokens=max_new_tokens)[0]
             else:
-                prompter = prompt_options.build(quiet=quiet)
+                prompter = options.build(quiet=quiet)
                 asker = wrap(answerer, prompter, mode=mode.value, max_new_tokens=max_new_tokens)
                 with status("Asking the target", quiet=quiet):
                     answer = asker(picture, question)

@@ -18,30 +18,16 @@ from api_prompt.images import DEFAULT_MAX_PIXELS
 
 from .app import app
 from .common import (
-    DEFAULT_BACKEND,
-    BackendOpt,
-    BackendOptionOpt,
-    BackgroundOpt,
     DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    EnhanceOpt,
-    Geometry,
-    GeometryOpt,
-    KernelOpt,
-    LayerOpt,
     MaxPixelsOpt,
-    ModelOpt,
     OneLineErrorCommand,
-    PresetOpt,
-    PretrainedOpt,
     PromptOptions,
     QuietOpt,
-    ResampleOpt,
     _command_options,
     for_command_line,
     handle_errors,
     plural,
+    prompt_options,
 )
 
 _INPUT = "Input"
@@ -87,6 +73,7 @@ class InputFormat(str, Enum):
 
 
 @app.command("batch", cls=OneLineErrorCommand)
+@prompt_options()
 def batch_command(
     input: Annotated[Path, typer.Argument(
         metavar="INPUT", show_default=False,
@@ -161,20 +148,9 @@ def batch_command(
     num_gpus: Annotated[Optional[float], typer.Option(
         "--num-gpus", min=0, rich_help_panel=_RUN, show_default="1 if the cluster has GPUs, else 0",
         help="GPUs per Ray actor (--engine ray); one actor per GPU by default.")] = None,
-    preset: PresetOpt = None,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    backend_option: BackendOptionOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    layer: LayerOpt = None,
-    enhance: EnhanceOpt = None,
-    kernel_size: KernelOpt = None,
-    resample: ResampleOpt = None,
-    background: BackgroundOpt = None,
-    geometry: GeometryOpt = Geometry.stretch,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    *,
+    options: PromptOptions,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -199,7 +175,6 @@ def batch_command(
             raise ConfigError("--address needs --engine ray")
         if engine is Engine.ray and num_shards != 1:
             raise ConfigError("--engine ray spreads the work itself; leave out --num-shards")
-        options = PromptOptions.from_command(locals())
         options.check()
         if engine is Engine.ray:
             from api_prompt.batch.ray_engine import require_ray

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import click
 import typer
@@ -147,13 +149,70 @@ def parse_backend(name: str) -> str:
     return name
 
 
-def parse_backend_option(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` of ``--backend-option``, split (the value is typed later, by the spec)."""
+def parse_key_value(text: str, flag: str = "--backend-option") -> tuple[str, str]:
+    """``KEY=VALUE`` of a repeatable option (``--backend-option``, ``--style-option``,
+    ``--target-option``), split; the value is typed later, by whatever declares the option.
+
+    >>> parse_key_value("crop-size=64", "--style-option")
+    ('crop_size', '64')
+    >>> parse_key_value("crop_size", "--style-option")
+    Traceback (most recent call last):
+    ...
+    api_prompt.errors.ConfigError: --style-option expected KEY=VALUE, got 'crop_size'
+    """
     key, sep, value = str(text).partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
-        raise ConfigError(f"--backend-option expected KEY=VALUE, got {text!r}")
+        raise ConfigError(f"{flag} expected KEY=VALUE, got {text!r}")
     return key, value.strip()
+
+
+def parse_backend_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--backend-option``, split (the value is typed later, by the spec)."""
+    return parse_key_value(text, "--backend-option")
+
+
+def parse_style(name: str) -> str:
+    """``--style``'s value checked against the style registry at parse time (a style registered
+    after this module was imported is accepted too)."""
+    from api_prompt.styles import STYLES
+
+    key = str(name).strip().lower()
+    if key not in STYLES:
+        raise typer.BadParameter(f"unknown style {name!r}; choose one of: {', '.join(STYLES)}")
+    return key
+
+
+def style_option(style: str, key: str):
+    """The option ``key`` of the style called ``style``, declared as the backends declare theirs
+    (a :class:`~api_prompt.attribution.registry.BackendOption`, so values are typed by the same
+    code): its type from the style constructor's annotation, its default from its signature.
+    None when the style takes no such option.
+
+    >>> style_option("crop", "crop_size").convert("64")
+    64
+    >>> style_option("box", "width")          # int | None: an integer, or unset
+    BackendOption(name='width', type=<class 'int'>, default=None, help='')
+    >>> style_option("overlay", "crop_size") is None
+    True
+    """
+    import types
+    import typing
+
+    from api_prompt.attribution.registry import BackendOption
+    from api_prompt.styles import STYLES, style_options
+
+    cls = STYLES[style]
+    if key not in style_options(cls):
+        return None
+    parameter = inspect.signature(cls.__init__, eval_str=True).parameters[key]
+    kind = parameter.annotation
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), str)
+    if kind not in (str, int, float, bool):
+        kind = str
+    default = None if parameter.default is inspect.Parameter.empty else parameter.default
+    return BackendOption(key, kind, default, "")
 
 
 #: backend options that have a command-line flag of their own
@@ -193,8 +252,40 @@ def _backend_options_help() -> str:
     return f"An option of the backend, typed and checked by its spec (repeatable). {declared}."
 
 
+#: style options that have a command-line flag of their own (the overlay settings)
+_OWN_STYLE_FLAGS = ("resample", "background", "geometry")
+
+
+def _styles_help() -> str:
+    from api_prompt.styles import STYLES
+
+    def first_line(cls: type) -> str:
+        line = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".").replace("``", "")
+        return line[:1].lower() + line[1:]
+
+    described = "; ".join(f"{name}: {first_line(cls)}" for name, cls in STYLES.items())
+    return f"How the map is shown to the target ({described})."
+
+
+def _style_options_help() -> str:
+    from api_prompt.styles import STYLES, style_options
+
+    declared = "; ".join(
+        f"{name}: {', '.join(names)}" for name, cls in STYLES.items()
+        if (names := [key for key in style_options(cls) if key not in _OWN_STYLE_FLAGS])
+    )
+    return (f"An option of the style, typed and checked by the style (repeatable). {declared}. "
+            "crop's one_image=side-by-side|crop is what one-image outputs (batch, -o) get.")
+
+
+def _recipes_help() -> str:
+    return ("How the map's raw parts are combined into the mask (a registered recipe, e.g. "
+            "clip-soft-or, siglip-soft-or, llava). Default: the backend's.")
+
+
 _MODEL = "Model"
 _MAP = "Map and overlay (a preset fills what you leave unset)"
+_STYLE = "Prompt style"
 
 BackendOpt = Annotated[str, typer.Option(
     "--backend", parser=parse_backend, metavar="NAME", help=_backends_help(), rich_help_panel=_MODEL,
@@ -241,6 +332,16 @@ GeometryOpt = Annotated[Geometry, typer.Option(
     "--geometry", rich_help_panel=_MAP,
     help="stretch: the map over the whole image, as the paper; fit: where the model actually looked.",
 )]
+RecipeOpt = Annotated[Optional[str], typer.Option(
+    "--recipe", rich_help_panel=_MAP, metavar="NAME", show_default=False, help=_recipes_help(),
+)]
+StyleOpt = Annotated[str, typer.Option(
+    "--style", parser=parse_style, metavar="NAME", rich_help_panel=_STYLE, help=_styles_help(),
+)]
+StyleOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--style-option", "-S", metavar="KEY=VALUE", rich_help_panel=_STYLE, show_default=False,
+    help=_style_options_help(),
+)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 MaxPixelsOpt = Annotated[int, typer.Option(
@@ -252,10 +353,11 @@ MaxPixelsOpt = Annotated[int, typer.Option(
 
 @dataclass(frozen=True)
 class PromptOptions:
-    """The prompt options shared by ``prompt``, ``batch`` and ``ask``, as the user gave them.
+    """The prompt options every command that makes a prompt shares, as the user gave them.
 
-    Built once per command: :meth:`check` refuses bad values without loading a model, and
-    :meth:`build` loads the :class:`~api_prompt.Prompter` they describe.
+    Declared once (:func:`prompt_options` adds them to a command) and built once per command:
+    :meth:`check` refuses bad values without loading a model, and :meth:`build` loads the
+    :class:`~api_prompt.Prompter` they describe.
     """
 
     backend: str
@@ -272,14 +374,20 @@ class PromptOptions:
     geometry: Geometry
     #: ``KEY=VALUE`` texts of ``--backend-option``, typed by the backend's spec
     backend_options: tuple[str, ...] = ()
+    recipe: Optional[str] = None
+    style: str = "overlay"
+    #: ``KEY=VALUE`` texts of ``--style-option``, typed by the style
+    style_options: tuple[str, ...] = ()
 
     @classmethod
     def from_command(cls, parameters: dict) -> "PromptOptions":
-        """The options among a command's parameters (its ``locals()``), read by name: every
-        command declares them alike (``--backend-option`` as ``backend_option``)."""
-        names = [field.name for field in fields(cls) if field.name != "backend_options"]
-        return cls(**{name: parameters[name] for name in names},
-                   backend_options=tuple(parameters["backend_option"] or ()))
+        """The options among a command's parameters, read by name (``--backend-option`` as
+        ``backend_option``, ``--style-option`` as ``style_option``), as :func:`prompt_options`
+        declares them."""
+        repeated = {"backend_options": "backend_option", "style_options": "style_option"}
+        given = {field.name: parameters[repeated.get(field.name, field.name)]
+                 for field in fields(cls) if repeated.get(field.name, field.name) in parameters}
+        return cls(**{**given, **{name: tuple(given.get(name) or ()) for name in repeated}})
 
     def settings(self) -> dict:
         """The map and overlay settings (``preset`` included), as a Prompter takes them."""
@@ -289,8 +397,9 @@ class PromptOptions:
             geometry=self.geometry.value,
         )
 
-    def check(self) -> None:
-        """Refuse bad map, overlay, device, dtype, model and backend options without torch.
+    def check(self, also_styles: tuple[str, ...] = ()) -> None:
+        """Refuse bad map, overlay, style, device, dtype, model and backend options without torch
+        (``also_styles``: see :meth:`build`).
 
         Only what the options themselves say is checked here (the device's name, a local model
         folder that exists); whether the device is present needs torch and is checked by
@@ -309,12 +418,48 @@ class PromptOptions:
 
         check_model_name(self.model, open_clip=get_backend(self.backend).option("pretrained") is not None,
                          pretrained=self.pretrained)
+        self.checked_style_options(also=tuple(also_styles))
 
     def check_device(self) -> None:
-        """Whether ``--device`` is present here (imports torch: call it after the cheap checks)."""
+        """Whether ``--device`` is present here and ``--recipe`` is known (imports torch: call it
+        after the cheap checks)."""
         from api_prompt.attribution.base import resolve_device
 
         resolve_device(self.device)
+        if self.recipe is not None:
+            from api_prompt.maps import get_recipe
+
+            get_recipe(self.recipe)
+
+    def checked_style_options(self, also: tuple[str, ...] = ()) -> dict:
+        """``--style-option`` typed and checked by the styles in use: ``--style`` and ``also``
+        (the styles ``eval --conditions`` names). An option none of them takes, or a value the
+        style refuses, is a ConfigError. The overlay settings have flags of their own.
+
+        >>> PromptOptions("clip", None, None, None, "auto", None, None, None, None, None, None,
+        ...               Geometry.stretch, style="crop", style_options=("crop_size=64",)).checked_style_options()
+        {'crop_size': 64}
+        """
+        from api_prompt.styles import STYLES, create_style, style_options
+
+        in_use = list(dict.fromkeys([self.style, *(name for name in also if name in STYLES)]))
+        checked: dict = {}
+        for key, value in (parse_key_value(text, "--style-option") for text in self.style_options):
+            if key in _OWN_STYLE_FLAGS:
+                raise ConfigError(f"give {key} as --{key}, not as --style-option")
+            owner, declared = next(((name, option) for name in in_use if (option := style_option(name, key))),
+                                   (None, None))
+            if declared is None:
+                taken = "; ".join(f"{name}: {', '.join(k for k in style_options(STYLES[name]) if k not in _OWN_STYLE_FLAGS) or 'none'}"
+                                  for name in in_use)
+                raise ConfigError(f"no style in use takes the option {key!r} (style options: {taken})")
+            try:
+                checked[key] = declared.convert(value)
+            except ConfigError as exc:
+                raise ConfigError(f"the {owner} style's {exc}") from None
+        for name in in_use:   # values each style refuses (an unknown one_image, a bad colour)
+            create_style(name, **{key: value for key, value in checked.items() if style_option(name, key)})
+        return checked
 
     def checked_backend_options(self, **extra) -> dict:
         """``--pretrained`` and ``--backend-option``, typed and checked against the backend's
@@ -342,20 +487,86 @@ class PromptOptions:
         extra = {key: value for key, value in extra.items() if value is not None and spec.option(key)}
         return spec.check_options({**given, **extra})
 
-    def build(self, *, quiet: bool, **backend_options):
+    def build(self, *, quiet: bool, also_styles: tuple[str, ...] = (), **backend_options):
         """The Prompter the options describe, with a status line while the model loads.
 
         ``backend_options`` (e.g. ``batch_size``) go to the backend's constructor when its spec
-        declares them.
+        declares them; ``also_styles`` are other styles the Prompter will show (``eval``'s
+        conditions), whose options ``--style-option`` may give.
         """
         from api_prompt.prompter import Prompter
 
         options = self.checked_backend_options(**backend_options)
+        styles = self.checked_style_options(also=tuple(also_styles))
         with status(f"Loading {self.backend} model {self.model or '(default)'}", quiet=quiet):
             return Prompter(
                 self.backend, self.model, layer=self.layer, device=self.device, dtype=self.dtype,
+                recipe=self.recipe, style=self.style, style_options=styles or None,
                 **self.settings(), **options,
             )
+
+
+#: The shared prompt options, in the order ``--help`` lists them: (parameter, option, default).
+PROMPT_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
+    ("preset", PresetOpt, None),
+    ("backend", BackendOpt, DEFAULT_BACKEND),
+    ("backend_option", BackendOptionOpt, None),
+    ("model", ModelOpt, None),
+    ("pretrained", PretrainedOpt, None),
+    ("layer", LayerOpt, None),
+    ("recipe", RecipeOpt, None),
+    ("enhance", EnhanceOpt, None),
+    ("kernel_size", KernelOpt, None),
+    ("resample", ResampleOpt, None),
+    ("background", BackgroundOpt, None),
+    ("geometry", GeometryOpt, Geometry.stretch),
+    ("style", StyleOpt, "overlay"),
+    ("style_option", StyleOptionOpt, None),
+    ("device", DeviceOpt, "auto"),
+    ("dtype", DtypeOpt, None),
+)
+#: parameters every command keeps last in its signature (and so in ``--help``)
+_LAST = ("quiet", "debug")
+
+
+def prompt_options(**replaced: Any) -> Callable[[Callable], Callable]:
+    """Decorator: give a command the shared prompt options (:data:`PROMPT_PARAMETERS`).
+
+    The command declares a keyword parameter ``options`` instead of the sixteen options; it
+    receives them as one :class:`PromptOptions`. ``replaced`` swaps an option's declaration for a
+    command that says it differently (the playground's ``--model`` default), name for name.
+
+    >>> @prompt_options()
+    ... def show(name: str, *, options: PromptOptions, quiet: bool = False) -> str:
+    ...     return f"{name}: {options.backend}, {options.style}"
+    >>> list(inspect.signature(show).parameters)[:4], list(inspect.signature(show).parameters)[-1]
+    (['name', 'preset', 'backend', 'backend_option'], 'quiet')
+    >>> show(name="x", **{name: default for name, _, default in PROMPT_PARAMETERS})
+    'x: clip, overlay'
+    """
+    unknown = set(replaced) - {name for name, _, _ in PROMPT_PARAMETERS}
+    if unknown:
+        raise TypeError(f"prompt_options() has no option {', '.join(sorted(unknown))}")
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [parameter for name, parameter in signature.parameters.items() if name != "options"]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                    annotation=replaced.get(name, option))
+                  for name, option, default in PROMPT_PARAMETERS]
+        ordered = ([p for p in own if p.name not in _LAST] + shared + [p for p in own if p.name in _LAST])
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in ordered]
+
+        @functools.wraps(command)
+        def with_options(**given: Any) -> Any:
+            values = {name: given.pop(name) for name, _, _ in PROMPT_PARAMETERS}
+            return command(**given, options=PromptOptions.from_command(values))
+
+        with_options.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        with_options.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_options
+
+    return decorate
 
 
 @contextmanager

@@ -22,13 +22,11 @@ import typer
 
 from .app import app
 from .ask import (
-    BaseUrlOpt, MaxNewTokensOpt, TargetDeviceOpt, TargetDtypeOpt, TargetOpt, TimeoutOpt,
-    target_options,
+    BaseUrlOpt, MaxNewTokensOpt, TargetDeviceOpt, TargetDtypeOpt, TargetOpt, TargetOptionOpt,
+    TimeoutOpt, target_options,
 )
 from .common import (
-    DEFAULT_BACKEND, BackendOpt, BackendOptionOpt, BackgroundOpt, DebugOpt, DeviceOpt, DtypeOpt,
-    EnhanceOpt, Geometry, GeometryOpt, KernelOpt, LayerOpt, ModelOpt, OneLineErrorCommand,
-    PresetOpt, PretrainedOpt, PromptOptions, QuietOpt, ResampleOpt, handle_errors, status,
+    DebugOpt, OneLineErrorCommand, PromptOptions, QuietOpt, handle_errors, prompt_options, status,
 )
 
 _DATA = "Data"
@@ -36,16 +34,23 @@ _RUN = "Run"
 _JUDGE = "Judge (mmvet, llava-bench)"
 
 
-class BenchmarkName(str, Enum):
-    pope = "pope"
-    mme = "mme"
-    textvqa = "textvqa"
-    vqav2 = "vqav2"
-    gqa = "gqa"
-    mcq = "mcq"
-    synthshapes_mcq = "synthshapes-mcq"
-    mmvet = "mmvet"
-    llava_bench = "llava-bench"
+def parse_benchmark(name: str) -> str:
+    """``--benchmark``'s value checked against the benchmark registry at parse time (a benchmark
+    registered after this module was imported is accepted too)."""
+    from api_prompt.evaluation.benchmarks import BENCHMARKS
+
+    name = str(name).strip()
+    if name not in BENCHMARKS:
+        raise typer.BadParameter(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    return name
+
+
+def _benchmarks_help() -> str:
+    from api_prompt.evaluation.benchmarks import BENCHMARKS
+
+    scored = ", ".join(record.help or name for name, record in BENCHMARKS.items() if record.judge is None)
+    judged = ", ".join(record.help or name for name, record in BENCHMARKS.items() if record.judge is not None)
+    return f"How answers are scored: {scored}" + (f", or by a judge model (--judge): {judged}." if judged else ".")
 
 
 class DataFormat(str, Enum):
@@ -57,16 +62,15 @@ class DataFormat(str, Enum):
 
 
 @app.command("eval", cls=OneLineErrorCommand)
+@prompt_options()
 def eval_command(
     data: Annotated[Path, typer.Argument(
         metavar="DATA", show_default=False,
         help="Benchmark data: a VLMEvalKit TSV, JSON Lines, CSV, parquet (file or folder) or a "
         "saved Hugging Face dataset folder (the lmms-eval layout).")],
-    benchmark: Annotated[BenchmarkName, typer.Option(
-        "--benchmark", show_default=False,
-        help="How answers are scored: pope, mme, textvqa, vqav2, gqa, mcq (MMBench, SEED-Bench, "
-        "ScienceQA, MMMU multiple choice), synthshapes-mcq, or by a judge model (--judge): mmvet, "
-        "llava-bench (in the wild).")],
+    benchmark: Annotated[str, typer.Option(
+        "--benchmark", parser=parse_benchmark, metavar="NAME", show_default=False,
+        help=_benchmarks_help())],
     target: TargetOpt = ...,
     out: Annotated[Path, typer.Option(
         "--out", "-o", show_default=False,
@@ -86,6 +90,10 @@ def eval_command(
     resamples: Annotated[int, typer.Option(
         "--resamples", min=100, rich_help_panel=_RUN, help="Paired bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=_RUN, help="Bootstrap seed.")] = 0,
+    bare_question: Annotated[bool, typer.Option(
+        "--bare-question", rich_help_panel=_RUN,
+        help="Ask the target the question exactly as the data has it, without the benchmark's "
+        "answer-format instruction (recorded in summary.json's settings).")] = False,
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", rich_help_panel=_RUN,
         help="Ask again for samples whose target call failed in an earlier run.")] = False,
@@ -132,19 +140,9 @@ def eval_command(
     target_device: TargetDeviceOpt = None,
     target_dtype: TargetDtypeOpt = None,
     timeout: TimeoutOpt = 60.0,
-    preset: PresetOpt = None,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    backend_option: BackendOptionOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    layer: LayerOpt = None,
-    enhance: EnhanceOpt = None,
-    kernel_size: KernelOpt = None,
-    resample: ResampleOpt = None,
-    background: BackgroundOpt = None,
-    geometry: GeometryOpt = Geometry.stretch,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = None,
+    target_option: TargetOptionOpt = None,
+    *,
+    options: PromptOptions,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -154,7 +152,7 @@ def eval_command(
     """
     from api_prompt.evaluation.judge import create_judge
     from api_prompt.evaluation.runner import check_conditions, check_data, check_judge, evaluate
-    from api_prompt.targets import create_target, split_target_spec
+    from api_prompt.targets import create_target, get_target, split_target_spec
 
     with handle_errors(debug):
         # 1. Everything cheap first, so a typo never costs a model load.
@@ -163,38 +161,37 @@ def eval_command(
         if judge is not None:
             grader = create_judge(judge, base_url=judge_base_url, api_key=judge_api_key,
                                   timeout=timeout, max_concurrency=judge_concurrency)
-        check_judge(benchmark.value, grader, judge_repeats)
+        check_judge(benchmark, grader, judge_repeats)
         kind, target_model = split_target_spec(target)
-        if kind == "clip-zeroshot":   # a missing local model is said now, not after the data is read
-            from api_prompt.hub import check_model_name
-
-            check_model_name(target_model, open_clip=True)
-        options = target_options(target, base_url=base_url, timeout=timeout,
-                                 device=target_device or device, dtype=target_dtype)
-        prompt_options = PromptOptions.from_command(locals())
+        get_target(kind).check_name(target_model)   # a missing local model now, not after the data is read
+        answerer_options = target_options(
+            target, target_option, defaults={"timeout": timeout, "device": options.device},
+            base_url=base_url, device=target_device, dtype=target_dtype)
+        styles = tuple(condition for condition in chosen if condition not in ("original", "api"))
         prompted = any(condition != "original" for condition in chosen)
         if prompted:
-            prompt_options.check()
+            options.check(also_styles=styles)
         data_options = dict(
             id_column=id_column, image_column=image_column, question_column=question_column,
             image_root=image_root, split=split, format=input_format.value if input_format else None,
         )
-        checked = check_data(data, benchmark.value, limit=limit, **data_options)
+        checked = check_data(data, benchmark, limit=limit, **data_options)
         if prompted:
-            prompt_options.check_device()
+            options.check_device()
 
         # 2. The models.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with status(f"Loading target {target}", quiet=quiet):
-                answerer = create_target(target, **options)
-            prompter = prompt_options.build(quiet=quiet, batch_size=batch_size) if prompted else None
+                answerer = create_target(target, **answerer_options)
+            prompter = (options.build(quiet=quiet, batch_size=batch_size, also_styles=styles)
+                        if prompted else None)
             summary = evaluate(
-                data, benchmark.value, answerer, out, conditions=chosen, prompter=prompter,
+                data, benchmark, answerer, out, conditions=chosen, prompter=prompter,
                 limit=limit, batch_size=batch_size, generation={"max_new_tokens": max_new_tokens},
                 n_resamples=resamples, seed=seed, retry_errors=retry_errors, overwrite=overwrite,
                 progress=None if quiet else _progress(), target_name=target, checked=checked,
-                judge=grader, judge_repeats=judge_repeats, **data_options,
+                judge=grader, judge_repeats=judge_repeats, bare_question=bare_question, **data_options,
             )
     if not quiet:
         typer.echo(_headline(summary, out))

@@ -20,28 +20,16 @@ from api_prompt.errors import ConfigError
 from api_prompt.images import DEFAULT_MAX_PIXELS
 
 from .app import app
+from .ask import target_options
 from .common import (
-    DEFAULT_BACKEND,
-    BackendOpt,
-    BackendOptionOpt,
-    BackgroundOpt,
     DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    EnhanceOpt,
-    Geometry,
-    GeometryOpt,
-    KernelOpt,
-    LayerOpt,
     MaxPixelsOpt,
     OneLineErrorCommand,
-    PresetOpt,
-    PretrainedOpt,
     PromptOptions,
     QuietOpt,
-    ResampleOpt,
-    status,
     handle_errors,
+    prompt_options,
+    status,
 )
 
 _SERVER = "Server"
@@ -78,20 +66,8 @@ MaxNewTokensOpt = Annotated[int, typer.Option(
 
 
 @app.command("playground", cls=OneLineErrorCommand)
+@prompt_options(model=ModelOpt)
 def playground_command(
-    backend: BackendOpt = DEFAULT_BACKEND,
-    backend_option: BackendOptionOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    layer: LayerOpt = None,
-    preset: PresetOpt = None,
-    enhance: EnhanceOpt = None,
-    kernel_size: KernelOpt = None,
-    resample: ResampleOpt = None,
-    background: BackgroundOpt = None,
-    geometry: GeometryOpt = Geometry.stretch,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     target: TargetOpt = None,
     base_url: BaseUrlOpt = None,
@@ -99,6 +75,8 @@ def playground_command(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 7860,
     share: ShareOpt = False,
+    *,
+    options: PromptOptions,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -115,28 +93,23 @@ def playground_command(
             import gradio  # noqa: F401
         except ImportError:
             raise ConfigError("the playground needs Gradio: pip install 'api-prompt[playground]'") from None
-        options = PromptOptions.from_command(locals())
         options.check()
-        target_options: dict = {}
+        answerer_options: dict = {}
         if target is not None:
-            kind = target.partition(":")[0]
-            if kind == "openai":
-                target_options["base_url"] = base_url
-            elif base_url is not None:
-                raise ConfigError("--base-url only applies to --target openai:<model>")
-            if kind == "hf":
-                target_options["device"] = device
+            answerer_options = target_options(target, defaults={"device": options.device}, base_url=base_url)
         elif base_url is not None:
             raise ConfigError("--base-url needs --target openai:<model>")
         playground = Playground(
-            backend=backend, model=model, backend_options=options.checked_backend_options(),
-            layer=layer, device=device, dtype=dtype, **options.settings(), max_pixels=max_pixels,
-            target=target, target_options=target_options, max_new_tokens=max_new_tokens,
+            backend=options.backend, model=options.model,
+            backend_options=options.checked_backend_options(), layer=options.layer,
+            device=options.device, dtype=options.dtype, **options.settings(), max_pixels=max_pixels,
+            target=target, target_options=answerer_options, max_new_tokens=max_new_tokens,
+            **_page_options(options),
         )
 
         # 2. The model, once. A model that cannot load does not stop the page: it says why, and
         #    the next request tries again.
-        with status(f"Loading {backend} model {playground.model}", quiet=quiet):
+        with status(f"Loading {options.backend} model {playground.model}", quiet=quiet):
             try:
                 playground.prompter()
             except Exception as exc:  # shown in the page as well
@@ -150,3 +123,21 @@ def playground_command(
             page.launch(server_name=host, server_port=port, share=share, quiet=True)
         except KeyboardInterrupt:
             page.close()
+
+
+def _page_options(options: PromptOptions) -> dict:
+    """``--recipe``, ``--style`` and ``--style-option`` for the page, as far as the page takes them
+    (a flag it cannot honour is refused rather than ignored)."""
+    import dataclasses
+
+    from api_prompt.playground import Playground
+
+    taken = {field.name for field in dataclasses.fields(Playground) if field.init}
+    wanted = {"recipe": options.recipe,
+              "style": None if options.style == "overlay" else options.style,
+              "style_options": options.checked_style_options() or None}
+    flags = {"recipe": "--recipe", "style": "--style", "style_options": "--style-option"}
+    for name, value in wanted.items():
+        if value is not None and name not in taken:
+            raise ConfigError(f"the playground does not take {flags[name]} (yet); leave it out")
+    return {name: value for name, value in wanted.items() if name in taken and value is not None}

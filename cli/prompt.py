@@ -24,28 +24,14 @@ from api_prompt.images import DEFAULT_MAX_PIXELS, ImageTooLargeError
 
 from .app import app
 from .common import (
-    DEFAULT_BACKEND,
-    BackendOpt,
-    BackendOptionOpt,
-    BackgroundOpt,
     DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    EnhanceOpt,
-    Geometry,
-    GeometryOpt,
-    KernelOpt,
-    LayerOpt,
     MaxPixelsOpt,
-    ModelOpt,
     OneLineErrorCommand,
-    PresetOpt,
-    PretrainedOpt,
     PromptOptions,
     QuietOpt,
-    ResampleOpt,
     handle_errors,
     image_argument,
+    prompt_options,
 )
 
 #: JPEG quality of ``-o *.jpg`` (stated in --help). PNG and WebP are written lossless.
@@ -72,6 +58,7 @@ HeatmapOpt = Annotated[Optional[Path], typer.Option(
 
 
 @app.command("prompt", cls=OneLineErrorCommand)
+@prompt_options()
 def prompt_command(
     image: Annotated[str, typer.Argument(
         metavar="IMAGE", show_default=False,
@@ -83,20 +70,9 @@ def prompt_command(
     output: OutputOpt = None,
     save_map: SaveMapOpt = None,
     heatmap: HeatmapOpt = None,
-    preset: PresetOpt = None,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    backend_option: BackendOptionOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    layer: LayerOpt = None,
-    enhance: EnhanceOpt = None,
-    kernel_size: KernelOpt = None,
-    resample: ResampleOpt = None,
-    background: BackgroundOpt = None,
-    geometry: GeometryOpt = Geometry.stretch,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    *,
+    options: PromptOptions,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -114,7 +90,6 @@ def prompt_command(
         # 1. Everything cheap, so a typo never costs a model load and never leaves a file.
         if not query.strip():
             raise ConfigError("the query is empty: pass the question the image should answer")
-        options = PromptOptions.from_command(locals())
         options.check()
         shipped = image.startswith("example:")
         image = image_argument(image)

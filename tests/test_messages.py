@@ -86,6 +86,22 @@ FAST_REFUSALS = [
     pytest.param(["batch", "missing.jsonl", "--out", "out"], ["missing.jsonl"], id="batch-input"),
     pytest.param(["scene.png", "q", "--backend", "llava", "-m", "synthshapes"], ["built-in", "--backend clip"],
                  id="builtin-model-on-a-decoder-backend"),
+    pytest.param(["scene.png", "q", "--style", "zoom"], ["unknown style 'zoom'", "overlay, crop, blur, box"],
+                 id="style"),
+    pytest.param(["scene.png", "q", "--style", "crop", "-S", "crop_size=big"],
+                 ["the crop style's option 'crop_size' must be an integer, got 'big'"], id="style-option-type"),
+    pytest.param(["scene.png", "q", "--style", "crop", "-S", "one_image=both"], ["unknown one_image 'both'"],
+                 id="style-option-value"),
+    pytest.param(["batch", "missing.jsonl", "--out", "out", "--style", "blur", "-S", "zoom=2"],
+                 ["no style in use takes the option 'zoom'", "blur: blur"], id="batch-style-option-of-another-style"),
+    pytest.param(["ask", "scene.png", "q", "--target", "openai:m", "-T", "max_concurrency=many"],
+                 ["the openai target's option 'max_concurrency' must be an integer"], id="ask-target-option"),
+    pytest.param(["eval", "missing.jsonl", "--benchmark", "gqa", "--target", "openai:m", "--out", "out",
+                  "--conditions", "original,crop", "-S", "width=3"],
+                 ["no style in use takes the option 'width'", "crop: crop_size, zoom, one_image"],
+                 id="eval-style-option-of-no-condition"),
+    pytest.param(["eval", "missing.jsonl", "--benchmark", "nope", "--target", "openai:m", "--out", "out"],
+                 ["unknown benchmark 'nope'", "pope"], id="eval-benchmark"),
 ]
 
 
@@ -241,6 +257,21 @@ def test_ask_help_says_what_each_target_kind_expects() -> None:
     for kind in ("hf:", "openai:", "clip-zeroshot:"):
         assert kind in text
     assert "'A. text'" in text and "multiple choice only" in text
+
+
+@pytest.mark.parametrize("command", ["prompt", "batch", "ask", "eval", "serve", "playground"])
+def test_every_command_that_makes_a_prompt_teaches_the_same_prompt_options(command: str) -> None:
+    from api_prompt.attribution.registry import BACKENDS
+    from api_prompt.styles import STYLES
+
+    text = " ".join(invoke(command, "--help").stdout.split())
+    for flag in ("--backend", "--backend-option", "--model", "--layer", "--preset", "--enhance", "--kernel-size",
+                 "--resample", "--background", "--geometry", "--device", "--dtype", "--recipe", "--style",
+                 "--style-option"):
+        assert f"{flag} " in text, (command, flag)
+    assert all(f"{name}:" in text for name in STYLES)          # --style's choices, from the registry
+    assert "crop: crop_size, zoom, one_image" in text and "one_image=side-by-side|crop" in text
+    assert all(f"{name}:" in text for name in BACKENDS)
 
 
 @pytest.mark.parametrize("args, command", [(["scene.png"], "prompt"), (["batch", "x.jsonl"], "batch"),

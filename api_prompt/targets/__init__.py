@@ -7,6 +7,10 @@ Every target is called as ``target(images, questions, **generation) -> list[str]
 - :class:`CLIPZeroShotTarget` (``clip-zeroshot:MODEL``): multiple choice by CLIP similarity.
 - any function ``(image, question) -> str``, through :func:`as_target`.
 
+Each kind is a :class:`TargetSpec` in :data:`TARGETS` (its loader and the options it declares);
+a new kind is one module plus one :func:`register_target` call, and ``--target KIND:NAME`` takes
+it with no other change.
+
 :func:`wrap` puts a :class:`~api_prompt.Prompter` in front of a target:
 
 >>> from api_prompt.targets import wrap                                   # doctest: +SKIP
@@ -22,8 +26,8 @@ from __future__ import annotations
 import importlib
 
 from .base import (
-    TARGETS, BaseTarget, CallableTarget, Target, TargetError, as_target, create_target,
-    normalise_batch, split_target_spec,
+    TARGETS, BaseTarget, CallableTarget, Target, TargetError, TargetOption, TargetSpec, as_target,
+    create_target, get_target, normalise_batch, register_target, split_target_spec, target_specs,
 )
 from .wrap import MODES, PromptedTarget, wrap
 
@@ -37,7 +41,8 @@ _LAZY = {
 __all__ = [
     "Target", "BaseTarget", "CallableTarget", "TargetError", "HFTarget", "OpenAITarget",
     "PromptedTarget", "as_target", "create_target", "normalise_batch", "wrap", "encode_image",
-    "MODES", "TARGETS", "CLIPZeroShotTarget", "split_target_spec",
+    "MODES", "TARGETS", "CLIPZeroShotTarget", "split_target_spec", "TargetSpec", "TargetOption",
+    "register_target", "get_target", "target_specs",
 ]
 
 

@@ -21,24 +21,149 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
+from ..attribution.registry import BackendOption
 from ..errors import ConfigError, TargetError
 from ..images import load_image
 
 __all__ = [
     "Target", "BaseTarget", "CallableTarget", "TargetError", "as_target", "create_target",
-    "normalise_batch", "split_target_spec", "TARGETS",
+    "normalise_batch", "split_target_spec", "TARGETS", "TargetSpec", "TargetOption",
+    "register_target", "get_target", "target_specs",
 ]
 
-#: target kind -> "module:Class", for ``create_target("hf:...")`` / ``--target hf:...``.
-TARGETS: dict[str, str] = {
-    "hf": "api_prompt.targets.hf:HFTarget",
-    "openai": "api_prompt.targets.openai:OpenAITarget",
-    "clip-zeroshot": "api_prompt.targets.clip_zeroshot:CLIPZeroShotTarget",
-}
+#: One option a target kind declares: name, type (parsed from command-line text), default, help.
+#: The same record the backend specs use, so both are typed by one piece of code.
+TargetOption = BackendOption
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A target kind as a registry entry: what users type before the colon, how it loads, and
+    the options it takes, so the command line derives its checks and ``--target-option`` from it.
+
+    Attributes:
+        kind: what users type: ``--target KIND:NAME``, ``create_target("KIND:NAME")``.
+        loader: ``"module:Class"``, imported only when a target is built; the class is called as
+            ``cls(NAME, **options)``.
+        help: what NAME is and what the kind answers, for ``--target``'s help.
+        options: the options it takes from the command line (typed by :meth:`check_options`).
+            In Python the constructor takes these and any others it documents.
+        open_clip_names: NAME is an open_clip model name, checked before anything loads.
+        multiple_choice_only: it answers only questions that list options as lines ``A. text``.
+
+    >>> spec = get_target("openai")
+    >>> spec.check_options({"timeout": "30", "max_retries": "0"})
+    {'timeout': 30.0, 'max_retries': 0}
+    >>> spec.check_options({"timeout": "soon"})
+    Traceback (most recent call last):
+    ...
+    api_prompt.errors.ConfigError: the openai target's option 'timeout' must be a number, got 'soon'
+    """
+
+    kind: str
+    loader: str
+    help: str = ""
+    options: tuple[BackendOption, ...] = ()
+    open_clip_names: bool = False
+    multiple_choice_only: bool = False
+
+    def option(self, name: str) -> BackendOption | None:
+        """The declared option called ``name``, or None."""
+        return next((option for option in self.options if option.name == name), None)
+
+    def check_options(self, options: dict[str, Any], *, strict: bool = True) -> dict[str, Any]:
+        """``options`` with each declared one converted to its type. An undeclared one is a
+        ConfigError that lists the declared ones (``strict``, as the command line checks), or
+        passes as it is for the constructor to check (Python callers)."""
+        checked: dict[str, Any] = {}
+        for key, value in options.items():
+            declared = self.option(key)
+            if declared is None:
+                if strict:
+                    taken = ", ".join(option.name for option in self.options) or "no options"
+                    raise ConfigError(f"the {self.kind} target takes no option {key!r}; it takes {taken}")
+                checked[key] = value
+                continue
+            try:
+                checked[key] = declared.convert(value)
+            except ConfigError as exc:
+                raise ConfigError(f"the {self.kind} target's {exc}") from None
+        return checked
+
+    def check_name(self, name: str) -> None:
+        """Refuse, before anything loads, a NAME that cannot be loaded (an open_clip name of a
+        missing local folder, ...); a ConfigError."""
+        if self.open_clip_names:
+            from ..hub import check_model_name
+
+            check_model_name(name, open_clip=True)
+
+    def check_question(self, question: str) -> None:
+        """Refuse a question this kind cannot answer (a multiple-choice-only kind needs option
+        lines); a ConfigError.
+
+        >>> get_target("clip-zeroshot").check_question("Which?\\nA. a cat\\nB. a dog")
+        >>> get_target("clip-zeroshot").check_question("Which animal?")
+        Traceback (most recent call last):
+        ...
+        api_prompt.errors.ConfigError: the clip-zeroshot target answers multiple choice only: the question must list its options as lines 'A. text', 'B. text'
+        """
+        if self.multiple_choice_only:
+            from .clip_zeroshot import parse_options   # the option-line reader such kinds use
+
+            if not parse_options(question):
+                raise ConfigError(
+                    f"the {self.kind} target answers multiple choice only: the question must list "
+                    "its options as lines 'A. text', 'B. text'"
+                )
+
+    def load(self) -> type:
+        """Import and return the target class named by :attr:`loader`."""
+        module_name, _, class_name = self.loader.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"the {self.kind} target cannot be loaded ({exc}); is its extra installed?") from exc
+        try:
+            return getattr(module, class_name)
+        except AttributeError:
+            raise ConfigError(f"the {self.kind} target's loader {self.loader!r} names no class") from None
+
+    def create(self, name: str, **options: Any) -> "BaseTarget":
+        """``cls(name, **options)``, the declared options typed first."""
+        return self.load()(name, **self.check_options(options, strict=False))
+
+
+#: target kind -> :class:`TargetSpec`, for ``create_target("hf:...")`` / ``--target hf:...``.
+#: Add entries with :func:`register_target`.
+TARGETS: dict[str, TargetSpec] = {}
+
+
+def register_target(spec: TargetSpec) -> TargetSpec:
+    """Add ``spec`` under its kind (replacing one of the same kind); returns it."""
+    if not isinstance(spec, TargetSpec):
+        raise TypeError(f"register_target takes a TargetSpec, got {type(spec).__name__}")
+    TARGETS[spec.kind] = spec
+    return spec
+
+
+def get_target(kind: str) -> TargetSpec:
+    """The spec of ``kind``, or a ConfigError that lists the registered kinds. An entry that is a
+    bare ``"module:Class"`` string (the table's format before specs) is a spec with that loader."""
+    entry = TARGETS.get(kind) if isinstance(kind, str) else None
+    if entry is None:
+        raise ConfigError(f"unknown target kind {kind!r}; choose one of: {', '.join(TARGETS)}")
+    return TargetSpec(kind, entry) if isinstance(entry, str) else entry
+
+
+def target_specs() -> list[TargetSpec]:
+    """Every registered target kind's spec, in registration order."""
+    return [get_target(kind) for kind in TARGETS]
 
 
 @runtime_checkable
@@ -146,9 +271,7 @@ def create_target(spec: str, **options: Any) -> BaseTarget:
     OpenAITarget(model='gpt-4o-mini', base_url='http://127.0.0.1:8000/v1', api_key=None)
     """
     kind, name = split_target_spec(spec)
-    module_name, class_name = TARGETS[kind].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(name, **options)
+    return get_target(kind).create(name, **options)
 
 
 def split_target_spec(spec: str) -> tuple[str, str]:
@@ -202,3 +325,44 @@ def normalise_batch(images, questions) -> tuple[list[list[Image.Image]], list[st
 def _is_image_list(obj: Any) -> bool:
     """A list/tuple of images (not an array, bytes or a single image)."""
     return isinstance(obj, (list, tuple))
+
+
+_DEVICE = BackendOption("device", str, "auto", "where the model runs: auto, cpu, cuda, cuda:N or mps")
+_DTYPE = BackendOption("dtype", str, None, "fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU)")
+
+register_target(TargetSpec(
+    "hf", "api_prompt.targets.hf:HFTarget",
+    "<Hugging Face id or folder>: an image-text-to-text model with a chat template, any question",
+    options=(
+        _DEVICE, _DTYPE,
+        BackendOption("batch_size", int, 8, "questions per forward pass"),
+        BackendOption("system_prompt", str, None, "a system message before each question"),
+        BackendOption("revision", str, None, "the model's revision on the Hub"),
+        BackendOption("local_files_only", bool, None, "never download (default: $HF_HUB_OFFLINE)"),
+    ),
+))
+register_target(TargetSpec(
+    "openai", "api_prompt.targets.openai:OpenAITarget",
+    "<model>: any OpenAI-compatible chat-completions server (--base-url, key in $OPENAI_API_KEY), any question",
+    options=(
+        BackendOption("base_url", str, None, "API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)"),
+        BackendOption("timeout", float, 60.0, "seconds one attempt may take in all"),
+        BackendOption("max_retries", int, 3, "extra attempts after a 429, a 5xx, a timeout or a broken connection"),
+        BackendOption("backoff", float, 1.0, "first retry delay in seconds, doubled per attempt"),
+        BackendOption("max_backoff", float, 30.0, "longest retry delay in seconds"),
+        BackendOption("max_concurrency", int, 4, "requests in flight at once"),
+        BackendOption("system_prompt", str, None, "a system message before each question"),
+        BackendOption("image_detail", str, None, "the image parts' detail: low, high or auto"),
+    ),
+))
+register_target(TargetSpec(
+    "clip-zeroshot", "api_prompt.targets.clip_zeroshot:CLIPZeroShotTarget",
+    "<open_clip name>: multiple choice only, by CLIP similarity; QUESTION must list its options as "
+    "lines 'A. text', 'B. text' (one caption each), and the answer is a letter",
+    options=(
+        _DEVICE, _DTYPE,
+        BackendOption("pretrained", str, None, "open_clip pretrained tag or checkpoint path"),
+        BackendOption("batch_size", int, 64, "captions and images per forward pass"),
+    ),
+    open_clip_names=True, multiple_choice_only=True,
+))
