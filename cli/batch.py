@@ -19,6 +19,7 @@ from api_prompt.images import DEFAULT_MAX_PIXELS
 from .app import app
 from .common import (
     DebugOpt,
+    InputFormat,
     MaxPixelsOpt,
     OneLineErrorCommand,
     PromptOptions,
@@ -62,14 +63,6 @@ def _output_formats_help() -> str:
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
-
-
-class InputFormat(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    tsv = "tsv"
-    parquet = "parquet"
-    hf = "hf"
 
 
 @app.command("batch", cls=OneLineErrorCommand)
@@ -206,7 +199,7 @@ def batch_command(
         except Interrupted as stop:
             total = stop.total if stop.total is not None else "?"
             typer.echo(f"interrupted: {stop.done} of {total} done; rerun the same command to resume", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     say(str(summary))
     if summary.tsv is not None:

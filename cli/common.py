@@ -15,6 +15,7 @@ import click
 import typer
 from typer.core import TyperCommand
 
+from api_prompt.batch.sources import READERS
 from api_prompt.errors import APIPromptError, ConfigError
 from api_prompt.images import DEFAULT_MAX_PIXELS
 from api_prompt.overlay import GEOMETRIES, RESAMPLE
@@ -32,6 +33,8 @@ _USAGE_ERRORS = (click.UsageError, _VendoredUsageError)
 #: Upsampling filters and geometries, from the overlay's own tables.
 Resample = Enum("Resample", {name: name for name in RESAMPLE}, type=str)
 Geometry = Enum("Geometry", {name: name for name in GEOMETRIES}, type=str)
+#: The data formats batch and eval read (``--input-format``), from the readers' table.
+InputFormat = Enum("InputFormat", {name: name for name in READERS}, type=str)
 #: The backend used when --backend is not given.
 DEFAULT_BACKEND = "clip"
 #: Where to read more, said at the end of ``api-prompt --help``.
@@ -595,13 +598,13 @@ def handle_errors(debug: bool) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except (APIPromptError, OSError, ValueError) as exc:
         if debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         typer.echo(f"error: {for_command_line(message, _command_options())}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _without_type_labels(params: list) -> list:

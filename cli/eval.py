@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import warnings
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,7 +25,8 @@ from .ask import (
     TimeoutOpt, target_options,
 )
 from .common import (
-    DebugOpt, OneLineErrorCommand, PromptOptions, QuietOpt, handle_errors, prompt_options, status,
+    DebugOpt, InputFormat, OneLineErrorCommand, PromptOptions, QuietOpt, handle_errors, prompt_options,
+    status,
 )
 
 _DATA = "Data"
@@ -51,14 +51,6 @@ def _benchmarks_help() -> str:
     scored = ", ".join(record.help or name for name, record in BENCHMARKS.items() if record.judge is None)
     judged = ", ".join(record.help or name for name, record in BENCHMARKS.items() if record.judge is not None)
     return f"How answers are scored: {scored}" + (f", or by a judge model (--judge): {judged}." if judged else ".")
-
-
-class DataFormat(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    tsv = "tsv"
-    parquet = "parquet"
-    hf = "hf"
 
 
 @app.command("eval", cls=OneLineErrorCommand)
@@ -116,7 +108,7 @@ def eval_command(
     split: Annotated[Optional[str], typer.Option(
         "--split", rich_help_panel=_DATA, show_default=False,
         help="Split of a saved dataset with several.")] = None,
-    input_format: Annotated[Optional[DataFormat], typer.Option(
+    input_format: Annotated[Optional[InputFormat], typer.Option(
         "--input-format", rich_help_panel=_DATA, show_default="from the extension",
         help="Format of DATA.")] = None,
     judge: Annotated[Optional[str], typer.Option(
