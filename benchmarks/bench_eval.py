@@ -9,11 +9,14 @@
    (metrics, bootstrap, report, chart) is a fixed cost per run, reported separately.
 2. **Scoring plus statistics for 100,000 predictions** on one core: ``summarize()`` (official
    scores, metrics, 2,000-resample paired bootstrap, McNemar) on 100,000 synthetic samples per
-   benchmark family.
+   benchmark family; for the judge-scored ones (mmvet, llava-bench) on 100,000 synthetic grades
+   (the judge itself is not timed). Wall and CPU seconds are both reported: on a shared machine
+   the CPU time is the steadier of the two.
 
 Repeats are interleaved; medians are reported::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_eval --repeats 5
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_eval --statistics-only --repeats 5
     OMP_NUM_THREADS=1 python -m benchmarks.bench_eval --model ViT-L-14-336 --questions 32 \
         --repeats 1 --skip-statistics      # the paper's architecture (random weights: same cost)
 """
@@ -66,9 +69,7 @@ instant_target.batched_target = True
 
 
 def harness_run(data: Path, prompter, n: int, batch: int) -> dict:
-    from api_prompt.evaluation import evaluate
-
-    from api_prompt.evaluation import runner
+    from api_prompt.evaluation import evaluate, runner
 
     timed_prompter, timed_target = Timed(prompter), Timed(instant_target)
     end_of_run = []
@@ -107,9 +108,22 @@ def attribution_run(images, queries, prompter, batch: int) -> float:
     return time.perf_counter() - start
 
 
-def statistics_run(n: int, benchmark: str, rng) -> float:
+def statistics_run(n: int, benchmark: str, rng) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``summarize`` on ``n`` synthetic samples."""
     from api_prompt.evaluation import summarize
 
+    if benchmark == "llava-bench":   # the judge's two scores (1-10) per answer, three categories
+        samples = [{"category": ("conv", "detail", "complex")[i % 3], "gpt_answer": "r"} for i in range(n)]
+        answers = {c: rng.integers(1, 11, size=(n, 2)).astype(float).tolist() for c in ("original", "api")}
+    elif benchmark == "mmvet":       # grades 0.0-1.0 in tenths, capabilities as in MM-Vet
+        samples = [{"capability": ("rec", "ocr,rec", "know,rec", "gen,rec", "spat,ocr", "math,ocr")[i % 6]}
+                   for i in range(n)]
+        answers = {c: (rng.integers(0, 11, size=n) / 10).tolist() for c in ("original", "api")}
+    if benchmark in ("llava-bench", "mmvet"):
+        errors = {c: [None] * n for c in ("original", "api")}
+        start, cpu = time.perf_counter(), time.process_time()
+        summarize(benchmark, samples, answers, errors)
+        return time.perf_counter() - start, time.process_time() - cpu
     if benchmark == "pope":
         samples = [{"answer": "yes" if rng.random() < 0.5 else "no",
                     "category": ("random", "popular", "adversarial")[i % 3]} for i in range(n)]
@@ -124,9 +138,30 @@ def statistics_run(n: int, benchmark: str, rng) -> float:
         pool = ["1", "two", "three", "0", "a 3"]
     answers = {c: [pool[k] for k in rng.integers(0, len(pool), n)] for c in ("original", "api")}
     errors = {c: [None] * n for c in ("original", "api")}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     summarize(benchmark, samples, answers, errors)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def statistics_only(args, all_cores) -> None:
+    stats = {name: [] for name in ("pope", "mcq", "textvqa", "mmvet", "llava-bench")}
+    rng = np.random.default_rng(0)
+    if all_cores is not None:   # scoring and statistics on one core
+        os.sched_setaffinity(0, {min(all_cores)})
+    for _ in range(args.repeats):
+        for name in stats:
+            stats[name].append(statistics_run(args.predictions, name, rng))
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; pinned to one core")
+    print_statistics(args, stats)
+
+
+def print_statistics(args, stats) -> None:
+    print(f"scoring + statistics for {args.predictions:,} predictions x 2 conditions (one core, median of "
+          f"{args.repeats}, wall / CPU seconds):")
+    for name, times in stats.items():
+        if times:
+            wall, cpu = (statistics.median(t[i] for t in times) for i in (0, 1))
+            print(f"  {name:12s} {wall:6.2f} s  / {cpu:6.2f} s")
 
 
 def main() -> None:
@@ -138,9 +173,12 @@ def main() -> None:
                         help="auxiliary CLIP (default: the shipped small one); an open_clip architecture "
                         "name without weights, e.g. ViT-L-14-336, costs what the paper's model costs")
     parser.add_argument("--skip-statistics", action="store_true", help="only the harness part")
+    parser.add_argument("--statistics-only", action="store_true", help="only the scoring + statistics part")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     args = parser.parse_args()
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if args.statistics_only:
+        return statistics_only(args, all_cores)
     import torch
 
     torch.set_num_threads(1)
@@ -158,7 +196,7 @@ def main() -> None:
     attribution_run(images[:32], queries[:32], prompter, args.batch_size)   # warm-up
 
     harness, attribution, report = [], [], []
-    stats = {name: [] for name in ("pope", "mcq", "textvqa")}
+    stats = {name: [] for name in ("pope", "mcq", "textvqa", "mmvet", "llava-bench")}
     rng = np.random.default_rng(0)
     for _ in range(args.repeats):
         run = harness_run(data, prompter, args.questions, args.batch_size)
@@ -181,10 +219,7 @@ def main() -> None:
     print(f"  attribution per sample      {a * 1e3:8.2f} ms   (Prompter.attribute, {args.model})")
     print(f"  harness per sample          {h * 1e3:8.2f} ms   = {100 * h / a:.2g}% of attribution")
     print(f"  end-of-run summary+report   {statistics.median(report):8.2f} s    (once per run)")
-    print(f"scoring + statistics for {args.predictions:,} predictions x 2 conditions (one core, median):")
-    for name, times in stats.items():
-        if times:
-            print(f"  {name:8s} {statistics.median(times):6.2f} s")
+    print_statistics(args, stats)
 
 
 if __name__ == "__main__":

@@ -317,3 +317,35 @@ def test_clip_zeroshot_target_picks_the_closest_option_caption():
     assert sum(a == r["answer"] for a, r in zip(answers, rows)) >= 6     # the small CLIP is good at this
     with pytest.raises(TargetError, match="multiple choice only"):
         target([scenes[0].image], ["What colour is the circle?"])
+
+
+def test_bare_question_asks_the_question_as_the_data_has_it_and_a_resume_must_agree(tmp_path):
+    """``bare_question``: no answer-format instruction and no options reach the target; the choice
+    is part of the run's parameters, and a default run records nothing (earlier runs resume)."""
+    rows = []
+    for i in range(4):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append({"id": f"q{i}", "image": f"{i}.png", "question": f" What is shown {i}? ",
+                     "answer": "A", "A": "red", "B": "blue"})
+    data = tmp_path / "mcq.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    asked = []
+
+    def target(image, question):
+        asked.append(question)
+        return "red"
+
+    summary = evaluate(data, "mcq", target, tmp_path / "bare", conditions=["original"], bare_question=True)
+    assert asked == [r["question"] for r in rows]          # exactly, whitespace and all
+    assert summary["settings"]["bare_question"] is True
+    assert summary["conditions"]["original"]["metrics"]["accuracy"] == 1.0   # "red" is option A's text
+    stored = json.loads((tmp_path / "bare" / "eval_run.json").read_text())
+    assert stored["parameters"]["settings"]["bare_question"] is True
+    with pytest.raises(ConfigError, match="bare_question"):
+        evaluate(data, "mcq", target, tmp_path / "bare", conditions=["original"])
+
+    asked.clear()
+    summary = evaluate(data, "mcq", target, tmp_path / "default", conditions=["original"])
+    assert "bare_question" not in summary["settings"]
+    assert asked[0] == "Question: What is shown 0?\nOptions:\nA. red\nB. blue\n" \
+        "Please select the correct answer from the options above."

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from math import comb
+
 import numpy as np
 import pytest
-from math import comb
 
 from api_prompt.errors import ConfigError
 from api_prompt.evaluation import score
 from api_prompt.evaluation.benchmarks import build_table
 from api_prompt.evaluation.normalize import normalize_answer
 from api_prompt.evaluation.scoring import infer_option, mme_answer, pope_answer, vqa_accuracy
-from api_prompt.evaluation.stats import bootstrap_conditions, mcnemar_p, paired_bootstrap
+from api_prompt.evaluation.stats import (
+    bootstrap_conditions,
+    mcnemar_p,
+    paired_bootstrap,
+    percentile_interval,
+)
 
 # -- POPE ----------------------------------------------------------------------------------------
 
@@ -225,6 +231,111 @@ def test_paired_bootstrap_matches_a_direct_resampling_loop(kind):
     assert hi == pytest.approx(direct_hi, abs=0.08 * spread)
     # fixed seed: the same interval every time
     assert paired_bootstrap(units_a, units_b, mean, n_resamples=4000, seed=3)[1] == (lo, hi)
+
+
+# The bootstrap before its per-distinct-row counting (api-prompt 0.x, stats.py as of b26b161), kept
+# as the reference: the faster one must give the same numbers, bit for bit, for the same seed.
+
+
+def _reference_weights(n_units, n_resamples, seed):
+    rng = np.random.default_rng(seed)
+    rows_per_chunk = max(1, 8_000_000 // max(n_units, 1))
+    done = 0
+    while done < n_resamples:
+        rows = min(rows_per_chunk, n_resamples - done)
+        draws = rng.integers(0, n_units, size=(rows, n_units))
+        draws += (np.arange(rows) * n_units)[:, None]
+        yield np.bincount(draws.ravel(), minlength=rows * n_units).reshape(rows, n_units)
+        done += rows
+
+
+def _reference_resamples(units, n_resamples, seed):
+    n_units = len(units)
+    units = np.ascontiguousarray(units)
+    projection = units @ np.random.default_rng(12345).random(units.shape[1])
+    _, first, inverse, counts = np.unique(projection, return_index=True, return_inverse=True, return_counts=True)
+    if not np.array_equal(units[first][inverse.ravel()], units):
+        as_bytes = units.view(np.dtype((np.void, units.dtype.itemsize * units.shape[1]))).ravel()
+        _, first, counts = np.unique(as_bytes, return_index=True, return_counts=True)
+    distinct = units[first]
+    if len(distinct) * 8 > n_units:
+        return units, _reference_weights(n_units, n_resamples, seed)
+    rng = np.random.default_rng(seed)
+    return distinct, [rng.multinomial(n_units, counts / n_units, size=n_resamples)]
+
+
+def _reference_bootstrap(units, metric, baseline, n_resamples, seed, level=0.95):
+    as_dict = lambda values: values if isinstance(values, dict) else {None: values}  # noqa: E731
+    names = list(units)
+    arrays = [np.asarray(units[name], dtype=float) for name in names]
+    n_units, k = arrays[0].shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        points = {name: as_dict(metric(a.sum(axis=0))) for name, a in zip(names, arrays)}
+        draws = {name: {m: [] for m in points[name]} for name in names}
+        rows, chunks = _reference_resamples(np.hstack(arrays), n_resamples, seed)
+        for weights in chunks:
+            sums = weights.astype(float) @ rows
+            for position, name in enumerate(names):
+                for m, values in as_dict(metric(sums[:, position * k:(position + 1) * k])).items():
+                    draws[name][m].append(np.broadcast_to(values, (len(weights),)))
+    samples = {name: {m: np.concatenate(v) for m, v in per.items()} for name, per in draws.items()}
+    intervals = {name: {m: percentile_interval(v, level) for m, v in per.items()} for name, per in samples.items()}
+
+    def difference(a, b):
+        return {m: (float(points[b][m] - points[a][m]), percentile_interval(samples[b][m] - samples[a][m], level))
+                for m in points[b] if m in points[a]}
+
+    delta = {name: difference(baseline, name) for name in names if name != baseline}
+    pairs = {(a, b): difference(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"intervals": intervals, "delta": delta, "pairs": pairs}
+
+
+def _judged_units(benchmark, n, seed, low=1, high=4):
+    """Judge grades as lmms-eval's aggregations see them, in two conditions."""
+    rng = np.random.default_rng(seed)
+    if benchmark == "llava-bench":
+        samples = [{"category": ("conv", "detail", "complex")[i % 3], "gpt_answer": "r"} for i in range(n)]
+        grades = {c: rng.integers(low, high + 1, size=(n, 2)).astype(float) / (2 if c == "api" else 1)
+                  for c in ("original", "api")}          # halves too: "8,7.5" is a review's score
+    else:
+        samples = [{"capability": ("rec", "rec,ocr", "math,spat")[i % 3]} for i in range(n)]
+        grades = {c: rng.integers(0, 11, size=n) / 10 for c in ("original", "api")}
+    return build_table(benchmark, samples, {c: g.tolist() for c, g in grades.items()})
+
+
+@pytest.mark.parametrize("case", ["llava-bench", "llava-bench-wide", "mmvet", "pope", "continuous", "tiny"])
+def test_bootstrap_equals_the_previous_implementation_bit_for_bit(case):
+    from api_prompt.evaluation import stats
+
+    rng = np.random.default_rng(7)
+    if case == "llava-bench":          # many distinct rows, all sums exact: counted per distinct row
+        table = _judged_units("llava-bench", 3000, seed=1)
+        units, metric = table.units, table.metric
+    elif case == "llava-bench-wide":   # grades 1-10: as many distinct rows as units, the units drawn
+        table = _judged_units("llava-bench", 3000, seed=2, high=10)
+        units, metric = table.units, table.metric
+    elif case == "mmvet":              # tenths are not exact in binary: the units drawn
+        table = _judged_units("mmvet", 2000, seed=3)
+        units, metric = table.units, table.metric
+    elif case == "pope":               # few distinct rows: multinomial counts
+        samples = [{"answer": "yes" if i % 3 else "no"} for i in range(500)]
+        table = build_table("pope", samples, {c: [("Yes", "No")[int(x)] for x in rng.random(500) < 0.4]
+                                              for c in ("original", "api", "crop")})
+        units, metric = table.units, table.metric
+    elif case == "continuous":
+        units = {c: np.stack([rng.random(400), np.ones(400)], 1) for c in ("original", "api")}
+        metric = lambda sums: sums[..., 0] / sums[..., 1]  # noqa: E731
+    else:
+        units = {c: np.array([[1.0, 1.0]]) for c in ("original", "api")}
+        metric = lambda sums: {"mean": sums[..., 0] / sums[..., 1]}  # noqa: E731
+    for seed in (0, 5):
+        new = stats.bootstrap_conditions(units, metric, baseline="original", n_resamples=700, seed=seed)
+        old = _reference_bootstrap(units, metric, "original", 700, seed)
+        assert repr(new) == repr(old)
+    if case == "llava-bench":          # the case the per-distinct-row counting is for
+        stacked = np.hstack(list(units.values()))
+        distinct = len(np.unique(stacked, axis=0))
+        assert len(stacked) / 8 < distinct <= len(stacked) / 2 and stats._sums_are_exact(stacked)
 
 
 def test_bootstrap_intervals_of_each_condition_and_of_the_delta():

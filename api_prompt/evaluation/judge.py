@@ -34,9 +34,10 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError, TargetError
 from ..targets.openai import DEFAULT_BASE_URL, OpenAITarget, _run_coroutine, answer_text

@@ -43,8 +43,9 @@ lmms-eval also sleeps 5 s before its MM-Vet retries; this client backs off only 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -226,8 +227,10 @@ def _round(value, digits: int):
 def llava_bench_table(samples: Sequence[Mapping[str, Any]], grades: Mapping[str, Sequence[Sequence[float]]]) -> MetricTable:
     """Units are samples: the reference's and the answer's score, one, and the same per category."""
     categories = [str(s.get("category", "")) for s in samples]
-    present = [c for c in dict.fromkeys(categories)]
-    member = np.array([[c == p for p in present] for c in categories], dtype=float).reshape(len(samples), len(present))
+    present = list(dict.fromkeys(categories))
+    position = {category: j for j, category in enumerate(present)}
+    codes = np.array([position[c] for c in categories], dtype=np.int64)
+    member = (codes[:, None] == np.arange(len(present))).astype(float)
     units, scores = {}, {}
     for condition, values in grades.items():
         pairs = np.asarray(values, dtype=float).reshape(len(samples), 2)

@@ -34,8 +34,9 @@ metric per category, named ``<category>/<metric>``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def units_table(samples, columns, scores, names, finish, *, proportion: str | No
 
     base_finish = finish
     if groups is not None:
-        def finish(sums):  # noqa: F811 - the circular version of the same metrics
+        def finish(sums):
             values = base_finish(sums[..., :2])
             values["circular_accuracy"] = sums[..., 2] / sums[..., 3]
             return values

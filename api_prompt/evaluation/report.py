@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,10 @@ def summarize(
     0.5
     """
     conditions = list(answers)
-    keep = [i for i in range(len(samples)) if all(errors[c][i] is None for c in conditions)]
+    if any(len(errors[c]) < len(samples) for c in conditions):
+        raise ValueError(f"every condition needs an error entry (or None) for each of the {len(samples)} samples")
+    per_sample = zip(*(errors[c] for c in conditions))
+    keep = [i for i, row in enumerate(per_sample) if row.count(None) == len(row)]
     kept = [samples[i] for i in keep]
     table = build_table(benchmark, kept, {c: [answers[c][i] for i in keep] for c in conditions})
     base = baseline if baseline in conditions else conditions[0]
@@ -70,7 +74,7 @@ def summarize(
         intervals = boot["intervals"][condition] if boot else {}
         summary["conditions"][condition] = {
             "n": len(kept),
-            "errors": sum(error is not None for error in errors[condition]),
+            "errors": len(errors[condition]) - list(errors[condition]).count(None),
             "metrics": {name: _number(value) for name, value in metrics.items()},
             "ci95": {name: [_number(lo), _number(hi)] for name, (lo, hi) in intervals.items()},
         }

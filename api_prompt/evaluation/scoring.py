@@ -53,9 +53,10 @@ import ast
 import json
 import math
 import string
+from collections.abc import Mapping
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from .normalize import exact_match_text, normalize_answer, normalize_vqav2_answer

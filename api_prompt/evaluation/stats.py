@@ -17,7 +17,7 @@ True
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -46,14 +46,21 @@ def resample_weights(n_units: int, n_resamples: int = DEFAULT_RESAMPLES, seed: i
     >>> w.shape, w.sum(axis=1).tolist()
     ((3, 5), [5, 5, 5])
     """
+    for draws in _draws(n_units, n_resamples, seed):
+        rows = len(draws)
+        draws += (np.arange(rows) * n_units)[:, None]
+        yield np.bincount(draws.ravel(), minlength=rows * n_units).reshape(rows, n_units)
+
+
+def _draws(n_units: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The units each resample draws, ``(rows, n_units)`` per chunk (rows bound memory); the
+    sequence depends on ``n_units``, ``n_resamples`` and ``seed`` only."""
     rng = np.random.default_rng(seed)
     rows_per_chunk = max(1, _CELLS_PER_CHUNK // max(n_units, 1))
     done = 0
     while done < n_resamples:
         rows = min(rows_per_chunk, n_resamples - done)
-        draws = rng.integers(0, n_units, size=(rows, n_units))
-        draws += (np.arange(rows) * n_units)[:, None]
-        yield np.bincount(draws.ravel(), minlength=rows * n_units).reshape(rows, n_units)
+        yield rng.integers(0, n_units, size=(rows, n_units))
         done += rows
 
 
@@ -124,12 +131,10 @@ def bootstrap_conditions(
         stacked = np.hstack(arrays)
         draws: dict[str, dict[str, list[np.ndarray]]] = {name: {m: [] for m in points[name]} for name in names}
         if n_units:
-            rows, chunks = _resamples(stacked, n_resamples, seed)
-            for weights in chunks:
-                sums = weights.astype(float) @ rows
+            for sums in _resampled_sums(stacked, n_resamples, seed):
                 for position, name in enumerate(names):
                     for m, values in _as_dict(metric(sums[:, position * k:(position + 1) * k])).items():
-                        draws[name][m].append(np.broadcast_to(values, (len(weights),)))
+                        draws[name][m].append(np.broadcast_to(values, (len(sums),)))
     samples = {name: {m: np.concatenate(v) if v else np.array([]) for m, v in per.items()}
                for name, per in draws.items()}
     intervals = {name: {m: percentile_interval(v, level) for m, v in per.items()}
@@ -145,14 +150,19 @@ def bootstrap_conditions(
     return {"intervals": intervals, "delta": delta, "pairs": pairs}
 
 
-def _resamples(units: np.ndarray, n_resamples: int, seed: int):
-    """(rows, chunks of weights) with ``weights @ rows`` = the sums of bootstrap resamples.
+def _resampled_sums(units: np.ndarray, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The column sums of the bootstrap resamples of ``units``, ``(rows, k)`` per chunk.
 
     Resampling ``n`` units with replacement only matters through how often each *distinct* row
-    is drawn, and those counts are multinomial(n, row frequencies). Benchmark units take few
-    distinct values (0/1 scores, a category), so drawing the counts of the distinct rows gives
-    exactly the bootstrap distribution at a tiny fraction of the cost; with many distinct rows
-    the units themselves are drawn.
+    is drawn. Benchmark units take few distinct values (0/1 scores, a category):
+
+    - with very few distinct rows, their counts are drawn as multinomial(n, row frequencies),
+      exactly the bootstrap distribution at a tiny fraction of the cost;
+    - with more (judge grades 1-10 in two conditions: thousands), the units are drawn one by
+      one as in :func:`resample_weights`, but counted per distinct row (a gather and a small
+      count) instead of per unit, when every sum is exact in floating point (the values are
+      multiples of a power of two, small enough), so the sums equal the per-unit sums bit for bit;
+    - otherwise the per-unit counts of :func:`resample_weights` are multiplied by the units.
     """
     n_units = len(units)
     units = np.ascontiguousarray(units)
@@ -161,14 +171,45 @@ def _resamples(units: np.ndarray, n_resamples: int, seed: int):
     projection = units @ np.random.default_rng(12345).random(units.shape[1])
     _, first, inverse, counts = np.unique(projection, return_index=True, return_inverse=True,
                                           return_counts=True)
-    if not np.array_equal(units[first][inverse.ravel()], units):
+    inverse = inverse.ravel()
+    if not np.array_equal(units[first][inverse], units):
         as_bytes = units.view(np.dtype((np.void, units.dtype.itemsize * units.shape[1]))).ravel()
-        _, first, counts = np.unique(as_bytes, return_index=True, return_counts=True)
+        _, first, inverse, counts = np.unique(as_bytes, return_index=True, return_inverse=True,
+                                              return_counts=True)
+        inverse = inverse.ravel()
     distinct = units[first]
-    if len(distinct) * 8 > n_units:
-        return units, resample_weights(n_units, n_resamples, seed)
-    rng = np.random.default_rng(seed)
-    return distinct, [rng.multinomial(n_units, counts / n_units, size=n_resamples)]
+    if len(distinct) * 8 <= n_units:
+        rng = np.random.default_rng(seed)
+        yield rng.multinomial(n_units, counts / n_units, size=n_resamples).astype(float) @ distinct
+    elif len(distinct) * 2 <= n_units and _sums_are_exact(units) and n_units < 2**32:
+        n_groups = len(distinct)
+        group = inverse.astype(np.int32)
+        for draws in _draws(n_units, n_resamples, seed):
+            drawn = np.take(group, draws)
+            tally = np.empty((len(draws), n_groups))
+            for row, groups in enumerate(drawn):   # one row's counts stay in the cache
+                tally[row] = np.bincount(groups, minlength=n_groups)
+            yield tally @ distinct
+    else:
+        for weights in resample_weights(n_units, n_resamples, seed):
+            yield weights.astype(float) @ units
+
+
+def _sums_are_exact(units: np.ndarray) -> bool:
+    """Whether every sum of ``n`` of the rows (with repeats) is exact in float64, in any order.
+
+    True when all values are multiples of ``2**-p`` for a small ``p`` and ``n * max|value| *
+    2**p < 2**53``: then every partial sum is a representable multiple of ``2**-p``, so no
+    addition rounds and the order of the additions cannot change the result.
+    """
+    if units.size == 0 or not np.all(np.isfinite(units)):
+        return False
+    largest = float(np.max(np.abs(units)))
+    for power in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16):
+        scaled = units * float(2**power)     # exact: a power of two only moves the exponent
+        if np.array_equal(scaled, np.round(scaled)):
+            return len(units) * largest * 2.0**power < 2.0**53
+    return False
 
 
 def _as_dict(values) -> dict:
