@@ -734,12 +734,7 @@ def write_training_md(out: Path, summary: dict) -> None:
         "```",
         "",
         f"- seed: {a['seed']} (torch initialisation and the numpy scene/question stream)",
-        f"- stage 1 (projector only, captions `What is in the image?` -> `a red circle and a blue "
-        f"square.`, objects left to right): {summary['stage1']['steps']} steps in "
-        f"{summary['stage1']['wall_s'] / 60:.1f} min, lr {a['stage1_lr']}",
-        f"- stage 2 (projector + language model): {summary['stage2']['steps']} steps in "
-        f"{summary['stage2']['wall_s'] / 60:.1f} min, lr {a['stage2_lr']}; mix "
-        + ", ".join(f"{k} {v:.0%}" for k, v in STAGE2_MIX.items()),
+        *_stage_lines(summary),
         f"- batch size {a['batch_size']}, AdamW (betas 0.9/0.98, weight decay {a['weight_decay']} on "
         f"matrices), warmup {a['warmup']} steps then cosine decay to {a['min_lr']}; time-budgeted "
         "schedule (progress = max(step/cap, elapsed/budget)), so the step count depends on machine "
@@ -785,7 +780,46 @@ def write_training_md(out: Path, summary: dict) -> None:
             for q, want, got in entry["examples"][:2]:
                 lines.append(f"- {q} / {want} / {got}")
         lines.append("")
+    init = summary.get("init")
+    if init and init.get("training_md"):
+        lines += ["## The run it continues", "",
+                  f"The folder it started from (`model.safetensors` sha256 `{init['sha256']}`) was made by "
+                  "this run (its own record, headings moved one level down):", ""]
+        for line in init["training_md"].splitlines()[1:]:
+            lines.append("#" + line if line.startswith("#") else line)
+        lines.append("")
     (Path(out) / "TRAINING.md").write_text("\n".join(lines))
+
+
+def _stage_lines(summary: dict) -> list[str]:
+    a = summary["args"]
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in summary.get("mix", STAGE2_MIX).items())
+    stage2 = (f"{summary['stage2']['steps']} steps in {summary['stage2']['wall_s'] / 60:.1f} min, "
+              f"lr {a['stage2_lr']}; mix {mix}")
+    init = summary.get("init")
+    if not init:
+        return [
+            f"- stage 1 (projector only, captions `What is in the image?` -> `a red circle and a blue "
+            f"square.`, objects left to right): {summary['stage1']['steps']} steps in "
+            f"{summary['stage1']['wall_s'] / 60:.1f} min, lr {a['stage1_lr']}",
+            f"- stage 2 (projector + language model): {stage2}",
+        ]
+    lines = [f"- continues from `{a['init']}` (`model.safetensors` sha256 `{init['sha256']}`; its "
+             "record is at the end of this file): no stage 1; the `stage2` rows below are this run's "
+             f"one stage, projector + language model: {stage2}"]
+    if init.get("reinit_rows"):
+        rows = init["reinit_rows"]
+        lines.append(f"- first, the output rows of {' / '.join(f'`{w}`' for w in rows['words'])} re-initialised "
+                     f"(`reinit_output_rows`, seed {a['seed']}; their difference's norm "
+                     f"{rows['difference_norm_after']:.2f} after)")
+    if a.get("easy_negatives"):
+        lines.append(f"- curriculum: the share of `no` questions that name a colour absent from the scene "
+                     f"falls from 1 to 0 over the first {a['easy_negatives']} steps; after that, as in "
+                     "the held-out questions, 70% of the `no` questions name a near miss")
+    if a.get("near_miss_ramp"):
+        lines.append(f"- the near-miss share of `no` questions grows from 0 to 0.7 over the first "
+                     f"{a['near_miss_ramp']} steps")
+    return lines
 
 
 # ----------------------------------------------------------------------------- main
