@@ -28,26 +28,12 @@ from api_prompt.images import DEFAULT_MAX_PIXELS
 
 from .app import app
 from .common import (
-    DEFAULT_BACKEND,
-    BackendOpt,
-    BackendOptionOpt,
-    BackgroundOpt,
     DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    EnhanceOpt,
-    Geometry,
-    GeometryOpt,
-    KernelOpt,
-    LayerOpt,
-    ModelOpt,
     OneLineErrorCommand,
-    PresetOpt,
-    PretrainedOpt,
     PromptOptions,
     QuietOpt,
-    ResampleOpt,
     handle_errors,
+    prompt_options,
 )
 
 _SERVER = "Server"
@@ -118,6 +104,7 @@ FetchTimeoutOpt = Annotated[float, typer.Option(
 
 
 @app.command("serve", cls=OneLineErrorCommand)
+@prompt_options()
 def serve_command(
     upstream: UpstreamOpt = ...,
     host: HostOpt = "127.0.0.1",
@@ -134,19 +121,8 @@ def serve_command(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fetch_timeout: FetchTimeoutOpt = 10.0,
     png_compression: PngCompressionOpt = 1,
-    preset: PresetOpt = None,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    backend_option: BackendOptionOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    layer: LayerOpt = None,
-    enhance: EnhanceOpt = None,
-    kernel_size: KernelOpt = None,
-    resample: ResampleOpt = None,
-    background: BackgroundOpt = None,
-    geometry: GeometryOpt = Geometry.stretch,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = None,
+    *,
+    options: PromptOptions,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -179,14 +155,14 @@ def serve_command(
         )
         if config.allow_private_fetch and not allow_url_fetch:
             raise ConfigError("--allow-private-fetch only applies with --allow-url-fetch")
-        prompt_options = PromptOptions.from_command(locals())
-        prompt_options.check()
+        options.check()
+        style_options = options.checked_style_options()
         listener = _bind(host, port)
 
         # 2. The model, then the server (which handles SIGTERM/SIGINT itself).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prompter = prompt_options.build(quiet=quiet)
+            prompter = options.build(quiet=quiet)
         bound_host, bound_port = listener.getsockname()[:2]
         if not quiet:
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -197,7 +173,8 @@ def serve_command(
         # was there before; a no-op one makes a graceful stop exit with status 0.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
         server = uvicorn.Server(uvicorn.Config(
-            create_app(prompter, config), log_level=logging.WARNING if quiet else logging.INFO,
+            create_app(prompter, config, style=options.style, style_options=style_options or None),
+            log_level=logging.WARNING if quiet else logging.INFO,
             server_header=False, date_header=False, access_log=not quiet, lifespan="on",
         ))
         server.run(sockets=[listener])

@@ -454,3 +454,81 @@ def test_installed_debug_shows_the_traceback(workdir: Path) -> None:
     result = run_installed("photo.png", QUERY, *BASE, "-k", "4", "--debug", cwd=workdir)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "kernel size" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt styles: --style and --style-option on every command that makes a prompt
+
+
+STYLED = [
+    ("crop", {"crop_size": 64, "one_image": "crop"}, ["-S", "crop_size=64", "-S", "one_image=crop"]),
+    ("crop", {"crop_size": 64}, ["-S", "crop_size=64"]),                       # side by side
+    ("box", {"color": "blue", "width": 3}, ["-S", "color=blue", "--style-option", "width=3"]),
+    ("blur", {"blur": 0.05}, ["-S", "blur=0.05"]),
+]
+
+
+@pytest.mark.parametrize("style, options, args", STYLED, ids=["crop-alone", "crop-side-by-side", "box", "blur"])
+def test_prompt_style_options_give_the_python_apis_pixels(workdir: Path, style: str, options: dict,
+                                                          args: list[str]) -> None:
+    from api_prompt import Prompter
+
+    result = invoke(str(workdir / "photo.png"), QUERY, *BASE, "--style", style, *args, "-o",
+                    str(workdir / "styled.png"), "-q")
+    assert result.exit_code == 0, result.stderr
+    expected = Prompter(model=MODEL, device="cpu", style=style, style_options=options)(workdir / "photo.png", QUERY)
+    assert np.array_equal(np.asarray(read(workdir / "styled.png")), np.asarray(expected.image.convert("RGB")))
+    if options.get("one_image") == "crop":   # the crop alone: as the style's second image
+        assert read(workdir / "styled.png").size == expected.images[1].size
+
+
+def test_batch_writes_the_style_a_one_image_output_asks_for(workdir: Path, tmp_path: Path) -> None:
+    import json
+
+    from api_prompt import Prompter
+    from api_prompt.batch import run
+
+    rows = [{"id": f"s{i}", "image": str(workdir / "photo.png"), "question": q}
+            for i, q in enumerate([QUERY, "Is there a dog?"])]
+    source = tmp_path / "q.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    style = {"crop_size": 64, "one_image": "crop"}
+    run(source, tmp_path / "api", Prompter(model=MODEL, device="cpu", style="crop", style_options=style),
+        progress=False)
+    result = invoke("batch", str(source), "--out", str(tmp_path / "cli"), *BASE, "--style", "crop",
+                    "-S", "crop_size=64", "-S", "one_image=crop", "-q")
+    assert result.exit_code == 0, result.stderr
+    by_api = sorted(p.read_bytes() for p in (tmp_path / "api" / "images").iterdir())
+    by_cli = sorted(p.read_bytes() for p in (tmp_path / "cli" / "images").iterdir())
+    assert len(by_cli) == 2 and by_api == by_cli
+    with Image.open(tmp_path / "cli" / "images" / "s0.png") as image:   # the crop, not the whole photo
+        assert image.size != Image.open(workdir / "photo.png").size
+
+
+def test_serve_passes_the_style_and_its_typed_options_to_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import uvicorn
+
+    import api_prompt.serve.app as serve_app
+
+    made = {}
+
+    def create_app(prompter, config, **kwargs):
+        made.update(kwargs, prompter=prompter)
+        return object()
+
+    monkeypatch.setattr(serve_app, "create_app", create_app)
+    monkeypatch.setattr(uvicorn.Server, "__init__", lambda self, config: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    result = invoke("serve", "--upstream", "http://127.0.0.1:9/v1", "--port", "0", *BASE, "--style", "crop",
+                    "-S", "crop_size=64", "-S", "zoom=32", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert made["style"] == "crop" and made["style_options"] == {"crop_size": 64, "zoom": 32}
+    assert made["prompter"].style.name == "crop" and made["prompter"].style.zoom == 32
+
+    result = invoke("serve", "--upstream", "http://127.0.0.1:9/v1", "--port", "0", *BASE, "--style", "crop",
+                    "-S", "zoom=wide")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: the crop style's option 'zoom' must be an integer, got 'wide'"
