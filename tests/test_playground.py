@@ -77,6 +77,46 @@ def test_stages_give_the_pixels_of_prompt(playground, scene, settings):
     assert [caption.split()[0] for _, caption in view.parts] == ["psi_cls", "psi_comp"]
 
 
+STYLE_OPTIONS = {"crop_size": 64, "zoom": 96, "blur": 0.05, "color": "blue", "width": 3}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        dict(layer=1, enhance=3.0, kernel_size=5, resample="bicubic", background=120, geometry="fit"),
+    ],
+)
+def test_every_style_panel_has_the_pixels_of_the_python_api_from_one_model_run(playground, scene, settings):
+    styled = Playground(device="cpu", style="crop", style_options=STYLE_OPTIONS,
+                        build_prompter=lambda *a, **k: playground.prompter())
+    raw = styled.attribute(scene, "a yellow triangle", layer=settings.get("layer"))
+    amap = styled.combine(raw, enhance=settings.get("enhance", 10.0), kernel_size=settings.get("kernel_size", 3))
+    view = styled.view(scene, amap, resample=settings.get("resample", "lanczos"),
+                       background=settings.get("background", 0), geometry=settings.get("geometry", "stretch"))
+    assert list(view.styles) == ["overlay", "crop", "blur", "box"]
+    for name, picture in view.styles.items():
+        expected = Prompter(model=SMALL_CLIP, device="cpu", style=name, style_options=STYLE_OPTIONS,
+                            **settings)(scene, "a yellow triangle").image
+        assert picture.size == expected.size and np.array_equal(pixels(picture), pixels(expected)), name
+    assert pixels(view.prompted).tobytes() == pixels(view.styles["crop"]).tobytes()  # the page's style
+    assert len({pixels(picture).tobytes() for picture in view.styles.values()}) == 4
+    assert styled.model_runs == 1  # one map for every style
+
+
+def test_bad_styles_are_refused_in_one_line_before_any_model_loads():
+    counter = CountingPrompter()
+    for options, words in [(dict(style="zoom"), "unknown style 'zoom'; choose one of: overlay, crop, blur, box"),
+                           (dict(style_options={"zoon": 1}), "no prompt style takes zoon"),
+                           (dict(style_options={"zoom": 0}), "zoom must be a positive number of pixels"),
+                           (dict(style="box", style_options={"color": "nocolour"}), "unknown color"),
+                           (dict(style_options=["zoom"]), "style_options must be a dict")]:
+        with pytest.raises(ConfigError) as error:
+            Playground(device="cpu", build_prompter=counter, **options)
+        assert words in str(error.value) and "\n" not in str(error.value)
+    assert counter.calls == 0
+
+
 def test_settings_and_layers_never_reload_and_only_layers_run_the_model(playground, scene):
     playground.prompter()
     loads, runs = playground.loads, playground.model_runs
@@ -263,7 +303,8 @@ def test_command_loads_the_model_once_then_serves_where_asked(monkeypatch):
 
 
 class ToyDecoder:
-    """A model-free stand-in for a decoder backend (one raw part, ``attention``, per layer)."""
+    """A model-free stand-in for a decoder backend (one raw part, ``attention``, per layer); it
+    returns raw parts only, as :meth:`Attributor.attribute_parts` does."""
 
     name = "toy"
     default_recipe = "llava"
@@ -273,7 +314,7 @@ class ToyDecoder:
         self.layer = 4
         self.ran_at: list[int] = []
 
-    def attribute(self, images, queries):
+    def attribute_parts(self, images, queries, **options):
         from api_prompt import AttentionMap
 
         self.ran_at.append(self.layer)
@@ -395,6 +436,25 @@ def test_a_number_beyond_a_control_is_one_sentence_and_the_pictures_stay(page, s
     valid = page.redraw("lanczos", 120, "stretch", state) if handler == "redraw" else \
         page.recombine(10, 5, "lanczos", 0, "stretch", state)
     assert valid["error"] == "" and valid["prompted"]
+
+
+def test_the_page_shows_every_style_beside_the_prompted_image_shrunk_for_the_browser(page, page_module, scene,
+                                                                                    tmp_path):
+    big = scene.resize((1500, 1000))
+    scene_path = tmp_path / "big.png"
+    big.save(scene_path)
+    changes = page.prompt(upload_value(scene_path), "a yellow triangle", 2, 10.0, 3, "lanczos", 0, "stretch",
+                          None, True)
+    view = page.playground.view(big, changes["session"].combined, resample="lanczos", background=0,
+                                geometry="stretch")
+    assert list(page_module.STYLE_PANELS) == ["style_overlay", "style_crop", "style_blur", "style_box"]
+    for panel, name in page_module.STYLE_PANELS.items():
+        with Image.open(changes[panel]) as shown:
+            expected = view.styles[name].copy()
+            expected.thumbnail((page_module.DISPLAY_SIDE,) * 2, Image.Resampling.LANCZOS)
+            assert np.array_equal(pixels(shown), pixels(expected)), panel
+    cleared = page.upload(upload_value(scene_path), changes["session"])
+    assert all(cleared[panel] is None for panel in page_module.STYLE_PANELS)
 
 
 def test_a_layer_beyond_the_model_is_one_sentence_and_runs_nothing(page, playground, scene, tmp_path):

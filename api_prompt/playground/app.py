@@ -35,6 +35,7 @@ from ..errors import APIPromptError, ImageLoadError
 from ..images import ImageTooLargeError, load_image
 from ..overlay import GEOMETRIES, RESAMPLE
 from ..presets import PRESETS
+from ..styles import STYLES
 from .engine import Playground, shrink_to
 
 try:
@@ -58,8 +59,19 @@ KERNEL_RANGE = (1, 15, 2)  # odd sizes only
 #: download keeps the full size), so a photo does not travel as a full-size PNG on every change.
 DISPLAY_SIDE = 1024
 
+#: The side-by-side panels: the same map in each prompt style (output name -> style name).
+STYLE_PANELS = {f"style_{name}": name for name in STYLES}
+
 #: The picture panels and the files offered for download: a new upload empties them all.
-PICTURES = ("original", "prompted", "heatmap", "parts", "download_image", "download_map")
+PICTURES = ("original", "prompted", "heatmap", "parts", *STYLE_PANELS, "download_image", "download_map")
+
+#: What each style shows the target, under its panel.
+STYLE_CAPTIONS = {
+    "overlay": "overlay (the paper's): faded to gray where the model does not look",
+    "crop": "crop (ViCrop): the original and a zoomed crop of where it looks, here side by side",
+    "blur": "blur: blurred where it does not look, sharp where it does",
+    "box": "box: a box around where it looks",
+}
 
 #: The line under the Geometry control.
 GEOMETRY_INFO = (
@@ -315,10 +327,15 @@ class Page:
             path = state.folder / f"part{index}.png"
             picture.save(path, compress_level=1)
             parts.append((str(path), caption))
+        styles = {}
+        for panel, name in STYLE_PANELS.items():
+            path = state.folder / f"{panel}.png"
+            shrink_to(view.styles[name], DISPLAY_SIDE).save(path, compress_level=1)
+            styles[panel] = str(path)
         map_file = state.folder / "map.npz"
         amap.save(map_file)
-        return {"prompted": str(shown), "heatmap": str(heatmap), "parts": parts, "download_image": str(download),
-                "download_map": str(map_file), "error": "", "session": state}
+        return {"prompted": str(shown), "heatmap": str(heatmap), "parts": parts, **styles,
+                "download_image": str(download), "download_map": str(map_file), "error": "", "session": state}
 
 
 def build_app(playground: Playground, *, title: str = "api-prompt playground") -> "gr.Blocks":
@@ -358,8 +375,15 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
             with gr.Column(scale=2):
                 with gr.Row():
                     original = gr.Image(label="Input", format="png", interactive=False, elem_id="original")
-                    prompted = gr.Image(label="Prompted image", format="png", interactive=False, elem_id="prompted")
+                    prompted = gr.Image(label=f"Prompted image ({playground.style})", format="png", interactive=False,
+                                        elem_id="prompted")
                     heatmap = gr.Image(label="Heat map", format="png", interactive=False, elem_id="heatmap")
+                gr.Markdown("**Every prompt style from the same map** (`--style` picks the one above and the "
+                            "download; `api_prompt` in a proxy request picks it per request)", elem_id="styles-heading")
+                with gr.Row(elem_id="styles"):
+                    style_panels = {panel: gr.Image(label=STYLE_CAPTIONS.get(name, name), format="png",
+                                                    interactive=False, elem_id=panel.replace("_", "-"))
+                                    for panel, name in STYLE_PANELS.items()}
                 parts = gr.Gallery(label="Raw parts (each min-max scaled; raw range in the caption)", columns=4,
                                    fit_columns=False, height=240, object_fit="contain", format="png",
                                    interactive=False, elem_id="parts")
@@ -374,7 +398,7 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
                     answer_prompted = gr.Textbox(label="Answer on the prompted image", interactive=False,
                                                  elem_id="answer-prompted")
 
-        named = dict(original=original, prompted=prompted, heatmap=heatmap, parts=parts,
+        named = dict(original=original, prompted=prompted, heatmap=heatmap, parts=parts, **style_panels,
                      download_image=download_image, download_map=download_map, answer_original=answer_original,
                      answer_prompted=answer_prompted, error=error, session=session)
 

@@ -4,8 +4,8 @@ The page calls three verbs, each doing only what a changed control needs:
 
 - :meth:`Playground.attribute` runs the auxiliary model (a new image, question or layer);
 - :meth:`Playground.combine` makes a new mask from the raw parts it kept (enhance, kernel size);
-- :meth:`Playground.view` draws the prompted image, the heat map and the raw parts (resample,
-  background, geometry).
+- :meth:`Playground.view` draws the prompted image, the same map in every prompt style side by
+  side, the heat map and the raw parts (resample, background, geometry).
 
 The model is loaded once, on first use, behind a lock: concurrent requests wait for the same
 load instead of loading twice, and a load that failed is tried again by the next request.
@@ -31,7 +31,9 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..images import DEFAULT_MAX_PIXELS
-from ..prompter import Prompter, check_settings
+from ..prompter import Prompter, _style_with, check_settings
+from ..styles import STYLES, Style
+from ..styles import style_options as options_of
 
 __all__ = ["Playground", "View", "default_model_dir", "part_picture", "shrink_to"]
 
@@ -60,12 +62,19 @@ def default_model_dir() -> Path:
 
 @dataclass
 class View:
-    """Everything the page shows for one map: pictures plus the map they came from."""
+    """Everything the page shows for one map: pictures plus the map they came from.
+
+    ``styles`` holds one picture per prompt style (:data:`api_prompt.styles.STYLES`, in order),
+    all from this one map; ``prompted`` is the page's style among them. A style that shows the
+    target several images (``crop``) is one picture here, as ``Prompter(style=...)`` gives it
+    (``PromptResult.image``).
+    """
 
     prompted: Image.Image
     heatmap: Image.Image
     parts: list[tuple[Image.Image, str]]
     map: Any  # AttentionMap
+    styles: dict[str, Image.Image] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +89,10 @@ class Playground:
         preset, enhance, kernel_size, resample, background, geometry: the settings the page
             opens with (checked here, before any model is loaded).
         max_pixels: the largest image (in pixels) the page accepts; None: no limit.
+        style: the prompt style of the page's prompted image and download (``overlay``, the
+            paper's, by default); every style is shown beside it from the same map.
+        style_options: options of the styles (as for :class:`~api_prompt.Prompter`: each goes
+            to the styles that take it, e.g. ``{"crop_size": 224, "color": "blue"}``).
         target: optional model asked about the original and the prompted image:
             ``"openai:<model>"``, ``"hf:<id or folder>"`` (``target_options`` go to its
             constructor) or anything :func:`~api_prompt.targets.as_target` takes.
@@ -100,6 +113,8 @@ class Playground:
     geometry: str = "stretch"
     backend_options: dict = field(default_factory=dict)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    style: str = "overlay"
+    style_options: dict | None = None
     target: Any = None
     target_options: dict = field(default_factory=dict)
     max_new_tokens: int = 64
@@ -113,6 +128,8 @@ class Playground:
             self.preset, enhance=self.enhance, kernel_size=self.kernel_size,
             resample=self.resample, background=self.background, geometry=self.geometry,
         )
+        self.style, self.style_options = _check_styles(self.style, self.style_options, self.settings,
+                                                       self.overlay.geometry)
         #: True when the page runs the small CLIP trained on synthetic shapes (no model given).
         self.small_example_model = self.backend == "clip" and self.model is None
         if self.small_example_model:
@@ -202,13 +219,20 @@ class Playground:
         """The prompted image, the heat map with its colour bar, and the raw parts. No model."""
         from ..overlay import render_heatmap
 
-        prompted = self.prompter().render(
-            image, amap, resample=resample, background=background, geometry=geometry
-        )
+        self.prompter()
+        styled = {name: style.single(image, amap)
+                  for name, style in self.styles(resample=resample, background=background, geometry=geometry).items()}
         small = shrink_to(image, HEATMAP_SIDE)
         heatmap = render_heatmap(small, amap, geometry=geometry, colorbar=True)
         parts = [(part_picture(values), _part_caption(name, values)) for name, values in amap.parts.items()]
-        return View(prompted=prompted, heatmap=heatmap, parts=parts, map=amap)
+        return View(prompted=styled[self.style], heatmap=heatmap, parts=parts, map=amap, styles=styled)
+
+    def styles(self, *, resample: str, background: int, geometry: str) -> dict[str, Style]:
+        """Every prompt style with these overlay settings and the page's style options, as
+        ``Prompter(style=name, style_options=..., resample=..., background=..., geometry=...)``
+        builds it (so the pictures are the Python API's). No model."""
+        settings, overlay = check_settings(None, resample=resample, background=background, geometry=geometry)
+        return {name: _style_with(name, settings, overlay.geometry, self.style_options) for name in STYLES}
 
     # -- the target ----------------------------------------------------------------------------
 
@@ -227,6 +251,24 @@ class Playground:
             generation = {"max_new_tokens": self.max_new_tokens} if isinstance(self.target, str) else {}
             answers = self._target([original, prompted], [question.strip()] * 2, **generation)
         return answers[0], answers[1]
+
+
+def _check_styles(style: Any, options: Any, settings: dict, geometry: str) -> tuple[str, dict]:
+    """The page's style name and options, each style built once with them: a one-line
+    ConfigError for an unknown style, an option no style takes, or a value a style refuses."""
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"style_options must be a dict of option names and values, got {type(options).__name__}")
+    options = dict(options or {})
+    taken = {option for cls in STYLES.values() for option in options_of(cls)}
+    unknown = sorted(str(option) for option in options if option not in taken)
+    if unknown:
+        raise ConfigError(f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
+                          f"{', '.join(sorted(taken))}")
+    if not isinstance(style, str) or style.strip().lower() not in STYLES:
+        raise ConfigError(f"unknown style {style!r}; choose one of: {', '.join(STYLES)}")
+    for name in STYLES:
+        _style_with(name, settings, geometry, options)
+    return style.strip().lower(), options
 
 
 def part_picture(values: np.ndarray, side: int = PART_SIDE) -> Image.Image:
