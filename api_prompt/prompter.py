@@ -254,8 +254,12 @@ class Prompter:
         exact = self.exact_parts if exact_parts is None else exact_parts
         early = (not exact and getattr(self.attributor, "stops_early", False)
                  and self.recipe is not None and self.recipe.name in SCALE_FREE_RECIPES)
-        maps = (self.attributor.attribute_parts(images, queries, exact_parts=False) if early
-                else self.attributor.attribute_parts(images, queries))
+        # raw parts from an Attributor; an object with only ``attribute`` (duck-typed) as it is
+        parts_of = getattr(self.attributor, "attribute_parts", None)
+        if parts_of is None:
+            maps = self.attributor.attribute(images, queries)
+        else:
+            maps = parts_of(images, queries, exact_parts=False) if early else parts_of(images, queries)
         return [self.combine(amap) for amap in maps]
 
     def query_overflow(self, query: str) -> tuple[int, int] | None:
