@@ -29,7 +29,7 @@ False
 >>> RunFolder(folder.root, run_file="run.json", log="log.jsonl", what="test run").prepare({"seed": 2})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-api_prompt.errors.ConfigError: --out ... holds a test run with different parameters (seed: 1 -> 2); use a new --out folder, or --overwrite to discard the earlier outputs
+api_prompt.errors.ConfigError: --out ... holds a run with different parameters (seed: 1 -> 2); use a new --out folder, or --overwrite to discard the earlier outputs
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Hashable, Iterable, Iterator, TypeVar
+from typing import IO, Any, TypeVar
 
 from .errors import APIPromptError, ConfigError
 
@@ -257,7 +258,7 @@ class RunFolder:
             changes = compare_parameters(stored.get("parameters"), jsonable(parameters))
             if changes:
                 raise ConfigError(
-                    f"--out {self.root} holds a {self.what} with different parameters ({shown_changes(changes)}); "
+                    f"--out {self.root} holds a run with different parameters ({shown_changes(changes)}); "
                     "use a new --out folder, or --overwrite to discard the earlier outputs"
                 )
         self.repair()

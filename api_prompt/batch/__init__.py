@@ -31,7 +31,14 @@ The same from the command line::
 - :mod:`.merge`: :func:`merge`, combining shard folders.
 """
 
-from .formats import OUTPUT_FORMATS, ExportJob, ExportRow, OutputFormat, get_output_format, register_output_format
+from .formats import (
+    OUTPUT_FORMATS,
+    ExportJob,
+    ExportRow,
+    OutputFormat,
+    get_output_format,
+    register_output_format,
+)
 from .job import LazyPrompter, RunSettings, Summary
 from .merge import MergeSummary, merge
 from .runner import IMAGE_FORMATS, Interrupted, OutputSpec, run

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError
-from .formats import STATUS_COLUMN, ExportJob, ExportOptions, ExportRow, default_output_format, get_output_format
+from .formats import (
+    STATUS_COLUMN,
+    ExportJob,
+    ExportOptions,
+    ExportRow,
+    default_output_format,
+    get_output_format,
+)
 from .selection import Share, named_samples
 from .sources import Source
 from .store import OutputDir, plain_file_name

@@ -23,9 +23,10 @@ when the format is written, so listing the formats costs nothing.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from ..errors import ConfigError
 from .records import ManifestRecord
@@ -133,7 +134,8 @@ class OutputFormat:
             return self.writer
         module_name, _, function = self.writer.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+            writer: Writer = getattr(importlib.import_module(module_name), function)
+            return writer
         except ImportError as exc:
             raise ConfigError(f"the {self.name} output format cannot be loaded ({exc}); is its extra installed?") from exc
         except AttributeError:

@@ -4,9 +4,10 @@ prompter it drives, the summary it returns, and the interruption it raises."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from PIL import Image
 

@@ -25,7 +25,7 @@ class NoProgress:
     def update(self, n: int = 1) -> None:
         pass
 
-    def __enter__(self) -> "NoProgress":
+    def __enter__(self) -> NoProgress:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -71,7 +71,7 @@ class LineProgress:
             text += f", about {duration((self.total - self.done) / rate)} left"
         print(text, file=self.stream, flush=True)
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -72,7 +72,7 @@ def require_ray() -> ModuleType:
     """The ``ray`` module with Ray Data, or a one-line ConfigError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         raise ConfigError(f"--engine ray needs Ray Data: pip install 'api-prompt[ray]' ({exc})") from None
     return ray

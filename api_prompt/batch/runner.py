@@ -34,7 +34,8 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..images import DEFAULT_MAX_PIXELS
 from ..runs import jsonable

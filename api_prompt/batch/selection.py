@@ -8,9 +8,10 @@ is skipped, so a resumed run feeds the model exactly the batches an uninterrupte
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Collection, Iterator
+from typing import Any
 
 from .records import Item
 from .sources import Sample, Source, is_multi_image

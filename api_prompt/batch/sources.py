@@ -54,9 +54,10 @@ import os
 import re
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -195,7 +196,7 @@ class Source(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What identifies this source in ``run.json``."""
-        info = {
+        info: dict[str, Any] = {
             "name": self.name,
             "format": self.format,
             "id_column": self.id_column,
@@ -270,12 +271,12 @@ class JSONLSource(Source):
     format = "jsonl"
 
     def __init__(self, path: str | os.PathLike, **options: Any) -> None:
-        path = Path(path)
-        super().__init__(name=path.name, path=path, **options)
+        self.file = Path(path)
+        super().__init__(name=self.file.name, path=self.file, **options)
 
     def __iter__(self) -> Iterator[Sample]:
         index = 0
-        with open(self.path, encoding="utf-8") as handle:
+        with open(self.file, encoding="utf-8") as handle:
             for line_number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -293,7 +294,7 @@ class JSONLSource(Source):
                 index += 1
 
     def count(self) -> int:
-        with open(self.path, "rb") as handle:
+        with open(self.file, "rb") as handle:
             return sum(1 for line in handle if line.strip())
 
 
@@ -304,8 +305,8 @@ class CSVSource(Source):
     delimiter = ","
 
     def __init__(self, path: str | os.PathLike, **options: Any) -> None:
-        path = Path(path)
-        super().__init__(name=path.name, path=path, **options)
+        self.file = Path(path)
+        super().__init__(name=self.file.name, path=self.file, **options)
         with self._open() as handle:
             header = next(csv.reader(handle, delimiter=self.delimiter), None)
         if not header:
@@ -314,7 +315,7 @@ class CSVSource(Source):
         self._check_columns(header)
 
     def _open(self):
-        return open(self.path, encoding="utf-8-sig", newline="")
+        return open(self.file, encoding="utf-8-sig", newline="")
 
     def rows(self) -> Iterator[dict[str, str]]:
         """Every row as the file has it (column name -> text), in order."""
@@ -627,7 +628,7 @@ def open_source(
     question_column: str | None = None,
     image_root: str | os.PathLike | None = None,
     split: str | None = None,
-    readers: Mapping[str, type[Source]] | None = None,
+    readers: Mapping[str, Callable[..., Source]] | None = None,
     keep_columns: KeepColumns = "plain",
 ) -> Source:
     """A :class:`Source` for a path (format from the extension unless given), a ``datasets``
@@ -669,7 +670,7 @@ def open_source(
 
 
 #: the Source class for each input format ("hf": a ``datasets`` dataset, saved or in memory)
-READERS: dict[str, type[Source]] = {"jsonl": JSONLSource, "csv": CSVSource, "tsv": TSVSource,
+READERS: dict[str, Callable[..., Source]] = {"jsonl": JSONLSource, "csv": CSVSource, "tsv": TSVSource,
                                     "parquet": ParquetSource, "hf": HFDatasetSource}
 
 

@@ -10,8 +10,9 @@ stops the run.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -38,7 +39,7 @@ class Stages:
     def __init__(self, source: Source, out: OutputDir, prompter: BatchPrompter | None, output: OutputSpec) -> None:
         self.source, self.out, self.prompter, self.output = source, out, prompter, output
         # a Lock where several threads share the model (the Ray actors)
-        self.model_lock: ContextManager[object] = contextlib.nullcontext()
+        self.model_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 
     @property
     def model(self) -> BatchPrompter:

@@ -35,11 +35,21 @@ import hashlib
 import os
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from ..runs import TMP_SUFFIX, RunFolder, compare_parameters, jsonable, lock_folder, read_jsonl, remove_path, write_atomic
+from ..runs import (
+    TMP_SUFFIX,
+    RunFolder,
+    compare_parameters,
+    jsonable,
+    lock_folder,
+    read_jsonl,
+    remove_path,
+    write_atomic,
+)
 
 __all__ = [
     "Namer", "safe_name", "OutputDir", "package_versions", "read_manifest", "latest_records",

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..batch.sources import Sample
 from ..errors import ConfigError
@@ -260,7 +261,7 @@ def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
             continue
         try:
             images[sample.id] = source.load_image(_raw_sample(sample))
-        except Exception as exc:  # noqa: BLE001 - a bad image is one failed sample
+        except Exception as exc:
             sample.error = f"image: {error_message(exc)}"
     return images
 
@@ -329,7 +330,7 @@ def _prompt(prompter, samples, images, benchmark, condition="api", maps=None):
         try:
             made = style.apply(image, amap)
             shown.append(made[0] if len(made) == 1 else made)
-        except Exception as exc:  # noqa: BLE001 - one failed sample
+        except Exception as exc:
             failures[sample.id] = f"prompting: {error_message(exc)}"
             shown.append(None)
     return shown, failures
@@ -340,13 +341,13 @@ def _each(samples, make):
     fails: (one result per sample, None where it failed; failures by sample id)."""
     try:
         return make(list(range(len(samples)))), {}
-    except Exception:  # noqa: BLE001 - isolate the sample that fails, below
+    except Exception:
         pass
     results, failures = [], {}
     for position, sample in enumerate(samples):
         try:
             results.append(make([position])[0])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             failures[sample.id] = f"prompting: {error_message(exc)}"
             results.append(None)
     return results, failures
@@ -362,14 +363,14 @@ def _answer(answerer, samples, images, benchmark, generation, bare=False):
         if len(answers) != len(samples):
             raise ConfigError(f"the target returned {len(answers)} answers for {len(samples)} questions")
         return {s.id: _text(a) for s, a in zip(samples, answers)}, {}
-    except Exception as exc:  # noqa: BLE001 - isolate the sample that fails
+    except Exception as exc:
         if len(samples) == 1:
             return {}, {samples[0].id: f"target: {error_message(exc)}"}
     answers, failures = {}, {}
     for sample, image, question in zip(samples, images, questions):
         try:
             answers[sample.id] = _text(answerer([image], [question], **generation)[0])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             failures[sample.id] = f"target: {error_message(exc)}"
     return answers, failures
 
