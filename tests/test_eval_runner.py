@@ -128,6 +128,36 @@ def test_a_changed_parameter_is_refused_on_resume(tmp_path):
     assert summary["conditions"]["api"]["n"] == 6
 
 
+def test_the_evaluation_folder_follows_the_batch_folder_rules(tmp_path):
+    """One run folder (api_prompt.runs) for batch and eval: a folder an evaluation did not write is
+    refused and left as it was; a second run at the same time is refused; a resumed run deletes
+    the temporary files a killed one left and cuts its half-written last line."""
+    from api_prompt.runs import lock_folder
+
+    data = _pope_data(tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/draft.txt").write_text("")
+    with pytest.raises(ConfigError, match="not empty and holds no eval_run.json"):
+        evaluate(data, "pope", bright, tmp_path / "notes", prompter=invert, overwrite=True)
+    assert (tmp_path / "notes/draft.txt").exists()
+
+    out = tmp_path / "out"
+    whole = evaluate(data, "pope", bright, out, prompter=invert, limit=4)
+    held = lock_folder(out, "test")
+    try:
+        with pytest.raises(ConfigError, match="another evaluation is writing to"):
+            evaluate(data, "pope", bright, out, prompter=invert, limit=4)
+    finally:
+        held.close()
+    lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])   # killed mid-line
+    (out / ".eval_run.json.tmp").write_text("{")                                   # and mid-write
+    resumed = evaluate(data, "pope", bright, out, prompter=invert, limit=4)
+    assert not (out / ".eval_run.json.tmp").exists()
+    assert _lines(out / "predictions.jsonl")[-1] == json.loads(lines[-1])
+    assert resumed == whole
+
+
 def test_a_stopped_run_resumes_to_the_same_summary(tmp_path):
     data = _pope_data(tmp_path, n=20)
     whole = evaluate(data, "pope", bright, tmp_path / "whole", prompter=invert, batch_size=3)
