@@ -329,6 +329,21 @@ def test_changed_parameters_are_refused_unless_overwrite(tmp_path):
     assert (tmp_path / "album/images/holiday.png").read_bytes() == b"precious"
 
 
+def test_a_folder_without_run_json_may_hold_only_what_a_killed_run_left(tmp_path):
+    """Without run.json only what a run creates before writing it (an empty images/ and
+    manifest.jsonl) may be in --out; anything else, even an empty file of the user's, is refused
+    and left as it was (the rule evaluation folders follow too)."""
+    source = questions(2, tmp_path)
+    (tmp_path / "killed/images").mkdir(parents=True)
+    (tmp_path / "killed/manifest.jsonl").write_text("")
+    assert run(source, tmp_path / "killed", prompter(), progress=False).ok == 2
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray/todo.txt").write_text("")
+    with pytest.raises(ConfigError, match="not empty and holds no run.json"):
+        run(source, tmp_path / "stray", prompter(), progress=False, overwrite=True)
+    assert [p.name for p in (tmp_path / "stray").iterdir()] == ["todo.txt"]
+
+
 def test_truncated_manifest_line_and_leftover_temp_files(tmp_path):
     source = questions(4, tmp_path)
     out = tmp_path / "out"
