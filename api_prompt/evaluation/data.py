@@ -3,7 +3,7 @@
 The readers of :mod:`api_prompt.batch.sources` (VLMEvalKit TSV, JSON Lines, CSV, parquet, saved
 ``datasets`` folders) keep only plain columns, since a batch run only needs the question. A
 benchmark also needs its ground truth, which can be a list (the ten VQA answers) or a dict, so
-this module adapts those readers to keep every column except the image.
+this module opens them with ``keep_columns="all"``: every column except the image.
 
 The texts a target and the auxiliary model get are each benchmark's
 (:mod:`~api_prompt.evaluation.benchmarks`); :func:`target_prompt` and :func:`auxiliary_query`
@@ -47,80 +47,10 @@ def auxiliary_query(benchmark: str, sample: EvalSample) -> str:
     return get_benchmark(benchmark).query(sample.question, sample.fields)
 
 
-# ------------------------------------------------------------------------------------------------
-# Readers that keep every column
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able copy of a column value (arrays become lists), or None for binary data."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        items = [_plain(item) for item in value]
-        return items
-    if isinstance(value, dict):
-        if "bytes" in value:  # an image struct
-            return None
-        return {str(key): _plain(item) for key, item in value.items()}
-    return None
-
-
-class _KeepColumns:
-    """Mixin: ``Sample.extra`` keeps lists and dicts too (the readers keep plain values only)."""
-
-    def _sample(self, index: int, row: dict[str, Any]):
-        sample = super()._sample(index, row)
-        for key, value in row.items():
-            if key in (self.id_column, self.image_column) or key in sample.extra:
-                continue
-            plain = _plain(value)
-            if plain is not None:
-                sample.extra[key] = plain
-        return sample
-
-
-class _JSONL(_KeepColumns, _sources.JSONLSource):
-    pass
-
-
-class _CSV(_KeepColumns, _sources.CSVSource):
-    pass
-
-
-class _TSV(_KeepColumns, _sources.TSVSource):
-    pass
-
-
-class _Parquet(_KeepColumns, _sources.ParquetSource):
-    def __init__(self, path, **options):
-        super().__init__(path, **options)
-        self._read = list(self.columns)
-
-
-class _HF(_KeepColumns, _sources.HFDatasetSource):
-    def __init__(self, dataset, **options):
-        import datasets
-
-        super().__init__(dataset, **options)
-        if isinstance(dataset, datasets.DatasetDict):
-            dataset = dataset[self.split]
-        drop = [name for name, feature in dataset.features.items()
-                if isinstance(feature, datasets.Image) and name != self.image_column]
-        dataset = dataset.remove_columns(drop)
-        if isinstance(dataset.features[self.image_column], datasets.Image):
-            dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
-        self.dataset = dataset
-
-
-_READERS = {"jsonl": _JSONL, "csv": _CSV, "tsv": _TSV, "parquet": _Parquet, "hf": _HF}
-
-
 def open_benchmark_source(data: Any, **options: Any):
     """A batch :class:`~api_prompt.batch.sources.Source` that keeps every column; ``options`` as
     for :func:`~api_prompt.batch.sources.open_source`."""
-    return _sources.open_source(data, readers=_READERS, **options)
+    return _sources.open_source(data, keep_columns="all", **options)
 
 
 def read_samples(data: Any, *, limit: int | None = None, id_column: str | None = None, **options: Any):
