@@ -18,6 +18,7 @@ import typer
 
 from api_prompt.errors import ConfigError
 from api_prompt.images import DEFAULT_MAX_PIXELS
+from api_prompt.styles import STYLES
 
 from .app import app
 from .ask import target_options
@@ -93,7 +94,9 @@ def playground_command(
             import gradio  # noqa: F401
         except ImportError:
             raise ConfigError("the playground needs Gradio: pip install 'api-prompt[playground]'") from None
-        options.check()
+        if options.recipe is not None:   # the page combines with the backend's recipe
+            raise ConfigError("the playground does not take --recipe; leave it out")
+        options.check(also_styles=tuple(STYLES))   # the page shows every style: -S may set any
         answerer_options: dict = {}
         if target is not None:
             answerer_options = target_options(target, defaults={"device": options.device}, base_url=base_url)
@@ -104,7 +107,7 @@ def playground_command(
             backend_options=options.checked_backend_options(), layer=options.layer,
             device=options.device, dtype=options.dtype, **options.settings(), max_pixels=max_pixels,
             target=target, target_options=answerer_options, max_new_tokens=max_new_tokens,
-            **_page_options(options),
+            style=options.style, style_options=options.checked_style_options(also=tuple(STYLES)) or None,
         )
 
         # 2. The model, once. A model that cannot load does not stop the page: it says why, and
@@ -124,20 +127,3 @@ def playground_command(
         except KeyboardInterrupt:
             page.close()
 
-
-def _page_options(options: PromptOptions) -> dict:
-    """``--recipe``, ``--style`` and ``--style-option`` for the page, as far as the page takes them
-    (a flag it cannot honour is refused rather than ignored)."""
-    import dataclasses
-
-    from api_prompt.playground import Playground
-
-    taken = {field.name for field in dataclasses.fields(Playground) if field.init}
-    wanted = {"recipe": options.recipe,
-              "style": None if options.style == "overlay" else options.style,
-              "style_options": options.checked_style_options() or None}
-    flags = {"recipe": "--recipe", "style": "--style", "style_options": "--style-option"}
-    for name, value in wanted.items():
-        if value is not None and name not in taken:
-            raise ConfigError(f"the playground does not take {flags[name]} (yet); leave it out")
-    return {name: value for name, value in wanted.items() if name in taken and value is not None}

@@ -532,3 +532,22 @@ def test_serve_passes_the_style_and_its_typed_options_to_the_app(monkeypatch: py
                     "-S", "zoom=wide")
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: the crop style's option 'zoom' must be an integer, got 'wide'"
+
+
+def test_playground_opens_with_the_style_and_takes_options_of_every_style_it_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    gradio = pytest.importorskip("gradio", reason="pip install -e '.[playground]'")
+    from api_prompt.playground import app as page_module
+
+    pages = []
+    monkeypatch.setattr(page_module, "build_app", lambda playground, **kw: pages.append(playground) or gradio.Blocks())
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda page, **options: None)
+    result = invoke("playground", "--device", "cpu", "--style", "crop", "-S", "crop_size=64", "-S", "blur=0.1", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert pages[0].style == "crop" and pages[0].style_options == {"crop_size": 64, "blur": 0.1}
+    shown = pages[0].styles(resample="lanczos", background=0, geometry="stretch")
+    assert shown["crop"].crop_size == 64 and shown["blur"].blur == 0.1
+
+    for args, words in [(["--style", "crop", "-S", "crop_size=big"], "the crop style's option 'crop_size' must be an integer"),
+                        (["--recipe", "llava"], "the playground does not take --recipe")]:
+        result = invoke("playground", "--device", "cpu", *args)
+        assert result.exit_code == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
