@@ -95,6 +95,20 @@ def test_api_stays_the_prompters_style_and_the_contract_keeps_its_shape(small_mc
     assert "comparisons" not in two and set(two["conditions"]) == {"original", "api"}
 
 
+def test_a_resume_with_other_style_options_is_refused(small_mcq, tmp_path):
+    target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
+    run = tmp_path / "run"
+    evaluate(small_mcq, "synthshapes-mcq", target, run, conditions="original,crop", limit=2,
+             prompter=Prompter(model=CLIP, device="cpu", style_options={"crop_size": 64}))
+    recorded = json.loads((run / "eval_run.json").read_text())["parameters"]["settings"]["styles"]
+    assert recorded == {"crop": {"style": "crop", **recorded["crop"], "crop_size": 64}}
+    before = (run / "predictions.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match="different parameters"):
+        evaluate(small_mcq, "synthshapes-mcq", target, run, conditions="original,crop", limit=2,
+                 prompter=Prompter(model=CLIP, device="cpu", style_options={"crop_size": 32}))
+    assert (run / "predictions.jsonl").read_bytes() == before    # the first run's answers kept
+
+
 def test_condition_names_and_what_each_needs(small_mcq, tmp_path):
     assert check_conditions("box, Original,crop") == ("original", "crop", "box")
     with pytest.raises(ConfigError, match="choose from: original, api, overlay, crop, blur, box"):

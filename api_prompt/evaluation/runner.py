@@ -152,6 +152,8 @@ def evaluate(
         "generation": dict(generation or {}),
         "data": {**source.describe(), "samples": len(samples), "limit": limit},
     }
+    if styled:   # each style's options, so a resume with other ones is refused
+        settings["styles"] = {c: prompter.style_named(c).describe() for c in styled}
     if judge is not None:
         settings["judge"] = {**judge.describe(), "repeats": judge_repeats}
     if bare_question:   # recorded only when set: earlier runs' parameters stay as they were
