@@ -76,7 +76,7 @@ def render_heatmap(
     return heatmap
 
 
-def _colormap(cmap: Any):
+def _colormap(cmap: Any) -> Any:
     import matplotlib
 
     if not isinstance(cmap, str):

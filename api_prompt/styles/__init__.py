@@ -7,8 +7,8 @@
 | `blur`    | the image blurred where ignored, sharp where attended                |
 | `box`     | the original with a box (or ellipse) around the attended region      |
 
-A new style is one module: a :class:`Style` subclass with ``name`` and ``apply``, decorated
-with :func:`register_style`.
+A new style is one module: a :class:`Style` subclass with ``name`` and ``apply``, registered
+with :func:`register_style` (usable as a class decorator).
 
 >>> import numpy as np
 >>> from PIL import Image
@@ -20,11 +20,15 @@ with :func:`register_style`.
 """
 
 from .base import STYLES, Style, create_style, register_style, style_options
-# registered in this order, the default first (it is the order help texts list them in)
-from .overlay import OverlayStyle  # noqa: I001
-from .crop import CropStyle, attention_box
 from .blur import BlurStyle
 from .box import BoxStyle
+from .crop import CropStyle, attention_box
+from .overlay import OverlayStyle
+
+# registered here, in this order (the default first: the order help texts list them in), so no
+# module depends on the order of the imports above
+for _style in (OverlayStyle, CropStyle, BlurStyle, BoxStyle):
+    register_style(_style)
 
 __all__ = [
     "STYLES", "Style", "create_style", "register_style", "style_options",

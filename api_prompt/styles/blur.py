@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..attention_map import AttentionMap
 from ..errors import ConfigError
 from ..overlay import Overlay
-from .base import Style, as_rgb, register_style
+from .base import Style, as_rgb
 
 __all__ = ["BlurStyle", "gaussian_blur", "mix"]
 
@@ -51,7 +52,6 @@ def gaussian_blur(image: Image.Image, radius: float) -> Image.Image:
     return small.resize(image.size, Image.Resampling.BILINEAR)
 
 
-@register_style
 class BlurStyle(Style):
     """The image blurred where the map is low and sharp where it is high, blended by the map.
 
@@ -77,7 +77,7 @@ class BlurStyle(Style):
         self.resample = self._overlay.resample.name.lower()
         self.geometry = self._overlay.geometry
 
-    def apply(self, image: Any, attention_map) -> list[Image.Image]:
+    def apply(self, image: Any, attention_map: AttentionMap) -> list[Image.Image]:
         image = as_rgb(image)
         blurred = gaussian_blur(image, self.blur * max(image.size))
         weights = self._overlay.resized_mask(attention_map, image.size)

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
+from ..attention_map import AttentionMap
 from ..errors import ConfigError
 from ..settings import check_geometry
-from .base import Style, as_rgb, grid_geometry, mask_array, register_style
+from .base import Style, as_rgb, grid_geometry, mask_array
 
 __all__ = ["BoxStyle", "attended_box", "SHAPES"]
 
@@ -39,7 +40,6 @@ def attended_box(
             min(max(x1, 0), width - 1), min(max(y1, 0), height - 1))
 
 
-@register_style
 class BoxStyle(Style):
     """The original image with a box (or ellipse) around the cells the map attends to.
 
@@ -76,13 +76,13 @@ class BoxStyle(Style):
         self.threshold = float(threshold)
         self.geometry = check_geometry(geometry)
 
-    def box(self, image: Any, attention_map) -> tuple[int, int, int, int]:
+    def box(self, image: Any, attention_map: AttentionMap) -> tuple[int, int, int, int]:
         """The drawn box on ``image`` (left, top, right, bottom; inclusive), in its pixels."""
         size = as_rgb(image).size
         return attended_box(mask_array(attention_map), size,
                             grid_geometry(attention_map, size, self.geometry), self.threshold)
 
-    def apply(self, image: Any, attention_map) -> list[Image.Image]:
+    def apply(self, image: Any, attention_map: AttentionMap) -> list[Image.Image]:
         image = as_rgb(image).copy()
         width = self.width or max(2, round(0.005 * max(image.size)))
         draw = ImageDraw.Draw(image)

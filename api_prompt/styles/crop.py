@@ -11,10 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from ..attention_map import AttentionMap
 from ..errors import ConfigError
 from ..figures import side_by_side
 from ..settings import check_geometry
-from .base import Style, as_rgb, grid_geometry, mask_array, register_style
+from .base import Style, as_rgb, grid_geometry, mask_array
 
 __all__ = ["CropStyle", "attention_box", "VICROP_RATIOS", "ONE_IMAGE"]
 
@@ -85,7 +86,6 @@ def attention_box(
             int(min(width, clamped_x + half)), int(min(height, clamped_y + half)))
 
 
-@register_style
 class CropStyle(Style):
     """The original image, then a zoomed crop of the region the map points at.
 
@@ -116,13 +116,13 @@ class CropStyle(Style):
         self.one_image = one_image
         self.geometry = check_geometry(geometry)
 
-    def box(self, image: Any, attention_map) -> tuple[int, int, int, int]:
+    def box(self, image: Any, attention_map: AttentionMap) -> tuple[int, int, int, int]:
         """The crop box on ``image`` (left, top, right, bottom), in its pixels."""
         size = as_rgb(image).size
         return attention_box(mask_array(attention_map), size,
                              grid_geometry(attention_map, size, self.geometry), self.crop_size)
 
-    def apply(self, image: Any, attention_map) -> list[Image.Image]:
+    def apply(self, image: Any, attention_map: AttentionMap) -> list[Image.Image]:
         image = as_rgb(image)
         crop = image.crop(self.box(image, attention_map))
         scale = self.zoom / max(crop.size)

@@ -9,13 +9,13 @@ from typing import Any
 
 from PIL import Image
 
+from ..attention_map import AttentionMap
 from ..overlay import Overlay
-from .base import Style, register_style
+from .base import Style
 
 __all__ = ["OverlayStyle"]
 
 
-@register_style
 class OverlayStyle(Style):
     """The prompted image of the paper: one image, faded to gray ``background`` where ignored.
 
@@ -39,5 +39,5 @@ class OverlayStyle(Style):
         self.background = self.overlay.background
         self.geometry = self.overlay.geometry
 
-    def apply(self, image: Any, attention_map) -> list[Image.Image]:
+    def apply(self, image: Any, attention_map: AttentionMap) -> list[Image.Image]:
         return [self.overlay.apply(image, attention_map)]
