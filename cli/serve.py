@@ -25,6 +25,7 @@ import typer
 
 from api_prompt.errors import ConfigError
 from api_prompt.images import DEFAULT_MAX_PIXELS
+from api_prompt.styles import STYLES
 
 from .app import app
 from .common import (
@@ -155,14 +156,15 @@ def serve_command(
         )
         if config.allow_private_fetch and not allow_url_fetch:
             raise ConfigError("--allow-private-fetch only applies with --allow-url-fetch")
-        options.check()
-        style_options = options.checked_style_options()
+        # a request may ask for any style: -S may set the defaults of every one
+        options.check(also_styles=tuple(STYLES))
+        style_options = options.checked_style_options(also=tuple(STYLES))
         listener = _bind(host, port)
 
         # 2. The model, then the server (which handles SIGTERM/SIGINT itself).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prompter = options.build(quiet=quiet)
+            prompter = options.build(quiet=quiet, also_styles=tuple(STYLES))
         bound_host, bound_port = listener.getsockname()[:2]
         if not quiet:
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host

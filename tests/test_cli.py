@@ -523,9 +523,10 @@ def test_serve_passes_the_style_and_its_typed_options_to_the_app(monkeypatch: py
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
     monkeypatch.setattr(signal, "signal", lambda *args: None)
     result = invoke("serve", "--upstream", "http://127.0.0.1:9/v1", "--port", "0", *BASE, "--style", "crop",
-                    "-S", "crop_size=64", "-S", "zoom=32", "-q")
+                    "-S", "crop_size=64", "-S", "zoom=32", "-S", "width=5", "-q")
     assert result.exit_code == 0, result.stderr
-    assert made["style"] == "crop" and made["style_options"] == {"crop_size": 64, "zoom": 32}
+    # a request may ask for another style: the options of every style are the server's defaults
+    assert made["style"] == "crop" and made["style_options"] == {"crop_size": 64, "zoom": 32, "width": 5}
     assert made["prompter"].style.name == "crop" and made["prompter"].style.zoom == 32
 
     result = invoke("serve", "--upstream", "http://127.0.0.1:9/v1", "--port", "0", *BASE, "--style", "crop",
