@@ -128,8 +128,8 @@ def local_command(argv: list[str], data: dict[str, Path], out: Path, server, lla
             local.append(str(data[arg]))
         elif previous in replace_value:
             local.append(replace_value[previous])
-        elif arg == "--pretrained" or arg == "--dtype":
-            skip = True                           # the small CLIP needs no tag; fp32 on the CPU
+        elif arg in ("--pretrained", "--dtype", "--target-dtype"):
+            skip = True                           # the small CLIP needs no tag; fp32 on the CPU; an HTTP target has no dtype
         elif previous == "--model":
             local.append(f"local-dir:{REPO / 'assets' / 'synthshapes-clip'}"
                          if arg == "ViT-L-14-336-quickgelu" else str(llava_folder))
