@@ -222,8 +222,8 @@ class Prompter:
 
     def heatmap(self, image, attention_map: AttentionMap, *, colorbar: bool = False) -> Image.Image:
         """The map as a colour heat map over ``image`` (for people, not for the target model),
-        laid out with this Prompter's geometry; see :func:`~api_prompt.overlay.render_heatmap`. No model."""
-        from .overlay import render_heatmap
+        laid out with this Prompter's geometry; see :func:`~api_prompt.figures.render_heatmap`. No model."""
+        from .figures import render_heatmap
 
         return render_heatmap(image, attention_map, colorbar=colorbar, geometry=self.overlay.geometry)
 

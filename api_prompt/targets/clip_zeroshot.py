@@ -13,31 +13,15 @@ to the image's. With no options in the question the target cannot answer and say
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from PIL import Image
 
 from ..errors import ConfigError, TargetError
 from .base import BaseTarget
+from .choices import parse_options
 
 __all__ = ["CLIPZeroShotTarget", "parse_options"]
-
-_OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$")
-
-
-def parse_options(question: str) -> dict[str, str]:
-    """The ``X. text`` option lines of a multiple-choice prompt, in order.
-
-    >>> parse_options("Question: Which?\\nOptions:\\nA. a red circle\\nB. a blue square\\nPlease select ...")
-    {'A': 'a red circle', 'B': 'a blue square'}
-    """
-    options: dict[str, str] = {}
-    for line in question.splitlines():
-        match = _OPTION_LINE.match(line)
-        if match and match.group(1) not in options:
-            options[match.group(1)] = match.group(2)
-    return options
 
 
 class CLIPZeroShotTarget(BaseTarget):
