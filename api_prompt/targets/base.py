@@ -114,7 +114,7 @@ class TargetSpec:
         api_prompt.errors.ConfigError: the clip-zeroshot target answers multiple choice only: the question must list its options as lines 'A. text', 'B. text'
         """
         if self.multiple_choice_only:
-            from .clip_zeroshot import parse_options   # the option-line reader such kinds use
+            from .choices import parse_options   # the option-line reader such kinds use
 
             if not parse_options(question):
                 raise ConfigError(
