@@ -229,3 +229,64 @@ def test_combine_and_render_need_no_model(no_model) -> None:
         prompter.combine(amap, kernel_size=2)
     with pytest.raises(ConfigError, match="render\\(\\) takes"):
         prompter.render(image, amap, kernel_size=3)
+
+
+@pytest.mark.parametrize("value", [-5, 0, -0.5])
+def test_enhance_has_one_rule_wherever_it_comes_in(value) -> None:
+    """check_settings, the Prompter, the CLIP attributor and the decoder attributors refuse the
+    same values with the same message (it was: check_settings accepted -5, CLIP refused it, the
+    decoder took float() of anything), before any model loads."""
+    from api_prompt.attribution.registry import get_backend
+    from api_prompt.settings import check_enhance
+
+    message = re.escape(f"enhance must be a finite number > 0, got {value!r}")
+    with pytest.raises(ConfigError, match=message):
+        check_enhance(value)
+    with pytest.raises(ConfigError, match=message):
+        check_settings(enhance=value)
+    with pytest.raises(ConfigError, match=message):
+        Prompter(attributor=RawParts(), enhance=value)
+    for backend in ("clip", "siglip", "llava", "llava-next", "qwen2-vl"):
+        with pytest.raises(ConfigError, match=message):  # checked before the (missing) model loads
+            get_backend(backend).create(model="/no/such/model", enhance=value)
+    assert check_enhance(1) == 1.0 and check_settings(enhance=0.5)[0]["enhance"] == 0.5
+
+
+class PartsOnly(Attributor):
+    """A backend as backends are written now: raw parts only, its own mask settings."""
+
+    name = "parts-only"
+    default_recipe = "llava"
+
+    def __init__(self) -> None:
+        self.enhance, self.kernel_size = 5.0, 3
+
+    def attribute_parts(self, images, queries, *, exact_parts=True):
+        ramp = np.arange(15, dtype=np.float32).reshape(3, 5) ** 2
+        return [AttentionMap(None, {"attention": ramp}, im.size, (0.0, 0.0, *im.size), query=q)
+                for im, q in zip(images, queries)]
+
+
+def test_the_prompter_combines_raw_parts_once(no_model, monkeypatch) -> None:
+    """The attributor returns raw parts (no mask); the Prompter makes the mask once, with its own
+    recipe and settings; the attributor used alone adds the mask of its own recipe and settings."""
+    import api_prompt.attribution.base as base_module
+    from api_prompt.maps import combine_llava, combine_map
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return combine_map(*args, **kwargs)
+
+    monkeypatch.setattr(prompter_module, "combine_map", counting)
+    monkeypatch.setattr(base_module, "combine_map", counting)
+    attributor, image = PartsOnly(), np.zeros((6, 10, 3), np.uint8)
+    raw = attributor.attribute_parts([Image.fromarray(image)], ["q"])[0]
+    assert raw.mask is None and raw.recipe is None
+    prompted = Prompter(attributor=attributor, enhance=1.0, kernel_size=1).attribute(image, "q")[0]
+    assert calls == [{"enhance": 1.0, "kernel_size": 1}]  # once, with the Prompter's settings
+    np.testing.assert_allclose(prompted.mask, combine_llava(prompted.parts["attention"], coe=1.0, kernel_size=1))
+    alone = attributor(image, "q")[0]
+    assert calls[1:] == [{"enhance": 5.0, "kernel_size": 3}] and alone.recipe == "llava"
+    np.testing.assert_allclose(alone.mask, combine_llava(alone.parts["attention"], coe=5.0, kernel_size=3))
