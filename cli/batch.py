@@ -185,7 +185,11 @@ def batch_command(
             options.check_device()
 
         # Loaded only when some sample is left to do; the model's own chunking follows --batch-size.
-        request = {key: getattr(value, "value", value) for key, value in vars(options).items()}
+        # the options added with prompt styles count only when set, so a folder written before
+        # them is still recognised as done without loading the model
+        unset = {"recipe": None, "style": "overlay", "style_options": ()}
+        request = {key: getattr(value, "value", value) for key, value in vars(options).items()
+                   if key not in unset or value != unset[key]}
         prompter = LazyPrompter(functools.partial(options.build, quiet=quiet, batch_size=batch_size), request)
         try:
             summary = run(

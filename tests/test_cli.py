@@ -552,3 +552,28 @@ def test_playground_opens_with_the_style_and_takes_options_of_every_style_it_sho
                         (["--recipe", "llava"], "the playground does not take --recipe")]:
         result = invoke("playground", "--device", "cpu", *args)
         assert result.exit_code == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_folder_written_before_styles_is_still_done_without_the_model(workdir: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    rows = [{"id": "s0", "image": str(workdir / "photo.png"), "question": QUERY}]
+    source = tmp_path / "q.jsonl"
+    source.write_text(json.dumps(rows[0]) + "\n")
+    out = tmp_path / "out"
+    assert invoke("batch", str(source), "--out", str(out), *BASE, "-q").exit_code == 0
+    run_json = json.loads((out / "run.json").read_text())
+    request = run_json["run"]["request"]
+    # what a run recorded before --recipe, --style and --style-option existed
+    assert not {"recipe", "style", "style_options"} & set(request)
+
+    import cli.common
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded although every sample was done")
+
+    monkeypatch.setattr(cli.common.PromptOptions, "build", no_model)
+    assert invoke("batch", str(source), "--out", str(out), *BASE, "-q").exit_code == 0
+    with pytest.raises(AssertionError, match="the model was loaded"):   # a new folder needs the model
+        invoke("batch", str(source), "--out", str(tmp_path / "styled"), *BASE, "--style", "blur", "-q")
