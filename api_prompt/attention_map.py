@@ -67,7 +67,7 @@ class AttentionMap:
             raise ValueError(f"the grid is {rows}×{columns}, not square: use grid_shape")
         return rows
 
-    def with_mask(self, mask: np.ndarray, recipe: str | None) -> "AttentionMap":
+    def with_mask(self, mask: np.ndarray, recipe: str | None) -> AttentionMap:
         """A copy holding ``mask`` (made by ``recipe``); parts and metadata are shared."""
         return dataclasses.replace(self, mask=np.asarray(mask, dtype=np.float32), recipe=recipe)
 

@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -29,7 +30,7 @@ __all__ = ["render_heatmap", "side_by_side"]
 
 def render_heatmap(
     image: Any,
-    attention_map: "AttentionMap",
+    attention_map: AttentionMap,
     *,
     cmap: Any = "jet",
     alpha: float = 0.5,

@@ -160,7 +160,7 @@ class Overlay:
             f"geometry={self.geometry!r})"
         )
 
-    def apply(self, image: Any, attention_map: "AttentionMap") -> Image.Image:
+    def apply(self, image: Any, attention_map: AttentionMap) -> Image.Image:
         """The prompted image: ``image`` faded to gray where the map is low. A new RGB image.
 
         ``image`` is a PIL image or anything :func:`~api_prompt.load_image` accepts (loaded
@@ -171,7 +171,7 @@ class Overlay:
 
     __call__ = apply
 
-    def resized_mask(self, attention_map: "AttentionMap", size: tuple[int, int]) -> np.ndarray:
+    def resized_mask(self, attention_map: AttentionMap, size: tuple[int, int]) -> np.ndarray:
         """The 8-bit map laid over an image of ``size`` (W, H): a uint8 H×W array."""
         mask_u8 = mask_to_uint8(attention_map.mask)
         width, height = size
@@ -235,7 +235,7 @@ def _check_region(region: Any) -> tuple[float, float, float, float]:
     return left, top, right, bottom
 
 
-def _scaled_region(attention_map: "AttentionMap", size: tuple[int, int]) -> tuple[float, float, float, float]:
+def _scaled_region(attention_map: AttentionMap, size: tuple[int, int]) -> tuple[float, float, float, float]:
     """The map's region in the pixel coordinates of an image of ``size``."""
     left, top, right, bottom = _check_region(attention_map.region)
     map_w, map_h = attention_map.image_size

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -23,7 +24,6 @@ from .maps import combine_map, get_recipe
 from .overlay import Overlay
 from .presets import check_settings
 from .protocols import PrompterLike  # noqa: F401  (re-exported: the type batch/eval/serve annotate with)
-
 
 #: Recipes that min-max normalise each part first, so a positive affine map of a part changes
 #: nothing: they may be fed the early-exit parts (``exact_parts=False``).

@@ -13,7 +13,8 @@ Torch-free (the names it mentions are imported only for type checkers).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -65,4 +66,4 @@ class PrompterLike(Protocol):
 #: what :func:`~api_prompt.wrap` also takes: a function ``(image, question)`` returning a
 #: prompted PIL image or a :class:`~api_prompt.PromptResult`
 PromptFunction = Callable[["Image.Image", str], Any]
-PrompterOrFunction = Union[PrompterLike, PromptFunction]
+PrompterOrFunction = PrompterLike | PromptFunction

@@ -10,7 +10,11 @@ import torch
 from PIL import Image
 
 from api_prompt.attribution.base import create_attributor
-from api_prompt.attribution.decoder import LLaVANextAttributor, Qwen2VLAttributor, Qwen25VLAttributor
+from api_prompt.attribution.decoder import (
+    LLaVANextAttributor,
+    Qwen2VLAttributor,
+    Qwen25VLAttributor,
+)
 from api_prompt.errors import ConfigError, UnsupportedModelError
 from tiny_decoders import tiny_llava_next, tiny_qwen_vl
 

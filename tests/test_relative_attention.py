@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from api_prompt.attribution.decoder import LLaVANextAttributor, Qwen2VLAttributor
 from api_prompt.attribution.decoder.attributor import GENERIC_QUERY, RELATIVE_EPSILON
 from api_prompt.errors import ConfigError
-from api_prompt.attribution.decoder import LLaVANextAttributor, Qwen2VLAttributor
 from test_decoder import LAYER, QUERIES, STEPS, _images, _oracle
 from tiny_decoders import tiny_llava_next, tiny_qwen_vl
 

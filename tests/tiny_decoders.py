@@ -45,8 +45,12 @@ def tiny_llava_next(
     stitched, unpadded and closed by one newline token per row, as the real model does.
     """
     from transformers import (
-        CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor, LlavaNextProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
     )
 
     tokenizer = tiny_tokenizer()

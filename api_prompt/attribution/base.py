@@ -9,9 +9,9 @@ so ``import api_prompt`` stays fast and a CLIP user never pays for importing the
 
 from __future__ import annotations
 
-from abc import ABC
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class Attributor(ABC):
+class Attributor:
     """Scores image patches against a text query. Loaded once, called many times.
 
     A backend implements :meth:`attribute_parts` on lists of RGB images and queries: the raw

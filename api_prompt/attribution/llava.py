@@ -8,6 +8,13 @@ Kept so that ``from api_prompt.attribution.llava import LLaVAAttributor`` keeps 
 (0.0, -10.0, 40.0, 30.0)
 """
 
-from .decoder.llava import DEFAULT_LAYER, DEFAULT_MODEL, PAD_COLOUR, PROMPT_TEMPLATE, LLaVAAttributor, pad_to_square
+from .decoder.llava import (
+    DEFAULT_LAYER,
+    DEFAULT_MODEL,
+    PAD_COLOUR,
+    PROMPT_TEMPLATE,
+    LLaVAAttributor,
+    pad_to_square,
+)
 
 __all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "PAD_COLOUR", "PROMPT_TEMPLATE", "LLaVAAttributor", "pad_to_square"]

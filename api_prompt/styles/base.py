@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Style", "STYLES", "register_style", "create_style", "style_options", "grid_geometry", "as_rgb"]
 
 #: style name -> class. ``overlay`` (the paper's) is the default everywhere.
-STYLES: dict[str, type["Style"]] = {}
+STYLES: dict[str, type[Style]] = {}
 
 
 class Style:
@@ -42,10 +42,10 @@ class Style:
 
     name: ClassVar[str] = ""
 
-    def apply(self, image: Any, attention_map: "AttentionMap") -> list[Image.Image]:
+    def apply(self, image: Any, attention_map: AttentionMap) -> list[Image.Image]:
         raise NotImplementedError
 
-    def single(self, image: Any, attention_map: "AttentionMap") -> Image.Image:
+    def single(self, image: Any, attention_map: AttentionMap) -> Image.Image:
         """One image for a consumer that takes only one (a batch export, a single-image target)."""
         return self.single_from(self.apply(image, attention_map))
 
@@ -103,7 +103,7 @@ def create_style(name: str | Style, **options: Any) -> Style:
 
 
 def grid_geometry(
-    attention_map: "AttentionMap", size: tuple[int, int], geometry: str
+    attention_map: AttentionMap, size: tuple[int, int], geometry: str
 ) -> tuple[float, float, float, float]:
     """Where the map's cells lie on an image of ``size`` (W, H): ``(left, top, cell_w, cell_h)``.
 
@@ -126,7 +126,7 @@ def grid_geometry(
     return left * sx, top * sy, (right - left) * sx / cols, (bottom - top) * sy / rows
 
 
-def mask_array(attention_map: "AttentionMap") -> np.ndarray:
+def mask_array(attention_map: AttentionMap) -> np.ndarray:
     """The map's mask as float64, refusing a map that has none yet."""
     if attention_map.mask is None:
         raise ConfigError("the map has no mask yet: combine its parts with a recipe first")

@@ -6,7 +6,8 @@ turn. The crop's box follows ViCrop's adaptive rule (:func:`attention_box`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image

@@ -28,8 +28,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Coroutine, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -176,7 +177,7 @@ class JSONPoster:
         """Seconds before the next attempt: the server's Retry-After when given, else backoff."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_backoff)
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt))
+        delay: float = min(self.max_backoff, self.backoff * 2.0 ** attempt)
         return delay * (0.5 + random.random() / 2)  # jitter: between half and the full delay
 
     def _describe(self, exc: BaseException) -> str:

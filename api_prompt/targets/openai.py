@@ -27,7 +27,8 @@ import base64
 import io
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 from PIL import Image

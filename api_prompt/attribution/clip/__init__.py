@@ -23,6 +23,7 @@ from .class_token import (
     cls_contribution_dots,
     readout_direction,
 )
+from .decomposition import Decomposition, attention_unsupported_reason, crop_region
 from .loading import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -30,7 +31,6 @@ from .loading import (
     SIGLIP_DEFAULT_PRETRAINED,
     weights_sha256,
 )
-from .decomposition import Decomposition, attention_unsupported_reason, crop_region
 from .registry import DECOMPOSITIONS, register_decomposition, select_decomposition
 
 __all__ = [

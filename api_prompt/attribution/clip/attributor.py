@@ -17,7 +17,8 @@ recipe makes (:meth:`~api_prompt.attribution.base.Attributor.attribute`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,7 +27,15 @@ from torch import nn
 from ...attention_map import AttentionMap
 from ...errors import ConfigError
 from ...settings import DEFAULT_ENHANCE, DEFAULT_KERNEL_SIZE, check_enhance, check_kernel_size
-from ..base import Attributor, check_layer, chunks, eval_mode, resolve_device, resolve_dtype, temporary_hooks
+from ..base import (
+    Attributor,
+    check_layer,
+    chunks,
+    eval_mode,
+    resolve_device,
+    resolve_dtype,
+    temporary_hooks,
+)
 from .decomposition import EarlyExitDecomposition, StopForward, crop_region
 from .loading import (
     DEFAULT_MODEL,

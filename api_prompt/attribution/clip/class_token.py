@@ -27,7 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .decomposition import StopForward, as_float, attention_unsupported_reason, in_proj_biases, layer_scale
+from .decomposition import (
+    StopForward,
+    as_float,
+    attention_unsupported_reason,
+    in_proj_biases,
+    layer_scale,
+)
 
 __all__ = [
     "ClassTokenDecomposition",
@@ -74,7 +80,7 @@ class ClassTokenDecomposition:
     description = "ViTs pooled by their class token (open_clip VisionTransformer, pool_type='tok')"
 
     def unsupported_reason(self, visual: nn.Module) -> str | None:
-        if not hasattr(visual, "transformer") or not hasattr(getattr(visual, "transformer"), "resblocks"):
+        if not hasattr(visual, "transformer") or not hasattr(visual.transformer, "resblocks"):
             return f"the image tower is a {type(visual).__name__}, not a ViT with transformer.resblocks"
         if getattr(visual, "attn_pool", None) is not None:
             return "the image tower is attention-pooled (attn_pool), it has no class-token readout"

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import types
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn

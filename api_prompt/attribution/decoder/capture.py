@@ -16,9 +16,10 @@ materialised. The attributor that installs the hook around ``generate`` is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -108,7 +108,10 @@ class LLaVANextAttributor(DecoderAttributor):
 
     def _layout(self, height: int, width: int) -> AnyresLayout:
         from transformers.image_processing_utils import select_best_resolution
-        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+        from transformers.models.llava_next.modeling_llava_next import (
+            get_anyres_image_grid_shape,
+            unpad_image,
+        )
 
         config = self.model.config
         tile = config.vision_config.image_size
