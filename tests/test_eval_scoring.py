@@ -354,7 +354,7 @@ def test_bootstrap_intervals_of_each_condition_and_of_the_delta():
     "api_prompt.evaluation", "api_prompt.evaluation.normalize", "api_prompt.evaluation.scoring",
     "api_prompt.evaluation.stats", "api_prompt.evaluation.metrics", "api_prompt.evaluation.report",
     "api_prompt.evaluation.benchmarks",
-    "api_prompt.targets.clip_zeroshot",
+    "api_prompt.targets.choices",
 ])
 def test_docstring_examples_run(module):
     import doctest

@@ -105,7 +105,7 @@ def _the_sample(sample: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _judged_table(benchmark: Benchmark, samples, grades) -> MetricTable:
-    return benchmark.judge.table(samples, grades)
+    return benchmark.judge_record().table(samples, grades)
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,12 @@ class Benchmark:
             self.judge.check(sample)
         else:
             self.score_one("", sample)
+
+    def judge_record(self) -> JudgedBenchmark:
+        """The judge's record (prompt, rule, metrics); ConfigError for a benchmark scored by rule."""
+        if self.judge is None:
+            raise ConfigError(f"{self.name} is scored by rule, not by a judge model")
+        return self.judge
 
     def score_one(self, answer: str | None, sample: Mapping[str, Any]) -> float:
         """The score of one answer to one sample (None counts as the empty answer)."""

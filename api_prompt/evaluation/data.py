@@ -62,7 +62,7 @@ def read_samples(data: Any, *, limit: int | None = None, id_column: str | None =
     if id_column is None and source.columns and "question_id" in source.columns \
             and source.id_column not in source.columns:
         source = open_benchmark_source(data, id_column="question_id", **options)
-    samples = []
+    samples: list[EvalSample] = []
     for sample in source:
         if limit is not None and len(samples) >= limit:
             break

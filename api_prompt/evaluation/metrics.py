@@ -135,7 +135,7 @@ def units_table(samples, columns, scores, names, finish, *, proportion: str | No
 
     def units_of(cols: dict[str, np.ndarray]) -> np.ndarray:
         table = [np.bincount(unit_of, weights=cols[name], minlength=n_units) for name in names]
-        if groups is not None:  # circular: a group counts when every variant is right
+        if groups is not None and has_main is not None:  # circular: a group counts when every variant is right
             table += [((table[0] == table[1]) & has_main).astype(float), has_main.astype(float)]
         return np.stack(table, axis=1) if table else np.zeros((0, len(names)))
 

@@ -146,7 +146,7 @@ def evaluate(
                           "its map); a plain function only makes the 'api' images")
     name = target_name or (target if isinstance(target, str) else None)
     target_info = {"spec": name} if name else _describe(answerer)
-    settings = {
+    settings: dict[str, Any] = {
         "conditions": list(conditions),
         "prompter": _describe(prompter) if prompted else None,
         "generation": dict(generation or {}),
@@ -410,7 +410,7 @@ def _summary(benchmark, samples, conditions, latest, parameters, n_resamples, se
                        for r in column] for c, column in zip(conditions, records)}
         judge = {**parameters["settings"]["judge"], **_tokens(r for column in records for r in column)}
         if repeats > 1:
-            judge["variation"] = judge_variation(get_benchmark(benchmark).judge, kept, grades)
+            judge["variation"] = judge_variation(get_benchmark(benchmark).judge_record(), kept, grades)
     return summarize(
         benchmark, [s.fields for s in samples], answers, errors,
         target=parameters["target"], settings=parameters["settings"],
@@ -433,7 +433,7 @@ class _Grader:
     a judge that cannot be reached makes the record's error."""
 
     def __init__(self, benchmark: str, judge, repeats: int, cache_path: Path) -> None:
-        self.benchmark, self.record = benchmark, get_benchmark(benchmark).judge
+        self.benchmark, self.record = benchmark, get_benchmark(benchmark).judge_record()
         self.judge, self.repeats = judge, repeats
         self.cache = JudgeCache(cache_path)
 
