@@ -80,8 +80,10 @@ class PackageDoctests(DoctestModule):
             extra = OPTIONAL_EXTRAS.get((error.name or "").split(".")[0])
             if extra is None:
                 raise
-            pytest.skip(f"the examples of {self.path.name} need the {extra} extra: "
-                        f"pip install -e '.[{extra}]'")
+            pytest.skip(
+                f"the examples of {self.path.name} need the {extra} extra: "
+                f"pip install -e '.[{extra}]'"
+            )
 
     def collect(self):
         for item in super().collect():

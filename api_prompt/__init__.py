@@ -75,7 +75,12 @@ _PUBLIC = {
 if TYPE_CHECKING:  # the same names for type checkers, which do not run __getattr__
     from .attention_map import AttentionMap
     from .attribution.base import create_attributor
-    from .attribution.clip import CLIPAttributor, Decomposition, SigLIPAttributor, register_decomposition
+    from .attribution.clip import (
+        CLIPAttributor,
+        Decomposition,
+        SigLIPAttributor,
+        register_decomposition,
+    )
     from .attribution.decoder import LLaVANextAttributor, Qwen2VLAttributor
     from .attribution.llava import LLaVAAttributor
     from .attribution.registry import BackendSpec, register_backend
@@ -83,17 +88,65 @@ if TYPE_CHECKING:  # the same names for type checkers, which do not run __getatt
     from .errors import APIPromptError
     from .evaluation import Benchmark, register_benchmark, score
     from .evaluation.runner import evaluate
+    from .figures import render_heatmap
     from .images import load_image
     from .maps import Recipe, register_recipe
-    from .figures import render_heatmap
     from .overlay import Overlay
     from .presets import PRESETS
     from .prompter import Prompter, PromptResult, prompt
     from .protocols import PrompterLike
     from .styles import Style, register_style
-    from .targets import HFTarget, OpenAITarget, Target, TargetSpec, as_target, register_target, wrap
+    from .targets import (
+        HFTarget,
+        OpenAITarget,
+        Target,
+        TargetSpec,
+        as_target,
+        register_target,
+    )
+    from .targets.wrap import wrap
 
-__all__ = sorted(_PUBLIC) + ["__version__"]
+# Written out (not computed from _PUBLIC) so that linters and type checkers read it.
+__all__ = [
+    "APIPromptError",
+    "AttentionMap",
+    "BackendSpec",
+    "Benchmark",
+    "CLIPAttributor",
+    "Decomposition",
+    "HFTarget",
+    "LLaVAAttributor",
+    "LLaVANextAttributor",
+    "OpenAITarget",
+    "OutputFormat",
+    "Overlay",
+    "PRESETS",
+    "PromptResult",
+    "Prompter",
+    "PrompterLike",
+    "Qwen2VLAttributor",
+    "Recipe",
+    "SigLIPAttributor",
+    "Style",
+    "Target",
+    "TargetSpec",
+    "as_target",
+    "create_attributor",
+    "evaluate",
+    "load_image",
+    "prompt",
+    "register_backend",
+    "register_benchmark",
+    "register_decomposition",
+    "register_output_format",
+    "register_recipe",
+    "register_style",
+    "register_target",
+    "render_heatmap",
+    "score",
+    "wrap",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -57,9 +57,14 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("API_PROMPT_NO_SKIPS") != "1" or exitstatus != pytest.ExitCode.OK:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    unexpected = [report.nodeid or str(report.fspath) for report in reporter.stats.get("skipped", [])
-                  if not any(reason in str(report.longrepr) for reason in EXPECTED_SKIPS)]
+    unexpected = [
+        report.nodeid or str(report.fspath)
+        for report in reporter.stats.get("skipped", [])
+        if not any(reason in str(report.longrepr) for reason in EXPECTED_SKIPS)
+    ]
     if unexpected:
-        reporter.write_line(f"\nAPI_PROMPT_NO_SKIPS=1: {len(unexpected)} unexpected skip(s): {', '.join(unexpected)}",
-                            red=True)
+        reporter.write_line(
+            f"\nAPI_PROMPT_NO_SKIPS=1: {len(unexpected)} unexpected skip(s): {', '.join(unexpected)}",
+            red=True,
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

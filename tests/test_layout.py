@@ -23,7 +23,10 @@ LONG_MARKER = "Long because:"
 def package_modules() -> dict[str, Path]:
     """Every module of the package by its installed name (``cli/`` installs as ``api_prompt.cli``)."""
     modules = {}
-    for top, prefix in ((ROOT / "api_prompt", ["api_prompt"]), (ROOT / "cli", ["api_prompt", "cli"])):
+    for top, prefix in (
+        (ROOT / "api_prompt", ["api_prompt"]),
+        (ROOT / "cli", ["api_prompt", "cli"]),
+    ):
         for path in sorted(top.rglob("*.py")):
             parts = prefix + list(path.relative_to(top).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -39,15 +42,19 @@ def _is_type_checking_block(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (
         (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
 
 
 def _runtime_imports(tree: ast.Module):
     """Import statements anywhere (module level, functions, classes), except under TYPE_CHECKING
     (an import only type checkers read is no dependency when the code runs) and in a module's
     ``__getattr__`` (PEP 562: it only forwards an old import path, listed in CHANGELOG.md)."""
-    stack: list[ast.AST] = [node for node in tree.body
-                            if not (isinstance(node, ast.FunctionDef) and node.name == "__getattr__")]
+    stack: list[ast.AST] = [
+        node
+        for node in tree.body
+        if not (isinstance(node, ast.FunctionDef) and node.name == "__getattr__")
+    ]
     while stack:
         node = stack.pop()
         if _is_type_checking_block(node):
@@ -76,8 +83,10 @@ def imported_modules(name: str, path: Path) -> set[str]:
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
-            targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source
-                       for alias in node.names]
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source
+                for alias in node.names
+            ]
         for target in targets:
             # `import api_prompt.a.b` runs a.b; keep the longest name that is one of our modules
             while target and target not in MODULES:
@@ -157,20 +166,25 @@ def test_the_import_walk_sees_module_and_function_level_imports():
     # cli/ resolves as api_prompt.cli
     assert "api_prompt.cli.common" in graph["api_prompt.cli.app"]
     # function level: the lmms-eval plugin loads the Prompter only when the model is built
-    assert any(target.startswith("api_prompt.") for target in graph["api_prompt.evaluation.lmms_plugin"])
+    assert any(
+        target.startswith("api_prompt.") for target in graph["api_prompt.evaluation.lmms_plugin"]
+    )
 
 
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles (module-level and function-level imports):\n" + "\n".join(
-        " -> ".join(cycle) for cycle in cycles)
+        " -> ".join(cycle) for cycle in cycles
+    )
 
 
 def test_the_cycle_check_fails_on_a_function_level_cycle():
     """A cycle closed by an import inside a function is found too, and named by its path."""
     graph = import_graph()
     before = find_cycles(graph)
-    graph["api_prompt.maps"] = graph["api_prompt.maps"] | {"api_prompt.prompter"}  # maps -> prompter -> maps
+    graph["api_prompt.maps"] = graph["api_prompt.maps"] | {
+        "api_prompt.prompter"
+    }  # maps -> prompter -> maps
     new = [cycle for cycle in find_cycles(graph) if cycle not in before]
     assert len(new) == 1 and {"api_prompt.maps", "api_prompt.prompter"} <= set(new[0])
     assert new[0][0] == new[0][-1] and all(b in graph[a] for a, b in zip(new[0], new[0][1:]))
@@ -189,8 +203,10 @@ def _too_long() -> list[str]:
 
 def test_no_module_is_long_without_a_reason_at_its_top():
     long = _too_long()
-    assert not long, (f"modules over {MAX_LINES} lines without a {LONG_MARKER!r} line in their "
-                      f"docstring: split them, or say why not:\n" + "\n".join(long))
+    assert not long, (
+        f"modules over {MAX_LINES} lines without a {LONG_MARKER!r} line in their "
+        f"docstring: split them, or say why not:\n" + "\n".join(long)
+    )
 
 
 #: What a user imports from ``api_prompt`` itself, and the module each is defined in.
@@ -252,7 +268,8 @@ def test_type_checkers_see_the_same_public_names():
                 assert isinstance(statement, ast.ImportFrom) and statement.level == 1
                 for alias in statement.names:
                     typed[alias.asname or alias.name] = f"api_prompt.{statement.module}"
-    public = {name: module for name, module in api_prompt._PUBLIC.items()}
+    public = dict(api_prompt._PUBLIC)
     assert set(typed) == set(public)
+    assert sorted(api_prompt.__all__) == sorted([*public, "__version__"])
     for name, module in typed.items():
         assert getattr(importlib.import_module(module), name) is getattr(api_prompt, name), name
