@@ -445,11 +445,14 @@ def test_the_page_shows_every_style_beside_the_prompted_image_shrunk_for_the_bro
     big.save(scene_path)
     changes = page.prompt(upload_value(scene_path), "a yellow triangle", 2, 10.0, 3, "lanczos", 0, "stretch",
                           None, True)
+    assert not set(page_module.STYLE_PANELS) & set(changes)  # the prompted image does not wait for the row
+    row = page.draw_styles(changes["session"])               # the row follows, from the same map
+    assert page.draw_styles(changes["session"]) == {}        # drawn once per change
     view = page.playground.view(big, changes["session"].combined, resample="lanczos", background=0,
                                 geometry="stretch")
     assert list(page_module.STYLE_PANELS) == ["style_overlay", "style_crop", "style_blur", "style_box"]
     for panel, name in page_module.STYLE_PANELS.items():
-        with Image.open(changes[panel]) as shown:
+        with Image.open(row[panel]) as shown:
             expected = view.styles[name].copy()
             expected.thumbnail((page_module.DISPLAY_SIDE,) * 2, Image.Resampling.LANCZOS)
             assert np.array_equal(pixels(shown), pixels(expected)), panel

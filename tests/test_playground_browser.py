@@ -291,7 +291,8 @@ def small_clip_page():
         yield url, playground
 
 
-PANELS = ("original", "prompted", "heatmap", "parts")
+STYLE_PANELS = ("style-overlay", "style-crop", "style-blur", "style-box")
+PANELS = ("original", "prompted", "heatmap", "parts", *STYLE_PANELS)
 
 
 def panel_sources(page) -> dict[str, list[str]]:
@@ -300,6 +301,19 @@ def panel_sources(page) -> dict[str, list[str]]:
         """(panels) => Object.fromEntries(panels.map(id => [id,
                [...document.querySelectorAll('#' + id + ' img')].map(i => i.getAttribute('src'))]))""",
         list(PANELS),
+    )
+
+
+def settled(page) -> None:
+    """Wait until the style row shows the drawing the pictures above it show (it follows them:
+    each drawing's files carry its number)."""
+    page.wait_for_function(
+        """(panels) => { const number = id => { const i = document.querySelector('#' + id + ' img');
+                                                 const m = i && (i.getAttribute('src') || '').match(/-(\\d+)\\.png$/);
+                                                 return m ? m[1] : null };
+                         const drawn = number('heatmap');
+                         return drawn !== null && panels.every(panel => number(panel) === drawn) }""",
+        arg=list(STYLE_PANELS),
     )
 
 
@@ -342,6 +356,7 @@ def test_a_number_typed_beyond_a_slider_is_one_sentence_and_the_pictures_stay(sm
         ("enhance", "-5", "Enhance takes a number from 0 to 20, not -5", "10"),
         ("layer", "9", "Layer takes a whole number from 0 to 3, not 9", "2"),
     ]:
+        settled(page)
         before = panel_sources(page)
         assert all(before[panel] for panel in PANELS), before
         type_number(page, control, typed)
@@ -365,6 +380,7 @@ def test_a_new_upload_empties_the_results_of_the_previous_image(small_clip_page,
     page.goto(url)
     sync_api.expect(page.locator("#layer")).to_contain_text("0..3")
     first = prompt_scene(page, EXAMPLES / "synthshapes-30.png", "a yellow triangle")
+    settled(page)
     assert all(panel_sources(page)[panel] for panel in PANELS)
 
     # Another image: only the image itself is shown until it is prompted.
@@ -428,3 +444,52 @@ def test_a_large_image_is_shown_smaller_and_downloaded_full_size(small_clip_page
             for panel in ("original", "prompted")}
     print(f"\nplayground, 4000x3000 upload: shown after {shown_upload:.1f} s, a press shown after {shown_press:.1f} s; "
           f"sent to the browser: {sent} bytes (benchmark figures, not assertions)")
+
+
+def panel_pixels(page, panel: str, expected: np.ndarray, seconds: float = 60) -> str:
+    """Wait until ``panel`` shows exactly ``expected``'s pixels; its picture's URL."""
+    deadline = time.monotonic() + seconds
+    while True:
+        src = page.evaluate(
+            "(id) => { const i = document.querySelector('#' + id + ' img');"
+            "          return i && i.complete && i.naturalWidth > 0 ? i.getAttribute('src') : null }", panel)
+        if src and np.array_equal(fetch_png(page, src), expected):
+            return src
+        assert time.monotonic() < deadline, f"{panel} never showed the expected picture ({page.inner_text('#error')!r})"
+        time.sleep(0.2)
+
+
+def test_every_style_is_shown_side_by_side_and_follows_the_controls(small_clip_page, page, tmp_path):
+    _, loaded = small_clip_page
+    options = {"crop_size": 64, "zoom": 96, "color": "blue", "width": 3}
+    crop_page = Playground(device="cpu", style="crop", style_options=options,
+                           build_prompter=lambda *a, **k: loaded.prompter())
+    scene = tmp_path / "scene.png"
+    Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize((300, 200)).save(scene)
+    question = "a yellow triangle"
+
+    def expected(name: str, **settings) -> np.ndarray:
+        result = Prompter(model=SMALL_CLIP, device="cpu", style=name, style_options=options, **settings)(scene, question)
+        return np.asarray(result.image.convert("RGB"))
+
+    with served(crop_page) as url:
+        page.goto(url)
+        sync_api.expect(page.locator("#layer")).to_contain_text("0..3")
+        for panel in STYLE_PANELS:  # the panels are there before any image
+            sync_api.expect(page.locator(f"#{panel}")).to_be_visible()
+        sync_api.expect(page.locator("#prompted")).to_contain_text("Prompted image (crop)")
+        prompt_scene(page, scene, question)
+        shown = {panel: panel_pixels(page, panel, expected(panel.split("-")[1])) for panel in STYLE_PANELS}
+        panel_pixels(page, "prompted", expected("crop"))  # the page's own style is the prompted image
+        # a new background redraws the overlay from the same map; the box does not take it
+        type_number(page, "background", "120")
+        panel_pixels(page, "style-overlay", expected("overlay", background=120))
+        panel_pixels(page, "style-box", expected("box"))
+        # a new kernel size changes every style's picture, without the model
+        runs = crop_page.model_runs
+        type_number(page, "kernel", "7")
+        for panel in STYLE_PANELS:
+            name = panel.split("-")[1]
+            src = panel_pixels(page, panel, expected(name, kernel_size=7, **({"background": 120} if name == "overlay" else {})))
+            assert src != shown[panel]
+        assert crop_page.model_runs == runs

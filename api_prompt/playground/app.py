@@ -7,7 +7,9 @@ Each control is wired to the cheapest stage that depends on it:
 
 - image, question, layer: the model (:meth:`Playground.attribute`), then the rest;
 - preset, enhance, kernel size: a new mask from the kept raw parts (no model), then drawing;
-- resample, background, geometry: drawing only.
+- resample, background, geometry: drawing only;
+- after each of those, the row of every prompt style from the same map (a second step, so the
+  prompted image is shown as soon as before).
 
 The handlers live in :class:`Page`, plain Python over the controls' raw values. Every handler
 turns a failure into one sentence in the page (``#error``) and leaves the last good pictures in
@@ -100,11 +102,14 @@ class Session:
     raw: Any = None        # AttentionMap from the model: parts kept for re-combining
     combined: Any = None   # the same with the mask the current enhance/kernel size give
     prompted: Image.Image | None = None
+    drawn: dict | None = None   # the drawing settings of the pictures shown
+    shown: int = 0              # counts the times pictures were drawn ...
+    styles_shown: int = -1      # ... and which of them the style panels show
 
     def use_image(self, path: str | None, image: Image.Image | None) -> None:
         """A new image: the maps of the previous one no longer apply."""
         self.image_path, self.image = path, image
-        self.raw = self.combined = self.prompted = None
+        self.raw = self.combined = self.prompted = self.drawn = None
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -310,8 +315,10 @@ class Page:
     def _show(self, state: Session, resample: str, background: int, geometry: str) -> dict:
         """Draw the pictures for ``state.combined`` and write the files the page offers."""
         amap = state.combined
-        view = self.playground.view(state.image, amap, resample=resample, background=background, geometry=geometry)
+        state.drawn = dict(resample=resample, background=background, geometry=geometry)
+        view = self.playground.view(state.image, amap, **state.drawn, every_style=False)
         state.prompted = view.prompted
+        state.shown += 1
         # Written here, fast (PNG level 1; lossless at every level): Gradio then only copies them.
         # The download keeps the full size; the browser gets at most DISPLAY_SIDE pixels a side.
         download = state.folder / "prompted.png"
@@ -320,22 +327,40 @@ class Page:
         if max(view.prompted.size) > DISPLAY_SIDE:
             shown = state.folder / "prompted-shown.png"
             shrink_to(view.prompted, DISPLAY_SIDE).save(shown, compress_level=1)
-        heatmap = state.folder / "heatmap.png"
+        # Numbered, as the style row's files are: the row's number says which drawing it shows.
+        for old in state.folder.glob("heatmap-*.png"):
+            old.unlink()
+        heatmap = state.folder / f"heatmap-{state.shown}.png"
         view.heatmap.save(heatmap, compress_level=1)
         parts = []
         for index, (picture, caption) in enumerate(view.parts):
             path = state.folder / f"part{index}.png"
             picture.save(path, compress_level=1)
             parts.append((str(path), caption))
-        styles = {}
-        for panel, name in STYLE_PANELS.items():
-            path = state.folder / f"{panel}.png"
-            shrink_to(view.styles[name], DISPLAY_SIDE).save(path, compress_level=1)
-            styles[panel] = str(path)
         map_file = state.folder / "map.npz"
         amap.save(map_file)
-        return {"prompted": str(shown), "heatmap": str(heatmap), "parts": parts, **styles,
-                "download_image": str(download), "download_map": str(map_file), "error": "", "session": state}
+        return {"prompted": str(shown), "heatmap": str(heatmap), "parts": parts, "download_image": str(download),
+                "download_map": str(map_file), "error": "", "session": state}
+
+    @_in_the_page
+    def draw_styles(self, state: Session | None) -> dict:
+        """The side-by-side row: every style from the map and settings the pictures above show.
+
+        It runs after each event that drew them, so the prompted image is on the page as soon as
+        before (each style costs about as much again as the overlay on a large image)."""
+        if state is None or state.combined is None or state.drawn is None or state.styles_shown == state.shown:
+            return {}
+        pictures = self.playground.style_pictures(state.image, state.combined, **state.drawn,
+                                                  known={self.playground.style: state.prompted})
+        changes = {}
+        for panel, name in STYLE_PANELS.items():
+            for old in state.folder.glob(f"{panel}-*.png"):
+                old.unlink()
+            path = state.folder / f"{panel}-{state.shown}.png"
+            shrink_to(pictures[name], DISPLAY_SIDE).save(path, compress_level=1)
+            changes[panel] = str(path)
+        state.styles_shown = state.shown
+        return changes
 
 
 def build_app(playground: Playground, *, title: str = "api-prompt playground") -> "gr.Blocks":
@@ -406,7 +431,10 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
             """Event options that run ``handler`` on the controls' raw values and show what it names."""
 
             def run(*args):
-                return {named[name]: value for name, value in handler(*args).items()}
+                changes = handler(*args)
+                if not changes:  # Gradio reads an empty dict as one value, not as "nothing changes"
+                    return [gr.skip()] * len(outputs)
+                return {named[name]: value for name, value in changes.items()}
 
             return dict(fn=run, outputs=[named[name] for name in outputs], preprocess=False)
 
@@ -429,15 +457,19 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
         prompt_inputs = [upload, question, layer, *settings_inputs, session, layer_known]
         # One queue for the whole page: visitors take turns, and one visitor's events run in order.
         one_queue = dict(concurrency_id="playground", concurrency_limit=1)
-        gr.on([run.click, question.submit], inputs=prompt_inputs, **wired(page.prompt, *shows), **one_queue)
+        # After every event that draws, the style row follows from the same map (a second step,
+        # so the prompted image does not wait for it).
+        styles_row = dict(inputs=[session], **wired(page.draw_styles, *STYLE_PANELS, "error"), **one_queue)
+        gr.on([run.click, question.submit], inputs=prompt_inputs, **wired(page.prompt, *shows),
+              **one_queue).then(**styles_row)
         # `change` fires for drags, clicks, arrow keys, typed numbers and presets alike;
         # always_last: while one recompute runs, a burst of changes leaves only the newest queued.
         latest = dict(one_queue, trigger_mode="always_last")
-        layer.change(inputs=prompt_inputs, **wired(page.relayer, *shows), **latest)
+        layer.change(inputs=prompt_inputs, **wired(page.relayer, *shows), **latest).then(**styles_row)
         gr.on([enhance.change, kernel.change], inputs=[*settings_inputs, session],
-              **wired(page.recombine, *shows), **latest)
+              **wired(page.recombine, *shows), **latest).then(**styles_row)
         gr.on([resample.change, background.change, geometry.change], inputs=[resample, background, geometry, session],
-              **wired(page.redraw, *shows), **latest)
+              **wired(page.redraw, *shows), **latest).then(**styles_row)
         preset.input(preset_step, preset, [enhance, kernel, resample, background], **one_queue)
         upload.change(inputs=[upload, session],
                       **wired(page.upload, *PICTURES, "answer_original", "answer_prompted", "error", "session"),

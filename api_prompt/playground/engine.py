@@ -215,17 +215,30 @@ class Playground:
         """A copy of ``amap`` with the mask its raw parts give at these settings. No model."""
         return self.prompter().combine(amap, enhance=enhance, kernel_size=kernel_size)
 
-    def view(self, image: Image.Image, amap, *, resample: str, background: int, geometry: str) -> View:
-        """The prompted image, the heat map with its colour bar, and the raw parts. No model."""
+    def view(self, image: Image.Image, amap, *, resample: str, background: int, geometry: str,
+             every_style: bool = True) -> View:
+        """The prompted image (in the page's style), the heat map with its colour bar, the raw
+        parts and (``every_style``) the picture of every style. No model."""
         from ..overlay import render_heatmap
 
         self.prompter()
-        styled = {name: style.single(image, amap)
-                  for name, style in self.styles(resample=resample, background=background, geometry=geometry).items()}
+        settings = dict(resample=resample, background=background, geometry=geometry)
+        prompted = self.styles(**settings)[self.style].single(image, amap)
+        styled = {self.style: prompted}
+        if every_style:
+            styled = self.style_pictures(image, amap, **settings, known=styled)
         small = shrink_to(image, HEATMAP_SIDE)
         heatmap = render_heatmap(small, amap, geometry=geometry, colorbar=True)
         parts = [(part_picture(values), _part_caption(name, values)) for name, values in amap.parts.items()]
-        return View(prompted=styled[self.style], heatmap=heatmap, parts=parts, map=amap, styles=styled)
+        return View(prompted=prompted, heatmap=heatmap, parts=parts, map=amap, styles=styled)
+
+    def style_pictures(self, image: Image.Image, amap, *, resample: str, background: int, geometry: str,
+                       known: dict[str, Image.Image] | None = None) -> dict[str, Image.Image]:
+        """One picture per style (in :data:`~api_prompt.styles.STYLES` order) from this one map;
+        ``known`` holds pictures already drawn with these settings. No model."""
+        known = known or {}
+        return {name: known[name] if name in known else style.single(image, amap)
+                for name, style in self.styles(resample=resample, background=background, geometry=geometry).items()}
 
     def styles(self, *, resample: str, background: int, geometry: str) -> dict[str, Style]:
         """Every prompt style with these overlay settings and the page's style options, as
