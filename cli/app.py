@@ -1,7 +1,7 @@
 """The Typer application behind the ``api-prompt`` command.
 
 ``api-prompt IMAGE QUERY`` runs the default ``prompt`` command; ``batch``, ``ask`` and the other
-sub-commands are registered by their own modules, imported at the bottom of this file.
+sub-commands are plain functions in their own modules, registered at the bottom of this file.
 """
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ from typer.core import TyperGroup
 
 from api_prompt import __version__
 
-from .common import DOCS_HINT, _without_type_labels
+from .ask import ask_command
+from .batch import batch_command, merge_command
+from .common import DOCS_HINT, OneLineErrorCommand, _without_type_labels
+from .eval import eval_command
+from .examples import examples_command
+from .playground import playground_command
+from .prompt import prompt_command
+from .serve import serve_command
 
 DEFAULT_COMMAND = "prompt"
 
@@ -105,14 +112,10 @@ def main() -> None:
     app()
 
 
-# Sub-commands register themselves on `app` when imported.
-from . import prompt as _prompt  # noqa: E402,F401
-from . import batch as _batch  # noqa: E402,F401
-from . import ask as _ask  # noqa: E402,F401
-from . import serve as _serve  # noqa: E402,F401
-from . import eval as _eval  # noqa: E402,F401
-from . import playground as _playground  # noqa: E402,F401
-from . import examples as _examples  # noqa: E402,F401
-
-for _info in app.registered_commands:
-    _info.short_help = SUMMARIES.get(_info.name, _info.short_help)
+# Each command is a plain function in its own module, registered here (so no command module
+# imports this one): the order is the order of ``--help``.
+COMMANDS = (("prompt", prompt_command), ("batch", batch_command), ("merge", merge_command),
+            ("ask", ask_command), ("serve", serve_command), ("eval", eval_command),
+            ("playground", playground_command), ("examples", examples_command))
+for _name, _command in COMMANDS:
+    app.command(_name, cls=OneLineErrorCommand, short_help=SUMMARIES[_name])(_command)

@@ -22,18 +22,15 @@ import typer
 
 from api_prompt.errors import ConfigError
 
-from .app import app
 from .common import (
     DebugOpt,
-    OneLineErrorCommand,
-    PromptOptions,
     QuietOpt,
     handle_errors,
     image_argument,
     parse_key_value,
-    prompt_options,
     status,
 )
+from .options import PromptOptions, prompt_options
 
 _TARGET = "Target model"
 
@@ -149,7 +146,6 @@ def target_options(target: str, texts: Optional[list[str]] = None, *, defaults: 
     return spec.check_options(options)
 
 
-@app.command("ask", cls=OneLineErrorCommand)
 @prompt_options()
 def ask_command(
     image: Annotated[str, typer.Argument(

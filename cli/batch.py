@@ -16,20 +16,17 @@ import typer
 
 from api_prompt.images import DEFAULT_MAX_PIXELS
 
-from .app import app
 from .common import (
     DebugOpt,
     InputFormat,
     MaxPixelsOpt,
-    OneLineErrorCommand,
-    PromptOptions,
     QuietOpt,
     _command_options,
     for_command_line,
     handle_errors,
     plural,
-    prompt_options,
 )
+from .options import PromptOptions, prompt_options
 
 _INPUT = "Input"
 _OUTPUT = "Output"
@@ -65,7 +62,6 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-@app.command("batch", cls=OneLineErrorCommand)
 @prompt_options()
 def batch_command(
     input: Annotated[Path, typer.Argument(
@@ -315,7 +311,6 @@ def dataset_next_steps(folder: Path, source) -> str:
     )
 
 
-@app.command("merge", cls=OneLineErrorCommand)
 def merge_command(
     run_dirs: Annotated[list[Path], typer.Argument(
         metavar="DIR...", show_default=False, help="Output folders of batch runs (e.g. its shards).")],

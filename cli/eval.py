@@ -19,15 +19,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app
 from .ask import (
     BaseUrlOpt, MaxNewTokensOpt, TargetDeviceOpt, TargetDtypeOpt, TargetOpt, TargetOptionOpt,
     TimeoutOpt, target_options,
 )
-from .common import (
-    DebugOpt, InputFormat, OneLineErrorCommand, PromptOptions, QuietOpt, handle_errors, prompt_options,
-    status,
-)
+from .common import DebugOpt, InputFormat, QuietOpt, handle_errors, status
+from .options import PromptOptions, prompt_options
 
 _DATA = "Data"
 _RUN = "Run"
@@ -53,7 +50,6 @@ def _benchmarks_help() -> str:
     return f"How answers are scored: {scored}" + (f", or by a judge model (--judge): {judged}." if judged else ".")
 
 
-@app.command("eval", cls=OneLineErrorCommand)
 @prompt_options()
 def eval_command(
     data: Annotated[Path, typer.Argument(

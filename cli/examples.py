@@ -13,11 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app
-from .common import DebugOpt, OneLineErrorCommand, handle_errors
+from .common import DebugOpt, handle_errors
 
 
-@app.command("examples", cls=OneLineErrorCommand)
 def examples_command(
     copy: Annotated[Optional[Path], typer.Option(
         "--copy", show_default=False, help="Also copy the example images into this existing folder.")] = None,

@@ -20,18 +20,9 @@ from api_prompt.errors import ConfigError
 from api_prompt.images import DEFAULT_MAX_PIXELS
 from api_prompt.styles import STYLES
 
-from .app import app
 from .ask import target_options
-from .common import (
-    DebugOpt,
-    MaxPixelsOpt,
-    OneLineErrorCommand,
-    PromptOptions,
-    QuietOpt,
-    handle_errors,
-    prompt_options,
-    status,
-)
+from .common import DebugOpt, MaxPixelsOpt, QuietOpt, handle_errors, status
+from .options import PromptOptions, prompt_options
 
 _SERVER = "Server"
 
@@ -66,7 +57,6 @@ MaxNewTokensOpt = Annotated[int, typer.Option(
 )]
 
 
-@app.command("playground", cls=OneLineErrorCommand)
 @prompt_options(model=ModelOpt)
 def playground_command(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,

@@ -22,17 +22,14 @@ from PIL import Image
 from api_prompt.errors import ConfigError, ImageLoadError
 from api_prompt.images import DEFAULT_MAX_PIXELS, ImageTooLargeError
 
-from .app import app
 from .common import (
     DebugOpt,
     MaxPixelsOpt,
-    OneLineErrorCommand,
-    PromptOptions,
     QuietOpt,
     handle_errors,
     image_argument,
-    prompt_options,
 )
+from .options import PromptOptions, prompt_options
 
 #: JPEG quality of ``-o *.jpg`` (stated in --help). PNG and WebP are written lossless.
 JPEG_QUALITY = 95
@@ -57,7 +54,6 @@ HeatmapOpt = Annotated[Optional[Path], typer.Option(
 )]
 
 
-@app.command("prompt", cls=OneLineErrorCommand)
 @prompt_options()
 def prompt_command(
     image: Annotated[str, typer.Argument(

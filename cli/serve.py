@@ -27,15 +27,8 @@ from api_prompt.errors import ConfigError
 from api_prompt.images import DEFAULT_MAX_PIXELS
 from api_prompt.styles import STYLES
 
-from .app import app
-from .common import (
-    DebugOpt,
-    OneLineErrorCommand,
-    PromptOptions,
-    QuietOpt,
-    handle_errors,
-    prompt_options,
-)
+from .common import DebugOpt, QuietOpt, handle_errors
+from .options import PromptOptions, prompt_options
 
 _SERVER = "Server"
 _LIMITS = "Batching and limits"
@@ -104,7 +97,6 @@ FetchTimeoutOpt = Annotated[float, typer.Option(
     help="Seconds one image URL fetch may take in all (--allow-url-fetch).")]
 
 
-@app.command("serve", cls=OneLineErrorCommand)
 @prompt_options()
 def serve_command(
     upstream: UpstreamOpt = ...,

@@ -568,12 +568,12 @@ def test_a_batch_folder_written_before_styles_is_still_done_without_the_model(wo
     # what a run recorded before --recipe, --style and --style-option existed
     assert not {"recipe", "style", "style_options"} & set(request)
 
-    import cli.common
+    import cli.options
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although every sample was done")
 
-    monkeypatch.setattr(cli.common.PromptOptions, "build", no_model)
+    monkeypatch.setattr(cli.options.PromptOptions, "build", no_model)
     assert invoke("batch", str(source), "--out", str(out), *BASE, "-q").exit_code == 0
     with pytest.raises(AssertionError, match="the model was loaded"):   # a new folder needs the model
         invoke("batch", str(source), "--out", str(tmp_path / "styled"), *BASE, "--style", "blur", "-q")

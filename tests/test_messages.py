@@ -292,7 +292,7 @@ def test_examples_are_listed_and_copied(tmp_path: Path) -> None:
     assert all(f'example:{name} "{question}"' in result.stdout for name, question in EXAMPLES.items())
 
 
-@pytest.mark.parametrize("name", ["api_prompt.hub", "api_prompt.cli.common"])
+@pytest.mark.parametrize("name", ["api_prompt.hub", "api_prompt.cli.common", "api_prompt.cli.options"])
 def test_docstring_examples_of_the_checks_and_messages(name: str) -> None:
     import doctest
     import importlib
