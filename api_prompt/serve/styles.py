@@ -40,6 +40,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..presets import check_settings
+from ..prompter import _style_with
 from ..styles import STYLES, Style, create_style
 from ..styles import style_options as options_of
 from .messages import RequestError
@@ -141,20 +142,19 @@ class ServerStyles:
             return create_style(name, **given), rest
         except ConfigError as exc:
             raise _refused(f"{REQUEST_FIELD}.style_options: {' '.join(str(exc).split())}", "style_options") from None
-        except Exception:  # noqa: BLE001 - a value of a type the style's checks did not expect
+        except Exception:  # a value of a type the style's checks did not expect
             raise _refused(f"{REQUEST_FIELD}.style_options holds a value of the wrong type for style {name!r}",
                            "style_options") from None
 
 
 def _build(name: str, base: dict[str, Any], options: dict[str, Any]) -> Style:
-    """Style ``name`` with the overlay settings and the options it takes (as a Prompter builds it)."""
-    accepted = options_of(STYLES[name])
-    given = {key: value for key, value in {**base, **options}.items() if key in accepted}
+    """Style ``name`` with the overlay settings and the options it takes, built as a Prompter
+    builds its own (so the proxy's pictures are ``Prompter(style=..., style_options=...)``'s)."""
     try:
-        return create_style(name, **given)
+        return _style_with(name, base, base["geometry"], options)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a value of a type the style's checks did not expect
+    except Exception as exc:  # a value of a type the style's checks did not expect
         raise ConfigError(f"style {name!r} cannot take these options ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())})") from None
 
