@@ -169,7 +169,12 @@ def test_llava_backend_on_the_word_level_model_uses_its_chat_template_and_warns_
         attributor([scene.image], ["What is the weather?"])
     [amap] = attributor([scene.image], ["How many shapes are there?"])
     assert amap.parts["attention"].shape == (8, 8)
-    assert amap.answer == train_llava.COUNT_WORDS[len(scene.objects) - 1]
+    # the map's answer is the model's own greedy answer through its chat template (a count word;
+    # the model counts this three-object scene as two: count accuracy is 0.97, not 1)
+    question = train_llava.Example(scene, "count", "How many shapes are there?", "")
+    [expected] = train_llava.generate_answers(attributor.model, attributor.processor, [question], max_new_tokens=3)
+    assert amap.answer == expected
+    assert amap.answer in train_llava.COUNT_WORDS
 
 
 def test_localize_decoder_maps_equal_the_attributor():
