@@ -143,8 +143,9 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 def prompter_stages(prompter) -> tuple[Callable, Callable]:
     """``(prompter.attribute, prompter.render)``: the batched model call, and the model-free overlay.
-    Together they are exactly ``prompter.batch``; the proxy runs the first once per micro-batch
-    and the second per request, so while other requests are in flight the overlays and encoding
+    Together they are exactly ``prompter.batch`` for a one-image style; the proxy runs the first
+    once per micro-batch and the request's style per request (for the prompter's own one-image
+    style, the pixels ``render`` gives), so while other requests are in flight the overlays and encoding
     of one batch overlap with the model call of the next (as ``api-prompt batch`` does).
     """
     return prompter.attribute, prompter.render
@@ -179,10 +180,8 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
     if run_batch is None:
         if prompter is None:
             raise ValueError("create_app needs a prompter (or a run_batch function)")
-        run_batch = prompter.attribute
-        if render is None:
-            render = _styled
-    if render is None:
+        run_batch = prompter.attribute  # and the style draws each map (render None)
+    elif render is None:
         render = _result_is_the_image
     upstream = config.upstream.rstrip("/")
     arriving = [0]  # chat requests with images, received but not yet queued for the model
@@ -271,8 +270,7 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
             def finish() -> bytes:
                 urls = [[encode_like(shown, source, jpeg_quality=config.jpeg_quality,
                                      png_compress_level=config.png_compress_level)
-                         for shown in _as_list(render(image, result, style) if render is _styled
-                                               else render(image, result))]
+                         for shown in pictures(image, result, style)]
                         for (image, source), result in zip(loaded, results)]
                 return _to_json(replace_images(body, parts, urls))
 
@@ -281,6 +279,14 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
             prompting[0] -= 1
             if counted_large:
                 large[0] -= 1
+
+    def pictures(image: Image.Image, result: Any, style: Style) -> list[Image.Image]:
+        """What the upstream is shown for ``image``: the style's pictures of its map, in order
+        (``crop``: the original, then the zoomed crop), or what ``render`` makes of a fake's result."""
+        if render is None:
+            return style.apply(image, result)
+        shown = render(image, result)
+        return list(shown) if isinstance(shown, (list, tuple)) else [shown]
 
     async def off_loop(work: Callable[[], Any], *, inline: bool = True) -> Any:
         """``work()`` in a worker thread, except when it is small (``inline``) and its request is
@@ -515,11 +521,3 @@ async def read_body(request: Request, limit: int) -> bytes:
 def _result_is_the_image(image: Image.Image, result: Image.Image) -> Image.Image:
     return result
 
-
-def _styled(image: Image.Image, attention_map: Any, style: Style) -> list[Image.Image]:
-    """What the target is shown for ``image``: one picture, or several in order (``crop``)."""
-    return style.apply(image, attention_map)
-
-
-def _as_list(shown: Image.Image | list[Image.Image]) -> list[Image.Image]:
-    return list(shown) if isinstance(shown, (list, tuple)) else [shown]
