@@ -228,7 +228,11 @@ def decoder_maps(attributor, images: list, queries: list[str], layers, tokens) -
     run instead of one per (layer, k). Also returns the answers of the longest run.
     """
     from api_prompt.attribution.base import eval_mode, temporary_hooks
-    from api_prompt.attribution.decoder.capture import LastRowCapture, answer_length, generation_state
+    from api_prompt.attribution.decoder.capture import (
+        LastRowCapture,
+        answer_length,
+        generation_state,
+    )
 
     out: dict = {(layer, k): [] for layer in layers for k in tokens}
     answers: list[str] = []
@@ -339,7 +343,7 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric, title in zip(axes, ("pointing_game", "mass_in_box"), ("Pointing game", "Mass inside the box")):
         for method in results.get("methods", METHODS):
-            ax.plot(layers, [results["layers"][l][method][metric] for l in layers], marker="o", label=method)
+            ax.plot(layers, [results["layers"][layer][method][metric] for layer in layers], marker="o", label=method)
         ax.set_xlabel("layer L' (0-based block)")
         ax.set_title(title)
         ax.set_xticks(layers)

@@ -47,15 +47,15 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.synthshapes.scenes import COLORS, SHAPES, Scene, make_scene, _article
+from benchmarks.synthshapes.scenes import COLORS, SHAPES, Scene, _article, make_scene
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP_DIR = REPO / "assets" / "synthshapes-clip"
@@ -776,7 +776,7 @@ def write_training_md(out: Path, summary: dict) -> None:
             if "names_object" in entry:
                 lines.append(f"| {kind}: names object | {entry['names_object']:.3f} | - |")
         lines += ["", "Examples (question / expected / answer):", ""]
-        for kind, entry in summary["eval"].items():
+        for entry in summary["eval"].values():
             for q, want, got in entry["examples"][:2]:
                 lines.append(f"- {q} / {want} / {got}")
         lines.append("")
