@@ -348,17 +348,3 @@ def test_bootstrap_intervals_of_each_condition_and_of_the_delta():
     assert value == pytest.approx(0.375) and lo < 0.375 < hi and lo > 0.25
     low, high = result["intervals"]["api"]["accuracy"]
     assert low < 0.875 < high
-
-
-@pytest.mark.parametrize("module", [
-    "api_prompt.evaluation", "api_prompt.evaluation.normalize", "api_prompt.evaluation.scoring",
-    "api_prompt.evaluation.stats", "api_prompt.evaluation.metrics", "api_prompt.evaluation.report",
-    "api_prompt.evaluation.benchmarks",
-    "api_prompt.targets.choices",
-])
-def test_docstring_examples_run(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -625,15 +625,6 @@ def test_llava_bench_review_parsing_equals_lmms_eval(review, lmms_tasks):
     assert parse_llava_scores(review) == llava_utils._parse_comparative_scores(review).metadata["scores"]
 
 
-@pytest.mark.parametrize("name", ["api_prompt.evaluation.judge", "api_prompt.evaluation.judged"])
-def test_docstring_examples(name, monkeypatch):
-    import doctest
-
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_judge_requests_run_concurrently_within_the_bound(tmp_path):
     import time
 

@@ -273,3 +273,26 @@ def test_type_checkers_see_the_same_public_names():
     assert sorted(api_prompt.__all__) == sorted([*public, "__version__"])
     for name, module in typed.items():
         assert getattr(importlib.import_module(module), name) is getattr(api_prompt, name), name
+
+
+def test_each_extension_point_keeps_a_runnable_example():
+    """``--doctest-modules`` runs whatever examples there are; this keeps them from all going
+    away where they matter most: every module that defines a registration function runs at least
+    one example (not marked +SKIP) in its docstrings."""
+    import doctest
+
+    import api_prompt
+
+    without = []
+    for name in (name for name in api_prompt.__all__ if name.startswith("register_")):
+        module_name = getattr(api_prompt, name).__module__
+        module = importlib.import_module(module_name)
+        examples = [
+            example
+            for test in doctest.DocTestFinder().find(module, module_name)
+            for example in test.examples
+            if not example.options.get(doctest.SKIP)
+        ]
+        if not examples:
+            without.append(f"{module_name} (defines {name})")
+    assert not without, "no runnable docstring example in: " + ", ".join(without)

@@ -290,12 +290,3 @@ def test_examples_are_listed_and_copied(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert sorted(path.stem for path in tmp_path.iterdir()) == sorted(EXAMPLES)
     assert all(f'example:{name} "{question}"' in result.stdout for name, question in EXAMPLES.items())
-
-
-@pytest.mark.parametrize("name", ["api_prompt.hub", "api_prompt.cli.common", "api_prompt.cli.options"])
-def test_docstring_examples_of_the_checks_and_messages(name: str) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

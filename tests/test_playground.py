@@ -361,13 +361,6 @@ def test_a_backend_that_does_not_count_its_layers_is_a_one_line_error(scene):
     assert not playground.loaded
 
 
-def test_engine_docstring_examples():
-    import doctest
-
-    result = doctest.testmod(engine_module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_an_openai_target_gets_the_original_and_the_prompted_image(playground, scene, monkeypatch):
     from test_targets_openai import FakeOpenAI, request_images
 
@@ -555,10 +548,3 @@ def test_the_page_says_its_model_is_the_small_one_and_how_to_start_a_real_clip(p
     assert [(pg.backend, pg.model, pg.backend_options) for pg in started] == [
         ("clip", "ViT-B-16", {"pretrained": "openai"})]
     assert not started[0].small_example_model
-
-
-def test_page_docstring_examples(page_module):
-    import doctest
-
-    result = doctest.testmod(page_module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

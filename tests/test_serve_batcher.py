@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import doctest
-import importlib
 import threading
 import time
 
@@ -20,13 +18,6 @@ def run(coroutine):
 
 def tagged(images, queries):
     return [f"{image}:{query}" for image, query in zip(images, queries)]
-
-
-@pytest.mark.parametrize("name", ["api_prompt.serve.batcher", "api_prompt.serve.messages", "api_prompt.serve.fetch",
-                                  "api_prompt.serve.render"])
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_batches_are_bounded_and_every_request_gets_its_own_results_in_order():
