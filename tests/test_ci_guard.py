@@ -14,7 +14,8 @@ def _pytest(folder: Path, no_skips: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "API_PROMPT_NO_SKIPS": no_skips,
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest",
-                           "--rootdir", str(folder), str(folder)], env=env, capture_output=True, text=True, timeout=120)
+                           "--rootdir", str(folder), str(folder)], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=folder)  # not the repository root, whose own conftest.py would be found first
 
 
 def test_a_skip_fails_the_run_only_under_the_guard_and_only_if_unexpected(tmp_path):
