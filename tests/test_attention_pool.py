@@ -116,6 +116,7 @@ def _check_pool_identity(visual, pixels, text):
     return parts
 
 
+@pytest.mark.slow
 def test_vit_b_16_siglip_is_supported_and_the_pool_part_sums_to_the_linear_part(vit_b_siglip_visual):
     assert AttentionPoolDecomposition().unsupported_reason(vit_b_siglip_visual) is None
     _check_pool_identity(vit_b_siglip_visual, _pixels(2, 224, 224), _text(2, 768))
@@ -141,6 +142,7 @@ def test_the_larger_siglip_and_siglip2_towers_are_accepted(name, grid):
     assert decomposition.grid_shape(visual, pixels) == grid
 
 
+@pytest.mark.slow
 def test_trained_model_identity_with_batches_of_mixed_sizes_including_non_square(synthshapes_model):
     visual = synthshapes_model.visual
     assert AttentionPoolDecomposition().unsupported_reason(visual) is None
@@ -244,6 +246,7 @@ def test_a_head_that_computes_something_else_is_refused_not_mis_explained(synths
         AttentionPoolDecomposition().run(visual, _pixels(1, 128, 128), _text(1, 64))
 
 
+@pytest.mark.slow
 def test_default_mask_points_at_the_named_object_on_held_out_scenes(synthshapes_model):
     """The recipe on the trained model beats a random map by far (README table: 0.55 vs 0.16)."""
     import numpy as np
@@ -266,6 +269,7 @@ def test_default_mask_points_at_the_named_object_on_held_out_scenes(synthshapes_
     assert np.mean(hits) >= 0.4
 
 
+@pytest.mark.slow
 def test_through_the_clip_attributor_with_images_of_mixed_sizes():
     """The CLIP attributor picks the attention-pool decomposition for an attention-pooled tower."""
     from PIL import Image
@@ -283,6 +287,7 @@ def test_through_the_clip_attributor_with_images_of_mixed_sizes():
     assert maps[1].region == (24.0, 0.0, 72.0, 48.0)                            # centre crop of 96x48
 
 
+@pytest.mark.slow
 def test_siglip_backend_through_the_registry_prompter_and_command_line(tmp_path):
     """--backend siglip: the spec's loader, default recipe and the CLI, on the shipped model."""
     import subprocess

@@ -408,6 +408,7 @@ def exported(path: Path) -> dict[str, bytes]:
             if p.is_file() and p.suffix in (".arrow", ".parquet")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["jsonl", "tsv", "dataset", "parquet"])
 def test_kill_9_then_resume_is_byte_identical(kind, tmp_path, cli):
     n = 12
@@ -557,6 +558,7 @@ def test_cli_batch_exit_codes_and_merge(cli, tmp_path):
     assert result.exit_code == 1 and "shard 0 is missing" in result.output
 
 
+@pytest.mark.slow
 def test_cli_feedback_resume_nothing_left_and_log_friendly_progress(cli, tmp_path, monkeypatch):
     from batch_support import CountingPatternAttributor
 
@@ -583,6 +585,7 @@ def test_cli_feedback_resume_nothing_left_and_log_friendly_progress(cli, tmp_pat
     assert result.exit_code == 2 and "different parameters" in result.output
 
 
+@pytest.mark.slow
 def test_cli_interrupt_says_how_far_and_how_to_resume(tmp_path):
     source = questions(24, tmp_path)
     command = [sys.executable, str(TESTS / "batch_support.py"), "batch", str(source),
@@ -604,6 +607,7 @@ def test_cli_interrupt_says_how_far_and_how_to_resume(tmp_path):
 # the real CLIP fixture model
 
 
+@pytest.mark.slow
 def test_clip_fixture_end_to_end(clip_fixture_dir, tmp_path):
     pytest.importorskip("open_clip")
     pytest.importorskip("api_prompt.attribution.clip")

@@ -111,6 +111,7 @@ def vlmevalkit_image_paths(tsv: Path, lmu: Path, dataset: str) -> dict[str, list
 # VLMEvalKit
 
 
+@pytest.mark.slow
 def test_tsv_under_the_original_name_never_gets_the_cached_originals(tmp_path):
     pytest.importorskip("pandas")
     header = ["index", "image", "question", "A", "B", "answer"]

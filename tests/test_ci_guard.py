@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).parent
 
 
@@ -18,6 +20,7 @@ def _pytest(folder: Path, no_skips: str) -> subprocess.CompletedProcess:
                           cwd=folder)  # not the repository root, whose own conftest.py would be found first
 
 
+@pytest.mark.slow
 def test_a_skip_fails_the_run_only_under_the_guard_and_only_if_unexpected(tmp_path):
     (tmp_path / "test_missing_extra.py").write_text(
         "import pytest\npytest.importorskip('no_such_extra_module')\ndef test_never(): pass\n")

@@ -128,6 +128,7 @@ def _make_bad_image(folder: Path, kind: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, words",
     [
@@ -186,6 +187,7 @@ BAD_OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", BAD_OPTIONS)
 def test_bad_option_fails_cleanly(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
@@ -301,6 +303,7 @@ def _make_awkward_image(folder: Path, kind: str) -> tuple[Path, tuple[int, int]]
     return path, (w, h)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind", ["rgba", "palette-transparent", "animated-gif", "16-bit", "cmyk", "exif-rotated", "one-pixel"]
 )
@@ -313,6 +316,7 @@ def test_awkward_images_work(tmp_path: Path, kind: str) -> None:
     assert written.format == "PNG" and written.mode == "RGB" and written.size == size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query", ["Où est la voiture rouge ? 車はどこ？ 🚗", "x"])
 def test_non_ascii_and_short_queries(workdir: Path, query: str) -> None:
     code, stdout, stderr = run_cli(
@@ -324,6 +328,7 @@ def test_non_ascii_and_short_queries(workdir: Path, query: str) -> None:
     assert "warning" not in stderr
 
 
+@pytest.mark.slow
 def test_long_query_warns_once_and_still_works(workdir: Path) -> None:
     result = invoke(str(workdir / "photo.png"), LONG_QUERY, *BASE)
     assert result.exit_code == 0, result.stderr
@@ -334,6 +339,7 @@ def test_long_query_warns_once_and_still_works(workdir: Path) -> None:
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
 
 
+@pytest.mark.slow
 def test_output_formats(workdir: Path) -> None:
     """JPEG at quality 95, lossless PNG equal to the Python API, and WebP from the extension."""
     from api_prompt import Prompter
@@ -358,6 +364,7 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.slow
 def test_presets_and_explicit_options(workdir: Path) -> None:
     """A preset fills the unset options; an explicit option beats the preset."""
     photo = workdir / "photo.png"
@@ -383,6 +390,7 @@ def test_presets_and_explicit_options(workdir: Path) -> None:
 # The installed executable (subprocesses: a representative set)
 
 
+@pytest.mark.slow
 @needs_executable
 def test_installed_help_shows_defaults(tmp_path: Path) -> None:
     result = run_installed("prompt", "--help", cwd=tmp_path)
@@ -397,6 +405,7 @@ def test_installed_help_shows_defaults(tmp_path: Path) -> None:
         assert expected in text, expected
 
 
+@pytest.mark.slow
 @needs_executable
 def test_installed_version(tmp_path: Path) -> None:
     from api_prompt import __version__
@@ -406,6 +415,7 @@ def test_installed_version(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"api-prompt {__version__}"
 
 
+@pytest.mark.slow
 @needs_executable
 def test_installed_end_to_end_matches_python_api(workdir: Path) -> None:
     """Default output name, map, heat map, status line, truncation warning and success line."""
@@ -433,6 +443,7 @@ def test_installed_end_to_end_matches_python_api(workdir: Path) -> None:
     assert heat.format == "JPEG" and heat.width > expected.image.width  # the colour bar
 
 
+@pytest.mark.slow
 @needs_executable
 @pytest.mark.parametrize("case", ["missing-file", "unknown-resample"])
 def test_installed_failures(workdir: Path, case: str) -> None:
@@ -449,6 +460,7 @@ def test_installed_failures(workdir: Path, case: str) -> None:
     assert files_in(workdir) == before
 
 
+@pytest.mark.slow
 @needs_executable
 def test_installed_debug_shows_the_traceback(workdir: Path) -> None:
     result = run_installed("photo.png", QUERY, *BASE, "-k", "4", "--debug", cwd=workdir)
@@ -468,6 +480,7 @@ STYLED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style, options, args", STYLED, ids=["crop-alone", "crop-side-by-side", "box", "blur"])
 def test_prompt_style_options_give_the_python_apis_pixels(workdir: Path, style: str, options: dict,
                                                           args: list[str]) -> None:
@@ -482,6 +495,7 @@ def test_prompt_style_options_give_the_python_apis_pixels(workdir: Path, style: 
         assert read(workdir / "styled.png").size == expected.images[1].size
 
 
+@pytest.mark.slow
 def test_batch_writes_the_style_a_one_image_output_asks_for(workdir: Path, tmp_path: Path) -> None:
     import json
 

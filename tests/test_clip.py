@@ -136,6 +136,7 @@ CLI = Path(sys.executable).parent / "api-prompt"
 CLI_CASES = [CASE_NAMES[0], *(pytest.param(name, marks=pytest.mark.slow) for name in CASE_NAMES[1:])]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CLI.exists(), reason="the api-prompt command is not installed (pip install -e .)")
 @pytest.mark.parametrize("name", CLI_CASES)
 def test_fixture_case_command_line(name, clip_cases, clip_fixture_dir, expected_npz, tmp_path):

@@ -124,6 +124,7 @@ def _check(name, amap, expected, tokens, processor):
     assert amap.extra["passes"] == len(tokens)
 
 
+@pytest.mark.slow
 def test_batch_of_one_matches_eager_oracle(family):
     name, cls, model, processor, eager = family
     image, query = _images()[0], QUERIES[0]
@@ -135,6 +136,7 @@ def test_batch_of_one_matches_eager_oracle(family):
     assert total == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_of_three_with_early_eos_matches_per_image_oracle(family):
     """Different prompt lengths, image sizes and aspect ratios in one padded batch; rows finish
     at different steps and each row averages only its own passes."""
@@ -287,6 +289,7 @@ def test_geometry_of_wide_and_tall_images(family):
         assert [m.region for m in maps] == [(0.0, 0.0, 60.0, 30.0), (0.0, 0.0, 30.0, 70.0)]
 
 
+@pytest.mark.slow
 def test_saved_folder_through_registry_and_prompter(tmp_path, family):
     from api_prompt.prompter import Prompter
 

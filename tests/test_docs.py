@@ -33,6 +33,7 @@ def nav_pages() -> set[str]:
     return set(re.findall(r":\s*([\w/.-]+\.md)\s*$", nav, re.M))
 
 
+@pytest.mark.slow
 def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="the docs site needs the dev extra: pip install -e '.[dev]'")
     pytest.importorskip("mkdocstrings")

@@ -121,6 +121,7 @@ def test_random_towers_of_several_shapes(vision, layer, seed, fixture_model, ima
     assert_same_masks(attr.attribute(images, queries), attr.attribute(images, queries, exact_parts=False))
 
 
+@pytest.mark.slow
 def test_real_shape_vit_b_16(fixture_model, images):
     """ViT-B-16's real shape (12 blocks, width 768, 14×14 grid), random weights, default L' = 10."""
     torch.manual_seed(0)
@@ -209,6 +210,7 @@ def test_a_scale_dependent_recipe_is_refused_on_early_parts(fixture_model, image
         RECIPES.pop("test-raw-cls")
 
 
+@pytest.mark.slow
 def test_attention_pooled_towers_run_the_whole_trunk():
     """SigLIP: ψ_pool is the probe's attention over the last block's tokens, so no early exit."""
     attr = CLIPAttributor("local-dir:assets/synthshapes-siglip", device="cpu")
@@ -223,6 +225,7 @@ def test_attention_pooled_towers_run_the_whole_trunk():
 CLI = Path(sys.executable).parent / "api-prompt"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CLI.exists(), reason="the api-prompt command is not installed (pip install -e .)")
 def test_save_map_writes_the_reference_scale(expected_npz, tmp_path):
     case = CASES[0]

@@ -208,6 +208,7 @@ def test_vlmevalkit_tsv_with_circular_variants(tmp_path):
     assert metrics["circular_accuracy"] == pytest.approx(1 / 2)
 
 
+@pytest.mark.slow
 def test_lmms_eval_layout_dataset_folder_and_parquet(tmp_path):
     datasets = pytest.importorskip("datasets", reason="pip install '.[datasets]' to read datasets folders")
     images = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(4)]
@@ -329,6 +330,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, words, installed):
     assert not (tmp_path / "out").exists()          # refused before writing or loading anything
 
 
+@pytest.mark.slow
 def test_clip_zeroshot_target_picks_the_closest_option_caption():
     from benchmarks.synthshapes.mcq import make_question
 

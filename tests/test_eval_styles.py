@@ -39,6 +39,7 @@ def small_mcq(tmp_path_factory):
     return write_benchmark(tmp_path_factory.mktemp("small"), 8, variant="small")
 
 
+@pytest.mark.slow
 def test_every_style_is_a_condition_made_from_one_map_per_sample(small_mcq, tmp_path):
     prompter = CountingPrompter(model=CLIP, device="cpu", style_options={"crop_size": 64})
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
@@ -83,6 +84,7 @@ def test_every_style_is_a_condition_made_from_one_map_per_sample(small_mcq, tmp_
     assert "| crop - original | accuracy |" in report
 
 
+@pytest.mark.slow
 def test_api_stays_the_prompters_style_and_the_contract_keeps_its_shape(small_mcq, tmp_path):
     prompter = Prompter(model=CLIP, device="cpu")
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
@@ -95,6 +97,7 @@ def test_api_stays_the_prompters_style_and_the_contract_keeps_its_shape(small_mc
     assert "comparisons" not in two and set(two["conditions"]) == {"original", "api"}
 
 
+@pytest.mark.slow
 def test_a_resume_with_other_style_options_is_refused(small_mcq, tmp_path):
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
     run = tmp_path / "run"

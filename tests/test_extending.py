@@ -91,6 +91,7 @@ def test_the_target_kind_reaches_ask_help_and_its_mistakes_are_one_line(toy_targ
         assert code == 2 and len(lines) == 1 and words in lines[0], stderr
 
 
+@pytest.mark.slow
 def test_a_style_with_two_images_reaches_the_registered_target(toy_target) -> None:
     code, stdout, stderr = invoke("ask", SCENE, "a red square", "--target", "toy:echo", "-m", SMALL_CLIP,
                                   "--device", "cpu", "--style", "crop", "-S", "crop_size=64", "-S", "zoom=48", "-q")
@@ -106,6 +107,7 @@ def _eval_answers(folder: Path) -> dict[str, str]:
     return {record["condition"]: record["answer"] for record in map(json.loads, lines)}
 
 
+@pytest.mark.slow
 def test_eval_takes_the_target_kind_styles_as_conditions_and_their_options(toy_target, tmp_path: Path) -> None:
     import json
 
@@ -152,6 +154,7 @@ def toy_recipe():
     RECIPES.update(saved)
 
 
+@pytest.mark.slow
 def test_prompt_takes_a_registered_recipe(toy_recipe, tmp_path: Path) -> None:
     from api_prompt import Prompter
 
@@ -227,6 +230,7 @@ def _toy_colour_data(folder: Path) -> Path:
     return data
 
 
+@pytest.mark.slow
 def test_eval_scores_a_registered_benchmark_through_the_cli(toy_benchmark, tmp_path: Path) -> None:
     import json
 

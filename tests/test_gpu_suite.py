@@ -17,6 +17,7 @@ from api_prompt.attention_map import AttentionMap  # noqa: E402
 from benchmarks import gpu_suite  # noqa: E402
 
 
+@pytest.mark.slow
 def test_the_suite_runs_on_the_cpu_with_tiny_models(tmp_path, capsys):
     out = tmp_path / "suite.json"
     status = gpu_suite.main(["--device", "cpu", "--tiny", "--out", str(out)])

@@ -133,6 +133,7 @@ MMVET_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["vlmevalkit", "lmms-eval"])
 def test_mmvet_requests_and_metrics_equal_lmms_eval(layout, tmp_path, monkeypatch, lmms_tasks):
     mmvet_utils, _ = lmms_tasks
@@ -573,6 +574,7 @@ def _out_of_range(reply: str) -> bool:
     return not 0.0 <= value <= 1.0
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(replies=st.lists(_reply, max_size=12).filter(lambda rs: sum(map(_out_of_range, rs)) < 5))
 def test_mmvet_retry_rule_equals_lmms_eval_on_generated_replies(replies, lmms_tasks, monkeypatch):
@@ -610,6 +612,7 @@ def test_mmvet_retry_rule_equals_lmms_eval_on_generated_replies(replies, lmms_ta
     assert temperatures == theirs.temperatures
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(review=st.one_of(
     st.text(alphabet="0123456789 .,;-\n:aA", max_size=24),

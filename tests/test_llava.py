@@ -78,6 +78,7 @@ def test_batch_of_one_matches_eager_oracle(tiny):
     assert amap.extra["passes"] == len(tokens) == STEPS
 
 
+@pytest.mark.slow
 def test_batch_with_early_eos_matches_per_image_oracle(tiny):
     """Rows of a batch finish at different steps; each row averages only its own passes."""
     model, processor, eager = tiny
@@ -144,6 +145,7 @@ def _assert_unchanged(model, before):
     assert _hooks(model) == hooks
 
 
+@pytest.mark.slow
 def test_model_left_unchanged_also_on_error(tiny, monkeypatch):
     model, processor, _ = tiny
     with torch.no_grad():  # let transformers install its own lazy hooks first
@@ -227,6 +229,7 @@ def test_region_reported_for_wide_and_tall(tiny):
     assert [m.image_size for m in maps] == [(40, 20), (21, 50)]
 
 
+@pytest.mark.slow
 def test_loads_from_a_local_folder_and_through_prompter(tmp_path, tiny):
     from api_prompt.prompter import Prompter
 
@@ -256,6 +259,7 @@ def test_missing_weights_fail_fast_with_advice(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 10
 
 
+@pytest.mark.slow
 def test_command_line_backend_llava(tmp_path, tiny):
     """``api-prompt --backend llava`` on a saved folder: prompted image plus attention and mask."""
     import subprocess
@@ -286,6 +290,7 @@ def test_command_line_backend_llava(tmp_path, tiny):
     assert done.returncode == 2 and "out of range" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_default_layer_follows_the_relative_rule_so_a_small_folder_loads(tmp_path, tiny):
     """No layer given: n_layers * 20 // 32 (2 of 4), so Prompter(backend="llava", model=folder)
     works on a small model (a fixed 20 was out of range for it)."""

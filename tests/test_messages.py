@@ -105,6 +105,7 @@ FAST_REFUSALS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", FAST_REFUSALS)
 def test_mistakes_are_refused_before_any_model_library_loads(workdir: Path, args: list[str], words: list[str]) -> None:
     code, stderr, imported = run_fresh(*args, cwd=workdir)
@@ -116,6 +117,7 @@ def test_mistakes_are_refused_before_any_model_library_loads(workdir: Path, args
     assert sorted(path.name for path in workdir.iterdir()) == ["scene.png"]   # nothing written
 
 
+@pytest.mark.slow
 def test_a_folder_given_as_model_gets_command_line_advice(workdir: Path) -> None:
     folder = workdir / "my-model"
     folder.mkdir()

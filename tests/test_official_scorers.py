@@ -155,6 +155,7 @@ def test_pope_adversarial_answers_read_as_llava_reads_them():
     assert {key: ours[key] for key in metrics} == metrics
 
 
+@pytest.mark.slow
 def test_pope_property():
     def check(rng, seen):
         answers = [near_miss(rng, YES_NO) for _ in range(batch_size(rng))]
@@ -233,6 +234,7 @@ def test_mme_adversarial_scores_and_totals_equal_lmms_eval():
     assert_mme_equal(mme_docs([("landmark", 0), ("my_category", 0)]), ["Yes", "n", "Y", "no"])
 
 
+@pytest.mark.slow
 def test_mme_property():
     categories = ["existence", "count", "OCR", "code_reasoning", "text_translation", "celebrity"]
     images = [(category, image) for category in categories for image in range(5)]
@@ -285,6 +287,7 @@ def test_vqa_adversarial_answers_score_as_lmms_eval_scores_them(benchmark):
                 assert score(benchmark, answer, doc) == official_vqa(benchmark, doc, answer), (humans, answer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("benchmark", ["textvqa", "vqav2"])
 def test_vqa_property(benchmark):
     mean = lmms_eval_module("api.metrics").mean
@@ -352,6 +355,7 @@ def test_gqa_adversarial_answers_match_as_lmms_eval_matches_them(gqa_task):
             assert score("gqa", answer, doc) == official, (truth, answer)
 
 
+@pytest.mark.slow
 def test_gqa_property(gqa_task):
     mean = lmms_eval_module("api.metrics").mean
 
@@ -426,6 +430,7 @@ def mcq_answer(rng, sample):
     return rng.choice(TEMPLATES).format(rng.choice(texts))
 
 
+@pytest.mark.slow
 def test_mcq_property(monkeypatch):
     monkeypatch.delenv("VERBOSE", raising=False)
 
@@ -500,6 +505,7 @@ def test_circular_accuracy_adversarial_equals_vlmevalkit(monkeypatch, tmp_path):
     assert_circular_equal(circular_rows(groups), monkeypatch, tmp_path)
 
 
+@pytest.mark.slow
 def test_circular_accuracy_property(monkeypatch):
     def answer(rng):
         kind = rng.randrange(3)

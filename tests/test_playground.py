@@ -54,6 +54,7 @@ def test_default_model_is_the_shipped_small_clip(playground):
     assert (default_model_dir() / "open_clip_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
@@ -80,6 +81,7 @@ def test_stages_give_the_pixels_of_prompt(playground, scene, settings):
 STYLE_OPTIONS = {"crop_size": 64, "zoom": 96, "blur": 0.05, "color": "blue", "width": 3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
@@ -276,6 +278,7 @@ def test_command_without_gradio_says_how_to_install_it(monkeypatch):
     assert result.stderr == "error: the playground needs Gradio: pip install 'api-prompt[playground]'\n"
 
 
+@pytest.mark.slow
 def test_command_loads_the_model_once_then_serves_where_asked(monkeypatch):
     gradio = pytest.importorskip("gradio", reason="pip install -e '.[playground]'")
     served = {}
@@ -431,6 +434,7 @@ def test_a_number_beyond_a_control_is_one_sentence_and_the_pictures_stay(page, s
     assert valid["error"] == "" and valid["prompted"]
 
 
+@pytest.mark.slow
 def test_the_page_shows_every_style_beside_the_prompted_image_shrunk_for_the_browser(page, page_module, scene,
                                                                                     tmp_path):
     big = scene.resize((1500, 1000))

@@ -139,6 +139,7 @@ def fetch_png(page, url: str) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+@pytest.mark.slow
 def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path):
     counter = CountingPrompter()
     playground = Playground(device="cpu", build_prompter=counter, target=brightness)
@@ -263,6 +264,7 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         assert playground.loads == counter.calls == 1
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_is_one_sentence_in_the_page(page):
     def cannot_load(*args, **kwargs):
         raise ModelLoadError("no weights in /models/missing")
@@ -343,6 +345,7 @@ def prompt_scene(page, path: Path, question: str, old_src: str | None = None) ->
     return wait_for_new_image(page, old_src)
 
 
+@pytest.mark.slow
 def test_a_number_typed_beyond_a_slider_is_one_sentence_and_the_pictures_stay(small_clip_page, page, tmp_path):
     url, playground = small_clip_page
     scene = tmp_path / "scene.png"
@@ -375,6 +378,7 @@ def test_a_number_typed_beyond_a_slider_is_one_sentence_and_the_pictures_stay(sm
     wait_for_pixels(page, before, expected)
 
 
+@pytest.mark.slow
 def test_a_new_upload_empties_the_results_of_the_previous_image(small_clip_page, page, tmp_path):
     url, _ = small_clip_page
     page.goto(url)
@@ -413,6 +417,7 @@ def test_a_new_upload_empties_the_results_of_the_previous_image(small_clip_page,
     assert page.locator(".toast-body").count() == 0
 
 
+@pytest.mark.slow
 def test_a_large_image_is_shown_smaller_and_downloaded_full_size(small_clip_page, page, tmp_path):
     shown_size = (1024, 768)  # the page's display size (longest side 1024) for a 4:3 image
     url, _ = small_clip_page
@@ -459,6 +464,7 @@ def panel_pixels(page, panel: str, expected: np.ndarray, seconds: float = 60) ->
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_every_style_is_shown_side_by_side_and_follows_the_controls(small_clip_page, page, tmp_path):
     _, loaded = small_clip_page
     options = {"crop_size": 64, "zoom": 96, "color": "blue", "width": 3}

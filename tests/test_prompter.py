@@ -124,6 +124,7 @@ def photo() -> Path:
     return FIXTURE / "images" / "wide.png"
 
 
+@pytest.mark.slow
 def test_prompt_and_prompter_give_the_same_pixels(photo: Path) -> None:
     query = "What color is the car on the left?"
     options = dict(model=MODEL, device="cpu", preset="mmvet", background=40)
@@ -151,6 +152,7 @@ def test_layer_out_of_range_is_a_config_error() -> None:
         Prompter(model=MODEL, device="cpu", layer=6)
 
 
+@pytest.mark.slow
 def test_prompter_reproduces_the_reference_images(clip_cases: list[dict]) -> None:
     """Each golden case through the whole pipeline, within one gray level of the reference."""
     for case in clip_cases:

@@ -29,6 +29,7 @@ def family(request):
     return request.param, cls, model, processor, eager
 
 
+@pytest.mark.slow
 def test_relative_map_is_the_ratio_of_two_oracle_maps(family):
     name, cls, model, processor, eager = family
     images = _images()[:2]
@@ -47,6 +48,7 @@ def test_relative_map_is_the_ratio_of_two_oracle_maps(family):
     assert attributor.describe()["relative"] is True
 
 
+@pytest.mark.slow
 def test_generic_maps_are_computed_with_the_questions_and_cached_per_image(family, monkeypatch):
     name, cls, model, processor, _ = family
     image = _images()[0]

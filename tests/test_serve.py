@@ -68,6 +68,7 @@ def invert(images, queries):
 # -- the prompted image ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_upstream_receives_exactly_the_prompted_image_and_the_rest_unchanged(prompter):
     image = random_image(1, (64, 48))
     with RawServer(default=echo_upstream) as upstream:
@@ -168,6 +169,7 @@ def test_several_images_and_messages_each_get_their_own_query(prompter):
     assert upstream.requests[0]["json"]["messages"][1] == {"role": "assistant", "content": "A circle."}
 
 
+@pytest.mark.slow
 def test_requests_arriving_together_are_attributed_together(prompter):
     images = [random_image(10 + i, (40 + i, 32)) for i in range(6)]
     batches = []

@@ -148,6 +148,7 @@ PRIVATE_HOSTS = [
 ]
 
 
+@pytest.mark.slow
 def test_private_link_local_and_embedded_addresses_are_refused_before_connecting(network):
     network.names["metadata.test"] = [["169.254.169.254"]]
     network.names["mixed.test"] = [[PUBLIC, "10.1.2.3"]]  # one private address is enough to refuse
@@ -569,6 +570,7 @@ CLIP_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets" 
 CLI_MODEL = ["--model", f"local-dir:{CLIP_DIR}", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_cli_max_pixels_refuses_a_larger_image_in_one_actionable_line(tmp_path):
     from typer.testing import CliRunner
 

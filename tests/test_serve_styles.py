@@ -84,6 +84,7 @@ def assert_same_images(received: list[Image.Image], wanted: list[Image.Image]) -
 # -- the server's default style --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_crop_server_sends_the_original_and_the_crop_in_order_in_the_same_message(clip):
     image = random_image(3, (96, 64))
     with RawServer(default=echo_upstream) as upstream:
@@ -112,6 +113,7 @@ def test_each_image_of_a_message_is_followed_by_its_own_crop():
     assert_same_images(sent_images(upstream.requests[0]), wanted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("style", "options"), [("blur", {"blur": 0.1}), ("box", {"color": "#00ff00", "width": 3})])
 def test_a_one_image_server_style_sends_the_python_apis_pixels(clip, style, options):
     image = random_image(7, (64, 48))
@@ -141,6 +143,7 @@ def test_a_bad_server_style_is_one_line_before_the_proxy_starts(style, options, 
 # -- a style per request (extra_body) --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_extra_body_picks_the_style_for_one_request_and_never_goes_upstream(clip):
     image = random_image(8, (64, 48))
     with RawServer(default=echo_upstream) as upstream:
@@ -161,6 +164,7 @@ def test_extra_body_picks_the_style_for_one_request_and_never_goes_upstream(clip
     assert_same_images(sent_images(plain), expected(image, "What is red?"))
 
 
+@pytest.mark.slow
 def test_a_request_style_starts_from_the_servers_settings_and_options(clip):
     """The server's background and its crop options hold for a request that names only the style."""
     image = random_image(9, (64, 48))

@@ -157,6 +157,7 @@ def test_blur_mixes_sharp_and_blurred_pixels_by_the_8_bit_map():
     np.testing.assert_array_equal(np.asarray(out), expected.astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_the_blend_rounds_every_reachable_sum_to_the_nearest_level():
     # every (sharp, blurred, m) triple, through the 16-bit arithmetic, against float rounding
     sharp, blurred, m = (v.reshape(-1, 1) for v in np.meshgrid(*[np.arange(256)] * 3, indexing="ij"))

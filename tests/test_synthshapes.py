@@ -38,6 +38,7 @@ def test_shipped_model_loads_as_local_dir(shipped):
     assert (MODEL_DIR / "open_clip_model.safetensors").stat().st_size < 20 * 2**20
 
 
+@pytest.mark.slow
 def test_maps_point_at_the_named_object(shipped):
     """On 60 held-out 3-object scenes the soft-OR mask wins the pointing game far above chance."""
     model, preprocess, tokenizer = shipped
@@ -50,6 +51,7 @@ def test_maps_point_at_the_named_object(shipped):
     assert np.mean(hits) >= np.mean(chance) + 0.2
 
 
+@pytest.mark.slow
 def test_command_runs_the_shipped_model(tmp_path):
     scene = make_scene(np.random.default_rng(11), n_objects=2)
     image = tmp_path / "scene.png"

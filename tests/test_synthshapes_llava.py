@@ -38,6 +38,7 @@ def open_clip_model():
     return model.eval(), preprocess
 
 
+@pytest.mark.slow
 def test_converted_tower_gives_open_clip_image_features(open_clip_model):
     model, preprocess = open_clip_model
     hf, _ = train_llava.load_converted_clip(CLIP_DIR)
@@ -84,6 +85,7 @@ def test_processor_pixels_match_open_clip_preprocess(open_clip_model):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_folder_loads_with_stock_classes_and_answers_held_out_questions():
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -118,6 +120,7 @@ def test_folder_loads_with_stock_classes_and_answers_held_out_questions():
     assert {a.split()[0] for a in answers} == {"yes", "no"}
 
 
+@pytest.mark.slow
 def test_every_template_word_is_in_the_vocabulary():
     tokenizer = train_llava.build_tokenizer()
     rng = np.random.default_rng(0)
@@ -129,6 +132,7 @@ def test_every_template_word_is_in_the_vocabulary():
     assert tokenizer.unk_token_id in tokenizer("What is the weather like?", add_special_tokens=False).input_ids
 
 
+@pytest.mark.slow
 def test_first_training_steps_are_deterministic(tmp_path):
     def run(name):
         out = tmp_path / name
@@ -177,6 +181,7 @@ def test_llava_backend_on_the_word_level_model_uses_its_chat_template_and_warns_
     assert amap.answer in train_llava.COUNT_WORDS
 
 
+@pytest.mark.slow
 def test_localize_decoder_maps_equal_the_attributor():
     """localize.decoder_maps (every layer and token count from one generation) gives exactly the
     LLaVAAttributor's map for each (layer, max_new_tokens)."""

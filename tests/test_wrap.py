@@ -179,6 +179,7 @@ def run_ask(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_ask_no_api_sends_the_original(server):
     done = run_ask(str(IMAGE), "What is here?", "--target", "openai:test",
                    "--base-url", server.base_url, "--no-api", "--max-new-tokens", "5", key=KEY)
@@ -205,6 +206,7 @@ def test_cli_ask_sends_the_prompted_image(server, clip_prompter, tmp_path):
     assert np.array_equal(pixels(Image.open(saved)), expected)
 
 
+@pytest.mark.slow
 def test_cli_ask_errors_are_one_line_without_the_key(server):
     server.script = [(401, {}, error(f"Incorrect API key provided: {KEY}"))]
     done = run_ask(str(IMAGE), "q", "--target", "openai:test", "--base-url", server.base_url,
