@@ -138,6 +138,7 @@ def test_tsv_under_the_original_name_never_gets_the_cached_originals(tmp_path):
     assert not set(vlmevalkit_image_paths(other.tsv, lmu, "MyBench")["0"]) & set(served["0"])
 
 
+@pytest.mark.slow
 def test_multi_image_rows_prompt_each_image_and_keep_the_list(tmp_path):
     pandas = pytest.importorskip("pandas")
     header = ["index", "image", "question", "answer"]

@@ -215,6 +215,7 @@ def assert_dots_match_contributions(block, x):
     torch.testing.assert_close(lean, explicit, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_batched_equals_one_by_one(fixture_model, images):
     model, preprocess, tokenizer = fixture_model
     attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=LAYER, batch_size=2)
@@ -229,6 +230,7 @@ def test_batched_equals_one_by_one(fixture_model, images):
         assert batched.image_size == image.size and batched.region == alone.region
 
 
+@pytest.mark.slow
 def test_fp32_is_deterministic(attributor, images):
     first = attributor(images["wide"], "a red bus")[0]
     second = attributor(images["wide"], "a red bus")[0]
@@ -236,6 +238,7 @@ def test_fp32_is_deterministic(attributor, images):
     np.testing.assert_array_equal(first.parts["psi_cls"], second.parts["psi_cls"])
 
 
+@pytest.mark.slow
 def test_region_is_the_centre_crop(attributor, images):
     wide, tall, square = (attributor(images[k], "x")[0] for k in ("wide", "tall", "square"))
     # wide 151×97: resized to 174×112, crop starts at round(62 / 2) = 31 resized pixels
@@ -253,6 +256,7 @@ def test_crop_region_with_padding():
     assert (left, right) == (0.0, 200.0) and top < 0 and bottom > 100
 
 
+@pytest.mark.slow
 def test_text_embeddings_are_cached(fixture_model, images):
     model, preprocess, tokenizer = fixture_model
     calls = []
@@ -347,6 +351,7 @@ def test_bad_settings_are_config_errors(fixture_model, options):
         CLIPAttributor(model, **kwargs)
 
 
+@pytest.mark.slow
 def test_bf16_follows_fp32(clip_fixture_dir, attributor, images):
     """Low precision runs the model in bf16 but the decomposition in float32: maps stay close."""
     low = CLIPAttributor(f"local-dir:{clip_fixture_dir / 'model'}", layer=LAYER, device="cpu", dtype="bf16")

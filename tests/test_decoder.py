@@ -163,6 +163,7 @@ def test_batch_of_three_with_early_eos_matches_per_image_oracle(family):
     assert len({m.parts["attention"].shape for m in maps}) == 3  # one grid per aspect ratio
 
 
+@pytest.mark.slow
 def test_answers_equal_plain_generate(family):
     name, cls, model, processor, _ = family
     images = _images()
@@ -212,6 +213,7 @@ def _assert_unchanged(model, processor, before):
     assert rope_deltas is None or torch.equal(rope_deltas, after_deltas)
 
 
+@pytest.mark.slow
 def test_model_and_processor_left_unchanged_also_on_error(family, monkeypatch):
     name, cls, model, processor, _ = family
     with torch.no_grad():  # let transformers install its own lazy hooks first

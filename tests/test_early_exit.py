@@ -63,6 +63,7 @@ def assert_same_masks(full, fast):
             assert np.corrcoef(early.parts[name].ravel(), exact.parts[name].ravel())[0, 1] > 1 - 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_golden_fixture_masks_are_the_full_computations(case, fixture_model, expected_npz):
     model, preprocess, tokenizer = fixture_model
@@ -75,6 +76,7 @@ def test_golden_fixture_masks_are_the_full_computations(case, fixture_model, exp
     assert np.abs(fast[0].mask - expected_npz[f"{case['name']}_mask"]).max() <= 1e-5  # the reference's
 
 
+@pytest.mark.slow
 def test_later_blocks_do_not_run(fixture_model, images):
     model, preprocess, tokenizer = fixture_model
     attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=2)
@@ -107,6 +109,7 @@ SHAPES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vision, layer", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_towers_of_several_shapes(vision, layer, seed, fixture_model, images):
@@ -157,6 +160,7 @@ def test_model_is_left_unchanged(fixture_model, images):
 # -- who asks for what --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prompter_stops_early_and_gives_the_same_images(fixture_model, images):
     model, preprocess, tokenizer = fixture_model
     attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=3)
@@ -193,6 +197,7 @@ def test_default_attributor_parts_are_the_reference_scale(fixture_model, images,
         np.testing.assert_allclose(amap.parts[part], expected, atol=1e-5 * np.ptp(expected), rtol=0)
 
 
+@pytest.mark.slow
 def test_a_scale_dependent_recipe_is_refused_on_early_parts(fixture_model, images):
     model, preprocess, tokenizer = fixture_model
     prompter = Prompter(attributor=CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=3))

@@ -57,6 +57,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_outputs_follow_the_evaluation_contract(tmp_path):
     data = _pope_data(tmp_path)
     summary = evaluate(data, "pope", bright, tmp_path / "out", prompter=invert, batch_size=5)

@@ -67,6 +67,7 @@ def _oracle(eager, processor, image, query, layer=LAYER):
     return torch.stack(rows).mean(0).reshape(grid, grid).numpy(), tokens
 
 
+@pytest.mark.slow
 def test_batch_of_one_matches_eager_oracle(tiny):
     model, processor, eager = tiny
     image, query = _images()[0], QUERIES[0]
@@ -107,6 +108,7 @@ def test_batch_with_early_eos_matches_per_image_oracle(tiny):
     assert len({m.extra["passes"] for m in maps}) > 1
 
 
+@pytest.mark.slow
 def test_answers_equal_plain_generate(tiny):
     model, processor, _ = tiny
     images = _images()

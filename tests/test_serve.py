@@ -102,6 +102,7 @@ def test_upstream_receives_exactly_the_prompted_image_and_the_rest_unchanged(pro
     assert request["path"] == "/v1/chat/completions"
 
 
+@pytest.mark.slow
 def test_a_jpeg_goes_upstream_as_the_jpeg_of_exactly_the_prompted_image(prompter):
     import base64
     import io

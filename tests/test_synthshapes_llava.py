@@ -151,6 +151,7 @@ def test_first_training_steps_are_deterministic(tmp_path):
     assert first["history"][0][2] != first["history"][-1][2]
 
 
+@pytest.mark.slow
 def test_llava_backend_on_the_word_level_model_uses_its_chat_template_and_warns_on_unknown_words():
     """Prompter(backend="llava", model=folder) with no layer works on the 4-layer model; the prompt
     is the processor's chat template without the llava_v1 system sentence (all <unk> here), and a

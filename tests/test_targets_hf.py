@@ -46,6 +46,7 @@ def family(request):
     return request.param, model, processor, printable_only(processor.tokenizer)
 
 
+@pytest.mark.slow
 def test_batched_answers_equal_one_by_one(family):
     name, model, processor, bad = family
     target = HFTarget(model, processor, batch_size=4, max_new_tokens=6, suppress_tokens=bad)
@@ -85,6 +86,7 @@ def test_only_new_tokens_and_generation_options(family):
     assert call["attention_mask"][0, -1] == 1  # left padding: the prompt ends at the right edge
 
 
+@pytest.mark.slow
 def test_several_images_per_question(family):
     name, model, processor, bad = family
     target = HFTarget(model, processor, max_new_tokens=5, suppress_tokens=bad)
@@ -119,6 +121,7 @@ def test_tokenizer_without_pad_token_pads_with_eos_and_is_left_unchanged(family)
     assert answers == expected
 
 
+@pytest.mark.slow
 def test_loads_from_a_saved_folder(family, tmp_path):
     name, model, processor, bad = family
     model.save_pretrained(tmp_path)

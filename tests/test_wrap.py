@@ -123,6 +123,7 @@ def test_wrap_rejects_bad_input(fake_prompter):
 # -- real targets ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_openai_target_receives_exactly_the_prompted_pixels(server, clip_prompter):
     ask = wrap(OpenAITarget("test", base_url=server.base_url), clip_prompter)
     assert isinstance(ask, PromptedTarget)
