@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -64,11 +64,11 @@ TARGET_FLAGS = {"base_url": "--base-url", "timeout": "--timeout", "max_retries":
 TargetOpt = Annotated[str, typer.Option(
     "--target", "-t", rich_help_panel=_TARGET, show_default=False, help=_targets_help(),
 )]
-TargetOptionOpt = Annotated[Optional[list[str]], typer.Option(
+TargetOptionOpt = Annotated[list[str] | None, typer.Option(
     "--target-option", "-T", metavar="KEY=VALUE", rich_help_panel=_TARGET, show_default=False,
     help=_target_options_help(),
 )]
-BaseUrlOpt = Annotated[Optional[str], typer.Option(
+BaseUrlOpt = Annotated[str | None, typer.Option(
     "--base-url", rich_help_panel=_TARGET, show_default=False,
     help="openai: API root ending in /v1 (default: $OPENAI_BASE_URL, else "
     "https://api.openai.com/v1). The key is read from $OPENAI_API_KEY.",
@@ -84,11 +84,11 @@ ModeOpt = Annotated[Mode, typer.Option(
 MaxNewTokensOpt = Annotated[int, typer.Option(
     "--max-new-tokens", rich_help_panel=_TARGET, min=1, help="Longest answer, in tokens.",
 )]
-TargetDeviceOpt = Annotated[Optional[str], typer.Option(
+TargetDeviceOpt = Annotated[str | None, typer.Option(
     "--target-device", rich_help_panel=_TARGET, show_default="same as --device",
     help="hf, clip-zeroshot: where the target model runs (auto, cpu, cuda, cuda:N or mps).",
 )]
-TargetDtypeOpt = Annotated[Optional[str], typer.Option(
+TargetDtypeOpt = Annotated[str | None, typer.Option(
     "--target-dtype", rich_help_panel=_TARGET, show_default=False,
     help="hf, clip-zeroshot: fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU).",
 )]
@@ -96,21 +96,21 @@ TimeoutOpt = Annotated[float, typer.Option(
     "--timeout", rich_help_panel=_TARGET, min=0.001,
     help="openai: seconds one attempt may take in all (connect, send, the whole answer).",
 )]
-MaxRetriesOpt = Annotated[Optional[int], typer.Option(
+MaxRetriesOpt = Annotated[int | None, typer.Option(
     "--max-retries", rich_help_panel=_TARGET, min=0, show_default="3",
     help="openai: extra attempts after a 429, a 5xx, a timeout or a broken connection; 0 = none.",
 )]
-BackoffOpt = Annotated[Optional[float], typer.Option(
+BackoffOpt = Annotated[float | None, typer.Option(
     "--backoff", rich_help_panel=_TARGET, min=0.0, show_default="1.0",
     help="openai: first retry delay in seconds, doubled per attempt (a server's Retry-After wins).",
 )]
-SavePromptedOpt = Annotated[Optional[Path], typer.Option(
+SavePromptedOpt = Annotated[Path | None, typer.Option(
     "--save-prompted", rich_help_panel=_TARGET, show_default=False,
     help="Also write the image the target saw (PNG or any format Pillow writes).",
 )]
 
 
-def target_options(target: str, texts: Optional[list[str]] = None, *, defaults: Optional[dict] = None,
+def target_options(target: str, texts: list[str] | None = None, *, defaults: dict | None = None,
                    **flags) -> dict:
     """The constructor options of ``--target``'s kind, from its spec (shared by ``ask``, ``eval``
     and ``playground``).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -82,10 +82,10 @@ def batch_command(
         "--allow-partial", rich_help_panel=_OUTPUT,
         help="Write the TSV / dataset even if some samples failed: their rows keep the original "
         "image and an api_prompt_status column marks them. Without it nothing partial is written.")] = False,
-    tsv_name: Annotated[Optional[str], typer.Option(
+    tsv_name: Annotated[str | None, typer.Option(
         "--tsv-name", rich_help_panel=_OUTPUT, show_default="<stem>_API.tsv",
         help="File name of the prompted VLMEvalKit TSV (its dataset name in VLMEvalKit).")] = None,
-    output_format: Annotated[Optional[str], typer.Option(
+    output_format: Annotated[str | None, typer.Option(
         "--output-format", parser=parse_output_format, metavar="NAME", rich_help_panel=_OUTPUT,
         show_default="tsv for a TSV, dataset for parquet and datasets inputs, none for JSONL and CSV",
         help=_output_formats_help())] = None,
@@ -95,30 +95,30 @@ def batch_command(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", rich_help_panel=_OUTPUT,
         help="Delete an earlier run's outputs in --out first (needed when the parameters changed).")] = False,
-    image_root: Annotated[Optional[Path], typer.Option(
+    image_root: Annotated[Path | None, typer.Option(
         "--image-root", rich_help_panel=_INPUT, show_default="the folder holding INPUT",
         help="Folder that relative image paths start from.")] = None,
-    id_column: Annotated[Optional[str], typer.Option(
+    id_column: Annotated[str | None, typer.Option(
         "--id-column", rich_help_panel=_INPUT, show_default="id; index for TSV; the row number if absent",
         help="Column with the sample id (names the output file).")] = None,
-    image_column: Annotated[Optional[str], typer.Option(
+    image_column: Annotated[str | None, typer.Option(
         "--image-column", rich_help_panel=_INPUT, show_default="image",
         help="Column with the image: a path, base64, a data: URL, or a datasets Image.")] = None,
-    question_column: Annotated[Optional[str], typer.Option(
+    question_column: Annotated[str | None, typer.Option(
         "--question-column", rich_help_panel=_INPUT, show_default="question",
         help="Column with the question (the query of the map).")] = None,
-    split: Annotated[Optional[str], typer.Option(
+    split: Annotated[str | None, typer.Option(
         "--split", rich_help_panel=_INPUT, show_default=False,
         help="Split of a saved DatasetDict.")] = None,
-    input_format: Annotated[Optional[InputFormat], typer.Option(
+    input_format: Annotated[InputFormat | None, typer.Option(
         "--input-format", rich_help_panel=_INPUT, show_default="from the extension",
         help="Read INPUT as this format.")] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", min=1, rich_help_panel=_RUN, help="Samples per model call.")] = 16,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         "--workers", min=1, rich_help_panel=_RUN, show_default="twice the CPU count, at most 32",
         help="Threads that decode, overlay and encode images while the model runs.")] = None,
-    limit: Annotated[Optional[int], typer.Option(
+    limit: Annotated[int | None, typer.Option(
         "--limit", min=0, rich_help_panel=_RUN, show_default=False,
         help="Only the first N samples of INPUT.")] = None,
     num_shards: Annotated[int, typer.Option(
@@ -131,10 +131,10 @@ def batch_command(
         "--engine", rich_help_panel=_RUN,
         help="local: threads in this process; ray: Ray Data actors, one model each, on every GPU "
         "(or CPU) of a Ray cluster (pip install 'api-prompt\\[ray]').")] = Engine.local,
-    address: Annotated[Optional[str], typer.Option(
+    address: Annotated[str | None, typer.Option(
         "--address", rich_help_panel=_RUN, show_default="a local Ray instance",
         help="Ray cluster to join with --engine ray (e.g. auto, or HEAD_IP:6379 after 'ray start').")] = None,
-    num_gpus: Annotated[Optional[float], typer.Option(
+    num_gpus: Annotated[float | None, typer.Option(
         "--num-gpus", min=0, rich_help_panel=_RUN, show_default="1 if the cluster has GPUs, else 0",
         help="GPUs per Ray actor (--engine ray); one actor per GPU by default.")] = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated, Iterator
+from typing import Annotated
 
 import click
 import typer

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from .ask import (
-    BaseUrlOpt, MaxNewTokensOpt, TargetDeviceOpt, TargetDtypeOpt, TargetOpt, TargetOptionOpt,
-    TimeoutOpt, target_options,
+    BaseUrlOpt,
+    MaxNewTokensOpt,
+    TargetDeviceOpt,
+    TargetDtypeOpt,
+    TargetOpt,
+    TargetOptionOpt,
+    TimeoutOpt,
+    target_options,
 )
 from .common import DebugOpt, InputFormat, QuietOpt, handle_errors, status
 from .options import PromptOptions, prompt_options
@@ -70,7 +76,7 @@ def eval_command(
         "or prompt styles by name (overlay, crop, blur, box), each drawn from the same map; every two "
         "conditions are compared in the report.",
     )] = "original,api",
-    limit: Annotated[Optional[int], typer.Option(
+    limit: Annotated[int | None, typer.Option(
         "--limit", min=1, rich_help_panel=_RUN, show_default=False,
         help="Only the first N samples.")] = None,
     batch_size: Annotated[int, typer.Option(
@@ -88,33 +94,33 @@ def eval_command(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", rich_help_panel=_RUN,
         help="Discard an earlier evaluation's outputs in --out instead of continuing it.")] = False,
-    id_column: Annotated[Optional[str], typer.Option(
+    id_column: Annotated[str | None, typer.Option(
         "--id-column", rich_help_panel=_DATA,
         show_default="question_id, else id (index for TSV), else the row number",
         help="Column with each sample's unique id.")] = None,
-    image_column: Annotated[Optional[str], typer.Option(
+    image_column: Annotated[str | None, typer.Option(
         "--image-column", rich_help_panel=_DATA, show_default="image",
         help="Column with the image (path, base64, bytes or a datasets image).")] = None,
-    question_column: Annotated[Optional[str], typer.Option(
+    question_column: Annotated[str | None, typer.Option(
         "--question-column", rich_help_panel=_DATA, show_default="question",
         help="Column with the question.")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(
+    image_root: Annotated[Path | None, typer.Option(
         "--image-root", rich_help_panel=_DATA, show_default="the folder holding DATA",
         help="Folder that relative image paths are read from.")] = None,
-    split: Annotated[Optional[str], typer.Option(
+    split: Annotated[str | None, typer.Option(
         "--split", rich_help_panel=_DATA, show_default=False,
         help="Split of a saved dataset with several.")] = None,
-    input_format: Annotated[Optional[InputFormat], typer.Option(
+    input_format: Annotated[InputFormat | None, typer.Option(
         "--input-format", rich_help_panel=_DATA, show_default="from the extension",
         help="Format of DATA.")] = None,
-    judge: Annotated[Optional[str], typer.Option(
+    judge: Annotated[str | None, typer.Option(
         "--judge", rich_help_panel=_JUDGE, show_default=False,
         help="The judge model of mmvet and llava-bench: openai:MODEL on any OpenAI-compatible "
         "endpoint (lmms-eval's default is openai:gpt-4o-2024-11-20).")] = None,
-    judge_base_url: Annotated[Optional[str], typer.Option(
+    judge_base_url: Annotated[str | None, typer.Option(
         "--judge-base-url", rich_help_panel=_JUDGE, show_default="OPENAI_BASE_URL, else OpenAI's",
         help="The judge's API root, up to /v1.")] = None,
-    judge_api_key: Annotated[Optional[str], typer.Option(
+    judge_api_key: Annotated[str | None, typer.Option(
         "--judge-api-key", rich_help_panel=_JUDGE, show_default="$API_PROMPT_JUDGE_KEY, else $OPENAI_API_KEY",
         help="The judge's API key.")] = None,
     judge_repeats: Annotated[int, typer.Option(

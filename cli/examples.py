@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ from .common import DebugOpt, handle_errors
 
 
 def examples_command(
-    copy: Annotated[Optional[Path], typer.Option(
+    copy: Annotated[Path | None, typer.Option(
         "--copy", show_default=False, help="Also copy the example images into this existing folder.")] = None,
     debug: DebugOpt = False,
 ) -> None:

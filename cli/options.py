@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -170,41 +171,41 @@ _STYLE = "Prompt style"
 BackendOpt = Annotated[str, typer.Option(
     "--backend", parser=parse_backend, metavar="NAME", help=_backends_help(), rich_help_panel=_MODEL,
 )]
-ModelOpt = Annotated[Optional[str], typer.Option(
+ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", rich_help_panel=_MODEL, show_default=False, help=_models_help(),
 )]
-PretrainedOpt = Annotated[Optional[str], typer.Option(
+PretrainedOpt = Annotated[str | None, typer.Option(
     "--pretrained", rich_help_panel=_MODEL, show_default=False,
     help="open_clip pretrained tag or checkpoint path (default 'openai' for the default model); "
     "only for backends whose spec declares it.",
 )]
-LayerOpt = Annotated[Optional[int], typer.Option(
+LayerOpt = Annotated[int | None, typer.Option(
     "--layer", rich_help_panel=_MODEL, show_default=False, help=_layers_help(),
 )]
-BackendOptionOpt = Annotated[Optional[list[str]], typer.Option(
+BackendOptionOpt = Annotated[list[str] | None, typer.Option(
     "--backend-option", "-B", metavar="KEY=VALUE", rich_help_panel=_MODEL, show_default=False,
     help=_backend_options_help(),
 )]
 DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[Optional[str], typer.Option(
+DtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", rich_help_panel=_MODEL, show_default=False,
     help="fp32, fp16 or bf16 (default: fp32 for CLIP, fp16 for LLaVA on GPU).",
 )]
-PresetOpt = Annotated[Optional[str], typer.Option(
+PresetOpt = Annotated[str | None, typer.Option(
     "--preset", rich_help_panel=_MAP, show_default=False,
     help=f"Published settings: {', '.join(PRESETS)} (default package). Explicit options override it.",
 )]
-EnhanceOpt = Annotated[Optional[float], typer.Option(
+EnhanceOpt = Annotated[float | None, typer.Option(
     "--enhance", rich_help_panel=_MAP, show_default=False, help="Contrast coefficient coe (preset: 10).",
 )]
-KernelOpt = Annotated[Optional[int], typer.Option(
+KernelOpt = Annotated[int | None, typer.Option(
     "--kernel-size", "-k", rich_help_panel=_MAP, show_default=False,
     help="Odd box-filter size on the grid; 1 = no smoothing (preset: 3).",
 )]
-ResampleOpt = Annotated[Optional[Resample], typer.Option(
+ResampleOpt = Annotated[Resample | None, typer.Option(
     "--resample", rich_help_panel=_MAP, show_default=False, help="Upsampling filter (preset: lanczos).",
 )]
-BackgroundOpt = Annotated[Optional[int], typer.Option(
+BackgroundOpt = Annotated[int | None, typer.Option(
     "--background", "-g", rich_help_panel=_MAP, show_default=False,
     help="Gray level 0-255 shown where the map is low (preset: 0).",
 )]
@@ -212,13 +213,13 @@ GeometryOpt = Annotated[Geometry, typer.Option(
     "--geometry", rich_help_panel=_MAP,
     help="stretch: the map over the whole image, as the paper; fit: where the model actually looked.",
 )]
-RecipeOpt = Annotated[Optional[str], typer.Option(
+RecipeOpt = Annotated[str | None, typer.Option(
     "--recipe", rich_help_panel=_MAP, metavar="NAME", show_default=False, help=_recipes_help(),
 )]
 StyleOpt = Annotated[str, typer.Option(
     "--style", parser=parse_style, metavar="NAME", rich_help_panel=_STYLE, help=_styles_help(),
 )]
-StyleOptionOpt = Annotated[Optional[list[str]], typer.Option(
+StyleOptionOpt = Annotated[list[str] | None, typer.Option(
     "--style-option", "-S", metavar="KEY=VALUE", rich_help_panel=_STYLE, show_default=False,
     help=_style_options_help(),
 )]
@@ -232,26 +233,26 @@ class PromptOptions:
     """
 
     backend: str
-    model: Optional[str]
-    pretrained: Optional[str]
-    layer: Optional[int]
+    model: str | None
+    pretrained: str | None
+    layer: int | None
     device: str
-    dtype: Optional[str]
-    preset: Optional[str]
-    enhance: Optional[float]
-    kernel_size: Optional[int]
-    resample: Optional[Resample]
-    background: Optional[int]
+    dtype: str | None
+    preset: str | None
+    enhance: float | None
+    kernel_size: int | None
+    resample: Resample | None
+    background: int | None
     geometry: Geometry
     #: ``KEY=VALUE`` texts of ``--backend-option``, typed by the backend's spec
     backend_options: tuple[str, ...] = ()
-    recipe: Optional[str] = None
+    recipe: str | None = None
     style: str = "overlay"
     #: ``KEY=VALUE`` texts of ``--style-option``, typed by the style
     style_options: tuple[str, ...] = ()
 
     @classmethod
-    def from_command(cls, parameters: dict) -> "PromptOptions":
+    def from_command(cls, parameters: dict) -> PromptOptions:
         """The options among a command's parameters, read by name (``--backend-option`` as
         ``backend_option``, ``--style-option`` as ``style_option``), as :func:`prompt_options`
         declares them."""

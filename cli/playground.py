@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ from .options import PromptOptions, prompt_options
 
 _SERVER = "Server"
 
-ModelOpt = Annotated[Optional[str], typer.Option(
+ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", rich_help_panel="Model", show_default=False,
     help="What the backend's library loads, as for 'api-prompt IMAGE QUERY'. Default for clip: "
     "the small CLIP shipped with api-prompt (trained on synthetic shapes, works offline); other "
@@ -43,12 +43,12 @@ ShareOpt = Annotated[bool, typer.Option(
     "--share/--no-share", rich_help_panel=_SERVER,
     help="Also publish a temporary public link through Gradio's share servers (needs internet).",
 )]
-TargetOpt = Annotated[Optional[str], typer.Option(
+TargetOpt = Annotated[str | None, typer.Option(
     "--target", "-t", rich_help_panel=_TARGET, show_default=False,
     help="Also ask a model about the original and the prompted image: 'openai:<model>' or "
     "'hf:<Hugging Face id or folder>'.",
 )]
-BaseUrlOpt = Annotated[Optional[str], typer.Option(
+BaseUrlOpt = Annotated[str | None, typer.Option(
     "--base-url", rich_help_panel=_TARGET, show_default=False,
     help="openai: API root ending in /v1 (default: $OPENAI_BASE_URL). The key is read from $OPENAI_API_KEY.",
 )]
@@ -80,8 +80,9 @@ def playground_command(
     with handle_errors(debug):
         # 1. Everything cheap, so a typo never costs a model load.
         try:
-            from api_prompt.playground import Playground, build_app
             import gradio  # noqa: F401
+
+            from api_prompt.playground import Playground, build_app
         except ImportError:
             raise ConfigError("the playground needs Gradio: pip install 'api-prompt[playground]'") from None
         if options.recipe is not None:   # the page combines with the backend's recipe

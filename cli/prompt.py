@@ -12,9 +12,10 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Annotated, Callable, Iterator, Optional
+from typing import IO, Annotated
 
 import typer
 from PIL import Image
@@ -38,17 +39,17 @@ DEFAULT_SUFFIX = "_api.png"
 
 _OUTPUT = "Output"
 
-OutputOpt = Annotated[Optional[Path], typer.Option(
+OutputOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", rich_help_panel=_OUTPUT, show_default="<stem>_api.png next to IMAGE",
     help=f"Where to write the prompted image. The format follows the extension: .png (lossless), "
     f".jpg/.jpeg (quality {JPEG_QUALITY}), .webp (lossless), .bmp, .tif, ...",
 )]
-SaveMapOpt = Annotated[Optional[Path], typer.Option(
+SaveMapOpt = Annotated[Path | None, typer.Option(
     "--save-map", rich_help_panel=_OUTPUT, show_default=False,
     help="Also write the map to PATH.npz: 'mask' (P×P float32) and the raw parts "
     "(psi_cls, psi_comp for CLIP; attention for LLaVA).",
 )]
-HeatmapOpt = Annotated[Optional[Path], typer.Option(
+HeatmapOpt = Annotated[Path | None, typer.Option(
     "--heatmap", rich_help_panel=_OUTPUT, show_default=False,
     help="Also write a colour heat map of the map over the image, with a colour bar.",
 )]
@@ -235,7 +236,7 @@ def too_many_pixels(image: Path, exc: ImageTooLargeError) -> str:
     """The one-line error for an image over ``--max-pixels``, saying what to change."""
     size = f"{exc.size[0]}x{exc.size[1]} = {exc.size[0] * exc.size[1]:,} pixels, " if exc.size else ""
     limit = exc.max_pixels or DEFAULT_MAX_PIXELS
-    advice = ("pass a higher --max-pixels (at most {:,}) or resize the image".format(DEFAULT_MAX_PIXELS)
+    advice = (f"pass a higher --max-pixels (at most {DEFAULT_MAX_PIXELS:,}) or resize the image"
               if limit < DEFAULT_MAX_PIXELS else "resize the image (--max-pixels cannot go higher)")
     return f"cannot load image {str(image)!r}: too large, {size}more than --max-pixels {limit:,} pixels; {advice}"
 

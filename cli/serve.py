@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import warnings
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -42,7 +42,7 @@ UpstreamOpt = Annotated[str, typer.Option(
 HostOpt = Annotated[str, typer.Option("--host", rich_help_panel=_SERVER, help="Address to listen on.")]
 PortOpt = Annotated[int, typer.Option("--port", rich_help_panel=_SERVER, min=0, max=65535,
                                       help="Port to listen on (0: any free port, printed at start).")]
-ApiKeyOpt = Annotated[Optional[str], typer.Option(
+ApiKeyOpt = Annotated[str | None, typer.Option(
     "--api-key", rich_help_panel=_SERVER, show_default=False, envvar="API_PROMPT_SERVE_KEY",
     help="Key clients must send as 'Authorization: Bearer KEY' (default $API_PROMPT_SERVE_KEY; "
     "none: no client authentication).",
@@ -68,7 +68,7 @@ AllowUrlFetchOpt = Annotated[bool, typer.Option(
     "connection is opened (the one connected to, so DNS rebinding cannot pass), and every failure gives "
     "the client the same message.",
 )]
-AllowPrivateFetchOpt = Annotated[Optional[str], typer.Option(
+AllowPrivateFetchOpt = Annotated[str | None, typer.Option(
     "--allow-private-fetch", rich_help_panel=_SERVER, metavar="HOST[,HOST]", show_default=False,
     help="With --allow-url-fetch: host names or IP addresses (exactly as written in the URLs) that are "
     "fetched even though they resolve to private or loopback addresses, e.g. an internal image server. "

@@ -21,7 +21,6 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-
 FIXTURE = Path(__file__).parent / "fixtures" / "clip_reference"
 MODEL = f"local-dir:{FIXTURE / 'model'}"
 BASE = ["--model", MODEL, "--device", "cpu"]  # the default layer is n_blocks - 2 = 4

@@ -134,7 +134,7 @@ def test_the_same_mistake_in_python_gets_python_advice(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"load it with model='local-dir:"):
         check_model_name(str(tmp_path), open_clip=True)
-    from api_prompt.attribution.clip.loading import resolve_name   # the loader says the same
+    from api_prompt.attribution.clip.loading import resolve_name  # the loader says the same
 
     with pytest.raises(ConfigError, match=r"load it with model='local-dir:"):
         resolve_name(str(tmp_path), None)

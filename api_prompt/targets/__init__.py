@@ -26,8 +26,20 @@ from __future__ import annotations
 import importlib
 
 from .base import (
-    TARGETS, BaseTarget, CallableTarget, Target, TargetError, TargetOption, TargetSpec, as_target,
-    create_target, get_target, normalise_batch, register_target, split_target_spec, target_specs,
+    TARGETS,
+    BaseTarget,
+    CallableTarget,
+    Target,
+    TargetError,
+    TargetOption,
+    TargetSpec,
+    as_target,
+    create_target,
+    get_target,
+    normalise_batch,
+    register_target,
+    split_target_spec,
+    target_specs,
 )
 from .wrap import MODES, PromptedTarget, wrap
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -114,7 +115,7 @@ class TargetSpec:
         api_prompt.errors.ConfigError: the clip-zeroshot target answers multiple choice only: the question must list its options as lines 'A. text', 'B. text'
         """
         if self.multiple_choice_only:
-            from .choices import parse_options   # the option-line reader such kinds use
+            from .choices import parse_options  # the option-line reader such kinds use
 
             if not parse_options(question):
                 raise ConfigError(
@@ -134,7 +135,7 @@ class TargetSpec:
         except AttributeError:
             raise ConfigError(f"the {self.kind} target's loader {self.loader!r} names no class") from None
 
-    def create(self, name: str, **options: Any) -> "BaseTarget":
+    def create(self, name: str, **options: Any) -> BaseTarget:
         """``cls(name, **options)``, the declared options typed first."""
         return self.load()(name, **self.check_options(options, strict=False))
 
