@@ -15,7 +15,7 @@ import json
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Handler = Callable[[socket.socket, dict], None]
 
@@ -48,7 +48,7 @@ class RawServer:
     def base_url(self) -> str:
         return self.origin + "/v1"
 
-    def __enter__(self) -> "RawServer":
+    def __enter__(self) -> RawServer:
         self._thread.start()
         return self
 
@@ -61,7 +61,7 @@ class RawServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

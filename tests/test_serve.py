@@ -31,11 +31,18 @@ from PIL import Image  # noqa: E402
 
 from api_prompt import prompt  # noqa: E402
 from api_prompt.prompter import Prompter  # noqa: E402
-from api_prompt.serve import create_app, ServeConfig  # noqa: E402
+from api_prompt.serve import ServeConfig, create_app  # noqa: E402
 from scripted_http import RawServer, _head, completion, not_http, redirect, respond  # noqa: E402
 from serve_support import (  # noqa: E402
-    echo_upstream, free_port, jpeg_data_url, pixel_digest, png_data_url, random_image,
-    running_proxy, sent_images, sent_urls,
+    echo_upstream,
+    free_port,
+    jpeg_data_url,
+    pixel_digest,
+    png_data_url,
+    random_image,
+    running_proxy,
+    sent_images,
+    sent_urls,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +63,7 @@ def image_message(text: str, *images: Image.Image) -> dict:
                                           for image in images)]}
 
 
-def sdk(base_url: str, key: str = "unused", **options) -> "openai.OpenAI":
+def sdk(base_url: str, key: str = "unused", **options) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30, **options)
 
 
@@ -463,7 +470,7 @@ def test_url_fetch_with_limits_and_no_redirect_to_private_addresses():
     assert len(upstream.requests) == 1
 
 
-def ask_failure(ask, url) -> "openai.APIStatusError":
+def ask_failure(ask, url) -> openai.APIStatusError:
     with pytest.raises(openai.APIStatusError) as caught:
         ask(url)
     return caught.value

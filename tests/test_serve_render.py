@@ -6,7 +6,6 @@ import base64
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from api_prompt.serve.render import encode_like

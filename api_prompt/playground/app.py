@@ -27,9 +27,10 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -363,7 +364,7 @@ class Page:
         return changes
 
 
-def build_app(playground: Playground, *, title: str = "api-prompt playground") -> "gr.Blocks":
+def build_app(playground: Playground, *, title: str = "api-prompt playground") -> gr.Blocks:
     """The page for ``playground``; call ``.launch()`` on the result (its queue is set up)."""
     presets = list(PRESETS)
     settings = playground.settings

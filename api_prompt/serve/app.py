@@ -46,8 +46,9 @@ import json
 import logging
 import re
 import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
 from PIL import Image
@@ -62,7 +63,14 @@ from ..images import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_image
 from ..styles import Style
 from .batcher import MicroBatcher, QueueFull
 from .fetch import fetch_client, fetch_failed, fetch_image
-from .messages import RequestError, decode_data_url, find_images, parse_request, read_limited, replace_images
+from .messages import (
+    RequestError,
+    decode_data_url,
+    find_images,
+    parse_request,
+    read_limited,
+    replace_images,
+)
 from .render import encode_like
 from .styles import ServerStyles
 
@@ -331,7 +339,7 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
             return error_response(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)})
         except APIPromptError as exc:  # e.g. a query the auxiliary model cannot read
             return error_response(400, " ".join(str(exc).split()), code="attention_prompting_failed")
-        except Exception:  # noqa: BLE001 - a bug or a model failure: the client gets a clean 500
+        except Exception:
             logger.exception("attention prompting failed")
             return error_response(500, "attention prompting failed on the proxy; see its log", code="proxy_error")
         return await forward(request, "POST", "/chat/completions", data)
@@ -489,7 +497,7 @@ def _header_pixels(data: bytes) -> int:
             return image.width * image.height
     except Image.DecompressionBombError:
         return INLINE_MAX_PIXELS + 1
-    except Exception:  # noqa: BLE001 - load_image reports what is wrong with it
+    except Exception:
         return 0
 
 

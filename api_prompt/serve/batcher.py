@@ -29,9 +29,10 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["MicroBatcher", "QueueFull"]
 
@@ -196,7 +197,7 @@ class MicroBatcher:
                 results = await loop.run_in_executor(self._executor, self.run_batch, images, queries)
             if len(results) != len(batch):
                 raise RuntimeError(f"the batch function returned {len(results)} results for {len(batch)} inputs")
-        except Exception as exc:  # noqa: BLE001 - handed to the requests that wait for it
+        except Exception as exc:
             if len({job.group for job in batch}) > 1:
                 # One request's bad input must not fail the others: run each request alone.
                 for group in dict.fromkeys(job.group for job in batch):

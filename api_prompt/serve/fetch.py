@@ -39,8 +39,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-import typing
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import httpcore
 import httpx
@@ -54,7 +53,7 @@ logger = logging.getLogger("api_prompt.serve")
 
 MAX_REDIRECTS = 3
 
-Address = typing.Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits (RFC 6052 NAT64).

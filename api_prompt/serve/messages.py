@@ -24,9 +24,9 @@ the usual order). Only a turn without any user text is refused. Everything else 
 from __future__ import annotations
 
 import base64
-import json
 import binascii
 import copy
+import json
 import re
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
