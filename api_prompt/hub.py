@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .errors import ConfigError, ModelLoadError
 
@@ -270,7 +271,11 @@ def check_hub(name: str, revision: str | None, advice: str) -> None:
     take minutes to find out.
     """
     from huggingface_hub import model_info
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         model_info(name, revision=revision, timeout=10)
@@ -283,7 +288,7 @@ def check_hub(name: str, revision: str | None, advice: str) -> None:
             f"{name!r} is neither a local folder nor a model on the Hugging Face Hub (a private "
             f"model needs `hf auth login`). {advice}"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any network failure means the same to the user
+    except Exception as exc:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ModelLoadError(
             f"{name!r} is not in the local cache and the Hugging Face Hub cannot be reached "

@@ -38,9 +38,10 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -74,7 +75,7 @@ class ImageTooLargeError(ImageLoadError):
         self.size, self.max_pixels = size, max_pixels
 
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 RGB = tuple[int, int, int]
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}

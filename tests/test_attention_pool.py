@@ -52,7 +52,7 @@ def _randomise_biases(module: nn.Module) -> None:
     """Random init leaves biases and the LayerNorms at 0/1; make every bias term matter."""
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, parameter in module.named_parameters():
+        for parameter in module.parameters():
             if parameter.ndim == 1:
                 parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
 

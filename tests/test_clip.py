@@ -23,13 +23,13 @@ from PIL import Image
 
 from api_prompt import hub
 from api_prompt.attribution import clip as clip_backend
-from api_prompt.attribution.clip import loading as clip_loading
 from api_prompt.attribution.clip import (
     CLIPAttributor,
     cls_attention_contributions,
     cls_contribution_dots,
     crop_region,
 )
+from api_prompt.attribution.clip import loading as clip_loading
 from api_prompt.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from api_prompt.maps import minmax
 from api_prompt.prompter import Prompter

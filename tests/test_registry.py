@@ -39,7 +39,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 from api_prompt.attribution.base import AttentionMap, Attributor  # noqa: E402
 from api_prompt.attribution.registry import (  # noqa: E402
-    BACKENDS, BackendOption, BackendSpec, create_attributor, get_backend, register_backend,
+    BACKENDS,
+    BackendOption,
+    BackendSpec,
+    create_attributor,
+    get_backend,
+    register_backend,
 )
 from api_prompt.errors import ConfigError  # noqa: E402
 from api_prompt.maps import combine_llava  # noqa: E402
@@ -54,7 +59,7 @@ class ToyAttributor(Attributor):
 
     name = "toy"
     default_recipe = "llava"
-    instances: list["ToyAttributor"] = []
+    instances: list[ToyAttributor] = []
 
     def __init__(self, *, rows: int = 2, model=None, layer=None, device=None, dtype=None) -> None:
         self.rows, self.model, self.device = rows, model, device

@@ -11,8 +11,16 @@ from PIL import Image, ImageFilter
 
 from api_prompt import AttentionMap, Overlay
 from api_prompt.errors import ConfigError
+from api_prompt.styles import (
+    STYLES,
+    BlurStyle,
+    BoxStyle,
+    CropStyle,
+    OverlayStyle,
+    attention_box,
+    create_style,
+)
 from api_prompt.styles.blur import gaussian_blur, mix
-from api_prompt.styles import STYLES, BlurStyle, BoxStyle, CropStyle, OverlayStyle, attention_box, create_style
 
 
 def make_map(mask, size, region=None) -> AttentionMap:
@@ -296,10 +304,9 @@ def test_prompter_with_a_style_gives_what_the_target_sees_and_one_image():
 
 
 def test_openai_target_receives_the_original_then_the_crop_in_one_turn(monkeypatch):
-    from test_targets_openai import FakeOpenAI, request_images
-
     from api_prompt import Prompter, wrap
     from api_prompt.targets import OpenAITarget
+    from test_targets_openai import FakeOpenAI, request_images
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     image = pattern(400, 400)
@@ -313,10 +320,9 @@ def test_openai_target_receives_the_original_then_the_crop_in_one_turn(monkeypat
 
 
 def test_hf_target_gets_two_images_in_one_turn_through_its_chat_template():
-    from tiny_vlms import tiny_qwen2_vl
-
     from api_prompt import Prompter, wrap
     from api_prompt.targets import HFTarget
+    from tiny_vlms import tiny_qwen2_vl
 
     model, processor = tiny_qwen2_vl()
     target = HFTarget(model, processor, max_new_tokens=4)

@@ -46,7 +46,7 @@ class FakeOpenAI:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
+            def do_POST(self):
                 server._handle(self)
 
             def log_message(self, *args):  # keep the test output clean
@@ -60,7 +60,7 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self.thread.start()
         return self
 
@@ -287,7 +287,8 @@ def test_encode_image_round_trips():
 
 # -- hostile servers (raw sockets on 127.0.0.1): each of these broke the urllib transport --------
 
-from scripted_http import RawServer, completion as raw_completion, drip, not_http, redirect, respond, truncated  # noqa: E402
+from scripted_http import RawServer, drip, not_http, redirect, respond, truncated  # noqa: E402
+from scripted_http import completion as raw_completion  # noqa: E402
 
 
 def test_redirect_to_another_origin_is_refused_and_the_key_stays_home():

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from ..attribution.base import chunks, eval_mode, resolve_device, resolve_dtype
 from .. import hub
+from ..attribution.base import chunks, eval_mode, resolve_device, resolve_dtype
 from ..errors import ConfigError
 from .base import BaseTarget
 
