@@ -21,7 +21,14 @@ from api_prompt.batch import LazyPrompter, run
 from api_prompt.errors import ConfigError
 from api_prompt.prompter import Prompter
 from batch_support import PatternAttributor, PidPatternAttributor, pattern_prompter
-from test_batch import _count_ok_lines, image_files, manifest, questions, signal_once_done, write_vlmeval_tsv
+from test_batch import (
+    _count_ok_lines,
+    image_files,
+    manifest,
+    questions,
+    signal_once_done,
+    write_vlmeval_tsv,
+)
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

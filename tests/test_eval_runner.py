@@ -65,7 +65,7 @@ def test_outputs_follow_the_evaluation_contract(tmp_path):
     assert len(lines) == 24
     assert {tuple(sorted(k for k in line if k != "index")) for line in lines} == {
         ("answer", "condition", "error", "id", "score")}
-    assert {(l["id"], l["condition"]) for l in lines} == {(f"q{i}", c) for i in range(12) for c in ("original", "api")}
+    assert {(row["id"], row["condition"]) for row in lines} == {(f"q{i}", c) for i in range(12) for c in ("original", "api")}
     # the bright-detector is always right on the original and always wrong on the inverted image
     assert summary["conditions"]["original"]["metrics"]["accuracy"] == 1.0
     assert summary["conditions"]["api"]["metrics"]["accuracy"] == 0.0
@@ -94,9 +94,9 @@ def test_a_failed_target_call_is_an_error_left_out_of_both_conditions(tmp_path):
 
     summary = evaluate(data, "pope", flaky, tmp_path / "out", prompter=invert, batch_size=4)
     lines = _lines(tmp_path / "out" / "predictions.jsonl")
-    failed = [l for l in lines if l["error"]]
-    assert len(failed) == 6 and all(l["condition"] == "api" and "HTTP 500" in l["error"] for l in failed)
-    assert all(l["score"] is None and l["answer"] is None for l in failed)
+    failed = [row for row in lines if row["error"]]
+    assert len(failed) == 6 and all(row["condition"] == "api" and "HTTP 500" in row["error"] for row in failed)
+    assert all(row["score"] is None and row["answer"] is None for row in failed)
     assert summary["conditions"]["api"]["errors"] == 6 and summary["conditions"]["original"]["errors"] == 0
     assert summary["conditions"]["original"]["n"] == summary["conditions"]["api"]["n"] == 6
     # only the dark images are left in both conditions: the original answers them all right
@@ -233,7 +233,7 @@ def test_lmms_eval_layout_dataset_folder_and_parquet(tmp_path):
         # "two" vs three 2s and seven 3s: leaving out a 2 -> 2/3, leaving out a 3 -> 1
         expected = (1 + (3 * 2 / 3 + 7 * 1) / 10 + 1 + 0) / 4
         assert summary["conditions"]["original"]["metrics"]["vqa_accuracy"] == pytest.approx(expected)
-        ids = [l["id"] for l in _lines(tmp_path / f"out-{data.suffix or 'hf'}" / "predictions.jsonl")]
+        ids = [row["id"] for row in _lines(tmp_path / f"out-{data.suffix or 'hf'}" / "predictions.jsonl")]
         assert ids == ["10", "11", "12", "13"]      # question_id is the id in the lmms-eval layout
 
 
@@ -294,7 +294,7 @@ def test_cli_resumes_after_kill_9_to_the_same_summary(tmp_path):
                              capture_output=True, text=True, env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     lines = _lines(predictions)
-    assert len({(l["id"], l["condition"]) for l in lines}) == 120
+    assert len({(row["id"], row["condition"]) for row in lines}) == 120
     first = json.loads(json.dumps(whole))
     second = json.loads((out / "summary.json").read_text())
     assert second["conditions"] == first["conditions"] and second["delta"] == first["delta"]
@@ -333,12 +333,11 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, words, installed):
 
 @pytest.mark.slow
 def test_clip_zeroshot_target_picks_the_closest_option_caption():
-    from benchmarks.synthshapes.mcq import make_question
-
-    from api_prompt.evaluation.data import EvalSample, target_prompt
     from api_prompt.errors import TargetError
+    from api_prompt.evaluation.data import EvalSample, target_prompt
     from api_prompt.targets import create_target
     from api_prompt.targets.clip_zeroshot import parse_options
+    from benchmarks.synthshapes.mcq import make_question
 
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
     rows, scenes = zip(*(make_question(i) for i in range(8)))

@@ -18,7 +18,12 @@ from PIL import Image
 from api_prompt.evaluation import evaluate
 from api_prompt.evaluation.judge import JudgeCache, OpenAIJudge, chat_request
 from api_prompt.evaluation.judged import (
-    JUDGED, MMVET_CAPABILITIES, llava_bench_prompt, llava_bench_table, mmvet_prompt, mmvet_table,
+    JUDGED,
+    MMVET_CAPABILITIES,
+    llava_bench_prompt,
+    llava_bench_table,
+    mmvet_prompt,
+    mmvet_table,
 )
 from scripted_http import RawServer, completion, respond
 
@@ -209,7 +214,7 @@ def test_mmvet_aggregation_equals_lmms_eval_on_random_grades(lmms_tasks):
         caps = [",".join(rng.sample(MMVET_CAPABILITIES, rng.randint(1, 4))) for _ in range(n)]
         grades = [rng.choice([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]) for _ in range(n)]
         results = [{"score": g, "capabilities": c} for g, c in zip(grades, caps)]
-        logged = _lmms_log(lambda: mmvet_utils.mmvet_aggregate_results(results))
+        logged = _lmms_log(lambda results=results: mmvet_utils.mmvet_aggregate_results(results))
         point = mmvet_table([{"capability": c} for c in caps], {"x": grades}).point("x")
         assert point["score"] == pytest.approx(logged["overall"], abs=1e-9)
         for cap in MMVET_CAPABILITIES:
@@ -359,9 +364,9 @@ def test_judge_failures_are_recorded_and_graded_again_without_asking_the_target(
     with RawServer(default=flaky) as server:
         judge = OpenAIJudge(MODEL, base_url=server.base_url, api_key="k", max_retries=0)
         summary = evaluate(data, "mmvet", target, tmp_path / "out", conditions="original", judge=judge)
-        lines = [json.loads(l) for l in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
-        failed = [l for l in lines if l["error"]]
-        assert [l["id"] for l in failed] == ["s2"] and failed[0]["error"].startswith("judge: ")
+        lines = [json.loads(row) for row in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+        failed = [row for row in lines if row["error"]]
+        assert [row["id"] for row in failed] == ["s2"] and failed[0]["error"].startswith("judge: ")
         assert "503" in failed[0]["error"] and failed[0]["answer"] == "same answer"
         assert summary["conditions"]["original"]["errors"] == 1 and summary["conditions"]["original"]["n"] == 3
         down["on"] = False

@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 
 from api_prompt.evaluation import score
 from api_prompt.evaluation.benchmarks import build_table
-from api_prompt.evaluation.metrics import MME_PERCEPTION
 from api_prompt.evaluation.scoring import choices_of, mcq_pick, mme_answer, pope_answer
 from official_code import llava_eval_pope, lmms_eval_module, vlmevalkit
 
