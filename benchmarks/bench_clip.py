@@ -47,8 +47,8 @@ import statistics
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -56,11 +56,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import open_clip  # noqa: E402
+import open_clip
 
-from api_prompt.attribution.clip import CLIPAttributor  # noqa: E402
-from api_prompt.attribution.clip.attention_pool import AttentionPoolDecomposition  # noqa: E402
-from api_prompt.maps import combine_attention_pool  # noqa: E402
+from api_prompt.attribution.clip import CLIPAttributor
+from api_prompt.attribution.clip.attention_pool import AttentionPoolDecomposition
+from api_prompt.maps import combine_attention_pool
 
 MODELS = ["ViT-B-16", "ViT-L-14-336-quickgelu"]
 #: Models whose image tower is pooled by attention (timm AttentionPoolLatent): SigLIP rows.

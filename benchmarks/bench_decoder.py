@@ -32,9 +32,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_prompt.attribution.decoder import LLaVAAttributor, LLaVANextAttributor, Qwen2VLAttributor  # noqa: E402
-from tiny_decoders import tiny_llava_next, tiny_qwen_vl  # noqa: E402
-from tiny_hf import tiny_llava  # noqa: E402
+from api_prompt.attribution.decoder import LLaVAAttributor, LLaVANextAttributor, Qwen2VLAttributor
+from tiny_decoders import tiny_llava_next, tiny_qwen_vl
+from tiny_hf import tiny_llava
 
 # A reduced LLaMA-like decoder (hidden 1024, 8 layers) for the CPU rows: runs in seconds per call.
 _SMALL_TEXT = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=2816,

@@ -65,9 +65,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -271,7 +272,11 @@ def build_decoder(builder, options: dict, attention: str, device: torch.device, 
 
 
 def check_decoders(report: Report, device: torch.device, tiny: bool) -> None:
-    from api_prompt.attribution.decoder import LLaVAAttributor, LLaVANextAttributor, Qwen2VLAttributor
+    from api_prompt.attribution.decoder import (
+        LLaVAAttributor,
+        LLaVANextAttributor,
+        Qwen2VLAttributor,
+    )
 
     attributors = {"llava": LLaVAAttributor, "llava-next": LLaVANextAttributor, "qwen2-vl": Qwen2VLAttributor}
     images = photos(1 if tiny else 2)
@@ -460,8 +465,8 @@ def clip_prompter_options(tiny: bool, device: torch.device, dtype: str, folder: 
 
 def figure_batch_and_proxy(report: Report, device: torch.device, tiny: bool, dtype: str, repeats: int) -> None:
     """samples/s of ``api_prompt.batch.run`` vs attribution alone; requests/s of the proxy."""
-    from benchmarks.bench_batch import attribution_only, make_dataset
     from api_prompt.batch import run
+    from benchmarks.bench_batch import attribution_only, make_dataset
 
     samples, batch_size = (8, 4) if tiny else (256, 64)
     folder = Path(tempfile.mkdtemp(prefix="gpu_suite_"))

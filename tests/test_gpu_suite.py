@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_prompt.attention_map import AttentionMap  # noqa: E402
-from benchmarks import gpu_suite  # noqa: E402
+from api_prompt.attention_map import AttentionMap
+from benchmarks import gpu_suite
 
 
 @pytest.mark.slow

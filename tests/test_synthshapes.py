@@ -125,8 +125,9 @@ def test_small_variant_follows_its_recorded_design():
 
 
 def test_small_variant_command_writes_its_own_file(tmp_path):
-    from benchmarks.synthshapes.mcq import main, write_benchmark
     from PIL import Image
+
+    from benchmarks.synthshapes.mcq import main, write_benchmark
 
     main(["--out", str(tmp_path), "--n", "3", "--variant", "small"])
     rows = (tmp_path / "synthshapes_mcq_small.jsonl").read_text().splitlines()

@@ -54,7 +54,7 @@ SMALL_SEED = 20261203
 VARIANTS = ("default", "small")
 
 
-def make_question(index: int, variant: str = "default") -> tuple[dict, "object"]:
+def make_question(index: int, variant: str = "default") -> tuple[dict, object]:
     """``(row, scene)`` for question ``index`` of ``variant`` (a pure function of both)."""
     template = "colour" if index % 2 == 0 else "shape"
     seed, scene_options = (SEED, {"size": IMAGE_SIZE, "n_objects": N_OBJECTS}) if variant == "default" \

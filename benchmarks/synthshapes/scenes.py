@@ -43,8 +43,8 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -128,7 +128,7 @@ class Scene:
     objects: list[ShapeObject]
     size: int
     background: str = "plain"
-    _masks: Optional[list[np.ndarray]] = field(default=None, repr=False, compare=False)
+    _masks: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def mask(self, index: int) -> np.ndarray:
         """Coverage of object ``index`` as a float32 ``size`` x ``size`` array in [0, 1]
@@ -231,7 +231,7 @@ def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ scenes
 
 def render_scene(objects: Sequence[ShapeObject], size: int = 64,
-                 rng: Optional[np.random.Generator] = None,
+                 rng: np.random.Generator | None = None,
                  background: str = "plain") -> Scene:
     """Render given objects (boxes must lie inside the image and not overlap) on a
     background of kind ``background`` drawn from ``rng`` (default: seed 0)."""
@@ -258,11 +258,11 @@ def render_scene(objects: Sequence[ShapeObject], size: int = 64,
 
 
 def make_scene(rng: np.random.Generator, size: int = 64,
-               n_objects: Union[int, tuple[int, int]] = (1, 3),
-               min_side: Optional[int] = None, max_side: Optional[int] = None,
+               n_objects: int | tuple[int, int] = (1, 3),
+               min_side: int | None = None, max_side: int | None = None,
                gap: int = 2, distinct: bool = True,
                shapes: Sequence[str] = SHAPES, colors: Sequence[str] = COLORS,
-               background: Optional[str] = None) -> Scene:
+               background: str | None = None) -> Scene:
     """Draw a random scene.
 
     Args:
@@ -322,7 +322,7 @@ def scene_from_seed(seed: int, **kwargs) -> Scene:
 
 
 def caption_for(scene: Scene, rng: np.random.Generator, p_single: float = 0.7,
-                max_named: Optional[int] = None, shuffle: bool = True) -> str:
+                max_named: int | None = None, shuffle: bool = True) -> str:
     """A caption naming a random non-empty subset of the scene's objects.
 
     With probability ``p_single`` (or always, for 1-object scenes) one object is named

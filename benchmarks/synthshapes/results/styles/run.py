@@ -101,9 +101,8 @@ def boxes(n: int = 600) -> None:
     """How often the small variant's crop box holds the whole object asked about, by template,
     and the crop condition's accuracy when it does and when it does not."""
     sys.path.insert(0, str(HERE.parents[3]))               # the repository root, for benchmarks.*
-    from benchmarks.synthshapes.mcq import make_question
-
     from api_prompt.evaluation.data import EvalSample, auxiliary_query
+    from benchmarks.synthshapes.mcq import make_question
 
     prompter = Prompter(model="synthshapes", device="cpu", style_options={"crop_size": CROP_SIZE})
     crop = prompter.style_named("crop")
