@@ -152,6 +152,7 @@ def test_trained_model_identity_with_batches_of_mixed_sizes_including_non_square
     assert wide["psi_pool"].shape == wide["psi_token"].shape == (2, 6, 10)
 
 
+@pytest.mark.slow
 def test_token_part_is_each_token_alone_through_the_head(synthshapes_model):
     """A pool input made of token m repeated everywhere makes the probe attend to m alone."""
     visual = synthshapes_model.visual

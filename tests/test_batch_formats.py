@@ -186,6 +186,7 @@ def test_jpeg_inputs_give_jpeg_outputs_unless_told_otherwise(tmp_path):
         assert image.format == "PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["Quiz", "QuizCircular"])
 def test_vlmevalkit_builds_prompts_and_scores_the_prompted_mcq_table(tmp_path, monkeypatch, name):
     """VLMEvalKit's own build_dataset, build_prompt, dump_image and exact-matching MCQ evaluation on

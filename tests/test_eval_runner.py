@@ -82,6 +82,7 @@ def test_outputs_follow_the_evaluation_contract(tmp_path):
     assert "| accuracy | 1.0000 | 0.0000 | -1.0000 |" in report and "chart.png" in report
 
 
+@pytest.mark.slow
 def test_a_failed_target_call_is_an_error_left_out_of_both_conditions(tmp_path):
     data = _pope_data(tmp_path)
     seen = []

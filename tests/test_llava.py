@@ -184,6 +184,7 @@ def test_mask_range_and_attention_is_a_distribution(tiny):
         assert amap.parts["attention"].sum() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_layer_choice_matters(tiny):
     model, processor, _ = tiny
     image, query = _images()[0], QUERIES[0]

@@ -119,6 +119,7 @@ def test_bad_styles_are_refused_in_one_line_before_any_model_loads():
     assert counter.calls == 0
 
 
+@pytest.mark.slow
 def test_settings_and_layers_never_reload_and_only_layers_run_the_model(playground, scene):
     playground.prompter()
     loads, runs = playground.loads, playground.model_runs

@@ -158,6 +158,7 @@ def recording(prompter, batches: list) -> dict:
     return {"run_batch": run_and_record, "render": render}
 
 
+@pytest.mark.slow
 def test_several_images_and_messages_each_get_their_own_query(prompter):
     first, second = random_image(1, (64, 48)), random_image(2, (50, 70))
     batches = []
@@ -357,6 +358,7 @@ def test_a_full_queue_is_429_with_retry_after():
     assert len(results) == 2 and len(upstream.requests) == 2  # the queued ones still got through
 
 
+@pytest.mark.slow
 def test_upstream_unreachable_is_502_and_too_slow_is_504():
     closed = f"http://127.0.0.1:{free_port()}/v1"
     with running_proxy(create_app(config=ServeConfig(upstream=closed), run_batch=invert)) as base_url:

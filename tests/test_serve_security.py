@@ -200,6 +200,7 @@ def test_dns_rebinding_cannot_pass_the_check(network):
     assert [r["headers"]["host"] for r in public.requests] == [PUBLIC, f"rebind.test:{internal_port}"]
 
 
+@pytest.mark.slow
 def test_every_failed_fetch_gives_the_same_message(network):
     """No oracle: a closed port, a 404, a non-image, a body over the limit, a slow answer, too many
     redirects and a refused address all read alike."""
@@ -457,6 +458,7 @@ def health_latencies_during(base_url: str, request: Callable[[], httpx.Response]
     return latencies, result.get("answer")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", [4000, pytest.param(12000, marks=pytest.mark.slow)])
 def test_health_answers_within_100_ms_while_a_large_image_is_prompted(side):
     """The real overlay (the shipped small CLIP) on a side×side image, alone on the proxy."""

@@ -348,6 +348,7 @@ def test_a_service_that_is_not_http_is_a_one_line_error_after_retries():
     assert "not HTTP" in str(caught.value) and len(str(caught.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_the_timeout_bounds_the_whole_attempt_not_each_read():
     # 4 bytes every 0.25 s: each read is quick, the whole answer would take ~12 s.
     with RawServer(default=drip(raw_completion("x" * 150))) as server:
