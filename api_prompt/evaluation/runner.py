@@ -178,6 +178,7 @@ def evaluate(
         with ThreadPoolExecutor(max_workers=1) as decoder:
             upcoming = decoder.submit(_decode, chunks[0], source) if chunks else None
             for position, chunk in enumerate(chunks):
+                assert upcoming is not None  # submitted above for every chunk
                 images = upcoming.result()
                 if position + 1 < len(chunks):
                     upcoming = decoder.submit(_decode, chunks[position + 1], source)

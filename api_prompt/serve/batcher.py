@@ -138,6 +138,7 @@ class MicroBatcher:
         self._groups += 1
         jobs = [_Job(image, query, self._groups, loop.create_future()) for image, query in zip(images, queries)]
         self._queue.extend(jobs)
+        assert self._arrived is not None  # made with the worker, which runs while accepting
         self._arrived.set()
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
@@ -157,6 +158,7 @@ class MicroBatcher:
         return max(1, math.ceil(batches_ahead * max(self._batch_seconds, self.max_wait)))
 
     async def _work(self) -> None:
+        assert self._arrived is not None  # made before the worker starts
         while True:
             while not self._queue:
                 if self._stopping:
@@ -174,7 +176,7 @@ class MicroBatcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            batch = []
+            batch: list[_Job] = []
             while self._queue and len(batch) < self.max_batch:
                 job = self._queue.popleft()
                 if not job.future.done():  # skip pairs whose request was cancelled

@@ -86,7 +86,7 @@ def is_public_address(address: str | Address) -> bool:
 async def system_resolver(host: str, port: int) -> list[str]:
     """Every address the system resolver gives for ``host`` (IP literals as they are)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _canonical_host(host: str) -> str:
