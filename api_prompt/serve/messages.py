@@ -28,7 +28,7 @@ import binascii
 import copy
 import json
 import re
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +145,7 @@ def _image_url(part: dict[str, Any], m: int, p: int) -> str:
     return url
 
 
-def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: list[str | list[str]]) -> dict[str, Any]:
+def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: Sequence[str | list[str]]) -> dict[str, Any]:
     """A copy of ``body`` with each part's URL replaced by the matching one of ``urls``.
 
     An entry of ``urls`` that is a list replaces its part by one image part per URL, in order, in
