@@ -71,8 +71,11 @@ def render_heatmap(
     mixed = (1.0 - alpha) * np.asarray(image, dtype=np.float64) + alpha * colours
     heatmap = Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8))
     if colorbar:
-        strip = _named_colorbar_strip(cmap, heatmap.height) if isinstance(cmap, str) else \
-            _colorbar_strip(colormap, heatmap.height)
+        strip = (
+            _named_colorbar_strip(cmap, heatmap.height)
+            if isinstance(cmap, str)
+            else _colorbar_strip(colormap, heatmap.height)
+        )
         heatmap = _attach(heatmap, strip)
     return heatmap
 
@@ -85,7 +88,9 @@ def _colormap(cmap: Any) -> Any:
     try:
         return matplotlib.colormaps[cmap]
     except KeyError:
-        raise ConfigError(f"unknown colormap {cmap!r}; see matplotlib.colormaps for the names") from None
+        raise ConfigError(
+            f"unknown colormap {cmap!r}; see matplotlib.colormaps for the names"
+        ) from None
 
 
 @functools.lru_cache(maxsize=16)
@@ -149,7 +154,10 @@ def side_by_side(
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
     row_height = height or max(image.height for image in images)
     scaled = [
-        image.resize((max(1, round(image.width * row_height / image.height)), row_height), Image.Resampling.LANCZOS)
+        image.resize(
+            (max(1, round(image.width * row_height / image.height)), row_height),
+            Image.Resampling.LANCZOS,
+        )
         if image.height != row_height
         else image
         for image in images
@@ -166,7 +174,10 @@ def side_by_side(
         if labels is not None:
             text = str(labels[index])
             left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-            position = (x + (image.width - (right - left)) / 2 - left, (caption_height - (bottom - top)) / 2 - top)
+            position = (
+                x + (image.width - (right - left)) / 2 - left,
+                (caption_height - (bottom - top)) / 2 - top,
+            )
             draw.text(position, text, fill="black", font=font)
         x += image.width + gap
     return canvas

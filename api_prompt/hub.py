@@ -40,7 +40,10 @@ _PACKAGE = Path(__file__).resolve().parent
 #: Built-in model names and where their open_clip folder is: inside the installed package (the
 #: wheel ships it), else in ``assets/`` of a clone of the repository (the same files).
 BUILTIN_MODELS: dict[str, tuple[Path, ...]] = {
-    "synthshapes": (_PACKAGE / "playground" / "synthshapes_clip", _PACKAGE.parent / "assets" / "synthshapes-clip"),
+    "synthshapes": (
+        _PACKAGE / "playground" / "synthshapes_clip",
+        _PACKAGE.parent / "assets" / "synthshapes-clip",
+    ),
 }
 _OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
 #: The example scenes shipped with the package (synthetic shapes), with the question each one
@@ -78,9 +81,11 @@ def example_image(name: str) -> Path:
     >>> example_image("example:synthshapes-23").name
     'synthshapes-23.png'
     """
-    key = name[len(EXAMPLE_SCHEME):] if name.startswith(EXAMPLE_SCHEME) else name
+    key = name[len(EXAMPLE_SCHEME) :] if name.startswith(EXAMPLE_SCHEME) else name
     if key not in EXAMPLES:
-        raise ConfigError(f"no example image {key!r}; the examples are {', '.join(sorted(EXAMPLES))}")
+        raise ConfigError(
+            f"no example image {key!r}; the examples are {', '.join(sorted(EXAMPLES))}"
+        )
     return EXAMPLES_DIR / f"{key}.png"
 
 
@@ -194,22 +199,32 @@ def check_model_name(name: str | None, *, open_clip: bool, pretrained: str | Non
     ...
     api_prompt.errors.ModelLoadError: model folder '/no/such/folder' does not exist; model='local-dir:FOLDER' needs a folder with open_clip_config.json and open_clip_model.safetensors
     """
-    if pretrained is not None and looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
-        raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist (pretrained={pretrained!r})")
+    if (
+        pretrained is not None
+        and looks_like_path(pretrained)
+        and not Path(pretrained).expanduser().is_file()
+    ):
+        raise ModelLoadError(
+            f"checkpoint file {pretrained!r} does not exist (pretrained={pretrained!r})"
+        )
     if name is None:
         return
     if builtin_model(name) is not None:
         if not open_clip:
-            raise ConfigError(f"{name.strip()!r} is a built-in open_clip (CLIP) model: use it with backend='clip'")
+            raise ConfigError(
+                f"{name.strip()!r} is a built-in open_clip (CLIP) model: use it with backend='clip'"
+            )
         return
     name = str(name).strip()
     if not open_clip:
-        local_folder(name, "Pass a Hugging Face model id or an existing folder as model=ID_OR_FOLDER.")
+        local_folder(
+            name, "Pass a Hugging Face model id or an existing folder as model=ID_OR_FOLDER."
+        )
         return
     if name.startswith("hf-hub:"):
         return
     if name.startswith("local-dir:"):
-        folder = name[len("local-dir:"):]
+        folder = name[len("local-dir:") :]
         path = Path(folder).expanduser()
         needs = "model='local-dir:FOLDER' needs a folder with " + " and ".join(_OPEN_CLIP_FILES)
         if not path.is_dir():
@@ -260,8 +275,14 @@ def load_cache_first(
         raise
     except (OSError, ValueError, KeyError) as exc:
         reason = " ".join(str(exc).split())[:300].rstrip(".") or type(exc).__name__
-        where = "the folder" if folder is not None else "the local cache" + ("" if files_only else " or the Hub")
-        raise ModelLoadError(f"could not load {what} {name!r} from {where}: {reason}. {advice}") from exc
+        where = (
+            "the folder"
+            if folder is not None
+            else "the local cache" + ("" if files_only else " or the Hub")
+        )
+        raise ModelLoadError(
+            f"could not load {what} {name!r} from {where}: {reason}. {advice}"
+        ) from exc
 
 
 def check_hub(name: str, revision: str | None, advice: str) -> None:
@@ -282,7 +303,9 @@ def check_hub(name: str, revision: str | None, advice: str) -> None:
     except GatedRepoError:
         return  # from_pretrained explains access to gated models itself
     except RevisionNotFoundError:
-        raise ModelLoadError(f"model {name!r} has no revision {revision!r} on the Hugging Face Hub") from None
+        raise ModelLoadError(
+            f"model {name!r} has no revision {revision!r} on the Hugging Face Hub"
+        ) from None
     except RepositoryNotFoundError:
         raise ModelLoadError(
             f"{name!r} is neither a local folder nor a model on the Hugging Face Hub (a private "

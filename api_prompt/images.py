@@ -48,11 +48,17 @@ from PIL import Image, ImageOps
 
 from .errors import ImageLoadError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "ImageTooLargeError", "is_jpeg", "load_image", "load_images"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "ImageTooLargeError",
+    "is_jpeg",
+    "load_image",
+    "load_images",
+]
 
 #: PIL raises DecompressionBombError above 2 × ``Image.MAX_IMAGE_PIXELS`` (2 × 89,478,485).
 DEFAULT_MAX_PIXELS = 178_956_970
-
 
 
 class ImageTooLargeError(ImageLoadError):
@@ -70,12 +76,16 @@ class ImageTooLargeError(ImageLoadError):
     (20, 10) 100
     """
 
-    def __init__(self, message: str, *, size: tuple[int, int] | None, max_pixels: int | None) -> None:
+    def __init__(
+        self, message: str, *, size: tuple[int, int] | None, max_pixels: int | None
+    ) -> None:
         super().__init__(message)
         self.size, self.max_pixels = size, max_pixels
 
 
-ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+ImageSource = (
+    str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+)
 RGB = tuple[int, int, int]
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -163,7 +173,11 @@ def _describe(source: Any) -> str:
         return f"<{len(source)} bytes>"
     if isinstance(source, Image.Image):
         filename = getattr(source, "filename", "")
-        return repr(filename) if filename else f"<PIL image {source.mode} {source.width}x{source.height}>"
+        return (
+            repr(filename)
+            if filename
+            else f"<PIL image {source.mode} {source.width}x{source.height}>"
+        )
     name = getattr(source, "name", None)
     return repr(name) if isinstance(name, str) else f"<{type(source).__name__}>"
 
@@ -189,7 +203,9 @@ def _open(source: Any, name: str, max_pixels: int | None) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"cannot load image {name}: too large, {str(exc).rstrip('.')}; pass a higher "
-            "max_pixels (or None) to allow it", size=None, max_pixels=max_pixels
+            "max_pixels (or None) to allow it",
+            size=None,
+            max_pixels=max_pixels,
         ) from exc
     except Exception as exc:  # PIL raises many types for unreadable data
         raise ImageLoadError(f"cannot load image {name}: {_reason(exc)}") from exc
@@ -248,10 +264,14 @@ def _decode(
         raise ImageTooLargeError(
             f"cannot load image {name}: too large, {image.width}x{image.height} = {pixels:,} pixels "
             f"exceeds max_pixels={max_pixels:,} (decompression-bomb guard); pass a higher "
-            "max_pixels (or None) to allow it", size=image.size, max_pixels=max_pixels
+            "max_pixels (or None) to allow it",
+            size=image.size,
+            max_pixels=max_pixels,
         )
     if pixels == 0:
-        raise ImageLoadError(f"cannot load image {name}: it has no pixels ({image.width}x{image.height})")
+        raise ImageLoadError(
+            f"cannot load image {name}: it has no pixels ({image.width}x{image.height})"
+        )
     try:
         image.load()  # decode now, so truncated files fail here and not later
         if exif_transpose:
@@ -316,7 +336,9 @@ def _cmyk_via_icc(image: Image.Image, profile: bytes) -> Image.Image | None:
         from PIL import ImageCms
 
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        return ImageCms.profileToProfile(
+            image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+        )
     except Exception:  # no littlecms, or a broken profile: fall back to the formula
         return None
 
@@ -335,7 +357,8 @@ def _check_background(background: RGB | int) -> RGB:
     except TypeError:
         values = ()
     valid = len(values) == 3 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in values
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255
+        for v in values
     )
     if not valid:
         raise ValueError(

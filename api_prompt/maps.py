@@ -236,21 +236,35 @@ def get_recipe(name: str) -> Recipe:
         raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
 
 
-register_recipe(Recipe(
-    "clip-soft-or", ("psi_cls", "psi_comp"), combine_clip,
-    "the paper's CLIP mask: enhance(Ψcls) soft-OR inverted Ψcomp, box-filtered, min-max",
-))
-register_recipe(Recipe(
-    "siglip-soft-or", ("psi_pool", "psi_token"), combine_attention_pool,
-    "attention-pooled towers (SigLIP): enhance(ψ_pool) soft-OR ψ_token (positive), box-filtered, min-max",
-))
-register_recipe(Recipe(
-    "llava", ("attention",), combine_llava,
-    "the paper's decoder mask: min-max, enhance, box filter (no soft OR)",
-))
+register_recipe(
+    Recipe(
+        "clip-soft-or",
+        ("psi_cls", "psi_comp"),
+        combine_clip,
+        "the paper's CLIP mask: enhance(Ψcls) soft-OR inverted Ψcomp, box-filtered, min-max",
+    )
+)
+register_recipe(
+    Recipe(
+        "siglip-soft-or",
+        ("psi_pool", "psi_token"),
+        combine_attention_pool,
+        "attention-pooled towers (SigLIP): enhance(ψ_pool) soft-OR ψ_token (positive), box-filtered, min-max",
+    )
+)
+register_recipe(
+    Recipe(
+        "llava",
+        ("attention",),
+        combine_llava,
+        "the paper's decoder mask: min-max, enhance, box filter (no soft OR)",
+    )
+)
 
 
-def combine_map(attention_map: AttentionMap, recipe: Recipe, *, enhance: float, kernel_size: int) -> AttentionMap:
+def combine_map(
+    attention_map: AttentionMap, recipe: Recipe, *, enhance: float, kernel_size: int
+) -> AttentionMap:
     """A copy of ``attention_map`` holding the mask ``recipe`` makes from its raw parts.
 
     The one place parts become a mask (the :class:`~api_prompt.Prompter` and an attributor used
@@ -272,4 +286,3 @@ def combine_map(attention_map: AttentionMap, recipe: Recipe, *, enhance: float, 
         parts = {name: np.asarray(part, dtype=np.float64) for name, part in parts.items()}
     mask = recipe(parts, enhance=enhance, kernel_size=kernel_size)
     return attention_map.with_mask(mask, recipe.name)
-

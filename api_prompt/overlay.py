@@ -47,6 +47,7 @@ __all__ = [
     "resolve_resample",
 ]
 
+
 def mask_to_uint8(mask: Any) -> np.ndarray:
     """``floor(255·mask)`` as uint8, clipped to 0..255, computed in float32 as the reference does.
 
@@ -106,8 +107,8 @@ def blend_table(background: int) -> np.ndarray:
     ((256, 256), 100, 200, 0)
     """
     levels = np.arange(256, dtype=np.float32)
-    alpha = (levels / np.float32(255.0))[:, None]          # mask level m, float32
-    pixels = np.broadcast_to(levels, (256, 256))            # pixel level v, float32
+    alpha = (levels / np.float32(255.0))[:, None]  # mask level m, float32
+    pixels = np.broadcast_to(levels, (256, 256))  # pixel level v, float32
     gray_field = np.full((256, 256), background, dtype=np.float64)
     table: np.ndarray = (pixels * alpha + (1 - alpha) * gray_field).astype(np.uint8)
     table.setflags(write=False)
@@ -149,7 +150,9 @@ class Overlay:
     (255, 0, 0)
     """
 
-    def __init__(self, resample: str = "lanczos", background: int = 0, geometry: str = "stretch") -> None:
+    def __init__(
+        self, resample: str = "lanczos", background: int = 0, geometry: str = "stretch"
+    ) -> None:
         self.resample = resolve_resample(resample)
         self.background = check_background(background)
         self.geometry = check_geometry(geometry)
@@ -216,7 +219,9 @@ def fit_mask(
         min(box[2] + pad_left, padded_cols),
         min(box[3] + pad_top, padded_rows),
     )
-    resized = Image.fromarray(np.ascontiguousarray(padded)).resize((width, height), resample, box=source)
+    resized = Image.fromarray(np.ascontiguousarray(padded)).resize(
+        (width, height), resample, box=source
+    )
     return np.asarray(resized)
 
 
@@ -231,11 +236,15 @@ def _check_region(region: Any) -> tuple[float, float, float, float]:
     except (TypeError, ValueError):
         raise ValueError(f"region must be (left, top, right, bottom), got {region!r}") from None
     if not all(map(math.isfinite, (left, top, right, bottom))) or right <= left or bottom <= top:
-        raise ValueError(f"region must be a finite box with right > left and bottom > top, got {region!r}")
+        raise ValueError(
+            f"region must be a finite box with right > left and bottom > top, got {region!r}"
+        )
     return left, top, right, bottom
 
 
-def _scaled_region(attention_map: AttentionMap, size: tuple[int, int]) -> tuple[float, float, float, float]:
+def _scaled_region(
+    attention_map: AttentionMap, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
     """The map's region in the pixel coordinates of an image of ``size``."""
     left, top, right, bottom = _check_region(attention_map.region)
     map_w, map_h = attention_map.image_size

@@ -37,8 +37,14 @@ def check_settings(
     filter or geometry, a background outside 0..255).
     """
     settings = checked_settings(
-        preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
-        background=background, geometry=geometry,
+        preset,
+        enhance=enhance,
+        kernel_size=kernel_size,
+        resample=resample,
+        background=background,
+        geometry=geometry,
     )
-    overlay = Overlay(resample=settings["resample"], background=settings["background"], geometry=geometry)
+    overlay = Overlay(
+        resample=settings["resample"], background=settings["background"], geometry=geometry
+    )
     return settings, overlay

@@ -129,11 +129,17 @@ class Prompter:
             # Around a ready attributor, the recipe settings it was built with are the defaults
             # (so the output and describe() agree with it); explicit settings still win.
             enhance = getattr(attributor, "enhance", None) if enhance is None else enhance
-            kernel_size = getattr(attributor, "kernel_size", None) if kernel_size is None else kernel_size
+            kernel_size = (
+                getattr(attributor, "kernel_size", None) if kernel_size is None else kernel_size
+            )
         # Every cheap setting is checked before a model is loaded.
         self.settings, self.overlay = check_settings(
-            preset, enhance=enhance, kernel_size=kernel_size, resample=resample,
-            background=background, geometry=geometry,
+            preset,
+            enhance=enhance,
+            kernel_size=kernel_size,
+            resample=resample,
+            background=background,
+            geometry=geometry,
         )
         if recipe is not None:
             get_recipe(recipe)
@@ -143,10 +149,18 @@ class Prompter:
             # the attributor returns raw parts; the mask is made here, once, by the recipe below
             attributor = create_attributor(
                 get_backend(backend).name,
-                **{key: value for key, value in dict(
-                    model=model, pretrained=pretrained, layer=layer, device=device, dtype=dtype,
-                    **backend_options,
-                ).items() if value is not None},
+                **{
+                    key: value
+                    for key, value in dict(
+                        model=model,
+                        pretrained=pretrained,
+                        layer=layer,
+                        device=device,
+                        dtype=dtype,
+                        **backend_options,
+                    ).items()
+                    if value is not None
+                },
             )
         self.attributor = attributor
         recipe = recipe or attributor.default_recipe
@@ -155,7 +169,9 @@ class Prompter:
 
     # -- the stages ---------------------------------------------------------------------------
 
-    def attribute(self, images, queries, *, warn: bool = True, exact_parts: bool | None = None) -> list[AttentionMap]:
+    def attribute(
+        self, images, queries, *, warn: bool = True, exact_parts: bool | None = None
+    ) -> list[AttentionMap]:
         """Run the model: one map per (image, query), its mask made by this Prompter's recipe.
 
         ``images`` is one image or a list (anything :func:`~api_prompt.load_image` takes);
@@ -187,25 +203,33 @@ class Prompter:
             if attention_map.mask is None:
                 raise ConfigError("the map has neither a mask nor raw parts to make one from")
             return attention_map
-        if attention_map.extra.get("exact_parts") is False and recipe.name not in SCALE_FREE_RECIPES:
+        if (
+            attention_map.extra.get("exact_parts") is False
+            and recipe.name not in SCALE_FREE_RECIPES
+        ):
             raise ConfigError(
                 f"recipe {recipe.name!r} may depend on the parts' scale, and this map's parts are "
                 "exact only up to a positive affine map: attribute with exact_parts=True for it"
             )
-        return combine_map(attention_map, recipe, enhance=resolved["enhance"], kernel_size=resolved["kernel_size"])
+        return combine_map(
+            attention_map, recipe, enhance=resolved["enhance"], kernel_size=resolved["kernel_size"]
+        )
 
     def render(self, image, attention_map: AttentionMap, **overlay_settings: Any) -> Image.Image:
         """The prompted image; ``overlay_settings`` (``resample``, ``background``, ``geometry``)
         override this Prompter's for this call. No model."""
         overlay = self.overlay
         if overlay_settings:
-            current = {"resample": self.settings["resample"], "background": self.overlay.background,
-                       "geometry": self.overlay.geometry}
+            current = {
+                "resample": self.settings["resample"],
+                "background": self.overlay.background,
+                "geometry": self.overlay.geometry,
+            }
             unknown = set(overlay_settings) - set(current)
             if unknown:
                 raise ConfigError(
-                f"render() takes resample, background and geometry, not {', '.join(sorted(unknown))}"
-            )
+                    f"render() takes resample, background and geometry, not {', '.join(sorted(unknown))}"
+                )
             current.update({k: v for k, v in overlay_settings.items() if v is not None})
             overlay = Overlay(**current)
         if overlay_settings or self.style.name == "overlay":
@@ -225,7 +249,9 @@ class Prompter:
         laid out with this Prompter's geometry; see :func:`~api_prompt.figures.render_heatmap`. No model."""
         from .figures import render_heatmap
 
-        return render_heatmap(image, attention_map, colorbar=colorbar, geometry=self.overlay.geometry)
+        return render_heatmap(
+            image, attention_map, colorbar=colorbar, geometry=self.overlay.geometry
+        )
 
     # -- all three ----------------------------------------------------------------------------
 
@@ -246,20 +272,31 @@ class Prompter:
         return results
 
     def _attribute_loaded(
-        self, images: list, queries: list[str], *, warn: bool = True, exact_parts: bool | None = None
+        self,
+        images: list,
+        queries: list[str],
+        *,
+        warn: bool = True,
+        exact_parts: bool | None = None,
     ) -> list[AttentionMap]:
         if warn:
             for query in dict.fromkeys(queries):
                 warn_if_truncated(self.attributor, query)
         exact = self.exact_parts if exact_parts is None else exact_parts
-        early = (not exact and getattr(self.attributor, "stops_early", False)
-                 and self.recipe is not None and self.recipe.name in SCALE_FREE_RECIPES)
+        early = (
+            not exact
+            and getattr(self.attributor, "stops_early", False)
+            and self.recipe is not None
+            and self.recipe.name in SCALE_FREE_RECIPES
+        )
         # raw parts from an Attributor; an object with only ``attribute`` (duck-typed) as it is
         parts_of = getattr(self.attributor, "attribute_parts", None)
         if parts_of is None:
             maps = self.attributor.attribute(images, queries)
         else:
-            maps = parts_of(images, queries, exact_parts=False) if early else parts_of(images, queries)
+            maps = (
+                parts_of(images, queries, exact_parts=False) if early else parts_of(images, queries)
+            )
         return [self.combine(amap) for amap in maps]
 
     def query_overflow(self, query: str) -> tuple[int, int] | None:
@@ -271,7 +308,13 @@ class Prompter:
         recipe = {"recipe": self.recipe.name} if self.recipe else {}
         # the default style adds nothing, so manifests written before styles existed still match
         style = {} if self.style.name == "overlay" else self.style.describe()
-        return {**self.attributor.describe(), **self.settings, **recipe, "geometry": self.overlay.geometry, **style}
+        return {
+            **self.attributor.describe(),
+            **self.settings,
+            **recipe,
+            "geometry": self.overlay.geometry,
+            **style,
+        }
 
 
 def query_overflow(attributor: Attributor, query: str) -> tuple[int, int] | None:
@@ -319,7 +362,9 @@ def prompt(image, query: str, **options: Any) -> Image.Image:
     return _last_prompter[1](image, query).image
 
 
-def _make_style(style: Any, options: dict[str, Any] | None, settings: dict[str, Any], geometry: str):
+def _make_style(
+    style: Any, options: dict[str, Any] | None, settings: dict[str, Any], geometry: str
+):
     """The Prompter's style: the overlay settings go to the styles that take them."""
     from .styles import STYLES, Style, style_options
 
@@ -331,8 +376,10 @@ def _make_style(style: Any, options: dict[str, Any] | None, settings: dict[str, 
     taken = {option for cls in STYLES.values() for option in style_options(cls)}
     unknown = sorted(set(options) - taken)
     if unknown:
-        raise ConfigError(f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
-                          f"{', '.join(sorted(taken))}")
+        raise ConfigError(
+            f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
+            f"{', '.join(sorted(taken))}"
+        )
     # options of other styles are kept for style_named() (eval compares styles on one map)
     return _style_with(style, settings, geometry, options)
 
@@ -343,6 +390,12 @@ def _style_with(name: Any, settings: dict[str, Any], geometry: str, options: dic
 
     key = name.strip().lower() if isinstance(name, str) else name
     accepted = style_options(STYLES[key]) if key in STYLES else []
-    given = {"resample": settings["resample"], "background": settings["background"], "geometry": geometry,
-             **options}
-    return create_style(name, **{option: value for option, value in given.items() if option in accepted})
+    given = {
+        "resample": settings["resample"],
+        "background": settings["background"],
+        "geometry": geometry,
+        **options,
+    }
+    return create_style(
+        name, **{option: value for option, value in given.items() if option in accepted}
+    )

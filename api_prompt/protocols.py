@@ -36,8 +36,14 @@ class PrompterLike(Protocol):
         """Prompt one image for one query."""
         ...
 
-    def attribute(self, images: Any, queries: Sequence[str] | str, *, warn: bool = True,
-                  exact_parts: bool | None = None) -> list[AttentionMap]:
+    def attribute(
+        self,
+        images: Any,
+        queries: Sequence[str] | str,
+        *,
+        warn: bool = True,
+        exact_parts: bool | None = None,
+    ) -> list[AttentionMap]:
         """One map per (image, query), its mask made by the prompter's recipe."""
         ...
 
@@ -45,12 +51,19 @@ class PrompterLike(Protocol):
         """The map with its mask made again from its raw parts (no model)."""
         ...
 
-    def render(self, image: Any, attention_map: AttentionMap, **overlay_settings: Any) -> Image.Image:
+    def render(
+        self, image: Any, attention_map: AttentionMap, **overlay_settings: Any
+    ) -> Image.Image:
         """The prompted image (no model)."""
         ...
 
-    def batch(self, images: Sequence[Any], queries: Sequence[str] | str, *,
-              exact_parts: bool | None = None) -> list[PromptResult]:
+    def batch(
+        self,
+        images: Sequence[Any],
+        queries: Sequence[str] | str,
+        *,
+        exact_parts: bool | None = None,
+    ) -> list[PromptResult]:
         """Prompt many images at once."""
         ...
 

@@ -44,8 +44,15 @@ from typing import IO, Any, TypeVar
 from .errors import APIPromptError, ConfigError
 
 __all__ = [
-    "RunFolder", "write_atomic", "lock_folder", "compare_parameters", "jsonable", "read_jsonl",
-    "error_message", "LOCK", "TMP_SUFFIX",
+    "RunFolder",
+    "write_atomic",
+    "lock_folder",
+    "compare_parameters",
+    "jsonable",
+    "read_jsonl",
+    "error_message",
+    "LOCK",
+    "TMP_SUFFIX",
 ]
 
 LOCK = ".lock"
@@ -150,7 +157,9 @@ def lock_folder(root: Path, what: str) -> IO[str] | None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise ConfigError(f"another {what} is writing to {root}; wait for it or use another --out") from None
+        raise ConfigError(
+            f"another {what} is writing to {root}; wait for it or use another --out"
+        ) from None
     return handle
 
 
@@ -175,8 +184,16 @@ class RunFolder:
             delete more in :meth:`clear`).
     """
 
-    def __init__(self, root: str | os.PathLike, *, run_file: str, log: str, what: str,
-                 early: Iterable[str] = (), outputs: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        run_file: str,
+        log: str,
+        what: str,
+        early: Iterable[str] = (),
+        outputs: Iterable[str] = (),
+    ) -> None:
         self.root = Path(root)
         self.run_json = self.root / run_file
         self.log = self.root / log
@@ -195,9 +212,13 @@ class RunFolder:
         except FileNotFoundError:
             return None
         except ValueError as exc:
-            raise ConfigError(f"{self.run_json} is not valid JSON ({exc}); use --overwrite to start afresh") from exc
+            raise ConfigError(
+                f"{self.run_json} is not valid JSON ({exc}); use --overwrite to start afresh"
+            ) from exc
         if not isinstance(stored, dict):
-            raise ConfigError(f"{self.run_json} does not hold a JSON object; use --overwrite to start afresh")
+            raise ConfigError(
+                f"{self.run_json} does not hold a JSON object; use --overwrite to start afresh"
+            )
         return stored
 
     def read_log(self) -> Iterator[dict[str, Any]]:
@@ -224,8 +245,11 @@ class RunFolder:
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} exists and is not a folder")
         if self.root.is_dir() and not self.run_json.exists():
-            others = [p.name for p in self.root.iterdir()
-                      if p.name != LOCK and not (p.name in self.early and _is_empty(p))]
+            others = [
+                p.name
+                for p in self.root.iterdir()
+                if p.name != LOCK and not (p.name in self.early and _is_empty(p))
+            ]
             if others:
                 raise ConfigError(
                     f"--out {self.root} is not empty and holds no {self.run_json.name} from an earlier "
@@ -244,7 +268,7 @@ class RunFolder:
         outputs are deleted first)."""
         self.check_usable()
         self.lock()
-        self.check_usable()   # again under the lock: another run may have written meanwhile
+        self.check_usable()  # again under the lock: another run may have written meanwhile
         try:
             stored = self.read_run()
         except ConfigError:
@@ -288,14 +312,16 @@ class RunFolder:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append whole lines in one write, then fsync: a record is on disk once this returns."""
-        data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+        data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode(
+            "utf-8"
+        )
         if not data:
             return
         if self._log_fd is None:
             self._log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         view = memoryview(data)
         while view:
-            view = view[os.write(self._log_fd, view):]
+            view = view[os.write(self._log_fd, view) :]
         os.fsync(self._log_fd)
 
     def close(self) -> None:

@@ -94,8 +94,10 @@ def check_enhance(enhance: Any) -> float:
     >>> check_enhance(1)
     1.0
     """
-    if isinstance(enhance, bool) or not isinstance(enhance, numbers.Real) or not (
-        math.isfinite(float(enhance)) and float(enhance) > 0
+    if (
+        isinstance(enhance, bool)
+        or not isinstance(enhance, numbers.Real)
+        or not (math.isfinite(float(enhance)) and float(enhance) > 0)
     ):
         raise ConfigError(f"enhance must be a finite number > 0, got {enhance!r}")
     return float(enhance)

@@ -75,7 +75,9 @@ def make_inputs(batch_size: int, seed: int = 0) -> tuple[list[Image.Image], list
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         for w, h in (sizes[i % len(sizes)] for i in range(batch_size))
     ]
-    queries = [f"what is written on sign number {i} next to the red car?" for i in range(batch_size)]
+    queries = [
+        f"what is written on sign number {i} next to the red car?" for i in range(batch_size)
+    ]
     return images, queries
 
 
@@ -90,7 +92,9 @@ def baseline_call(model, preprocess, tokenizer, device, dtype) -> Callable[[list
     return run
 
 
-def attribution_call(attributor: CLIPAttributor, device, exact_parts: bool = True) -> Callable[[list, list], None]:
+def attribution_call(
+    attributor: CLIPAttributor, device, exact_parts: bool = True
+) -> Callable[[list, list], None]:
     def run(images, queries):
         attributor._text_cache.clear()  # encode the text every time, as the baseline does
         attributor.attribute(images, queries, exact_parts=exact_parts)
@@ -106,7 +110,9 @@ def stand_in_tokenizer(context_length: int, vocab_size: int) -> Callable[[list],
     def tokenize(texts: list) -> torch.Tensor:
         tokens = torch.zeros(len(texts), context_length, dtype=torch.long)
         for row, text in enumerate(texts):
-            ids = [1 + zlib.crc32(word.encode()) % (vocab_size - 1) for word in text.lower().split()]
+            ids = [
+                1 + zlib.crc32(word.encode()) % (vocab_size - 1) for word in text.lower().split()
+            ]
             ids = ids[:context_length]
             tokens[row, : len(ids)] = torch.tensor(ids)
         return tokens
@@ -114,7 +120,9 @@ def stand_in_tokenizer(context_length: int, vocab_size: int) -> Callable[[list],
     return tokenize
 
 
-def attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype) -> Callable[[list, list], None]:
+def attention_pool_attribution_call(
+    model, preprocess, tokenizer, device, dtype
+) -> Callable[[list, list], None]:
     """What the attributor does for an attention-pooled tower, batch by batch."""
     decomposition = AttentionPoolDecomposition()
     reason = decomposition.unsupported_reason(model.visual)
@@ -127,7 +135,9 @@ def attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype)
             text = model.encode_text(tokenizer(queries).to(device)).float()
             text = text / text.norm(dim=-1, keepdim=True)
             parts = decomposition.run(model.visual, pixels, text)
-            combine_attention_pool(parts["psi_pool"], parts["psi_token"], coe=10.0, kernel_size=3).cpu()
+            combine_attention_pool(
+                parts["psi_pool"], parts["psi_token"], coe=10.0, kernel_size=3
+            ).cpu()
         synchronize(device)
 
     return run
@@ -175,18 +185,26 @@ def peak_extra_memory(call: Callable, images, queries, device: torch.device) -> 
     return peak
 
 
-def bench_model(name: str, device: torch.device, batch_sizes: list[int], repeats: int) -> list[dict]:
+def bench_model(
+    name: str, device: torch.device, batch_sizes: list[int], repeats: int
+) -> list[dict]:
     dtype = torch.float32
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=None, device=device
+    )
     model.eval()
     if name in ATTENTION_POOLED:
         text_cfg = open_clip.get_model_config(name)["text_cfg"]
         tokenizer = stand_in_tokenizer(text_cfg["context_length"], text_cfg["vocab_size"])
-        attributor = types.SimpleNamespace(layer=AttentionPoolDecomposition().default_layer(model.visual))
+        attributor = types.SimpleNamespace(
+            layer=AttentionPoolDecomposition().default_layer(model.visual)
+        )
         attribute = attention_pool_attribution_call(model, preprocess, tokenizer, device, dtype)
     else:
         tokenizer = open_clip.get_tokenizer(name)
-        attributor = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, batch_size=max(batch_sizes))
+        attributor = CLIPAttributor(
+            model, preprocess=preprocess, tokenizer=tokenizer, batch_size=max(batch_sizes)
+        )
         attribute = attribution_call(attributor, device)
     calls = {
         "baseline": baseline_call(model, preprocess, tokenizer, device, dtype),
@@ -198,17 +216,34 @@ def bench_model(name: str, device: torch.device, batch_sizes: list[int], repeats
     for batch_size in batch_sizes:
         images, queries = make_inputs(batch_size)
         times = median_times(calls, images, queries, repeats)
-        memory = {key: peak_extra_memory(call, images, queries, device) for key, call in calls.items()}
+        memory = {
+            key: peak_extra_memory(call, images, queries, device) for key, call in calls.items()
+        }
         rows.append(
-            dict(model=name, device=device.type, batch=batch_size, layer=attributor.layer, **{
-                "base_s": times["baseline"], "attr_s": times["attribution"],
-                "time_ratio": times["attribution"] / times["baseline"],
-                "base_mib": memory["baseline"] / 2**20, "attr_mib": memory["attribution"] / 2**20,
-                "mem_ratio": memory["attribution"] / memory["baseline"],
-                **({"early_s": times["early"], "early_ratio": times["early"] / times["baseline"],
-                    "early_mib": memory["early"] / 2**20, "early_mem_ratio": memory["early"] / memory["baseline"]}
-                   if "early" in calls else {}),
-            })
+            dict(
+                model=name,
+                device=device.type,
+                batch=batch_size,
+                layer=attributor.layer,
+                **{
+                    "base_s": times["baseline"],
+                    "attr_s": times["attribution"],
+                    "time_ratio": times["attribution"] / times["baseline"],
+                    "base_mib": memory["baseline"] / 2**20,
+                    "attr_mib": memory["attribution"] / 2**20,
+                    "mem_ratio": memory["attribution"] / memory["baseline"],
+                    **(
+                        {
+                            "early_s": times["early"],
+                            "early_ratio": times["early"] / times["baseline"],
+                            "early_mib": memory["early"] / 2**20,
+                            "early_mem_ratio": memory["early"] / memory["baseline"],
+                        }
+                        if "early" in calls
+                        else {}
+                    ),
+                },
+            )
         )
         print(f"  {name} {device.type} batch {batch_size}: done", file=sys.stderr, flush=True)
         print(markdown_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
@@ -245,7 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda if available")
+    parser.add_argument(
+        "--devices", nargs="+", default=None, help="default: cpu, and cuda if available"
+    )
     args = parser.parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     logging.getLogger("api_prompt").setLevel(logging.ERROR)  # random-weight warnings are expected
@@ -255,10 +292,14 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         for name in args.models:
             rows.extend(bench_model(name, torch.device(device), args.batch_sizes, args.repeats))
-    command = " ".join(shlex.quote(part) for part in ["python", "benchmarks/bench_clip.py", *sys.argv[1:]])
-    print(f"`{command}` (open_clip {open_clip.__version__}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, median of {args.repeats} interleaved, random weights, fp32; "
-          f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)\n")
+    command = " ".join(
+        shlex.quote(part) for part in ["python", "benchmarks/bench_clip.py", *sys.argv[1:]]
+    )
+    print(
+        f"`{command}` (open_clip {open_clip.__version__}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads, median of {args.repeats} interleaved, random weights, fp32; "
+        f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)\n"
+    )
     print(markdown_table(rows))
 
 

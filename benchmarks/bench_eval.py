@@ -41,7 +41,7 @@ class Timed:
 
     def __init__(self, inner):
         self.inner, self.seconds = inner, 0.0
-        self.batched_target = getattr(inner, "batched_target", False)   # used as it is by as_target
+        self.batched_target = getattr(inner, "batched_target", False)  # used as it is by as_target
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
@@ -82,21 +82,34 @@ def harness_run(data: Path, prompter, n: int, batch: int) -> dict:
                 return step(*args, **kwargs)
             finally:
                 end_of_run.append(time.perf_counter() - start)
+
         return call
 
     runner._summary, runner.EvalFolder.write_outputs = timed(summary_step), timed(write_step)
     try:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            summary = evaluate(data, "synthshapes-mcq", timed_target, out, prompter=timed_prompter,
-                               batch_size=batch, limit=n, target_name="instant")
+            summary = evaluate(
+                data,
+                "synthshapes-mcq",
+                timed_target,
+                out,
+                prompter=timed_prompter,
+                batch_size=batch,
+                limit=n,
+                target_name="instant",
+            )
             total = time.perf_counter() - start
     finally:
         runner._summary, runner.EvalFolder.write_outputs = summary_step, write_step
     assert summary["conditions"]["api"]["n"] == n
-    assert summary["conditions"]["original"]["metrics"]["accuracy"] > 0   # the answers were "A"
-    return {"total": total, "prompter": timed_prompter.seconds, "target": timed_target.seconds,
-            "report": sum(end_of_run)}
+    assert summary["conditions"]["original"]["metrics"]["accuracy"] > 0  # the answers were "A"
+    return {
+        "total": total,
+        "prompter": timed_prompter.seconds,
+        "target": timed_target.seconds,
+        "report": sum(end_of_run),
+    }
 
 
 def attribution_run(images, queries, prompter, batch: int) -> float:
@@ -104,7 +117,7 @@ def attribution_run(images, queries, prompter, batch: int) -> float:
     attribute = getattr(prompter, "attribute", None) or prompter.attributor.attribute
     start = time.perf_counter()
     for i in range(0, len(images), batch):
-        attribute(images[i:i + batch], queries[i:i + batch])
+        attribute(images[i : i + batch], queries[i : i + batch])
     return time.perf_counter() - start
 
 
@@ -112,12 +125,18 @@ def statistics_run(n: int, benchmark: str, rng) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of ``summarize`` on ``n`` synthetic samples."""
     from api_prompt.evaluation import summarize
 
-    if benchmark == "llava-bench":   # the judge's two scores (1-10) per answer, three categories
-        samples = [{"category": ("conv", "detail", "complex")[i % 3], "gpt_answer": "r"} for i in range(n)]
-        answers = {c: rng.integers(1, 11, size=(n, 2)).astype(float).tolist() for c in ("original", "api")}
-    elif benchmark == "mmvet":       # grades 0.0-1.0 in tenths, capabilities as in MM-Vet
-        samples = [{"capability": ("rec", "ocr,rec", "know,rec", "gen,rec", "spat,ocr", "math,ocr")[i % 6]}
-                   for i in range(n)]
+    if benchmark == "llava-bench":  # the judge's two scores (1-10) per answer, three categories
+        samples = [
+            {"category": ("conv", "detail", "complex")[i % 3], "gpt_answer": "r"} for i in range(n)
+        ]
+        answers = {
+            c: rng.integers(1, 11, size=(n, 2)).astype(float).tolist() for c in ("original", "api")
+        }
+    elif benchmark == "mmvet":  # grades 0.0-1.0 in tenths, capabilities as in MM-Vet
+        samples = [
+            {"capability": ("rec", "ocr,rec", "know,rec", "gen,rec", "spat,ocr", "math,ocr")[i % 6]}
+            for i in range(n)
+        ]
         answers = {c: (rng.integers(0, 11, size=n) / 10).tolist() for c in ("original", "api")}
     if benchmark in ("llava-bench", "mmvet"):
         errors = {c: [None] * n for c in ("original", "api")}
@@ -125,13 +144,27 @@ def statistics_run(n: int, benchmark: str, rng) -> tuple[float, float]:
         summarize(benchmark, samples, answers, errors)
         return time.perf_counter() - start, time.process_time() - cpu
     if benchmark == "pope":
-        samples = [{"answer": "yes" if rng.random() < 0.5 else "no",
-                    "category": ("random", "popular", "adversarial")[i % 3]} for i in range(n)]
+        samples = [
+            {
+                "answer": "yes" if rng.random() < 0.5 else "no",
+                "category": ("random", "popular", "adversarial")[i % 3],
+            }
+            for i in range(n)
+        ]
         pool = ["Yes.", "No, there is not.", "yes", "no"]
     elif benchmark == "mcq":
-        samples = [{"answer": "ABCD"[i % 4], "A": "red", "B": "blue", "C": "green", "D": "yellow",
-                    "index": i % (n // 4) + 1_000_000 * (i // (n // 4)), "category": f"c{i % 20}"}
-                   for i in range(n)]
+        samples = [
+            {
+                "answer": "ABCD"[i % 4],
+                "A": "red",
+                "B": "blue",
+                "C": "green",
+                "D": "yellow",
+                "index": i % (n // 4) + 1_000_000 * (i // (n // 4)),
+                "category": f"c{i % 20}",
+            }
+            for i in range(n)
+        ]
         pool = ["A", "(B) blue", "The answer is C", "yellow", ""]
     else:  # textvqa
         samples = [{"answers": [str(rng.integers(0, 4)) for _ in range(10)]} for _ in range(n)]
@@ -146,18 +179,22 @@ def statistics_run(n: int, benchmark: str, rng) -> tuple[float, float]:
 def statistics_only(args, all_cores) -> None:
     stats = {name: [] for name in ("pope", "mcq", "textvqa", "mmvet", "llava-bench")}
     rng = np.random.default_rng(0)
-    if all_cores is not None:   # scoring and statistics on one core
+    if all_cores is not None:  # scoring and statistics on one core
         os.sched_setaffinity(0, {min(all_cores)})
     for _ in range(args.repeats):
         for name in stats:
             stats[name].append(statistics_run(args.predictions, name, rng))
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; pinned to one core")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; pinned to one core"
+    )
     print_statistics(args, stats)
 
 
 def print_statistics(args, stats) -> None:
-    print(f"scoring + statistics for {args.predictions:,} predictions x 2 conditions (one core, median of "
-          f"{args.repeats}, wall / CPU seconds):")
+    print(
+        f"scoring + statistics for {args.predictions:,} predictions x 2 conditions (one core, median of "
+        f"{args.repeats}, wall / CPU seconds):"
+    )
     for name, times in stats.items():
         if times:
             wall, cpu = (statistics.median(t[i] for t in times) for i in (0, 1))
@@ -169,12 +206,19 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=256, help="samples per harness run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--predictions", type=int, default=100_000)
-    parser.add_argument("--model", default=CLIP,
-                        help="auxiliary CLIP (default: the shipped small one); an open_clip architecture "
-                        "name without weights, e.g. ViT-L-14-336, costs what the paper's model costs")
+    parser.add_argument(
+        "--model",
+        default=CLIP,
+        help="auxiliary CLIP (default: the shipped small one); an open_clip architecture "
+        "name without weights, e.g. ViT-L-14-336, costs what the paper's model costs",
+    )
     parser.add_argument("--skip-statistics", action="store_true", help="only the harness part")
-    parser.add_argument("--statistics-only", action="store_true", help="only the scoring + statistics part")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    parser.add_argument(
+        "--statistics-only", action="store_true", help="only the scoring + statistics part"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats; medians are reported"
+    )
     args = parser.parse_args()
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if args.statistics_only:
@@ -193,7 +237,7 @@ def main() -> None:
     source, samples = read_samples(data)
     images = [source.load_image(Sample(s.index, s.id, s.image, s.question)) for s in samples]
     queries = [auxiliary_query("synthshapes-mcq", s) for s in samples]
-    attribution_run(images[:32], queries[:32], prompter, args.batch_size)   # warm-up
+    attribution_run(images[:32], queries[:32], prompter, args.batch_size)  # warm-up
 
     harness, attribution, report = [], [], []
     stats = {name: [] for name in ("pope", "mcq", "textvqa", "mmvet", "llava-bench")}
@@ -203,8 +247,10 @@ def main() -> None:
         loop = run["total"] - run["report"]
         harness.append((loop - run["prompter"] - run["target"]) / args.questions)
         report.append(run["report"])
-        attribution.append(attribution_run(images, queries, prompter, args.batch_size) / args.questions)
-        if all_cores is not None:   # scoring and statistics on one core
+        attribution.append(
+            attribution_run(images, queries, prompter, args.batch_size) / args.questions
+        )
+        if all_cores is not None:  # scoring and statistics on one core
             os.sched_setaffinity(0, {min(all_cores)})
         for name in stats if not args.skip_statistics else ():
             stats[name].append(statistics_run(args.predictions, name, rng))
@@ -212,10 +258,14 @@ def main() -> None:
             os.sched_setaffinity(0, all_cores)
 
     h, a = statistics.median(harness), statistics.median(attribution)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch on 1 thread, image decoding "
-          "in the harness's own thread; statistics pinned to one core")
-    print(f"harness ({args.questions} questions x 2 conditions, batch {args.batch_size}, instant target, "
-          f"median of {args.repeats}):")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch on 1 thread, image decoding "
+        "in the harness's own thread; statistics pinned to one core"
+    )
+    print(
+        f"harness ({args.questions} questions x 2 conditions, batch {args.batch_size}, instant target, "
+        f"median of {args.repeats}):"
+    )
     print(f"  attribution per sample      {a * 1e3:8.2f} ms   (Prompter.attribute, {args.model})")
     print(f"  harness per sample          {h * 1e3:8.2f} ms   = {100 * h / a:.2g}% of attribution")
     print(f"  end-of-run summary+report   {statistics.median(report):8.2f} s    (once per run)")

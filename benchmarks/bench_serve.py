@@ -53,9 +53,16 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_batch import QUERIES, make_dataset  # noqa: E402
 
-REPLY = json.dumps({"id": "bench", "object": "chat.completion", "model": "bench",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                 "finish_reason": "stop"}]}).encode()
+REPLY = json.dumps(
+    {
+        "id": "bench",
+        "object": "chat.completion",
+        "model": "bench",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+    }
+).encode()
 
 
 # -- the fast upstream (run as `python bench_serve.py --upstream-port PORT`) -------------------
@@ -69,8 +76,12 @@ async def _upstream_connection(reader: asyncio.StreamReader, writer: asyncio.Str
             length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
             if length:
                 await reader.readexactly(int(length.group(1)))
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(REPLY)).encode() + b"\r\n\r\n" + REPLY)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(REPLY)).encode()
+                + b"\r\n\r\n"
+                + REPLY
+            )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -80,7 +91,7 @@ async def _upstream_connection(reader: asyncio.StreamReader, writer: asyncio.Str
 
 def serve_upstream(port: int) -> None:
     async def main():
-        server = await asyncio.start_server(_upstream_connection, "127.0.0.1", port, limit=2 ** 24)
+        server = await asyncio.start_server(_upstream_connection, "127.0.0.1", port, limit=2**24)
         print("upstream ready", flush=True)
         async with server:
             await server.serve_forever()
@@ -98,8 +109,21 @@ def free_port() -> int:
 
 
 def chat_body(data_url: str, question: str) -> bytes:
-    return json.dumps({"model": "bench", "max_tokens": 8, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": data_url}}]}]}).encode()
+    return json.dumps(
+        {
+            "model": "bench",
+            "max_tokens": 8,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": question},
+                        {"type": "image_url", "image_url": {"url": data_url}},
+                    ],
+                }
+            ],
+        }
+    ).encode()
 
 
 async def drive(url: str, bodies: list[bytes], clients: int) -> tuple[float, list[float]]:
@@ -114,7 +138,9 @@ async def drive(url: str, bodies: list[bytes], clients: int) -> tuple[float, lis
         async def one_client():
             for body in todo:
                 started = time.perf_counter()
-                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                response = await client.post(
+                    url, content=body, headers={"content-type": "application/json"}
+                )
                 latencies.append(time.perf_counter() - started)
                 if response.status_code != 200:
                     raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
@@ -127,15 +153,25 @@ async def drive(url: str, bodies: list[bytes], clients: int) -> tuple[float, lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=f"local-dir:{REPO / 'assets' / 'synthshapes-clip'}")
-    parser.add_argument("--requests", type=int, default=128, help="requests (and batch samples) per round")
+    parser.add_argument(
+        "--requests", type=int, default=128, help="requests (and batch samples) per round"
+    )
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--max-batch", type=int, default=8, help="proxy --max-batch and batch --batch-size")
+    parser.add_argument(
+        "--max-batch", type=int, default=8, help="proxy --max-batch and batch --batch-size"
+    )
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
-    parser.add_argument("--png-compression", type=int, default=1, help="the proxy's --png-compression "
-                        "(used for PNG inputs only; these photos are JPEGs)")
+    parser.add_argument(
+        "--png-compression",
+        type=int,
+        default=1,
+        help="the proxy's --png-compression (used for PNG inputs only; these photos are JPEGs)",
+    )
     parser.add_argument("--latency-requests", type=int, default=40)
     parser.add_argument("--size", default="640x480", help="WxH of the generated photos")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds; medians are reported"
+    )
     parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_port:
@@ -164,18 +200,39 @@ def main() -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("API_PROMPT_UPSTREAM_KEY", None)
         upstream_port, proxy_port = free_port(), free_port()
-        upstream = subprocess.Popen([sys.executable, __file__, "--upstream-port", str(upstream_port)],
-                                    stdout=subprocess.PIPE, text=True, env=env)
+        upstream = subprocess.Popen(
+            [sys.executable, __file__, "--upstream-port", str(upstream_port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         processes.append(upstream)
         upstream.stdout.readline()
         api_prompt = Path(sys.executable).with_name("api-prompt")
         proxy = subprocess.Popen(
-            [str(api_prompt if api_prompt.exists() else "api-prompt"), "serve",
-             "--upstream", f"http://127.0.0.1:{upstream_port}/v1", "--port", str(proxy_port),
-             "--model", args.model, "--device", "cpu", "--max-batch", str(args.max_batch),
-             "--max-wait-ms", str(args.max_wait_ms), "--png-compression", str(args.png_compression),
-             "--max-queue", str(max(256, args.requests)), "-q"],
-            stderr=subprocess.DEVNULL, env=env,
+            [
+                str(api_prompt if api_prompt.exists() else "api-prompt"),
+                "serve",
+                "--upstream",
+                f"http://127.0.0.1:{upstream_port}/v1",
+                "--port",
+                str(proxy_port),
+                "--model",
+                args.model,
+                "--device",
+                "cpu",
+                "--max-batch",
+                str(args.max_batch),
+                "--max-wait-ms",
+                str(args.max_wait_ms),
+                "--png-compression",
+                str(args.png_compression),
+                "--max-queue",
+                str(max(256, args.requests)),
+                "-q",
+            ],
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         processes.append(proxy)
         prompter = Prompter(model=args.model, device="cpu")
@@ -187,15 +244,31 @@ def main() -> None:
         jpeg = (source.parent / rows[0]["image"]).read_bytes()
         photo = load_image(jpeg)
         asyncio.run(drive(proxy_url, bodies[: args.clients], args.clients))  # warm up
-        run(source, folder / "warm", prompter, batch_size=args.max_batch, progress=False, limit=args.max_batch)
+        run(
+            source,
+            folder / "warm",
+            prompter,
+            batch_size=args.max_batch,
+            progress=False,
+            limit=args.max_batch,
+        )
 
-        proxy_rates, batch_rates, proxy_latency, direct_latency, attribution, image_work = [], [], [], [], [], []
+        proxy_rates, batch_rates, proxy_latency, direct_latency, attribution, image_work = (
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         for repeat in range(args.repeats):  # interleaved, so load drifts hit every mode alike
             seconds, _ = asyncio.run(drive(proxy_url, bodies, args.clients))
             proxy_rates.append(len(bodies) / seconds)
 
             started = time.perf_counter()
-            summary = run(source, folder / f"out{repeat}", prompter, batch_size=args.max_batch, progress=False)
+            summary = run(
+                source, folder / f"out{repeat}", prompter, batch_size=args.max_batch, progress=False
+            )
             batch_rates.append(summary.ok / (time.perf_counter() - started))
 
             single = bodies[: args.latency_requests]
@@ -209,7 +282,9 @@ def main() -> None:
                 (amap,) = prompter.attribute([photo], [QUERIES[i % len(QUERIES)]])
                 times.append(time.perf_counter() - started)
                 started = time.perf_counter()  # the proxy's other per-image work, for the breakdown
-                encode_like(render(load_image(jpeg), amap), jpeg, png_compress_level=args.png_compression)
+                encode_like(
+                    render(load_image(jpeg), amap), jpeg, png_compress_level=args.png_compression
+                )
                 rest.append(time.perf_counter() - started)
             attribution.append(statistics.median(times))
             image_work.append(statistics.median(rest))
@@ -227,24 +302,36 @@ def main() -> None:
     added = (statistics.median(proxy_latency) - statistics.median(direct_latency)) * 1000
     attribution_ms = statistics.median(attribution) * 1000
     command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
-    print(f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, CPU, model {args.model}, {args.requests} photos {size[0]}×{size[1]} "
-          f"(JPEG data URLs), {args.clients} clients, batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, "
-          f"sent upstream as JPEG quality 95, "
-          f"median of {args.repeats} interleaved rounds\n")
+    print(
+        f"`{command.strip()}`  \n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, CPU, model {args.model}, {args.requests} photos {size[0]}×{size[1]} "
+        f"(JPEG data URLs), {args.clients} clients, batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, "
+        f"sent upstream as JPEG quality 95, "
+        f"median of {args.repeats} interleaved rounds\n"
+    )
     print("| measure | value |")
     print("|---|---:|")
     print(f"| proxy throughput, {args.clients} clients (requests/s) | {proxy_rate:.1f} |")
-    print(f"| `api-prompt batch` throughput, batch {args.max_batch} (samples/s) | {batch_rate:.1f} |")
+    print(
+        f"| `api-prompt batch` throughput, batch {args.max_batch} (samples/s) | {batch_rate:.1f} |"
+    )
     print(f"| **ratio** proxy / batch (target >= 0.8) | **{proxy_rate / batch_rate:.2f}** |")
-    print(f"| latency at one client, through the proxy (ms) | {statistics.median(proxy_latency) * 1000:.1f} |")
-    print(f"| latency at one client, straight to the upstream (ms) | {statistics.median(direct_latency) * 1000:.1f} |")
+    print(
+        f"| latency at one client, through the proxy (ms) | {statistics.median(proxy_latency) * 1000:.1f} |"
+    )
+    print(
+        f"| latency at one client, straight to the upstream (ms) | {statistics.median(direct_latency) * 1000:.1f} |"
+    )
     print(f"| **added latency** (ms) | **{added:.1f}** |")
     print(f"| attribution of one image (ms) | {attribution_ms:.1f} |")
     print(f"| **added − attribution** (target <= 15 ms) | **{added - attribution_ms:.1f}** |")
     work_ms = statistics.median(image_work) * 1000
-    print(f"| of which: decode the JPEG, overlay, encode the JPEG of one image (ms) | {work_ms:.1f} |")
-    print(f"| of which: the rest (HTTP, JSON, base64, batching, threads) (ms) | {added - attribution_ms - work_ms:.1f} |")
+    print(
+        f"| of which: decode the JPEG, overlay, encode the JPEG of one image (ms) | {work_ms:.1f} |"
+    )
+    print(
+        f"| of which: the rest (HTTP, JSON, base64, batching, threads) (ms) | {added - attribution_ms - work_ms:.1f} |"
+    )
 
 
 def _wait_until_serving(url: str, timeout: float = 300) -> None:

@@ -35,10 +35,12 @@ def main() -> None:
     rows = []
     for size in SIZES:
         image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-        amap = AttentionMap(rng.random((24, 24)).astype(np.float32), {}, size, (0.0, 0.0, *map(float, size)))
+        amap = AttentionMap(
+            rng.random((24, 24)).astype(np.float32), {}, size, (0.0, 0.0, *map(float, size))
+        )
         wall: dict[str, list[float]] = {name: [] for name in names}
         cpu: dict[str, list[float]] = {name: [] for name in names}
-        for name in names:                                   # warm-up (tables, fonts)
+        for name in names:  # warm-up (tables, fonts)
             styles[name].apply(image, amap)
         for _ in range(args.repeats):
             for name in names:
@@ -46,13 +48,19 @@ def main() -> None:
                 styles[name].apply(image, amap)
                 cpu[name].append(time.process_time() - start_cpu)
                 wall[name].append(time.perf_counter() - start)
-        medians = {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in names}
+        medians = {
+            name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in names
+        }
         base = medians.get("overlay")
         for name in names:
             (w, c) = medians[name]
-            ratios = (f"{w / base[0]:.2f} | {c / base[1]:.2f}" if base and base[1] > 0 else "– | –")
-            rows.append(f"| {size[0]}×{size[1]} | `{name}` | {1000 * w:.1f} | {1000 * c:.1f} | {ratios} |")
-    print("| image | style | ms wall (median) | ms CPU (median) | × overlay (wall) | × overlay (CPU) |")
+            ratios = f"{w / base[0]:.2f} | {c / base[1]:.2f}" if base and base[1] > 0 else "– | –"
+            rows.append(
+                f"| {size[0]}×{size[1]} | `{name}` | {1000 * w:.1f} | {1000 * c:.1f} | {ratios} |"
+            )
+    print(
+        "| image | style | ms wall (median) | ms CPU (median) | × overlay (wall) | × overlay (CPU) |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     print("\n".join(rows))
 

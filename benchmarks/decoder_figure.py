@@ -52,11 +52,15 @@ def with_cells(heatmap: Image.Image, grid: tuple[int, int], region, image_size) 
     for i in range(cols + 1):
         x = left + i * (right - left) / cols
         if 0 <= x <= out.width:
-            draw.line([(x, max(top, 0)), (x, min(bottom, out.height))], fill=(255, 255, 255), width=1)
+            draw.line(
+                [(x, max(top, 0)), (x, min(bottom, out.height))], fill=(255, 255, 255), width=1
+            )
     for j in range(rows + 1):
         y = top + j * (bottom - top) / rows
         if 0 <= y <= out.height:
-            draw.line([(max(left, 0), y), (min(right, out.width), y)], fill=(255, 255, 255), width=1)
+            draw.line(
+                [(max(left, 0), y), (min(right, out.width), y)], fill=(255, 255, 255), width=1
+            )
     return out
 
 
@@ -86,23 +90,38 @@ def main() -> None:
 
     model, processor = tiny_llava(image_size=336, patch_size=14, **small)
     [amap] = LLaVAAttributor(model, processor, layer=2, max_new_tokens=4)([image], [QUERY])
-    panel(image, amap, f"LLaVA-1.5: {amap.mask.shape[0]}x{amap.mask.shape[1]} over the padded square").save(
-        out_dir / "decoder_llava.png")
+    panel(
+        image, amap, f"LLaVA-1.5: {amap.mask.shape[0]}x{amap.mask.shape[1]} over the padded square"
+    ).save(out_dir / "decoder_llava.png")
 
     model, processor = tiny_llava_next(image_size=336, patch_size=14, pinpoints=PINPOINTS, **small)
     [amap] = LLaVANextAttributor(model, processor, layer=2, max_new_tokens=4)([image], [QUERY])
-    stitched = panel(image, amap, f"LLaVA-NeXT: stitched tiles, unpadded, {amap.mask.shape[0]}x{amap.mask.shape[1]}")
+    stitched = panel(
+        image,
+        amap,
+        f"LLaVA-NeXT: stitched tiles, unpadded, {amap.mask.shape[0]}x{amap.mask.shape[1]}",
+    )
     base = amap.extra["base_attention"]
     lo, hi = float(base.min()), float(base.max())
-    base_map = AttentionMap(mask=((base - lo) / (hi - lo or 1)).astype(np.float32), parts={},
-                            image_size=amap.image_size, region=amap.extra["base_region"])
+    base_map = AttentionMap(
+        mask=((base - lo) / (hi - lo or 1)).astype(np.float32),
+        parts={},
+        image_size=amap.image_size,
+        region=amap.extra["base_region"],
+    )
     row([stitched, panel(image, base_map, f"base view {base.shape[0]}x{base.shape[1]}")]).save(
-        out_dir / "decoder_llava_next.png")
+        out_dir / "decoder_llava_next.png"
+    )
 
-    model, processor = tiny_qwen_vl(version="2", min_pixels=56 * 56, max_pixels=16384 * 28 * 28, **small)
+    model, processor = tiny_qwen_vl(
+        version="2", min_pixels=56 * 56, max_pixels=16384 * 28 * 28, **small
+    )
     [amap] = Qwen2VLAttributor(model, processor, layer=2, max_new_tokens=4)([image], [QUERY])
-    panel(image, amap, f"Qwen2-VL: {amap.mask.shape[0]}x{amap.mask.shape[1]} merged tokens, whole image").save(
-        out_dir / "decoder_qwen2_vl.png")
+    panel(
+        image,
+        amap,
+        f"Qwen2-VL: {amap.mask.shape[0]}x{amap.mask.shape[1]} merged tokens, whole image",
+    ).save(out_dir / "decoder_qwen2_vl.png")
     print("wrote", *sorted(p.name for p in out_dir.glob("decoder_*.png")))
 
 

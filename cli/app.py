@@ -64,21 +64,23 @@ def _root_help() -> str:
     from api_prompt.presets import PRESETS
 
     backends = ", ".join(spec.name for spec in backend_specs())
-    return "\n\n".join([
-        "Attention Prompting on Image: mask an image so a vision-language model looks where the "
-        "question points.",
-        "Usage for one image (all options: api-prompt prompt --help):",
-        "  api-prompt IMAGE QUERY \\[-o OUT.png] \\[-m MODEL] \\[--backend NAME]\n"
-        "             \\[--preset NAME] \\[--layer L] \\[--heatmap PATH] \\[--device D]",
-        "Examples:\n"
-        "  # offline, with the model and the image shipped in the package:\n"
-        "  api-prompt example:synthshapes-23 \"a red square\" -m synthshapes\n"
-        "  # the paper's CLIP ViT-L/14-336 (downloads about 1.7 GB once):\n"
-        "  api-prompt photo.jpg \"What color is the car?\"",
-        f"Backends (--backend): {backends}. Presets (--preset): {', '.join(PRESETS)}. "
-        "Built-in model (-m): synthshapes, the small CLIP shipped with the package.",
-        f"Read more: api-prompt COMMAND --help; {DOCS_HINT}.",
-    ])
+    return "\n\n".join(
+        [
+            "Attention Prompting on Image: mask an image so a vision-language model looks where the "
+            "question points.",
+            "Usage for one image (all options: api-prompt prompt --help):",
+            "  api-prompt IMAGE QUERY \\[-o OUT.png] \\[-m MODEL] \\[--backend NAME]\n"
+            "             \\[--preset NAME] \\[--layer L] \\[--heatmap PATH] \\[--device D]",
+            "Examples:\n"
+            "  # offline, with the model and the image shipped in the package:\n"
+            '  api-prompt example:synthshapes-23 "a red square" -m synthshapes\n'
+            "  # the paper's CLIP ViT-L/14-336 (downloads about 1.7 GB once):\n"
+            '  api-prompt photo.jpg "What color is the car?"',
+            f"Backends (--backend): {backends}. Presets (--preset): {', '.join(PRESETS)}. "
+            "Built-in model (-m): synthshapes, the small CLIP shipped with the package.",
+            f"Read more: api-prompt COMMAND --help; {DOCS_HINT}.",
+        ]
+    )
 
 
 app = typer.Typer(
@@ -101,7 +103,11 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(
     version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Show the version and exit."
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Show the version and exit.",
     ),
 ) -> None:
     """Attention Prompting on Image for vision-language models."""
@@ -114,8 +120,15 @@ def main() -> None:
 
 # Each command is a plain function in its own module, registered here (so no command module
 # imports this one): the order is the order of ``--help``.
-COMMANDS = (("prompt", prompt_command), ("batch", batch_command), ("merge", merge_command),
-            ("ask", ask_command), ("serve", serve_command), ("eval", eval_command),
-            ("playground", playground_command), ("examples", examples_command))
+COMMANDS = (
+    ("prompt", prompt_command),
+    ("batch", batch_command),
+    ("merge", merge_command),
+    ("ask", ask_command),
+    ("serve", serve_command),
+    ("eval", eval_command),
+    ("playground", playground_command),
+    ("examples", examples_command),
+)
 for _name, _command in COMMANDS:
     app.command(_name, cls=OneLineErrorCommand, short_help=SUMMARIES[_name])(_command)

@@ -51,67 +51,142 @@ def _target_options_help() -> str:
     from api_prompt.targets import target_specs
 
     declared = "; ".join(
-        f"{spec.kind}: {', '.join(names)}" for spec in target_specs()
+        f"{spec.kind}: {', '.join(names)}"
+        for spec in target_specs()
         if (names := [option.name for option in spec.options if option.name not in TARGET_FLAGS])
     )
-    return f"An option of the target's kind, typed and checked by its spec (repeatable). {declared}."
+    return (
+        f"An option of the target's kind, typed and checked by its spec (repeatable). {declared}."
+    )
 
 
 #: target options that have a flag of their own (the kinds that declare them get them)
-TARGET_FLAGS = {"base_url": "--base-url", "timeout": "--timeout", "max_retries": "--max-retries",
-                "backoff": "--backoff", "device": "--target-device", "dtype": "--target-dtype"}
+TARGET_FLAGS = {
+    "base_url": "--base-url",
+    "timeout": "--timeout",
+    "max_retries": "--max-retries",
+    "backoff": "--backoff",
+    "device": "--target-device",
+    "dtype": "--target-dtype",
+}
 
-TargetOpt = Annotated[str, typer.Option(
-    "--target", "-t", rich_help_panel=_TARGET, show_default=False, help=_targets_help(),
-)]
-TargetOptionOpt = Annotated[list[str] | None, typer.Option(
-    "--target-option", "-T", metavar="KEY=VALUE", rich_help_panel=_TARGET, show_default=False,
-    help=_target_options_help(),
-)]
-BaseUrlOpt = Annotated[str | None, typer.Option(
-    "--base-url", rich_help_panel=_TARGET, show_default=False,
-    help="openai: API root ending in /v1 (default: $OPENAI_BASE_URL, else "
-    "https://api.openai.com/v1). The key is read from $OPENAI_API_KEY.",
-)]
-NoApiOpt = Annotated[bool, typer.Option(
-    "--no-api", rich_help_panel=_TARGET,
-    help="Send the original image (no attention prompting, no auxiliary model): the baseline.",
-)]
-ModeOpt = Annotated[Mode, typer.Option(
-    "--mode", rich_help_panel=_TARGET,
-    help="prompted: only the prompted image (the paper); both: the original, then the prompted image.",
-)]
-MaxNewTokensOpt = Annotated[int, typer.Option(
-    "--max-new-tokens", rich_help_panel=_TARGET, min=1, help="Longest answer, in tokens.",
-)]
-TargetDeviceOpt = Annotated[str | None, typer.Option(
-    "--target-device", rich_help_panel=_TARGET, show_default="same as --device",
-    help="hf, clip-zeroshot: where the target model runs (auto, cpu, cuda, cuda:N or mps).",
-)]
-TargetDtypeOpt = Annotated[str | None, typer.Option(
-    "--target-dtype", rich_help_panel=_TARGET, show_default=False,
-    help="hf, clip-zeroshot: fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU).",
-)]
-TimeoutOpt = Annotated[float, typer.Option(
-    "--timeout", rich_help_panel=_TARGET, min=0.001,
-    help="openai: seconds one attempt may take in all (connect, send, the whole answer).",
-)]
-MaxRetriesOpt = Annotated[int | None, typer.Option(
-    "--max-retries", rich_help_panel=_TARGET, min=0, show_default="3",
-    help="openai: extra attempts after a 429, a 5xx, a timeout or a broken connection; 0 = none.",
-)]
-BackoffOpt = Annotated[float | None, typer.Option(
-    "--backoff", rich_help_panel=_TARGET, min=0.0, show_default="1.0",
-    help="openai: first retry delay in seconds, doubled per attempt (a server's Retry-After wins).",
-)]
-SavePromptedOpt = Annotated[Path | None, typer.Option(
-    "--save-prompted", rich_help_panel=_TARGET, show_default=False,
-    help="Also write the image the target saw (PNG or any format Pillow writes).",
-)]
+TargetOpt = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        "-t",
+        rich_help_panel=_TARGET,
+        show_default=False,
+        help=_targets_help(),
+    ),
+]
+TargetOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target-option",
+        "-T",
+        metavar="KEY=VALUE",
+        rich_help_panel=_TARGET,
+        show_default=False,
+        help=_target_options_help(),
+    ),
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        rich_help_panel=_TARGET,
+        show_default=False,
+        help="openai: API root ending in /v1 (default: $OPENAI_BASE_URL, else "
+        "https://api.openai.com/v1). The key is read from $OPENAI_API_KEY.",
+    ),
+]
+NoApiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-api",
+        rich_help_panel=_TARGET,
+        help="Send the original image (no attention prompting, no auxiliary model): the baseline.",
+    ),
+]
+ModeOpt = Annotated[
+    Mode,
+    typer.Option(
+        "--mode",
+        rich_help_panel=_TARGET,
+        help="prompted: only the prompted image (the paper); both: the original, then the prompted image.",
+    ),
+]
+MaxNewTokensOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-new-tokens",
+        rich_help_panel=_TARGET,
+        min=1,
+        help="Longest answer, in tokens.",
+    ),
+]
+TargetDeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target-device",
+        rich_help_panel=_TARGET,
+        show_default="same as --device",
+        help="hf, clip-zeroshot: where the target model runs (auto, cpu, cuda, cuda:N or mps).",
+    ),
+]
+TargetDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target-dtype",
+        rich_help_panel=_TARGET,
+        show_default=False,
+        help="hf, clip-zeroshot: fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU).",
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        rich_help_panel=_TARGET,
+        min=0.001,
+        help="openai: seconds one attempt may take in all (connect, send, the whole answer).",
+    ),
+]
+MaxRetriesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-retries",
+        rich_help_panel=_TARGET,
+        min=0,
+        show_default="3",
+        help="openai: extra attempts after a 429, a 5xx, a timeout or a broken connection; 0 = none.",
+    ),
+]
+BackoffOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--backoff",
+        rich_help_panel=_TARGET,
+        min=0.0,
+        show_default="1.0",
+        help="openai: first retry delay in seconds, doubled per attempt (a server's Retry-After wins).",
+    ),
+]
+SavePromptedOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-prompted",
+        rich_help_panel=_TARGET,
+        show_default=False,
+        help="Also write the image the target saw (PNG or any format Pillow writes).",
+    ),
+]
 
 
-def target_options(target: str, texts: list[str] | None = None, *, defaults: dict | None = None,
-                   **flags) -> dict:
+def target_options(
+    target: str, texts: list[str] | None = None, *, defaults: dict | None = None, **flags
+) -> dict:
     """The constructor options of ``--target``'s kind, from its spec (shared by ``ask``, ``eval``
     and ``playground``).
 
@@ -131,12 +206,18 @@ def target_options(target: str, texts: list[str] | None = None, *, defaults: dic
     from api_prompt.targets import get_target, split_target_spec, target_specs
 
     spec = get_target(split_target_spec(target)[0])
-    options = {key: value for key, value in (defaults or {}).items() if value is not None and spec.option(key)}
+    options = {
+        key: value
+        for key, value in (defaults or {}).items()
+        if value is not None and spec.option(key)
+    }
     for key, value in flags.items():
         if value is None:
             continue
         if spec.option(key) is None:
-            kinds = " or ".join(f"--target {other.kind}:<model>" for other in target_specs() if other.option(key))
+            kinds = " or ".join(
+                f"--target {other.kind}:<model>" for other in target_specs() if other.option(key)
+            )
             raise ConfigError(f"{TARGET_FLAGS[key]} only applies to {kinds or 'no target kind'}")
         options[key] = value
     for key, value in (parse_key_value(text, "--target-option") for text in texts or ()):
@@ -148,11 +229,20 @@ def target_options(target: str, texts: list[str] | None = None, *, defaults: dic
 
 @prompt_options()
 def ask_command(
-    image: Annotated[str, typer.Argument(
-        metavar="IMAGE", show_default=False,
-        help="The image to ask about: a local file, or a shipped example as example:NAME.")],
-    question: Annotated[str, typer.Argument(
-        metavar="QUESTION", help="The question for the target model.", show_default=False)],
+    image: Annotated[
+        str,
+        typer.Argument(
+            metavar="IMAGE",
+            show_default=False,
+            help="The image to ask about: a local file, or a shipped example as example:NAME.",
+        ),
+    ],
+    question: Annotated[
+        str,
+        typer.Argument(
+            metavar="QUESTION", help="The question for the target model.", show_default=False
+        ),
+    ],
     target: TargetOpt = ...,
     base_url: BaseUrlOpt = None,
     no_api: NoApiOpt = False,
@@ -186,17 +276,27 @@ def ask_command(
         if not question.strip():
             raise ConfigError("the question is empty: pass what the target should answer")
         answerer_options = target_options(
-            target, target_option, defaults={"timeout": timeout, "device": options.device},
-            base_url=base_url, max_retries=max_retries, backoff=backoff, device=target_device,
-            dtype=target_dtype)
+            target,
+            target_option,
+            defaults={"timeout": timeout, "device": options.device},
+            base_url=base_url,
+            max_retries=max_retries,
+            backoff=backoff,
+            device=target_device,
+            dtype=target_dtype,
+        )
         if no_api and mode is Mode.both:
-            raise ConfigError("--mode both shows the prompted image too; it cannot go with --no-api")
+            raise ConfigError(
+                "--mode both shows the prompted image too; it cannot go with --no-api"
+            )
         kind, target_model = split_target_spec(target)
         spec = get_target(kind)
         try:
             spec.check_question(question)
         except ConfigError as exc:
-            raise ConfigError(f"{exc} (e.g. $'Which shape?\\nA. a red square\\nB. a blue circle' in bash)") from None
+            raise ConfigError(
+                f"{exc} (e.g. $'Which shape?\\nA. a red square\\nB. a blue circle' in bash)"
+            ) from None
         spec.check_name(target_model)
         if not no_api:
             options.check()

@@ -46,7 +46,9 @@ def parse_output_format(name: str) -> str:
 
     key = str(name).strip()
     if key not in OUTPUT_FORMATS:
-        raise typer.BadParameter(f"unknown output format {name!r}; choose one of: {', '.join(OUTPUT_FORMATS)}")
+        raise typer.BadParameter(
+            f"unknown output format {name!r}; choose one of: {', '.join(OUTPUT_FORMATS)}"
+        )
     return key
 
 
@@ -64,79 +66,216 @@ class Engine(str, Enum):
 
 @prompt_options()
 def batch_command(
-    input: Annotated[Path, typer.Argument(
-        metavar="INPUT", show_default=False,
-        help="JSONL, CSV, VLMEvalKit TSV (.tsv), parquet file or folder, or a folder saved by "
-        "datasets' save_to_disk.")],
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", rich_help_panel=_OUTPUT, show_default=False,
-        help="Output folder: images/, manifest.jsonl, run.json, and <stem>_API.tsv for a TSV or "
-        "dataset/ for parquet and datasets inputs. Rerunning into it resumes.")],
-    image_format: Annotated[ImageFormat, typer.Option(
-        "--format", rich_help_panel=_OUTPUT,
-        help="auto: JPEG where the input image is a JPEG, else PNG; png (lossless); jpg.")] = ImageFormat.auto,
-    jpeg_quality: Annotated[int, typer.Option(
-        "--jpeg-quality", min=1, max=100, rich_help_panel=_OUTPUT,
-        help="JPEG quality (recorded in run.json).")] = 95,
-    allow_partial: Annotated[bool, typer.Option(
-        "--allow-partial", rich_help_panel=_OUTPUT,
-        help="Write the TSV / dataset even if some samples failed: their rows keep the original "
-        "image and an api_prompt_status column marks them. Without it nothing partial is written.")] = False,
-    tsv_name: Annotated[str | None, typer.Option(
-        "--tsv-name", rich_help_panel=_OUTPUT, show_default="<stem>_API.tsv",
-        help="File name of the prompted VLMEvalKit TSV (its dataset name in VLMEvalKit).")] = None,
-    output_format: Annotated[str | None, typer.Option(
-        "--output-format", parser=parse_output_format, metavar="NAME", rich_help_panel=_OUTPUT,
-        show_default="tsv for a TSV, dataset for parquet and datasets inputs, none for JSONL and CSV",
-        help=_output_formats_help())] = None,
-    keep_original: Annotated[bool, typer.Option(
-        "--keep-original", rich_help_panel=_OUTPUT,
-        help="Keep the original image in a <image column>_original column of the dataset.")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", rich_help_panel=_OUTPUT,
-        help="Delete an earlier run's outputs in --out first (needed when the parameters changed).")] = False,
-    image_root: Annotated[Path | None, typer.Option(
-        "--image-root", rich_help_panel=_INPUT, show_default="the folder holding INPUT",
-        help="Folder that relative image paths start from.")] = None,
-    id_column: Annotated[str | None, typer.Option(
-        "--id-column", rich_help_panel=_INPUT, show_default="id; index for TSV; the row number if absent",
-        help="Column with the sample id (names the output file).")] = None,
-    image_column: Annotated[str | None, typer.Option(
-        "--image-column", rich_help_panel=_INPUT, show_default="image",
-        help="Column with the image: a path, base64, a data: URL, or a datasets Image.")] = None,
-    question_column: Annotated[str | None, typer.Option(
-        "--question-column", rich_help_panel=_INPUT, show_default="question",
-        help="Column with the question (the query of the map).")] = None,
-    split: Annotated[str | None, typer.Option(
-        "--split", rich_help_panel=_INPUT, show_default=False,
-        help="Split of a saved DatasetDict.")] = None,
-    input_format: Annotated[InputFormat | None, typer.Option(
-        "--input-format", rich_help_panel=_INPUT, show_default="from the extension",
-        help="Read INPUT as this format.")] = None,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", min=1, rich_help_panel=_RUN, help="Samples per model call.")] = 16,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, rich_help_panel=_RUN, show_default="twice the CPU count, at most 32",
-        help="Threads that decode, overlay and encode images while the model runs.")] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", min=0, rich_help_panel=_RUN, show_default=False,
-        help="Only the first N samples of INPUT.")] = None,
-    num_shards: Annotated[int, typer.Option(
-        "--num-shards", min=1, rich_help_panel=_RUN,
-        help="Split the work into this many shards (sample i goes to shard i % N); run each "
-        "shard into its own --out, then 'api-prompt merge'.")] = 1,
-    shard_index: Annotated[int, typer.Option(
-        "--shard-index", min=0, rich_help_panel=_RUN, help="Which shard this run does (0-based).")] = 0,
-    engine: Annotated[Engine, typer.Option(
-        "--engine", rich_help_panel=_RUN,
-        help="local: threads in this process; ray: Ray Data actors, one model each, on every GPU "
-        "(or CPU) of a Ray cluster (pip install 'api-prompt\\[ray]').")] = Engine.local,
-    address: Annotated[str | None, typer.Option(
-        "--address", rich_help_panel=_RUN, show_default="a local Ray instance",
-        help="Ray cluster to join with --engine ray (e.g. auto, or HEAD_IP:6379 after 'ray start').")] = None,
-    num_gpus: Annotated[float | None, typer.Option(
-        "--num-gpus", min=0, rich_help_panel=_RUN, show_default="1 if the cluster has GPUs, else 0",
-        help="GPUs per Ray actor (--engine ray); one actor per GPU by default.")] = None,
+    input: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT",
+            show_default=False,
+            help="JSONL, CSV, VLMEvalKit TSV (.tsv), parquet file or folder, or a folder saved by "
+            "datasets' save_to_disk.",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            rich_help_panel=_OUTPUT,
+            show_default=False,
+            help="Output folder: images/, manifest.jsonl, run.json, and <stem>_API.tsv for a TSV or "
+            "dataset/ for parquet and datasets inputs. Rerunning into it resumes.",
+        ),
+    ],
+    image_format: Annotated[
+        ImageFormat,
+        typer.Option(
+            "--format",
+            rich_help_panel=_OUTPUT,
+            help="auto: JPEG where the input image is a JPEG, else PNG; png (lossless); jpg.",
+        ),
+    ] = ImageFormat.auto,
+    jpeg_quality: Annotated[
+        int,
+        typer.Option(
+            "--jpeg-quality",
+            min=1,
+            max=100,
+            rich_help_panel=_OUTPUT,
+            help="JPEG quality (recorded in run.json).",
+        ),
+    ] = 95,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            rich_help_panel=_OUTPUT,
+            help="Write the TSV / dataset even if some samples failed: their rows keep the original "
+            "image and an api_prompt_status column marks them. Without it nothing partial is written.",
+        ),
+    ] = False,
+    tsv_name: Annotated[
+        str | None,
+        typer.Option(
+            "--tsv-name",
+            rich_help_panel=_OUTPUT,
+            show_default="<stem>_API.tsv",
+            help="File name of the prompted VLMEvalKit TSV (its dataset name in VLMEvalKit).",
+        ),
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--output-format",
+            parser=parse_output_format,
+            metavar="NAME",
+            rich_help_panel=_OUTPUT,
+            show_default="tsv for a TSV, dataset for parquet and datasets inputs, none for JSONL and CSV",
+            help=_output_formats_help(),
+        ),
+    ] = None,
+    keep_original: Annotated[
+        bool,
+        typer.Option(
+            "--keep-original",
+            rich_help_panel=_OUTPUT,
+            help="Keep the original image in a <image column>_original column of the dataset.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            rich_help_panel=_OUTPUT,
+            help="Delete an earlier run's outputs in --out first (needed when the parameters changed).",
+        ),
+    ] = False,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--image-root",
+            rich_help_panel=_INPUT,
+            show_default="the folder holding INPUT",
+            help="Folder that relative image paths start from.",
+        ),
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(
+            "--id-column",
+            rich_help_panel=_INPUT,
+            show_default="id; index for TSV; the row number if absent",
+            help="Column with the sample id (names the output file).",
+        ),
+    ] = None,
+    image_column: Annotated[
+        str | None,
+        typer.Option(
+            "--image-column",
+            rich_help_panel=_INPUT,
+            show_default="image",
+            help="Column with the image: a path, base64, a data: URL, or a datasets Image.",
+        ),
+    ] = None,
+    question_column: Annotated[
+        str | None,
+        typer.Option(
+            "--question-column",
+            rich_help_panel=_INPUT,
+            show_default="question",
+            help="Column with the question (the query of the map).",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            rich_help_panel=_INPUT,
+            show_default=False,
+            help="Split of a saved DatasetDict.",
+        ),
+    ] = None,
+    input_format: Annotated[
+        InputFormat | None,
+        typer.Option(
+            "--input-format",
+            rich_help_panel=_INPUT,
+            show_default="from the extension",
+            help="Read INPUT as this format.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", "-b", min=1, rich_help_panel=_RUN, help="Samples per model call."
+        ),
+    ] = 16,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            rich_help_panel=_RUN,
+            show_default="twice the CPU count, at most 32",
+            help="Threads that decode, overlay and encode images while the model runs.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=0,
+            rich_help_panel=_RUN,
+            show_default=False,
+            help="Only the first N samples of INPUT.",
+        ),
+    ] = None,
+    num_shards: Annotated[
+        int,
+        typer.Option(
+            "--num-shards",
+            min=1,
+            rich_help_panel=_RUN,
+            help="Split the work into this many shards (sample i goes to shard i % N); run each "
+            "shard into its own --out, then 'api-prompt merge'.",
+        ),
+    ] = 1,
+    shard_index: Annotated[
+        int,
+        typer.Option(
+            "--shard-index",
+            min=0,
+            rich_help_panel=_RUN,
+            help="Which shard this run does (0-based).",
+        ),
+    ] = 0,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            rich_help_panel=_RUN,
+            help="local: threads in this process; ray: Ray Data actors, one model each, on every GPU "
+            "(or CPU) of a Ray cluster (pip install 'api-prompt\\[ray]').",
+        ),
+    ] = Engine.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            rich_help_panel=_RUN,
+            show_default="a local Ray instance",
+            help="Ray cluster to join with --engine ray (e.g. auto, or HEAD_IP:6379 after 'ray start').",
+        ),
+    ] = None,
+    num_gpus: Annotated[
+        float | None,
+        typer.Option(
+            "--num-gpus",
+            min=0,
+            rich_help_panel=_RUN,
+            show_default="1 if the cluster has GPUs, else 0",
+            help="GPUs per Ray actor (--engine ray); one actor per GPU by default.",
+        ),
+    ] = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     *,
     options: PromptOptions,
@@ -159,7 +298,9 @@ def batch_command(
     with handle_errors(debug):
         # Everything cheap first, so a typo never costs a model load.
         if shard_index >= num_shards:
-            raise ConfigError(f"--shard-index must be below --num-shards ({num_shards}), got {shard_index}")
+            raise ConfigError(
+                f"--shard-index must be below --num-shards ({num_shards}), got {shard_index}"
+            )
         if address is not None and engine is not Engine.ray:
             raise ConfigError("--address needs --engine ray")
         if engine is Engine.ray and num_shards != 1:
@@ -170,50 +311,87 @@ def batch_command(
 
             require_ray()
         source = open_source(
-            input, format=input_format.value if input_format else None, id_column=id_column,
-            image_column=image_column, question_column=question_column, image_root=image_root,
+            input,
+            format=input_format.value if input_format else None,
+            id_column=id_column,
+            image_column=image_column,
+            question_column=question_column,
+            image_root=image_root,
             split=split,
         )
         OutputDir(out).check_usable()
         if not overwrite:
-            check_rerun(out, source, options, image_format=image_format.value, jpeg_quality=jpeg_quality)
-        if engine is not Engine.ray:   # the actors check their own device where they run
+            check_rerun(
+                out, source, options, image_format=image_format.value, jpeg_quality=jpeg_quality
+            )
+        if engine is not Engine.ray:  # the actors check their own device where they run
             options.check_device()
 
         # Loaded only when some sample is left to do; the model's own chunking follows --batch-size.
         # the options added with prompt styles count only when set, so a folder written before
         # them is still recognised as done without loading the model
         unset = {"recipe": None, "style": "overlay", "style_options": ()}
-        request = {key: getattr(value, "value", value) for key, value in vars(options).items()
-                   if key not in unset or value != unset[key]}
-        prompter = LazyPrompter(functools.partial(options.build, quiet=quiet, batch_size=batch_size), request)
+        request = {
+            key: getattr(value, "value", value)
+            for key, value in vars(options).items()
+            if key not in unset or value != unset[key]
+        }
+        prompter = LazyPrompter(
+            functools.partial(options.build, quiet=quiet, batch_size=batch_size), request
+        )
         try:
             summary = run(
-                source, out, prompter, batch_size=batch_size, workers=workers, limit=limit,
-                num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,
-                image_format=image_format.value, jpeg_quality=jpeg_quality, allow_partial=allow_partial,
-                tsv_name=tsv_name, output_format=output_format, keep_original=keep_original,
-                engine=engine.value, address=address, num_gpus=num_gpus, progress=not quiet, log=say,
+                source,
+                out,
+                prompter,
+                batch_size=batch_size,
+                workers=workers,
+                limit=limit,
+                num_shards=num_shards,
+                shard_index=shard_index,
+                overwrite=overwrite,
+                image_format=image_format.value,
+                jpeg_quality=jpeg_quality,
+                allow_partial=allow_partial,
+                tsv_name=tsv_name,
+                output_format=output_format,
+                keep_original=keep_original,
+                engine=engine.value,
+                address=address,
+                num_gpus=num_gpus,
+                progress=not quiet,
+                log=say,
                 max_pixels=max_pixels,
             )
         except Interrupted as stop:
             total = stop.total if stop.total is not None else "?"
-            typer.echo(f"interrupted: {stop.done} of {total} done; rerun the same command to resume", err=True)
+            typer.echo(
+                f"interrupted: {stop.done} of {total} done; rerun the same command to resume",
+                err=True,
+            )
             raise typer.Exit(130) from None
 
     say(str(summary))
     if summary.tsv is not None:
-        say(f"VLMEvalKit table: {summary.tsv}" + (" (partial: see its api_prompt_status column)" if summary.partial else ""))
+        say(
+            f"VLMEvalKit table: {summary.tsv}"
+            + (" (partial: see its api_prompt_status column)" if summary.partial else "")
+        )
         say(vlmevalkit_next_steps(summary.tsv))
     if summary.dataset is not None:
-        say(f"prompted dataset: {summary.dataset}" + (" (partial: see its api_prompt_status column)" if summary.partial else ""))
+        say(
+            f"prompted dataset: {summary.dataset}"
+            + (" (partial: see its api_prompt_status column)" if summary.partial else "")
+        )
         say(dataset_next_steps(summary.dataset, source))
     if summary.failed:
         typer.echo(failure_message(summary, out), err=True)
         raise typer.Exit(1)
 
 
-def check_rerun(out: Path, source, options: PromptOptions, *, image_format: str, jpeg_quality: int) -> None:
+def check_rerun(
+    out: Path, source, options: PromptOptions, *, image_format: str, jpeg_quality: int
+) -> None:
     """Refuse, before any model loads, a rerun into ``out`` whose parameters differ from the
     earlier run's: the input and its columns, the output format, and the map and overlay
     settings (what run.json records and can be known without the model). The runner checks the
@@ -233,16 +411,31 @@ def check_rerun(out: Path, source, options: PromptOptions, *, image_format: str,
     # the backend's name in run.json is what its attributor describes itself as, known once it
     # loads (a registered backend may name itself otherwise): the runner checks it with the model
     prompter = {**resolved, "geometry": settings["geometry"]}
-    requested = jsonable({
-        "source": source.describe(),
-        "output": OutputSpec("jpg" if image_format == "jpeg" else image_format, jpeg_quality).describe(),
-        "prompter": {key: value for key, value in prompter.items() if key in (recorded.get("prompter") or {})},
-    })
-    earlier = {"source": recorded.get("source"), "output": recorded.get("output"),
-               "prompter": {key: (recorded.get("prompter") or {}).get(key) for key in requested["prompter"]}}
+    requested = jsonable(
+        {
+            "source": source.describe(),
+            "output": OutputSpec(
+                "jpg" if image_format == "jpeg" else image_format, jpeg_quality
+            ).describe(),
+            "prompter": {
+                key: value
+                for key, value in prompter.items()
+                if key in (recorded.get("prompter") or {})
+            },
+        }
+    )
+    earlier = {
+        "source": recorded.get("source"),
+        "output": recorded.get("output"),
+        "prompter": {
+            key: (recorded.get("prompter") or {}).get(key) for key in requested["prompter"]
+        },
+    }
     changes = compare_parameters(earlier, requested)
     if changes:
-        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        shown = "; ".join(changes[:4]) + (
+            f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
+        )
         raise ConfigError(
             f"--out {out} holds a run with different parameters ({shown}); use a new --out folder, "
             "or --overwrite to discard the earlier outputs"
@@ -255,12 +448,18 @@ def failure_message(summary, out: Path) -> str:
     if summary.error:
         kinds = []
         if summary.permanent:
-            kinds.append(f"{summary.permanent} with bad input that a rerun cannot fix (fix the input, then rerun)")
+            kinds.append(
+                f"{summary.permanent} with bad input that a rerun cannot fix (fix the input, then rerun)"
+            )
         if summary.transient:
-            kinds.append(f"{summary.transient} that a rerun may fix (rerun the same command to retry them)")
+            kinds.append(
+                f"{summary.transient} that a rerun may fix (rerun the same command to retry them)"
+            )
         parts.append(f"{plural(summary.error, 'sample')} failed: {'; '.join(kinds)}")
     elif summary.failed_total:
-        parts.append(f"{plural(summary.failed_total, 'sample')} failed in an earlier run (see the manifest; rerun to retry)")
+        parts.append(
+            f"{plural(summary.failed_total, 'sample')} failed in an earlier run (see the manifest; rerun to retry)"
+        )
     if summary.not_exported:
         parts.append(summary.not_exported)
     shown = "; ".join(
@@ -278,12 +477,16 @@ def vlmevalkit_next_steps(tsv: Path) -> str:
         header = next(csv.reader(handle, delimiter="\t"), [])
     name = tsv.stem
     if "A" in header and "B" in header:
-        evaluator = (f"VLMEvalKit treats {name} as a custom multiple-choice dataset (CustomMCQDataset: the "
-                     "table has A and B columns) and scores it with its multiple-choice evaluation.")
+        evaluator = (
+            f"VLMEvalKit treats {name} as a custom multiple-choice dataset (CustomMCQDataset: the "
+            "table has A and B columns) and scores it with its multiple-choice evaluation."
+        )
     else:
-        evaluator = (f"VLMEvalKit treats {name} as a custom open-ended dataset (CustomVQADataset: no A/B "
-                     "columns); it runs the model on it, but that class has no scorer: score the "
-                     "predictions yourself.")
+        evaluator = (
+            f"VLMEvalKit treats {name} as a custom open-ended dataset (CustomVQADataset: no A/B "
+            "columns); it runs the model on it, but that class has no scorer: score the "
+            "predictions yourself."
+        )
     return (
         "next steps (VLMEvalKit):\n"
         f'  cp {tsv} "${{LMUData:-$HOME/LMUData}}/"\n'
@@ -298,12 +501,12 @@ def dataset_next_steps(folder: Path, source) -> str:
     if folder.name == "data":
         return (
             "next steps:\n"
-            f"  datasets.load_dataset(\"parquet\", data_dir=\"{folder.resolve()}\")\n"
+            f'  datasets.load_dataset("parquet", data_dir="{folder.resolve()}")\n'
             "  (or upload the folder's parent to the Hugging Face Hub as a dataset repository)"
         )
     return (
         "next steps:\n"
-        f"  datasets.load_from_disk(\"{folder.resolve()}\")[\"{split}\"]\n"
+        f'  datasets.load_from_disk("{folder.resolve()}")["{split}"]\n'
         "  lmms-eval task YAML: copy the original task's YAML and set\n"
         f"    dataset_path: {folder.resolve()}\n"
         "    dataset_kwargs: {load_from_disk: true}\n"
@@ -312,17 +515,34 @@ def dataset_next_steps(folder: Path, source) -> str:
 
 
 def merge_command(
-    run_dirs: Annotated[list[Path], typer.Argument(
-        metavar="DIR...", show_default=False, help="Output folders of batch runs (e.g. its shards).")],
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", show_default=False,
-        help="The merged folder (new, empty, or an earlier merge of the same run).")],
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Delete what --out holds from an earlier run first.")] = False,
-    allow_partial: Annotated[bool, typer.Option(
-        "--allow-partial",
-        help="Write the TSV / dataset even if samples failed or shards are missing (original images, "
-        "api_prompt_status column).")] = False,
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DIR...",
+            show_default=False,
+            help="Output folders of batch runs (e.g. its shards).",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            show_default=False,
+            help="The merged folder (new, empty, or an earlier merge of the same run).",
+        ),
+    ],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Delete what --out holds from an earlier run first.")
+    ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="Write the TSV / dataset even if samples failed or shards are missing (original images, "
+            "api_prompt_status column).",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -345,10 +565,14 @@ def merge_command(
         problems = []
         if summary.missing_shards:
             missing = summary.missing_shards
-            problems.append(f"shard{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
-                            f"{'are' if len(missing) > 1 else 'is'} missing")
+            problems.append(
+                f"shard{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+                f"{'are' if len(missing) > 1 else 'is'} missing"
+            )
         if summary.error:
-            problems.append(f"{plural(summary.error, 'sample')} failed (see {out / 'manifest.jsonl'})")
+            problems.append(
+                f"{plural(summary.error, 'sample')} failed (see {out / 'manifest.jsonl'})"
+            )
         if summary.not_exported:
             problems.append(summary.not_exported)
         typer.echo(f"error: {'; '.join(problems)}", err=True)

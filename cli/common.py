@@ -30,8 +30,10 @@ _USAGE_ERRORS = (click.UsageError, _VendoredUsageError)
 #: The data formats batch and eval read (``--input-format``), from the readers' table.
 InputFormat = Enum("InputFormat", {name: name for name in READERS}, type=str)
 #: Where to read more, said at the end of ``api-prompt --help``.
-DOCS_HINT = ("the documentation is the docs/ folder of the source distribution "
-             "(a site: pip install -e '.\\[dev]' && mkdocs serve); start with docs/getting-started.md")
+DOCS_HINT = (
+    "the documentation is the docs/ folder of the source distribution "
+    "(a site: pip install -e '.\\[dev]' && mkdocs serve); start with docs/getting-started.md"
+)
 #: Device kinds torch knows (checked here without importing torch; whether the device is
 #: present is checked when the model loads).
 _DEVICE = re.compile(r"(auto|cpu|mps|meta|(cuda|xpu|hpu|npu|xla|mtia)(:\d+)?)")
@@ -106,6 +108,7 @@ def for_command_line(message: str, options: dict[str, str]) -> str:
     >>> for_command_line("pass image_root= to read them elsewhere", {"image_root": "--image-root"})
     'pass --image-root to read them elsewhere'
     """
+
     def option(match: re.Match) -> str:
         flag = options.get(match.group(1))
         if flag is None:
@@ -152,11 +155,17 @@ def parse_key_value(text: str, flag: str = "--backend-option") -> tuple[str, str
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
-MaxPixelsOpt = Annotated[int, typer.Option(
-    "--max-pixels", min=1, max=DEFAULT_MAX_PIXELS, metavar="N",
-    help=f"Refuse images of more than N pixels (width x height) before decoding them (the "
-    f"decompression-bomb guard). Default and highest value: the library's limit, {DEFAULT_MAX_PIXELS:,}.",
-)]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        max=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"Refuse images of more than N pixels (width x height) before decoding them (the "
+        f"decompression-bomb guard). Default and highest value: the library's limit, {DEFAULT_MAX_PIXELS:,}.",
+    ),
+]
 
 
 @contextmanager

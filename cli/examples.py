@@ -17,8 +17,14 @@ from .common import DebugOpt, handle_errors
 
 
 def examples_command(
-    copy: Annotated[Path | None, typer.Option(
-        "--copy", show_default=False, help="Also copy the example images into this existing folder.")] = None,
+    copy: Annotated[
+        Path | None,
+        typer.Option(
+            "--copy",
+            show_default=False,
+            help="Also copy the example images into this existing folder.",
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """List the example images shipped with the package, each with a command that prompts it.
@@ -36,4 +42,4 @@ def examples_command(
             where = source
             if copy is not None:
                 where = Path(shutil.copyfile(source, copy / source.name))
-            typer.echo(f"{name}\t{where}\tapi-prompt example:{name} \"{question}\" -m synthshapes")
+            typer.echo(f'{name}\t{where}\tapi-prompt example:{name} "{question}" -m synthshapes')

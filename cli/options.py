@@ -110,14 +110,18 @@ def _backends_help() -> str:
 def _models_help() -> str:
     from api_prompt.attribution.registry import backend_specs
 
-    described = " ".join(f"{spec.name}: {spec.model_help or spec.default_model}." for spec in backend_specs())
+    described = " ".join(
+        f"{spec.name}: {spec.model_help or spec.default_model}." for spec in backend_specs()
+    )
     return f"What the backend's library loads. {described}"
 
 
 def _layers_help() -> str:
     from api_prompt.attribution.registry import backend_specs
 
-    rules = ", ".join(f"{spec.name} {spec.default_layer.replace(' ', '')}" for spec in backend_specs())
+    rules = ", ".join(
+        f"{spec.name} {spec.default_layer.replace(' ', '')}" for spec in backend_specs()
+    )
     return f"0-based block to read (negative counts from the end). Default: {rules}."
 
 
@@ -127,8 +131,13 @@ def _backend_options_help() -> str:
     declared = "; ".join(
         f"{spec.name}: {', '.join(names)}"
         for spec in backend_specs()
-        if (names := [option.name for option in spec.options
-                      if option.name not in _OWN_FLAGS and option.type is not object])
+        if (
+            names := [
+                option.name
+                for option in spec.options
+                if option.name not in _OWN_FLAGS and option.type is not object
+            ]
+        )
     )
     return f"An option of the backend, typed and checked by its spec (repeatable). {declared}."
 
@@ -152,77 +161,177 @@ def _style_options_help() -> str:
     from api_prompt.styles import STYLES, style_options
 
     declared = "; ".join(
-        f"{name}: {', '.join(names)}" for name, cls in STYLES.items()
+        f"{name}: {', '.join(names)}"
+        for name, cls in STYLES.items()
         if (names := [key for key in style_options(cls) if key not in _OWN_STYLE_FLAGS])
     )
-    return (f"An option of the style, typed and checked by the style (repeatable). {declared}. "
-            "crop's one_image=side-by-side|crop is what one-image outputs (batch, -o) get.")
+    return (
+        f"An option of the style, typed and checked by the style (repeatable). {declared}. "
+        "crop's one_image=side-by-side|crop is what one-image outputs (batch, -o) get."
+    )
 
 
 def _recipes_help() -> str:
-    return ("How the map's raw parts are combined into the mask (a registered recipe, e.g. "
-            "clip-soft-or, siglip-soft-or, llava). Default: the backend's.")
+    return (
+        "How the map's raw parts are combined into the mask (a registered recipe, e.g. "
+        "clip-soft-or, siglip-soft-or, llava). Default: the backend's."
+    )
 
 
 _MODEL = "Model"
 _MAP = "Map and overlay (a preset fills what you leave unset)"
 _STYLE = "Prompt style"
 
-BackendOpt = Annotated[str, typer.Option(
-    "--backend", parser=parse_backend, metavar="NAME", help=_backends_help(), rich_help_panel=_MODEL,
-)]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", rich_help_panel=_MODEL, show_default=False, help=_models_help(),
-)]
-PretrainedOpt = Annotated[str | None, typer.Option(
-    "--pretrained", rich_help_panel=_MODEL, show_default=False,
-    help="open_clip pretrained tag or checkpoint path (default 'openai' for the default model); "
-    "only for backends whose spec declares it.",
-)]
-LayerOpt = Annotated[int | None, typer.Option(
-    "--layer", rich_help_panel=_MODEL, show_default=False, help=_layers_help(),
-)]
-BackendOptionOpt = Annotated[list[str] | None, typer.Option(
-    "--backend-option", "-B", metavar="KEY=VALUE", rich_help_panel=_MODEL, show_default=False,
-    help=_backend_options_help(),
-)]
-DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", rich_help_panel=_MODEL, show_default=False,
-    help="fp32, fp16 or bf16 (default: fp32 for CLIP, fp16 for LLaVA on GPU).",
-)]
-PresetOpt = Annotated[str | None, typer.Option(
-    "--preset", rich_help_panel=_MAP, show_default=False,
-    help=f"Published settings: {', '.join(PRESETS)} (default package). Explicit options override it.",
-)]
-EnhanceOpt = Annotated[float | None, typer.Option(
-    "--enhance", rich_help_panel=_MAP, show_default=False, help="Contrast coefficient coe (preset: 10).",
-)]
-KernelOpt = Annotated[int | None, typer.Option(
-    "--kernel-size", "-k", rich_help_panel=_MAP, show_default=False,
-    help="Odd box-filter size on the grid; 1 = no smoothing (preset: 3).",
-)]
-ResampleOpt = Annotated[Resample | None, typer.Option(
-    "--resample", rich_help_panel=_MAP, show_default=False, help="Upsampling filter (preset: lanczos).",
-)]
-BackgroundOpt = Annotated[int | None, typer.Option(
-    "--background", "-g", rich_help_panel=_MAP, show_default=False,
-    help="Gray level 0-255 shown where the map is low (preset: 0).",
-)]
-GeometryOpt = Annotated[Geometry, typer.Option(
-    "--geometry", rich_help_panel=_MAP,
-    help="stretch: the map over the whole image, as the paper; fit: where the model actually looked.",
-)]
-RecipeOpt = Annotated[str | None, typer.Option(
-    "--recipe", rich_help_panel=_MAP, metavar="NAME", show_default=False, help=_recipes_help(),
-)]
-StyleOpt = Annotated[str, typer.Option(
-    "--style", parser=parse_style, metavar="NAME", rich_help_panel=_STYLE, help=_styles_help(),
-)]
-StyleOptionOpt = Annotated[list[str] | None, typer.Option(
-    "--style-option", "-S", metavar="KEY=VALUE", rich_help_panel=_STYLE, show_default=False,
-    help=_style_options_help(),
-)]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        parser=parse_backend,
+        metavar="NAME",
+        help=_backends_help(),
+        rich_help_panel=_MODEL,
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        rich_help_panel=_MODEL,
+        show_default=False,
+        help=_models_help(),
+    ),
+]
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        rich_help_panel=_MODEL,
+        show_default=False,
+        help="open_clip pretrained tag or checkpoint path (default 'openai' for the default model); "
+        "only for backends whose spec declares it.",
+    ),
+]
+LayerOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--layer",
+        rich_help_panel=_MODEL,
+        show_default=False,
+        help=_layers_help(),
+    ),
+]
+BackendOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--backend-option",
+        "-B",
+        metavar="KEY=VALUE",
+        rich_help_panel=_MODEL,
+        show_default=False,
+        help=_backend_options_help(),
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps.")
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        rich_help_panel=_MODEL,
+        show_default=False,
+        help="fp32, fp16 or bf16 (default: fp32 for CLIP, fp16 for LLaVA on GPU).",
+    ),
+]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        rich_help_panel=_MAP,
+        show_default=False,
+        help=f"Published settings: {', '.join(PRESETS)} (default package). Explicit options override it.",
+    ),
+]
+EnhanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--enhance",
+        rich_help_panel=_MAP,
+        show_default=False,
+        help="Contrast coefficient coe (preset: 10).",
+    ),
+]
+KernelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--kernel-size",
+        "-k",
+        rich_help_panel=_MAP,
+        show_default=False,
+        help="Odd box-filter size on the grid; 1 = no smoothing (preset: 3).",
+    ),
+]
+ResampleOpt = Annotated[
+    Resample | None,
+    typer.Option(
+        "--resample",
+        rich_help_panel=_MAP,
+        show_default=False,
+        help="Upsampling filter (preset: lanczos).",
+    ),
+]
+BackgroundOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--background",
+        "-g",
+        rich_help_panel=_MAP,
+        show_default=False,
+        help="Gray level 0-255 shown where the map is low (preset: 0).",
+    ),
+]
+GeometryOpt = Annotated[
+    Geometry,
+    typer.Option(
+        "--geometry",
+        rich_help_panel=_MAP,
+        help="stretch: the map over the whole image, as the paper; fit: where the model actually looked.",
+    ),
+]
+RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        rich_help_panel=_MAP,
+        metavar="NAME",
+        show_default=False,
+        help=_recipes_help(),
+    ),
+]
+StyleOpt = Annotated[
+    str,
+    typer.Option(
+        "--style",
+        parser=parse_style,
+        metavar="NAME",
+        rich_help_panel=_STYLE,
+        help=_styles_help(),
+    ),
+]
+StyleOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--style-option",
+        "-S",
+        metavar="KEY=VALUE",
+        rich_help_panel=_STYLE,
+        show_default=False,
+        help=_style_options_help(),
+    ),
+]
+
+
 @dataclass(frozen=True)
 class PromptOptions:
     """The prompt options every command that makes a prompt shares, as the user gave them.
@@ -257,15 +366,21 @@ class PromptOptions:
         ``backend_option``, ``--style-option`` as ``style_option``), as :func:`prompt_options`
         declares them."""
         repeated = {"backend_options": "backend_option", "style_options": "style_option"}
-        given = {field.name: parameters[repeated.get(field.name, field.name)]
-                 for field in fields(cls) if repeated.get(field.name, field.name) in parameters}
+        given = {
+            field.name: parameters[repeated.get(field.name, field.name)]
+            for field in fields(cls)
+            if repeated.get(field.name, field.name) in parameters
+        }
         return cls(**{**given, **{name: tuple(given.get(name) or ()) for name in repeated}})
 
     def settings(self) -> dict:
         """The map and overlay settings (``preset`` included), as a Prompter takes them."""
         return dict(
-            preset=self.preset, enhance=self.enhance, kernel_size=self.kernel_size,
-            resample=self.resample.value if self.resample else None, background=self.background,
+            preset=self.preset,
+            enhance=self.enhance,
+            kernel_size=self.kernel_size,
+            resample=self.resample.value if self.resample else None,
+            background=self.background,
             geometry=self.geometry.value,
         )
 
@@ -288,8 +403,11 @@ class PromptOptions:
         self.checked_backend_options()
         from api_prompt.attribution.registry import get_backend
 
-        check_model_name(self.model, open_clip=get_backend(self.backend).option("pretrained") is not None,
-                         pretrained=self.pretrained)
+        check_model_name(
+            self.model,
+            open_clip=get_backend(self.backend).option("pretrained") is not None,
+            pretrained=self.pretrained,
+        )
         self.checked_style_options(also=tuple(also_styles))
 
     def check_device(self) -> None:
@@ -319,18 +437,26 @@ class PromptOptions:
         for key, value in (parse_key_value(text, "--style-option") for text in self.style_options):
             if key in _OWN_STYLE_FLAGS:
                 raise ConfigError(f"give {key} as --{key}, not as --style-option")
-            owner, declared = next(((name, option) for name in in_use if (option := style_option(name, key))),
-                                   (None, None))
+            owner, declared = next(
+                ((name, option) for name in in_use if (option := style_option(name, key))),
+                (None, None),
+            )
             if declared is None:
-                taken = "; ".join(f"{name}: {', '.join(k for k in style_options(STYLES[name]) if k not in _OWN_STYLE_FLAGS) or 'none'}"
-                                  for name in in_use)
-                raise ConfigError(f"no style in use takes the option {key!r} (style options: {taken})")
+                taken = "; ".join(
+                    f"{name}: {', '.join(k for k in style_options(STYLES[name]) if k not in _OWN_STYLE_FLAGS) or 'none'}"
+                    for name in in_use
+                )
+                raise ConfigError(
+                    f"no style in use takes the option {key!r} (style options: {taken})"
+                )
             try:
                 checked[key] = declared.convert(value)
             except ConfigError as exc:
                 raise ConfigError(f"the {owner} style's {exc}") from None
-        for name in in_use:   # values each style refuses (an unknown one_image, a bad colour)
-            create_style(name, **{key: value for key, value in checked.items() if style_option(name, key)})
+        for name in in_use:  # values each style refuses (an unknown one_image, a bad colour)
+            create_style(
+                name, **{key: value for key, value in checked.items() if style_option(name, key)}
+            )
         return checked
 
     def checked_backend_options(self, **extra) -> dict:
@@ -347,7 +473,9 @@ class PromptOptions:
                 raise ConfigError(f"give {key} as {flag}, not as --backend-option")
             declared = spec.option(key)
             if declared is not None and declared.type is object:
-                raise ConfigError(f"the {spec.name} backend's option {key!r} can only be given in Python")
+                raise ConfigError(
+                    f"the {spec.name} backend's option {key!r} can only be given in Python"
+                )
         if self.pretrained is not None:
             if spec.option("pretrained") is None:
                 raise ConfigError(
@@ -356,7 +484,9 @@ class PromptOptions:
                 )
             given["pretrained"] = self.pretrained
         # a command's own settings (batch's --batch-size) reach only backends that declare them
-        extra = {key: value for key, value in extra.items() if value is not None and spec.option(key)}
+        extra = {
+            key: value for key, value in extra.items() if value is not None and spec.option(key)
+        }
         return spec.check_options({**given, **extra})
 
     def build(self, *, quiet: bool, also_styles: tuple[str, ...] = (), **backend_options):
@@ -372,9 +502,16 @@ class PromptOptions:
         styles = self.checked_style_options(also=tuple(also_styles))
         with status(f"Loading {self.backend} model {self.model or '(default)'}", quiet=quiet):
             return Prompter(
-                self.backend, self.model, layer=self.layer, device=self.device, dtype=self.dtype,
-                recipe=self.recipe, style=self.style, style_options=styles or None,
-                **self.settings(), **options,
+                self.backend,
+                self.model,
+                layer=self.layer,
+                device=self.device,
+                dtype=self.dtype,
+                recipe=self.recipe,
+                style=self.style,
+                style_options=styles or None,
+                **self.settings(),
+                **options,
             )
 
 
@@ -423,10 +560,18 @@ def prompt_options(**replaced: Any) -> Callable[[Callable], Callable]:
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)
         own = [parameter for name, parameter in signature.parameters.items() if name != "options"]
-        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                    annotation=replaced.get(name, option))
-                  for name, option, default in PROMPT_PARAMETERS]
-        ordered = ([p for p in own if p.name not in _LAST] + shared + [p for p in own if p.name in _LAST])
+        shared = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=replaced.get(name, option),
+            )
+            for name, option, default in PROMPT_PARAMETERS
+        ]
+        ordered = (
+            [p for p in own if p.name not in _LAST] + shared + [p for p in own if p.name in _LAST]
+        )
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in ordered]
 
         @functools.wraps(command)

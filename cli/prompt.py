@@ -39,31 +39,57 @@ DEFAULT_SUFFIX = "_api.png"
 
 _OUTPUT = "Output"
 
-OutputOpt = Annotated[Path | None, typer.Option(
-    "--output", "-o", rich_help_panel=_OUTPUT, show_default="<stem>_api.png next to IMAGE",
-    help=f"Where to write the prompted image. The format follows the extension: .png (lossless), "
-    f".jpg/.jpeg (quality {JPEG_QUALITY}), .webp (lossless), .bmp, .tif, ...",
-)]
-SaveMapOpt = Annotated[Path | None, typer.Option(
-    "--save-map", rich_help_panel=_OUTPUT, show_default=False,
-    help="Also write the map to PATH.npz: 'mask' (P×P float32) and the raw parts "
-    "(psi_cls, psi_comp for CLIP; attention for LLaVA).",
-)]
-HeatmapOpt = Annotated[Path | None, typer.Option(
-    "--heatmap", rich_help_panel=_OUTPUT, show_default=False,
-    help="Also write a colour heat map of the map over the image, with a colour bar.",
-)]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        rich_help_panel=_OUTPUT,
+        show_default="<stem>_api.png next to IMAGE",
+        help=f"Where to write the prompted image. The format follows the extension: .png (lossless), "
+        f".jpg/.jpeg (quality {JPEG_QUALITY}), .webp (lossless), .bmp, .tif, ...",
+    ),
+]
+SaveMapOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-map",
+        rich_help_panel=_OUTPUT,
+        show_default=False,
+        help="Also write the map to PATH.npz: 'mask' (P×P float32) and the raw parts "
+        "(psi_cls, psi_comp for CLIP; attention for LLaVA).",
+    ),
+]
+HeatmapOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--heatmap",
+        rich_help_panel=_OUTPUT,
+        show_default=False,
+        help="Also write a colour heat map of the map over the image, with a colour bar.",
+    ),
+]
 
 
 @prompt_options()
 def prompt_command(
-    image: Annotated[str, typer.Argument(
-        metavar="IMAGE", show_default=False,
-        help="The image to prompt: a local file in any format Pillow reads, or a shipped example "
-        "as example:NAME ('api-prompt examples' lists them). URLs are refused: download first.")],
-    query: Annotated[str, typer.Argument(
-        metavar="QUERY", help="The question or instruction the image should answer.",
-        show_default=False)],
+    image: Annotated[
+        str,
+        typer.Argument(
+            metavar="IMAGE",
+            show_default=False,
+            help="The image to prompt: a local file in any format Pillow reads, or a shipped example "
+            "as example:NAME ('api-prompt examples' lists them). URLs are refused: download first.",
+        ),
+    ],
+    query: Annotated[
+        str,
+        typer.Argument(
+            metavar="QUERY",
+            help="The question or instruction the image should answer.",
+            show_default=False,
+        ),
+    ],
     output: OutputOpt = None,
     save_map: SaveMapOpt = None,
     heatmap: HeatmapOpt = None,
@@ -103,8 +129,14 @@ def prompt_command(
         options.check_device()
         with warnings.catch_warnings(record=True) as caught, _quiet_logging(quiet):
             prompter = options.build(quiet=quiet)
-            result = prompter(picture, query, exact_parts=save_map is not None)  # saved parts: reference scale
-            heat = prompter.heatmap(picture, result.map, colorbar=True) if heatmap is not None else None
+            result = prompter(
+                picture, query, exact_parts=save_map is not None
+            )  # saved parts: reference scale
+            heat = (
+                prompter.heatmap(picture, result.map, colorbar=True)
+                if heatmap is not None
+                else None
+            )
         if not quiet:
             report_warnings(caught)  # one line each
 
@@ -234,10 +266,15 @@ def report_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 def too_many_pixels(image: Path, exc: ImageTooLargeError) -> str:
     """The one-line error for an image over ``--max-pixels``, saying what to change."""
-    size = f"{exc.size[0]}x{exc.size[1]} = {exc.size[0] * exc.size[1]:,} pixels, " if exc.size else ""
+    size = (
+        f"{exc.size[0]}x{exc.size[1]} = {exc.size[0] * exc.size[1]:,} pixels, " if exc.size else ""
+    )
     limit = exc.max_pixels or DEFAULT_MAX_PIXELS
-    advice = (f"pass a higher --max-pixels (at most {DEFAULT_MAX_PIXELS:,}) or resize the image"
-              if limit < DEFAULT_MAX_PIXELS else "resize the image (--max-pixels cannot go higher)")
+    advice = (
+        f"pass a higher --max-pixels (at most {DEFAULT_MAX_PIXELS:,}) or resize the image"
+        if limit < DEFAULT_MAX_PIXELS
+        else "resize the image (--max-pixels cannot go higher)"
+    )
     return f"cannot load image {str(image)!r}: too large, {size}more than --max-pixels {limit:,} pixels; {advice}"
 
 

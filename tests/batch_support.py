@@ -27,9 +27,13 @@ class PatternAttributor(Attributor):
 
     name = "pattern"
 
-    def __init__(self, grid: int = 6, delay: float = 0.0, fail_on: str | None = None, **options) -> None:
+    def __init__(
+        self, grid: int = 6, delay: float = 0.0, fail_on: str | None = None, **options
+    ) -> None:
         self.grid, self.delay, self.fail_on = grid, delay, fail_on
-        self.options = {key: value for key, value in options.items() if key not in ("device", "batch_size")}
+        self.options = {
+            key: value for key, value in options.items() if key not in ("device", "batch_size")
+        }
         self.calls: list[int] = []
 
     def attribute(self, images, queries):
@@ -40,14 +44,26 @@ class PatternAttributor(Attributor):
         for image, query in zip(images, queries):
             if self.fail_on and self.fail_on in query:
                 raise ValueError(f"cannot attribute {query!r}")
-            thumb = np.asarray(image.convert("L").resize((self.grid, self.grid), Image.Resampling.BILINEAR),
-                               dtype=np.float32) / 255
+            thumb = (
+                np.asarray(
+                    image.convert("L").resize((self.grid, self.grid), Image.Resampling.BILINEAR),
+                    dtype=np.float32,
+                )
+                / 255
+            )
             seed = int(hashlib.sha256(query.encode()).hexdigest()[:8], 16)
             ramp = np.roll(np.linspace(0, 1, self.grid * self.grid, dtype=np.float32), seed % 17)
             mask = thumb + ramp.reshape(self.grid, self.grid)
             mask = (mask - mask.min()) / (mask.max() - mask.min() + 1e-6)
-            maps.append(AttentionMap(mask.astype(np.float32), {"raw": mask}, image.size,
-                                     (0.0, 0.0, float(image.width), float(image.height)), query))
+            maps.append(
+                AttentionMap(
+                    mask.astype(np.float32),
+                    {"raw": mask},
+                    image.size,
+                    (0.0, 0.0, float(image.width), float(image.height)),
+                    query,
+                )
+            )
         return maps
 
     def describe(self):
@@ -111,8 +127,15 @@ def run_on_ray(source: str, out: str, address: str) -> None:
     from api_prompt.prompter import Prompter
 
     attributor = SlowPatternAttributor()
-    run(source, out, Prompter(attributor=attributor), engine="ray", address=address, batch_size=2,
-        progress=False)
+    run(
+        source,
+        out,
+        Prompter(attributor=attributor),
+        engine="ray",
+        address=address,
+        batch_size=2,
+        progress=False,
+    )
 
 
 if __name__ == "__main__":

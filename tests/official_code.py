@@ -23,7 +23,9 @@ def lmms_eval_module(name: str):
     from PIL import ImageFile
 
     truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-    pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install 'api-prompt[lmms-eval]'")
+    pytest.importorskip(
+        "lmms_eval", reason="lmms-eval is not installed: pip install 'api-prompt[lmms-eval]'"
+    )
     try:
         return importlib.import_module(f"lmms_eval.{name}")
     finally:
@@ -74,7 +76,9 @@ def llava_eval_pope():
     """
     spec = importlib.util.find_spec("llava")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("LLaVA's evaluation scripts are not installed: pip install --no-deps llava-torch==1.2.2.post1")
+        pytest.skip(
+            "LLaVA's evaluation scripts are not installed: pip install --no-deps llava-torch==1.2.2.post1"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "eval" / "eval_pope.py"
     module_spec = importlib.util.spec_from_file_location("llava_eval_pope", path)
     module = importlib.util.module_from_spec(module_spec)

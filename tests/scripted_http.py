@@ -26,7 +26,9 @@ class RawServer:
 
     def __init__(self, default: Handler | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
-        self.sock = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock = socket.create_server(
+            (host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+        )
         self.sock.settimeout(0.05)
         self.script: list[Handler] = []
         self.requests: list[dict] = []
@@ -42,7 +44,11 @@ class RawServer:
 
     @property
     def origin(self) -> str:
-        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
+        return (
+            f"http://[{self.host}]:{self.port}"
+            if ":" in self.host
+            else f"http://{self.host}:{self.port}"
+        )
 
     @property
     def base_url(self) -> str:
@@ -106,12 +112,21 @@ def read_request(conn: socket.socket) -> dict | None:
         if not chunk:
             break
         body += chunk
-    return {"method": method, "path": path, "headers": headers, "body": body,
-            "json": json.loads(body) if body and headers.get("content-type", "").startswith("application/json") else None}
+    return {
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body": body,
+        "json": json.loads(body)
+        if body and headers.get("content-type", "").startswith("application/json")
+        else None,
+    }
 
 
 def _head(status: int, headers: dict[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} Scripted"] + [f"{name}: {value}" for name, value in headers.items()]
+    lines = [f"HTTP/1.1 {status} Scripted"] + [
+        f"{name}: {value}" for name, value in headers.items()
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -120,8 +135,12 @@ def respond(status: int, payload, headers: dict[str, str] | None = None) -> Hand
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
 
     def handler(conn: socket.socket, request: dict) -> None:
-        all_headers = {"Content-Type": "application/json", "Content-Length": str(len(data)),
-                       "Connection": "close", **(headers or {})}
+        all_headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(data)),
+            "Connection": "close",
+            **(headers or {}),
+        }
         conn.sendall(_head(status, all_headers) + data)
 
     return handler
@@ -129,15 +148,26 @@ def respond(status: int, payload, headers: dict[str, str] | None = None) -> Hand
 
 def truncated(data: bytes, *, declared: int) -> Handler:
     """A 200 that promises ``declared`` bytes, sends ``data`` (fewer), and closes."""
+
     def handler(conn: socket.socket, request: dict) -> None:
-        conn.sendall(_head(200, {"Content-Type": "application/json", "Content-Length": str(declared),
-                                 "Connection": "close"}) + data)
+        conn.sendall(
+            _head(
+                200,
+                {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(declared),
+                    "Connection": "close",
+                },
+            )
+            + data
+        )
 
     return handler
 
 
 def not_http(banner: bytes = b"SSH-2.0-OpenSSH_9.6\r\n") -> Handler:
     """Another protocol on the port: a banner, then the connection closes."""
+
     def handler(conn: socket.socket, request: dict) -> None:
         conn.sendall(banner)
 
@@ -149,24 +179,43 @@ def drip(payload, *, chunk: int = 4, every: float = 0.25) -> Handler:
     data = json.dumps(payload).encode()
 
     def handler(conn: socket.socket, request: dict) -> None:
-        conn.sendall(_head(200, {"Content-Type": "application/json", "Content-Length": str(len(data)),
-                                 "Connection": "close"}))
+        conn.sendall(
+            _head(
+                200,
+                {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(data)),
+                    "Connection": "close",
+                },
+            )
+        )
         for start in range(0, len(data), chunk):
             time.sleep(every)
-            conn.sendall(data[start:start + chunk])  # raises once the client has gone
+            conn.sendall(data[start : start + chunk])  # raises once the client has gone
 
     return handler
 
 
 def redirect(status: int, location: str) -> Handler:
     def handler(conn: socket.socket, request: dict) -> None:
-        conn.sendall(_head(status, {"Location": location, "Content-Length": "0", "Connection": "close"}))
+        conn.sendall(
+            _head(status, {"Location": location, "Content-Length": "0", "Connection": "close"})
+        )
 
     return handler
 
 
 def completion(content, **message) -> dict:
     """A chat-completions answer whose message content is ``content`` (any JSON value)."""
-    return {"id": "x", "object": "chat.completion", "model": "test",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **message},
-                         "finish_reason": "stop"}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "test",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": "stop",
+            }
+        ],
+    }

@@ -74,12 +74,26 @@ def random_image(seed: int, size=(40, 30)) -> Image.Image:
 def echo_upstream(conn: socket.socket, request: dict) -> None:
     """Answers ``<text of the last user message> | <digest of each image>`` as a completion."""
     body = request["json"]
-    text = " ".join(part["text"] for part in body["messages"][-1]["content"] if part.get("type") == "text")
-    digests = ",".join(pixel_digest(decode_data_url_image(url, url[5:].split(";")[0]))
-                       for url in sent_urls(request))
+    text = " ".join(
+        part["text"] for part in body["messages"][-1]["content"] if part.get("type") == "text"
+    )
+    digests = ",".join(
+        pixel_digest(decode_data_url_image(url, url[5:].split(";")[0]))
+        for url in sent_urls(request)
+    )
     data = json.dumps(completion(f"{text}|{digests}")).encode()
-    conn.sendall(_head(200, {"Content-Type": "application/json", "Content-Length": str(len(data)),
-                             "X-Upstream": "echo", "Connection": "close"}) + data)
+    conn.sendall(
+        _head(
+            200,
+            {
+                "Content-Type": "application/json",
+                "Content-Length": str(len(data)),
+                "X-Upstream": "echo",
+                "Connection": "close",
+            },
+        )
+        + data
+    )
 
 
 def free_port() -> int:
@@ -94,8 +108,17 @@ def running_proxy(app) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           server_header=False, date_header=False, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            server_header=False,
+            date_header=False,
+            lifespan="on",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -35,8 +35,12 @@ def vit_b_siglip_visual():
     vision = config["vision_cfg"]
     torch.manual_seed(0)
     visual = TimmModel(
-        vision["timm_model_name"], embed_dim=config["embed_dim"], image_size=vision["image_size"],
-        pool=vision["timm_pool"], proj=vision["timm_proj"], pretrained=vision["timm_model_pretrained"],
+        vision["timm_model_name"],
+        embed_dim=config["embed_dim"],
+        image_size=vision["image_size"],
+        pool=vision["timm_pool"],
+        proj=vision["timm_proj"],
+        pretrained=vision["timm_model_pretrained"],
     )
     _randomise_biases(visual)
     return visual.eval()
@@ -92,15 +96,17 @@ def _rest_from_modules(visual):
 def _check_pool_identity(visual, pixels, text):
     decomposition, capture, features = _forward_with_capture(visual, pixels, text)
     pooled = capture.pooled[:, 0]
-    contributions = pool_contributions(visual, capture)                         # (B, N, C)
+    contributions = pool_contributions(visual, capture)  # (B, N, C)
     rest = _rest_from_modules(visual)
     with torch.no_grad():
-        assert torch.allclose(rest(pooled), features, atol=1e-5)               # the test's R is right
+        assert torch.allclose(rest(pooled), features, atol=1e-5)  # the test's R is right
         # Σ_m c_m = z, the pool's output
         assert torch.allclose(contributions.sum(dim=1), pooled, atol=1e-5)
-        linear_part = jvp(rest, (pooled,), (pooled,))[1]                        # J z
-        push = torch.func.vmap(lambda tangent: jvp(rest, (pooled,), (tangent,))[1], in_dims=1, out_dims=1)
-        pushed = push(contributions)                                            # J c_m, (B, N, E)
+        linear_part = jvp(rest, (pooled,), (pooled,))[1]  # J z
+        push = torch.func.vmap(
+            lambda tangent: jvp(rest, (pooled,), (tangent,))[1], in_dims=1, out_dims=1
+        )
+        pushed = push(contributions)  # J c_m, (B, N, E)
         # the contributions sum to the pooled embedding's linear part
         assert torch.allclose(pushed.sum(dim=1), linear_part, atol=1e-4 * linear_part.norm())
         parts = decomposition.decompose(visual, capture, features, text)
@@ -110,14 +116,18 @@ def _check_pool_identity(visual, pixels, text):
     grid = decomposition.grid_shape(visual, pixels)
     assert parts["psi_pool"].shape == (pixels.shape[0], *grid)
     assert parts["psi_pool"].dtype == torch.float32
-    torch.testing.assert_close(parts["psi_pool"], expected[:, first:].reshape(-1, *grid), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        parts["psi_pool"], expected[:, first:].reshape(-1, *grid), atol=1e-6, rtol=1e-4
+    )
     # the maps are not trivially zero: the identity above is about real numbers
     assert parts["psi_pool"].abs().max() > 1e-4
     return parts
 
 
 @pytest.mark.slow
-def test_vit_b_16_siglip_is_supported_and_the_pool_part_sums_to_the_linear_part(vit_b_siglip_visual):
+def test_vit_b_16_siglip_is_supported_and_the_pool_part_sums_to_the_linear_part(
+    vit_b_siglip_visual,
+):
     assert AttentionPoolDecomposition().unsupported_reason(vit_b_siglip_visual) is None
     _check_pool_identity(vit_b_siglip_visual, _pixels(2, 224, 224), _text(2, 768))
 
@@ -133,8 +143,11 @@ def test_the_larger_siglip_and_siglip2_towers_are_accepted(name, grid):
     vision = config["vision_cfg"]
     with torch.device("meta"):
         visual = TimmModel(
-            vision["timm_model_name"], embed_dim=config["embed_dim"], image_size=vision["image_size"],
-            pool=vision["timm_pool"], proj=vision["timm_proj"],
+            vision["timm_model_name"],
+            embed_dim=config["embed_dim"],
+            image_size=vision["image_size"],
+            pool=vision["timm_pool"],
+            proj=vision["timm_proj"],
         )
         pixels = torch.empty(1, 3, *visual.image_size)
     decomposition = AttentionPoolDecomposition()
@@ -165,13 +178,15 @@ def test_token_part_is_each_token_alone_through_the_head(synthshapes_model):
         parts = AttentionPoolDecomposition().run(visual, pixels, text, layer=len(trunk.blocks) - 1)
     finally:
         handle.remove()
-    tokens = pool_inputs[0]                                                     # LN(x_m), (B, P, C)
+    tokens = pool_inputs[0]  # LN(x_m), (B, P, C)
     with torch.no_grad():
         for m in (0, 5, grid_h * grid_w - 1):
             alone = tokens[:, m : m + 1].expand_as(tokens)
             embedding = visual.head(trunk.head(trunk.fc_norm(pool(alone))))
             expected = nn.functional.cosine_similarity(embedding, text, dim=-1)
-            torch.testing.assert_close(parts["psi_token"].flatten(1)[:, m], expected, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                parts["psi_token"].flatten(1)[:, m], expected, atol=1e-5, rtol=1e-4
+            )
 
 
 def test_token_part_at_an_earlier_block_uses_that_blocks_tokens(synthshapes_model):
@@ -179,25 +194,29 @@ def test_token_part_at_an_earlier_block_uses_that_blocks_tokens(synthshapes_mode
     trunk = visual.trunk
     pixels, text = _pixels(2, 128, 128, seed=3), _text(2, 64, seed=3)
     outputs: list[torch.Tensor] = []
-    handle = trunk.blocks[2].register_forward_hook(lambda module, args, output: outputs.append(output))
+    handle = trunk.blocks[2].register_forward_hook(
+        lambda module, args, output: outputs.append(output)
+    )
     try:
         early = AttentionPoolDecomposition().run(visual, pixels, text, layer=2)
     finally:
         handle.remove()
     last = AttentionPoolDecomposition().run(visual, pixels, text, layer=len(trunk.blocks) - 1)
-    torch.testing.assert_close(early["psi_pool"], last["psi_pool"])            # the real pool either way
+    torch.testing.assert_close(early["psi_pool"], last["psi_pool"])  # the real pool either way
     with torch.no_grad():
-        tokens = trunk.norm(outputs[0][:, trunk.num_prefix_tokens:])
+        tokens = trunk.norm(outputs[0][:, trunk.num_prefix_tokens :])
         m = 9
         alone = trunk.attn_pool(tokens[:, m : m + 1].expand_as(tokens))
-        expected = nn.functional.cosine_similarity(visual.head(trunk.head(trunk.fc_norm(alone))), text, dim=-1)
+        expected = nn.functional.cosine_similarity(
+            visual.head(trunk.head(trunk.fc_norm(alone))), text, dim=-1
+        )
     torch.testing.assert_close(early["psi_token"].flatten(1)[:, m], expected, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(early["psi_token"], last["psi_token"])
 
 
 def test_the_model_is_left_untouched(synthshapes_model):
     model = copy.deepcopy(synthshapes_model).train()
-    model.visual.trunk.blocks[1].eval()                                         # a mixed-mode model
+    model.visual.trunk.blocks[1].eval()  # a mixed-mode model
     modes = {name: module.training for name, module in model.named_modules()}
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
@@ -217,11 +236,24 @@ def test_refusals_name_what_is_missing(synthshapes_model):
     decomposition = AttentionPoolDecomposition()
     text_cfg = {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}
 
-    class_token = open_clip.CLIP(64, {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16}, text_cfg)
+    class_token = open_clip.CLIP(
+        64,
+        {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+        text_cfg,
+    )
     assert "not an open_clip timm tower" in decomposition.unsupported_reason(class_token.visual)
 
     coca_style = open_clip.CLIP(
-        64, {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16, "attentional_pool": True}, text_cfg
+        64,
+        {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 16,
+            "attentional_pool": True,
+        },
+        text_cfg,
     )
     assert "own attention pooler (attn_pool" in decomposition.unsupported_reason(coca_style.visual)
 
@@ -229,9 +261,18 @@ def test_refusals_name_what_is_missing(synthshapes_model):
     assert "ModifiedResNet" in decomposition.unsupported_reason(resnet.visual)
 
     mean_pooled = open_clip.CLIP(
-        64, {"image_size": 64, "timm_model_name": "test_vit", "timm_pool": "avg", "timm_proj": "linear"}, text_cfg
+        64,
+        {
+            "image_size": 64,
+            "timm_model_name": "test_vit",
+            "timm_pool": "avg",
+            "timm_proj": "linear",
+        },
+        text_cfg,
     )
-    assert "global_pool='avg', not with an attention pool" in decomposition.unsupported_reason(mean_pooled.visual)
+    assert "global_pool='avg', not with an attention pool" in decomposition.unsupported_reason(
+        mean_pooled.visual
+    )
 
     two_latents = copy.deepcopy(synthshapes_model.visual)
     two_latents.trunk.attn_pool.latent_len = 2
@@ -261,11 +302,15 @@ def test_default_mask_points_at_the_named_object_on_held_out_scenes(synthshapes_
     tokenizer = open_clip.get_tokenizer(f"local-dir:{SIGLIP_DIR}")
     pairs = held_out_queries(40, 3)
     with torch.no_grad():
-        text = model.encode_text(tokenizer([phrase_caption([target.phrase]) for _, target in pairs]))
+        text = model.encode_text(
+            tokenizer([phrase_caption([target.phrase]) for _, target in pairs])
+        )
     text = nn.functional.normalize(text, dim=-1)
     pixels = torch.stack([preprocess(scene.image) for scene, _ in pairs])
     parts = AttentionPoolDecomposition().run(model.visual, pixels, text)
-    masks = get_recipe(AttentionPoolDecomposition.default_recipe)(parts, enhance=10.0, kernel_size=3).numpy()
+    masks = get_recipe(AttentionPoolDecomposition.default_recipe)(
+        parts, enhance=10.0, kernel_size=3
+    ).numpy()
     hits = [score(mask, target.box, scene.size)[0] for mask, (scene, target) in zip(masks, pairs)]
     assert np.mean(hits) >= 0.4
 
@@ -281,11 +326,11 @@ def test_through_the_clip_attributor_with_images_of_mixed_sizes():
     assert attributor.decomposition.name == "attention-pool"
     images = [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (96, 48), "blue")]
     maps = attributor(images, ["a red circle", "a blue square"])
-    assert attributor.layer == 4                                                # n_blocks - 2
+    assert attributor.layer == 4  # n_blocks - 2
     for amap in maps:
         assert amap.mask.shape == (8, 8) and sorted(amap.parts) == ["psi_pool", "psi_token"]
         assert amap.recipe == "siglip-soft-or"
-    assert maps[1].region == (24.0, 0.0, 72.0, 48.0)                            # centre crop of 96x48
+    assert maps[1].region == (24.0, 0.0, 72.0, 48.0)  # centre crop of 96x48
 
 
 @pytest.mark.slow
@@ -307,8 +352,20 @@ def test_siglip_backend_through_the_registry_prompter_and_command_line(tmp_path)
     assert prompter.recipe.name == "siglip-soft-or" and result.map.recipe == "siglip-soft-or"
     scene_path, out = tmp_path / "scene.png", tmp_path / "out.png"
     scene.save(scene_path)
-    command = [str(Path(sys.executable).with_name("api-prompt")), str(scene_path), "a red circle",
-               "--backend", "siglip", "-m", f"local-dir:{SIGLIP_DIR}", "--device", "cpu", "-o", str(out), "-q"]
+    command = [
+        str(Path(sys.executable).with_name("api-prompt")),
+        str(scene_path),
+        "a red circle",
+        "--backend",
+        "siglip",
+        "-m",
+        f"local-dir:{SIGLIP_DIR}",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        "-q",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert Image.open(out).tobytes() == result.image.tobytes()

@@ -96,11 +96,19 @@ def workdir(tmp_path: Path) -> Path:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims ``width``×``height`` pixels: a decompression bomb's header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,42 +163,83 @@ INSTALLED = pytest.mark.installed  # run through the installed executable
 BAD_OPTIONS = [
     pytest.param(["photo.png", ""], ["query is empty"], id="empty-query", marks=INSTALLED),
     pytest.param(["photo.png", "  \t "], ["query is empty"], id="blank-query", marks=INSTALLED),
-    pytest.param(["photo.png", QUERY, "--preset", "best"], ["unknown preset", "mmvet"], id="preset", marks=INSTALLED),
-    pytest.param(["photo.png", QUERY, "-k", "2"], ["kernel size", "odd"], id="k-even", marks=INSTALLED),
+    pytest.param(
+        ["photo.png", QUERY, "--preset", "best"],
+        ["unknown preset", "mmvet"],
+        id="preset",
+        marks=INSTALLED,
+    ),
+    pytest.param(
+        ["photo.png", QUERY, "-k", "2"], ["kernel size", "odd"], id="k-even", marks=INSTALLED
+    ),
     pytest.param(["photo.png", QUERY, "-k", "0"], ["kernel size"], id="k-zero", marks=INSTALLED),
     pytest.param(["photo.png", QUERY, "--kernel-size", "-3"], ["kernel size"], id="k-negative"),
     pytest.param(["photo.png", QUERY, "-k", "three"], ["--kernel-size", "integer"], id="k-text"),
-    pytest.param(["photo.png", QUERY, "-g", "256"], ["background", "0..255"], id="g-high", marks=INSTALLED),
-    pytest.param(["photo.png", QUERY, "--background", "-1"], ["background"], id="g-negative", marks=INSTALLED),
-    pytest.param(["photo.png", QUERY, "--resample", "cubic"], ["--resample", "lanczos"], id="resample", marks=INSTALLED),
+    pytest.param(
+        ["photo.png", QUERY, "-g", "256"], ["background", "0..255"], id="g-high", marks=INSTALLED
+    ),
+    pytest.param(
+        ["photo.png", QUERY, "--background", "-1"], ["background"], id="g-negative", marks=INSTALLED
+    ),
+    pytest.param(
+        ["photo.png", QUERY, "--resample", "cubic"],
+        ["--resample", "lanczos"],
+        id="resample",
+        marks=INSTALLED,
+    ),
     pytest.param(["photo.png", QUERY, "--geometry", "crop"], ["--geometry"], id="geometry"),
     pytest.param(["photo.png", QUERY, "--enhance", "nan"], ["enhance"], id="enhance-nan"),
     pytest.param(["photo.png", QUERY, "--dtype", "fp8"], ["dtype"], id="dtype"),
     pytest.param(["photo.png", QUERY, "--device", "tpu:x"], ["device"], id="device"),
     pytest.param(["photo.png", QUERY, "--backend", "blip"], ["--backend"], id="backend"),
     pytest.param(["photo.png"], ["missing argument", "query"], id="no-query"),
-    pytest.param(["photo.png", QUERY, "-o", "out.xyz"], ["extension", ".xyz", ".png"], id="ext-unknown"),
+    pytest.param(
+        ["photo.png", QUERY, "-o", "out.xyz"], ["extension", ".xyz", ".png"], id="ext-unknown"
+    ),
     pytest.param(["photo.png", QUERY, "-o", "out"], ["no extension"], id="ext-none"),
     pytest.param(["photo.png", QUERY, "--heatmap", "heat.abc"], ["'.abc'"], id="heatmap-ext"),
-    pytest.param(["photo.png", QUERY, "--save-map", "map.png"], ["--save-map", ".npz"], id="map-ext"),
-    pytest.param(["photo.png", QUERY, "-o", "nowhere/out.png"], ["does not exist"], id="missing-dir", marks=INSTALLED),
-    pytest.param(["photo.png", QUERY, "-o", "photo.png/out.png"], ["not a folder"], id="file-as-dir"),
+    pytest.param(
+        ["photo.png", QUERY, "--save-map", "map.png"], ["--save-map", ".npz"], id="map-ext"
+    ),
+    pytest.param(
+        ["photo.png", QUERY, "-o", "nowhere/out.png"],
+        ["does not exist"],
+        id="missing-dir",
+        marks=INSTALLED,
+    ),
+    pytest.param(
+        ["photo.png", QUERY, "-o", "photo.png/out.png"], ["not a folder"], id="file-as-dir"
+    ),
     pytest.param(["photo.png", QUERY, "-o", "sub"], ["no extension"], id="output-is-dir"),
     pytest.param(["photo.png", QUERY, "-o", "sub.png"], ["it is a folder"], id="output-is-dir-png"),
-    pytest.param(["photo.png", QUERY, "-o", "a.png", "--heatmap", "a.png"], ["same file"], id="same-file"),
-    pytest.param(["photo.png", QUERY, "-q", "--layer", "6"], ["layer 6", "out of range"], id="layer-high", marks=INSTALLED),
-    pytest.param(["photo.png", QUERY, "-q", "--layer", "-7"], ["layer -7", "out of range"], id="layer-low"),
+    pytest.param(
+        ["photo.png", QUERY, "-o", "a.png", "--heatmap", "a.png"], ["same file"], id="same-file"
+    ),
+    pytest.param(
+        ["photo.png", QUERY, "-q", "--layer", "6"],
+        ["layer 6", "out of range"],
+        id="layer-high",
+        marks=INSTALLED,
+    ),
+    pytest.param(
+        ["photo.png", QUERY, "-q", "--layer", "-7"], ["layer -7", "out of range"], id="layer-low"
+    ),
     # Fails only when the heat map is written (Pillow cannot store RGB as XBM), after the image
     # was: the atomic writer must remove what it wrote.
-    pytest.param(["photo.png", QUERY, "-q", "--heatmap", "heat.xbm"], ["xbm"], id="fails-while-writing"),
+    pytest.param(
+        ["photo.png", QUERY, "-q", "--heatmap", "heat.xbm"], ["xbm"], id="fails-while-writing"
+    ),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, words", BAD_OPTIONS)
 def test_bad_option_fails_cleanly(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
-    args: list[str], words: list[str],
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    args: list[str],
+    words: list[str],
 ) -> None:
     monkeypatch.chdir(workdir)
     (workdir / "sub").mkdir()
@@ -205,7 +254,9 @@ def test_bad_option_fails_cleanly(
     assert files_in(workdir) == before
 
 
-def test_read_only_folder_fails_before_loading(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_folder_fails_before_loading(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A folder we may not write to (simulated: tests often run as root, who may write anywhere)."""
     import api_prompt.attribution.base as base
 
@@ -215,7 +266,9 @@ def test_read_only_folder_fails_before_loading(workdir: Path, monkeypatch: pytes
     real_access = os.access
     locked = workdir / "locked"
     locked.mkdir()
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
     monkeypatch.setattr(base, "create_attributor", no_model)
     result = invoke(str(workdir / "photo.png"), QUERY, "-o", str(locked / "out.png"), *BASE)
     assert result.exit_code == 2
@@ -223,7 +276,9 @@ def test_read_only_folder_fails_before_loading(workdir: Path, monkeypatch: pytes
     assert list(locked.iterdir()) == []
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere"
+)
 def test_read_only_folder_for_real(workdir: Path) -> None:
     locked = workdir / "locked"
     locked.mkdir(mode=0o500)
@@ -236,7 +291,9 @@ def test_read_only_folder_for_real(workdir: Path) -> None:
         locked.chmod(0o700)
 
 
-def test_option_errors_come_before_the_model_loads(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_option_errors_come_before_the_model_loads(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import api_prompt.attribution.base as base
 
     monkeypatch.setattr(base, "create_attributor", lambda *a, **k: pytest.fail("model loaded"))
@@ -246,14 +303,18 @@ def test_option_errors_come_before_the_model_loads(workdir: Path, monkeypatch: p
         assert "Loading" not in result.stderr  # no status line: the model was never started
 
 
-def test_ask_option_errors_come_before_any_model_loads(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ask_option_errors_come_before_any_model_loads(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import api_prompt.attribution.base as base
     import api_prompt.targets as targets
 
     monkeypatch.setattr(base, "create_attributor", lambda *a, **k: pytest.fail("model loaded"))
     monkeypatch.setattr(targets, "create_target", lambda *a, **k: pytest.fail("target loaded"))
     for args in (["-k", "4"], ["--preset", "nope"], ["-g", "300"], ["--dtype", "fp8"]):
-        result = invoke("ask", str(workdir / "photo.png"), QUERY, "--target", "openai:m", *args, *BASE)
+        result = invoke(
+            "ask", str(workdir / "photo.png"), QUERY, "--target", "openai:m", *args, *BASE
+        )
         assert result.exit_code == 2, args
         assert "Loading" not in result.stderr
 
@@ -304,7 +365,8 @@ def _make_awkward_image(folder: Path, kind: str) -> tuple[Path, tuple[int, int]]
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kind", ["rgba", "palette-transparent", "animated-gif", "16-bit", "cmyk", "exif-rotated", "one-pixel"]
+    "kind",
+    ["rgba", "palette-transparent", "animated-gif", "16-bit", "cmyk", "exif-rotated", "one-pixel"],
 )
 def test_awkward_images_work(tmp_path: Path, kind: str) -> None:
     path, size = _make_awkward_image(tmp_path, kind)
@@ -319,8 +381,13 @@ def test_awkward_images_work(tmp_path: Path, kind: str) -> None:
 @pytest.mark.parametrize("query", ["Où est la voiture rouge ? 車はどこ？ 🚗", "x"])
 def test_non_ascii_and_short_queries(workdir: Path, query: str) -> None:
     code, stdout, stderr = run_cli(
-        str(workdir / "photo.png"), query, *BASE, "-o", str(workdir / "out.png"),
-        cwd=workdir, installed=True,
+        str(workdir / "photo.png"),
+        query,
+        *BASE,
+        "-o",
+        str(workdir / "out.png"),
+        cwd=workdir,
+        installed=True,
     )
     assert code == 0, stderr
     assert stdout.strip() == f"Wrote {workdir / 'out.png'}"
@@ -347,7 +414,9 @@ def test_output_formats(workdir: Path) -> None:
     args = [str(photo), QUERY, *BASE, "-q", "--preset", "mmvet", "-g", "30"]
     for name in ("out.png", "out.JPG", "out.webp"):
         assert invoke(*args, "-o", str(workdir / name)).exit_code == 0
-    expected = Prompter(model=MODEL, device="cpu", preset="mmvet", background=30)(photo, QUERY).image
+    expected = Prompter(model=MODEL, device="cpu", preset="mmvet", background=30)(
+        photo, QUERY
+    ).image
     assert np.array_equal(np.asarray(read(workdir / "out.png")), np.asarray(expected))
     assert np.array_equal(np.asarray(read(workdir / "out.webp")), np.asarray(expected))
     jpeg = read(workdir / "out.JPG")
@@ -396,10 +465,26 @@ def test_installed_help_shows_defaults(tmp_path: Path) -> None:
     assert result.returncode == 0
     text = result.stdout
     for expected in (
-        "IMAGE", "QUERY", "--output", "<stem>_api.png", "quality 95", "--save-map", "--heatmap",
-        "--preset", "default package", "(preset: 10)", "(preset: 3)", "(preset: lanczos)",
-        "(preset: 0)", "[default: clip]", "[default: stretch]", "[default: auto]",
-        "ViT-L-14-336-quickgelu", "n_blocks-2", "--quiet", "--debug",
+        "IMAGE",
+        "QUERY",
+        "--output",
+        "<stem>_api.png",
+        "quality 95",
+        "--save-map",
+        "--heatmap",
+        "--preset",
+        "default package",
+        "(preset: 10)",
+        "(preset: 3)",
+        "(preset: lanczos)",
+        "(preset: 0)",
+        "[default: clip]",
+        "[default: stretch]",
+        "[default: auto]",
+        "ViT-L-14-336-quickgelu",
+        "n_blocks-2",
+        "--quiet",
+        "--debug",
     ):
         assert expected in text, expected
 
@@ -421,7 +506,14 @@ def test_installed_end_to_end_matches_python_api(workdir: Path) -> None:
     from api_prompt import Prompter
 
     result = run_installed(
-        "photo.png", LONG_QUERY, *BASE, "--save-map", "map.npz", "--heatmap", "heat.jpg", cwd=workdir
+        "photo.png",
+        LONG_QUERY,
+        *BASE,
+        "--save-map",
+        "map.npz",
+        "--heatmap",
+        "heat.jpg",
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Wrote photo_api.png (map: map.npz, heat map: heat.jpg)"
@@ -432,7 +524,9 @@ def test_installed_end_to_end_matches_python_api(workdir: Path) -> None:
 
     with pytest.warns(UserWarning, match="truncated"):
         # --save-map asks for the parts in the reference's scale (exact_parts=True), not the early exit
-        expected = Prompter(model=MODEL, device="cpu")(workdir / "photo.png", LONG_QUERY, exact_parts=True)
+        expected = Prompter(model=MODEL, device="cpu")(
+            workdir / "photo.png", LONG_QUERY, exact_parts=True
+        )
     assert np.array_equal(np.asarray(read(workdir / "photo_api.png")), np.asarray(expected.image))
     with np.load(workdir / "map.npz") as saved:
         assert {"mask", "psi_cls", "psi_comp"} <= set(saved.files)
@@ -472,25 +566,45 @@ def test_installed_debug_shows_the_traceback(workdir: Path) -> None:
 
 
 STYLED = [
-    ("crop", {"crop_size": 64, "one_image": "crop"}, ["-S", "crop_size=64", "-S", "one_image=crop"]),
-    ("crop", {"crop_size": 64}, ["-S", "crop_size=64"]),                       # side by side
+    (
+        "crop",
+        {"crop_size": 64, "one_image": "crop"},
+        ["-S", "crop_size=64", "-S", "one_image=crop"],
+    ),
+    ("crop", {"crop_size": 64}, ["-S", "crop_size=64"]),  # side by side
     ("box", {"color": "blue", "width": 3}, ["-S", "color=blue", "--style-option", "width=3"]),
     ("blur", {"blur": 0.05}, ["-S", "blur=0.05"]),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("style, options, args", STYLED, ids=["crop-alone", "crop-side-by-side", "box", "blur"])
-def test_prompt_style_options_give_the_python_apis_pixels(workdir: Path, style: str, options: dict,
-                                                          args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "style, options, args", STYLED, ids=["crop-alone", "crop-side-by-side", "box", "blur"]
+)
+def test_prompt_style_options_give_the_python_apis_pixels(
+    workdir: Path, style: str, options: dict, args: list[str]
+) -> None:
     from api_prompt import Prompter
 
-    result = invoke(str(workdir / "photo.png"), QUERY, *BASE, "--style", style, *args, "-o",
-                    str(workdir / "styled.png"), "-q")
+    result = invoke(
+        str(workdir / "photo.png"),
+        QUERY,
+        *BASE,
+        "--style",
+        style,
+        *args,
+        "-o",
+        str(workdir / "styled.png"),
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
-    expected = Prompter(model=MODEL, device="cpu", style=style, style_options=options)(workdir / "photo.png", QUERY)
-    assert np.array_equal(np.asarray(read(workdir / "styled.png")), np.asarray(expected.image.convert("RGB")))
-    if options.get("one_image") == "crop":   # the crop alone: as the style's second image
+    expected = Prompter(model=MODEL, device="cpu", style=style, style_options=options)(
+        workdir / "photo.png", QUERY
+    )
+    assert np.array_equal(
+        np.asarray(read(workdir / "styled.png")), np.asarray(expected.image.convert("RGB"))
+    )
+    if options.get("one_image") == "crop":  # the crop alone: as the style's second image
         assert read(workdir / "styled.png").size == expected.images[1].size
 
 
@@ -501,24 +615,46 @@ def test_batch_writes_the_style_a_one_image_output_asks_for(workdir: Path, tmp_p
     from api_prompt import Prompter
     from api_prompt.batch import run
 
-    rows = [{"id": f"s{i}", "image": str(workdir / "photo.png"), "question": q}
-            for i, q in enumerate([QUERY, "Is there a dog?"])]
+    rows = [
+        {"id": f"s{i}", "image": str(workdir / "photo.png"), "question": q}
+        for i, q in enumerate([QUERY, "Is there a dog?"])
+    ]
     source = tmp_path / "q.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     style = {"crop_size": 64, "one_image": "crop"}
-    run(source, tmp_path / "api", Prompter(model=MODEL, device="cpu", style="crop", style_options=style),
-        progress=False)
-    result = invoke("batch", str(source), "--out", str(tmp_path / "cli"), *BASE, "--style", "crop",
-                    "-S", "crop_size=64", "-S", "one_image=crop", "-q")
+    run(
+        source,
+        tmp_path / "api",
+        Prompter(model=MODEL, device="cpu", style="crop", style_options=style),
+        progress=False,
+    )
+    result = invoke(
+        "batch",
+        str(source),
+        "--out",
+        str(tmp_path / "cli"),
+        *BASE,
+        "--style",
+        "crop",
+        "-S",
+        "crop_size=64",
+        "-S",
+        "one_image=crop",
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
     by_api = sorted(p.read_bytes() for p in (tmp_path / "api" / "images").iterdir())
     by_cli = sorted(p.read_bytes() for p in (tmp_path / "cli" / "images").iterdir())
     assert len(by_cli) == 2 and by_api == by_cli
-    with Image.open(tmp_path / "cli" / "images" / "s0.png") as image:   # the crop, not the whole photo
+    with Image.open(
+        tmp_path / "cli" / "images" / "s0.png"
+    ) as image:  # the crop, not the whole photo
         assert image.size != Image.open(workdir / "photo.png").size
 
 
-def test_serve_passes_the_style_and_its_typed_options_to_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_passes_the_style_and_its_typed_options_to_the_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import signal
 
     import uvicorn
@@ -535,40 +671,99 @@ def test_serve_passes_the_style_and_its_typed_options_to_the_app(monkeypatch: py
     monkeypatch.setattr(uvicorn.Server, "__init__", lambda self, config: None)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
     monkeypatch.setattr(signal, "signal", lambda *args: None)
-    result = invoke("serve", "--upstream", "http://127.0.0.1:9/v1", "--port", "0", *BASE, "--style", "crop",
-                    "-S", "crop_size=64", "-S", "zoom=32", "-S", "width=5", "-q")
+    result = invoke(
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:9/v1",
+        "--port",
+        "0",
+        *BASE,
+        "--style",
+        "crop",
+        "-S",
+        "crop_size=64",
+        "-S",
+        "zoom=32",
+        "-S",
+        "width=5",
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
     # a request may ask for another style: the options of every style are the server's defaults
-    assert made["style"] == "crop" and made["style_options"] == {"crop_size": 64, "zoom": 32, "width": 5}
+    assert made["style"] == "crop" and made["style_options"] == {
+        "crop_size": 64,
+        "zoom": 32,
+        "width": 5,
+    }
     assert made["prompter"].style.name == "crop" and made["prompter"].style.zoom == 32
 
-    result = invoke("serve", "--upstream", "http://127.0.0.1:9/v1", "--port", "0", *BASE, "--style", "crop",
-                    "-S", "zoom=wide")
+    result = invoke(
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:9/v1",
+        "--port",
+        "0",
+        *BASE,
+        "--style",
+        "crop",
+        "-S",
+        "zoom=wide",
+    )
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: the crop style's option 'zoom' must be an integer, got 'wide'"
+    assert (
+        result.stderr.strip()
+        == "error: the crop style's option 'zoom' must be an integer, got 'wide'"
+    )
 
 
-def test_playground_opens_with_the_style_and_takes_options_of_every_style_it_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_playground_opens_with_the_style_and_takes_options_of_every_style_it_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     gradio = pytest.importorskip("gradio", reason="pip install -e '.[playground]'")
     from api_prompt.playground import app as page_module
 
     pages = []
-    monkeypatch.setattr(page_module, "build_app", lambda playground, **kw: pages.append(playground) or gradio.Blocks())
+    monkeypatch.setattr(
+        page_module,
+        "build_app",
+        lambda playground, **kw: pages.append(playground) or gradio.Blocks(),
+    )
     monkeypatch.setattr(gradio.Blocks, "launch", lambda page, **options: None)
-    result = invoke("playground", "--device", "cpu", "--style", "crop", "-S", "crop_size=64", "-S", "blur=0.1", "-q")
+    result = invoke(
+        "playground",
+        "--device",
+        "cpu",
+        "--style",
+        "crop",
+        "-S",
+        "crop_size=64",
+        "-S",
+        "blur=0.1",
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
     assert pages[0].style == "crop" and pages[0].style_options == {"crop_size": 64, "blur": 0.1}
     shown = pages[0].styles(resample="lanczos", background=0, geometry="stretch")
     assert shown["crop"].crop_size == 64 and shown["blur"].blur == 0.1
 
-    for args, words in [(["--style", "crop", "-S", "crop_size=big"], "the crop style's option 'crop_size' must be an integer"),
-                        (["--recipe", "llava"], "the playground does not take --recipe")]:
+    for args, words in [
+        (
+            ["--style", "crop", "-S", "crop_size=big"],
+            "the crop style's option 'crop_size' must be an integer",
+        ),
+        (["--recipe", "llava"], "the playground does not take --recipe"),
+    ]:
         result = invoke("playground", "--device", "cpu", *args)
-        assert result.exit_code == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert (
+            result.exit_code == 2
+            and words in result.stderr
+            and len(result.stderr.strip().splitlines()) == 1
+        )
 
 
-def test_a_batch_folder_written_before_styles_is_still_done_without_the_model(workdir: Path, tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_folder_written_before_styles_is_still_done_without_the_model(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
     rows = [{"id": "s0", "image": str(workdir / "photo.png"), "question": QUERY}]
@@ -588,5 +783,9 @@ def test_a_batch_folder_written_before_styles_is_still_done_without_the_model(wo
 
     monkeypatch.setattr(cli.options.PromptOptions, "build", no_model)
     assert invoke("batch", str(source), "--out", str(out), *BASE, "-q").exit_code == 0
-    with pytest.raises(AssertionError, match="the model was loaded"):   # a new folder needs the model
-        invoke("batch", str(source), "--out", str(tmp_path / "styled"), *BASE, "--style", "blur", "-q")
+    with pytest.raises(
+        AssertionError, match="the model was loaded"
+    ):  # a new folder needs the model
+        invoke(
+            "batch", str(source), "--out", str(tmp_path / "styled"), *BASE, "--style", "blur", "-q"
+        )

@@ -35,7 +35,9 @@ from api_prompt.maps import minmax
 from api_prompt.prompter import Prompter
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "clip_reference"
-CASE_NAMES = [case["name"] for case in json.loads((FIXTURE_DIR / "cases.json").read_text())["cases"]]
+CASE_NAMES = [
+    case["name"] for case in json.loads((FIXTURE_DIR / "cases.json").read_text())["cases"]
+]
 LAYER = 4  # the fixture's L'
 
 
@@ -64,14 +66,20 @@ def case_by_name(clip_cases, name):
 
 
 def assert_matches_reference(name, psi_cls, psi_comp, mask, expected):
-    np.testing.assert_allclose(minmax(psi_cls), minmax(expected[f"{name}_psi_cls"]), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(minmax(psi_comp), minmax(expected[f"{name}_psi_comp"]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        minmax(psi_cls), minmax(expected[f"{name}_psi_cls"]), atol=1e-5, rtol=0
+    )
+    np.testing.assert_allclose(
+        minmax(psi_comp), minmax(expected[f"{name}_psi_comp"]), atol=1e-5, rtol=0
+    )
     np.testing.assert_allclose(mask, expected[f"{name}_mask"], atol=1e-5, rtol=0)
     scaled = 255.0 * expected[f"{name}_mask"].astype(np.float64)
     near_integer = np.abs(scaled - np.round(scaled)) <= 1e-4
     mask_u8 = np.floor(255.0 * mask.astype(np.float32)).astype(np.uint8)
     differs = mask_u8 != expected[f"{name}_mask_u8"]
-    assert not (differs & ~near_integer).any(), f"{name}: 8-bit mask differs away from rounding edges"
+    assert not (differs & ~near_integer).any(), (
+        f"{name}: 8-bit mask differs away from rounding edges"
+    )
 
 
 def assert_image_close(actual: Image.Image, expected_path: Path):
@@ -89,8 +97,12 @@ def test_fixture_case_python_api(name, clip_cases, clip_fixture_dir, expected_np
     case = case_by_name(clip_cases, name)
     model, preprocess, tokenizer = fixture_model
     attr = CLIPAttributor(
-        model, preprocess=preprocess, tokenizer=tokenizer, layer=case["layer"],
-        enhance=case["enhance"], kernel_size=case["kernel_size"],
+        model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        layer=case["layer"],
+        enhance=case["enhance"],
+        kernel_size=case["kernel_size"],
     )
     prompter = Prompter(attributor=attr, resample=case["resample"], background=case["background"])
     result = prompter(clip_fixture_dir / case["image"], case["query"])
@@ -98,7 +110,9 @@ def test_fixture_case_python_api(name, clip_cases, clip_fixture_dir, expected_np
     amap = result.map
     assert amap.mask.shape == (case["grid"], case["grid"]) and amap.mask.dtype == np.float32
     assert amap.query == case["query"]
-    assert_matches_reference(name, amap.parts["psi_cls"], amap.parts["psi_comp"], amap.mask, expected_npz)
+    assert_matches_reference(
+        name, amap.parts["psi_cls"], amap.parts["psi_comp"], amap.mask, expected_npz
+    )
     assert_image_close(result.image, clip_fixture_dir / case["expected_image"])
 
 
@@ -115,14 +129,21 @@ def test_raw_maps_match_the_reference_scale(name, clip_cases, expected_npz, fixt
         np.testing.assert_allclose(actual, expected, atol=1e-5 * np.ptp(expected), rtol=0)
 
 
-def test_loading_by_local_dir_name_matches_reference(clip_cases, clip_fixture_dir, expected_npz, images):
+def test_loading_by_local_dir_name_matches_reference(
+    clip_cases, clip_fixture_dir, expected_npz, images
+):
     case = clip_cases[0]
     attr = CLIPAttributor(
-        f"local-dir:{clip_fixture_dir / 'model'}", layer=case["layer"], enhance=case["enhance"],
-        kernel_size=case["kernel_size"], device="cpu",
+        f"local-dir:{clip_fixture_dir / 'model'}",
+        layer=case["layer"],
+        enhance=case["enhance"],
+        kernel_size=case["kernel_size"],
+        device="cpu",
     )
     amap = attr(images[Path(case["image"]).stem], case["query"])[0]
-    assert_matches_reference(case["name"], amap.parts["psi_cls"], amap.parts["psi_comp"], amap.mask, expected_npz)
+    assert_matches_reference(
+        case["name"], amap.parts["psi_cls"], amap.parts["psi_comp"], amap.mask, expected_npz
+    )
     description = attr.describe()
     assert description["model"].startswith("local-dir:") and description["layer"] == case["layer"]
     assert len(description["weights_sha256"]) == 16
@@ -133,26 +154,49 @@ CLI = Path(sys.executable).parent / "api-prompt"
 
 
 # Each run starts a fresh Python (torch + open_clip import): one case by default, the rest `slow`.
-CLI_CASES = [CASE_NAMES[0], *(pytest.param(name, marks=pytest.mark.slow) for name in CASE_NAMES[1:])]
+CLI_CASES = [
+    CASE_NAMES[0],
+    *(pytest.param(name, marks=pytest.mark.slow) for name in CASE_NAMES[1:]),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CLI.exists(), reason="the api-prompt command is not installed (pip install -e .)")
+@pytest.mark.skipif(
+    not CLI.exists(), reason="the api-prompt command is not installed (pip install -e .)"
+)
 @pytest.mark.parametrize("name", CLI_CASES)
 def test_fixture_case_command_line(name, clip_cases, clip_fixture_dir, expected_npz, tmp_path):
     case = case_by_name(clip_cases, name)
     out, saved_map = tmp_path / "out.png", tmp_path / "out.npz"
     command = [
-        str(CLI), str(clip_fixture_dir / case["image"]), case["query"],
-        "--model", f"local-dir:{clip_fixture_dir / 'model'}", "--layer", str(case["layer"]),
-        "--enhance", str(case["enhance"]), "--kernel-size", str(case["kernel_size"]),
-        "--resample", case["resample"].lower(), "--background", str(case["background"]),
-        "-o", str(out), "--save-map", str(saved_map), "--device", "cpu",
+        str(CLI),
+        str(clip_fixture_dir / case["image"]),
+        case["query"],
+        "--model",
+        f"local-dir:{clip_fixture_dir / 'model'}",
+        "--layer",
+        str(case["layer"]),
+        "--enhance",
+        str(case["enhance"]),
+        "--kernel-size",
+        str(case["kernel_size"]),
+        "--resample",
+        case["resample"].lower(),
+        "--background",
+        str(case["background"]),
+        "-o",
+        str(out),
+        "--save-map",
+        str(saved_map),
+        "--device",
+        "cpu",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     with np.load(saved_map) as saved:
-        assert_matches_reference(name, saved["psi_cls"], saved["psi_comp"], saved["mask"], expected_npz)
+        assert_matches_reference(
+            name, saved["psi_cls"], saved["psi_comp"], saved["mask"], expected_npz
+        )
     assert_image_close(Image.open(out), clip_fixture_dir / case["expected_image"])
 
 
@@ -164,7 +208,9 @@ def attention_output_at_cls(block, block_input):
     caught = {}
     # nn.MultiheadAttention (open_clip 3) returns (output, weights); open_clip 4's Attention the output
     handle = block.attn.register_forward_hook(
-        lambda module, args, output: caught.update(out=output[0] if isinstance(output, tuple) else output)
+        lambda module, args, output: caught.update(
+            out=output[0] if isinstance(output, tuple) else output
+        )
     )
     try:
         with torch.no_grad():
@@ -188,8 +234,9 @@ def test_contributions_sum_to_the_attention_output(fixture_model, images, attrib
     with torch.no_grad():
         contributions = cls_attention_contributions(block, caught["x"])
     assert contributions.shape == caught["x"].shape
-    torch.testing.assert_close(contributions.sum(dim=1), attention_output_at_cls(block, caught["x"]),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        contributions.sum(dim=1), attention_output_at_cls(block, caught["x"]), atol=1e-5, rtol=1e-5
+    )
     assert_dots_match_contributions(block, caught["x"])
 
 
@@ -202,7 +249,9 @@ def test_contributions_include_layer_scale():
         block.ls_1.gamma.uniform_(0.1, 2.0)
         x = torch.randn(2, 10, 32)
         contributions = cls_attention_contributions(block, x)
-    torch.testing.assert_close(contributions.sum(dim=1), attention_output_at_cls(block, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        contributions.sum(dim=1), attention_output_at_cls(block, x), atol=1e-5, rtol=1e-5
+    )
     assert_dots_match_contributions(block, x)
 
 
@@ -218,7 +267,9 @@ def assert_dots_match_contributions(block, x):
 @pytest.mark.slow
 def test_batched_equals_one_by_one(fixture_model, images):
     model, preprocess, tokenizer = fixture_model
-    attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=LAYER, batch_size=2)
+    attr = CLIPAttributor(
+        model, preprocess=preprocess, tokenizer=tokenizer, layer=LAYER, batch_size=2
+    )
     inputs = [images["wide"], images["tall"], images["square"]]
     queries = ["a dog", "read the sign", "a dog"]
     together = attr(inputs, queries)
@@ -279,7 +330,9 @@ def all_hooks(model):
 
 
 def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, {m: m.training for m in model.modules()}
+    return {k: v.clone() for k, v in model.state_dict().items()}, {
+        m: m.training for m in model.modules()
+    }
 
 
 def assert_unchanged(model, before):
@@ -341,8 +394,15 @@ def test_default_and_negative_layer(fixture_model):
 
 @pytest.mark.parametrize(
     "options",
-    [{"enhance": 0}, {"enhance": "10"}, {"kernel_size": 2}, {"batch_size": 0}, {"dtype": "fp8"},
-     {"dtype": "bf16"}, {"preprocess": None}],
+    [
+        {"enhance": 0},
+        {"enhance": "10"},
+        {"kernel_size": 2},
+        {"batch_size": 0},
+        {"dtype": "fp8"},
+        {"dtype": "bf16"},
+        {"preprocess": None},
+    ],
 )
 def test_bad_settings_are_config_errors(fixture_model, options):
     model, preprocess, tokenizer = fixture_model
@@ -354,11 +414,18 @@ def test_bad_settings_are_config_errors(fixture_model, options):
 @pytest.mark.slow
 def test_bf16_follows_fp32(clip_fixture_dir, attributor, images):
     """Low precision runs the model in bf16 but the decomposition in float32: maps stay close."""
-    low = CLIPAttributor(f"local-dir:{clip_fixture_dir / 'model'}", layer=LAYER, device="cpu", dtype="bf16")
+    low = CLIPAttributor(
+        f"local-dir:{clip_fixture_dir / 'model'}", layer=LAYER, device="cpu", dtype="bf16"
+    )
     assert low.describe()["dtype"] == "bfloat16"
-    reference, approximate = attributor(images["wide"], "a red bus")[0], low(images["wide"], "a red bus")[0]
+    reference, approximate = (
+        attributor(images["wide"], "a red bus")[0],
+        low(images["wide"], "a red bus")[0],
+    )
     for part in ("psi_cls", "psi_comp"):
-        assert np.corrcoef(reference.parts[part].ravel(), approximate.parts[part].ravel())[0, 1] > 0.99
+        assert (
+            np.corrcoef(reference.parts[part].ravel(), approximate.parts[part].ravel())[0, 1] > 0.99
+        )
 
 
 def test_fp16_on_cpu_is_refused(clip_fixture_dir):
@@ -375,7 +442,14 @@ def test_checkpoint_path_as_model_name_is_explained(clip_fixture_dir):
 
 
 def tiny_clip(**vision):
-    vision_cfg = {"image_size": 64, "patch_size": 16, "layers": 4, "width": 32, "head_width": 8, **vision}
+    vision_cfg = {
+        "image_size": 64,
+        "patch_size": 16,
+        "layers": 4,
+        "width": 32,
+        "head_width": 8,
+        **vision,
+    }
     text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
     torch.manual_seed(0)
     return open_clip.model.CLIP(embed_dim=16, vision_cfg=vision_cfg, text_cfg=text_cfg).eval()
@@ -388,11 +462,15 @@ def tiny_tools(model, fixture_model):
     return open_clip.image_transform(image_size, is_train=False), fixture_model[2]
 
 
-@pytest.mark.parametrize("vision", [{}, {"ls_init_value": 0.1}, {"patch_size": 8, "image_size": 48}])
+@pytest.mark.parametrize(
+    "vision", [{}, {"ls_init_value": 0.1}, {"patch_size": 8, "image_size": 48}]
+)
 def test_other_grids_and_negative_layers(vision, fixture_model, images):
     model = tiny_clip(**vision)
     preprocess, tokenizer = tiny_tools(model, fixture_model)
-    attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=-1, kernel_size=1)
+    attr = CLIPAttributor(
+        model, preprocess=preprocess, tokenizer=tokenizer, layer=-1, kernel_size=1
+    )
     assert attr.layer == 3
     grid = model.visual.grid_size[0]
     for amap in attr([images["wide"], images["tall"]], "a dog"):
@@ -431,7 +509,9 @@ def test_openai_weights_get_quickgelu(monkeypatch, caplog, tmp_path):
         raise RuntimeError("stop before building a large model")
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", fake_create)
-    monkeypatch.setattr(clip_loading, "_cached_pretrained_file", lambda cfg, cache_dir: str(tmp_path / "w.pt"))
+    monkeypatch.setattr(
+        clip_loading, "_cached_pretrained_file", lambda cfg, cache_dir: str(tmp_path / "w.pt")
+    )
     with caplog.at_level("WARNING", logger=clip_backend.__name__), pytest.raises(ModelLoadError):
         CLIPAttributor("ViT-L-14-336", pretrained="openai", device="cpu")
     assert built["name"] == "ViT-L-14-336-quickgelu"
@@ -439,14 +519,24 @@ def test_openai_weights_get_quickgelu(monkeypatch, caplog, tmp_path):
     assert built["force_preprocess_cfg"]["mean"] == open_clip.OPENAI_DATASET_MEAN
 
 
-def test_builtin_name_with_checkpoint_file(clip_fixture_dir, tmp_path, clip_cases, expected_npz, images):
+def test_builtin_name_with_checkpoint_file(
+    clip_fixture_dir, tmp_path, clip_cases, expected_npz, images
+):
     """model=<architecture name>, pretrained=<checkpoint path>: the third way to supply weights."""
-    config = json.loads((clip_fixture_dir / "model" / "open_clip_config.json").read_text())["model_cfg"]
+    config = json.loads((clip_fixture_dir / "model" / "open_clip_config.json").read_text())[
+        "model_cfg"
+    ]
     (tmp_path / "api-prompt-test-tiny.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / "api-prompt-test-tiny.json")
     case = clip_cases[2]
-    attr = CLIPAttributor("api-prompt-test-tiny", pretrained=str(clip_fixture_dir / "model" / "open_clip_model.safetensors"),
-                          layer=LAYER, enhance=case["enhance"], kernel_size=case["kernel_size"], device="cpu")
+    attr = CLIPAttributor(
+        "api-prompt-test-tiny",
+        pretrained=str(clip_fixture_dir / "model" / "open_clip_model.safetensors"),
+        layer=LAYER,
+        enhance=case["enhance"],
+        kernel_size=case["kernel_size"],
+        device="cpu",
+    )
     amap = attr(images[Path(case["image"]).stem], case["query"])[0]
     np.testing.assert_allclose(amap.mask, expected_npz[f"{case['name']}_mask"], atol=1e-5)
 
@@ -478,8 +568,12 @@ def no_network(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("offline_flag", [True, False])
-@pytest.mark.parametrize("model, pretrained", [("ViT-B-32", "openai"), ("hf-hub:timm/not-cached", None)])
-def test_missing_weights_fail_fast_offline(model, pretrained, offline_flag, no_network, monkeypatch):
+@pytest.mark.parametrize(
+    "model, pretrained", [("ViT-B-32", "openai"), ("hf-hub:timm/not-cached", None)]
+)
+def test_missing_weights_fail_fast_offline(
+    model, pretrained, offline_flag, no_network, monkeypatch
+):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline_flag)
@@ -502,7 +596,9 @@ def test_probe_gives_up_on_a_silent_host():
         assert time.perf_counter() - start < 2
 
 
-def test_cached_hf_hub_model_loads_offline(clip_fixture_dir, tmp_path, monkeypatch, expected_npz, clip_cases, images):
+def test_cached_hf_hub_model_loads_offline(
+    clip_fixture_dir, tmp_path, monkeypatch, expected_npz, clip_cases, images
+):
     """An hf-hub: model already in the HF cache loads with HF_HUB_OFFLINE=1 and no network."""
     from huggingface_hub import constants
 
@@ -513,8 +609,14 @@ def test_cached_hf_hub_model_loads_offline(clip_fixture_dir, tmp_path, monkeypat
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
     case = clip_cases[1]
-    attr = CLIPAttributor("hf-hub:someone/tiny-clip", cache_dir=str(tmp_path), layer=LAYER,
-                          enhance=case["enhance"], kernel_size=case["kernel_size"], device="cpu")
+    attr = CLIPAttributor(
+        "hf-hub:someone/tiny-clip",
+        cache_dir=str(tmp_path),
+        layer=LAYER,
+        enhance=case["enhance"],
+        kernel_size=case["kernel_size"],
+        device="cpu",
+    )
     amap = attr(images[Path(case["image"]).stem], case["query"])[0]
     np.testing.assert_allclose(amap.mask, expected_npz[f"{case['name']}_mask"], atol=1e-5)
     assert attr.describe()["model"] == "hf-hub:someone/tiny-clip"

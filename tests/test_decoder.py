@@ -24,13 +24,23 @@ INIT = 0.5  # large random weights, so that greedy answers vary from row to row
 
 FAMILIES = {
     "llava-next": (LLaVANextAttributor, lambda **kw: tiny_llava_next(initializer_range=INIT, **kw)),
-    "qwen2-vl": (Qwen2VLAttributor, lambda **kw: tiny_qwen_vl(version="2", initializer_range=INIT, **kw)),
-    "qwen2.5-vl": (Qwen25VLAttributor, lambda **kw: tiny_qwen_vl(version="2.5", initializer_range=INIT, **kw)),
+    "qwen2-vl": (
+        Qwen2VLAttributor,
+        lambda **kw: tiny_qwen_vl(version="2", initializer_range=INIT, **kw),
+    ),
+    "qwen2.5-vl": (
+        Qwen25VLAttributor,
+        lambda **kw: tiny_qwen_vl(version="2.5", initializer_range=INIT, **kw),
+    ),
     # spatial_merge_size 3 (the real checkpoints use 2): nothing may assume 2×2 patches per token
-    "qwen2-vl merge 3": (Qwen2VLAttributor, lambda **kw: tiny_qwen_vl(
-        version="2", merge_size=3, initializer_range=INIT, **kw)),
-    "qwen2.5-vl merge 3": (Qwen25VLAttributor, lambda **kw: tiny_qwen_vl(
-        version="2.5", merge_size=3, initializer_range=INIT, **kw)),
+    "qwen2-vl merge 3": (
+        Qwen2VLAttributor,
+        lambda **kw: tiny_qwen_vl(version="2", merge_size=3, initializer_range=INIT, **kw),
+    ),
+    "qwen2.5-vl merge 3": (
+        Qwen25VLAttributor,
+        lambda **kw: tiny_qwen_vl(version="2.5", merge_size=3, initializer_range=INIT, **kw),
+    ),
 }
 
 # wide, tall and square; different sizes, so grids and token counts differ from row to row
@@ -56,7 +66,8 @@ def _inputs(processor, images, queries):
     prompts = [
         processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-            add_generation_prompt=True, tokenize=False,
+            add_generation_prompt=True,
+            tokenize=False,
         )
         for q in queries
     ]
@@ -70,8 +81,12 @@ def _inputs(processor, images, queries):
 
 def _generate(model, inputs, **options):
     return model.generate(
-        **inputs, max_new_tokens=STEPS, do_sample=False, num_beams=1,
-        pad_token_id=model.generation_config.pad_token_id, **options,
+        **inputs,
+        max_new_tokens=STEPS,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=model.generation_config.pad_token_id,
+        **options,
     )
 
 
@@ -83,12 +98,14 @@ def _grid(name, model, inputs):
     if name == "llava-next":
         with torch.no_grad():
             features = model.model.get_image_features(
-                inputs["pixel_values"], inputs["image_sizes"], return_dict=True,
+                inputs["pixel_values"],
+                inputs["image_sizes"],
+                return_dict=True,
             ).pooler_output[0]
         newline = (features == model.model.image_newline).all(-1)
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         rows = int(newline.sum())
-        cols = int(newline[side * side:].nonzero()[0]) if rows else 0
+        cols = int(newline[side * side :].nonzero()[0]) if rows else 0
         assert len(positions) == side * side + rows * (cols + 1)
         return positions[~newline], [("base", side, side), ("attention", rows, cols)]
     _, h, w = inputs["image_grid_thw"][0].tolist()
@@ -109,9 +126,9 @@ def _oracle(name, eager, processor, image, query, layer=LAYER):
     average = torch.stack(rows).mean(0)
     parts, start = {}, 0
     for part, h, w in grids:
-        parts[part] = average[start: start + h * w].reshape(h, w).numpy()
+        parts[part] = average[start : start + h * w].reshape(h, w).numpy()
         start += h * w
-    tokens = out.sequences[0, inputs["input_ids"].shape[1]:]
+    tokens = out.sequences[0, inputs["input_ids"].shape[1] :]
     return parts, tokens
 
 
@@ -119,7 +136,9 @@ def _check(name, amap, expected, tokens, processor):
     assert amap.parts["attention"].shape == expected["attention"].shape
     np.testing.assert_allclose(amap.parts["attention"], expected["attention"], atol=1e-5, rtol=0)
     if name == "llava-next":
-        np.testing.assert_allclose(amap.extra["base_attention"], expected["base"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            amap.extra["base_attention"], expected["base"], atol=1e-5, rtol=0
+        )
     assert amap.answer == processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
     assert amap.extra["passes"] == len(tokens)
 
@@ -132,7 +151,9 @@ def test_batch_of_one_matches_eager_oracle(family):
     expected, tokens = _oracle(name, eager, processor, image, query)
     _check(name, amap, expected, tokens, processor)
     assert amap.extra["passes"] == STEPS
-    total = amap.parts["attention"].sum() + (amap.extra["base_attention"].sum() if name == "llava-next" else 0)
+    total = amap.parts["attention"].sum() + (
+        amap.extra["base_attention"].sum() if name == "llava-next" else 0
+    )
     assert total == pytest.approx(1.0, abs=1e-5)
 
 
@@ -146,13 +167,16 @@ def test_batch_of_three_with_early_eos_matches_per_image_oracle(family):
         plain = _generate(model, _inputs(processor, images, QUERIES))[:, -STEPS:]
     # Make a token that row 0 generates at step 2..5 the EOS, if no other row produces it earlier.
     eos = next(
-        int(t) for t in plain[0, 1:-1]
+        int(t)
+        for t in plain[0, 1:-1]
         if all(int(t) not in plain[r, :3].tolist() for r in (1, 2)) and int(t) not in plain[0, :1]
     )
     saved = model.generation_config.eos_token_id, eager.generation_config.eos_token_id
     model.generation_config.eos_token_id = eager.generation_config.eos_token_id = eos
     try:
-        maps = cls(model, processor, layer=LAYER, max_new_tokens=STEPS, batch_size=3)(images, QUERIES)
+        maps = cls(model, processor, layer=LAYER, max_new_tokens=STEPS, batch_size=3)(
+            images, QUERIES
+        )
         for amap, image, query in zip(maps, images, QUERIES):
             expected, tokens = _oracle(name, eager, processor, image, query)
             _check(name, amap, expected, tokens, processor)
@@ -187,7 +211,11 @@ def _snapshot(model, processor):
         {name: m.training for name, m in model.named_modules()},
         (model.config._attn_implementation, model.config.text_config._attn_implementation),
         _hooks(model),
-        (processor.tokenizer.padding_side, processor.image_processor.to_json_string(), processor.chat_template),
+        (
+            processor.tokenizer.padding_side,
+            processor.image_processor.to_json_string(),
+            processor.chat_template,
+        ),
         _rope_deltas(model),
     )
 
@@ -203,11 +231,17 @@ def _assert_unchanged(model, processor, before):
     after = model.state_dict()
     assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
     assert {name: m.training for name, m in model.named_modules()} == modes
-    assert (model.config._attn_implementation, model.config.text_config._attn_implementation) == impl
+    assert (
+        model.config._attn_implementation,
+        model.config.text_config._attn_implementation,
+    ) == impl
     assert impl == ("sdpa", "sdpa")
     assert _hooks(model) == hooks
-    assert (processor.tokenizer.padding_side, processor.image_processor.to_json_string(),
-            processor.chat_template) == processor_state
+    assert (
+        processor.tokenizer.padding_side,
+        processor.image_processor.to_json_string(),
+        processor.chat_template,
+    ) == processor_state
     after_deltas = _rope_deltas(model)
     assert (rope_deltas is None) == (after_deltas is None)
     assert rope_deltas is None or torch.equal(rope_deltas, after_deltas)
@@ -280,7 +314,10 @@ def test_geometry_of_wide_and_tall_images(family):
         assert maps[0].region == (0.0, 0.0, 60.0, 30.0)
         assert maps[1].region == pytest.approx((0.0, (6 - 8) * 70 / 56, 30.0, (66 - 8) * 70 / 56))
         assert all(m.extra["base_attention"].shape == (4, 4) for m in maps)
-        assert [m.extra["base_region"] for m in maps] == [(0.0, 0.0, 60.0, 30.0), (0.0, 0.0, 30.0, 70.0)]
+        assert [m.extra["base_region"] for m in maps] == [
+            (0.0, 0.0, 60.0, 30.0),
+            (0.0, 0.0, 30.0, 70.0),
+        ]
     else:
         # 60×30 -> 112×56 px (min_pixels) -> 8×4 patches -> 2×4 merged... as the processor says:
         inputs = _inputs(processor, images, ["a", "b"])
@@ -298,18 +335,28 @@ def test_saved_folder_through_registry_and_prompter(tmp_path, family):
     name, cls, model, processor, _ = family
     FAMILIES[name][1](save_dir=tmp_path)
     image, query = _images()[0], QUERIES[0]
-    loaded = create_attributor(cls.name, model=str(tmp_path), layer=LAYER, max_new_tokens=3, device="cpu")
+    loaded = create_attributor(
+        cls.name, model=str(tmp_path), layer=LAYER, max_new_tokens=3, device="cpu"
+    )
     assert type(loaded) is cls and loaded.describe()["backend"] == cls.name
     shared = cls(model, processor, layer=LAYER, max_new_tokens=3)
     np.testing.assert_allclose(
-        loaded([image], [query])[0].parts["attention"], shared([image], [query])[0].parts["attention"], atol=1e-6,
+        loaded([image], [query])[0].parts["attention"],
+        shared([image], [query])[0].parts["attention"],
+        atol=1e-6,
     )
-    result = Prompter(backend=cls.name, model=model, processor=processor, layer=LAYER, max_new_tokens=3)(image, query)
+    result = Prompter(
+        backend=cls.name, model=model, processor=processor, layer=LAYER, max_new_tokens=3
+    )(image, query)
     assert result.image.size == image.size
     # a loaded model with its processor given as a folder (what ``-B processor=PATH`` passes)
-    named = create_attributor(cls.name, model=model, processor=str(tmp_path), layer=LAYER, max_new_tokens=3)
+    named = create_attributor(
+        cls.name, model=model, processor=str(tmp_path), layer=LAYER, max_new_tokens=3
+    )
     np.testing.assert_allclose(
-        named([image], [query])[0].parts["attention"], shared([image], [query])[0].parts["attention"], atol=1e-6,
+        named([image], [query])[0].parts["attention"],
+        shared([image], [query])[0].parts["attention"],
+        atol=1e-6,
     )
 
 
@@ -328,9 +375,20 @@ def test_command_line_backend(tmp_path, name="qwen2-vl"):
     image = _images()[0]
     image.save(tmp_path / "photo.png")
     command = [
-        str(Path(sys.executable).with_name("api-prompt")), str(tmp_path / "photo.png"), QUERIES[0],
-        "--backend", name, "--model", str(folder), "--layer", str(LAYER), "--device", "cpu",
-        "--save-map", str(tmp_path / "map.npz"), "-q",
+        str(Path(sys.executable).with_name("api-prompt")),
+        str(tmp_path / "photo.png"),
+        QUERIES[0],
+        "--backend",
+        name,
+        "--model",
+        str(folder),
+        "--layer",
+        str(LAYER),
+        "--device",
+        "cpu",
+        "--save-map",
+        str(tmp_path / "map.npz"),
+        "-q",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr

@@ -23,7 +23,9 @@ NOT_TESTED = "# not tested here"
 def code_blocks(path: Path) -> list[tuple[str, str]]:
     """``(language, text)`` of every fenced code block of a Markdown file, in order."""
     text = path.read_text(encoding="utf-8")
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)]
+    return [
+        (m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
+    ]
 
 
 def nav_pages() -> set[str]:
@@ -35,11 +37,16 @@ def nav_pages() -> set[str]:
 
 @pytest.mark.slow
 def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
-    pytest.importorskip("mkdocs", reason="the docs site needs the dev extra: pip install -e '.[dev]'")
+    pytest.importorskip(
+        "mkdocs", reason="the docs site needs the dev extra: pip install -e '.[dev]'"
+    )
     pytest.importorskip("mkdocstrings")
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # the Python API page is generated from the docstrings, not left empty
@@ -64,13 +71,18 @@ def test_readme_is_a_first_screen_whose_links_resolve() -> None:
     assert missing == []
     # the two set-up commands stay at the top, the first one being the offline main job
     blocks = [text for language, text in code_blocks(ROOT / "README.md") if language == "bash"]
-    assert 'pip install . && api-prompt example:synthshapes-23 "a red square" -m synthshapes' in blocks[0]
+    assert (
+        'pip install . && api-prompt example:synthshapes-23 "a red square" -m synthshapes'
+        in blocks[0]
+    )
     assert 'pip install -e ".[dev,all]" && python -m pytest' in blocks[0]
 
 
 def test_getting_started_is_runnable_blocks() -> None:
     blocks = code_blocks(DOCS / "getting-started.md")
-    assert {language for language, _ in blocks} <= {"bash", "python"}, "only blocks the first-run test runs"
+    assert {language for language, _ in blocks} <= {"bash", "python"}, (
+        "only blocks the first-run test runs"
+    )
     skipped = [text for _, text in blocks if NOT_TESTED in text]
     assert len(skipped) == 1 and "download.pytorch.org/whl/cpu" in skipped[0]
     first = [text for language, text in blocks if language == "bash" and "api-prompt" in text][0]
@@ -81,9 +93,11 @@ def test_getting_started_is_runnable_blocks() -> None:
 def test_algorithm_is_where_the_code_cites_it() -> None:
     assert (DOCS / "ALGORITHM.md").is_file()
     citing = [
-        path for folder in ("api_prompt", "cli", "tests", "benchmarks")
+        path
+        for folder in ("api_prompt", "cli", "tests", "benchmarks")
         for path in (ROOT / folder).rglob("*.py")
-        if path != Path(__file__) and re.search(r"(?<!docs/)\bALGORITHM\.md", path.read_text(encoding="utf-8"))
+        if path != Path(__file__)
+        and re.search(r"(?<!docs/)\bALGORITHM\.md", path.read_text(encoding="utf-8"))
     ]
     assert citing == [], "cite docs/ALGORITHM.md"
 
@@ -92,8 +106,13 @@ def test_the_wheel_lists_every_package() -> None:
     """pyproject.toml names the packages one by one (cli/ is mapped to api_prompt.cli), so a new
     subpackage left out of the list would be missing from the wheel (tests/test_first_run.py
     shows the failure end to end; this says which one, at once)."""
-    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "api_prompt").rglob("__init__.py")}
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "api_prompt").rglob("__init__.py")
+    }
     assert found - listed == set()

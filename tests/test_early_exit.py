@@ -46,11 +46,21 @@ def images():
 
 def run_counts(model):
     """Forward-call counters on every block and on ln_post (handles to remove afterwards)."""
-    counts = {"ln_post": 0, **{index: 0 for index in range(len(model.visual.transformer.resblocks))}}
-    handles = [model.visual.ln_post.register_forward_pre_hook(lambda *_: counts.__setitem__("ln_post", counts["ln_post"] + 1))]
+    counts = {
+        "ln_post": 0,
+        **{index: 0 for index in range(len(model.visual.transformer.resblocks))},
+    }
+    handles = [
+        model.visual.ln_post.register_forward_pre_hook(
+            lambda *_: counts.__setitem__("ln_post", counts["ln_post"] + 1)
+        )
+    ]
     for index, block in enumerate(model.visual.transformer.resblocks):
-        handles.append(block.register_forward_pre_hook(
-            lambda *_, index=index: counts.__setitem__(index, counts[index] + 1)))
+        handles.append(
+            block.register_forward_pre_hook(
+                lambda *_, index=index: counts.__setitem__(index, counts[index] + 1)
+            )
+        )
     return counts, handles
 
 
@@ -59,21 +69,33 @@ def assert_same_masks(full, fast):
         assert exact.extra["exact_parts"] is True and early.extra["exact_parts"] is False
         assert np.abs(exact.mask - early.mask).max() <= MASK_TOLERANCE
         for name in ("psi_cls", "psi_comp"):  # the same up to a positive affine map
-            np.testing.assert_allclose(minmax(early.parts[name]), minmax(exact.parts[name]), atol=1e-5, rtol=0)
-            assert np.corrcoef(early.parts[name].ravel(), exact.parts[name].ravel())[0, 1] > 1 - 1e-6
+            np.testing.assert_allclose(
+                minmax(early.parts[name]), minmax(exact.parts[name]), atol=1e-5, rtol=0
+            )
+            assert (
+                np.corrcoef(early.parts[name].ravel(), exact.parts[name].ravel())[0, 1] > 1 - 1e-6
+            )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_golden_fixture_masks_are_the_full_computations(case, fixture_model, expected_npz):
     model, preprocess, tokenizer = fixture_model
-    attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=case["layer"],
-                          enhance=case["enhance"], kernel_size=case["kernel_size"])
+    attr = CLIPAttributor(
+        model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        layer=case["layer"],
+        enhance=case["enhance"],
+        kernel_size=case["kernel_size"],
+    )
     image = Image.open(FIXTURE_DIR / case["image"]).convert("RGB")
     full = attr.attribute([image], [case["query"]])
     fast = attr.attribute([image], [case["query"]], exact_parts=False)
     assert_same_masks(full, fast)
-    assert np.abs(fast[0].mask - expected_npz[f"{case['name']}_mask"]).max() <= 1e-5  # the reference's
+    assert (
+        np.abs(fast[0].mask - expected_npz[f"{case['name']}_mask"]).max() <= 1e-5
+    )  # the reference's
 
 
 @pytest.mark.slow
@@ -92,7 +114,14 @@ def test_later_blocks_do_not_run(fixture_model, images):
 
 
 def tiny_clip(seed=0, **vision):
-    vision_cfg = {"image_size": 64, "patch_size": 16, "layers": 4, "width": 32, "head_width": 8, **vision}
+    vision_cfg = {
+        "image_size": 64,
+        "patch_size": 16,
+        "layers": 4,
+        "width": 32,
+        "head_width": 8,
+        **vision,
+    }
     text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
     torch.manual_seed(seed)
     return open_clip.model.CLIP(embed_dim=16, vision_cfg=vision_cfg, text_cfg=text_cfg).eval()
@@ -118,10 +147,16 @@ def test_random_towers_of_several_shapes(vision, layer, seed, fixture_model, ima
     except TypeError as exc:  # an option this open_clip major does not have
         pytest.skip(f"open_clip {open_clip.__version__}: {exc}")
     size = model.visual.image_size
-    preprocess = open_clip.image_transform(size[0] if isinstance(size, (tuple, list)) else size, is_train=False)
-    attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=fixture_model[2], layer=layer, batch_size=3)
+    preprocess = open_clip.image_transform(
+        size[0] if isinstance(size, (tuple, list)) else size, is_train=False
+    )
+    attr = CLIPAttributor(
+        model, preprocess=preprocess, tokenizer=fixture_model[2], layer=layer, batch_size=3
+    )
     queries = ["a dog", "the red sign", "what is on the left?", "a dog"]
-    assert_same_masks(attr.attribute(images, queries), attr.attribute(images, queries, exact_parts=False))
+    assert_same_masks(
+        attr.attribute(images, queries), attr.attribute(images, queries, exact_parts=False)
+    )
 
 
 @pytest.mark.slow
@@ -129,7 +164,9 @@ def test_real_shape_vit_b_16(fixture_model, images):
     """ViT-B-16's real shape (12 blocks, width 768, 14×14 grid), random weights, default L' = 10."""
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained=None)
-    attr = CLIPAttributor(model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer("ViT-B-16"))
+    attr = CLIPAttributor(
+        model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer("ViT-B-16")
+    )
     assert attr.layer == 10
     queries = ["what is written on the sign?", "a dog"]
     full = attr.attribute(images[:2], queries)
@@ -139,7 +176,9 @@ def test_real_shape_vit_b_16(fixture_model, images):
 
 
 def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, {m: m.training for m in model.modules()}
+    return {k: v.clone() for k, v in model.state_dict().items()}, {
+        m: m.training for m in model.modules()
+    }
 
 
 def test_model_is_left_unchanged(fixture_model, images):
@@ -200,16 +239,26 @@ def test_default_attributor_parts_are_the_reference_scale(fixture_model, images,
 @pytest.mark.slow
 def test_a_scale_dependent_recipe_is_refused_on_early_parts(fixture_model, images):
     model, preprocess, tokenizer = fixture_model
-    prompter = Prompter(attributor=CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=3))
+    prompter = Prompter(
+        attributor=CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, layer=3)
+    )
     amap = prompter.attribute(images[0], "a dog")[0]
-    register_recipe(Recipe("test-raw-cls", ("psi_cls", "psi_comp"),
-                           lambda cls, comp, coe, kernel_size: np.clip(cls, 0, 1), "scale-dependent"))
+    register_recipe(
+        Recipe(
+            "test-raw-cls",
+            ("psi_cls", "psi_comp"),
+            lambda cls, comp, coe, kernel_size: np.clip(cls, 0, 1),
+            "scale-dependent",
+        )
+    )
     try:
         assert "test-raw-cls" not in SCALE_FREE_RECIPES
         with pytest.raises(ConfigError, match="exact_parts=True"):
             prompter.combine(amap, recipe="test-raw-cls")
         # a Prompter built with that recipe asks for exact parts by itself
-        own = Prompter(attributor=prompter.attributor, recipe="test-raw-cls").attribute(images[0], "a dog")[0]
+        own = Prompter(attributor=prompter.attributor, recipe="test-raw-cls").attribute(
+            images[0], "a dog"
+        )[0]
         assert own.extra["exact_parts"] is True
     finally:
         RECIPES.pop("test-raw-cls")
@@ -231,14 +280,27 @@ CLI = Path(sys.executable).parent / "api-prompt"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CLI.exists(), reason="the api-prompt command is not installed (pip install -e .)")
+@pytest.mark.skipif(
+    not CLI.exists(), reason="the api-prompt command is not installed (pip install -e .)"
+)
 def test_save_map_writes_the_reference_scale(expected_npz, tmp_path):
     case = CASES[0]
     saved_map = tmp_path / "map.npz"
     command = [
-        str(CLI), str(FIXTURE_DIR / case["image"]), case["query"], "--model", f"local-dir:{FIXTURE_DIR / 'model'}",
-        "--layer", str(case["layer"]), "-o", str(tmp_path / "out.png"), "--save-map", str(saved_map),
-        "--device", "cpu", "--quiet",
+        str(CLI),
+        str(FIXTURE_DIR / case["image"]),
+        case["query"],
+        "--model",
+        f"local-dir:{FIXTURE_DIR / 'model'}",
+        "--layer",
+        str(case["layer"]),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--save-map",
+        str(saved_map),
+        "--device",
+        "cpu",
+        "--quiet",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr

@@ -29,7 +29,9 @@ def _executable() -> str | None:
 
 
 EXECUTABLE = _executable()
-needs_executable = pytest.mark.skipif(EXECUTABLE is None, reason="api-prompt is not installed (pip install -e .)")
+needs_executable = pytest.mark.skipif(
+    EXECUTABLE is None, reason="api-prompt is not installed (pip install -e .)"
+)
 
 
 def _pope_data(folder: Path, n: int = 12) -> Path:
@@ -38,8 +40,15 @@ def _pope_data(folder: Path, n: int = 12) -> Path:
     for i in range(n):
         level = 200 if i % 2 else 40
         Image.new("RGB", (8, 8), (level, level, level)).save(folder / f"{i}.png")
-        rows.append({"id": f"q{i}", "image": f"{i}.png", "question": "Is it bright?",
-                     "answer": "yes" if i % 2 else "no", "category": "odd" if i % 3 else "third"})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "image": f"{i}.png",
+                "question": "Is it bright?",
+                "answer": "yes" if i % 2 else "no",
+                "category": "odd" if i % 3 else "third",
+            }
+        )
     path = folder / "pope.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -64,14 +73,17 @@ def test_outputs_follow_the_evaluation_contract(tmp_path):
     lines = _lines(tmp_path / "out" / "predictions.jsonl")
     assert len(lines) == 24
     assert {tuple(sorted(k for k in line if k != "index")) for line in lines} == {
-        ("answer", "condition", "error", "id", "score")}
-    assert {(row["id"], row["condition"]) for row in lines} == {(f"q{i}", c) for i in range(12) for c in ("original", "api")}
+        ("answer", "condition", "error", "id", "score")
+    }
+    assert {(row["id"], row["condition"]) for row in lines} == {
+        (f"q{i}", c) for i in range(12) for c in ("original", "api")
+    }
     # the bright-detector is always right on the original and always wrong on the inverted image
     assert summary["conditions"]["original"]["metrics"]["accuracy"] == 1.0
     assert summary["conditions"]["api"]["metrics"]["accuracy"] == 0.0
     delta = summary["delta"]["accuracy"]
     assert delta["value"] == -1.0 and delta["ci95"] == [-1.0, -1.0]
-    assert delta["p_value"] == pytest.approx(2 / 2 ** 12)     # 12 discordant pairs, all one way
+    assert delta["p_value"] == pytest.approx(2 / 2**12)  # 12 discordant pairs, all one way
     assert summary["delta"]["f1"]["p_value"] is None
     assert "odd/accuracy" in summary["conditions"]["api"]["metrics"]
     stored = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -89,16 +101,21 @@ def test_a_failed_target_call_is_an_error_left_out_of_both_conditions(tmp_path):
 
     def flaky(image, question):
         seen.append(image.getpixel((0, 0)))
-        if image.getpixel((0, 0))[0] == 255 - 200:          # the inverted bright images fail
+        if image.getpixel((0, 0))[0] == 255 - 200:  # the inverted bright images fail
             raise RuntimeError("HTTP 500 from the server")
         return bright(image, question)
 
     summary = evaluate(data, "pope", flaky, tmp_path / "out", prompter=invert, batch_size=4)
     lines = _lines(tmp_path / "out" / "predictions.jsonl")
     failed = [row for row in lines if row["error"]]
-    assert len(failed) == 6 and all(row["condition"] == "api" and "HTTP 500" in row["error"] for row in failed)
+    assert len(failed) == 6 and all(
+        row["condition"] == "api" and "HTTP 500" in row["error"] for row in failed
+    )
     assert all(row["score"] is None and row["answer"] is None for row in failed)
-    assert summary["conditions"]["api"]["errors"] == 6 and summary["conditions"]["original"]["errors"] == 0
+    assert (
+        summary["conditions"]["api"]["errors"] == 6
+        and summary["conditions"]["original"]["errors"] == 0
+    )
     assert summary["conditions"]["original"]["n"] == summary["conditions"]["api"]["n"] == 6
     # only the dark images are left in both conditions: the original answers them all right
     assert summary["conditions"]["original"]["metrics"]["accuracy"] == 1.0
@@ -118,7 +135,7 @@ def test_condition_subsets_and_bad_arguments(tmp_path):
     (tmp_path / "noanswer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ConfigError, match="needs the field 'answer'"):
         evaluate(tmp_path / "noanswer.jsonl", "gqa", bright, tmp_path / "d")
-    assert not (tmp_path / "d").exists()      # refused before any output or model
+    assert not (tmp_path / "d").exists()  # refused before any output or model
 
 
 def test_a_changed_parameter_is_refused_on_resume(tmp_path):
@@ -126,7 +143,9 @@ def test_a_changed_parameter_is_refused_on_resume(tmp_path):
     evaluate(data, "pope", bright, tmp_path / "out", prompter=invert, limit=4)
     with pytest.raises(ConfigError, match="different parameters"):
         evaluate(data, "pope", bright, tmp_path / "out", prompter=invert, limit=6)
-    summary = evaluate(data, "pope", bright, tmp_path / "out", prompter=invert, limit=6, overwrite=True)
+    summary = evaluate(
+        data, "pope", bright, tmp_path / "out", prompter=invert, limit=6, overwrite=True
+    )
     assert summary["conditions"]["api"]["n"] == 6
 
 
@@ -152,8 +171,8 @@ def test_the_evaluation_folder_follows_the_batch_folder_rules(tmp_path):
     finally:
         held.close()
     lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
-    (out / "predictions.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])   # killed mid-line
-    (out / ".eval_run.json.tmp").write_text("{")                                   # and mid-write
+    (out / "predictions.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])  # killed mid-line
+    (out / ".eval_run.json.tmp").write_text("{")  # and mid-write
     resumed = evaluate(data, "pope", bright, out, prompter=invert, limit=4)
     assert not (out / ".eval_run.json.tmp").exists()
     assert _lines(out / "predictions.jsonl")[-1] == json.loads(lines[-1])
@@ -172,10 +191,14 @@ def test_a_stopped_run_resumes_to_the_same_summary(tmp_path):
         return bright(image, question)
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate(data, "pope", stops, tmp_path / "part", prompter=invert, batch_size=3, target_name="t")
+        evaluate(
+            data, "pope", stops, tmp_path / "part", prompter=invert, batch_size=3, target_name="t"
+        )
     partial = _lines(tmp_path / "part" / "predictions.jsonl")
     assert 0 < len(partial) < 40
-    resumed = evaluate(data, "pope", bright, tmp_path / "part", prompter=invert, batch_size=3, target_name="t")
+    resumed = evaluate(
+        data, "pope", bright, tmp_path / "part", prompter=invert, batch_size=3, target_name="t"
+    )
     assert len(_lines(tmp_path / "part" / "predictions.jsonl")) == 40
     assert resumed["conditions"] == whole["conditions"] and resumed["delta"] == whole["delta"]
 
@@ -194,7 +217,16 @@ def test_vlmevalkit_tsv_with_circular_variants(tmp_path):
     header = ["index", "image", "question", "A", "B", "C", "answer", "category"]
     rows = [  # question 1 in two circular variants (the options rotate), question 2 once
         [1, red, "Which colour?", "red", "blue", "green", "A", "colour"],
-        [1000001, "1", "Which colour?", "blue", "green", "red", "C", "colour"],   # image by reference
+        [
+            1000001,
+            "1",
+            "Which colour?",
+            "blue",
+            "green",
+            "red",
+            "C",
+            "colour",
+        ],  # image by reference
         [2, blue, "Which colour?", "red", "blue", "green", "B", "colour"],
     ]
     path = tmp_path / "MMBench.tsv"
@@ -212,7 +244,9 @@ def test_vlmevalkit_tsv_with_circular_variants(tmp_path):
 
 @pytest.mark.slow
 def test_lmms_eval_layout_dataset_folder_and_parquet(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="pip install '.[datasets]' to read datasets folders")
+    datasets = pytest.importorskip(
+        "datasets", reason="pip install '.[datasets]' to read datasets folders"
+    )
     images = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(4)]
     table = {
         "question_id": [10, 11, 12, 13],
@@ -220,22 +254,33 @@ def test_lmms_eval_layout_dataset_folder_and_parquet(tmp_path):
         "image": images,
         "answers": [["two"] * 10, ["2"] * 3 + ["3"] * 7, ["a dog"] * 10, ["cat"] * 10],
     }
-    features = datasets.Features({
-        "question_id": datasets.Value("int64"), "question": datasets.Value("string"),
-        "image": datasets.Image(), "answers": datasets.Sequence(datasets.Value("string")),
-    })
+    features = datasets.Features(
+        {
+            "question_id": datasets.Value("int64"),
+            "question": datasets.Value("string"),
+            "image": datasets.Image(),
+            "answers": datasets.Sequence(datasets.Value("string")),
+        }
+    )
     dataset = datasets.Dataset.from_dict(table, features=features)
     dataset.save_to_disk(str(tmp_path / "textvqa"))
     dataset.to_parquet(str(tmp_path / "textvqa.parquet"))
     replies = {0: "2", 40: "two", 80: "Dog.", 120: "cats"}
     target = lambda image, question: replies[image.getpixel((0, 0))[0]]  # noqa: E731
     for data in (tmp_path / "textvqa", tmp_path / "textvqa.parquet"):
-        summary = evaluate(data, "textvqa", target, tmp_path / f"out-{data.suffix or 'hf'}", conditions="original")
+        summary = evaluate(
+            data, "textvqa", target, tmp_path / f"out-{data.suffix or 'hf'}", conditions="original"
+        )
         # "two" vs three 2s and seven 3s: leaving out a 2 -> 2/3, leaving out a 3 -> 1
         expected = (1 + (3 * 2 / 3 + 7 * 1) / 10 + 1 + 0) / 4
-        assert summary["conditions"]["original"]["metrics"]["vqa_accuracy"] == pytest.approx(expected)
-        ids = [row["id"] for row in _lines(tmp_path / f"out-{data.suffix or 'hf'}" / "predictions.jsonl")]
-        assert ids == ["10", "11", "12", "13"]      # question_id is the id in the lmms-eval layout
+        assert summary["conditions"]["original"]["metrics"]["vqa_accuracy"] == pytest.approx(
+            expected
+        )
+        ids = [
+            row["id"]
+            for row in _lines(tmp_path / f"out-{data.suffix or 'hf'}" / "predictions.jsonl")
+        ]
+        assert ids == ["10", "11", "12", "13"]  # question_id is the id in the lmms-eval layout
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -248,9 +293,23 @@ def _synthshapes(folder: Path, n: int) -> Path:
 
 
 def _eval_command(data: Path, out: Path, *extra: str) -> list[str]:
-    return [EXECUTABLE, "eval", str(data), "--benchmark", "synthshapes-mcq",
-            "--target", f"clip-zeroshot:{CLIP}", "--model", CLIP, "--device", "cpu",
-            "--out", str(out), "--quiet", *extra]
+    return [
+        EXECUTABLE,
+        "eval",
+        str(data),
+        "--benchmark",
+        "synthshapes-mcq",
+        "--target",
+        f"clip-zeroshot:{CLIP}",
+        "--model",
+        CLIP,
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _env():
@@ -268,17 +327,27 @@ def test_cli_resumes_after_kill_9_to_the_same_summary(tmp_path):
 
     data = _synthshapes(tmp_path / "data", 60)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)       # as the subprocesses run (OMP_NUM_THREADS=1)
+    torch.set_num_threads(1)  # as the subprocesses run (OMP_NUM_THREADS=1)
     try:
-        whole = evaluate(data, "synthshapes-mcq", create_target(f"clip-zeroshot:{CLIP}", device="cpu"),
-                         tmp_path / "whole", prompter=Prompter(model=CLIP, device="cpu", batch_size=4),
-                         batch_size=4, generation={"max_new_tokens": 64})
+        whole = evaluate(
+            data,
+            "synthshapes-mcq",
+            create_target(f"clip-zeroshot:{CLIP}", device="cpu"),
+            tmp_path / "whole",
+            prompter=Prompter(model=CLIP, device="cpu", batch_size=4),
+            batch_size=4,
+            generation={"max_new_tokens": 64},
+        )
     finally:
         torch.set_num_threads(threads)
 
     out = tmp_path / "killed"
-    process = subprocess.Popen(_eval_command(data, out, "--batch-size", "4"), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _eval_command(data, out, "--batch-size", "4"),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     predictions = out / "predictions.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -291,8 +360,13 @@ def test_cli_resumes_after_kill_9_to_the_same_summary(tmp_path):
     assert 16 <= written < 120, "the run was not stopped in the middle"
     assert not (out / "summary.json").exists()
 
-    resumed = subprocess.run(_eval_command(data, out, "--batch-size", "4"),
-                             capture_output=True, text=True, env=_env(), timeout=300)
+    resumed = subprocess.run(
+        _eval_command(data, out, "--batch-size", "4"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     lines = _lines(predictions)
     assert len({(row["id"], row["condition"]) for row in lines}) == 120
@@ -302,21 +376,35 @@ def test_cli_resumes_after_kill_9_to_the_same_summary(tmp_path):
     assert second["conditions"]["api"]["n"] == 60 and second["conditions"]["api"]["errors"] == 0
 
 
-@pytest.mark.parametrize("args, words, installed", [
-    (["--benchmark", "mmvet"], ["mmvet", "--judge"], False),    # judge-scored: needs --judge
-    (["--benchmark", "pope", "--conditions", "original,prompted"], ["prompted"], False),
-    (["--benchmark", "pope", "--target", "nope:x"], ["unknown target"], True),
-    (["--benchmark", "gqa"], ["answer"], True),                 # the data has no ground truth
-])
+@pytest.mark.parametrize(
+    "args, words, installed",
+    [
+        (["--benchmark", "mmvet"], ["mmvet", "--judge"], False),  # judge-scored: needs --judge
+        (["--benchmark", "pope", "--conditions", "original,prompted"], ["prompted"], False),
+        (["--benchmark", "pope", "--target", "nope:x"], ["unknown target"], True),
+        (["--benchmark", "gqa"], ["answer"], True),  # the data has no ground truth
+    ],
+)
 def test_cli_bad_input_is_one_error_line(tmp_path, args, words, installed):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    (tmp_path / "d.jsonl").write_text(json.dumps({"id": 1, "image": "a.png", "question": "q"}) + "\n")
-    command = ["eval", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "out"),
-               "--target", "openai:gpt-4o-mini", *args]
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"id": 1, "image": "a.png", "question": "q"}) + "\n"
+    )
+    command = [
+        "eval",
+        str(tmp_path / "d.jsonl"),
+        "--out",
+        str(tmp_path / "out"),
+        "--target",
+        "openai:gpt-4o-mini",
+        *args,
+    ]
     if installed:
         if EXECUTABLE is None:
             pytest.skip("api-prompt is not installed (pip install -e .)")
-        result = subprocess.run([EXECUTABLE, *command], capture_output=True, text=True, env=_env(), timeout=300)
+        result = subprocess.run(
+            [EXECUTABLE, *command], capture_output=True, text=True, env=_env(), timeout=300
+        )
         code, stderr = result.returncode, result.stderr
     else:
         from typer.testing import CliRunner
@@ -329,7 +417,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, words, installed):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), stderr
     assert all(word in lines[0] for word in words), lines[0]
-    assert not (tmp_path / "out").exists()          # refused before writing or loading anything
+    assert not (tmp_path / "out").exists()  # refused before writing or loading anything
 
 
 @pytest.mark.slow
@@ -342,12 +430,16 @@ def test_clip_zeroshot_target_picks_the_closest_option_caption():
 
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
     rows, scenes = zip(*(make_question(i) for i in range(8)))
-    questions = [target_prompt("synthshapes-mcq", EvalSample(i, r["id"], None, r["question"], r))
-                 for i, r in enumerate(rows)]
+    questions = [
+        target_prompt("synthshapes-mcq", EvalSample(i, r["id"], None, r["question"], r))
+        for i, r in enumerate(rows)
+    ]
     assert parse_options(questions[0]) == {k: rows[0][k] for k in "ABCD"}
     answers = target([s.image for s in scenes], questions)
     assert all(a in "ABCD" for a in answers)
-    assert sum(a == r["answer"] for a, r in zip(answers, rows)) >= 6     # the small CLIP is good at this
+    assert (
+        sum(a == r["answer"] for a, r in zip(answers, rows)) >= 6
+    )  # the small CLIP is good at this
     with pytest.raises(TargetError, match="multiple choice only"):
         target([scenes[0].image], ["What colour is the circle?"])
 
@@ -358,8 +450,16 @@ def test_bare_question_asks_the_question_as_the_data_has_it_and_a_resume_must_ag
     rows = []
     for i in range(4):
         Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
-        rows.append({"id": f"q{i}", "image": f"{i}.png", "question": f" What is shown {i}? ",
-                     "answer": "A", "A": "red", "B": "blue"})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "image": f"{i}.png",
+                "question": f" What is shown {i}? ",
+                "answer": "A",
+                "A": "red",
+                "B": "blue",
+            }
+        )
     data = tmp_path / "mcq.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     asked = []
@@ -368,10 +468,14 @@ def test_bare_question_asks_the_question_as_the_data_has_it_and_a_resume_must_ag
         asked.append(question)
         return "red"
 
-    summary = evaluate(data, "mcq", target, tmp_path / "bare", conditions=["original"], bare_question=True)
-    assert asked == [r["question"] for r in rows]          # exactly, whitespace and all
+    summary = evaluate(
+        data, "mcq", target, tmp_path / "bare", conditions=["original"], bare_question=True
+    )
+    assert asked == [r["question"] for r in rows]  # exactly, whitespace and all
     assert summary["settings"]["bare_question"] is True
-    assert summary["conditions"]["original"]["metrics"]["accuracy"] == 1.0   # "red" is option A's text
+    assert (
+        summary["conditions"]["original"]["metrics"]["accuracy"] == 1.0
+    )  # "red" is option A's text
     stored = json.loads((tmp_path / "bare" / "eval_run.json").read_text())
     assert stored["parameters"]["settings"]["bare_question"] is True
     with pytest.raises(ConfigError, match="bare_question"):
@@ -380,5 +484,7 @@ def test_bare_question_asks_the_question_as_the_data_has_it_and_a_resume_must_ag
     asked.clear()
     summary = evaluate(data, "mcq", target, tmp_path / "default", conditions=["original"])
     assert "bare_question" not in summary["settings"]
-    assert asked[0] == "Question: What is shown 0?\nOptions:\nA. red\nB. blue\n" \
+    assert (
+        asked[0] == "Question: What is shown 0?\nOptions:\nA. red\nB. blue\n"
         "Please select the correct answer from the options above."
+    )

@@ -44,14 +44,24 @@ def test_every_style_is_a_condition_made_from_one_map_per_sample(small_mcq, tmp_
     prompter = CountingPrompter(model=CLIP, device="cpu", style_options={"crop_size": 64})
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
     CountingPrompter.images_attributed = 0
-    summary = evaluate(small_mcq, "synthshapes-mcq", target, tmp_path / "run", conditions=STYLED,
-                       prompter=prompter, batch_size=4)
-    assert CountingPrompter.images_attributed == 8            # one map per sample for four styles
+    summary = evaluate(
+        small_mcq,
+        "synthshapes-mcq",
+        target,
+        tmp_path / "run",
+        conditions=STYLED,
+        prompter=prompter,
+        batch_size=4,
+    )
+    assert CountingPrompter.images_attributed == 8  # one map per sample for four styles
     assert list(summary["conditions"]) == STYLED.split(",")
 
     # each condition's answers, made here independently: the map, the style, the target
     _, samples = read_samples(small_mcq)
-    predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    predictions = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    ]
     recorded = {(p["id"], p["condition"]): p["answer"] for p in predictions}
     accuracy = {}
     for condition in STYLED.split(","):
@@ -71,15 +81,21 @@ def test_every_style_is_a_condition_made_from_one_map_per_sample(small_mcq, tmp_
             assert recorded[(sample.id, condition)] == answer, (sample.id, condition)
             right.append(answer == sample.fields["answer"])
         accuracy[condition] = float(np.mean(right))
-        assert summary["conditions"][condition]["metrics"]["accuracy"] == pytest.approx(accuracy[condition])
+        assert summary["conditions"][condition]["metrics"]["accuracy"] == pytest.approx(
+            accuracy[condition]
+        )
 
     pairs = summary["comparisons"]
-    assert len(pairs) == 10                                   # every two of five conditions
+    assert len(pairs) == 10  # every two of five conditions
     crop = pairs["crop - original"]["accuracy"]
     assert crop["value"] == pytest.approx(accuracy["crop"] - accuracy["original"])
     assert crop["ci95"][0] <= crop["value"] <= crop["ci95"][1] and 0 <= crop["p_value"] <= 1
-    assert pairs["box - blur"]["accuracy"]["value"] == pytest.approx(accuracy["box"] - accuracy["blur"])
-    assert summary["delta"]["accuracy"]["value"] == pytest.approx(accuracy["overlay"] - accuracy["original"])
+    assert pairs["box - blur"]["accuracy"]["value"] == pytest.approx(
+        accuracy["box"] - accuracy["blur"]
+    )
+    assert summary["delta"]["accuracy"]["value"] == pytest.approx(
+        accuracy["overlay"] - accuracy["original"]
+    )
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| crop - original | accuracy |" in report
 
@@ -88,12 +104,23 @@ def test_every_style_is_a_condition_made_from_one_map_per_sample(small_mcq, tmp_
 def test_api_stays_the_prompters_style_and_the_contract_keeps_its_shape(small_mcq, tmp_path):
     prompter = Prompter(model=CLIP, device="cpu")
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
-    both = evaluate(small_mcq, "synthshapes-mcq", target, tmp_path / "both", conditions="original,api,overlay",
-                    prompter=prompter, batch_size=8)
+    both = evaluate(
+        small_mcq,
+        "synthshapes-mcq",
+        target,
+        tmp_path / "both",
+        conditions="original,api,overlay",
+        prompter=prompter,
+        batch_size=8,
+    )
     assert both["conditions"]["api"]["metrics"] == both["conditions"]["overlay"]["metrics"]
     assert both["delta"]["accuracy"]["value"] == pytest.approx(
-        both["conditions"]["api"]["metrics"]["accuracy"] - both["conditions"]["original"]["metrics"]["accuracy"])
-    two = evaluate(small_mcq, "synthshapes-mcq", target, tmp_path / "two", prompter=prompter, batch_size=8)
+        both["conditions"]["api"]["metrics"]["accuracy"]
+        - both["conditions"]["original"]["metrics"]["accuracy"]
+    )
+    two = evaluate(
+        small_mcq, "synthshapes-mcq", target, tmp_path / "two", prompter=prompter, batch_size=8
+    )
     assert "comparisons" not in two and set(two["conditions"]) == {"original", "api"}
 
 
@@ -101,15 +128,29 @@ def test_api_stays_the_prompters_style_and_the_contract_keeps_its_shape(small_mc
 def test_a_resume_with_other_style_options_is_refused(small_mcq, tmp_path):
     target = create_target(f"clip-zeroshot:{CLIP}", device="cpu")
     run = tmp_path / "run"
-    evaluate(small_mcq, "synthshapes-mcq", target, run, conditions="original,crop", limit=2,
-             prompter=Prompter(model=CLIP, device="cpu", style_options={"crop_size": 64}))
+    evaluate(
+        small_mcq,
+        "synthshapes-mcq",
+        target,
+        run,
+        conditions="original,crop",
+        limit=2,
+        prompter=Prompter(model=CLIP, device="cpu", style_options={"crop_size": 64}),
+    )
     recorded = json.loads((run / "eval_run.json").read_text())["parameters"]["settings"]["styles"]
     assert recorded == {"crop": {"style": "crop", **recorded["crop"], "crop_size": 64}}
     before = (run / "predictions.jsonl").read_bytes()
     with pytest.raises(ConfigError, match="different parameters"):
-        evaluate(small_mcq, "synthshapes-mcq", target, run, conditions="original,crop", limit=2,
-                 prompter=Prompter(model=CLIP, device="cpu", style_options={"crop_size": 32}))
-    assert (run / "predictions.jsonl").read_bytes() == before    # the first run's answers kept
+        evaluate(
+            small_mcq,
+            "synthshapes-mcq",
+            target,
+            run,
+            conditions="original,crop",
+            limit=2,
+            prompter=Prompter(model=CLIP, device="cpu", style_options={"crop_size": 32}),
+        )
+    assert (run / "predictions.jsonl").read_bytes() == before  # the first run's answers kept
 
 
 def test_condition_names_and_what_each_needs(small_mcq, tmp_path):
@@ -117,9 +158,15 @@ def test_condition_names_and_what_each_needs(small_mcq, tmp_path):
     with pytest.raises(ConfigError, match="choose from: original, api, overlay, crop, blur, box"):
         check_conditions("zoom")
     with pytest.raises(ConfigError, match="condition 'crop' needs a Prompter"):
-        evaluate(small_mcq, "synthshapes-mcq", lambda image, question: "A", tmp_path / "never",
-                 conditions="original,crop", prompter=lambda image, query: image)
-    assert not (tmp_path / "never").exists()                  # refused before anything is written
+        evaluate(
+            small_mcq,
+            "synthshapes-mcq",
+            lambda image, question: "A",
+            tmp_path / "never",
+            conditions="original,crop",
+            prompter=lambda image, query: image,
+        )
+    assert not (tmp_path / "never").exists()  # refused before anything is written
 
 
 def _exact_mcnemar(a, b):
@@ -144,25 +191,29 @@ def test_comparison_report_lists_every_pair_with_its_interval_and_p(tmp_path):
 
     rng = np.random.default_rng(3)
     n = 120
-    samples = [{"answer": "ABC"[i % 3], "A": "a", "B": "b", "C": "c", "question": "q", "category": "x"}
-               for i in range(n)]
+    samples = [
+        {"answer": "ABC"[i % 3], "A": "a", "B": "b", "C": "c", "question": "q", "category": "x"}
+        for i in range(n)
+    ]
     chance = {"original": 0.5, "overlay": 0.45, "crop": 0.75, "blur": 0.5, "box": 0.3}
     right = {c: rng.random(n) < p for c, p in chance.items()}
     wrong = {"A": "B", "B": "C", "C": "A"}
-    answers = {c: [s["answer"] if ok else wrong[s["answer"]] for s, ok in zip(samples, right[c])]
-               for c in chance}
+    answers = {
+        c: [s["answer"] if ok else wrong[s["answer"]] for s, ok in zip(samples, right[c])]
+        for c in chance
+    }
     errors = {c: [None] * n for c in chance}
     summary = summarize("synthshapes-mcq", samples, answers, errors, n_resamples=500, seed=1)
 
     pairs = summary["comparisons"]
-    assert set(pairs) == {f"{b} - {a}" for a, b in combinations(chance, 2)}      # all 10, b after a
+    assert set(pairs) == {f"{b} - {a}" for a, b in combinations(chance, 2)}  # all 10, b after a
     for a, b in combinations(chance, 2):
         delta = pairs[f"{b} - {a}"]["accuracy"]
         assert delta["value"] == pytest.approx(right[b].mean() - right[a].mean())
         assert delta["ci95"][0] <= delta["value"] <= delta["ci95"][1]
         assert delta["p_value"] == pytest.approx(_exact_mcnemar(right[a], right[b]), rel=1e-9)
     crop = pairs["crop - original"]["accuracy"]
-    assert crop["ci95"][0] > 0 and crop["p_value"] < 0.01                # a real gain is found as one
+    assert crop["ci95"][0] > 0 and crop["p_value"] < 0.01  # a real gain is found as one
     assert summary["delta"]["accuracy"] == pairs["overlay - original"]["accuracy"]
 
     assert write_chart(summary, tmp_path / "chart.png")

@@ -29,11 +29,15 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims ``width`` × ``height`` gray pixels but holds almost no data."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
         + chunk(b"IEND", b"")
     )
 
@@ -51,8 +55,13 @@ def test_path_str_bytes_and_file_object_give_the_same_image(tmp_path):
     original = Image.fromarray(np.arange(60, dtype=np.uint8).reshape(4, 5, 3))
     path = save(original, tmp_path / "a.png")
     data = path.read_bytes()
-    loaded = [load_image(path), load_image(str(path)), load_image(data), load_image(bytearray(data)),
-              load_image(io.BytesIO(data))]
+    loaded = [
+        load_image(path),
+        load_image(str(path)),
+        load_image(data),
+        load_image(bytearray(data)),
+        load_image(io.BytesIO(data)),
+    ]
     for image in loaded:
         np.testing.assert_array_equal(pixels(image), np.asarray(original))
 

@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reproduce.md"
 JUDGE = "gpt-4o-2024-11-20"
 #: (benchmark, backend) -> the paper's numbers without and with the visual prompt (docs/ALGORITHM.md §4).
-PAPER = {("mmvet", "clip"): ("32.8", "35.3"), ("mmvet", "llava"): ("32.8", "36.6"),
-         ("llava-bench", "clip"): ("71.9", "74.1"), ("llava-bench", "llava"): ("71.9", "74.8")}
+PAPER = {
+    ("mmvet", "clip"): ("32.8", "35.3"),
+    ("mmvet", "llava"): ("32.8", "36.6"),
+    ("llava-bench", "clip"): ("71.9", "74.1"),
+    ("llava-bench", "llava"): ("71.9", "74.8"),
+}
 
 
 def doc_commands() -> list[tuple[str, list[str]]]:
@@ -40,7 +44,10 @@ def _option(argv: list[str], name: str) -> str | None:
 
 def test_the_doc_has_one_command_per_row_of_the_paper_with_its_numbers():
     commands = doc_commands()
-    rows = {(_option(argv, "--benchmark"), _option(argv, "--backend")): comment for comment, argv in commands}
+    rows = {
+        (_option(argv, "--benchmark"), _option(argv, "--backend")): comment
+        for comment, argv in commands
+    }
     assert len(commands) == len(PAPER) and set(rows) == set(PAPER)
     for key, (before, after) in PAPER.items():
         assert f"{before} -> {after}" in rows[key], rows[key]
@@ -50,7 +57,10 @@ def test_the_doc_has_one_command_per_row_of_the_paper_with_its_numbers():
         assert _option(argv, "--target") == "hf:llava-hf/llava-1.5-7b-hf"
         assert _option(argv, "--judge") == f"openai:{JUDGE}"
         assert _option(argv, "--layer") == {"clip": "22", "llava": "20"}[_option(argv, "--backend")]
-        assert _option(argv, "--preset") == {"mmvet": "mmvet", "llava-bench": "llava-wild"}[_option(argv, "--benchmark")]
+        assert (
+            _option(argv, "--preset")
+            == {"mmvet": "mmvet", "llava-bench": "llava-wild"}[_option(argv, "--benchmark")]
+        )
 
 
 def test_what_the_doc_says_about_lmms_eval_and_vlmevalkit_is_in_their_code():
@@ -58,15 +68,23 @@ def test_what_the_doc_says_about_lmms_eval_and_vlmevalkit_is_in_their_code():
 
     text = DOC.read_text(encoding="utf-8")
     lmms = Path(importlib.util.find_spec("lmms_eval").origin).parent / "tasks"
-    assert 'MODEL_VERSION = os.getenv("MODEL_VERSION", "gpt-4o-2024-11-20")' in (lmms / "mmvet" / "utils.py").read_text()
-    assert 'pre_prompt: "First please perform reasoning, and think step by step' in (lmms / "mmvet" / "mmvet.yaml").read_text()
+    assert (
+        'MODEL_VERSION = os.getenv("MODEL_VERSION", "gpt-4o-2024-11-20")'
+        in (lmms / "mmvet" / "utils.py").read_text()
+    )
+    assert (
+        'pre_prompt: "First please perform reasoning, and think step by step'
+        in (lmms / "mmvet" / "mmvet.yaml").read_text()
+    )
     assert "First please perform reasoning, and think step by step ..." in text
     spec = importlib.util.find_spec("vlmeval")
     if spec is None:
         pytest.skip("VLMEvalKit (ms-vlmeval) is not installed")
     source = (Path(spec.origin).parent / "dataset" / "image_vqa.py").read_text()
-    for url in ("https://opencompass.openxlab.space/utils/VLMEval/MMVet.tsv",
-                "https://opencompass.openxlab.space/utils/VLMEval/LLaVABench.tsv"):
+    for url in (
+        "https://opencompass.openxlab.space/utils/VLMEval/MMVet.tsv",
+        "https://opencompass.openxlab.space/utils/VLMEval/LLaVABench.tsv",
+    ):
         assert f"'{url}'" in source and f"`{url}`" in text
 
 
@@ -87,12 +105,29 @@ def _tsv(path: Path, header: list[str], rows: list[list]) -> Path:
 def _data(folder: Path) -> dict[str, Path]:
     """4-row files in VLMEvalKit's format, under the names the doc uses."""
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
-    mmvet = _tsv(folder / "MMVet.tsv", ["index", "image", "question", "answer", "category"],
-                 [[i, _png_b64(c), f"What colour is shown ({i})?", "red<OR>green", caps]
-                  for i, (c, caps) in enumerate(zip(colours, ["rec", "ocr,rec", "know,gen", "spat,math"]))])
-    llava = _tsv(folder / "LLaVABench.tsv", ["index", "image", "question", "caption", "gpt4_ans", "category"],
-                 [[i, _png_b64(c), f"Describe the image ({i}).", "A plain colour.", "It is one colour.", cat]
-                  for i, (c, cat) in enumerate(zip(colours, ["conv", "detail", "complex", "conv"]))])
+    mmvet = _tsv(
+        folder / "MMVet.tsv",
+        ["index", "image", "question", "answer", "category"],
+        [
+            [i, _png_b64(c), f"What colour is shown ({i})?", "red<OR>green", caps]
+            for i, (c, caps) in enumerate(zip(colours, ["rec", "ocr,rec", "know,gen", "spat,math"]))
+        ],
+    )
+    llava = _tsv(
+        folder / "LLaVABench.tsv",
+        ["index", "image", "question", "caption", "gpt4_ans", "category"],
+        [
+            [
+                i,
+                _png_b64(c),
+                f"Describe the image ({i}).",
+                "A plain colour.",
+                "It is one colour.",
+                cat,
+            ]
+            for i, (c, cat) in enumerate(zip(colours, ["conv", "detail", "complex", "conv"]))
+        ],
+    )
     return {"MMVet.tsv": mmvet, "LLaVABench.tsv": llava}
 
 
@@ -103,13 +138,18 @@ def _scripted(conn, request) -> None:
     if body["model"] == JUDGE:
         reply = "0.6" if "Correctness" in text else "8 7\nBoth are fine."
         if "(3)" in text and body.get("temperature") == 0.0 and "Correctness" in text:
-            reply = "unsure"                      # MM-Vet's retry rule runs too
-        answer = {**completion(reply), "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": 2}}
+            reply = "unsure"  # MM-Vet's retry rule runs too
+        answer = {
+            **completion(reply),
+            "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": 2},
+        }
         return respond(200, answer)(conn, request)
     return respond(200, completion("A coloured picture."))(conn, request)
 
 
-def local_command(argv: list[str], data: dict[str, Path], out: Path, server, llava_folder: Path) -> list[str]:
+def local_command(
+    argv: list[str], data: dict[str, Path], out: Path, server, llava_folder: Path
+) -> list[str]:
     """The doc's command with the documented stand-ins (see 'How these commands are tested')."""
     replace_value = {
         "--target": "openai:scripted-target",
@@ -129,10 +169,13 @@ def local_command(argv: list[str], data: dict[str, Path], out: Path, server, lla
         elif previous in replace_value:
             local.append(replace_value[previous])
         elif arg in ("--pretrained", "--dtype", "--target-dtype"):
-            skip = True                           # the small CLIP needs no tag; fp32 on the CPU; an HTTP target has no dtype
+            skip = True  # the small CLIP needs no tag; fp32 on the CPU; an HTTP target has no dtype
         elif previous == "--model":
-            local.append(f"local-dir:{REPO / 'assets' / 'synthshapes-clip'}"
-                         if arg == "ViT-L-14-336-quickgelu" else str(llava_folder))
+            local.append(
+                f"local-dir:{REPO / 'assets' / 'synthshapes-clip'}"
+                if arg == "ViT-L-14-336-quickgelu"
+                else str(llava_folder)
+            )
         else:
             local.append(arg)
     return local + ["--base-url", server.base_url, "--judge-base-url", server.base_url, "--quiet"]
@@ -173,18 +216,25 @@ def test_every_command_runs_end_to_end(row, tmp_path, monkeypatch, llava_folder)
         assert summary["conditions"][condition]["n"] == 4
         assert summary["conditions"][condition]["errors"] == 0
     original = summary["conditions"]["original"]["metrics"][primary]
-    if benchmark == "mmvet":      # 0.6 for every answer; row 3 retried: unsure at temperature 0
+    if benchmark == "mmvet":  # 0.6 for every answer; row 3 retried: unsure at temperature 0
         assert original == pytest.approx(60.0)
-    else:                         # 7 against the reference's 8
+    else:  # 7 against the reference's 8
         assert original == round(7 / 8 * 100, 1)
     assert primary in summary["delta"]
-    assert summary["judge"]["judge_model"] == JUDGE and summary["judge"]["calls"] == len(judge_calls)
+    assert summary["judge"]["judge_model"] == JUDGE and summary["judge"]["calls"] == len(
+        judge_calls
+    )
     from api_prompt.presets import resolve_settings
 
-    prompter = summary["settings"]["prompter"]      # the maps were made as the command asked
+    prompter = summary["settings"]["prompter"]  # the maps were made as the command asked
     background = _option(argv, "--background")
-    expected = resolve_settings(_option(argv, "--preset"), background=int(background) if background else None)
+    expected = resolve_settings(
+        _option(argv, "--preset"), background=int(background) if background else None
+    )
     assert prompter["backend"] == _option(argv, "--backend") and prompter["layer"] == 2
     assert {name: prompter[name] for name in expected} == expected
-    lines = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert len(lines) == 8 and all(line["judge"]["grades"] for line in lines)

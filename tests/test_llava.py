@@ -47,8 +47,12 @@ def _inputs(processor, images, queries):
 
 def _generate(model, inputs, **options):
     return model.generate(
-        **inputs, max_new_tokens=STEPS, do_sample=False, num_beams=1,
-        pad_token_id=model.generation_config.pad_token_id, **options,
+        **inputs,
+        max_new_tokens=STEPS,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=model.generation_config.pad_token_id,
+        **options,
     )
 
 
@@ -63,7 +67,7 @@ def _oracle(eager, processor, image, query, layer=LAYER):
         probs = step[layer][0, :, -1, positions]  # (heads, image keys)
         rows.append((probs / probs.sum(-1, keepdim=True)).mean(0))
     grid = int(len(positions) ** 0.5)
-    tokens = out.sequences[0, inputs["input_ids"].shape[1]:]
+    tokens = out.sequences[0, inputs["input_ids"].shape[1] :]
     return torch.stack(rows).mean(0).reshape(grid, grid).numpy(), tokens
 
 
@@ -88,13 +92,16 @@ def test_batch_with_early_eos_matches_per_image_oracle(tiny):
         plain = _generate(model, _inputs(processor, images, QUERIES))[:, -STEPS:]
     # Make the token that row 0 generates third into EOS, if no other row produces it earlier.
     eos = next(
-        int(t) for t in plain[0, 1:]
+        int(t)
+        for t in plain[0, 1:]
         if all(int(t) not in plain[r, :3].tolist() for r in (1, 2)) and int(t) not in plain[0, :1]
     )
     saved = model.generation_config.eos_token_id, eager.generation_config.eos_token_id
     model.generation_config.eos_token_id = eager.generation_config.eos_token_id = eos
     try:
-        attributor = LLaVAAttributor(model, processor, layer=LAYER, max_new_tokens=STEPS, batch_size=3)
+        attributor = LLaVAAttributor(
+            model, processor, layer=LAYER, max_new_tokens=STEPS, batch_size=3
+        )
         maps = attributor(images, QUERIES)
         for amap, image, query in zip(maps, images, QUERIES):
             expected, tokens = _oracle(eager, processor, image, query)
@@ -143,7 +150,10 @@ def _assert_unchanged(model, before):
     assert state.keys() == after.keys()
     assert all(torch.equal(state[k], after[k]) for k in state)
     assert {name: m.training for name, m in model.named_modules()} == modes
-    assert (model.config._attn_implementation, model.config.text_config._attn_implementation) == (impl, text_impl)
+    assert (model.config._attn_implementation, model.config.text_config._attn_implementation) == (
+        impl,
+        text_impl,
+    )
     assert _hooks(model) == hooks
 
 
@@ -202,14 +212,23 @@ def test_bad_layer_is_a_config_error(tiny, layer):
 
 def test_bad_options_are_config_errors(tiny):
     model, processor, _ = tiny
-    for options in ({"kernel_size": 2}, {"max_new_tokens": 0}, {"batch_size": 0}, {"pretrained": "openai"}):
+    for options in (
+        {"kernel_size": 2},
+        {"max_new_tokens": 0},
+        {"batch_size": 0},
+        {"pretrained": "openai"},
+    ):
         with pytest.raises(ConfigError):
             LLaVAAttributor(model, processor, **options)
 
 
 @pytest.mark.parametrize(
     "size, region",
-    [((40, 20), (0.0, -10.0, 40.0, 30.0)), ((21, 50), (-14.0, 0.0, 36.0, 50.0)), ((7, 7), (0.0, 0.0, 7.0, 7.0))],
+    [
+        ((40, 20), (0.0, -10.0, 40.0, 30.0)),
+        ((21, 50), (-14.0, 0.0, 36.0, 50.0)),
+        ((7, 7), (0.0, 0.0, 7.0, 7.0)),
+    ],
 )
 def test_padding_geometry(size, region):
     image = Image.new("RGB", size, (255, 255, 255))
@@ -243,11 +262,14 @@ def test_loads_from_a_local_folder_and_through_prompter(tmp_path, tiny):
     shared = LLaVAAttributor(model, processor, layer=LAYER, max_new_tokens=3)
     np.testing.assert_allclose(
         loaded([image], [query])[0].parts["attention"],
-        shared([image], [query])[0].parts["attention"], atol=1e-6,
+        shared([image], [query])[0].parts["attention"],
+        atol=1e-6,
     )
     assert loaded.describe()["dtype"] == "float32"
 
-    prompter = Prompter(backend="llava", model=model, processor=processor, layer=LAYER, max_new_tokens=3)
+    prompter = Prompter(
+        backend="llava", model=model, processor=processor, layer=LAYER, max_new_tokens=3
+    )
     result = prompter(image, query)
     assert result.image.size == image.size
 
@@ -275,14 +297,29 @@ def test_command_line_backend_llava(tmp_path, tiny):
     image = _images()[0]
     image.save(tmp_path / "photo.png")
     command = [
-        str(Path(sys.executable).with_name("api-prompt")), str(tmp_path / "photo.png"), QUERIES[0],
-        "--backend", "llava", "--model", str(folder), "--layer", str(LAYER), "--device", "cpu",
-        "--preset", "llava-wild", "--save-map", str(tmp_path / "map.npz"), "-q",
+        str(Path(sys.executable).with_name("api-prompt")),
+        str(tmp_path / "photo.png"),
+        QUERIES[0],
+        "--backend",
+        "llava",
+        "--model",
+        str(folder),
+        "--layer",
+        str(LAYER),
+        "--device",
+        "cpu",
+        "--preset",
+        "llava-wild",
+        "--save-map",
+        str(tmp_path / "map.npz"),
+        "-q",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     saved = np.load(tmp_path / "map.npz")
-    expected = LLaVAAttributor(model, processor, layer=LAYER, kernel_size=7)([image], [QUERIES[0]])[0]
+    expected = LLaVAAttributor(model, processor, layer=LAYER, kernel_size=7)([image], [QUERIES[0]])[
+        0
+    ]
     np.testing.assert_allclose(saved["attention"], expected.parts["attention"], atol=1e-6)
     np.testing.assert_allclose(saved["mask"], expected.mask, atol=1e-6)
     with Image.open(tmp_path / "photo_api.png") as prompted:
@@ -305,8 +342,11 @@ def test_default_layer_follows_the_relative_rule_so_a_small_folder_loads(tmp_pat
     assert prompter.attributor.layer == 4 * 20 // 32 == 2
     image, query = _images()[0], QUERIES[0]
     expected = LLaVAAttributor(model, processor, layer=2, max_new_tokens=2)([image], [query])[0]
-    np.testing.assert_allclose(prompter.attribute(image, query)[0].parts["attention"],
-                               expected.parts["attention"], atol=1e-6)
+    np.testing.assert_allclose(
+        prompter.attribute(image, query)[0].parts["attention"],
+        expected.parts["attention"],
+        atol=1e-6,
+    )
 
 
 def test_chat_template_prompt_keeps_the_llava_v1_system_sentence(tiny):

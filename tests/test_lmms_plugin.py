@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("lmms_eval", reason='lmms-eval is an optional extra: pip install ".[lmms-eval]"')
+pytest.importorskip(
+    "lmms_eval", reason='lmms-eval is an optional extra: pip install ".[lmms-eval]"'
+)
 datasets = pytest.importorskip("datasets", reason='pip install ".[lmms-eval]"')
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +55,7 @@ class Recorder(lmms):
         raise NotImplementedError
 '''
 
-TASK = '''
+TASK = """
 task: tiny_api
 dataset_path: {data}
 dataset_kwargs:
@@ -72,9 +74,9 @@ metric_list:
     higher_is_better: true
 metadata:
   - version: 0.0
-'''
+"""
 
-UTILS = '''
+UTILS = """
 def doc_to_visual(doc):
     return [doc["image"].convert("RGB")]
 
@@ -85,7 +87,7 @@ def doc_to_text(doc, lmms_eval_specific_kwargs=None):
 
 def process_results(doc, results):
     return {"exact_match": float(results[0].strip().lower() == doc["answer"])}
-'''
+"""
 
 QUESTIONS = ["Is there a red circle?", "Is there a blue square?", "Is there a green triangle?"]
 
@@ -93,7 +95,10 @@ QUESTIONS = ["Is there a red circle?", "Is there a blue square?", "Is there a gr
 def _scenes():
     from benchmarks.synthshapes.scenes import make_scene
 
-    return [make_scene(np.random.default_rng(seed), size=64, n_objects=(3, 3)).image for seed in range(3)]
+    return [
+        make_scene(np.random.default_rng(seed), size=64, n_objects=(3, 3)).image
+        for seed in range(3)
+    ]
 
 
 def _lmms_eval_command() -> list[str]:
@@ -109,14 +114,25 @@ def test_lmms_eval_command_line_runs_the_inner_model_on_prompted_images(tmp_path
     from importlib.metadata import entry_points
 
     if not any(ep.name == "api_prompt" for ep in entry_points().select(group="lmms_eval.models")):
-        pytest.fail('the lmms_eval.models entry point is not installed: pip install -e ".[lmms-eval]"')
+        pytest.fail(
+            'the lmms_eval.models entry point is not installed: pip install -e ".[lmms-eval]"'
+        )
     images = _scenes()
     dataset = datasets.Dataset.from_dict(
-        {"question_id": [0, 1, 2], "question": QUESTIONS, "image": images, "answer": ["yes", "no", "yes"]},
-        features=datasets.Features({
-            "question_id": datasets.Value("int64"), "question": datasets.Value("string"),
-            "image": datasets.Image(), "answer": datasets.Value("string"),
-        }),
+        {
+            "question_id": [0, 1, 2],
+            "question": QUESTIONS,
+            "image": images,
+            "answer": ["yes", "no", "yes"],
+        },
+        features=datasets.Features(
+            {
+                "question_id": datasets.Value("int64"),
+                "question": datasets.Value("string"),
+                "image": datasets.Image(),
+                "answer": datasets.Value("string"),
+            }
+        ),
     )
     datasets.DatasetDict({"test": dataset}).save_to_disk(str(tmp_path / "data"))
     tasks = tmp_path / "tasks" / "tiny_api"
@@ -128,19 +144,37 @@ def test_lmms_eval_command_line_runs_the_inner_model_on_prompted_images(tmp_path
     record.mkdir()
 
     command = _lmms_eval_command() + [
-        "--model", "api_prompt",
-        "--model_args", f"inner=recording_model:Recorder,record={record},api_model={CLIP},api_device=cpu",
-        "--tasks", "tiny_api", "--include_path", str(tmp_path / "tasks"),
-        "--batch_size", "1", "--output_path", str(tmp_path / "results"),
+        "--model",
+        "api_prompt",
+        "--model_args",
+        f"inner=recording_model:Recorder,record={record},api_model={CLIP},api_device=cpu",
+        "--tasks",
+        "tiny_api",
+        "--include_path",
+        str(tmp_path / "tasks"),
+        "--batch_size",
+        "1",
+        "--output_path",
+        str(tmp_path / "results"),
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "WANDB_MODE": "disabled",
+    }
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     output = result.stdout + result.stderr
     # lmms-eval can log a failure (an import error in its evaluator, say) and still exit 0, so the
     # run only counts as clean when no traceback was printed either.
-    assert result.returncode == 0 and "Traceback (most recent call last)" not in output, output[-6000:]
+    assert result.returncode == 0 and "Traceback (most recent call last)" not in output, output[
+        -6000:
+    ]
 
     from api_prompt import Prompter
 
@@ -154,4 +188,4 @@ def test_lmms_eval_command_line_runs_the_inner_model_on_prompted_images(tmp_path
     results = list((tmp_path / "results").rglob("*results*.json"))
     assert results, "lmms-eval wrote no results file"
     scores = json.loads(results[0].read_text())["results"]["tiny_api"]
-    assert scores["exact_match,none"] == pytest.approx(2 / 3)     # the recorder always says yes
+    assert scores["exact_match,none"] == pytest.approx(2 / 3)  # the recorder always says yes

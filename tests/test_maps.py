@@ -124,7 +124,10 @@ def test_torch_in_torch_out_keeps_dtype(dtype):
 def test_numpy_in_numpy_out_keeps_dtype():
     x = np.random.default_rng(2).random((5, 5))
     assert combine_clip(x, x, coe=1, kernel_size=3).dtype == np.float64
-    assert combine_clip(x.astype(np.float32), x.astype(np.float32), coe=1, kernel_size=3).dtype == np.float32
+    assert (
+        combine_clip(x.astype(np.float32), x.astype(np.float32), coe=1, kernel_size=3).dtype
+        == np.float32
+    )
 
 
 def test_combine_reproduces_the_reference_masks(clip_cases, expected_npz):
@@ -132,8 +135,10 @@ def test_combine_reproduces_the_reference_masks(clip_cases, expected_npz):
     for case in clip_cases:
         name = case["name"]
         mask = combine_clip(
-            expected_npz[f"{name}_psi_cls"], expected_npz[f"{name}_psi_comp"],
-            coe=case["enhance"], kernel_size=case["kernel_size"],
+            expected_npz[f"{name}_psi_cls"],
+            expected_npz[f"{name}_psi_comp"],
+            coe=case["enhance"],
+            kernel_size=case["kernel_size"],
         )
         np.testing.assert_allclose(mask, expected_npz[f"{name}_mask"], atol=1e-5)
 

@@ -39,8 +39,12 @@ finally:
 def run_fresh(*args: str, cwd: Path, env: dict | None = None) -> tuple[int, str, list[str]]:
     """(exit code, the stderr lines before the probe's, the heavy modules imported)."""
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args], cwd=cwd, capture_output=True, text=True,
-        timeout=600, env={**os.environ, "COLUMNS": "200", **(env or {})},
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     lines = done.stderr.strip().splitlines()
     imported = eval(lines[-1].removeprefix("IMPORTED "))  # our own print of a list of str
@@ -70,51 +74,105 @@ def workdir(tmp_path: Path) -> Path:
 
 
 FAST_REFUSALS = [
-    pytest.param(["missing.png", "a red square"], ["missing.png", "no such file"], id="missing-image"),
-    pytest.param(["https://example.com/a.jpg", "q"], ["https://example.com/a.jpg", "is a URL", "download it first"],
-                 id="url"),
+    pytest.param(
+        ["missing.png", "a red square"], ["missing.png", "no such file"], id="missing-image"
+    ),
+    pytest.param(
+        ["https://example.com/a.jpg", "q"],
+        ["https://example.com/a.jpg", "is a URL", "download it first"],
+        id="url",
+    ),
     pytest.param(["scene.png", "q", "--device", "gpu"], ["unknown device 'gpu'"], id="device"),
     pytest.param(["scene.png", "q", "--dtype", "fp8"], ["unknown dtype"], id="dtype"),
-    pytest.param(["scene.png", "q", "-m", "local-dir:/no/such/folder"],
-                 ["'/no/such/folder' does not exist", "--model local-dir:FOLDER"], id="missing-local-dir"),
-    pytest.param(["scene.png", "q", "--pretrained", "/no/such/weights.pt"], ["does not exist"], id="missing-checkpoint"),
+    pytest.param(
+        ["scene.png", "q", "-m", "local-dir:/no/such/folder"],
+        ["'/no/such/folder' does not exist", "--model local-dir:FOLDER"],
+        id="missing-local-dir",
+    ),
+    pytest.param(
+        ["scene.png", "q", "--pretrained", "/no/such/weights.pt"],
+        ["does not exist"],
+        id="missing-checkpoint",
+    ),
     pytest.param(["scene.png", "q", "-k", "4"], ["kernel"], id="even-kernel"),
     pytest.param(["scene.png", "q", "--backend", "nope"], ["unknown backend"], id="backend"),
-    pytest.param(["ask", "scene.png", "Which shape?", "--target", f"clip-zeroshot:{SMALL_CLIP}"],
-                 ["multiple choice only", "A. text"], id="ask-clip-zeroshot-without-options"),
-    pytest.param(["ask", "scene.png", "q", "--target", "nope:model"], ["nope"], id="ask-target-kind"),
+    pytest.param(
+        ["ask", "scene.png", "Which shape?", "--target", f"clip-zeroshot:{SMALL_CLIP}"],
+        ["multiple choice only", "A. text"],
+        id="ask-clip-zeroshot-without-options",
+    ),
+    pytest.param(
+        ["ask", "scene.png", "q", "--target", "nope:model"], ["nope"], id="ask-target-kind"
+    ),
     pytest.param(["batch", "missing.jsonl", "--out", "out"], ["missing.jsonl"], id="batch-input"),
-    pytest.param(["scene.png", "q", "--backend", "llava", "-m", "synthshapes"], ["built-in", "--backend clip"],
-                 id="builtin-model-on-a-decoder-backend"),
-    pytest.param(["scene.png", "q", "--style", "zoom"], ["unknown style 'zoom'", "overlay, crop, blur, box"],
-                 id="style"),
-    pytest.param(["scene.png", "q", "--style", "crop", "-S", "crop_size=big"],
-                 ["the crop style's option 'crop_size' must be an integer, got 'big'"], id="style-option-type"),
-    pytest.param(["scene.png", "q", "--style", "crop", "-S", "one_image=both"], ["unknown one_image 'both'"],
-                 id="style-option-value"),
-    pytest.param(["batch", "missing.jsonl", "--out", "out", "--style", "blur", "-S", "zoom=2"],
-                 ["no style in use takes the option 'zoom'", "blur: blur"], id="batch-style-option-of-another-style"),
-    pytest.param(["ask", "scene.png", "q", "--target", "openai:m", "-T", "max_concurrency=many"],
-                 ["the openai target's option 'max_concurrency' must be an integer"], id="ask-target-option"),
-    pytest.param(["eval", "missing.jsonl", "--benchmark", "gqa", "--target", "openai:m", "--out", "out",
-                  "--conditions", "original,crop", "-S", "width=3"],
-                 ["no style in use takes the option 'width'", "crop: crop_size, zoom, one_image"],
-                 id="eval-style-option-of-no-condition"),
-    pytest.param(["eval", "missing.jsonl", "--benchmark", "nope", "--target", "openai:m", "--out", "out"],
-                 ["unknown benchmark 'nope'", "pope"], id="eval-benchmark"),
+    pytest.param(
+        ["scene.png", "q", "--backend", "llava", "-m", "synthshapes"],
+        ["built-in", "--backend clip"],
+        id="builtin-model-on-a-decoder-backend",
+    ),
+    pytest.param(
+        ["scene.png", "q", "--style", "zoom"],
+        ["unknown style 'zoom'", "overlay, crop, blur, box"],
+        id="style",
+    ),
+    pytest.param(
+        ["scene.png", "q", "--style", "crop", "-S", "crop_size=big"],
+        ["the crop style's option 'crop_size' must be an integer, got 'big'"],
+        id="style-option-type",
+    ),
+    pytest.param(
+        ["scene.png", "q", "--style", "crop", "-S", "one_image=both"],
+        ["unknown one_image 'both'"],
+        id="style-option-value",
+    ),
+    pytest.param(
+        ["batch", "missing.jsonl", "--out", "out", "--style", "blur", "-S", "zoom=2"],
+        ["no style in use takes the option 'zoom'", "blur: blur"],
+        id="batch-style-option-of-another-style",
+    ),
+    pytest.param(
+        ["ask", "scene.png", "q", "--target", "openai:m", "-T", "max_concurrency=many"],
+        ["the openai target's option 'max_concurrency' must be an integer"],
+        id="ask-target-option",
+    ),
+    pytest.param(
+        [
+            "eval",
+            "missing.jsonl",
+            "--benchmark",
+            "gqa",
+            "--target",
+            "openai:m",
+            "--out",
+            "out",
+            "--conditions",
+            "original,crop",
+            "-S",
+            "width=3",
+        ],
+        ["no style in use takes the option 'width'", "crop: crop_size, zoom, one_image"],
+        id="eval-style-option-of-no-condition",
+    ),
+    pytest.param(
+        ["eval", "missing.jsonl", "--benchmark", "nope", "--target", "openai:m", "--out", "out"],
+        ["unknown benchmark 'nope'", "pope"],
+        id="eval-benchmark",
+    ),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, words", FAST_REFUSALS)
-def test_mistakes_are_refused_before_any_model_library_loads(workdir: Path, args: list[str], words: list[str]) -> None:
+def test_mistakes_are_refused_before_any_model_library_loads(
+    workdir: Path, args: list[str], words: list[str]
+) -> None:
     code, stderr, imported = run_fresh(*args, cwd=workdir)
     line = one_error_line(stderr)
     assert code == 2
     for word in words:
         assert word in line, (word, line)
     assert imported == [], f"imported {imported} before refusing"
-    assert sorted(path.name for path in workdir.iterdir()) == ["scene.png"]   # nothing written
+    assert sorted(path.name for path in workdir.iterdir()) == ["scene.png"]  # nothing written
 
 
 @pytest.mark.slow
@@ -146,15 +204,21 @@ def test_python_advice_is_said_as_options() -> None:
     options = {"model": "--model", "pretrained": "--pretrained", "image_root": "--image-root"}
     said = for_command_line(
         "use model='hf-hub:org/repo' or model='ViT-B-16', pretrained='/p/w x.pt'; image_root=FOLDER; "
-        "HF_HUB_OFFLINE=1; a=b", options)
-    assert said == ("use --model hf-hub:org/repo or --model ViT-B-16, --pretrained '/p/w x.pt'; --image-root FOLDER; "
-                    "HF_HUB_OFFLINE=1; a=b")
+        "HF_HUB_OFFLINE=1; a=b",
+        options,
+    )
+    assert said == (
+        "use --model hf-hub:org/repo or --model ViT-B-16, --pretrained '/p/w x.pt'; --image-root FOLDER; "
+        "HF_HUB_OFFLINE=1; a=b"
+    )
 
 
 @pytest.mark.slow
 def test_offline_advice_on_the_command_line_names_options(workdir: Path) -> None:
     """The default model's weights are not on this machine: the offline message, in CLI words."""
-    code, stderr, _ = run_fresh("scene.png", "a red square", "-q", cwd=workdir, env={"HF_HUB_OFFLINE": "1"})
+    code, stderr, _ = run_fresh(
+        "scene.png", "a red square", "-q", cwd=workdir, env={"HF_HUB_OFFLINE": "1"}
+    )
     line = one_error_line(stderr)
     assert code == 2
     assert "HF_HUB_OFFLINE" in line and "--model local-dir:" in line and "model='" not in line
@@ -162,18 +226,40 @@ def test_offline_advice_on_the_command_line_names_options(workdir: Path) -> None
 
 @pytest.mark.slow
 def test_batch_rerun_with_other_parameters_is_refused_before_the_model_loads(workdir: Path) -> None:
-    (workdir / "questions.jsonl").write_text(json.dumps({"id": "a", "image": "scene.png", "question": "a red square"}) + "\n")
+    (workdir / "questions.jsonl").write_text(
+        json.dumps({"id": "a", "image": "scene.png", "question": "a red square"}) + "\n"
+    )
     first = subprocess.run(
-        [sys.executable, "-c", "import sys; from api_prompt.cli.app import main; sys.argv[0]='api-prompt'; main()",
-         "batch", "questions.jsonl", "--out", "done", "-m", SMALL_CLIP, "--device", "cpu", "-q"],
-        cwd=workdir, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from api_prompt.cli.app import main; sys.argv[0]='api-prompt'; main()",
+            "batch",
+            "questions.jsonl",
+            "--out",
+            "done",
+            "-m",
+            SMALL_CLIP,
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert first.returncode == 0, first.stderr
-    code, stderr, imported = run_fresh("batch", "questions.jsonl", "--out", "done", "-m", SMALL_CLIP, "--enhance", "3",
-                                       cwd=workdir)
+    code, stderr, imported = run_fresh(
+        "batch", "questions.jsonl", "--out", "done", "-m", SMALL_CLIP, "--enhance", "3", cwd=workdir
+    )
     line = one_error_line(stderr)
     assert code == 2 and imported == []
-    assert "different parameters" in line and "prompter.enhance: 10.0 -> 3.0" in line and "--overwrite" in line
+    assert (
+        "different parameters" in line
+        and "prompter.enhance: 10.0 -> 3.0" in line
+        and "--overwrite" in line
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,18 +281,38 @@ def test_a_url_in_a_dataset_is_said_to_be_a_url(tmp_path: Path) -> None:
     from api_prompt.batch.sources import resolve_image
     from api_prompt.errors import ImageLoadError
 
-    with pytest.raises(ImageLoadError, match=r"'https://example.com/a.jpg': URLs are not supported, download it first"):
+    with pytest.raises(
+        ImageLoadError,
+        match=r"'https://example.com/a.jpg': URLs are not supported, download it first",
+    ):
         resolve_image("https://example.com/a.jpg", tmp_path)
 
 
 @pytest.mark.slow
 def test_batch_failure_names_the_resolved_path_and_image_root(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "q.jsonl").write_text(json.dumps({"id": "a", "image": "a.png", "question": "a red square"}) + "\n")
+    (tmp_path / "data" / "q.jsonl").write_text(
+        json.dumps({"id": "a", "image": "a.png", "question": "a red square"}) + "\n"
+    )
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; from api_prompt.cli.app import main; sys.argv[0]='api-prompt'; main()",
-         "batch", "data/q.jsonl", "--out", "out", "-m", SMALL_CLIP, "--device", "cpu", "-q"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from api_prompt.cli.app import main; sys.argv[0]='api-prompt'; main()",
+            "batch",
+            "data/q.jsonl",
+            "--out",
+            "out",
+            "-m",
+            SMALL_CLIP,
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 1
     line = one_error_line(done.stderr)
@@ -220,8 +326,14 @@ def test_counts_take_the_right_number() -> None:
     from cli.common import plural
 
     assert [plural(n, "sample") for n in (0, 1, 2)] == ["0 samples", "1 sample", "2 samples"]
-    one = SimpleNamespace(error=1, permanent=1, transient=0, failed_total=1, not_exported="",
-                          errors=[("a", "cannot load image 'a.png'")])
+    one = SimpleNamespace(
+        error=1,
+        permanent=1,
+        transient=0,
+        failed_total=1,
+        not_exported="",
+        errors=[("a", "cannot load image 'a.png'")],
+    )
     assert failure_message(one, Path("out")).startswith("error: 1 sample failed: 1 with bad input")
     two = SimpleNamespace(**{**vars(one), "error": 2, "permanent": 2})
     assert failure_message(two, Path("out")).startswith("error: 2 samples failed: 2 with bad input")
@@ -250,7 +362,9 @@ def test_root_help_shows_usage_commands_backends_presets_and_where_to_read() -> 
 def test_each_command_help_has_an_example_and_no_type_labels_on_flags(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0
-    assert "Example" in result.stdout and f"api-prompt {command}" in result.stdout.replace("api-prompt example:", "")
+    assert "Example" in result.stdout and f"api-prompt {command}" in result.stdout.replace(
+        "api-prompt example:", ""
+    )
     assert "<bool>" not in result.stdout
 
 
@@ -267,17 +381,37 @@ def test_every_command_that_makes_a_prompt_teaches_the_same_prompt_options(comma
     from api_prompt.styles import STYLES
 
     text = " ".join(invoke(command, "--help").stdout.split())
-    for flag in ("--backend", "--backend-option", "--model", "--layer", "--preset", "--enhance", "--kernel-size",
-                 "--resample", "--background", "--geometry", "--device", "--dtype", "--recipe", "--style",
-                 "--style-option"):
+    for flag in (
+        "--backend",
+        "--backend-option",
+        "--model",
+        "--layer",
+        "--preset",
+        "--enhance",
+        "--kernel-size",
+        "--resample",
+        "--background",
+        "--geometry",
+        "--device",
+        "--dtype",
+        "--recipe",
+        "--style",
+        "--style-option",
+    ):
         assert f"{flag} " in text, (command, flag)
-    assert all(f"{name}:" in text for name in STYLES)          # --style's choices, from the registry
+    assert all(f"{name}:" in text for name in STYLES)  # --style's choices, from the registry
     assert "crop: crop_size, zoom, one_image" in text and "one_image=side-by-side|crop" in text
     assert all(f"{name}:" in text for name in BACKENDS)
 
 
-@pytest.mark.parametrize("args, command", [(["scene.png"], "prompt"), (["batch", "x.jsonl"], "batch"),
-                                           (["ask", "scene.png", "q"], "ask")])
+@pytest.mark.parametrize(
+    "args, command",
+    [
+        (["scene.png"], "prompt"),
+        (["batch", "x.jsonl"], "batch"),
+        (["ask", "scene.png", "q"], "ask"),
+    ],
+)
 def test_a_missing_argument_points_at_the_command_help(args: list[str], command: str) -> None:
     result = invoke(*args)
     assert result.exit_code == 2
@@ -291,4 +425,6 @@ def test_examples_are_listed_and_copied(tmp_path: Path) -> None:
     result = invoke("examples", "--copy", str(tmp_path))
     assert result.exit_code == 0
     assert sorted(path.stem for path in tmp_path.iterdir()) == sorted(EXAMPLES)
-    assert all(f'example:{name} "{question}"' in result.stdout for name, question in EXAMPLES.items())
+    assert all(
+        f'example:{name} "{question}"' in result.stdout for name, question in EXAMPLES.items()
+    )

@@ -94,12 +94,16 @@ def test_stretch_overlay_reproduces_the_reference_image(case):
     assert not np.any(np.any(diff > 0, axis=2) & ~reachable)
 
 
-def test_all_float32_blend_would_not_match_the_reference(clip_cases, clip_fixture_dir, expected_npz):
+def test_all_float32_blend_would_not_match_the_reference(
+    clip_cases, clip_fixture_dir, expected_npz
+):
     """Why blend keeps the background term in float64: float32 throughout changes pixels."""
     spec = next(c for c in clip_cases if c["background"] != 0)
     image = Image.open(clip_fixture_dir / spec["image"]).convert("RGB")
     mask_u8 = expected_npz[f"{spec['name']}_mask_u8"]
-    resized = np.asarray(Image.fromarray(mask_u8).resize(image.size, resolve_resample(spec["resample"])))
+    resized = np.asarray(
+        Image.fromarray(mask_u8).resize(image.size, resolve_resample(spec["resample"]))
+    )
     pixels = np.asarray(image, np.float32)
     alpha = (resized.astype(np.float32) / np.float32(255))[..., None]
     float32_only = (pixels * alpha + (1 - alpha) * np.float32(spec["background"])).astype(np.uint8)
@@ -218,8 +222,16 @@ def test_fit_equals_stretch_when_the_region_is_the_whole_image():
         # LLaVA padded square of a tall image: x in [-50, 150)
         ((100, 200), (-50, 0, 150, 200), (2, 1), (0, 100, 50, 150)),
     ],
-    ids=["clip-wide-tl", "clip-wide-br", "clip-wide-mid", "clip-tall-top", "clip-tall-mid",
-         "llava-wide", "llava-wide-padding", "llava-tall"],
+    ids=[
+        "clip-wide-tl",
+        "clip-wide-br",
+        "clip-wide-mid",
+        "clip-tall-top",
+        "clip-tall-mid",
+        "llava-wide",
+        "llava-wide-padding",
+        "llava-tall",
+    ],
 )
 def test_fit_places_a_bright_cell_where_the_model_looked(size, region, cell, expected_box):
     image = Image.new("RGB", size, WHITE)
@@ -274,7 +286,9 @@ def test_heatmap_has_the_image_size_and_colours_it(scene, geometry):
 
 def test_heatmap_alpha_zero_is_the_image_and_alpha_one_is_the_colormap(scene):
     image, amap = scene
-    np.testing.assert_array_equal(np.asarray(render_heatmap(image, amap, alpha=0.0)), np.asarray(image))
+    np.testing.assert_array_equal(
+        np.asarray(render_heatmap(image, amap, alpha=0.0)), np.asarray(image)
+    )
     hot = make_map(np.ones((8, 8)), image.size)
     assert render_heatmap(image, hot, alpha=1.0, cmap="gray").getpixel((3, 3)) == WHITE
 
@@ -293,11 +307,15 @@ def test_heatmap_colorbar_drawn_once_per_name_and_height_is_the_same_bar(scene):
 
     image, amap = scene
     first = render_heatmap(image, amap, colorbar=True, cmap="viridis")
-    again = render_heatmap(image, amap, colorbar=True, cmap="viridis")       # the cached strip
-    drawn = render_heatmap(image, amap, colorbar=True, cmap=matplotlib.colormaps["viridis"])  # drawn anew
+    again = render_heatmap(image, amap, colorbar=True, cmap="viridis")  # the cached strip
+    drawn = render_heatmap(
+        image, amap, colorbar=True, cmap=matplotlib.colormaps["viridis"]
+    )  # drawn anew
     assert np.array_equal(np.asarray(first), np.asarray(drawn))
     assert np.array_equal(np.asarray(again), np.asarray(drawn))
-    assert not np.array_equal(np.asarray(first), np.asarray(render_heatmap(image, amap, colorbar=True)))  # jet
+    assert not np.array_equal(
+        np.asarray(first), np.asarray(render_heatmap(image, amap, colorbar=True))
+    )  # jet
 
 
 @pytest.mark.parametrize("options", [{"alpha": 1.5}, {"cmap": "no-such-map"}, {"geometry": "x"}])
@@ -326,7 +344,9 @@ def test_blend_by_table_is_the_reference_arithmetic(background):
     mask = rng.integers(0, 256, (37, 53), dtype=np.uint8)
     mask[0, :2] = (0, 255)
     alpha = (mask.astype(np.float32) / np.float32(255.0))[..., None]
-    expected = pixels.astype(np.float32) * alpha + (1 - alpha) * np.full(pixels.shape, background, np.float64)
+    expected = pixels.astype(np.float32) * alpha + (1 - alpha) * np.full(
+        pixels.shape, background, np.float64
+    )
     got = np.asarray(blend(Image.fromarray(pixels), mask, background))
     np.testing.assert_array_equal(got, expected.astype(np.uint8))
     with pytest.raises(ValueError, match="8-bit"):

@@ -35,12 +35,20 @@ REQUIRED = os.environ.get("API_PROMPT_REQUIRE_BROWSER") == "1"
 
 
 def _needed(module: str):
-    return importlib.import_module(module) if REQUIRED else pytest.importorskip(module, reason=HOW_TO_ENABLE)
+    return (
+        importlib.import_module(module)
+        if REQUIRED
+        else pytest.importorskip(module, reason=HOW_TO_ENABLE)
+    )
 
 
 _needed("gradio")
 sync_api = _needed("playwright.sync_api")
-CHROMIUM = os.environ.get("API_PROMPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = (
+    os.environ.get("API_PROMPT_CHROMIUM")
+    or shutil.which("chromium")
+    or shutil.which("chromium-browser")
+)
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not REQUIRED, reason=HOW_TO_ENABLE)
 
 from api_prompt import prompt  # noqa: E402
@@ -166,7 +174,9 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         page.focus("#kernel input[type=range]")
         page.keyboard.press("ArrowRight")
         smoothed = wait_for_new_image(page, first)
-        expected_k5 = np.asarray(prompt(scene, question, model=SMALL_CLIP, device="cpu", kernel_size=5))
+        expected_k5 = np.asarray(
+            prompt(scene, question, model=SMALL_CLIP, device="cpu", kernel_size=5)
+        )
         assert not np.array_equal(expected_k5, expected)
         assert np.array_equal(fetch_png(page, smoothed), expected_k5)
         assert playground.model_runs == runs and playground.loads == counter.calls == 1
@@ -174,7 +184,9 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         # 2b. A preset fills enhance, kernel size, resample and background: still no model run.
         page.click("#preset input")
         page.get_by_role("option", name="llava-wild").click()
-        wild = np.asarray(prompt(scene, question, model=SMALL_CLIP, device="cpu", preset="llava-wild"))
+        wild = np.asarray(
+            prompt(scene, question, model=SMALL_CLIP, device="cpu", preset="llava-wild")
+        )
         current = wait_for_pixels(page, smoothed, wild)
         assert playground.model_runs == runs
         page.click("#preset input")
@@ -196,7 +208,9 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         # 3. The downloads: the prompted PNG and the map, as `--save-map` writes it.
         with page.expect_download() as download:
             page.click("#download-image")
-        assert np.array_equal(np.asarray(Image.open(download.value.path()).convert("RGB")), expected_k5)
+        assert np.array_equal(
+            np.asarray(Image.open(download.value.path()).convert("RGB")), expected_k5
+        )
         with page.expect_download() as download:
             page.click("#download-map")
         reference = tmp_path / "reference.npz"
@@ -210,8 +224,11 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         page.click("#ask")
         prompted_image = Image.fromarray(expected_k5)
         sync_api.expect(page.locator("#answer-original textarea")).to_have_value(
-            brightness(Image.open(scene).convert("RGB"), question))
-        sync_api.expect(page.locator("#answer-prompted textarea")).to_have_value(brightness(prompted_image, question))
+            brightness(Image.open(scene).convert("RGB"), question)
+        )
+        sync_api.expect(page.locator("#answer-prompted textarea")).to_have_value(
+            brightness(prompted_image, question)
+        )
 
         # 5. Time from pressing the button to the image shown, at the default settings.
         page.focus("#kernel input[type=range]")
@@ -239,7 +256,9 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         broken.write_bytes(b"this is not a PNG file")
         upload(page, broken)
         error = page.locator("#error")
-        sync_api.expect(error).to_contain_text("cannot load image 'broken.png': not a recognised image format")
+        sync_api.expect(error).to_contain_text(
+            "cannot load image 'broken.png': not a recognised image format"
+        )
         page.click("#run")
         sync_api.expect(error).to_contain_text("cannot load image 'broken.png'")
         upload(page, scene)
@@ -256,10 +275,15 @@ def test_upload_ask_adjust_download_and_errors_in_a_real_browser(page, tmp_path)
         # 7. An example: it fills the image and the question.
         page.get_by_text("an orange square").click()
         sync_api.expect(page.locator("#question textarea")).to_have_value("an orange square")
-        sync_api.expect(page.locator("#upload")).to_contain_text("synthshapes-8")  # the file is set too
+        sync_api.expect(page.locator("#upload")).to_contain_text(
+            "synthshapes-8"
+        )  # the file is set too
         page.press("#question textarea", "Enter")
-        example = np.asarray(prompt(EXAMPLES / "synthshapes-8.png", "an orange square", model=SMALL_CLIP,
-                                    device="cpu"))
+        example = np.asarray(
+            prompt(
+                EXAMPLES / "synthshapes-8.png", "an orange square", model=SMALL_CLIP, device="cpu"
+            )
+        )
         wait_for_pixels(page, current, example)
         assert playground.loads == counter.calls == 1
 
@@ -273,7 +297,9 @@ def test_a_model_that_cannot_load_is_one_sentence_in_the_page(page):
     with served(playground) as url:
         page.goto(url)
         error = page.locator("#error")
-        sync_api.expect(error).to_contain_text("the model could not be loaded: no weights in /models/missing")
+        sync_api.expect(error).to_contain_text(
+            "the model could not be loaded: no weights in /models/missing"
+        )
         upload(page, EXAMPLES / "synthshapes-23.png")
         page.fill("#question textarea", "a red square")
         page.press("#question textarea", "Enter")
@@ -331,10 +357,12 @@ def natural_size(page, panel: str) -> tuple[int, int]:
         "(id) => { const i = document.querySelector('#' + id + ' img'); return i && i.complete && i.naturalWidth > 0 }",
         arg=panel,
     )
-    return tuple(page.evaluate(
-        "(id) => { const i = document.querySelector('#' + id + ' img'); return [i.naturalWidth, i.naturalHeight] }",
-        panel,
-    ))
+    return tuple(
+        page.evaluate(
+            "(id) => { const i = document.querySelector('#' + id + ' img'); return [i.naturalWidth, i.naturalHeight] }",
+            panel,
+        )
+    )
 
 
 def prompt_scene(page, path: Path, question: str, old_src: str | None = None) -> str:
@@ -346,7 +374,9 @@ def prompt_scene(page, path: Path, question: str, old_src: str | None = None) ->
 
 
 @pytest.mark.slow
-def test_a_number_typed_beyond_a_slider_is_one_sentence_and_the_pictures_stay(small_clip_page, page, tmp_path):
+def test_a_number_typed_beyond_a_slider_is_one_sentence_and_the_pictures_stay(
+    small_clip_page, page, tmp_path
+):
     url, playground = small_clip_page
     scene = tmp_path / "scene.png"
     Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize((300, 200)).save(scene)
@@ -393,11 +423,15 @@ def test_a_new_upload_empties_the_results_of_the_previous_image(small_clip_page,
     for panel in ("prompted", "heatmap", "parts"):
         sync_api.expect(page.locator(f"#{panel} img")).to_have_count(0)
     sync_api.expect(page.locator("#original img")).to_have_count(1)
-    assert np.array_equal(fetch_png(page, page.locator("#original img").get_attribute("src")),
-                          np.asarray(Image.open(EXAMPLES / "synthshapes-23.png").convert("RGB")))
+    assert np.array_equal(
+        fetch_png(page, page.locator("#original img").get_attribute("src")),
+        np.asarray(Image.open(EXAMPLES / "synthshapes-23.png").convert("RGB")),
+    )
     page.fill("#question textarea", "a red square")
     page.click("#run")
-    expected = np.asarray(prompt(EXAMPLES / "synthshapes-23.png", "a red square", model=SMALL_CLIP, device="cpu"))
+    expected = np.asarray(
+        prompt(EXAMPLES / "synthshapes-23.png", "a red square", model=SMALL_CLIP, device="cpu")
+    )
     wait_for_pixels(page, first, expected)
 
     # A failed upload empties everything, the image too, and says why.
@@ -413,7 +447,8 @@ def test_a_new_upload_empties_the_results_of_the_previous_image(small_clip_page,
     notes.write_text("not an image\n")
     upload(page, notes)
     sync_api.expect(page.locator("#error")).to_have_text(
-        "Error: cannot load image 'notes.txt': not a recognised image format (is it really an image?)")
+        "Error: cannot load image 'notes.txt': not a recognised image format (is it really an image?)"
+    )
     assert page.locator(".toast-body").count() == 0
 
 
@@ -422,7 +457,9 @@ def test_a_large_image_is_shown_smaller_and_downloaded_full_size(small_clip_page
     shown_size = (1024, 768)  # the page's display size (longest side 1024) for a 4:3 image
     url, _ = small_clip_page
     big = tmp_path / "big.png"
-    Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize((4000, 3000), Image.Resampling.NEAREST).save(big)
+    Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize(
+        (4000, 3000), Image.Resampling.NEAREST
+    ).save(big)
     question = "a yellow triangle"
     page.goto(url)
     sync_api.expect(page.locator("#layer")).to_contain_text("0..3")
@@ -445,10 +482,14 @@ def test_a_large_image_is_shown_smaller_and_downloaded_full_size(small_clip_page
     downloaded = Image.open(download.value.path())
     assert downloaded.size == (4000, 3000)
     assert np.array_equal(np.asarray(downloaded.convert("RGB")), np.asarray(full))
-    sent = {panel: len(page.request.get(page.locator(f"#{panel} img").get_attribute("src")).body())
-            for panel in ("original", "prompted")}
-    print(f"\nplayground, 4000x3000 upload: shown after {shown_upload:.1f} s, a press shown after {shown_press:.1f} s; "
-          f"sent to the browser: {sent} bytes (benchmark figures, not assertions)")
+    sent = {
+        panel: len(page.request.get(page.locator(f"#{panel} img").get_attribute("src")).body())
+        for panel in ("original", "prompted")
+    }
+    print(
+        f"\nplayground, 4000x3000 upload: shown after {shown_upload:.1f} s, a press shown after {shown_press:.1f} s; "
+        f"sent to the browser: {sent} bytes (benchmark figures, not assertions)"
+    )
 
 
 def panel_pixels(page, panel: str, expected: np.ndarray, seconds: float = 60) -> str:
@@ -457,25 +498,37 @@ def panel_pixels(page, panel: str, expected: np.ndarray, seconds: float = 60) ->
     while True:
         src = page.evaluate(
             "(id) => { const i = document.querySelector('#' + id + ' img');"
-            "          return i && i.complete && i.naturalWidth > 0 ? i.getAttribute('src') : null }", panel)
+            "          return i && i.complete && i.naturalWidth > 0 ? i.getAttribute('src') : null }",
+            panel,
+        )
         if src and np.array_equal(fetch_png(page, src), expected):
             return src
-        assert time.monotonic() < deadline, f"{panel} never showed the expected picture ({page.inner_text('#error')!r})"
+        assert time.monotonic() < deadline, (
+            f"{panel} never showed the expected picture ({page.inner_text('#error')!r})"
+        )
         time.sleep(0.2)
 
 
 @pytest.mark.slow
-def test_every_style_is_shown_side_by_side_and_follows_the_controls(small_clip_page, page, tmp_path):
+def test_every_style_is_shown_side_by_side_and_follows_the_controls(
+    small_clip_page, page, tmp_path
+):
     _, loaded = small_clip_page
     options = {"crop_size": 64, "zoom": 96, "color": "blue", "width": 3}
-    crop_page = Playground(device="cpu", style="crop", style_options=options,
-                           build_prompter=lambda *a, **k: loaded.prompter())
+    crop_page = Playground(
+        device="cpu",
+        style="crop",
+        style_options=options,
+        build_prompter=lambda *a, **k: loaded.prompter(),
+    )
     scene = tmp_path / "scene.png"
     Image.open(EXAMPLES / "synthshapes-30.png").convert("RGB").resize((300, 200)).save(scene)
     question = "a yellow triangle"
 
     def expected(name: str, **settings) -> np.ndarray:
-        result = Prompter(model=SMALL_CLIP, device="cpu", style=name, style_options=options, **settings)(scene, question)
+        result = Prompter(
+            model=SMALL_CLIP, device="cpu", style=name, style_options=options, **settings
+        )(scene, question)
         return np.asarray(result.image.convert("RGB"))
 
     with served(crop_page) as url:
@@ -485,8 +538,13 @@ def test_every_style_is_shown_side_by_side_and_follows_the_controls(small_clip_p
             sync_api.expect(page.locator(f"#{panel}")).to_be_visible()
         sync_api.expect(page.locator("#prompted")).to_contain_text("Prompted image (crop)")
         prompt_scene(page, scene, question)
-        shown = {panel: panel_pixels(page, panel, expected(panel.split("-")[1])) for panel in STYLE_PANELS}
-        panel_pixels(page, "prompted", expected("crop"))  # the page's own style is the prompted image
+        shown = {
+            panel: panel_pixels(page, panel, expected(panel.split("-")[1]))
+            for panel in STYLE_PANELS
+        }
+        panel_pixels(
+            page, "prompted", expected("crop")
+        )  # the page's own style is the prompted image
         # a new background redraws the overlay from the same map; the box does not take it
         type_number(page, "background", "120")
         panel_pixels(page, "style-overlay", expected("overlay", background=120))
@@ -496,6 +554,10 @@ def test_every_style_is_shown_side_by_side_and_follows_the_controls(small_clip_p
         type_number(page, "kernel", "7")
         for panel in STYLE_PANELS:
             name = panel.split("-")[1]
-            src = panel_pixels(page, panel, expected(name, kernel_size=7, **({"background": 120} if name == "overlay" else {})))
+            src = panel_pixels(
+                page,
+                panel,
+                expected(name, kernel_size=7, **({"background": 120} if name == "overlay" else {})),
+            )
             assert src != shown[panel]
         assert crop_page.model_runs == runs

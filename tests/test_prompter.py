@@ -33,7 +33,9 @@ class FixedMap(Attributor):
         self.calls += 1
         mask = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
         return [
-            AttentionMap(mask=mask, parts={}, image_size=im.size, region=(0.0, 0.0, *im.size), query=q)
+            AttentionMap(
+                mask=mask, parts={}, image_size=im.size, region=(0.0, 0.0, *im.size), query=q
+            )
             for im, q in zip(images, queries)
         ]
 
@@ -52,9 +54,11 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_default_settings_are_the_package_preset() -> None:
     settings, overlay = check_settings()
-    assert settings == PRESETS["package"] == {
-        "enhance": 10.0, "kernel_size": 3, "resample": "lanczos", "background": 0
-    }
+    assert (
+        settings
+        == PRESETS["package"]
+        == {"enhance": 10.0, "kernel_size": 3, "resample": "lanczos", "background": 0}
+    )
     assert repr(overlay) == "Overlay(resample='lanczos', background=0, geometry='stretch')"
 
 
@@ -66,7 +70,9 @@ def test_every_preset_resolves(name: str) -> None:
 
 
 def test_explicit_options_override_the_preset() -> None:
-    settings, overlay = check_settings("llava-wild", kernel_size=1, background=0, resample="NEAREST")
+    settings, overlay = check_settings(
+        "llava-wild", kernel_size=1, background=0, resample="NEAREST"
+    )
     assert settings == {"enhance": 10.0, "kernel_size": 1, "resample": "NEAREST", "background": 0}
     assert overlay.resample is Image.Resampling.NEAREST
     # None means "not set": the preset keeps its value.
@@ -157,8 +163,12 @@ def test_prompter_reproduces_the_reference_images(clip_cases: list[dict]) -> Non
     """Each golden case through the whole pipeline, within one gray level of the reference."""
     for case in clip_cases:
         prompter = Prompter(
-            model=MODEL, device="cpu", layer=case["layer"], enhance=case["enhance"],
-            kernel_size=case["kernel_size"], resample=case["resample"],
+            model=MODEL,
+            device="cpu",
+            layer=case["layer"],
+            enhance=case["enhance"],
+            kernel_size=case["kernel_size"],
+            resample=case["resample"],
             background=case["background"],
         )
         result = prompter(FIXTURE / case["image"], case["query"])
@@ -187,8 +197,13 @@ class RawParts(Attributor):
         self.calls += 1
         rng = np.random.default_rng(len(images))
         return [
-            AttentionMap(mask=None, parts={"attention": rng.random((3, 5), dtype=np.float32)},
-                         image_size=im.size, region=(0.0, 0.0, *im.size), query=q)
+            AttentionMap(
+                mask=None,
+                parts={"attention": rng.random((3, 5), dtype=np.float32)},
+                image_size=im.size,
+                region=(0.0, 0.0, *im.size),
+                query=q,
+            )
             for im, q in zip(images, queries)
         ]
 
@@ -201,12 +216,16 @@ def test_a_ready_attributor_gets_the_prompters_explicit_settings(no_model) -> No
     # No settings given: the attributor's own are used, and describe() says so.
     own = Prompter(attributor=attributor)
     amap = own.attribute(image, "q")[0]
-    np.testing.assert_allclose(amap.mask, combine_llava(amap.parts["attention"], coe=5.0, kernel_size=3))
+    np.testing.assert_allclose(
+        amap.mask, combine_llava(amap.parts["attention"], coe=5.0, kernel_size=3)
+    )
     assert own.describe()["enhance"] == 5.0 and own.describe()["recipe"] == "llava"
     # Explicit settings are applied, not silently replaced by the attributor's.
     explicit = Prompter(attributor=attributor, enhance=1.0, kernel_size=1)
     amap = explicit.attribute(image, "q")[0]
-    np.testing.assert_allclose(amap.mask, combine_llava(amap.parts["attention"], coe=1.0, kernel_size=1))
+    np.testing.assert_allclose(
+        amap.mask, combine_llava(amap.parts["attention"], coe=1.0, kernel_size=1)
+    )
     assert amap.recipe == "llava" and explicit.describe()["kernel_size"] == 1
 
 
@@ -219,7 +238,9 @@ def test_combine_and_render_need_no_model(no_model) -> None:
     amap = prompter.attribute(image, "q")[0]
     assert amap.grid_shape == (3, 5) and attributor.calls == 1
     smoothed = prompter.combine(amap, kernel_size=3)
-    np.testing.assert_allclose(smoothed.mask, combine_llava(amap.parts["attention"], coe=5.0, kernel_size=3))
+    np.testing.assert_allclose(
+        smoothed.mask, combine_llava(amap.parts["attention"], coe=5.0, kernel_size=3)
+    )
     assert smoothed.parts is amap.parts and amap.mask is not smoothed.mask
     gray = prompter.render(image, amap, background=255)
     black = prompter.render(image, amap)
@@ -265,8 +286,10 @@ class PartsOnly(Attributor):
 
     def attribute_parts(self, images, queries, *, exact_parts=True):
         ramp = np.arange(15, dtype=np.float32).reshape(3, 5) ** 2
-        return [AttentionMap(None, {"attention": ramp}, im.size, (0.0, 0.0, *im.size), query=q)
-                for im, q in zip(images, queries)]
+        return [
+            AttentionMap(None, {"attention": ramp}, im.size, (0.0, 0.0, *im.size), query=q)
+            for im, q in zip(images, queries)
+        ]
 
 
 def test_the_prompter_combines_raw_parts_once(no_model, monkeypatch) -> None:
@@ -288,7 +311,11 @@ def test_the_prompter_combines_raw_parts_once(no_model, monkeypatch) -> None:
     assert raw.mask is None and raw.recipe is None
     prompted = Prompter(attributor=attributor, enhance=1.0, kernel_size=1).attribute(image, "q")[0]
     assert calls == [{"enhance": 1.0, "kernel_size": 1}]  # once, with the Prompter's settings
-    np.testing.assert_allclose(prompted.mask, combine_llava(prompted.parts["attention"], coe=1.0, kernel_size=1))
+    np.testing.assert_allclose(
+        prompted.mask, combine_llava(prompted.parts["attention"], coe=1.0, kernel_size=1)
+    )
     alone = attributor(image, "q")[0]
     assert calls[1:] == [{"enhance": 5.0, "kernel_size": 3}] and alone.recipe == "llava"
-    np.testing.assert_allclose(alone.mask, combine_llava(alone.parts["attention"], coe=5.0, kernel_size=3))
+    np.testing.assert_allclose(
+        alone.mask, combine_llava(alone.parts["attention"], coe=5.0, kernel_size=3)
+    )

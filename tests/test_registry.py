@@ -11,16 +11,24 @@ import pytest
 
 def modules_imported_by(code: str) -> set[str]:
     """Top-level module names a fresh Python has in ``sys.modules`` after running ``code``."""
-    probe = textwrap.dedent(code) + "\nimport sys\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    probe = (
+        textwrap.dedent(code)
+        + "\nimport sys\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
 
 
-@pytest.mark.parametrize("code", [
-    "import api_prompt.targets; from api_prompt.targets import wrap, as_target, OpenAITarget",
-    "from api_prompt import AttentionMap; from api_prompt.attention_map import AttentionMap",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import api_prompt.targets; from api_prompt.targets import wrap, as_target, OpenAITarget",
+        "from api_prompt import AttentionMap; from api_prompt.attention_map import AttentionMap",
+    ],
+)
 def test_targets_and_maps_as_data_never_import_torch(code: str) -> None:
     imported = modules_imported_by(code)
     assert "api_prompt" in imported  # the probe ran
@@ -70,8 +78,15 @@ class ToyAttributor(Attributor):
         for image, query in zip(images, queries):
             ramp = np.roll(np.arange(self.rows * (self.rows + 1), dtype=np.float32), len(query))
             parts = {"attention": ramp.reshape(self.rows, self.rows + 1)}
-            maps.append(AttentionMap(combine_llava(parts["attention"], coe=2.0, kernel_size=3), parts,
-                                     image.size, (0.0, 0.0, *map(float, image.size)), query))
+            maps.append(
+                AttentionMap(
+                    combine_llava(parts["attention"], coe=2.0, kernel_size=3),
+                    parts,
+                    image.size,
+                    (0.0, 0.0, *map(float, image.size)),
+                    query,
+                )
+            )
         return maps
 
     def describe(self):
@@ -82,8 +97,12 @@ class ToyAttributor(Attributor):
 
 
 TOY = BackendSpec(
-    name="toy", loader=f"{__name__}:ToyAttributor", help="a model-free backend for tests",
-    default_model="none", default_layer="none", default_recipe="llava",
+    name="toy",
+    loader=f"{__name__}:ToyAttributor",
+    help="a model-free backend for tests",
+    default_model="none",
+    default_layer="none",
+    default_recipe="llava",
     options=(BackendOption("rows", int, 2, "rows of the ramp"),),
 )
 
@@ -126,13 +145,17 @@ def test_built_in_specs_name_loadable_classes_and_known_recipes() -> None:
         spec = get_backend(name)
         assert spec.name == name and spec.default_recipe in RECIPES
         assert spec.loader.startswith("api_prompt.attribution.")
-    with pytest.raises(ConfigError, match="unknown backend 'nope'; choose one of: clip, siglip, llava"):
+    with pytest.raises(
+        ConfigError, match="unknown backend 'nope'; choose one of: clip, siglip, llava"
+    ):
         get_backend("nope")
     with pytest.raises(ConfigError, match="takes no option 'pretrained'"):
         create_attributor("llava", pretrained="openai")  # refused before anything loads
 
 
-@pytest.mark.parametrize("name", ["clip", "siglip", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize(
+    "name", ["clip", "siglip", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl"]
+)
 def test_built_in_specs_declare_what_the_constructors_take(name: str) -> None:
     import inspect
 
@@ -142,8 +165,12 @@ def test_built_in_specs_declare_what_the_constructors_take(name: str) -> None:
     parameters = inspect.signature(spec.load().__init__).parameters
     for option in (*COMMON_OPTIONS, *(option.name for option in spec.options)):
         assert option in parameters, f"{name} spec declares {option!r}, the constructor lacks it"
-    default_model = parameters["model"].default  # None: the class's default_model (decoder backends)
-    assert (default_model if default_model is not None else spec.load().default_model) == spec.default_model
+    default_model = parameters[
+        "model"
+    ].default  # None: the class's default_model (decoder backends)
+    assert (
+        default_model if default_model is not None else spec.load().default_model
+    ) == spec.default_model
     for option in spec.options:
         default = parameters[option.name].default
         assert option.default == default, (name, option.name, option.default, default)
@@ -156,8 +183,12 @@ def test_options_are_typed_from_text() -> None:
     assert BackendOption("s", str, None, "").convert(7) == "7"
     processor = object()
     assert BackendOption("p", object, None, "").convert(processor) is processor
-    for option, bad in ((BackendOption("n", int, 1, ""), "1.5"), (BackendOption("n", int, 1, ""), True),
-                        (BackendOption("x", float, 1.0, ""), "nan"), (BackendOption("b", bool, False, ""), "maybe")):
+    for option, bad in (
+        (BackendOption("n", int, 1, ""), "1.5"),
+        (BackendOption("n", int, 1, ""), True),
+        (BackendOption("x", float, 1.0, ""), "nan"),
+        (BackendOption("b", bool, False, ""), "maybe"),
+    ):
         with pytest.raises(ConfigError, match=f"option {option.name!r} must be"):
             option.convert(bad)
 
@@ -169,7 +200,9 @@ def test_prompter_takes_a_registered_backend(toy, photo: Path) -> None:
     assert ToyAttributor.instances[-1].rows == 3
     amap = prompter.attribute(photo, "a query")[0]
     assert amap.grid_shape == (3, 4) and amap.recipe == "llava"
-    np.testing.assert_allclose(amap.mask, combine_llava(amap.parts["attention"], coe=10.0, kernel_size=1))
+    np.testing.assert_allclose(
+        amap.mask, combine_llava(amap.parts["attention"], coe=10.0, kernel_size=1)
+    )
     assert prompter.describe()["backend"] == "toy" and prompter.describe()["rows"] == 3
     assert prompter.query_overflow("a much longer query") == (19, 10)  # asked of the attributor
     with pytest.warns(UserWarning, match="19 tokens long"):
@@ -184,8 +217,22 @@ def test_cli_takes_a_registered_backend(toy, app, photo: Path, tmp_path: Path) -
     from api_prompt import Prompter
 
     out, saved = tmp_path / "out.png", tmp_path / "map.npz"
-    code, _, stderr = invoke(app, photo, "a query", "--backend", "toy", "-B", "rows=3", "-k", "1",
-                             "-o", out, "--save-map", saved, "-q")
+    code, _, stderr = invoke(
+        app,
+        photo,
+        "a query",
+        "--backend",
+        "toy",
+        "-B",
+        "rows=3",
+        "-k",
+        "1",
+        "-o",
+        out,
+        "--save-map",
+        saved,
+        "-q",
+    )
     assert code == 0, stderr
     with np.load(saved) as data:
         assert data["mask"].shape == (3, 4) and "attention" in data.files
@@ -197,7 +244,10 @@ def test_cli_takes_a_registered_backend(toy, app, photo: Path, tmp_path: Path) -
         (["--backend", "toy", "-B", "rows=many"], "option 'rows' must be an integer"),
         (["--backend", "toy", "-B", "depth=2"], "toy backend takes no option 'depth'"),
         (["--backend", "toy", "-B", "rows"], "expected KEY=VALUE"),
-        (["--backend", "toy", "--pretrained", "openai"], "--pretrained is not an option of the toy backend"),
+        (
+            ["--backend", "toy", "--pretrained", "openai"],
+            "--pretrained is not an option of the toy backend",
+        ),
     ]:
         code, stdout, stderr = invoke(app, photo, "a query", "-o", tmp_path / "bad.png", *args)
         lines = stderr.strip().splitlines()
@@ -213,10 +263,24 @@ def test_batch_takes_a_registered_backend(toy, app, photo: Path, tmp_path: Path)
     source = tmp_path / "q.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    summary = run(source, tmp_path / "api", Prompter(backend="toy", rows=3), batch_size=2, progress=False)
+    summary = run(
+        source, tmp_path / "api", Prompter(backend="toy", rows=3), batch_size=2, progress=False
+    )
     assert summary.ok == 3
-    code, _, stderr = invoke(app, "batch", source, "--out", tmp_path / "cli", "--backend", "toy",
-                             "-B", "rows=3", "--batch-size", "2", "-q")
+    code, _, stderr = invoke(
+        app,
+        "batch",
+        source,
+        "--out",
+        tmp_path / "cli",
+        "--backend",
+        "toy",
+        "-B",
+        "rows=3",
+        "--batch-size",
+        "2",
+        "-q",
+    )
     assert code == 0, stderr
     by_api = sorted(p.read_bytes() for p in (tmp_path / "api" / "images").iterdir())
     by_cli = sorted(p.read_bytes() for p in (tmp_path / "cli" / "images").iterdir())

@@ -38,11 +38,17 @@ def test_relative_map_is_the_ratio_of_two_oracle_maps(family):
     for image, query, amap in zip(images, QUERIES, maps):
         question, _ = _oracle(name, eager, processor, image, query)
         generic, _ = _oracle(name, eager, processor, image, GENERIC_QUERY)
-        np.testing.assert_allclose(amap.parts["attention_question"], question["attention"], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(amap.parts["attention_generic"], generic["attention"], atol=1e-5, rtol=0)
-        expected = question["attention"].astype(np.float64) / (generic["attention"] + RELATIVE_EPSILON)
+        np.testing.assert_allclose(
+            amap.parts["attention_question"], question["attention"], atol=1e-5, rtol=0
+        )
+        np.testing.assert_allclose(
+            amap.parts["attention_generic"], generic["attention"], atol=1e-5, rtol=0
+        )
+        expected = question["attention"].astype(np.float64) / (
+            generic["attention"] + RELATIVE_EPSILON
+        )
         np.testing.assert_allclose(amap.parts["attention"], expected, rtol=1e-4)
-        assert expected.max() / expected.min() > 1.01            # the ratio is not trivially flat
+        assert expected.max() / expected.min() > 1.01  # the ratio is not trivially flat
         assert amap.extra["relative"] is True
         assert 0.0 <= amap.mask.min() and amap.mask.max() <= 1.0
     assert attributor.describe()["relative"] is True
@@ -55,12 +61,15 @@ def test_generic_maps_are_computed_with_the_questions_and_cached_per_image(famil
     attributor = cls(model, processor, layer=LAYER, max_new_tokens=2, relative=True, batch_size=8)
     calls = []
     original = attributor._attribute_batch
-    monkeypatch.setattr(attributor, "_attribute_batch",
-                        lambda images, queries: calls.append(list(queries)) or original(images, queries))
+    monkeypatch.setattr(
+        attributor,
+        "_attribute_batch",
+        lambda images, queries: calls.append(list(queries)) or original(images, queries),
+    )
     first = attributor([image, image], ["What color?", "Where?"])
-    assert calls == [["What color?", "Where?", GENERIC_QUERY]]      # one batched pass, one generic row
+    assert calls == [["What color?", "Where?", GENERIC_QUERY]]  # one batched pass, one generic row
     second = attributor([image], ["What color?"])
-    assert calls[1] == ["What color?"]                              # the generic map came from the cache
+    assert calls[1] == ["What color?"]  # the generic map came from the cache
     # the same map up to float noise of a different batch (padding changes summation order)
     np.testing.assert_allclose(first[0].parts["attention"], second[0].parts["attention"], rtol=1e-5)
 
@@ -68,7 +77,7 @@ def test_generic_maps_are_computed_with_the_questions_and_cached_per_image(famil
 def test_relative_options_are_checked_and_off_by_default(family):
     _, cls, model, processor, _ = family
     plain = cls(model, processor, layer=LAYER, max_new_tokens=2)
-    assert "relative" not in plain.describe()                       # old manifests still match
+    assert "relative" not in plain.describe()  # old manifests still match
     assert "attention_generic" not in plain(_images()[:1], ["q"])[0].parts
     with pytest.raises(ConfigError, match="generic_query"):
         cls(model, processor, layer=LAYER, relative=True, generic_query="  ")

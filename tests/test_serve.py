@@ -23,9 +23,13 @@ import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette", reason="the proxy needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip(
+    "starlette", reason="the proxy needs the serve extra: pip install -e '.[serve]'"
+)
 pytest.importorskip("uvicorn", reason="the proxy needs the serve extra: pip install -e '.[serve]'")
-openai = pytest.importorskip("openai", reason="the proxy tests use the openai SDK: pip install -e '.[dev]'")
+openai = pytest.importorskip(
+    "openai", reason="the proxy tests use the openai SDK: pip install -e '.[dev]'"
+)
 
 from PIL import Image  # noqa: E402
 
@@ -58,9 +62,13 @@ def prompter():
 
 
 def image_message(text: str, *images: Image.Image) -> dict:
-    return {"role": "user", "content": [{"type": "text", "text": text},
-                                        *({"type": "image_url", "image_url": {"url": png_data_url(image)}}
-                                          for image in images)]}
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": text},
+            *({"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in images),
+        ],
+    }
 
 
 def sdk(base_url: str, key: str = "unused", **options) -> openai.OpenAI:
@@ -79,13 +87,20 @@ def invert(images, queries):
 def test_upstream_receives_exactly_the_prompted_image_and_the_rest_unchanged(prompter):
     image = random_image(1, (64, 48))
     with RawServer(default=echo_upstream) as upstream:
-        with running_proxy(create_app(prompter, ServeConfig(upstream=upstream.base_url))) as base_url:
+        with running_proxy(
+            create_app(prompter, ServeConfig(upstream=upstream.base_url))
+        ) as base_url:
             raw = sdk(base_url).chat.completions.with_raw_response.create(
-                model="Qwen2-VL-7B", temperature=0.25, max_tokens=9, seed=7,
-                messages=[{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Hello."},
-                          {"role": "assistant", "content": "Hi."},
-                          image_message("  What is red? ", image)],
+                model="Qwen2-VL-7B",
+                temperature=0.25,
+                max_tokens=9,
+                seed=7,
+                messages=[
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hello."},
+                    {"role": "assistant", "content": "Hi."},
+                    image_message("  What is red? ", image),
+                ],
                 extra_body={"top_k": 3, "mm_processor_kwargs": {"max_pixels": 1000}},
             )
     answer = raw.parse()
@@ -98,10 +113,18 @@ def test_upstream_receives_exactly_the_prompted_image_and_the_rest_unchanged(pro
     assert not np.array_equal(np.asarray(received), np.asarray(image))  # it really was prompted
     # Everything but the image URL arrives as the client sent it.
     assert {k: v for k, v in body.items() if k != "messages"} == {
-        "model": "Qwen2-VL-7B", "temperature": 0.25, "max_tokens": 9, "seed": 7, "top_k": 3,
-        "mm_processor_kwargs": {"max_pixels": 1000}}
-    assert body["messages"][:3] == [{"role": "system", "content": "Be brief."},
-                                    {"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}]
+        "model": "Qwen2-VL-7B",
+        "temperature": 0.25,
+        "max_tokens": 9,
+        "seed": 7,
+        "top_k": 3,
+        "mm_processor_kwargs": {"max_pixels": 1000},
+    }
+    assert body["messages"][:3] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": "Hi."},
+    ]
     assert body["messages"][3]["content"][0] == {"type": "text", "text": "  What is red? "}
     # The upstream's answer and headers come back as they are.
     assert answer.choices[0].message.content == "  What is red? |" + pixel_digest(expected)
@@ -118,12 +141,21 @@ def test_a_jpeg_goes_upstream_as_the_jpeg_of_exactly_the_prompted_image(prompter
     with Image.open(io.BytesIO(base64.b64decode(sent.split(",", 1)[1]))) as opened:
         decoded = opened.convert("RGB")
     expected = prompt(decoded, "What is red?", **SETTINGS)
-    message = {"role": "user", "content": [{"type": "text", "text": "What is red?"},
-                                           {"type": "image_url", "image_url": {"url": sent}}]}
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is red?"},
+            {"type": "image_url", "image_url": {"url": sent}},
+        ],
+    }
     with RawServer(default=echo_upstream) as upstream:
-        with running_proxy(create_app(prompter, ServeConfig(upstream=upstream.base_url))) as base_url:
+        with running_proxy(
+            create_app(prompter, ServeConfig(upstream=upstream.base_url))
+        ) as base_url:
             sdk(base_url).chat.completions.create(model="m", messages=[message])
-        with running_proxy(create_app(prompter, ServeConfig(upstream=upstream.base_url, jpeg_quality=None))) as base_url:
+        with running_proxy(
+            create_app(prompter, ServeConfig(upstream=upstream.base_url, jpeg_quality=None))
+        ) as base_url:
             sdk(base_url).chat.completions.create(model="m", messages=[message])
     as_jpeg, as_png = upstream.requests
     buffer = io.BytesIO()
@@ -163,19 +195,31 @@ def test_several_images_and_messages_each_get_their_own_query(prompter):
     first, second = random_image(1, (64, 48)), random_image(2, (50, 70))
     batches = []
     with RawServer(default=echo_upstream) as upstream:
-        app = create_app(config=ServeConfig(upstream=upstream.base_url), **recording(prompter, batches))
+        app = create_app(
+            config=ServeConfig(upstream=upstream.base_url), **recording(prompter, batches)
+        )
         with running_proxy(app) as base_url:
-            sdk(base_url).chat.completions.create(model="m", messages=[
-                image_message("What is red?", first, second), {"role": "assistant", "content": "A circle."},
-                image_message("And blue?", second)])
+            sdk(base_url).chat.completions.create(
+                model="m",
+                messages=[
+                    image_message("What is red?", first, second),
+                    {"role": "assistant", "content": "A circle."},
+                    image_message("And blue?", second),
+                ],
+            )
     received = sent_images(upstream.requests[0])
     ((queries, prompted),) = batches  # one model call for the three images
     assert queries == ["What is red?", "What is red?", "And blue?"]
     for got, made in zip(received, prompted):  # exactly what the model call made, losslessly
         assert np.array_equal(np.asarray(got), np.asarray(made))
-    for got, (image, query) in zip(received, [(first, queries[0]), (second, queries[1]), (second, queries[2])]):
+    for got, (image, query) in zip(
+        received, [(first, queries[0]), (second, queries[1]), (second, queries[2])]
+    ):
         assert_prompted(got, image, query)
-    assert upstream.requests[0]["json"]["messages"][1] == {"role": "assistant", "content": "A circle."}
+    assert upstream.requests[0]["json"]["messages"][1] == {
+        "role": "assistant",
+        "content": "A circle.",
+    }
 
 
 @pytest.mark.slow
@@ -191,15 +235,23 @@ def test_requests_arriving_together_are_attributed_together(prompter):
         return record(images, queries)
 
     with RawServer(default=echo_upstream) as upstream:
-        app = create_app(config=ServeConfig(upstream=upstream.base_url, max_batch=6, max_wait_ms=1500),
-                         run_batch=first_call_waits_for_the_others, render=stages["render"])
+        app = create_app(
+            config=ServeConfig(upstream=upstream.base_url, max_batch=6, max_wait_ms=1500),
+            run_batch=first_call_waits_for_the_others,
+            render=stages["render"],
+        )
         with running_proxy(app) as base_url:
             client = sdk(base_url)
             answers = [None] * 6
 
             def ask(i):
-                answers[i] = client.chat.completions.create(
-                    model="m", messages=[image_message(f"a red circle {i}", images[i])]).choices[0].message.content
+                answers[i] = (
+                    client.chat.completions.create(
+                        model="m", messages=[image_message(f"a red circle {i}", images[i])]
+                    )
+                    .choices[0]
+                    .message.content
+                )
 
             threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
             for thread in threads:
@@ -207,8 +259,12 @@ def test_requests_arriving_together_are_attributed_together(prompter):
             for thread in threads:
                 thread.join(timeout=60)
             sizes = app.state.batcher.batch_sizes
-    assert sum(sizes) == 6 and len(sizes) <= 2  # those that queued meanwhile went through the model together
-    made = {query: image for queries, prompted in batches for query, image in zip(queries, prompted)}
+    assert (
+        sum(sizes) == 6 and len(sizes) <= 2
+    )  # those that queued meanwhile went through the model together
+    made = {
+        query: image for queries, prompted in batches for query, image in zip(queries, prompted)
+    }
     for request in upstream.requests:
         i = int(request["json"]["messages"][0]["content"][0]["text"].rsplit(" ", 1)[1])
         (received,) = sent_images(request)
@@ -220,9 +276,15 @@ def test_requests_arriving_together_are_attributed_together(prompter):
 
 def test_a_request_without_images_is_forwarded_byte_for_byte():
     with RawServer(default=respond(200, completion("plain"))) as upstream:
-        with running_proxy(create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)) as base_url:
+        with running_proxy(
+            create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)
+        ) as base_url:
             raw = b'{"model":"m",  "messages":[{"role":"user","content":"hi"}], "n": 1}'
-            done = httpx.post(base_url + "/chat/completions", content=raw, headers={"content-type": "application/json"})
+            done = httpx.post(
+                base_url + "/chat/completions",
+                content=raw,
+                headers={"content-type": "application/json"},
+            )
     assert done.status_code == 200 and done.json()["choices"][0]["message"]["content"] == "plain"
     assert upstream.requests[0]["body"] == raw
 
@@ -236,11 +298,24 @@ def test_streaming_passes_through_chunk_by_chunk():
     stalls = []
 
     def streaming(conn, request):
-        conn.sendall(_head(200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked",
-                                 "X-Stream": "yes", "Connection": "close"}))
+        conn.sendall(
+            _head(
+                200,
+                {
+                    "Content-Type": "text/event-stream",
+                    "Transfer-Encoding": "chunked",
+                    "X-Stream": "yes",
+                    "Connection": "close",
+                },
+            )
+        )
         for i, event in enumerate(received):
-            chunk = {"id": "s", "object": "chat.completion.chunk", "model": "m",
-                     "choices": [{"index": 0, "delta": {"content": f"part{i} "}, "finish_reason": None}]}
+            chunk = {
+                "id": "s",
+                "object": "chat.completion.chunk",
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": f"part{i} "}, "finish_reason": None}],
+            }
             data = f"data: {json.dumps(chunk)}\n\n".encode()
             conn.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             if not event.wait(5):
@@ -249,9 +324,12 @@ def test_streaming_passes_through_chunk_by_chunk():
         conn.sendall(f"{len(end):x}\r\n".encode() + end + b"\r\n0\r\n\r\n")
 
     with RawServer(default=streaming) as upstream:
-        with running_proxy(create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)) as base_url:
+        with running_proxy(
+            create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)
+        ) as base_url:
             stream = sdk(base_url).chat.completions.create(
-                model="m", stream=True, messages=[image_message("q", random_image(0))])
+                model="m", stream=True, messages=[image_message("q", random_image(0))]
+            )
             parts = []
             for chunk in stream:
                 parts.append(chunk.choices[0].delta.content)
@@ -262,9 +340,14 @@ def test_streaming_passes_through_chunk_by_chunk():
 
 
 def test_models_are_forwarded_and_health_is_local():
-    listing = {"object": "list", "data": [{"id": "Qwen2-VL-7B", "object": "model", "owned_by": "vllm"}]}
+    listing = {
+        "object": "list",
+        "data": [{"id": "Qwen2-VL-7B", "object": "model", "owned_by": "vllm"}],
+    }
     with RawServer(default=respond(200, listing)) as upstream:
-        with running_proxy(create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)) as base_url:
+        with running_proxy(
+            create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)
+        ) as base_url:
             assert [model.id for model in sdk(base_url).models.list()] == ["Qwen2-VL-7B"]
             health = httpx.get(base_url.removesuffix("/v1") + "/health")
             missing = httpx.post(base_url + "/embeddings", json={})
@@ -281,31 +364,46 @@ def test_models_are_forwarded_and_health_is_local():
 @pytest.fixture
 def echo_proxy():
     with RawServer(default=echo_upstream) as upstream:
-        config = ServeConfig(upstream=upstream.base_url, max_image_bytes=50_000, max_body_bytes=200_000,
-                             max_image_pixels=100 * 100)
+        config = ServeConfig(
+            upstream=upstream.base_url,
+            max_image_bytes=50_000,
+            max_body_bytes=200_000,
+            max_image_pixels=100 * 100,
+        )
         with running_proxy(create_app(config=config, run_batch=invert)) as base_url:
             yield base_url, upstream
 
 
 def test_malformed_requests_and_bad_images_are_400(echo_proxy):
     base_url, upstream = echo_proxy
-    bad_json = httpx.post(base_url + "/chat/completions", content=b'{"model": "m", "messages": [',
-                          headers={"content-type": "application/json"})
+    bad_json = httpx.post(
+        base_url + "/chat/completions",
+        content=b'{"model": "m", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]["message"]
     assert bad_json.json()["error"]["type"] == "invalid_request_error"
     client = sdk(base_url)
     cases = {
-        "cannot load the image: not a recognised image": [{"type": "text", "text": "q"},
-                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}],
-        "not valid base64": [{"type": "text", "text": "q"},
-                             {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}],
-        "not fetched": [{"type": "text", "text": "q"},
-                        {"type": "image_url", "image_url": {"url": "http://example.com/cat.png"}}],
+        "cannot load the image: not a recognised image": [
+            {"type": "text", "text": "q"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+        ],
+        "not valid base64": [
+            {"type": "text", "text": "q"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}},
+        ],
+        "not fetched": [
+            {"type": "text", "text": "q"},
+            {"type": "image_url", "image_url": {"url": "http://example.com/cat.png"}},
+        ],
         "no text": [{"type": "image_url", "image_url": {"url": png_data_url(random_image(0))}}],
     }
     for expected, content in cases.items():
         with pytest.raises(openai.BadRequestError, match=expected) as caught:
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": content}]
+            )
         assert caught.value.status_code == 400
         assert caught.value.body["param"] is not None  # names the part
     with pytest.raises(openai.BadRequestError, match="non-empty list"):
@@ -336,19 +434,31 @@ def test_a_full_queue_is_429_with_retry_after():
         return invert(images, queries)
 
     with RawServer(default=echo_upstream) as upstream:
-        app = create_app(config=ServeConfig(upstream=upstream.base_url, max_batch=1, max_wait_ms=0, max_queue=1),
-                         run_batch=slow)
+        app = create_app(
+            config=ServeConfig(upstream=upstream.base_url, max_batch=1, max_wait_ms=0, max_queue=1),
+            run_batch=slow,
+        )
         with running_proxy(app) as base_url:
             client = sdk(base_url)
             results = []
-            threads = [threading.Thread(target=lambda i=i: results.append(client.chat.completions.create(
-                model="m", messages=[image_message(f"q{i}", random_image(i))]))) for i in range(2)]
+            threads = [
+                threading.Thread(
+                    target=lambda i=i: results.append(
+                        client.chat.completions.create(
+                            model="m", messages=[image_message(f"q{i}", random_image(i))]
+                        )
+                    )
+                )
+                for i in range(2)
+            ]
             threads[0].start()
             assert running.wait(10)  # the first request holds the model
             threads[1].start()
             _wait_for(lambda: app.state.batcher.queued == 1)  # the second waits in the queue
             with pytest.raises(openai.RateLimitError) as caught:
-                client.chat.completions.create(model="m", messages=[image_message("q", random_image(9))])
+                client.chat.completions.create(
+                    model="m", messages=[image_message("q", random_image(9))]
+                )
             release.set()
             for thread in threads:
                 thread.join(timeout=20)
@@ -361,12 +471,20 @@ def test_a_full_queue_is_429_with_retry_after():
 @pytest.mark.slow
 def test_upstream_unreachable_is_502_and_too_slow_is_504():
     closed = f"http://127.0.0.1:{free_port()}/v1"
-    with running_proxy(create_app(config=ServeConfig(upstream=closed), run_batch=invert)) as base_url:
+    with running_proxy(
+        create_app(config=ServeConfig(upstream=closed), run_batch=invert)
+    ) as base_url:
         with pytest.raises(openai.APIStatusError) as caught:
-            sdk(base_url).chat.completions.create(model="m", messages=[image_message("q", random_image(0))])
-        assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_unreachable"
+            sdk(base_url).chat.completions.create(
+                model="m", messages=[image_message("q", random_image(0))]
+            )
+        assert (
+            caught.value.status_code == 502 and caught.value.body["code"] == "upstream_unreachable"
+        )
     with RawServer(default=not_http()) as upstream:  # something else listens there
-        with running_proxy(create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)) as base_url:
+        with running_proxy(
+            create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)
+        ) as base_url:
             with pytest.raises(openai.APIStatusError) as caught:
                 sdk(base_url).models.list()
             assert caught.value.status_code == 502
@@ -379,17 +497,25 @@ def test_upstream_unreachable_is_502_and_too_slow_is_504():
         with running_proxy(create_app(config=config, run_batch=invert)) as base_url:
             start = time.monotonic()
             with pytest.raises(openai.APIStatusError) as caught:
-                sdk(base_url).chat.completions.create(model="m", messages=[image_message("q", random_image(0))])
+                sdk(base_url).chat.completions.create(
+                    model="m", messages=[image_message("q", random_image(0))]
+                )
             assert time.monotonic() - start < 2.5
     assert caught.value.status_code == 504 and caught.value.body["code"] == "upstream_timeout"
 
 
 def test_upstream_errors_come_back_as_they_are():
     error = {"error": {"message": "model overloaded", "type": "server_error", "code": "overloaded"}}
-    with RawServer(default=respond(429, error, {"Retry-After": "7", "X-Request-Id": "up-1"})) as upstream:
-        with running_proxy(create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)) as base_url:
+    with RawServer(
+        default=respond(429, error, {"Retry-After": "7", "X-Request-Id": "up-1"})
+    ) as upstream:
+        with running_proxy(
+            create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)
+        ) as base_url:
             with pytest.raises(openai.RateLimitError) as caught:
-                sdk(base_url).chat.completions.create(model="m", messages=[image_message("q", random_image(0))])
+                sdk(base_url).chat.completions.create(
+                    model="m", messages=[image_message("q", random_image(0))]
+                )
     assert caught.value.body == error["error"]
     assert caught.value.response.headers["retry-after"] == "7"
     assert caught.value.response.headers["x-request-id"] == "up-1"
@@ -402,21 +528,35 @@ def test_client_key_is_required_and_never_forwarded_and_the_upstream_key_is_sent
     with RawServer(default=echo_upstream) as upstream:
         config = ServeConfig(upstream=upstream.base_url, api_key=KEY, upstream_api_key=UPSTREAM_KEY)
         assert KEY not in repr(config) and UPSTREAM_KEY not in repr(config)
-        with caplog.at_level(logging.DEBUG), running_proxy(create_app(config=config, run_batch=invert)) as base_url:
+        with (
+            caplog.at_level(logging.DEBUG),
+            running_proxy(create_app(config=config, run_batch=invert)) as base_url,
+        ):
             with pytest.raises(openai.AuthenticationError) as caught:
                 sdk(base_url, key="sk-wrong").chat.completions.create(
-                    model="m", messages=[image_message("q", random_image(0))])
-            assert caught.value.status_code == 401 and caught.value.body["code"] == "invalid_api_key"
-            keyless = httpx.post(base_url + "/chat/completions",  # the SDK always sends a key
-                                 json={"model": "m", "messages": [image_message("q", random_image(0))]})
-            assert keyless.status_code == 401 and keyless.json()["error"]["type"] == "authentication_error"
+                    model="m", messages=[image_message("q", random_image(0))]
+                )
+            assert (
+                caught.value.status_code == 401 and caught.value.body["code"] == "invalid_api_key"
+            )
+            keyless = httpx.post(
+                base_url + "/chat/completions",  # the SDK always sends a key
+                json={"model": "m", "messages": [image_message("q", random_image(0))]},
+            )
+            assert (
+                keyless.status_code == 401
+                and keyless.json()["error"]["type"] == "authentication_error"
+            )
             with pytest.raises(openai.AuthenticationError):
                 sdk(base_url, key="sk-wrong").models.list()
             assert upstream.requests == []
             answer = sdk(base_url, key=KEY).chat.completions.create(
-                model="m", messages=[image_message("q", random_image(0))])
+                model="m", messages=[image_message("q", random_image(0))]
+            )
             assert answer.choices[0].message.content.startswith("q|")
-            assert httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200  # no key needed
+            assert (
+                httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200
+            )  # no key needed
     (request,) = upstream.requests
     assert request["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert KEY not in json.dumps(request["headers"]) + request["body"].decode()
@@ -425,9 +565,12 @@ def test_client_key_is_required_and_never_forwarded_and_the_upstream_key_is_sent
 
 def test_without_proxy_keys_the_clients_own_key_passes_through():
     with RawServer(default=echo_upstream) as upstream:
-        with running_proxy(create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)) as base_url:
+        with running_proxy(
+            create_app(config=ServeConfig(upstream=upstream.base_url), run_batch=invert)
+        ) as base_url:
             sdk(base_url, key="sk-users-own").chat.completions.create(
-                model="m", messages=[image_message("q", random_image(0))])
+                model="m", messages=[image_message("q", random_image(0))]
+            )
     assert upstream.requests[0]["headers"]["authorization"] == "Bearer sk-users-own"
 
 
@@ -440,22 +583,40 @@ def test_url_fetch_with_limits_and_no_redirect_to_private_addresses():
     image = random_image(5)
     png = png_data_url(image)
     import base64
+
     image_bytes = base64.b64decode(png.split(",", 1)[1])
     with RawServer(default=echo_upstream) as upstream, RawServer() as images:
-        config = ServeConfig(upstream=upstream.base_url, allow_url_fetch=True, max_image_bytes=len(image_bytes),
-                             fetch_timeout=0.5, allow_private_fetch=("127.0.0.1",))
+        config = ServeConfig(
+            upstream=upstream.base_url,
+            allow_url_fetch=True,
+            max_image_bytes=len(image_bytes),
+            fetch_timeout=0.5,
+            allow_private_fetch=("127.0.0.1",),
+        )
         with running_proxy(create_app(config=config, run_batch=invert)) as base_url:
             client = sdk(base_url)
 
             def ask(url):
-                return client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
-                    {"type": "text", "text": "q"}, {"type": "image_url", "image_url": {"url": url}}]}])
+                return client.chat.completions.create(
+                    model="m",
+                    messages=[
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "q"},
+                                {"type": "image_url", "image_url": {"url": url}},
+                            ],
+                        }
+                    ],
+                )
 
             images.script = [respond(200, image_bytes, {"Content-Type": "image/png"})]
             answer = ask(images.origin + "/cat.png").choices[0].message.content
             assert answer == "q|" + pixel_digest(invert([image], ["q"])[0])
             failures = []
-            images.script = [redirect(302, f"http://localhost:{images.port}/cat.png")]  # not an allowed host
+            images.script = [
+                redirect(302, f"http://localhost:{images.port}/cat.png")
+            ]  # not an allowed host
             failures.append(ask_failure(ask, images.origin + "/moved.png"))
             images.script = [respond(200, image_bytes + b"x" * 10, {"Content-Type": "image/png"})]
             failures.append(ask_failure(ask, images.origin + "/big.png"))
@@ -465,10 +626,18 @@ def test_url_fetch_with_limits_and_no_redirect_to_private_addresses():
             started = time.monotonic()
             failures.append(ask_failure(ask, images.origin + "/slow.png"))
             assert time.monotonic() - started < 2.5
-    assert {(error.status_code, error.body["code"]) for error in failures} == {(400, "image_fetch_failed")}
+    assert {(error.status_code, error.body["code"]) for error in failures} == {
+        (400, "image_fetch_failed")
+    }
     (message,) = {error.body["message"] for error in failures}
     assert "within 0.5 s" in message and f"at most {len(image_bytes):,} bytes" in message
-    assert [r["path"] for r in images.requests] == ["/cat.png", "/moved.png", "/big.png", "/missing.png", "/slow.png"]
+    assert [r["path"] for r in images.requests] == [
+        "/cat.png",
+        "/moved.png",
+        "/big.png",
+        "/missing.png",
+        "/slow.png",
+    ]
     assert len(upstream.requests) == 1
 
 
@@ -508,9 +677,11 @@ def test_serve_command_rejects_bad_options_in_one_line(tmp_path):
 
     from cli.app import app
 
-    for args, expected in ((["--upstream", "ftp://x"], "--upstream must be"),
-                           (["--upstream", "http://x/v1", "-k", "4"], "kernel"),
-                           (["--upstream", "http://x/v1", "--api-key", "sk-a b"], "API key")):
+    for args, expected in (
+        (["--upstream", "ftp://x"], "--upstream must be"),
+        (["--upstream", "http://x/v1", "-k", "4"], "kernel"),
+        (["--upstream", "http://x/v1", "--api-key", "sk-a b"], "API key"),
+    ):
         done = CliRunner().invoke(app, ["serve", *args])
         assert done.exit_code == 2, done.stderr
         assert done.stderr.startswith("error: ") and expected in done.stderr
@@ -533,9 +704,23 @@ def test_sigterm_finishes_requests_in_flight_then_exits():
     with RawServer(default=slow_echo) as upstream:
         env = {**os.environ, "API_PROMPT_UPSTREAM_KEY": UPSTREAM_KEY, "OMP_NUM_THREADS": "1"}
         process = subprocess.Popen(
-            [str(executable), "serve", "--upstream", upstream.base_url, "--port", "0", "--model", CLIP,
-             "--device", "cpu", "--api-key", KEY],
-            stderr=subprocess.PIPE, text=True, env=env,
+            [
+                str(executable),
+                "serve",
+                "--upstream",
+                upstream.base_url,
+                "--port",
+                "0",
+                "--model",
+                CLIP,
+                "--device",
+                "cpu",
+                "--api-key",
+                KEY,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         try:
             line = ""
@@ -545,19 +730,34 @@ def test_sigterm_finishes_requests_in_flight_then_exits():
             base_url = re.search(r"(http://\S+/v1)", line).group(1)
             log = []
             threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
-            _wait_for(lambda: httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200, timeout=30)
+            _wait_for(
+                lambda: httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200,
+                timeout=30,
+            )
 
             client = sdk(base_url, key=KEY)
             answers = {}
-            threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, client.chat.completions.create(
-                model="m", messages=[image_message(f"question {i}", random_image(i))]).choices[0].message.content))
-                for i in range(4)]
+            threads = [
+                threading.Thread(
+                    target=lambda i=i: answers.__setitem__(
+                        i,
+                        client.chat.completions.create(
+                            model="m", messages=[image_message(f"question {i}", random_image(i))]
+                        )
+                        .choices[0]
+                        .message.content,
+                    )
+                )
+                for i in range(4)
+            ]
             for thread in threads:
                 thread.start()
             for _ in range(4):  # all four are at the upstream: in flight
                 assert arrived.acquire(timeout=30)
             process.send_signal(signal.SIGTERM)
-            _wait_for(lambda: refused(base_url.removesuffix("/v1") + "/health"), timeout=2)  # no longer accepting
+            _wait_for(
+                lambda: refused(base_url.removesuffix("/v1") + "/health"), timeout=2
+            )  # no longer accepting
             assert answers == {}  # ... while the four are still in flight
             for thread in threads:
                 thread.join(timeout=30)

@@ -25,8 +25,9 @@ def test_batches_are_bounded_and_every_request_gets_its_own_results_in_order():
         batcher = MicroBatcher(tagged, max_batch=3, max_wait_ms=50)
         await batcher.start()
         requests = [[f"r{r}i{i}" for i in range(r % 3 + 1)] for r in range(10)]
-        answers = await asyncio.gather(*(batcher.prompt(images, [f"q{r}"] * len(images))
-                                         for r, images in enumerate(requests)))
+        answers = await asyncio.gather(
+            *(batcher.prompt(images, [f"q{r}"] * len(images)) for r, images in enumerate(requests))
+        )
         await batcher.stop()
         return requests, answers, batcher.batch_sizes
 
@@ -46,9 +47,9 @@ def test_a_lone_request_waits_for_company_only_when_some_is_on_its_way():
         await batcher.stop()
         return elapsed
 
-    assert run(latency(None)) >= 0.29            # no hint: the classic max-wait
-    assert run(latency(lambda: 1)) >= 0.29       # someone is on the way: wait for them
-    assert run(latency(lambda: 0)) < 0.2         # nobody is coming: run at once
+    assert run(latency(None)) >= 0.29  # no hint: the classic max-wait
+    assert run(latency(lambda: 1)) >= 0.29  # someone is on the way: wait for them
+    assert run(latency(lambda: 0)) < 0.2  # nobody is coming: run at once
 
 
 def test_a_full_queue_refuses_a_request_whole():
@@ -88,8 +89,12 @@ def test_one_bad_request_does_not_fail_the_others_in_its_batch():
     async def scenario():
         batcher = MicroBatcher(picky, max_batch=8, max_wait_ms=100)
         await batcher.start()
-        results = await asyncio.gather(batcher.prompt(["a"], ["q"]), batcher.prompt(["bad"], ["q"]),
-                                       batcher.prompt(["c"], ["q"]), return_exceptions=True)
+        results = await asyncio.gather(
+            batcher.prompt(["a"], ["q"]),
+            batcher.prompt(["bad"], ["q"]),
+            batcher.prompt(["c"], ["q"]),
+            return_exceptions=True,
+        )
         await batcher.stop()
         return results
 
@@ -120,25 +125,35 @@ def test_cancelled_requests_are_skipped_and_stop_drains_the_queue():
 
 
 def test_find_and_replace_images_leave_everything_else_alone():
-    body = parse_request(b'''{"model": "m", "stream": true, "messages": [
+    body = parse_request(b"""{"model": "m", "stream": true, "messages": [
         {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "data:x"}}]},
         {"role": "user", "content": "no parts"},
         {"role": "user", "content": [{"type": "image_url", "image_url": "data:image/png;base64,QQ=="},
-                                     {"type": "text", "text": "first"}, {"type": "text", "text": " second "}]}]}''')
+                                     {"type": "text", "text": "first"}, {"type": "text", "text": " second "}]}]}""")
     (part,) = find_images(body)  # images in system messages are not the user's question
-    assert part.location == (2, 0) and part.query == "first second" and part.param.startswith("messages[2]")
+    assert (
+        part.location == (2, 0)
+        and part.query == "first second"
+        and part.param.startswith("messages[2]")
+    )
     new = replace_images(body, [part], ["data:new"])
-    assert new["messages"][2]["content"][0] == {"type": "image_url", "image_url": "data:new"}  # shape kept
+    assert new["messages"][2]["content"][0] == {
+        "type": "image_url",
+        "image_url": "data:new",
+    }  # shape kept
     assert new["messages"][:2] == body["messages"][:2] and new["stream"] is True
     assert body["messages"][2]["content"][0]["image_url"] == "data:image/png;base64,QQ=="
 
 
-@pytest.mark.parametrize("raw, status, expected", [
-    (b"[1]", 400, "JSON object"),
-    (b'{"messages": "hi"}', 400, "non-empty list"),
-    (b'{"messages": [1]}', 400, "must be an object"),
-    (b"\xff\xfe", 400, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, status, expected",
+    [
+        (b"[1]", 400, "JSON object"),
+        (b'{"messages": "hi"}', 400, "non-empty list"),
+        (b'{"messages": [1]}', 400, "must be an object"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+    ],
+)
 def test_malformed_requests(raw, status, expected):
     with pytest.raises(RequestError, match=expected) as caught:
         parse_request(raw)
@@ -165,11 +180,14 @@ def test_a_lone_request_runs_on_the_event_loop_once_batches_are_known_to_be_quic
             threads.append(threading.get_ident())
             time.sleep(seconds)
             return tagged(images, queries)
+
         return run_batch
 
     async def scenario(alone, seconds):
         threads.clear()
-        batcher = MicroBatcher(note_thread(seconds), max_wait_ms=0, alone=lambda: alone, inline_under_ms=50)
+        batcher = MicroBatcher(
+            note_thread(seconds), max_wait_ms=0, alone=lambda: alone, inline_under_ms=50
+        )
         await batcher.start()
         for i in range(3):
             assert await batcher.prompt([f"i{i}"], ["q"]) == [f"i{i}:q"]
@@ -177,8 +195,13 @@ def test_a_lone_request_runs_on_the_event_loop_once_batches_are_known_to_be_quic
         return threading.get_ident(), list(threads)
 
     loop_thread, used = run(scenario(alone=True, seconds=0))
-    assert used[0] != loop_thread and used[1:] == [loop_thread, loop_thread]  # the first: time unknown
+    assert used[0] != loop_thread and used[1:] == [
+        loop_thread,
+        loop_thread,
+    ]  # the first: time unknown
     loop_thread, used = run(scenario(alone=False, seconds=0))
     assert loop_thread not in used
-    loop_thread, used = run(scenario(alone=True, seconds=0.08))  # a slow model never blocks the loop
+    loop_thread, used = run(
+        scenario(alone=True, seconds=0.08)
+    )  # a slow model never blocks the loop
     assert loop_thread not in used

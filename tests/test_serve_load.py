@@ -15,9 +15,13 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette", reason="the proxy needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip(
+    "starlette", reason="the proxy needs the serve extra: pip install -e '.[serve]'"
+)
 pytest.importorskip("uvicorn", reason="the proxy needs the serve extra: pip install -e '.[serve]'")
-openai = pytest.importorskip("openai", reason="the proxy tests use the openai SDK: pip install -e '.[dev]'")
+openai = pytest.importorskip(
+    "openai", reason="the proxy tests use the openai SDK: pip install -e '.[dev]'"
+)
 
 from PIL import Image  # noqa: E402
 
@@ -37,7 +41,9 @@ def negative(images, queries):
 def test_64_clients_1000_requests_nothing_lost_or_mixed_up():
     images = [random_image(i, (16 + i % 7, 12 + i % 5)) for i in range(REQUESTS)]
     urls = [png_data_url(image) for image in images]
-    expected = [f"request {i}|{pixel_digest(negative([image], [''])[0])}" for i, image in enumerate(images)]
+    expected = [
+        f"request {i}|{pixel_digest(negative([image], [''])[0])}" for i, image in enumerate(images)
+    ]
     batch_sizes = []
 
     def run_batch(images, queries):
@@ -45,20 +51,33 @@ def test_64_clients_1000_requests_nothing_lost_or_mixed_up():
         return negative(images, queries)
 
     with RawServer(default=echo_upstream) as upstream:
-        config = ServeConfig(upstream=upstream.base_url, max_batch=16, max_wait_ms=5, max_queue=REQUESTS)
+        config = ServeConfig(
+            upstream=upstream.base_url, max_batch=16, max_wait_ms=5, max_queue=REQUESTS
+        )
         with running_proxy(create_app(config=config, run_batch=run_batch)) as base_url:
 
             async def drive():
-                client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+                client = openai.AsyncOpenAI(
+                    base_url=base_url, api_key="unused", max_retries=0, timeout=60
+                )
                 todo = iter(range(REQUESTS))
                 answers, latencies = {}, []
 
                 async def one_client():
                     for i in todo:  # the shared iterator hands each request to exactly one client
                         started = time.perf_counter()
-                        answer = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
-                            {"type": "text", "text": f"request {i}"},
-                            {"type": "image_url", "image_url": {"url": urls[i]}}]}])
+                        answer = await client.chat.completions.create(
+                            model="m",
+                            messages=[
+                                {
+                                    "role": "user",
+                                    "content": [
+                                        {"type": "text", "text": f"request {i}"},
+                                        {"type": "image_url", "image_url": {"url": urls[i]}},
+                                    ],
+                                }
+                            ],
+                        )
                         latencies.append(time.perf_counter() - started)
                         answers[i] = answer.choices[0].message.content
 
@@ -70,11 +89,15 @@ def test_64_clients_1000_requests_nothing_lost_or_mixed_up():
 
             answers, latencies, elapsed = asyncio.run(drive())
 
-    assert len(answers) == REQUESTS and len(upstream.requests) == REQUESTS  # nothing lost or doubled
+    assert (
+        len(answers) == REQUESTS and len(upstream.requests) == REQUESTS
+    )  # nothing lost or doubled
     mixed = [i for i in range(REQUESTS) if answers[i] != expected[i]]
     assert mixed == []  # every answer is the one for its own question and its own image
     assert sum(batch_sizes) == REQUESTS and max(batch_sizes) > 1
     p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
-    print(f"\nload test: {CLIENTS} clients, {REQUESTS} requests in {elapsed:.2f} s "
-          f"({REQUESTS / elapsed:.0f} req/s); latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-          f"mean batch {np.mean(batch_sizes):.1f} images")
+    print(
+        f"\nload test: {CLIENTS} clients, {REQUESTS} requests in {elapsed:.2f} s "
+        f"({REQUESTS / elapsed:.0f} req/s); latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+        f"mean batch {np.mean(batch_sizes):.1f} images"
+    )

@@ -25,20 +25,26 @@ from api_prompt.styles.blur import gaussian_blur, mix
 
 def make_map(mask, size, region=None) -> AttentionMap:
     mask = np.asarray(mask, dtype=np.float32)
-    return AttentionMap(mask=mask, parts={}, image_size=size, region=region or (0.0, 0.0, *map(float, size)))
+    return AttentionMap(
+        mask=mask, parts={}, image_size=size, region=region or (0.0, 0.0, *map(float, size))
+    )
 
 
 def pattern(width: int, height: int) -> Image.Image:
     """An image whose every pixel differs from its neighbours, so a crop's origin shows."""
     y, x = np.mgrid[0:height, 0:width]
-    return Image.fromarray(np.stack([x % 256, y % 256, (x * 7 + y * 13) % 256], -1).astype(np.uint8))
+    return Image.fromarray(
+        np.stack([x % 256, y % 256, (x * 7 + y * 13) % 256], -1).astype(np.uint8)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # overlay: the paper's, unchanged
 
 
-def test_overlay_style_is_the_overlay_bit_for_bit_on_the_reference_cases(clip_cases, clip_fixture_dir, expected_npz):
+def test_overlay_style_is_the_overlay_bit_for_bit_on_the_reference_cases(
+    clip_cases, clip_fixture_dir, expected_npz
+):
     for case in clip_cases:
         image = Image.open(clip_fixture_dir / case["image"]).convert("RGB")
         amap = make_map(expected_npz[f"{case['name']}_mask"], image.size)
@@ -71,7 +77,7 @@ def vicrop_box_by_loops(mask, size, crop_size, ratios=(1, 1.2, 1.4, 1.6, 1.8, 2)
         best, best_at = -np.inf, (0, 0)
         for x in range(cols - bw + 1):
             for y in range(rows - bh + 1):
-                sums[y, x] = mask[y:y + bh, x:x + bw].sum()
+                sums[y, x] = mask[y : y + bh, x : x + bw].sum()
                 if sums[y, x] > best:
                     best, best_at = sums[y, x], (x, y)
         x, y = best_at
@@ -92,8 +98,12 @@ def vicrop_box_by_loops(mask, size, crop_size, ratios=(1, 1.2, 1.4, 1.6, 1.8, 2)
     cy = side // 2 if cy < side // 2 else cy
     cx = width - side // 2 if cx > width - side // 2 else cx
     cy = height - side // 2 if cy > height - side // 2 else cy
-    return (int(max(0, cx - side // 2)), int(max(0, cy - side // 2)),
-            int(min(width, cx + side // 2)), int(min(height, cy + side // 2)))
+    return (
+        int(max(0, cx - side // 2)),
+        int(max(0, cy - side // 2)),
+        int(min(width, cx + side // 2)),
+        int(min(height, cy + side // 2)),
+    )
 
 
 @given(
@@ -112,7 +122,7 @@ def test_crop_box_equals_the_rule_computed_by_plain_loops(grid, size, crop_size,
 def test_crop_gives_the_original_and_the_zoomed_pixels_of_the_attended_corner():
     image = pattern(400, 300)
     mask = np.zeros((3, 4), np.float32)
-    mask[2, 3] = 1.0                                   # bottom-right cell: x 300..400, y 200..300
+    mask[2, 3] = 1.0  # bottom-right cell: x 300..400, y 200..300
     original, zoomed = CropStyle(crop_size=100, zoom=100).apply(image, make_map(mask, image.size))
     assert original.tobytes() == image.tobytes()
     # ratio 1 gives a window of one cell; its peak is the sharpest, so the box is that cell
@@ -130,7 +140,7 @@ def test_crop_zoom_and_one_image_options():
     np.testing.assert_array_equal(np.asarray(zoomed), expected)
     assert CropStyle(crop_size=100, one_image="crop").single(image, amap).size == (100, 100)
     both = CropStyle(crop_size=100).single(image, amap)
-    assert both.height == 300 and both.width > 400          # original and crop in one picture
+    assert both.height == 300 and both.width > 400  # original and crop in one picture
 
 
 def test_crop_of_an_image_smaller_than_the_crop_is_the_whole_image():
@@ -143,7 +153,7 @@ def test_crop_of_an_image_smaller_than_the_crop_is_the_whole_image():
 def test_crop_with_fit_geometry_places_the_grid_on_its_region():
     image = pattern(400, 200)
     mask = np.zeros((2, 2), np.float32)
-    mask[0, 0] = 1.0                      # the region's top-left cell: x 100..200, y 0..100
+    mask[0, 0] = 1.0  # the region's top-left cell: x 100..200, y 0..100
     amap = make_map(mask, image.size, region=(100.0, 0.0, 300.0, 200.0))
     assert CropStyle(crop_size=100, geometry="fit").box(image, amap) == (100, 0, 200, 100)
     assert CropStyle(crop_size=100, geometry="stretch").box(image, amap) == (50, 0, 150, 100)
@@ -157,10 +167,10 @@ def test_blur_mixes_sharp_and_blurred_pixels_by_the_8_bit_map():
     image = pattern(16, 8)
     mask = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
     amap = make_map(mask, image.size)
-    (out,) = BlurStyle(blur=0.125, resample="nearest").apply(image, amap)      # radius 2 px
+    (out,) = BlurStyle(blur=0.125, resample="nearest").apply(image, amap)  # radius 2 px
     blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(2.0)), dtype=np.float64)
     weights = np.floor(mask.astype(np.float32) * np.float32(255)).astype(np.float64)
-    weights = np.kron(weights, np.ones((4, 8)))[..., None]        # nearest: each cell 8×4 pixels
+    weights = np.kron(weights, np.ones((4, 8)))[..., None]  # nearest: each cell 8×4 pixels
     expected = np.rint((np.asarray(image, np.float64) * weights + blurred * (255 - weights)) / 255)
     np.testing.assert_array_equal(np.asarray(out), expected.astype(np.uint8))
 
@@ -168,8 +178,12 @@ def test_blur_mixes_sharp_and_blurred_pixels_by_the_8_bit_map():
 @pytest.mark.slow
 def test_the_blend_rounds_every_reachable_sum_to_the_nearest_level():
     # every (sharp, blurred, m) triple, through the 16-bit arithmetic, against float rounding
-    sharp, blurred, m = (v.reshape(-1, 1) for v in np.meshgrid(*[np.arange(256)] * 3, indexing="ij"))
-    out = mix(sharp[..., None].astype(np.uint8), blurred[..., None].astype(np.uint8), m.astype(np.uint8))
+    sharp, blurred, m = (
+        v.reshape(-1, 1) for v in np.meshgrid(*[np.arange(256)] * 3, indexing="ij")
+    )
+    out = mix(
+        sharp[..., None].astype(np.uint8), blurred[..., None].astype(np.uint8), m.astype(np.uint8)
+    )
     expected = np.rint((sharp * m + blurred * (255 - m)) / 255.0)
     np.testing.assert_array_equal(out[..., 0], expected.astype(np.uint8))
 
@@ -179,15 +193,15 @@ def test_a_wide_blur_is_close_to_the_full_resolution_blur():
     image = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((800, 600))
     fast = np.asarray(gaussian_blur(image, 24.0), dtype=float)
     full = np.asarray(image.filter(ImageFilter.GaussianBlur(24.0)), dtype=float)
-    inner = (slice(48, -48), slice(48, -48))          # edges are handled differently by design
+    inner = (slice(48, -48), slice(48, -48))  # edges are handled differently by design
     assert np.abs(fast - full)[inner].mean() < 2.0 and np.abs(fast - full)[inner].max() < 16
 
 
 def test_box_draws_the_outline_of_the_attended_cells_and_nothing_else():
     image = Image.new("RGB", (20, 20), "black")
     mask = np.zeros((2, 2), np.float32)
-    mask[1, 0] = 1.0                                   # cells x 0..9, y 10..19
-    mask[1, 1] = 0.4                                   # under the threshold: left out
+    mask[1, 0] = 1.0  # cells x 0..9, y 10..19
+    mask[1, 1] = 0.4  # under the threshold: left out
     (out,) = BoxStyle(width=1, color="#00ff00").apply(image, make_map(mask, image.size))
     expected = np.zeros((20, 20, 3), np.uint8)
     for y in range(10, 20):
@@ -227,7 +241,9 @@ MODES = ("RGB", "L", "RGBA", "P", "I;16", "CMYK", "1", "LA")
 )
 def test_every_style_takes_any_size_and_mode_and_is_deterministic(style, mode, size, grid, seed):
     rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(
+        mode
+    )
     amap = make_map(rng.random(grid), size)
     made = create_style(style, **({"crop_size": 32} if style == "crop" else {}))
     first, second = made.apply(image, amap), made.apply(image, amap)
@@ -241,21 +257,35 @@ def test_every_style_takes_any_size_and_mode_and_is_deterministic(style, mode, s
 
 
 def test_unknown_styles_and_options_are_one_line_errors():
-    with pytest.raises(ConfigError, match="unknown style 'zoom'; choose one of: overlay, crop, blur, box"):
+    with pytest.raises(
+        ConfigError, match="unknown style 'zoom'; choose one of: overlay, crop, blur, box"
+    ):
         create_style("zoom")
-    with pytest.raises(ConfigError, match="style 'blur' takes blur, resample, geometry, not background"):
+    with pytest.raises(
+        ConfigError, match="style 'blur' takes blur, resample, geometry, not background"
+    ):
         create_style("blur", background=3)
-    for name, options in [("crop", {"crop_size": 0}), ("blur", {"blur": 2.0}), ("box", {"color": "nocolor"}),
-                          ("box", {"shape": "star"}), ("overlay", {"background": 300}),
-                          ("crop", {"one_image": "both"})]:
+    for name, options in [
+        ("crop", {"crop_size": 0}),
+        ("blur", {"blur": 2.0}),
+        ("box", {"color": "nocolor"}),
+        ("box", {"shape": "star"}),
+        ("overlay", {"background": 300}),
+        ("crop", {"one_image": "both"}),
+    ]:
         with pytest.raises(ConfigError) as error:
             create_style(name, **options)
         assert "\n" not in str(error.value)
 
 
 def test_describe_names_every_option():
-    assert create_style("crop").describe() == {"style": "crop", "crop_size": 336, "zoom": 336,
-                                               "one_image": "side-by-side", "geometry": "stretch"}
+    assert create_style("crop").describe() == {
+        "style": "crop",
+        "crop_size": 336,
+        "zoom": 336,
+        "one_image": "side-by-side",
+        "geometry": "stretch",
+    }
     assert isinstance(create_style(OverlayStyle()), OverlayStyle)
 
 
@@ -272,8 +302,10 @@ class CornerAttributor:
     def attribute(self, images, queries):
         mask = np.zeros((4, 4), np.float32)
         mask[3, 3] = 1.0
-        return [AttentionMap(mask, {}, im.size, (0.0, 0.0, *map(float, im.size)), query=q)
-                for im, q in zip(images, queries)]
+        return [
+            AttentionMap(mask, {}, im.size, (0.0, 0.0, *map(float, im.size)), query=q)
+            for im, q in zip(images, queries)
+        ]
 
     __call__ = attribute
 
@@ -285,22 +317,28 @@ def test_prompter_with_a_style_gives_what_the_target_sees_and_one_image():
     from api_prompt import Prompter
 
     image = pattern(400, 400)
-    prompter = Prompter(attributor=CornerAttributor(), style="crop", style_options={"crop_size": 100})
+    prompter = Prompter(
+        attributor=CornerAttributor(), style="crop", style_options={"crop_size": 100}
+    )
     result = prompter(image, "q")
     original, zoomed = result.images
     assert original.tobytes() == image.tobytes()
-    np.testing.assert_array_equal(np.asarray(zoomed)[:1], np.asarray(image.crop((300, 300, 400, 400)).resize((100, 100)))[:1])
-    assert result.image.size[0] > 400                                # side by side for one-image use
+    np.testing.assert_array_equal(
+        np.asarray(zoomed)[:1], np.asarray(image.crop((300, 300, 400, 400)).resize((100, 100)))[:1]
+    )
+    assert result.image.size[0] > 400  # side by side for one-image use
     assert prompter.describe()["style"] == "crop" and prompter.describe()["crop_size"] == 100
     default = Prompter(attributor=CornerAttributor())
-    assert "style" not in default.describe()                         # old manifests still match
+    assert "style" not in default.describe()  # old manifests still match
     assert default(image, "q").images == [default(image, "q").image]
-    blurred = Prompter(attributor=CornerAttributor(), style="blur", background=200, resample="nearest")
-    assert blurred.style.resample == "nearest"                        # overlay settings reach it
+    blurred = Prompter(
+        attributor=CornerAttributor(), style="blur", background=200, resample="nearest"
+    )
+    assert blurred.style.resample == "nearest"  # overlay settings reach it
     with pytest.raises(ConfigError, match="no prompt style takes crop_sise"):
         Prompter(attributor=CornerAttributor(), style="box", style_options={"crop_sise": 3})
     boxed = Prompter(attributor=CornerAttributor(), style="box", style_options={"crop_size": 50})
-    assert boxed.style_named("crop").crop_size == 50                 # kept for the other styles
+    assert boxed.style_named("crop").crop_size == 50  # kept for the other styles
 
 
 def test_openai_target_receives_the_original_then_the_crop_in_one_turn(monkeypatch):
@@ -310,7 +348,9 @@ def test_openai_target_receives_the_original_then_the_crop_in_one_turn(monkeypat
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     image = pattern(400, 400)
-    prompter = Prompter(attributor=CornerAttributor(), style="crop", style_options={"crop_size": 100})
+    prompter = Prompter(
+        attributor=CornerAttributor(), style="crop", style_options={"crop_size": 100}
+    )
     with FakeOpenAI() as server:
         ask = wrap(OpenAITarget("test", base_url=server.base_url), prompter)
         assert ask(image, "what is in the corner?") == "echo: what is in the corner?"
@@ -328,9 +368,13 @@ def test_hf_target_gets_two_images_in_one_turn_through_its_chat_template():
     target = HFTarget(model, processor, max_new_tokens=4)
     conversations = []
     build = target._conversation
-    target._conversation = lambda images, question: conversations.append(build(images, question)) or conversations[-1]
+    target._conversation = lambda images, question: (
+        conversations.append(build(images, question)) or conversations[-1]
+    )
     image = pattern(96, 96)
-    prompter = Prompter(attributor=CornerAttributor(), style="crop", style_options={"crop_size": 24, "zoom": 48})
+    prompter = Prompter(
+        attributor=CornerAttributor(), style="crop", style_options={"crop_size": 24, "zoom": 48}
+    )
     answer = wrap(target, prompter)(image, "What?")
     (turn,) = conversations[0]
     assert [part["type"] for part in turn["content"]] == ["image", "image", "text"]

@@ -44,9 +44,13 @@ def test_maps_point_at_the_named_object(shipped):
     model, preprocess, tokenizer = shipped
     pairs = held_out_queries(60, n_objects=3)
     attributor = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer, device="cpu")
-    maps = attributor([scene.image for scene, _ in pairs], [phrase_caption([t.phrase]) for _, t in pairs])
+    maps = attributor(
+        [scene.image for scene, _ in pairs], [phrase_caption([t.phrase]) for _, t in pairs]
+    )
     rng = np.random.default_rng(0)
-    hits = [score(amap.mask, target.box, scene.size)[0] for amap, (scene, target) in zip(maps, pairs)]
+    hits = [
+        score(amap.mask, target.box, scene.size)[0] for amap, (scene, target) in zip(maps, pairs)
+    ]
     chance = [score(rng.random((8, 8)), target.box, scene.size)[0] for scene, target in pairs]
     assert np.mean(hits) >= np.mean(chance) + 0.2
 
@@ -57,9 +61,21 @@ def test_command_runs_the_shipped_model(tmp_path):
     image = tmp_path / "scene.png"
     scene.image.save(image)
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("api-prompt")), str(image), phrase_caption([scene.objects[0].phrase]),
-         "--model", f"local-dir:{MODEL_DIR}", "--device", "cpu", "-q", "--save-map", str(tmp_path / "m.npz")],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(Path(sys.executable).with_name("api-prompt")),
+            str(image),
+            phrase_caption([scene.objects[0].phrase]),
+            "--model",
+            f"local-dir:{MODEL_DIR}",
+            "--device",
+            "cpu",
+            "-q",
+            "--save-map",
+            str(tmp_path / "m.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "scene_api.png").is_file()
@@ -67,6 +83,7 @@ def test_command_runs_the_shipped_model(tmp_path):
 
 
 # --- synthshapes-mcq and its small-object variant (benchmarks/synthshapes/mcq.py) -----------------
+
 
 def _digest(variant: str, n: int) -> str:
     import hashlib
@@ -85,7 +102,9 @@ def _digest(variant: str, n: int) -> str:
 def test_default_mcq_is_still_the_measured_one():
     """Adding the small variant left the default questions and scenes as they were measured
     (digest of the first 40 made by mcq.py as of the commit before the variant, a0b712e^)."""
-    assert _digest("default", 40) == "bc3591b78608327cad55b80df5afe56e4c8e4be256172e157f7accdd6bd622ab"
+    assert (
+        _digest("default", 40) == "bc3591b78608327cad55b80df5afe56e4c8e4be256172e157f7accdd6bd622ab"
+    )
 
 
 def test_small_variant_follows_its_recorded_design():
@@ -113,15 +132,19 @@ def test_small_variant_follows_its_recorded_design():
             in_scene = list(dict.fromkeys(o.color for o in scene.objects if o.color != asked.color))
             offered = {c for c in COLORS if phrase_caption([f"{c} {shape}"]) in options.values()}
             assert len(offered) == 4 and asked.color in offered
-            assert set(in_scene[:3]) <= offered                # the scene's colours first, in scene order
+            assert set(in_scene[:3]) <= offered  # the scene's colours first, in scene order
         else:
             assert row["category"] == "shape" and len(options) == 3 and "D" not in row
             colour = row["question"].removeprefix("What shape is the ").removesuffix(" object?")
             (asked,) = [o for o in scene.objects if o.color == colour]
             assert right == phrase_caption([f"{colour} {asked.shape}"])
-            assert sorted(options.values()) == sorted(phrase_caption([f"{colour} {s}"]) for s in SHAPES)
+            assert sorted(options.values()) == sorted(
+                phrase_caption([f"{colour} {s}"]) for s in SHAPES
+            )
     first, again = make_question(3, "small"), make_question(3, "small")
-    assert first[0] == again[0] and np.array_equal(np.asarray(first[1].image), np.asarray(again[1].image))
+    assert first[0] == again[0] and np.array_equal(
+        np.asarray(first[1].image), np.asarray(again[1].image)
+    )
 
 
 def test_small_variant_command_writes_its_own_file(tmp_path):

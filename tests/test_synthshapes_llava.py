@@ -45,8 +45,10 @@ def test_converted_tower_gives_open_clip_image_features(open_clip_model):
     pixels = torch.stack([preprocess(scene.image) for scene in _scenes(6)])
 
     block_outputs = []
-    hooks = [block.register_forward_hook(lambda _m, _i, out: block_outputs.append(out))
-             for block in model.visual.transformer.resblocks]
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out: block_outputs.append(out))
+        for block in model.visual.transformer.resblocks
+    ]
     try:
         with torch.no_grad():
             expected = model.encode_image(pixels)
@@ -69,7 +71,11 @@ def test_shipped_tower_is_the_converted_clip(open_clip_model):
     llava = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, local_files_only=True)
     hf, _ = train_llava.load_converted_clip(CLIP_DIR)
     shipped = llava.model.vision_tower.state_dict()
-    reference = hf.state_dict() if "vision_model.pre_layrnorm.weight" in shipped else hf.vision_model.state_dict()
+    reference = (
+        hf.state_dict()
+        if "vision_model.pre_layrnorm.weight" in shipped
+        else hf.vision_model.state_dict()
+    )
     for key, value in shipped.items():
         torch.testing.assert_close(value, reference[key], atol=0, rtol=0, msg=key)
 
@@ -98,8 +104,18 @@ def test_folder_loads_with_stock_classes_and_answers_held_out_questions():
 
     # one <image> expands to the 8x8 grid of patch tokens
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many shapes are there?"}]}],
-        add_generation_prompt=True, tokenize=False)
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "text", "text": "How many shapes are there?"},
+                ],
+            }
+        ],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     inputs = processor(images=[_scenes(1)[0].image], text=[prompt], return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 64
 
@@ -129,18 +145,40 @@ def test_every_template_word_is_in_the_vocabulary():
             for text in (ex.question, ex.answer, train_llava.prompt_text(ex.question)):
                 ids = tokenizer(text, add_special_tokens=False).input_ids
                 assert tokenizer.unk_token_id not in ids, text
-    assert tokenizer.unk_token_id in tokenizer("What is the weather like?", add_special_tokens=False).input_ids
+    assert (
+        tokenizer.unk_token_id
+        in tokenizer("What is the weather like?", add_special_tokens=False).input_ids
+    )
 
 
 @pytest.mark.slow
 def test_first_training_steps_are_deterministic(tmp_path):
     def run(name):
         out = tmp_path / name
-        summary = train_llava.main([
-            "--out", str(out), "--summary", str(tmp_path / f"{name}.json"), "--batch-size", "4",
-            "--stage1-steps", "2", "--stage2-steps", "3", "--warmup", "1", "--probe-every", "0",
-            "--save-every", "0", "--eval-n", "0", "--layers", "2",
-        ])
+        summary = train_llava.main(
+            [
+                "--out",
+                str(out),
+                "--summary",
+                str(tmp_path / f"{name}.json"),
+                "--batch-size",
+                "4",
+                "--stage1-steps",
+                "2",
+                "--stage2-steps",
+                "3",
+                "--warmup",
+                "1",
+                "--probe-every",
+                "0",
+                "--save-every",
+                "0",
+                "--eval-n",
+                "0",
+                "--layers",
+                "2",
+            ]
+        )
         return summary, hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
 
     (first, first_hash), (second, second_hash) = run("a"), run("b")
@@ -177,7 +215,9 @@ def test_llava_backend_on_the_word_level_model_uses_its_chat_template_and_warns_
     # the map's answer is the model's own greedy answer through its chat template (a count word;
     # the model counts this three-object scene as two: count accuracy is 0.97, not 1)
     question = train_llava.Example(scene, "count", "How many shapes are there?", "")
-    [expected] = train_llava.generate_answers(attributor.model, attributor.processor, [question], max_new_tokens=3)
+    [expected] = train_llava.generate_answers(
+        attributor.model, attributor.processor, [question], max_new_tokens=3
+    )
     assert amap.answer == expected
     assert amap.answer in train_llava.COUNT_WORDS
 
@@ -200,7 +240,9 @@ def test_localize_decoder_maps_equal_the_attributor():
     maps, answers = decoder_maps(attributor, images, queries, layers=[1, 3], tokens=(1, 5, 20))
     for layer in (1, 3):
         for k in (1, 5, 20):
-            expected = LLaVAAttributor(model, processor, layer=layer, max_new_tokens=k, batch_size=2)(images, queries)
+            expected = LLaVAAttributor(
+                model, processor, layer=layer, max_new_tokens=k, batch_size=2
+            )(images, queries)
             for ours, theirs in zip(maps[(layer, k)], expected):
                 np.testing.assert_allclose(ours, theirs.parts["attention"], atol=1e-6, rtol=0)
             if k == 20:
@@ -215,7 +257,7 @@ def test_random_object_baseline_points_at_an_object_centre():
     assert grid_map.sum() == 1 and on_any_object(grid_map, scene) == 1.0
 
 
-_LMMS_TASK = '''
+_LMMS_TASK = """
 task: synthshapes_llava
 dataset_path: {data}
 dataset_kwargs:
@@ -234,9 +276,9 @@ metric_list:
     higher_is_better: true
 metadata:
   - version: 0.0
-'''
+"""
 
-_LMMS_UTILS = '''
+_LMMS_UTILS = """
 def doc_to_visual(doc):
     return [doc["image"].convert("RGB")]
 
@@ -247,7 +289,7 @@ def doc_to_text(doc, lmms_eval_specific_kwargs=None):
 
 def process_results(doc, results):
     return {"exact_match": float(results[0].strip().split(" ")[0] == doc["answer"])}
-'''
+"""
 
 
 @pytest.mark.slow
@@ -267,12 +309,20 @@ def test_lmms_eval_llava_hf_answers_with_this_model_behind_the_api_prompt_plugin
 
     examples = train_llava.held_out("color", 3, seed=train_llava.EVAL_SEED + 77)
     dataset = datasets.Dataset.from_dict(
-        {"question_id": [0, 1, 2], "question": [ex.question for ex in examples],
-         "image": [ex.scene.image for ex in examples], "answer": [ex.answer for ex in examples]},
-        features=datasets.Features({
-            "question_id": datasets.Value("int64"), "question": datasets.Value("string"),
-            "image": datasets.Image(), "answer": datasets.Value("string"),
-        }),
+        {
+            "question_id": [0, 1, 2],
+            "question": [ex.question for ex in examples],
+            "image": [ex.scene.image for ex in examples],
+            "answer": [ex.answer for ex in examples],
+        },
+        features=datasets.Features(
+            {
+                "question_id": datasets.Value("int64"),
+                "question": datasets.Value("string"),
+                "image": datasets.Image(),
+                "answer": datasets.Value("string"),
+            }
+        ),
     )
     datasets.DatasetDict({"test": dataset}).save_to_disk(str(tmp_path / "data"))
     tasks = tmp_path / "tasks" / "synthshapes_llava"
@@ -281,21 +331,49 @@ def test_lmms_eval_llava_hf_answers_with_this_model_behind_the_api_prompt_plugin
     (tasks / "utils.py").write_text(_LMMS_UTILS)
     script = Path(sys.executable).with_name("lmms-eval")
     clip = f"local-dir:{CLIP_DIR}"
-    command = [str(script) if script.exists() else sys.executable, *([] if script.exists() else ["-m", "lmms_eval"]),
-               "--model", "api_prompt",
-               "--model_args", f"inner=llava_hf,pretrained={LLAVA_DIR},device=cpu,device_map=cpu,dtype=float32,"
-               f"api_model={clip},api_device=cpu",
-               "--tasks", "synthshapes_llava", "--include_path", str(tmp_path / "tasks"),
-               "--batch_size", "1", "--log_samples", "--output_path", str(tmp_path / "results")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    command = [
+        str(script) if script.exists() else sys.executable,
+        *([] if script.exists() else ["-m", "lmms_eval"]),
+        "--model",
+        "api_prompt",
+        "--model_args",
+        f"inner=llava_hf,pretrained={LLAVA_DIR},device=cpu,device_map=cpu,dtype=float32,"
+        f"api_model={clip},api_device=cpu",
+        "--tasks",
+        "synthshapes_llava",
+        "--include_path",
+        str(tmp_path / "tasks"),
+        "--batch_size",
+        "1",
+        "--log_samples",
+        "--output_path",
+        str(tmp_path / "results"),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "WANDB_MODE": "disabled",
+    }
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     output = result.stdout + result.stderr
-    assert result.returncode == 0 and "Traceback (most recent call last)" not in output, output[-6000:]
+    assert result.returncode == 0 and "Traceback (most recent call last)" not in output, output[
+        -6000:
+    ]
 
-    samples = [json.loads(line) for path in (tmp_path / "results").rglob("*samples*.jsonl")
-               for line in path.read_text().splitlines() if line.strip()]
+    samples = [
+        json.loads(line)
+        for path in (tmp_path / "results").rglob("*samples*.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
     assert len(samples) == 3, output[-3000:]
+
     def first(value):
         return first(value[0]) if isinstance(value, list) else value
 
@@ -304,9 +382,19 @@ def test_lmms_eval_llava_hf_answers_with_this_model_behind_the_api_prompt_plugin
     prompter = Prompter(model=clip, device="cpu")
     model = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, local_files_only=True)
     processor = AutoProcessor.from_pretrained(LLAVA_DIR, local_files_only=True)
-    prompted = [train_llava.Example(scene=type(ex.scene)(image=prompter(ex.scene.image, ex.question).image,
-                                                          objects=ex.scene.objects, size=ex.scene.size),
-                                    kind=ex.kind, question=ex.question, answer=ex.answer) for ex in examples]
+    prompted = [
+        train_llava.Example(
+            scene=type(ex.scene)(
+                image=prompter(ex.scene.image, ex.question).image,
+                objects=ex.scene.objects,
+                size=ex.scene.size,
+            ),
+            kind=ex.kind,
+            question=ex.question,
+            answer=ex.answer,
+        )
+        for ex in examples
+    ]
     expected = train_llava.generate_answers(model, processor, prompted, max_new_tokens=3)
     assert [logged[i].strip() for i in range(3)] == expected
     assert all(answer in train_llava.COLORS for answer in expected)

@@ -21,7 +21,12 @@ tiny_hf = pytest.importorskip("tiny_hf")
 from tiny_vlms import tiny_qwen2_vl  # noqa: E402
 
 BUILDERS = {"llava": tiny_hf.tiny_llava, "qwen2_vl": tiny_qwen2_vl}
-QUESTIONS = ["What?", "What color is the car, really?", "Is there a dog on the left?", "Which object is red?"]
+QUESTIONS = [
+    "What?",
+    "What color is the car, really?",
+    "Is there a dog on the left?",
+    "Which object is red?",
+]
 
 
 def images() -> list[Image.Image]:
@@ -58,7 +63,12 @@ def test_batched_answers_equal_one_by_one(family):
     assert len(set(batched)) > 1, "answers should depend on the input"
     assert target(pictures, QUESTIONS) == batched  # greedy: deterministic
     # batches of 3 + 1: padding differs from the batch of 4, answers do not
-    assert HFTarget(model, processor, batch_size=3, max_new_tokens=6, suppress_tokens=bad)(pictures, QUESTIONS) == batched
+    assert (
+        HFTarget(model, processor, batch_size=3, max_new_tokens=6, suppress_tokens=bad)(
+            pictures, QUESTIONS
+        )
+        == batched
+    )
 
 
 def test_only_new_tokens_and_generation_options(family):
@@ -79,8 +89,12 @@ def test_only_new_tokens_and_generation_options(family):
     finally:
         del model.generate
     (call,) = calls
-    assert call["max_new_tokens"] == 4 and call["do_sample"] is False and call["suppress_tokens"] == bad
-    new_tokens = call["output"][0, call["input_ids"].shape[1]:]
+    assert (
+        call["max_new_tokens"] == 4
+        and call["do_sample"] is False
+        and call["suppress_tokens"] == bad
+    )
+    new_tokens = call["output"][0, call["input_ids"].shape[1] :]
     assert answer == processor.batch_decode(new_tokens[None], skip_special_tokens=True)[0].strip()
     assert "What?" not in answer and len(new_tokens) <= 4
     assert call["attention_mask"][0, -1] == 1  # left padding: the prompt ends at the right edge
@@ -110,11 +124,15 @@ def test_tokenizer_without_pad_token_pads_with_eos_and_is_left_unchanged(family)
     name, model, processor, bad = family
     tokenizer = processor.tokenizer
     pictures = images()
-    expected = HFTarget(model, processor, max_new_tokens=4, suppress_tokens=bad)(pictures, QUESTIONS)
+    expected = HFTarget(model, processor, max_new_tokens=4, suppress_tokens=bad)(
+        pictures, QUESTIONS
+    )
     saved = tokenizer.pad_token
     tokenizer.pad_token = None
     try:
-        answers = HFTarget(model, processor, max_new_tokens=4, suppress_tokens=bad)(pictures, QUESTIONS)
+        answers = HFTarget(model, processor, max_new_tokens=4, suppress_tokens=bad)(
+            pictures, QUESTIONS
+        )
         assert tokenizer.pad_token is None
     finally:
         tokenizer.pad_token = saved
@@ -126,7 +144,9 @@ def test_loads_from_a_saved_folder(family, tmp_path):
     name, model, processor, bad = family
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    from_objects = HFTarget(model, processor, max_new_tokens=5, suppress_tokens=bad)(images(), QUESTIONS)
+    from_objects = HFTarget(model, processor, max_new_tokens=5, suppress_tokens=bad)(
+        images(), QUESTIONS
+    )
     loaded = HFTarget(str(tmp_path), device="cpu", max_new_tokens=5, suppress_tokens=bad)
     assert type(loaded.model) is type(model) and loaded.model is not model
     assert loaded.model.dtype == torch.float32 and loaded.model.device.type == "cpu"

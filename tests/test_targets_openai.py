@@ -74,7 +74,9 @@ class FakeOpenAI:
         length = int(handler.headers.get("Content-Length", 0))
         body = json.loads(handler.rfile.read(length)) if length else None
         with self._lock:
-            self.requests.append({"path": handler.path, "headers": dict(handler.headers), "json": body})
+            self.requests.append(
+                {"path": handler.path, "headers": dict(handler.headers), "json": body}
+            )
             self.request_times.append(time.monotonic())
             response = self.script.pop(0) if self.script else None
             self.in_flight += 1
@@ -86,7 +88,9 @@ class FakeOpenAI:
             if self.delay_s:
                 time.sleep(self.delay_s)
             if response is None:
-                question = next(p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text")
+                question = next(
+                    p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text"
+                )
                 response = (200, {}, completion(f"  echo: {question}\n"))
             status, headers, payload = response
             data = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
@@ -103,9 +107,14 @@ class FakeOpenAI:
 
 
 def completion(text: str) -> dict:
-    return {"id": "x", "object": "chat.completion", "model": "test",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "test",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+    }
 
 
 def error(message: str) -> dict:
@@ -144,8 +153,9 @@ def _no_env_key(monkeypatch):
 
 
 def test_well_formed_request_and_exact_pixels(server):
-    target = OpenAITarget("test-model", base_url=server.base_url, api_key=KEY, timeout=5,
-                          max_new_tokens=7, top_p=None)
+    target = OpenAITarget(
+        "test-model", base_url=server.base_url, api_key=KEY, timeout=5, max_new_tokens=7, top_p=None
+    )
     image = random_image(0)
     assert target([image], ["What is it?"]) == ["echo: What is it?"]
 
@@ -166,7 +176,9 @@ def test_well_formed_request_and_exact_pixels(server):
 
 
 def test_several_images_per_question_and_system_prompt(server):
-    target = OpenAITarget("m", base_url=server.base_url, system_prompt="Be brief.", image_detail="high")
+    target = OpenAITarget(
+        "m", base_url=server.base_url, system_prompt="Be brief.", image_detail="high"
+    )
     first, second = random_image(1), random_image(2, size=(8, 9))
     assert target.ask([first, second], "Which differs?") == "echo: Which differs?"
     (request,) = server.requests
@@ -174,7 +186,10 @@ def test_several_images_per_question_and_system_prompt(server):
     assert messages[0] == {"role": "system", "content": "Be brief."}
     assert "Authorization" not in request["headers"]  # no key configured: none sent
     sent = request_images(request)
-    assert [np.asarray(img).tolist() for img in sent] == [np.asarray(first).tolist(), np.asarray(second).tolist()]
+    assert [np.asarray(img).tolist() for img in sent] == [
+        np.asarray(first).tolist(),
+        np.asarray(second).tolist(),
+    ]
     assert messages[1]["content"][0]["image_url"]["detail"] == "high"
 
 
@@ -192,8 +207,10 @@ def test_env_configuration_and_spec(server, monkeypatch):
 
 
 def test_429_is_retried_and_retry_after_is_honoured(server):
-    server.script = [(429, {"Retry-After": "0.3"}, error("slow down")),
-                     (503, {"retry-after-ms": "100"}, error("busy"))]
+    server.script = [
+        (429, {"Retry-After": "0.3"}, error("slow down")),
+        (503, {"retry-after-ms": "100"}, error("busy")),
+    ]
     # The backoff alone would wait 5 s; the server's (small) Retry-After values must win.
     target = OpenAITarget("m", base_url=server.base_url, backoff=5, max_backoff=5, max_retries=3)
     start = time.monotonic()
@@ -303,13 +320,18 @@ def test_redirect_to_another_origin_is_refused_and_the_key_stays_home():
 
 def test_redirect_within_the_origin_resends_the_post():
     with RawServer() as server:
-        server.script = [redirect(308, "/v2/chat/completions"),
-                         redirect(302, server.origin + "/v3/chat/completions"),
-                         respond(200, raw_completion("moved"))]
+        server.script = [
+            redirect(308, "/v2/chat/completions"),
+            redirect(302, server.origin + "/v3/chat/completions"),
+            respond(200, raw_completion("moved")),
+        ]
         target = OpenAITarget("m", base_url=server.base_url, api_key=KEY, max_retries=0)
         assert target.ask(random_image(0), "q") == "moved"
     assert [(r["method"], r["path"]) for r in server.requests] == [
-        ("POST", "/v1/chat/completions"), ("POST", "/v2/chat/completions"), ("POST", "/v3/chat/completions")]
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v2/chat/completions"),
+        ("POST", "/v3/chat/completions"),
+    ]
     assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in server.requests)
     assert server.requests[0]["body"] == server.requests[2]["body"]
 
@@ -329,7 +351,10 @@ def test_key_from_a_secret_file_is_stripped_and_a_broken_key_is_never_shown(monk
 
 def test_a_body_shorter_than_its_content_length_is_retried():
     with RawServer() as server:
-        server.script = [truncated(b'{"choices": [', declared=400), respond(200, raw_completion("whole"))]
+        server.script = [
+            truncated(b'{"choices": [', declared=400),
+            respond(200, raw_completion("whole")),
+        ]
         target = OpenAITarget("m", base_url=server.base_url, backoff=0.01, max_retries=1)
         assert target.ask(random_image(0), "q") == "whole"
         assert len(server.requests) == 2
@@ -359,13 +384,23 @@ def test_the_timeout_bounds_the_whole_attempt_not_each_read():
     assert time.monotonic() - start < 4  # well short of the ~12 s the whole answer takes
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("  plain  ", "plain"),
-    ([{"type": "text", "text": "Re"}, {"type": "text", "text": None}, {"type": "image_url"},
-      {"type": "text", "text": "d"}], "Red"),
-    (["bare ", "strings"], "bare strings"),
-    ([], ""),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("  plain  ", "plain"),
+        (
+            [
+                {"type": "text", "text": "Re"},
+                {"type": "text", "text": None},
+                {"type": "image_url"},
+                {"type": "text", "text": "d"},
+            ],
+            "Red",
+        ),
+        (["bare ", "strings"], "bare strings"),
+        ([], ""),
+    ],
+)
 def test_every_content_shape_that_is_text(content, expected):
     with RawServer(default=respond(200, raw_completion(content))) as server:
         assert OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "q") == expected
@@ -374,8 +409,10 @@ def test_every_content_shape_that_is_text(content, expected):
 def test_a_refusal_is_the_answer_not_an_empty_string():
     answer = raw_completion(None, refusal="I can't help with that request.")
     with RawServer(default=respond(200, answer)) as server:
-        assert OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "q") == \
-            "I can't help with that request."
+        assert (
+            OpenAITarget("m", base_url=server.base_url).ask(random_image(0), "q")
+            == "I can't help with that request."
+        )
 
 
 @pytest.mark.parametrize("content, kind", [(42, "int"), ({"text": "x"}, "dict"), (True, "bool")])
@@ -393,7 +430,17 @@ def test_ask_sets_retries_and_backoff_from_the_command_line(tmp_path):
     image = tmp_path / "photo.png"
     random_image(0).save(image)
     with RawServer() as server:
-        base = ["ask", str(image), "q", "--target", "openai:m", "--base-url", server.base_url, "--no-api", "-q"]
+        base = [
+            "ask",
+            str(image),
+            "q",
+            "--target",
+            "openai:m",
+            "--base-url",
+            server.base_url,
+            "--no-api",
+            "-q",
+        ]
         server.script = [respond(500, error("busy"))] * 2
         done = CliRunner().invoke(app, [*base, "--max-retries", "2", "--backoff", "0.01"])
         assert done.exit_code == 0, done.stderr
@@ -407,7 +454,11 @@ def test_ask_sets_retries_and_backoff_from_the_command_line(tmp_path):
 
         server.default = not_http()
         done = CliRunner().invoke(app, [*base, "--max-retries", "0"])
-        assert done.exit_code == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+        assert (
+            done.exit_code == 2
+            and done.stderr.startswith("error: ")
+            and "Traceback" not in done.stderr
+        )
 
 
 def test_works_when_called_inside_a_running_event_loop(server):

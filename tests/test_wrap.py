@@ -36,8 +36,12 @@ class GradientAttributor(Attributor):
     def attribute(self, images, queries):
         self.calls += 1
         mask = np.tile(np.linspace(0, 1, 4, dtype=np.float32), (4, 1))
-        return [AttentionMap(mask=mask, parts={}, image_size=img.size, region=(0, 0, *img.size), query=q)
-                for img, q in zip(images, queries)]
+        return [
+            AttentionMap(
+                mask=mask, parts={}, image_size=img.size, region=(0, 0, *img.size), query=q
+            )
+            for img, q in zip(images, queries)
+        ]
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -92,7 +96,9 @@ def test_both_mode_shows_original_then_prompted(fake_prompter):
 
 def test_batch_prompts_in_one_call_and_keeps_order(fake_prompter):
     ask = wrap(lambda image, question: question[::-1], fake_prompter)
-    images = [load_image(FIXTURE / "images" / name) for name in ("square.png", "tall.png", "wide.png")]
+    images = [
+        load_image(FIXTURE / "images" / name) for name in ("square.png", "tall.png", "wide.png")
+    ]
     assert ask.batch(images, ["abc", "de", "f"]) == ["cba", "ed", "f"]
     assert fake_prompter.attributor.calls == 1  # one batched attribution for the three images
     assert ask.batch(images[:2], "same") == ["emas", "emas"]
@@ -105,7 +111,9 @@ def test_prompter_may_be_a_plain_function_and_options_pass_through():
         received.update(generation)
         return str(image.getpixel((0, 0)))
 
-    ask = wrap(target, lambda image, question: Image.new("RGB", image.size, "blue"), max_new_tokens=9)
+    ask = wrap(
+        target, lambda image, question: Image.new("RGB", image.size, "blue"), max_new_tokens=9
+    )
     assert ask(Image.new("RGB", (3, 3)), "colour?", temperature=0.5) == "(0, 0, 255)"
     assert received == {"max_new_tokens": 9, "temperature": 0.5}
 
@@ -175,15 +183,29 @@ def run_ask(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
     if key:
         env["OPENAI_API_KEY"] = key
     return subprocess.run(
-        [*api_prompt_command(), "ask", *args], capture_output=True, text=True, env=env,
-        timeout=180, cwd=ROOT,
+        [*api_prompt_command(), "ask", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=ROOT,
     )
 
 
 @pytest.mark.slow
 def test_cli_ask_no_api_sends_the_original(server):
-    done = run_ask(str(IMAGE), "What is here?", "--target", "openai:test",
-                   "--base-url", server.base_url, "--no-api", "--max-new-tokens", "5", key=KEY)
+    done = run_ask(
+        str(IMAGE),
+        "What is here?",
+        "--target",
+        "openai:test",
+        "--base-url",
+        server.base_url,
+        "--no-api",
+        "--max-new-tokens",
+        "5",
+        key=KEY,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "echo: What is here?"
     (request,) = server.requests
@@ -196,9 +218,23 @@ def test_cli_ask_no_api_sends_the_original(server):
 @pytest.mark.slow
 def test_cli_ask_sends_the_prompted_image(server, clip_prompter, tmp_path):
     saved = tmp_path / "seen.png"
-    done = run_ask(str(IMAGE), "a red circle", "--target", "openai:test", "--base-url", server.base_url,
-                   "--model", CLIP_MODEL, "--layer", "4", "--device", "cpu", "-q",
-                   "--save-prompted", str(saved))
+    done = run_ask(
+        str(IMAGE),
+        "a red circle",
+        "--target",
+        "openai:test",
+        "--base-url",
+        server.base_url,
+        "--model",
+        CLIP_MODEL,
+        "--layer",
+        "4",
+        "--device",
+        "cpu",
+        "-q",
+        "--save-prompted",
+        str(saved),
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "echo: a red circle"
     (sent,) = request_images(server.requests[0])
@@ -210,8 +246,16 @@ def test_cli_ask_sends_the_prompted_image(server, clip_prompter, tmp_path):
 @pytest.mark.slow
 def test_cli_ask_errors_are_one_line_without_the_key(server):
     server.script = [(401, {}, error(f"Incorrect API key provided: {KEY}"))]
-    done = run_ask(str(IMAGE), "q", "--target", "openai:test", "--base-url", server.base_url,
-                   "--no-api", key=KEY)
+    done = run_ask(
+        str(IMAGE),
+        "q",
+        "--target",
+        "openai:test",
+        "--base-url",
+        server.base_url,
+        "--no-api",
+        key=KEY,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: authentication failed")
     assert KEY not in done.stderr + done.stdout
@@ -225,11 +269,27 @@ def test_cli_ask_with_a_hf_folder(tmp_path):
     from tiny_vlms import tiny_qwen2_vl
 
     tiny_qwen2_vl(save_dir=tmp_path)
-    expected = HFTarget(str(tmp_path), device="cpu", max_new_tokens=4).ask(load_image(IMAGE), "What?")
+    expected = HFTarget(str(tmp_path), device="cpu", max_new_tokens=4).ask(
+        load_image(IMAGE), "What?"
+    )
     done = subprocess.run(
-        [*api_prompt_command(), "ask", str(IMAGE), "What?", "--target", f"hf:{tmp_path}",
-         "--no-api", "--device", "cpu", "--max-new-tokens", "4", "-q"],
-        capture_output=True, timeout=180, cwd=ROOT,
+        [
+            *api_prompt_command(),
+            "ask",
+            str(IMAGE),
+            "What?",
+            "--target",
+            f"hf:{tmp_path}",
+            "--no-api",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+            "-q",
+        ],
+        capture_output=True,
+        timeout=180,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode("utf-8", "replace").rstrip("\n") == expected

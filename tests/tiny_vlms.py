@@ -14,8 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 
 QWEN_CHAT_TEMPLATE = (
@@ -29,8 +34,14 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def byte_level_tokenizer(special_tokens: list[str], *, pad_token: str, eos_token: str,
-                         bos_token: str | None = None, extra: dict | None = None):
+def byte_level_tokenizer(
+    special_tokens: list[str],
+    *,
+    pad_token: str,
+    eos_token: str,
+    bos_token: str | None = None,
+    extra: dict | None = None,
+):
     """A fast tokenizer over the 256 byte symbols (no merges) plus ``special_tokens``.
 
     Any text encodes and decodes back exactly, so chat templates and answers survive intact.
@@ -44,12 +55,19 @@ def byte_level_tokenizer(special_tokens: list[str], *, pad_token: str, eos_token
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=pad_token, eos_token=eos_token, bos_token=bos_token,
+        tokenizer_object=backend,
+        pad_token=pad_token,
+        eos_token=eos_token,
+        bos_token=bos_token,
         **(extra or {}),
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [
-        token for token in special_tokens if token not in (pad_token, eos_token, bos_token)
-    ]})
+    tokenizer.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                token for token in special_tokens if token not in (pad_token, eos_token, bos_token)
+            ]
+        }
+    )
     return tokenizer
 
 
@@ -62,7 +80,18 @@ def tiny_qwen2_vl(seed: int = 0, save_dir: str | Path | None = None):
     from tiny_decoders import tiny_qwen_vl  # it builds on this module's tokenizer and template
 
     return tiny_qwen_vl(
-        seed, save_dir, version="2", num_layers=1, hidden_size=32, min_pixels=56 * 56, max_pixels=56 * 56,
-        vision_depth=1, vision_hidden_size=32, vision_heads=2, vision_mlp_ratio=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+        seed,
+        save_dir,
+        version="2",
+        num_layers=1,
+        hidden_size=32,
+        min_pixels=56 * 56,
+        max_pixels=56 * 56,
+        vision_depth=1,
+        vision_hidden_size=32,
+        vision_heads=2,
+        vision_mlp_ratio=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
     )

@@ -24,8 +24,18 @@ from ..settings import DEFAULT_ENHANCE, DEFAULT_KERNEL_SIZE
 from .registry import BACKENDS, create_attributor
 
 __all__ = [
-    "AttentionMap", "Attributor", "BACKENDS", "Box", "create_attributor", "normalise_inputs",
-    "resolve_device", "resolve_dtype", "check_layer", "temporary_hooks", "eval_mode", "chunks",
+    "AttentionMap",
+    "Attributor",
+    "BACKENDS",
+    "Box",
+    "create_attributor",
+    "normalise_inputs",
+    "resolve_device",
+    "resolve_dtype",
+    "check_layer",
+    "temporary_hooks",
+    "eval_mode",
+    "chunks",
 ]
 
 
@@ -59,7 +69,9 @@ class Attributor:
         images, queries = normalise_inputs(images, queries)
         return self.attribute(images, queries)
 
-    def attribute_parts(self, images: list, queries: list[str], *, exact_parts: bool = True) -> list[AttentionMap]:
+    def attribute_parts(
+        self, images: list, queries: list[str], *, exact_parts: bool = True
+    ) -> list[AttentionMap]:
         """One :class:`AttentionMap` per (image, query) pair, in order, holding the raw parts
         (``mask`` None). Backends implement this.
 
@@ -77,7 +89,10 @@ class Attributor:
         if self.default_recipe is None:
             return maps
         recipe = get_recipe(self.default_recipe)
-        return [combine_map(amap, recipe, enhance=self.enhance, kernel_size=self.kernel_size) for amap in maps]
+        return [
+            combine_map(amap, recipe, enhance=self.enhance, kernel_size=self.kernel_size)
+            for amap in maps
+        ]
 
     def describe(self) -> dict[str, Any]:
         """Settings and model identity, for run manifests. Backends extend it."""
@@ -127,13 +142,19 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 _DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype = torch.float32) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype | None, default: torch.dtype = torch.float32
+) -> torch.dtype:
     """Accept ``"fp32"``/``"fp16"``/``"bf16"`` (and long names) or a torch dtype."""
     if dtype is None:
         return default

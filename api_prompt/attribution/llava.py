@@ -17,4 +17,11 @@ from .decoder.llava import (
     pad_to_square,
 )
 
-__all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "PAD_COLOUR", "PROMPT_TEMPLATE", "LLaVAAttributor", "pad_to_square"]
+__all__ = [
+    "DEFAULT_LAYER",
+    "DEFAULT_MODEL",
+    "PAD_COLOUR",
+    "PROMPT_TEMPLATE",
+    "LLaVAAttributor",
+    "pad_to_square",
+]

@@ -62,9 +62,13 @@ class BackendOption:
 
     def convert(self, value: Any, backend: str = "") -> Any:
         """``value`` as :attr:`type` (strings are parsed), or a ConfigError naming the option."""
-        where = f"the {backend} backend's option {self.name!r}" if backend else f"option {self.name!r}"
-        if value is None or isinstance(value, self.type) and not (
-            self.type is not bool and isinstance(value, bool)
+        where = (
+            f"the {backend} backend's option {self.name!r}" if backend else f"option {self.name!r}"
+        )
+        if (
+            value is None
+            or isinstance(value, self.type)
+            and not (self.type is not bool and isinstance(value, bool))
         ):
             return value
         try:
@@ -157,7 +161,9 @@ class BackendSpec:
         try:
             return cast("type[Attributor]", getattr(module, class_name))
         except AttributeError:
-            raise ConfigError(f"the {self.name} backend's loader {self.loader!r} names no class") from None
+            raise ConfigError(
+                f"the {self.name} backend's loader {self.loader!r} names no class"
+            ) from None
 
     def create(self, **options: Any) -> Attributor:
         """Build the attributor: ``cls(**options)`` after :meth:`check_options`; None values dropped."""
@@ -186,7 +192,9 @@ def get_backend(name: str) -> BackendSpec:
     try:
         entry = BACKENDS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}") from None
+        raise ConfigError(
+            f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}"
+        ) from None
     if isinstance(entry, str):
         base = _BUILT_IN.get(name) or BackendSpec(name, entry, "", "", "", "")
         return dataclasses.replace(base, loader=entry)
@@ -221,7 +229,9 @@ _OWN_MASK_OPTIONS = (
 
 #: decoder backends: the processor of an already loaded model (Python), or an id/folder to load it from
 _PROCESSOR_OPTION = BackendOption(
-    "processor", object, None,
+    "processor",
+    object,
+    None,
     "the model's processor (with an already loaded model), or a Hugging Face id or folder to load it from",
 )
 
@@ -229,24 +239,37 @@ _PROCESSOR_OPTION = BackendOption(
 _DECODER_OPTIONS = (
     BackendOption("max_new_tokens", int, 20, "tokens generated per image"),
     BackendOption("batch_size", int, 8, _BATCH_SIZE_HELP),
-    BackendOption("relative", bool, False,
-                  "ViCrop's relative attention: the question's map divided by a generic "
-                  "instruction's map on the same image (with max_new_tokens=1 as ViCrop)"),
-    BackendOption("generic_query", str, "Write a general description of the image.",
-                  "the generic instruction of relative attention"),
+    BackendOption(
+        "relative",
+        bool,
+        False,
+        "ViCrop's relative attention: the question's map divided by a generic "
+        "instruction's map on the same image (with max_new_tokens=1 as ViCrop)",
+    ),
+    BackendOption(
+        "generic_query",
+        str,
+        "Write a general description of the image.",
+        "the generic instruction of relative attention",
+    ),
     _PROCESSOR_OPTION,
     *_OWN_MASK_OPTIONS,
 )
 
 #: open_clip backends (clip, siglip): the same loader options
 _CLIP_OPTIONS = (
-    BackendOption("pretrained", str, None,
-                  "open_clip pretrained tag or checkpoint path (default: the default model's "
-                  "weights, 'openai' for clip, 'webli' for siglip)"),
+    BackendOption(
+        "pretrained",
+        str,
+        None,
+        "open_clip pretrained tag or checkpoint path (default: the default model's "
+        "weights, 'openai' for clip, 'webli' for siglip)",
+    ),
     BackendOption("batch_size", int, 16, _BATCH_SIZE_HELP),
     BackendOption("cache_dir", str, None, "open_clip download/cache folder"),
-    BackendOption("preprocess", object, None,
-                  "the eval transform of a model instance (Python only)"),
+    BackendOption(
+        "preprocess", object, None, "the eval transform of a model instance (Python only)"
+    ),
     BackendOption("tokenizer", object, None, "the tokenizer of a model instance (Python only)"),
     *_OWN_MASK_OPTIONS,
 )
@@ -298,15 +321,24 @@ _BUILT_IN = {
                 model_help=f"a Hugging Face id or local folder (default {model})",
             )
             for name, module, help, model in (
-                ("llava-next", "llava_next:LLaVANextAttributor",
-                 "LLaVA-NeXT (anyres) on transformers, attention over the stitched tiles",
-                 "llava-hf/llava-v1.6-mistral-7b-hf"),
-                ("qwen2-vl", "qwen2_vl:Qwen2VLAttributor",
-                 "Qwen2-VL or Qwen2.5-VL on transformers, attention over the merged-token grid",
-                 "Qwen/Qwen2-VL-7B-Instruct"),
-                ("qwen2.5-vl", "qwen2_vl:Qwen25VLAttributor",
-                 "as qwen2-vl, with Qwen2.5-VL-7B as the default model",
-                 "Qwen/Qwen2.5-VL-7B-Instruct"),
+                (
+                    "llava-next",
+                    "llava_next:LLaVANextAttributor",
+                    "LLaVA-NeXT (anyres) on transformers, attention over the stitched tiles",
+                    "llava-hf/llava-v1.6-mistral-7b-hf",
+                ),
+                (
+                    "qwen2-vl",
+                    "qwen2_vl:Qwen2VLAttributor",
+                    "Qwen2-VL or Qwen2.5-VL on transformers, attention over the merged-token grid",
+                    "Qwen/Qwen2-VL-7B-Instruct",
+                ),
+                (
+                    "qwen2.5-vl",
+                    "qwen2_vl:Qwen25VLAttributor",
+                    "as qwen2-vl, with Qwen2.5-VL-7B as the default model",
+                    "Qwen/Qwen2.5-VL-7B-Instruct",
+                ),
             )
         ),
     )

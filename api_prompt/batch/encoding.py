@@ -18,7 +18,12 @@ from ..attention_map import AttentionMap
 __all__ = ["IMAGE_FORMATS", "PNG_COMPRESS_LEVEL", "OutputSpec", "encode_image", "map_stats"]
 
 #: output format name -> (PIL format, file extension); "auto" is JPEG for JPEG inputs, else PNG
-IMAGE_FORMATS = {"png": ("PNG", "png"), "jpg": ("JPEG", "jpg"), "jpeg": ("JPEG", "jpg"), "auto": (None, None)}
+IMAGE_FORMATS = {
+    "png": ("PNG", "png"),
+    "jpg": ("JPEG", "jpg"),
+    "jpeg": ("JPEG", "jpg"),
+    "auto": (None, None),
+}
 #: zlib level for PNG outputs: 1 is several times faster than Pillow's default 6 for photos and
 #: makes files only slightly larger; the output stays lossless and deterministic.
 PNG_COMPRESS_LEVEL = 1

@@ -28,8 +28,15 @@ from .selection import Share, named_samples
 from .sources import Source
 from .store import OutputDir, plain_file_name
 
-__all__ = ["export", "planned_outputs", "check_export_options", "default_tsv_name", "run_tag", "STATUS_COLUMN",
-           "ExportSummary"]
+__all__ = [
+    "export",
+    "planned_outputs",
+    "check_export_options",
+    "default_tsv_name",
+    "run_tag",
+    "STATUS_COLUMN",
+    "ExportSummary",
+]
 
 
 class ExportSummary(Protocol):
@@ -55,15 +62,21 @@ def default_tsv_name(input_name: str) -> str:
 
 def check_export_options(*, tsv_name: str | None, output_format: str | None) -> None:
     """Refuse a TSV name with a folder in it or another extension, and unknown output formats."""
-    if tsv_name is not None and (plain_file_name(tsv_name) is None or not tsv_name.endswith(".tsv")
-                                 or tsv_name.startswith(".")):
-        raise ConfigError(f"--tsv-name must be a file name ending in .tsv (no folder), got {tsv_name!r}")
+    if tsv_name is not None and (
+        plain_file_name(tsv_name) is None
+        or not tsv_name.endswith(".tsv")
+        or tsv_name.startswith(".")
+    ):
+        raise ConfigError(
+            f"--tsv-name must be a file name ending in .tsv (no folder), got {tsv_name!r}"
+        )
     if output_format is not None:
         get_output_format(output_format)
 
 
-def planned_outputs(source: Source, *, num_shards: int, tsv_name: str | None,
-                    output_format: str | None) -> dict[str, str]:
+def planned_outputs(
+    source: Source, *, num_shards: int, tsv_name: str | None, output_format: str | None
+) -> dict[str, str]:
     """What a run writes besides images and the manifest (for run.json's ``outputs``): the
     asked-for format when it can write the input, else the input's default format (if any).
 
@@ -92,8 +105,15 @@ def run_tag(parameters: dict[str, Any]) -> str:
     return "api" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
-def export(out: OutputDir, source: Source, run_info: dict[str, Any], summary: ExportSummary, *,
-           allow_partial: bool = False, keep_original: bool = False) -> None:
+def export(
+    out: OutputDir,
+    source: Source,
+    run_info: dict[str, Any],
+    summary: ExportSummary,
+    *,
+    allow_partial: bool = False,
+    keep_original: bool = False,
+) -> None:
     """Write the output that ``run_info["outputs"]`` plans, if the run is complete.
 
     Fills ``summary.failed_total``, ``.exported`` (and ``.tsv`` / ``.dataset`` by the format's
@@ -102,18 +122,24 @@ def export(out: OutputDir, source: Source, run_info: dict[str, Any], summary: Ex
     info = run_info["run"]
     share = Share(info.get("limit"), info.get("num_shards", 1), info.get("shard_index", 0))
     records = out.records()
-    rows = []   # whether each is done is looked up once (a stat per image)
+    rows = []  # whether each is done is looked up once (a stat per image)
     for sample, name in named_samples(source, share.limit):
         record = records.get(name)
         rows.append(ExportRow(sample, name, record, out.is_done(record)))
-    summary.failed_total = sum(1 for row in rows if share.contains(row.sample.index) and not row.done)
+    summary.failed_total = sum(
+        1 for row in rows if share.contains(row.sample.index) and not row.done
+    )
     outputs = run_info.get("outputs") or {}
-    planned = [(key, name) for key, name in outputs.items() if key not in ("manifest", "images") and name]
+    planned = [
+        (key, name) for key, name in outputs.items() if key not in ("manifest", "images") and name
+    ]
     if not planned:
         return
     key, name = planned[0]
     spec = get_output_format(key)
-    missing = summary.failed_total   # exports are planned for a whole input only (one shard): share == rows
+    missing = (
+        summary.failed_total
+    )  # exports are planned for a whole input only (one shard): share == rows
     if missing and not allow_partial:
         what = spec.what
         summary.not_exported = (
@@ -124,8 +150,14 @@ def export(out: OutputDir, source: Source, run_info: dict[str, Any], summary: Ex
         out.remove_exports({"outputs": outputs})
         return
     summary.partial = bool(missing)
-    job = ExportJob(out, source, rows, name, run_tag(run_info["parameters"]),
-                    ExportOptions(keep_original=keep_original, allow_partial=allow_partial))
+    job = ExportJob(
+        out,
+        source,
+        rows,
+        name,
+        run_tag(run_info["parameters"]),
+        ExportOptions(keep_original=keep_original, allow_partial=allow_partial),
+    )
     path = spec.load()(job)
     summary.exported = path
     if spec.kind == "tsv":

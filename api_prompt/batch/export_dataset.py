@@ -45,7 +45,9 @@ def _write(job: ExportJob, *, parquet: bool) -> Path:
     source, out, rows = job.source, job.out, job.rows
     status, keep_original = job.options.allow_partial, job.options.keep_original
     if not isinstance(source, TableSource):
-        raise ConfigError(f"the dataset output needs a parquet or datasets input, not {source.format}")
+        raise ConfigError(
+            f"the dataset output needs a parquet or datasets input, not {source.format}"
+        )
 
     image_column = source.image_column
     features = source.features().copy()
@@ -58,7 +60,9 @@ def _write(job: ExportJob, *, parquet: bool) -> Path:
     original_column = f"{image_column}_original"
     if keep_original:
         if original_column in features:
-            raise ConfigError(f"the input already has a column {original_column!r}; --keep-original cannot add it")
+            raise ConfigError(
+                f"the input already has a column {original_column!r}; --keep-original cannot add it"
+            )
         features[original_column] = original_feature
     if status:
         features[STATUS_COLUMN] = datasets.Value("string")
@@ -67,7 +71,7 @@ def _write(job: ExportJob, *, parquet: bool) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     bars_were_on = datasets.utils.logging.is_progress_bar_enabled()
-    datasets.utils.logging.disable_progress_bar()     # our own progress is enough in a log
+    datasets.utils.logging.disable_progress_bar()  # our own progress is enough in a log
     try:
         arrow_path = work / "rows.arrow"
         position = 0
@@ -75,19 +79,21 @@ def _write(job: ExportJob, *, parquet: bool) -> Path:
             for table in source.tables():
                 batch = table.to_pydict()
                 count = table.num_rows
-                chunk = rows[position:position + count]
+                chunk = rows[position : position + count]
                 position += count
                 prompted, states = [], []
                 for row, original in zip(chunk, batch[image_column]):
                     if row.done and row.record is not None:
-                        images = [{"bytes": (out.root / file).read_bytes(), "path": Path(file).name}
-                                  for file in record_files(row.record)]
+                        images = [
+                            {"bytes": (out.root / file).read_bytes(), "path": Path(file).name}
+                            for file in record_files(row.record)
+                        ]
                         prompted.append(images if multi else images[0])
                     else:
                         prompted.append(_as_image_value(source, row.sample, original, multi))
                     states.append(row_status(row))
-                if len(chunk) < count:   # rows beyond --limit
-                    batch = {key: values[:len(chunk)] for key, values in batch.items()}
+                if len(chunk) < count:  # rows beyond --limit
+                    batch = {key: values[: len(chunk)] for key, values in batch.items()}
                 if keep_original:
                     batch[original_column] = batch[image_column]
                 batch[image_column] = prompted
@@ -105,7 +111,9 @@ def _write(job: ExportJob, *, parquet: bool) -> Path:
             shards = max(1, math.ceil(dataset.data.nbytes / PARQUET_SHARD_BYTES))
             for index in range(shards):
                 shard = dataset.shard(shards, index, contiguous=True)
-                shard.to_parquet(str(staged / f"{source.split}-{index:05d}-of-{shards:05d}.parquet"))
+                shard.to_parquet(
+                    str(staged / f"{source.split}-{index:05d}-of-{shards:05d}.parquet")
+                )
         else:
             datasets.DatasetDict({source.split: dataset}).save_to_disk(str(staged))
         del dataset
@@ -127,7 +135,7 @@ def _as_image_value(source: TableSource, sample: Sample, original: Any, multi: b
         if isinstance(value, dict) and value.get("bytes"):
             return {"bytes": value["bytes"], "path": value.get("path")}
         data = original_bytes(source, sample, value)
-        if data is None:   # the image itself is what failed: nothing to keep
+        if data is None:  # the image itself is what failed: nothing to keep
             return None
         return {"bytes": data, "path": None}
 

@@ -51,7 +51,10 @@ def write_tsv(job: ExportJob) -> Path:
             values: dict[str, Any] = dict(raw)
             if row.done and row.record is not None:
                 files = record_files(row.record)
-                images = [base64.b64encode((out.root / file).read_bytes()).decode("ascii") for file in files]
+                images = [
+                    base64.b64encode((out.root / file).read_bytes()).decode("ascii")
+                    for file in files
+                ]
                 names = [f"{Path(file).stem}_{tag}{Path(file).suffix}" for file in files]
             else:
                 images, names = _original_images(source, sample, stem, tag)
@@ -64,23 +67,26 @@ def write_tsv(job: ExportJob) -> Path:
                 values["image_path"] = f"{stem}_original_{tag}.jpg"
             if status:
                 values[STATUS_COLUMN] = row_status(row)
-            writer.writerow(["" if values.get(column) is None else values[column] for column in columns])
+            writer.writerow(
+                ["" if values.get(column) is None else values[column] for column in columns]
+            )
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     return path
 
 
-def _original_images(source: Source, sample: Sample, stem: str, tag: str) -> tuple[list[str], list[str]]:
+def _original_images(
+    source: Source, sample: Sample, stem: str, tag: str
+) -> tuple[list[str], list[str]]:
     """The original image(s) of a failed row as base64, with names of their own ("original")."""
     multi = is_multi_image(sample)
     values = sample.image if multi else [sample.image]
     images, names = [], []
     for part, value in zip(part_names(stem, len(values)) if multi else [stem], values):
         data = original_bytes(source, sample, value)
-        if data is None:   # the image itself is what failed: nothing to keep
+        if data is None:  # the image itself is what failed: nothing to keep
             return [], []
         images.append(base64.b64encode(data).decode("ascii"))
         names.append(f"{part}_original_{tag}.{'jpg' if is_jpeg(data) else 'png'}")
     return images, names
-

@@ -34,9 +34,18 @@ from .sources import Sample, Source
 from .store import OutputDir
 
 __all__ = [
-    "OutputFormat", "OUTPUT_FORMATS", "register_output_format", "get_output_format",
-    "default_output_format", "output_format_names", "ExportRow", "ExportJob", "ExportOptions",
-    "STATUS_COLUMN", "row_status", "original_bytes",
+    "OutputFormat",
+    "OUTPUT_FORMATS",
+    "register_output_format",
+    "get_output_format",
+    "default_output_format",
+    "output_format_names",
+    "ExportRow",
+    "ExportJob",
+    "ExportOptions",
+    "STATUS_COLUMN",
+    "row_status",
+    "original_bytes",
 ]
 
 #: the column that marks rows of a partial export
@@ -137,9 +146,13 @@ class OutputFormat:
             writer: Writer = getattr(importlib.import_module(module_name), function)
             return writer
         except ImportError as exc:
-            raise ConfigError(f"the {self.name} output format cannot be loaded ({exc}); is its extra installed?") from exc
+            raise ConfigError(
+                f"the {self.name} output format cannot be loaded ({exc}); is its extra installed?"
+            ) from exc
         except AttributeError:
-            raise ConfigError(f"the {self.name} output format's writer {self.writer!r} names no function") from None
+            raise ConfigError(
+                f"the {self.name} output format's writer {self.writer!r} names no function"
+            ) from None
 
 
 #: output format name -> :class:`OutputFormat`. Add entries with :func:`register_output_format`.
@@ -159,7 +172,9 @@ def get_output_format(name: str) -> OutputFormat:
     try:
         return OUTPUT_FORMATS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown output format {name!r}; choose one of: {', '.join(OUTPUT_FORMATS)}") from None
+        raise ConfigError(
+            f"unknown output format {name!r}; choose one of: {', '.join(OUTPUT_FORMATS)}"
+        ) from None
 
 
 def output_format_names() -> list[str]:
@@ -169,7 +184,9 @@ def output_format_names() -> list[str]:
 
 def default_output_format(input_format: str) -> str | None:
     """The format written for ``input_format`` when none is asked for (None: only the images)."""
-    return next((spec.name for spec in OUTPUT_FORMATS.values() if input_format in spec.default_for), None)
+    return next(
+        (spec.name for spec in OUTPUT_FORMATS.values() if input_format in spec.default_for), None
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,21 +218,34 @@ def original_bytes(source: Source, sample: Sample, value: Any) -> bytes | None:
 
 for _spec in (
     OutputFormat(
-        name="tsv", writer="api_prompt.batch.export_tsv:write_tsv",
+        name="tsv",
+        writer="api_prompt.batch.export_tsv:write_tsv",
         help="VLMEvalKit TSV inputs: the same table with the prompted images (DIR/<stem>_API.tsv)",
-        output_name="{stem}_API.tsv", inputs=("tsv",), default_for=("tsv",), what="TSV", kind="tsv",
+        output_name="{stem}_API.tsv",
+        inputs=("tsv",),
+        default_for=("tsv",),
+        what="TSV",
+        kind="tsv",
         name_option="tsv_name",
     ),
     OutputFormat(
-        name="dataset", writer="api_prompt.batch.export_dataset:write_dataset",
+        name="dataset",
+        writer="api_prompt.batch.export_dataset:write_dataset",
         help="parquet and datasets inputs: a DatasetDict saved with save_to_disk (DIR/dataset)",
-        output_name="dataset", inputs=("parquet", "hf"), default_for=("parquet", "hf"), what="dataset",
+        output_name="dataset",
+        inputs=("parquet", "hf"),
+        default_for=("parquet", "hf"),
+        what="dataset",
         kind="dataset",
     ),
     OutputFormat(
-        name="parquet", writer="api_prompt.batch.export_dataset:write_parquet",
+        name="parquet",
+        writer="api_prompt.batch.export_dataset:write_parquet",
         help="parquet and datasets inputs: Hub-layout parquet shards (DIR/data/<split>-*.parquet)",
-        output_name="data", inputs=("parquet", "hf"), what="dataset", kind="dataset",
+        output_name="data",
+        inputs=("parquet", "hf"),
+        what="dataset",
+        kind="dataset",
     ),
 ):
     register_output_format(_spec)

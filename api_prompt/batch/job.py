@@ -18,8 +18,16 @@ from .encoding import IMAGE_FORMATS, OutputSpec
 from .records import ManifestRecord
 from .selection import Share
 
-__all__ = ["RunSettings", "BatchPrompter", "LazyPrompter", "Summary", "Interrupted", "ENGINES",
-           "MAX_LISTED_ERRORS", "default_workers"]
+__all__ = [
+    "RunSettings",
+    "BatchPrompter",
+    "LazyPrompter",
+    "Summary",
+    "Interrupted",
+    "ENGINES",
+    "MAX_LISTED_ERRORS",
+    "default_workers",
+]
 
 ENGINES = ("local", "ray")
 #: how many failed samples a Summary lists
@@ -29,8 +37,9 @@ MAX_LISTED_ERRORS = 20
 class BatchPrompter(Protocol):
     """What a batch run needs of a :class:`~api_prompt.Prompter`: its stages, called apart."""
 
-    def attribute(self, images: Sequence[Image.Image], queries: Sequence[str], *,
-                  warn: bool = True) -> Sequence[AttentionMap]: ...
+    def attribute(
+        self, images: Sequence[Image.Image], queries: Sequence[str], *, warn: bool = True
+    ) -> Sequence[AttentionMap]: ...
 
     def render(self, image: Image.Image, attention_map: AttentionMap) -> Image.Image: ...
 
@@ -108,21 +117,29 @@ class RunSettings:
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
-            raise ConfigError(f"shard index must be in 0..{self.num_shards - 1} for {self.num_shards} shards, "
-                              f"got {self.shard_index}")
+            raise ConfigError(
+                f"shard index must be in 0..{self.num_shards - 1} for {self.num_shards} shards, "
+                f"got {self.shard_index}"
+            )
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"limit must be 0 or more, got {self.limit}")
         if self.image_format.lower() not in IMAGE_FORMATS:
-            raise ConfigError(f"unknown image format {self.image_format!r}; choose auto, png or jpg")
+            raise ConfigError(
+                f"unknown image format {self.image_format!r}; choose auto, png or jpg"
+            )
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
         if self.engine not in ENGINES:
-            raise ConfigError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
+            raise ConfigError(
+                f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}"
+            )
         workers = self.workers if self.workers is not None else default_workers()
         if workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         image_format = self.image_format.lower()
-        return replace(self, workers=workers, image_format="jpg" if image_format == "jpeg" else image_format)
+        return replace(
+            self, workers=workers, image_format="jpg" if image_format == "jpeg" else image_format
+        )
 
     @property
     def output(self) -> OutputSpec:

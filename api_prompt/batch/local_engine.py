@@ -30,12 +30,22 @@ class Job(Stages):
     """One run's pipeline: its share of the samples, what is done already, the stages, and
     (:meth:`run`) the local engine's loop. The Ray engine takes its :meth:`batches`."""
 
-    def __init__(self, source: Source, out: OutputDir, prompter: BatchPrompter | None, *, batch_size: int,
-                 workers: int, share: Share, done: set[str], output: OutputSpec) -> None:
+    def __init__(
+        self,
+        source: Source,
+        out: OutputDir,
+        prompter: BatchPrompter | None,
+        *,
+        batch_size: int,
+        workers: int,
+        share: Share,
+        done: set[str],
+        output: OutputSpec,
+    ) -> None:
         super().__init__(source, out, prompter, output)
         self.batch_size, self.workers, self.share, self.done = batch_size, workers, share, done
-        self.prefetch = 2                                   # batches decoded ahead of the model
-        self.max_pending = 2 * batch_size + 2 * workers     # samples waiting to be written
+        self.prefetch = 2  # batches decoded ahead of the model
+        self.max_pending = 2 * batch_size + 2 * workers  # samples waiting to be written
 
     def items(self) -> Iterator[Item]:
         """This run's share of the samples, named."""
@@ -55,7 +65,7 @@ class Job(Stages):
 
     def run(self, summary: Summary, bar: Progress) -> None:
         """Process every pending batch, appending records to the manifest as they finish."""
-        pending: deque[ManifestRecord | Future[ManifestRecord]] = deque()   # records in input order
+        pending: deque[ManifestRecord | Future[ManifestRecord]] = deque()  # records in input order
         lookahead: deque[list[Item]] = deque()
         started = time.perf_counter()
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="api-prompt-batch")
@@ -68,8 +78,12 @@ class Job(Stages):
             """
             ready = []
             try:
-                while pending and (block or not isinstance(pending[0], Future) or pending[0].done()
-                                   or len(pending) > self.max_pending):
+                while pending and (
+                    block
+                    or not isinstance(pending[0], Future)
+                    or pending[0].done()
+                    or len(pending) > self.max_pending
+                ):
                     head = pending[0]
                     ready.append(head.result() if isinstance(head, Future) else head)
                     pending.popleft()
@@ -84,19 +98,24 @@ class Job(Stages):
             return item
 
         def decoded(item: Item) -> list:
-            assert item.decoded is not None   # load() asks only for items without a problem
+            assert item.decoded is not None  # load() asks only for items without a problem
             return item.decoded.result()
 
         pending_batches = self.batches(summary)
         try:
             while True:
-                while len(lookahead) < self.prefetch and (batch := next(pending_batches, None)) is not None:
+                while (
+                    len(lookahead) < self.prefetch
+                    and (batch := next(pending_batches, None)) is not None
+                ):
                     lookahead.append([decode(item) for item in batch])
                 if not lookahead:
                     break
                 batch = lookahead.popleft()
                 loaded = [self.load(item, decoded) for item in batch]
-                for item, result in zip(batch, self.attribute_items(batch, loaded)):   # in input order
+                for item, result in zip(
+                    batch, self.attribute_items(batch, loaded)
+                ):  # in input order
                     if item.name in self.done:
                         summary.skipped += 1
                     elif isinstance(result, Attributed):
@@ -113,8 +132,10 @@ class Job(Stages):
             pool.shutdown(wait=True, cancel_futures=True)
             # keep what finished before an interruption
             kept = [
-                head if isinstance(head, dict) else head.result() for head in pending
-                if isinstance(head, dict) or (head.done() and not head.cancelled() and head.exception() is None)
+                head if isinstance(head, dict) else head.result()
+                for head in pending
+                if isinstance(head, dict)
+                or (head.done() and not head.cancelled() and head.exception() is None)
             ]
             self.out.append(kept)
             summary.add(kept)

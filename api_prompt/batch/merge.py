@@ -74,8 +74,13 @@ class MergeSummary:
         return text
 
 
-def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, overwrite: bool = False,
-          allow_partial: bool = False) -> MergeSummary:
+def merge(
+    run_dirs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    allow_partial: bool = False,
+) -> MergeSummary:
     """Merge batch output folders made with the same parameters into ``out_dir``.
 
     Args:
@@ -115,7 +120,11 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
     try:
         earlier = None if overwrite else out.read_run() if out.run_json.exists() else None
         out.prepare(parameters, overwrite=overwrite)
-        shards = [entry for stored in ([earlier] if earlier else []) + runs for entry in _shards(stored, None)]
+        shards = [
+            entry
+            for stored in ([earlier] if earlier else []) + runs
+            for entry in _shards(stored, None)
+        ]
         shards += [entry for path, stored in zip(inputs, runs) for entry in _shards(stored, path)]
         shards = [entry for entry in shards if entry.get("path")]
         summary.missing_shards = _missing_shards(shards)
@@ -147,26 +156,43 @@ def merge(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
             source, reason = None, f"cannot read the input again ({' '.join(str(exc).split())})"
         outputs = {"manifest": "manifest.jsonl", "images": "images"}
         if source is not None:
-            outputs.update(planned_outputs(source, num_shards=1, tsv_name=export_options.get("tsv_name"),
-                                           output_format=export_options.get("output_format")))
+            outputs.update(
+                planned_outputs(
+                    source,
+                    num_shards=1,
+                    tsv_name=export_options.get("tsv_name"),
+                    output_format=export_options.get("output_format"),
+                )
+            )
         run_info = {
             "layout": first.get("layout"),
             "parameters": parameters,
             "run": {
                 "merged_from": shards,
-                "num_shards": 1, "shard_index": 0, "limit": limit,
+                "num_shards": 1,
+                "shard_index": 0,
+                "limit": limit,
                 "missing_shards": summary.missing_shards,
                 "source": (first.get("run") or {}).get("source"),
-                "export_options": export_options, "allow_partial": allow_partial,
+                "export_options": export_options,
+                "allow_partial": allow_partial,
             },
             "versions": first.get("versions"),
             "outputs": outputs,
         }
         out.write_run(run_info)
         if source is not None:
-            export(out, source, run_info, summary, allow_partial=allow_partial,
-                   keep_original=bool(export_options.get("keep_original")))
-        elif default_output_format((parameters.get("source") or {}).get("format") or "") is not None:
+            export(
+                out,
+                source,
+                run_info,
+                summary,
+                allow_partial=allow_partial,
+                keep_original=bool(export_options.get("keep_original")),
+            )
+        elif (
+            default_output_format((parameters.get("source") or {}).get("format") or "") is not None
+        ):
             summary.not_exported = f"the prompted table was not written: {reason}"
     finally:
         out.close()
@@ -180,9 +206,13 @@ def reopen_source(stored: dict[str, Any]) -> Source:
     if not location.get("path"):
         raise ConfigError("run.json does not say where the input was")
     return open_source(
-        location["path"], format=described.get("format"), id_column=described.get("id_column"),
-        image_column=described.get("image_column"), question_column=described.get("question_column"),
-        image_root=location.get("image_root"), split=described.get("split"),
+        location["path"],
+        format=described.get("format"),
+        id_column=described.get("id_column"),
+        image_column=described.get("image_column"),
+        question_column=described.get("question_column"),
+        image_root=location.get("image_root"),
+        split=described.get("split"),
     )
 
 
@@ -205,8 +235,14 @@ def _shards(stored: dict[str, Any], path: Path | None) -> list[dict[str, Any]]:
         return list(run["merged_from"]) if path is None else []
     if path is None:
         return []
-    return [{"path": str(path.resolve()), "num_shards": run.get("num_shards", 1),
-             "shard_index": run.get("shard_index", 0), "limit": run.get("limit")}]
+    return [
+        {
+            "path": str(path.resolve()),
+            "num_shards": run.get("num_shards", 1),
+            "shard_index": run.get("shard_index", 0),
+            "limit": run.get("limit"),
+        }
+    ]
 
 
 def _missing_shards(shards: list[dict[str, Any]]) -> list[int]:

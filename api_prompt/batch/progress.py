@@ -43,7 +43,14 @@ class LineProgress:
     True
     """
 
-    def __init__(self, total: int | None, initial: int, *, stream: TextIO | None = None, interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        initial: int,
+        *,
+        stream: TextIO | None = None,
+        interval: float = 30.0,
+    ) -> None:
         self.total, self.done, self.start_done = total, initial, initial
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
@@ -100,5 +107,12 @@ def progress_bar(enabled: bool, total: int | None, initial: int) -> Progress:
         return LineProgress(total, initial)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="img", desc="prompting", file=sys.stderr,
-                dynamic_ncols=True, smoothing=0.1)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="img",
+        desc="prompting",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )

@@ -52,7 +52,7 @@ from .sources import Sample, Source
 from .stages import Stages
 from .store import OutputDir
 
-if TYPE_CHECKING:   # Ray is an optional extra: imported only by require_ray
+if TYPE_CHECKING:  # Ray is an optional extra: imported only by require_ray
     from ray.actor import ActorHandle
     from ray.data import Dataset
 
@@ -74,7 +74,9 @@ def require_ray() -> ModuleType:
         import ray
         import ray.data
     except ImportError as exc:
-        raise ConfigError(f"--engine ray needs Ray Data: pip install 'api-prompt[ray]' ({exc})") from None
+        raise ConfigError(
+            f"--engine ray needs Ray Data: pip install 'api-prompt[ray]' ({exc})"
+        ) from None
     return ray
 
 
@@ -118,8 +120,16 @@ class _Actor:
     decoded, rendered and encoded while the other is in the model, as in the local engine.
     """
 
-    def __init__(self, prompter: BatchPrompter | LazyPrompter, source: Source, out_root: str, output: OutputSpec,
-                 threads: int, torch_threads: int, gate: ActorHandle) -> None:
+    def __init__(
+        self,
+        prompter: BatchPrompter | LazyPrompter,
+        source: Source,
+        out_root: str,
+        output: OutputSpec,
+        threads: int,
+        torch_threads: int,
+        gate: ActorHandle,
+    ) -> None:
         import ray
         import torch
 
@@ -143,18 +153,28 @@ class _Actor:
         import ray
 
         accepted = ray.get(self.gate.wait.remote())
-        if accepted is None:                        # the driver called the run off
+        if accepted is None:  # the driver called the run off
             return {"records": []}
-        if accepted != self.description:            # told to the driver, which stops the run
-            return {"records": [json.dumps({"refused": (
-                f"the model loaded on {ray.util.get_node_ip_address()} differs from the one recorded in "
-                "run.json; every node must load the same weights")})]}
+        if accepted != self.description:  # told to the driver, which stops the run
+            return {
+                "records": [
+                    json.dumps(
+                        {
+                            "refused": (
+                                f"the model loaded on {ray.util.get_node_ip_address()} differs from the one recorded in "
+                                "run.json; every node must load the same weights"
+                            )
+                        }
+                    )
+                ]
+            }
         results = []
         for payload in rows["payload"]:
             named: list[tuple[Sample, str]]
-            named, done = pickle.loads(payload)   # written by this run's driver (see start_ray)
-            records = self.stages.process([Item(sample, name) for sample, name in named], self.pool,
-                                          done=frozenset(done))
+            named, done = pickle.loads(payload)  # written by this run's driver (see start_ray)
+            records = self.stages.process(
+                [Item(sample, name) for sample, name in named], self.pool, done=frozenset(done)
+            )
             results.append(json.dumps(records, ensure_ascii=False))
         return {"records": results}
 
@@ -164,14 +184,19 @@ class RayPipeline:
 
     _END = object()
 
-    def __init__(self, ray: ModuleType, dataset: Dataset, gate: ActorHandle, started: float, log_level: int) -> None:
+    def __init__(
+        self, ray: ModuleType, dataset: Dataset, gate: ActorHandle, started: float, log_level: int
+    ) -> None:
         self.ray, self.gate, self.started, self.log_level = ray, gate, started, log_level
         self.error: BaseException | None = None
-        self.results: queue.Queue[list[ManifestRecord] | dict[str, str] | BaseException | object] = queue.Queue()
+        self.results: queue.Queue[
+            list[ManifestRecord] | dict[str, str] | BaseException | object
+        ] = queue.Queue()
         # Ray Data runs the actors only while someone iterates: a thread does, from now on, so
         # that they start and load their models while the driver prepares DIR.
-        self.thread = threading.Thread(target=self._consume, args=(dataset,), daemon=True,
-                                       name="api-prompt-ray-results")
+        self.thread = threading.Thread(
+            target=self._consume, args=(dataset,), daemon=True, name="api-prompt-ray-results"
+        )
         self.thread.start()
 
     def _consume(self, dataset: Dataset) -> None:
@@ -222,8 +247,14 @@ class RayPipeline:
             self.thread.join(CLOSE_TIMEOUT)
 
 
-def start_ray(job: Job, summary: Summary, prompter: BatchPrompter | LazyPrompter, *, address: str | None = None,
-              num_gpus: float | None = None) -> RayPipeline | None:
+def start_ray(
+    job: Job,
+    summary: Summary,
+    prompter: BatchPrompter | LazyPrompter,
+    *,
+    address: str | None = None,
+    num_gpus: float | None = None,
+) -> RayPipeline | None:
     """Start ``job``'s pending batches on Ray, held at the gate; None when no batch is pending.
 
     ``prompter`` is what each actor gets: a :class:`~api_prompt.batch.job.LazyPrompter` (each
@@ -232,10 +263,11 @@ def start_ray(job: Job, summary: Summary, prompter: BatchPrompter | LazyPrompter
     ray = require_ray()
     started = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False          # the run has its own progress (bar or log lines)
+    context.enable_progress_bars = False  # the run has its own progress (bar or log lines)
     context.print_on_execution_start = False
     ray_data_log = logging.getLogger("ray.data")
     log_level = ray_data_log.level
@@ -245,22 +277,31 @@ def start_ray(job: Job, summary: Summary, prompter: BatchPrompter | LazyPrompter
         pipeline = _start(ray, job, summary, prompter, num_gpus, started, log_level)
         return pipeline
     finally:
-        if pipeline is None:   # else the pipeline restores it when it ends
+        if pipeline is None:  # else the pipeline restores it when it ends
             ray_data_log.setLevel(log_level)
 
 
-def _start(ray: ModuleType, job: Job, summary: Summary, prompter: BatchPrompter | LazyPrompter,
-           num_gpus: float | None, started: float, log_level: int) -> RayPipeline | None:
+def _start(
+    ray: ModuleType,
+    job: Job,
+    summary: Summary,
+    prompter: BatchPrompter | LazyPrompter,
+    num_gpus: float | None,
+    started: float,
+    log_level: int,
+) -> RayPipeline | None:
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     per_actor_gpus = num_gpus if num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
     if per_actor_gpus > gpus:
-        raise ConfigError(f"--num-gpus {per_actor_gpus:g} per actor, but the Ray cluster has {gpus:g} GPUs")
+        raise ConfigError(
+            f"--num-gpus {per_actor_gpus:g} per actor, but the Ray cluster has {gpus:g} GPUs"
+        )
     if per_actor_gpus > 0:
         actors = max(1, int(gpus // per_actor_gpus))
     else:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
-        actors = max(1, len(nodes))        # on CPU one actor per machine: torch uses all its cores
+        actors = max(1, len(nodes))  # on CPU one actor per machine: torch uses all its cores
     payloads = []
     for batch in job.batches(summary):
         named = [(item.sample, item.name) for item in batch]
@@ -270,7 +311,9 @@ def _start(ray: ModuleType, job: Job, summary: Summary, prompter: BatchPrompter 
     if not payloads:
         return None
     # a thread for each call waiting at the gate, and spare ones for the driver's report and decide calls
-    gate = ray.remote(_Gate).options(num_cpus=0, max_concurrency=CALLS_PER_ACTOR * actors + 4).remote()
+    gate = (
+        ray.remote(_Gate).options(num_cpus=0, max_concurrency=CALLS_PER_ACTOR * actors + 4).remote()
+    )
     dataset = ray.data.from_items(payloads, override_num_blocks=min(len(payloads), 4 * actors))
     cpus_per_actor = max(1, int(resources.get("CPU", 1) // actors))
     threads = max(1, min(job.workers, cpus_per_actor))
@@ -278,11 +321,20 @@ def _start(ray: ModuleType, job: Job, summary: Summary, prompter: BatchPrompter 
     results = dataset.map_batches(
         _Actor,
         batch_size=1,
-        fn_constructor_kwargs=dict(prompter=prompter, source=job.source, out_root=str(job.out.root),
-                                   output=job.output, threads=threads, torch_threads=torch_threads,
-                                   gate=gate),
-        compute=ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-                                           enable_true_multi_threading=True),
+        fn_constructor_kwargs=dict(
+            prompter=prompter,
+            source=job.source,
+            out_root=str(job.out.root),
+            output=job.output,
+            threads=threads,
+            torch_threads=torch_threads,
+            gate=gate,
+        ),
+        compute=ray.data.ActorPoolStrategy(
+            size=actors,
+            max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+            enable_true_multi_threading=True,
+        ),
         num_gpus=per_actor_gpus,
         num_cpus=0 if per_actor_gpus > 0 else 1,
     )

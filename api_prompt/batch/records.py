@@ -23,8 +23,14 @@ from ..runs import error_message, jsonable
 from .sources import Sample
 
 __all__ = [
-    "Item", "ItemFailure", "Attributed", "DecodedImage", "ErrorKind", "ManifestRecord",
-    "error_kind", "manifest_record",
+    "Item",
+    "ItemFailure",
+    "Attributed",
+    "DecodedImage",
+    "ErrorKind",
+    "ManifestRecord",
+    "error_kind",
+    "manifest_record",
 ]
 
 ErrorKind = Literal["permanent", "transient"]
@@ -83,16 +89,33 @@ def error_kind(exc: BaseException) -> ErrorKind:
     >>> error_kind(ValueError("not an image")), error_kind(RuntimeError("CUDA error"))
     ('permanent', 'transient')
     """
-    return "permanent" if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)) else "transient"
+    return (
+        "permanent"
+        if isinstance(exc, (ValueError, TypeError, KeyError, IndexError))
+        else "transient"
+    )
 
 
-def manifest_record(item: Item, status: str, *, file: str | None = None, error: str | None = None,
-                    kind: ErrorKind | None = None) -> ManifestRecord:
+def manifest_record(
+    item: Item,
+    status: str,
+    *,
+    file: str | None = None,
+    error: str | None = None,
+    kind: ErrorKind | None = None,
+) -> ManifestRecord:
     """The manifest record of ``item``: its sample's index, id, name and question, ``status``,
     the (first) file written or the error, and the sample's other columns (``extra``)."""
     sample = item.sample
-    record: ManifestRecord = {"index": sample.index, "id": sample.id, "name": item.name, "status": status,
-                              "file": file, "error": error, "question": sample.question}
+    record: ManifestRecord = {
+        "index": sample.index,
+        "id": sample.id,
+        "name": item.name,
+        "status": status,
+        "file": file,
+        "error": error,
+        "question": sample.question,
+    }
     if kind is not None:
         record["error_kind"] = kind
     if sample.extra:

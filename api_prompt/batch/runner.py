@@ -48,8 +48,18 @@ from .ray_engine import RayPipeline, start_ray
 from .sources import Source, open_source
 from .store import OutputDir, package_versions
 
-__all__ = ["run", "Summary", "Interrupted", "LazyPrompter", "OutputSpec", "encode_image", "IMAGE_FORMATS",
-           "RunSettings", "default_workers", "LAYOUT_VERSION"]
+__all__ = [
+    "run",
+    "Summary",
+    "Interrupted",
+    "LazyPrompter",
+    "OutputSpec",
+    "encode_image",
+    "IMAGE_FORMATS",
+    "RunSettings",
+    "default_workers",
+    "LAYOUT_VERSION",
+]
 
 #: version of the run.json / manifest layout
 LAYOUT_VERSION = 2
@@ -128,10 +138,23 @@ def run(
         Interrupted: Ctrl-C; what finished is kept, the same call resumes.
     """
     settings = RunSettings(
-        batch_size=batch_size, workers=workers, limit=limit, num_shards=num_shards, shard_index=shard_index,
-        overwrite=overwrite, image_format=image_format, jpeg_quality=jpeg_quality, allow_partial=allow_partial,
-        tsv_name=tsv_name, output_format=output_format, keep_original=keep_original, engine=engine,
-        address=address, num_gpus=num_gpus, progress=progress, max_pixels=max_pixels,
+        batch_size=batch_size,
+        workers=workers,
+        limit=limit,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        overwrite=overwrite,
+        image_format=image_format,
+        jpeg_quality=jpeg_quality,
+        allow_partial=allow_partial,
+        tsv_name=tsv_name,
+        output_format=output_format,
+        keep_original=keep_original,
+        engine=engine,
+        address=address,
+        num_gpus=num_gpus,
+        progress=progress,
+        max_pixels=max_pixels,
     ).checked()
     check_export_options(tsv_name=tsv_name, output_format=output_format)
     opened = open_source(source, **source_options)
@@ -141,8 +164,13 @@ def run(
     return run_with(opened, OutputDir(out_dir), prompter, settings, log or (lambda message: None))
 
 
-def run_with(source: Source, out: OutputDir, prompter: BatchPrompter | LazyPrompter, settings: RunSettings,
-             say: Callable[[str], None]) -> Summary:
+def run_with(
+    source: Source,
+    out: OutputDir,
+    prompter: BatchPrompter | LazyPrompter,
+    settings: RunSettings,
+    say: Callable[[str], None],
+) -> Summary:
     """:func:`run` with its options checked (``settings``) and its source opened."""
     share, output = settings.share, settings.output
     pipeline: RayPipeline | None = None
@@ -152,27 +180,46 @@ def run_with(source: Source, out: OutputDir, prompter: BatchPrompter | LazyPromp
         stored = None if settings.overwrite else out.read_run()
         records = out.records() if stored is not None else {}
         done = {name for name, record in records.items() if out.is_done(record)}
-        job = Job(source, out, None, batch_size=settings.batch_size, workers=settings.worker_count,
-                  share=share, done=done, output=output)
+        job = Job(
+            source,
+            out,
+            None,
+            batch_size=settings.batch_size,
+            workers=settings.worker_count,
+            share=share,
+            done=done,
+            output=output,
+        )
         total = share.size(source)
         summary = Summary(out_dir=out.root, total=total)
         already = sum(1 for name in done if share.contains(records[name].get("index")))
         base_parameters = {"source": source.describe(), "output": output.describe()}
         same_data = stored is not None and all(
-            jsonable(base_parameters)[key] == (stored.get("parameters") or {}).get(key) for key in base_parameters)
+            jsonable(base_parameters)[key] == (stored.get("parameters") or {}).get(key)
+            for key in base_parameters
+        )
         if same_data:
-            say(f"resuming {out.root}: {already} of {total if total is not None else '?'} samples already done")
+            say(
+                f"resuming {out.root}: {already} of {total if total is not None else '?'} samples already done"
+            )
         loaded = not isinstance(prompter, LazyPrompter)
         request = jsonable(prompter.request) if isinstance(prompter, LazyPrompter) else None
-        if (stored is not None and isinstance(prompter, LazyPrompter) and same_data
-                and request == (stored.get("run") or {}).get("request") and job.all_done()):
+        if (
+            stored is not None
+            and isinstance(prompter, LazyPrompter)
+            and same_data
+            and request == (stored.get("run") or {}).get("request")
+            and job.all_done()
+        ):
             say(f"nothing left to do: all {already} samples are done (the model was not loaded)")
             parameters = {**base_parameters, "prompter": stored["parameters"]["prompter"]}
         else:
             if settings.engine == "ray":
-                pipeline = start_ray(job, summary, prompter, address=settings.address, num_gpus=settings.num_gpus)
+                pipeline = start_ray(
+                    job, summary, prompter, address=settings.address, num_gpus=settings.num_gpus
+                )
             if pipeline is not None and isinstance(prompter, LazyPrompter):
-                description = pipeline.description()   # an actor's model: this process loads none
+                description = pipeline.description()  # an actor's model: this process loads none
             else:
                 model = prompter.build() if isinstance(prompter, LazyPrompter) else prompter
                 description = model.describe()
@@ -183,22 +230,38 @@ def run_with(source: Source, out: OutputDir, prompter: BatchPrompter | LazyPromp
         resumed = out.prepare(parameters, overwrite=settings.overwrite)
         if not resumed:
             already, job.done = 0, set()
-        exports = planned_outputs(source, num_shards=settings.num_shards, tsv_name=settings.tsv_name,
-                                  output_format=settings.output_format)
-        if stored is not None:   # an export under another name (say a new --tsv-name) would be stale
-            stale = {key: name for key, name in (stored.get("outputs") or {}).items()
-                     if key not in ("manifest", "images") and exports.get(key) != name}
+        exports = planned_outputs(
+            source,
+            num_shards=settings.num_shards,
+            tsv_name=settings.tsv_name,
+            output_format=settings.output_format,
+        )
+        if stored is not None:  # an export under another name (say a new --tsv-name) would be stale
+            stale = {
+                key: name
+                for key, name in (stored.get("outputs") or {}).items()
+                if key not in ("manifest", "images") and exports.get(key) != name
+            }
             out.remove_exports({"outputs": stale})
         run_info = {
             "layout": LAYOUT_VERSION,
             "parameters": parameters,
             "run": {
-                "batch_size": settings.batch_size, "workers": settings.worker_count, "limit": settings.limit,
-                "num_shards": settings.num_shards, "shard_index": settings.shard_index, "engine": settings.engine,
-                "source": source.location(), "argv": sys.argv, "request": request,
+                "batch_size": settings.batch_size,
+                "workers": settings.worker_count,
+                "limit": settings.limit,
+                "num_shards": settings.num_shards,
+                "shard_index": settings.shard_index,
+                "engine": settings.engine,
+                "source": source.location(),
+                "argv": sys.argv,
+                "request": request,
                 "allow_partial": settings.allow_partial,
-                "export_options": {"tsv_name": settings.tsv_name, "output_format": settings.output_format,
-                                   "keep_original": settings.keep_original},
+                "export_options": {
+                    "tsv_name": settings.tsv_name,
+                    "output_format": settings.output_format,
+                    "keep_original": settings.keep_original,
+                },
             },
             "versions": package_versions(),
             "outputs": {"manifest": "manifest.jsonl", "images": "images", **exports},
@@ -217,15 +280,29 @@ def run_with(source: Source, out: OutputDir, prompter: BatchPrompter | LazyPromp
                     job.run(summary, bar)
         except KeyboardInterrupt:
             # counted from the manifest: a signal can land between a write and its tally
-            finished = sum(1 for record in out.records().values()
-                           if out.is_done(record) and share.contains(record.get("index")))
+            finished = sum(
+                1
+                for record in out.records().values()
+                if out.is_done(record) and share.contains(record.get("index"))
+            )
             raise Interrupted(finished, total, out.root) from None
 
-        export(out, source, run_info, summary, allow_partial=settings.allow_partial,
-               keep_original=settings.keep_original)
-        run_info["summary"] = {"ok": summary.ok, "error": summary.error, "skipped": summary.skipped,
-                               "failed_total": summary.failed_total, "partial": summary.partial,
-                               "seconds": round(summary.seconds, 3)}
+        export(
+            out,
+            source,
+            run_info,
+            summary,
+            allow_partial=settings.allow_partial,
+            keep_original=settings.keep_original,
+        )
+        run_info["summary"] = {
+            "ok": summary.ok,
+            "error": summary.error,
+            "skipped": summary.skipped,
+            "failed_total": summary.failed_total,
+            "partial": summary.partial,
+            "seconds": round(summary.seconds, 3),
+        }
         out.write_run(run_info)
         return summary
     finally:

@@ -36,14 +36,21 @@ class Share:
 
     def contains(self, index: Any) -> bool:
         """Whether the sample at ``index`` (a manifest's ``index``, so anything) is in the share."""
-        return (isinstance(index, int) and (self.limit is None or index < self.limit)
-                and index % self.num_shards == self.shard_index)
+        return (
+            isinstance(index, int)
+            and (self.limit is None or index < self.limit)
+            and index % self.num_shards == self.shard_index
+        )
 
     def size(self, source: Source) -> int | None:
         """How many samples the share holds, when the source can tell cheaply (else None)."""
         count = source.count()
         if count is None:
-            return None if self.limit is None else len(range(self.shard_index, self.limit, self.num_shards))
+            return (
+                None
+                if self.limit is None
+                else len(range(self.shard_index, self.limit, self.num_shards))
+            )
         end = count if self.limit is None else min(count, self.limit)
         return len(range(self.shard_index, end, self.num_shards))
 
@@ -63,8 +70,9 @@ def named_samples(source: Source, limit: int | None) -> Iterator[tuple[Sample, s
         yield sample, namer(sample.id, len(sample.image) if is_multi_image(sample) else 0)
 
 
-def batches(items: Iterator[Item], size: int, done: Collection[str],
-            skipped: Callable[[int], None]) -> Iterator[list[Item]]:
+def batches(
+    items: Iterator[Item], size: int, done: Collection[str], skipped: Callable[[int], None]
+) -> Iterator[list[Item]]:
     """Consecutive batches of ``size`` items; a batch whose items are all ``done`` is left out
     (``skipped`` is told how many items it held)."""
     while batch := list(islice(items, size)):

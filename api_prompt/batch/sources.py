@@ -149,7 +149,9 @@ class Source(ABC):
         keep_columns: KeepColumns = "plain",
     ) -> None:
         if keep_columns not in KEEP_COLUMNS:
-            raise ConfigError(f"keep_columns must be one of {', '.join(KEEP_COLUMNS)}, got {keep_columns!r}")
+            raise ConfigError(
+                f"keep_columns must be one of {', '.join(KEEP_COLUMNS)}, got {keep_columns!r}"
+            )
         self.keep_columns = keep_columns
         default_id = "index" if self.format == "tsv" else "id"
         self.name = name
@@ -219,7 +221,9 @@ class Source(ABC):
     def _check_columns(self, columns: Iterable[str]) -> None:
         """Refuse a schema that lacks the image or question column (or an explicit id column)."""
         columns = list(columns)
-        wanted = [self.image_column, self.question_column] + ([self.id_column] if self.id_required else [])
+        wanted = [self.image_column, self.question_column] + (
+            [self.id_column] if self.id_required else []
+        )
         missing = [name for name in wanted if name not in columns]
         if missing:
             raise ConfigError(
@@ -233,7 +237,8 @@ class Source(ABC):
         raw_id = row.get(self.id_column, index)
         question = row.get(self.question_column)
         extra = {
-            key: value for key, value in row.items()
+            key: value
+            for key, value in row.items()
             if key not in (self.id_column, self.image_column, self.question_column)
             and isinstance(value, _SCALARS)
         }
@@ -250,7 +255,9 @@ class Source(ABC):
             image=row.get(self.image_column),
             question=None if question is None else str(question),
             extra=extra,
-            error=None if self.image_column in row else f"the row has no {self.image_column!r} field",
+            error=None
+            if self.image_column in row
+            else f"the row has no {self.image_column!r} field",
         )
 
 
@@ -287,8 +294,13 @@ class JSONLSource(Source):
                 except ValueError:
                     text = line.strip()
                     text = text if len(text) <= 60 else text[:57] + "..."
-                    yield Sample(index, str(index), None, None,
-                                 error=f"line {line_number} is not a JSON object: {text}")
+                    yield Sample(
+                        index,
+                        str(index),
+                        None,
+                        None,
+                        error=f"line {line_number} is not a JSON object: {text}",
+                    )
                 else:
                     yield self._sample(index, row)
                 index += 1
@@ -368,11 +380,15 @@ class TSVSource(CSVSource):
                 if value.startswith("["):
                     sample.image = _image_list(value, sample.index)
                     if sample.image is None:
-                        sample.error = "the image value starts with '[' but is not a list of base64 images"
+                        sample.error = (
+                            "the image value starts with '[' but is not a list of base64 images"
+                        )
                 elif len(value) <= TSV_REFERENCE_MAX_LEN:
                     referenced = self._reference_table().get(value)
                     if referenced is None:
-                        sample.error = f"image value {value!r} is neither base64 nor the index of another row"
+                        sample.error = (
+                            f"image value {value!r} is neither base64 nor the index of another row"
+                        )
                     sample.image = referenced
             yield sample
 
@@ -380,11 +396,13 @@ class TSVSource(CSVSource):
         """index -> base64 image of every row that another row refers to (built on first use)."""
         if self._references is None:
             wanted = {
-                row.get(self.image_column, "").strip() for row in self.rows()
+                row.get(self.image_column, "").strip()
+                for row in self.rows()
                 if len(row.get(self.image_column, "").strip()) <= TSV_REFERENCE_MAX_LEN
             }
             self._references = {
-                row[self.id_column]: row[self.image_column] for row in self.rows()
+                row[self.id_column]: row[self.image_column]
+                for row in self.rows()
                 if row.get(self.id_column) in wanted
                 and len(row.get(self.image_column, "")) > TSV_REFERENCE_MAX_LEN
             }
@@ -438,7 +456,9 @@ class ParquetSource(TableSource):
     format = "parquet"
     batch_rows = 64
 
-    def __init__(self, path: str | os.PathLike, *, split: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, split: str | None = None, **options: Any
+    ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -457,26 +477,40 @@ class ParquetSource(TableSource):
             self.files = files
             self.split = split or (next(iter(splits)) or "train")
         elif split is None:
-            raise ConfigError(f"{path} has splits {', '.join(sorted(splits))}; choose one with --split")
+            raise ConfigError(
+                f"{path} has splits {', '.join(sorted(splits))}; choose one with --split"
+            )
         elif split not in splits:
-            raise ConfigError(f"{path} has no split {split!r}; its splits are {', '.join(sorted(splits))}")
+            raise ConfigError(
+                f"{path} has no split {split!r}; its splits are {', '.join(sorted(splits))}"
+            )
         else:
             self.files, self.split = splits[split], split
         self._pq = pq
         self.schema = pq.read_schema(self.files[0])
         self.columns = list(self.schema.names)
         self._check_columns(self.columns)
-        self._read = list(self.columns) if self.keep_columns == "all" else [
-            name for name in self.columns
-            if name in (self.id_column, self.image_column, self.question_column)
-            or not (pa.types.is_nested(self.schema.field(name).type) or pa.types.is_binary(self.schema.field(name).type)
-                    or pa.types.is_large_binary(self.schema.field(name).type))
-        ]
+        self._read = (
+            list(self.columns)
+            if self.keep_columns == "all"
+            else [
+                name
+                for name in self.columns
+                if name in (self.id_column, self.image_column, self.question_column)
+                or not (
+                    pa.types.is_nested(self.schema.field(name).type)
+                    or pa.types.is_binary(self.schema.field(name).type)
+                    or pa.types.is_large_binary(self.schema.field(name).type)
+                )
+            ]
+        )
 
     def __iter__(self) -> Iterator[Sample]:
         index = 0
         for file in self.files:
-            for batch in self._pq.ParquetFile(file).iter_batches(batch_size=self.batch_rows, columns=self._read):
+            for batch in self._pq.ParquetFile(file).iter_batches(
+                batch_size=self.batch_rows, columns=self._read
+            ):
                 for row in batch.to_pylist():
                     yield self._sample(index, row)
                     index += 1
@@ -512,8 +546,15 @@ class HFDatasetSource(TableSource):
     format = "hf"
     batch_rows = 64
 
-    def __init__(self, dataset: Any, *, name: str | None = None, split: str | None = None,
-                 path: Path | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        name: str | None = None,
+        split: str | None = None,
+        path: Path | None = None,
+        **options: Any,
+    ) -> None:
         import datasets
 
         if isinstance(dataset, datasets.DatasetDict):
@@ -534,12 +575,16 @@ class HFDatasetSource(TableSource):
         self._check_columns(self.columns)
         self.full = dataset
         features = dataset.features
-        if self.keep_columns == "all":   # every column but the other images
-            keep = [column for column in self.columns
-                    if column == self.image_column or not isinstance(features[column], datasets.Image)]
+        if self.keep_columns == "all":  # every column but the other images
+            keep = [
+                column
+                for column in self.columns
+                if column == self.image_column or not isinstance(features[column], datasets.Image)
+            ]
         else:
             keep = [
-                column for column in self.columns
+                column
+                for column in self.columns
                 if column in (self.id_column, self.image_column, self.question_column)
                 or isinstance(features[column], datasets.Value)
             ]
@@ -569,7 +614,7 @@ class HFDatasetSource(TableSource):
     def tables(self, batch_rows: int = 256) -> Iterator[Any]:
         arrow = self.full.with_format("arrow")
         for start in range(0, len(arrow), batch_rows):
-            yield arrow[start:start + batch_rows]
+            yield arrow[start : start + batch_rows]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "split": self.split}
@@ -601,7 +646,10 @@ def detect_format(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     if path.is_dir():
-        if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        if any(
+            (path / marker).exists()
+            for marker in ("dataset_info.json", "state.json", "dataset_dict.json")
+        ):
             return "hf"
         if any(path.glob("*.parquet")) or any((path / "data").glob("*.parquet")):
             return "parquet"
@@ -610,7 +658,13 @@ def detect_format(path: str | os.PathLike) -> str:
             "folder of parquet files"
         )
     suffix = path.suffix.lower()
-    formats = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+    formats = {
+        ".jsonl": "jsonl",
+        ".ndjson": "jsonl",
+        ".csv": "csv",
+        ".tsv": "tsv",
+        ".parquet": "parquet",
+    }
     if suffix in formats:
         return formats[suffix]
     raise ConfigError(
@@ -642,12 +696,23 @@ def open_source(
     readers = READERS if readers is None else readers
     if isinstance(source, Source):
         return source
-    options = dict(id_column=id_column, image_column=image_column,
-                   question_column=question_column, image_root=image_root, keep_columns=keep_columns)
+    options = dict(
+        id_column=id_column,
+        image_column=image_column,
+        question_column=question_column,
+        image_root=image_root,
+        keep_columns=keep_columns,
+    )
     if not isinstance(source, (str, os.PathLike)):
-        if hasattr(source, "column_names") and hasattr(source, "features") or _is_dataset_dict(source):
+        if (
+            hasattr(source, "column_names")
+            and hasattr(source, "features")
+            or _is_dataset_dict(source)
+        ):
             return readers["hf"](source, split=split, **options)
-        raise TypeError(f"cannot read samples from {type(source).__name__}; pass a path or a datasets.Dataset")
+        raise TypeError(
+            f"cannot read samples from {type(source).__name__}; pass a path or a datasets.Dataset"
+        )
     path = Path(source)
     if not path.exists():
         raise ConfigError(f"input {str(path)!r} does not exist")
@@ -670,8 +735,13 @@ def open_source(
 
 
 #: the Source class for each input format ("hf": a ``datasets`` dataset, saved or in memory)
-READERS: dict[str, Callable[..., Source]] = {"jsonl": JSONLSource, "csv": CSVSource, "tsv": TSVSource,
-                                    "parquet": ParquetSource, "hf": HFDatasetSource}
+READERS: dict[str, Callable[..., Source]] = {
+    "jsonl": JSONLSource,
+    "csv": CSVSource,
+    "tsv": TSVSource,
+    "parquet": ParquetSource,
+    "hf": HFDatasetSource,
+}
 
 
 def plain_value(value: Any) -> Any:
@@ -745,7 +815,9 @@ def resolve_image(value: Any, base_dir: str | os.PathLike | None = None) -> Any:
     if len(text) >= 64 and _BASE64.fullmatch(text):
         return _decode_base64(text, "base64 image")
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
-        raise ImageLoadError(f"cannot load image {text!r}: URLs are not supported, download it first")
+        raise ImageLoadError(
+            f"cannot load image {text!r}: URLs are not supported, download it first"
+        )
     if base_dir is not None and not Path(text).is_absolute() and len(text) < 4096:
         raise ImageLoadError(
             f"cannot load image {text!r}: no such file {str(path.resolve())!r} (relative image paths "
@@ -772,4 +844,3 @@ def _decode_base64(text: Any, what: str) -> bytes:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageLoadError(f"{what}: not valid base64 ({exc})") from exc
-

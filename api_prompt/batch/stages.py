@@ -36,7 +36,9 @@ class Stages:
     ``prompter`` may be None until the model is loaded (the local engine reads and plans first).
     """
 
-    def __init__(self, source: Source, out: OutputDir, prompter: BatchPrompter | None, output: OutputSpec) -> None:
+    def __init__(
+        self, source: Source, out: OutputDir, prompter: BatchPrompter | None, output: OutputSpec
+    ) -> None:
         self.source, self.out, self.prompter, self.output = source, out, prompter, output
         # a Lock where several threads share the model (the Ray actors)
         self.model_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
@@ -59,7 +61,9 @@ class Stages:
         """The item's images with whether each was a JPEG (raises for a bad image)."""
         return self.source.load_images(item.sample)
 
-    def load(self, item: Item, decode: Callable[[Item], list[DecodedImage]] | None = None) -> Loaded:
+    def load(
+        self, item: Item, decode: Callable[[Item], list[DecodedImage]] | None = None
+    ) -> Loaded:
         """The item's decoded images, or its failure: a problem found before decoding
         (:meth:`problem`) or a failed decode. ``decode`` gets the images (default :meth:`decode`)."""
         problem = self.problem(item.sample)
@@ -70,41 +74,59 @@ class Stages:
         except Exception as exc:
             return ItemFailure.from_exception(item, exc)
 
-    def attribute(self, images: Sequence[Image.Image], queries: Sequence[str]) -> list[AttentionMap | Exception]:
+    def attribute(
+        self, images: Sequence[Image.Image], queries: Sequence[str]
+    ) -> list[AttentionMap | Exception]:
         """Maps for a batch; when the batch fails, each image alone (exceptions in its place)."""
         if not images:
             return []
         try:
-            with self.model_lock:   # no truncation warning: query_note records it per sample
+            with self.model_lock:  # no truncation warning: query_note records it per sample
                 return list(self.model.attribute(images, queries, warn=False))
         except Exception as exc:  # one bad sample must not sink the batch
             if _out_of_memory(exc):
-                raise ConfigError(f"out of memory with a batch of {len(images)}: lower --batch-size ({exc})") from exc
+                raise ConfigError(
+                    f"out of memory with a batch of {len(images)}: lower --batch-size ({exc})"
+                ) from exc
             if len(images) == 1:
                 return [exc]
         return [self.attribute([image], [query])[0] for image, query in zip(images, queries)]
 
-    def attribute_items(self, items: list[Item], loaded: list[Loaded]) -> list[Attributed | ItemFailure]:
+    def attribute_items(
+        self, items: list[Item], loaded: list[Loaded]
+    ) -> list[Attributed | ItemFailure]:
         """One model call for a batch: per item, in order, what :meth:`finish` takes, or its
         failure (from :meth:`load`, or a map that failed). ``loaded``: :meth:`load` per item.
         Runs where the model runs (the query's tokenizer is not shared with worker threads)."""
-        valid = [(item, images) for item, images in zip(items, loaded) if not isinstance(images, ItemFailure)]
-        maps = self.attribute([image for _, images in valid for image, _ in images],
-                              [str(item.sample.question) for item, images in valid for _ in images])
+        valid = [
+            (item, images)
+            for item, images in zip(items, loaded)
+            if not isinstance(images, ItemFailure)
+        ]
+        maps = self.attribute(
+            [image for _, images in valid for image, _ in images],
+            [str(item.sample.question) for item, images in valid for _ in images],
+        )
         results: list[Attributed | ItemFailure] = []
         position = 0
         for item, images in zip(items, loaded):
             if isinstance(images, ItemFailure):
                 results.append(images)
                 continue
-            item_maps = maps[position:position + len(images)]
+            item_maps = maps[position : position + len(images)]
             position += len(images)
             failure = next((m for m in item_maps if isinstance(m, Exception)), None)
             if failure is not None:
                 results.append(ItemFailure.from_exception(item, failure))
             else:
-                results.append(Attributed(item, images, [m for m in item_maps if isinstance(m, AttentionMap)],
-                                          self.query_note(str(item.sample.question))))
+                results.append(
+                    Attributed(
+                        item,
+                        images,
+                        [m for m in item_maps if isinstance(m, AttentionMap)],
+                        self.query_note(str(item.sample.question)),
+                    )
+                )
         return results
 
     def query_note(self, query: str) -> dict[str, Any]:
@@ -113,7 +135,11 @@ class Stages:
         (:meth:`Prompter.batch` warns about this instead; a dataset run records it per sample.)
         """
         overflow = self.model.query_overflow(query)
-        return {"query_truncated": {"tokens": overflow[0], "context_length": overflow[1]}} if overflow else {}
+        return (
+            {"query_truncated": {"tokens": overflow[0], "context_length": overflow[1]}}
+            if overflow
+            else {}
+        )
 
     def finish(self, attributed: Attributed) -> ManifestRecord:
         """Overlay, encode and write the item's image(s); its manifest record (runs in a worker).
@@ -127,7 +153,9 @@ class Stages:
             for (image, was_jpeg), attention_map in zip(attributed.images, maps):
                 pil_format, extension = self.output.choose(was_jpeg)
                 prompted = self.model.render(image, attention_map)
-                encoded.append((encode_image(prompted, pil_format, self.output.jpeg_quality), extension))
+                encoded.append(
+                    (encode_image(prompted, pil_format, self.output.jpeg_quality), extension)
+                )
         except Exception as exc:  # one bad sample must not sink the run
             return ItemFailure.from_exception(item, exc).record()
         multi = is_multi_image(item.sample)
@@ -146,18 +174,30 @@ class Stages:
         record.update(attributed.note)
         return record
 
-    def process(self, items: list[Item], pool: ThreadPoolExecutor | None = None,
-                done: frozenset[str] = frozenset()) -> list[ManifestRecord]:
+    def process(
+        self,
+        items: list[Item],
+        pool: ThreadPoolExecutor | None = None,
+        done: frozenset[str] = frozenset(),
+    ) -> list[ManifestRecord]:
         """Every stage for one batch, start to end; the records of its samples not in ``done``, in
         input order (the Ray engine's unit of work). The whole batch goes through the model, so
         the maps are those of an uninterrupted run. ``pool`` parallelises decoding and encoding."""
-        results = self.attribute_items(items, list(pool.map(self.load, items) if pool else map(self.load, items)))
-        todo = [result for result in results
-                if isinstance(result, Attributed) and result.item.name not in done]
+        results = self.attribute_items(
+            items, list(pool.map(self.load, items) if pool else map(self.load, items))
+        )
+        todo = [
+            result
+            for result in results
+            if isinstance(result, Attributed) and result.item.name not in done
+        ]
         finished = list(pool.map(self.finish, todo) if pool else map(self.finish, todo))
         by_item = {id(attributed.item): record for attributed, record in zip(todo, finished)}
-        return [by_item[id(item)] if isinstance(result, Attributed) else result.record()
-                for item, result in zip(items, results) if item.name not in done]
+        return [
+            by_item[id(item)] if isinstance(result, Attributed) else result.record()
+            for item, result in zip(items, results)
+            if item.name not in done
+        ]
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -52,10 +52,21 @@ from ..runs import (
 )
 
 __all__ = [
-    "Namer", "safe_name", "OutputDir", "package_versions", "read_manifest", "latest_records",
-    "record_files", "part_names", "plain_file_name",
+    "Namer",
+    "safe_name",
+    "OutputDir",
+    "package_versions",
+    "read_manifest",
+    "latest_records",
+    "record_files",
+    "part_names",
+    "plain_file_name",
     # the run folder's helpers, where batch code has always imported them
-    "compare_parameters", "jsonable", "write_atomic", "lock_folder", "TMP_SUFFIX",
+    "compare_parameters",
+    "jsonable",
+    "write_atomic",
+    "lock_folder",
+    "TMP_SUFFIX",
 ]
 
 MANIFEST = "manifest.jsonl"
@@ -69,7 +80,14 @@ MAX_NAME = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 #: the ``file`` of a manifest record: an image straight inside ``images/``, named by :class:`Namer`
 _IMAGE_FILE = re.compile(rf"{IMAGES}/[A-Za-z0-9-][A-Za-z0-9._-]*")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_WINDOWS_RESERVED = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
 
 
 def _hash(text: str, length: int = 8) -> str:
@@ -150,9 +168,14 @@ def record_files(record: dict[str, Any]) -> list[Any]:
 def package_versions() -> dict[str, str | None]:
     """Versions of the packages that shape the outputs (None when not installed)."""
     distributions = {
-        "api_prompt": "api-prompt", "torch": "torch", "open_clip": "open_clip_torch",
-        "transformers": "transformers", "pillow": "pillow", "numpy": "numpy",
-        "datasets": "datasets", "pyarrow": "pyarrow",
+        "api_prompt": "api-prompt",
+        "torch": "torch",
+        "open_clip": "open_clip_torch",
+        "transformers": "transformers",
+        "pillow": "pillow",
+        "numpy": "numpy",
+        "datasets": "datasets",
+        "pyarrow": "pyarrow",
     }
     found: dict[str, str | None] = {"python": sys.version.split()[0]}
     for key, distribution in distributions.items():
@@ -189,8 +212,14 @@ class OutputDir(RunFolder):
 
     def __init__(self, root: str | os.PathLike) -> None:
         # a run creates images/ before it writes run.json: a killed run may leave it empty
-        super().__init__(root, run_file=RUN_JSON, log=MANIFEST, what="batch run", early=(IMAGES, MANIFEST),
-                         outputs=(IMAGES,))
+        super().__init__(
+            root,
+            run_file=RUN_JSON,
+            log=MANIFEST,
+            what="batch run",
+            early=(IMAGES, MANIFEST),
+            outputs=(IMAGES,),
+        )
         self.images = self.root / IMAGES
         self.manifest = self.log
 
@@ -208,7 +237,9 @@ class OutputDir(RunFolder):
             return False
         files = record_files(record)
         return bool(files) and all(
-            isinstance(file, str) and _IMAGE_FILE.fullmatch(file) is not None and (self.root / file).is_file()
+            isinstance(file, str)
+            and _IMAGE_FILE.fullmatch(file) is not None
+            and (self.root / file).is_file()
             for file in files
         )
 
@@ -233,7 +264,11 @@ class OutputDir(RunFolder):
         outputs = (stored or {}).get("outputs") or {}
         for key, name in outputs.items():
             name = plain_file_name(name)
-            if key not in OWN_OUTPUTS and name is not None and name not in (RUN_JSON, MANIFEST, IMAGES):
+            if (
+                key not in OWN_OUTPUTS
+                and name is not None
+                and name not in (RUN_JSON, MANIFEST, IMAGES)
+            ):
                 remove_path(self.root / name)
 
     def repair(self) -> None:
@@ -256,4 +291,3 @@ def plain_file_name(name: Any) -> str | None:
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
         return None
     return name
-

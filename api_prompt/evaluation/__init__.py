@@ -23,7 +23,13 @@ _LAZY = {
 }
 
 __all__ = [
-    "BENCHMARKS", "Benchmark", "get_benchmark", "register_benchmark", "score", "evaluate", "summarize",
+    "BENCHMARKS",
+    "Benchmark",
+    "get_benchmark",
+    "register_benchmark",
+    "score",
+    "evaluate",
+    "summarize",
 ]
 
 

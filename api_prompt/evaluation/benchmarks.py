@@ -59,7 +59,12 @@ from .judged import JUDGED, JudgedBenchmark
 from .metrics import MetricTable, mean_score_table, mme_table, pope_table
 
 __all__ = [
-    "Benchmark", "BENCHMARKS", "register_benchmark", "get_benchmark", "score", "build_table",
+    "Benchmark",
+    "BENCHMARKS",
+    "register_benchmark",
+    "get_benchmark",
+    "score",
+    "build_table",
     "SHORT_ANSWER",
 ]
 
@@ -145,23 +150,29 @@ class Benchmark:
             raise ConfigError(f"{self.name} is scored by a judge model, not by rule")
         return self.score("" if answer is None else str(answer), self.truth(sample))
 
-    def scores(self, samples: Sequence[Mapping[str, Any]],
-               answers: Mapping[str, Sequence[str | None]]) -> dict[str, np.ndarray]:
+    def scores(
+        self, samples: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[str | None]]
+    ) -> dict[str, np.ndarray]:
         """Every answer's score (``answers[condition][i]`` for ``samples[i]``); each sample's
         ground truth is read once for all conditions."""
         if self.score is None:
             raise ConfigError(f"{self.name} is scored by a judge model, not by rule")
         truths = [self.truth(sample) for sample in samples]
-        return {c: np.array([self.score("" if a is None else str(a), t) for a, t in zip(values, truths)],
-                            dtype=float)
-                for c, values in answers.items()}
+        return {
+            c: np.array(
+                [self.score("" if a is None else str(a), t) for a, t in zip(values, truths)],
+                dtype=float,
+            )
+            for c, values in answers.items()
+        }
 
     def reader_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The data reader's options: this benchmark's defaults, overridden by ``given`` (None
         values in ``given`` leave the default)."""
         options = dict(self.data_options)
-        options.update((key, value) for key, value in given.items()
-                       if value is not None or key not in options)
+        options.update(
+            (key, value) for key, value in given.items() if value is not None or key not in options
+        )
         return options
 
 
@@ -184,7 +195,9 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}") from None
+        raise ConfigError(
+            f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}"
+        ) from None
 
 
 def score(benchmark: str, answer: str | None, sample: Mapping[str, Any]) -> float:
@@ -200,8 +213,9 @@ def score(benchmark: str, answer: str | None, sample: Mapping[str, Any]) -> floa
     return get_benchmark(benchmark).score_one(answer, sample)
 
 
-def build_table(benchmark: str, samples: Sequence[Mapping[str, Any]],
-                answers: Mapping[str, Sequence[Any]]) -> MetricTable:
+def build_table(
+    benchmark: str, samples: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[Any]]
+) -> MetricTable:
     """Score ``answers[condition][i]`` against ``samples[i]`` and lay out the units (for a
     judge-scored benchmark ``answers`` holds the judge's grades).
 
@@ -225,23 +239,73 @@ _CIRCULAR = mean_score_table("accuracy", circular=True)
 
 for _record in (
     Benchmark("pope", scoring.pope_score, scoring.pope_label, table=pope_table, help="pope"),
-    Benchmark("mme", scoring.mme_score, scoring.mme_label, query=mme_query, table=mme_table,
-              primary="acc", help="mme"),
-    Benchmark("textvqa", scoring.textvqa_score, scoring.textvqa_truth, short_answer_prompt,
-              table=_VQA, primary="vqa_accuracy", help="textvqa"),
-    Benchmark("vqav2", scoring.vqav2_score, scoring.vqav2_truth, short_answer_prompt,
-              table=_VQA, primary="vqa_accuracy", help="vqav2"),
-    Benchmark("gqa", scoring.gqa_score, scoring.gqa_truth, short_answer_prompt, table=_ACCURACY,
-              help="gqa"),
-    Benchmark("mcq", scoring.mcq_score, partial(scoring.mcq_truth, benchmark="mcq"),
-              multiple_choice_prompt, table=_CIRCULAR,
-              help="mcq (MMBench, SEED-Bench, ScienceQA, MMMU multiple choice)"),
-    Benchmark("synthshapes-mcq", scoring.mcq_score, partial(scoring.mcq_truth, benchmark="synthshapes-mcq"),
-              multiple_choice_prompt, table=_CIRCULAR, help="synthshapes-mcq"),
-    Benchmark("mmvet", None, judge=JUDGED["mmvet"], table=_judged_table, primary=JUDGED["mmvet"].primary,
-              help="mmvet"),
-    Benchmark("llava-bench", None, judge=JUDGED["llava-bench"], table=_judged_table,
-              primary=JUDGED["llava-bench"].primary, help="llava-bench (in the wild)"),
+    Benchmark(
+        "mme",
+        scoring.mme_score,
+        scoring.mme_label,
+        query=mme_query,
+        table=mme_table,
+        primary="acc",
+        help="mme",
+    ),
+    Benchmark(
+        "textvqa",
+        scoring.textvqa_score,
+        scoring.textvqa_truth,
+        short_answer_prompt,
+        table=_VQA,
+        primary="vqa_accuracy",
+        help="textvqa",
+    ),
+    Benchmark(
+        "vqav2",
+        scoring.vqav2_score,
+        scoring.vqav2_truth,
+        short_answer_prompt,
+        table=_VQA,
+        primary="vqa_accuracy",
+        help="vqav2",
+    ),
+    Benchmark(
+        "gqa",
+        scoring.gqa_score,
+        scoring.gqa_truth,
+        short_answer_prompt,
+        table=_ACCURACY,
+        help="gqa",
+    ),
+    Benchmark(
+        "mcq",
+        scoring.mcq_score,
+        partial(scoring.mcq_truth, benchmark="mcq"),
+        multiple_choice_prompt,
+        table=_CIRCULAR,
+        help="mcq (MMBench, SEED-Bench, ScienceQA, MMMU multiple choice)",
+    ),
+    Benchmark(
+        "synthshapes-mcq",
+        scoring.mcq_score,
+        partial(scoring.mcq_truth, benchmark="synthshapes-mcq"),
+        multiple_choice_prompt,
+        table=_CIRCULAR,
+        help="synthshapes-mcq",
+    ),
+    Benchmark(
+        "mmvet",
+        None,
+        judge=JUDGED["mmvet"],
+        table=_judged_table,
+        primary=JUDGED["mmvet"].primary,
+        help="mmvet",
+    ),
+    Benchmark(
+        "llava-bench",
+        None,
+        judge=JUDGED["llava-bench"],
+        table=_judged_table,
+        primary=JUDGED["llava-bench"].primary,
+        help="llava-bench (in the wild)",
+    ),
 ):
     register_benchmark(_record)
 del _record

@@ -53,14 +53,20 @@ def open_benchmark_source(data: Any, **options: Any):
     return _sources.open_source(data, keep_columns="all", **options)
 
 
-def read_samples(data: Any, *, limit: int | None = None, id_column: str | None = None, **options: Any):
+def read_samples(
+    data: Any, *, limit: int | None = None, id_column: str | None = None, **options: Any
+):
     """``(source, samples)``: the first ``limit`` samples of ``data`` (all when None), images
     not decoded. Without ``id_column``, ``question_id`` is the id when the data has one (the
     lmms-eval layout), else the reader's default (``index`` in a TSV, ``id``, else the row number).
     """
     source = open_benchmark_source(data, id_column=id_column, **options)
-    if id_column is None and source.columns and "question_id" in source.columns \
-            and source.id_column not in source.columns:
+    if (
+        id_column is None
+        and source.columns
+        and "question_id" in source.columns
+        and source.id_column not in source.columns
+    ):
         source = open_benchmark_source(data, id_column="question_id", **options)
     samples: list[EvalSample] = []
     for sample in source:
@@ -75,8 +81,9 @@ def read_samples(data: Any, *, limit: int | None = None, id_column: str | None =
         error = sample.error
         if error is None and not (sample.question or "").strip():
             error = f"the row has no {source.question_column!r} text"
-        samples.append(EvalSample(sample.index, sample.id, sample.image, sample.question or "",
-                                  fields, error))
+        samples.append(
+            EvalSample(sample.index, sample.id, sample.image, sample.question or "", fields, error)
+        )
     ids = [sample.id for sample in samples]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)

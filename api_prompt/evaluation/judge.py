@@ -43,8 +43,16 @@ from ..errors import ConfigError, TargetError
 from ..targets.openai import DEFAULT_BASE_URL, OpenAITarget, _run_coroutine, answer_text
 
 __all__ = [
-    "JUDGE_KINDS", "JUDGE_KEY_ENV", "OpenAIJudge", "create_judge", "chat_request", "JudgeCache",
-    "JudgeJob", "JudgeResult", "grade_all", "CACHE",
+    "JUDGE_KINDS",
+    "JUDGE_KEY_ENV",
+    "OpenAIJudge",
+    "create_judge",
+    "chat_request",
+    "JudgeCache",
+    "JudgeJob",
+    "JudgeResult",
+    "grade_all",
+    "CACHE",
 ]
 
 JUDGE_KINDS = ("openai",)
@@ -84,47 +92,69 @@ class OpenAIJudge(OpenAITarget):
     OpenAIJudge(model='gpt-4o-2024-11-20', base_url='http://127.0.0.1:9/v1', api_key='***')
     """
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 max_concurrency: int = 8, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        **options: Any,
+    ) -> None:
         if api_key is None:
             api_key = os.environ.get(JUDGE_KEY_ENV) or os.environ.get("OPENAI_API_KEY")
-        super().__init__(model, base_url=base_url, api_key=api_key, max_concurrency=max_concurrency,
-                         **options)
+        super().__init__(
+            model, base_url=base_url, api_key=api_key, max_concurrency=max_concurrency, **options
+        )
         if self._api_key is None and self.base_url == DEFAULT_BASE_URL:
-            raise ConfigError(f"the judge at {DEFAULT_BASE_URL} needs an API key: set ${JUDGE_KEY_ENV} "
-                              "or pass --judge-api-key")
+            raise ConfigError(
+                f"the judge at {DEFAULT_BASE_URL} needs an API key: set ${JUDGE_KEY_ENV} "
+                "or pass --judge-api-key"
+            )
 
     def _http_error(self, status: int, message: str) -> TargetError:
         if status in (401, 403):
             hint = "the judge's API key was refused" if self._api_key else "no API key was sent"
-            return TargetError(f"the judge at {self.base_url} refused the request (HTTP {status}): {message} "
-                               f"— {hint}; set ${JUDGE_KEY_ENV} or pass --judge-api-key", status=status)
+            return TargetError(
+                f"the judge at {self.base_url} refused the request (HTTP {status}): {message} "
+                f"— {hint}; set ${JUDGE_KEY_ENV} or pass --judge-api-key",
+                status=status,
+            )
         if status == 404:
-            return TargetError(f"the judge at {self.url} answered 404: {message} — check --judge-base-url "
-                               f"(it should end in /v1) and the judge model {self.model!r}", status=status)
+            return TargetError(
+                f"the judge at {self.url} answered 404: {message} — check --judge-base-url "
+                f"(it should end in /v1) and the judge model {self.model!r}",
+                status=status,
+            )
         return super()._http_error(status, message)
 
     def __repr__(self) -> str:
-        return "OpenAIJudge" + super().__repr__()[len("OpenAITarget"):]
+        return "OpenAIJudge" + super().__repr__()[len("OpenAITarget") :]
 
     def describe(self) -> dict[str, Any]:
         return {"judge": "openai", "judge_model": self.model, "base_url": self.base_url}
 
     def request(self, prompt: str, *, max_tokens: int, temperature: float) -> dict[str, Any]:
         """The request body for one prompt (:func:`chat_request` with this judge's model)."""
-        return chat_request(prompt, model=self.model, max_tokens=max_tokens, temperature=temperature)
+        return chat_request(
+            prompt, model=self.model, max_tokens=max_tokens, temperature=temperature
+        )
 
     async def send(self, client, body: Mapping[str, Any]) -> dict[str, Any]:
         """One request (with this client's retries): ``{"content", "model", "usage"}``."""
         response = await self._post(client, json.dumps(body).encode("utf-8"))
         content = answer_text(response, redact=self._redact)
         usage = response.get("usage") if isinstance(response, dict) else None
-        return {"content": content, "model": response.get("model") if isinstance(response, dict) else None,
-                "usage": _usage(usage)}
+        return {
+            "content": content,
+            "model": response.get("model") if isinstance(response, dict) else None,
+            "usage": _usage(usage),
+        }
 
 
-def create_judge(spec: str, *, base_url: str | None = None, api_key: str | None = None,
-                 **options: Any) -> OpenAIJudge:
+def create_judge(
+    spec: str, *, base_url: str | None = None, api_key: str | None = None, **options: Any
+) -> OpenAIJudge:
     """A judge from ``"openai:MODEL"`` (the ``--judge`` syntax).
 
     >>> create_judge("openai:gpt-4o-2024-11-20", base_url="http://127.0.0.1:9/v1").model
@@ -136,7 +166,9 @@ def create_judge(spec: str, *, base_url: str | None = None, api_key: str | None 
     """
     kind, sep, model = str(spec).partition(":")
     if not sep or kind not in JUDGE_KINDS or not model.strip():
-        raise ConfigError(f"--judge expected openai:MODEL (an OpenAI-compatible endpoint), got {spec!r}")
+        raise ConfigError(
+            f"--judge expected openai:MODEL (an OpenAI-compatible endpoint), got {spec!r}"
+        )
     return OpenAIJudge(model.strip(), base_url=base_url, api_key=api_key, **options)
 
 
@@ -222,7 +254,9 @@ class JudgeResult:
     error: str | None = None
 
 
-def grade_all(judge: OpenAIJudge, jobs: Sequence[JudgeJob], cache: JudgeCache | None) -> list[JudgeResult]:
+def grade_all(
+    judge: OpenAIJudge, jobs: Sequence[JudgeJob], cache: JudgeCache | None
+) -> list[JudgeResult]:
     """Every job's :class:`JudgeResult`, in order; at most ``judge.max_concurrency`` requests at once."""
     if not jobs:
         return []
@@ -232,6 +266,7 @@ def grade_all(judge: OpenAIJudge, jobs: Sequence[JudgeJob], cache: JudgeCache | 
 async def _grade_all(judge: OpenAIJudge, jobs: Sequence[JudgeJob], cache: JudgeCache | None):
     limit = asyncio.Semaphore(judge.max_concurrency)
     async with judge._client() as client:
+
         async def grade(job: JudgeJob) -> JudgeResult:
             result = JudgeResult()
 

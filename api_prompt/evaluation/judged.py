@@ -53,9 +53,20 @@ from ..errors import ConfigError, TargetError
 from .metrics import MetricTable
 
 __all__ = [
-    "JudgedBenchmark", "JUDGED", "MMVET_PROMPT", "MMVET_CAPABILITIES", "LLAVA_BENCH_RULES",
-    "MAX_OUT_OF_RANGE", "mmvet_prompt", "mmvet_rule", "llava_bench_prompt", "llava_bench_rule",
-    "parse_llava_scores", "mmvet_table", "llava_bench_table", "judge_variation",
+    "JudgedBenchmark",
+    "JUDGED",
+    "MMVET_PROMPT",
+    "MMVET_CAPABILITIES",
+    "LLAVA_BENCH_RULES",
+    "MAX_OUT_OF_RANGE",
+    "mmvet_prompt",
+    "mmvet_rule",
+    "llava_bench_prompt",
+    "llava_bench_rule",
+    "parse_llava_scores",
+    "mmvet_table",
+    "llava_bench_table",
+    "judge_variation",
 ]
 
 Ask = Callable[[float], Awaitable[str]]
@@ -79,15 +90,17 @@ MMVET_CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
 MMVET_MAX_TOKENS = 128
 #: How often a reply outside [0, 1] is asked again at one temperature before it is a judge error.
 MAX_OUT_OF_RANGE = 5
-_MMVET_PATIENCE = 3      # calls per temperature while the reply is empty
+_MMVET_PATIENCE = 3  # calls per temperature while the reply is empty
 
 
 def mmvet_capabilities(sample: Mapping[str, Any]) -> str:
     """The sample's capability text (``"rec,ocr"``); a list is joined with commas."""
     value = sample.get("capability", sample.get("category"))
     if value is None:
-        raise ConfigError("an MM-Vet sample needs its capabilities: a 'capability' (lmms-eval) or "
-                          "'category' (VLMEvalKit) column such as 'rec,ocr'")
+        raise ConfigError(
+            "an MM-Vet sample needs its capabilities: a 'capability' (lmms-eval) or "
+            "'category' (VLMEvalKit) column such as 'rec,ocr'"
+        )
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
@@ -113,7 +126,7 @@ async def mmvet_rule(ask: Ask) -> float:
             grade = float(reply.split(" ")[0].strip())
         except ValueError:
             temperature += 0.5
-            await _patiently(ask, temperature)     # lmms-eval asks here and discards the reply
+            await _patiently(ask, temperature)  # lmms-eval asks here and discards the reply
             if temperature >= 2:
                 return 0.0
             continue
@@ -121,7 +134,9 @@ async def mmvet_rule(ask: Ask) -> float:
             return grade
         out_of_range += 1
         if out_of_range >= MAX_OUT_OF_RANGE:
-            raise TargetError(f"the judge graded outside 0..1 {out_of_range} times ({reply[:40]!r})")
+            raise TargetError(
+                f"the judge graded outside 0..1 {out_of_range} times ({reply[:40]!r})"
+            )
 
 
 async def _patiently(ask: Ask, temperature: float) -> str:
@@ -133,11 +148,15 @@ async def _patiently(ask: Ask, temperature: float) -> str:
     return ""
 
 
-def mmvet_table(samples: Sequence[Mapping[str, Any]], grades: Mapping[str, Sequence[float]]) -> MetricTable:
+def mmvet_table(
+    samples: Sequence[Mapping[str, Any]], grades: Mapping[str, Sequence[float]]
+) -> MetricTable:
     """Units are samples: the grade, one, and per capability present the grade and one."""
     texts = [mmvet_capabilities(s) for s in samples]
     present = [cap for cap in MMVET_CAPABILITIES if any(cap in text for text in texts)]
-    has = np.array([[cap in text for cap in present] for text in texts], dtype=float).reshape(len(samples), len(present))
+    has = np.array([[cap in text for cap in present] for text in texts], dtype=float).reshape(
+        len(samples), len(present)
+    )
     units, scores = {}, {}
     for condition, values in grades.items():
         score = np.asarray(values, dtype=float).reshape(len(samples))
@@ -151,7 +170,9 @@ def mmvet_table(samples: Sequence[Mapping[str, Any]], grades: Mapping[str, Seque
         values = {"score": sums[..., 0] / sums[..., 1] * 100}
         for j, cap in enumerate(present):
             total, count = sums[..., 2 + 2 * j], sums[..., 3 + 2 * j]
-            values[f"{cap}/score"] = np.where(count > 0, total / np.where(count > 0, count, 1) * 100, 0.0)
+            values[f"{cap}/score"] = np.where(
+                count > 0, total / np.where(count > 0, count, 1) * 100, 0.0
+            )
         return values
 
     return MetricTable(units, finish, scores, {})
@@ -180,8 +201,10 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 def _reference(sample: Mapping[str, Any]) -> str:
     value = sample.get("gpt_answer", sample.get("gpt4_ans"))
     if value is None:
-        raise ConfigError("a LLaVA-Bench sample needs the reference answer: a 'gpt_answer' "
-                          "(lmms-eval) or 'gpt4_ans' (VLMEvalKit) column")
+        raise ConfigError(
+            "a LLaVA-Bench sample needs the reference answer: a 'gpt_answer' "
+            "(lmms-eval) or 'gpt4_ans' (VLMEvalKit) column"
+        )
     return str(value)
 
 
@@ -196,9 +219,11 @@ def llava_bench_prompt(sample: Mapping[str, Any], answer: str) -> str:
     context = "\n".join(captions) if isinstance(captions, list) else captions
     rule = LLAVA_BENCH_RULES.get("llava_bench_" + str(sample.get("category", "")), {})
     prompt, role = rule.get("prompt", ""), rule.get("role", "user")
-    return (f"[Context]\n{context}\n\n[Question]\n{sample.get('question', '')}\n\n"
-            f"[{role} 1]\n{_reference(sample)}\n\n[End of {role} 1]\n\n"
-            f"[{role} 2]\n{answer}\n\n[End of {role} 2]\n\n[System]\n{prompt}\n\n")
+    return (
+        f"[Context]\n{context}\n\n[Question]\n{sample.get('question', '')}\n\n"
+        f"[{role} 1]\n{_reference(sample)}\n\n[End of {role} 1]\n\n"
+        f"[{role} 2]\n{answer}\n\n[End of {role} 2]\n\n[System]\n{prompt}\n\n"
+    )
 
 
 def parse_llava_scores(review: str) -> list[float]:
@@ -224,7 +249,9 @@ def _round(value, digits: int):
     return np.round(value, digits)
 
 
-def llava_bench_table(samples: Sequence[Mapping[str, Any]], grades: Mapping[str, Sequence[Sequence[float]]]) -> MetricTable:
+def llava_bench_table(
+    samples: Sequence[Mapping[str, Any]], grades: Mapping[str, Sequence[Sequence[float]]]
+) -> MetricTable:
     """Units are samples: the reference's and the answer's score, one, and the same per category."""
     categories = [str(s.get("category", "")) for s in samples]
     present = list(dict.fromkeys(categories))
@@ -250,7 +277,9 @@ def llava_bench_table(samples: Sequence[Mapping[str, Any]], grades: Mapping[str,
     def finish(sums):
         values = {"relative_score": relative(sums[..., 0], sums[..., 1], sums[..., 2])}
         for j, category in enumerate(present):
-            values[f"{category}/relative_score"] = relative(*(sums[..., 3 + 3 * j + i] for i in range(3)))
+            values[f"{category}/relative_score"] = relative(
+                *(sums[..., 3 + 3 * j + i] for i in range(3))
+            )
         return values
 
     return MetricTable(units, finish, scores, {})
@@ -296,16 +325,35 @@ def _check_llava_bench(sample):
 
 
 JUDGED: dict[str, JudgedBenchmark] = {
-    "mmvet": JudgedBenchmark("mmvet", _check_mmvet, mmvet_prompt, mmvet_rule, MMVET_MAX_TOKENS,
-                             mmvet_table, float, "score"),
-    "llava-bench": JudgedBenchmark("llava-bench", _check_llava_bench, llava_bench_prompt,
-                                   llava_bench_rule, LLAVA_BENCH_MAX_TOKENS, llava_bench_table,
-                                   lambda scores: float(scores[1]), "relative_score"),
+    "mmvet": JudgedBenchmark(
+        "mmvet",
+        _check_mmvet,
+        mmvet_prompt,
+        mmvet_rule,
+        MMVET_MAX_TOKENS,
+        mmvet_table,
+        float,
+        "score",
+    ),
+    "llava-bench": JudgedBenchmark(
+        "llava-bench",
+        _check_llava_bench,
+        llava_bench_prompt,
+        llava_bench_rule,
+        LLAVA_BENCH_MAX_TOKENS,
+        llava_bench_table,
+        lambda scores: float(scores[1]),
+        "relative_score",
+    ),
 }
 
 
-def judge_variation(benchmark: str | JudgedBenchmark, samples: Sequence[Mapping[str, Any]],
-                    grades: Sequence[Mapping[str, Sequence[Any]]], baseline: str = "original") -> dict[str, Any]:
+def judge_variation(
+    benchmark: str | JudgedBenchmark,
+    samples: Sequence[Mapping[str, Any]],
+    grades: Sequence[Mapping[str, Sequence[Any]]],
+    baseline: str = "original",
+) -> dict[str, Any]:
     """The metrics of each judge repeat (``grades[r][condition][i]``), and per metric and
     condition (and for the difference from ``baseline``) the mean, standard deviation
     (``ddof=1``), min and max over the repeats. ``benchmark``: a record, or a name in :data:`JUDGED`."""
@@ -317,7 +365,9 @@ def judge_variation(benchmark: str | JudgedBenchmark, samples: Sequence[Mapping[
         if baseline in points:
             for condition in [c for c in points if c != baseline]:
                 points[f"{condition} - {baseline}"] = {
-                    name: points[condition][name] - points[baseline][name] for name in points[baseline]}
+                    name: points[condition][name] - points[baseline][name]
+                    for name in points[baseline]
+                }
         runs.append(points)
     spread: dict[str, dict[str, dict[str, float | None]]] = {}
     for key in runs[0] if runs else []:

@@ -36,13 +36,20 @@ from ..errors import ConfigError
 __all__ = ["APIPromptModel"]
 
 _PROMPTER_ARGS = {
-    "api_backend": ("backend", str), "api_model": ("model", str), "api_pretrained": ("pretrained", str),
-    "api_preset": ("preset", str), "api_layer": ("layer", int), "api_enhance": ("enhance", float),
-    "api_kernel_size": ("kernel_size", int), "api_resample": ("resample", str),
-    "api_background": ("background", int), "api_geometry": ("geometry", str),
-    "api_device": ("device", str), "api_dtype": ("dtype", str),
+    "api_backend": ("backend", str),
+    "api_model": ("model", str),
+    "api_pretrained": ("pretrained", str),
+    "api_preset": ("preset", str),
+    "api_layer": ("layer", int),
+    "api_enhance": ("enhance", float),
+    "api_kernel_size": ("kernel_size", int),
+    "api_resample": ("resample", str),
+    "api_background": ("background", int),
+    "api_geometry": ("geometry", str),
+    "api_device": ("device", str),
+    "api_dtype": ("dtype", str),
 }
-_DOC_TO_VISUAL = 2   # position of doc_to_visual in the simple-mode request arguments
+_DOC_TO_VISUAL = 2  # position of doc_to_visual in the simple-mode request arguments
 _QUERIES = ("first_line", "context")
 
 
@@ -51,11 +58,18 @@ class APIPromptModel(lmms):
 
     is_simple = True
 
-    def __init__(self, inner: str | None = None, api_query: str = "first_line", api_batch_size: int = 16,
-                 **arguments: Any) -> None:
+    def __init__(
+        self,
+        inner: str | None = None,
+        api_query: str = "first_line",
+        api_batch_size: int = 16,
+        **arguments: Any,
+    ) -> None:
         super().__init__()
         if not inner:
-            raise ConfigError("api_prompt needs the model to wrap: --model_args inner=<lmms-eval model>,...")
+            raise ConfigError(
+                "api_prompt needs the model to wrap: --model_args inner=<lmms-eval model>,..."
+            )
         if api_query not in _QUERIES:
             raise ConfigError(f"api_query must be one of {', '.join(_QUERIES)}, got {api_query!r}")
         prompter_options: dict[str, Any] = {}
@@ -66,8 +80,10 @@ class APIPromptModel(lmms):
                 prompter_options[name] = None if value is None else kind(value)
         unknown = [key for key in arguments if key.startswith("api_")]
         if unknown:
-            raise ConfigError(f"unknown api_prompt option {unknown[0]!r}; known: "
-                              + ", ".join(sorted([*_PROMPTER_ARGS, "api_query", "api_batch_size"])))
+            raise ConfigError(
+                f"unknown api_prompt option {unknown[0]!r}; known: "
+                + ", ".join(sorted([*_PROMPTER_ARGS, "api_query", "api_batch_size"]))
+            )
         from ..prompter import Prompter
 
         backend = prompter_options.pop("backend", "clip")
@@ -75,7 +91,7 @@ class APIPromptModel(lmms):
         self.query_mode = api_query
         self.batch_size = int(api_batch_size)
         self.inner = _inner_class(str(inner))(**arguments)
-        self.task_dict = self.inner.task_dict   # lmms-eval fills it in place; both see the same
+        self.task_dict = self.inner.task_dict  # lmms-eval fills it in place; both see the same
 
     # lmms-eval reads these from the model it was given
     @property
@@ -108,11 +124,16 @@ class APIPromptModel(lmms):
             items = list(doc_to_visual(self.task_dict[task][split][doc_id]) or [])
             visuals.append(items)
             query = self._query(context)
-            jobs += [(position, slot, query) for slot, item in enumerate(items) if isinstance(item, Image.Image)]
+            jobs += [
+                (position, slot, query)
+                for slot, item in enumerate(items)
+                if isinstance(item, Image.Image)
+            ]
         for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start:start + self.batch_size]
-            results = self.prompter.batch([visuals[p][s].convert("RGB") for p, s, _ in chunk],
-                                          [q for _, _, q in chunk])
+            chunk = jobs[start : start + self.batch_size]
+            results = self.prompter.batch(
+                [visuals[p][s].convert("RGB") for p, s, _ in chunk], [q for _, _, q in chunk]
+            )
             for (position, slot, _), result in zip(chunk, results):
                 visuals[position][slot] = result.image
         out = []

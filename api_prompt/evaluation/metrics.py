@@ -44,14 +44,34 @@ from ..errors import ConfigError
 from .scoring import pope_answer, pope_label
 
 __all__ = [
-    "MME_PERCEPTION", "MME_COGNITION", "MetricTable", "CIRCULAR_MODULUS", "pope_table",
-    "mean_score_table", "mme_table", "units_table",
+    "MME_PERCEPTION",
+    "MME_COGNITION",
+    "MetricTable",
+    "CIRCULAR_MODULUS",
+    "pope_table",
+    "mean_score_table",
+    "mme_table",
+    "units_table",
 ]
 
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
-                  "landmark", "artwork", "OCR")
-MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation",
-                 "code_reasoning")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
+MME_COGNITION = (
+    "commonsense_reasoning",
+    "numerical_calculation",
+    "text_translation",
+    "code_reasoning",
+)
 #: MMBench's circular variants of one question share ``index % CIRCULAR_MODULUS``.
 CIRCULAR_MODULUS = 1_000_000
 # Columns looked up, in order, for the image two MME questions share.
@@ -82,14 +102,21 @@ class MetricTable:
         return {name: float(value) for name, value in values.items()}
 
 
-def pope_table(benchmark, samples: Sequence[Mapping[str, Any]],
-               answers: Mapping[str, Sequence[str | None]]) -> MetricTable:
+def pope_table(
+    benchmark, samples: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[str | None]]
+) -> MetricTable:
     """POPE's table: the answers are parsed once, and the columns hold what the metrics are made of."""
     label_yes = np.array([pope_label(s) == "yes" for s in samples], dtype=float)
     columns = {c: _pope_columns(values, label_yes) for c, values in answers.items()}
     scores = {c: cols["correct"] for c, cols in columns.items()}
-    return units_table(samples, columns, scores, ["correct", "yes", "label", "tp", "one"], _pope_metrics,
-                       proportion="accuracy")
+    return units_table(
+        samples,
+        columns,
+        scores,
+        ["correct", "yes", "label", "tp", "one"],
+        _pope_metrics,
+        proportion="accuracy",
+    )
 
 
 def mean_score_table(metric: str = "accuracy", *, proportion: bool = True, circular: bool = False):
@@ -104,25 +131,42 @@ def mean_score_table(metric: str = "accuracy", *, proportion: bool = True, circu
     >>> table(Toy(), [{"answer": "x"}, {"answer": "y"}], {"original": ["x", "x"]}).point("original")
     {'hits': 0.5}
     """
-    def table(benchmark, samples: Sequence[Mapping[str, Any]],
-              answers: Mapping[str, Sequence[str | None]]) -> MetricTable:
+
+    def table(
+        benchmark, samples: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[str | None]]
+    ) -> MetricTable:
         scores = benchmark.scores(samples, answers)
         columns = {c: {"score": scores[c], "one": np.ones(len(samples))} for c in answers}
-        return units_table(samples, columns, scores, ["score", "one"],
-                           lambda s: {metric: s[..., 0] / s[..., 1]},
-                           proportion=metric if proportion else None, circular=circular)
+        return units_table(
+            samples,
+            columns,
+            scores,
+            ["score", "one"],
+            lambda s: {metric: s[..., 0] / s[..., 1]},
+            proportion=metric if proportion else None,
+            circular=circular,
+        )
 
     return table
 
 
-def mme_table(benchmark, samples: Sequence[Mapping[str, Any]],
-              answers: Mapping[str, Sequence[str | None]]) -> MetricTable:
+def mme_table(
+    benchmark, samples: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[str | None]]
+) -> MetricTable:
     """MME's table: units are the images (per category); acc, acc_plus and the two totals."""
     return _mme_table(samples, answers, benchmark.scores(samples, answers))
 
 
-def units_table(samples, columns, scores, names, finish, *, proportion: str | None = None,
-                circular: bool = False) -> MetricTable:
+def units_table(
+    samples,
+    columns,
+    scores,
+    names,
+    finish,
+    *,
+    proportion: str | None = None,
+    circular: bool = False,
+) -> MetricTable:
     """The table of per-sample ``columns`` (condition -> name -> array) summed per unit, with
     ``finish`` (sums of ``names`` -> metrics); circular groups and categories as the module
     docstring says. ``proportion`` names the metric that averages the 0/1 ``scores``."""
@@ -135,12 +179,15 @@ def units_table(samples, columns, scores, names, finish, *, proportion: str | No
 
     def units_of(cols: dict[str, np.ndarray]) -> np.ndarray:
         table = [np.bincount(unit_of, weights=cols[name], minlength=n_units) for name in names]
-        if groups is not None and has_main is not None:  # circular: a group counts when every variant is right
+        if (
+            groups is not None and has_main is not None
+        ):  # circular: a group counts when every variant is right
             table += [((table[0] == table[1]) & has_main).astype(float), has_main.astype(float)]
         return np.stack(table, axis=1) if table else np.zeros((0, len(names)))
 
     base_finish = finish
     if groups is not None:
+
         def finish(sums):
             values = base_finish(sums[..., :2])
             values["circular_accuracy"] = sums[..., 2] / sums[..., 3]
@@ -167,12 +214,15 @@ def units_table(samples, columns, scores, names, finish, *, proportion: str | No
             use = mask if name == proportion else (unit_category == index)[has_main]
             binary[f"{label}/{name}"] = {c: values[use] for c, values in per_condition.items()}
     masks = np.stack([unit_category == index for index in range(len(labels))], axis=1).astype(float)
-    units = {c: np.hstack([u] + [u * masks[:, [i]] for i in range(len(labels))]) for c, u in units.items()}
+    units = {
+        c: np.hstack([u] + [u * masks[:, [i]] for i in range(len(labels))])
+        for c, u in units.items()
+    }
 
     def by_category(sums):
         values = finish(sums[..., :k])
         for index, label in enumerate(labels):
-            part = finish(sums[..., k * (index + 1): k * (index + 2)])
+            part = finish(sums[..., k * (index + 1) : k * (index + 2)])
             values.update({f"{label}/{name}": value for name, value in part.items()})
         return values
 
@@ -184,8 +234,13 @@ def units_table(samples, columns, scores, names, finish, *, proportion: str | No
 
 def _pope_columns(answers, label_yes) -> dict[str, np.ndarray]:
     said_yes = np.array([pope_answer(a or "") == "yes" for a in answers], dtype=float)
-    return {"correct": (said_yes == label_yes).astype(float), "yes": said_yes, "label": label_yes,
-            "tp": said_yes * label_yes, "one": np.ones(len(answers))}
+    return {
+        "correct": (said_yes == label_yes).astype(float),
+        "yes": said_yes,
+        "label": label_yes,
+        "tp": said_yes * label_yes,
+        "one": np.ones(len(answers)),
+    }
 
 
 def _pope_metrics(sums: np.ndarray) -> dict[str, np.ndarray]:
@@ -274,7 +329,9 @@ def _mme_table(samples, answers, scores) -> MetricTable:
         units[condition] = np.stack(blocks, axis=1)
     for index, label in enumerate(labels):
         binary[f"{label}/acc"] = {c: v[unit_category[unit_of] == index] for c, v in scores.items()}
-        binary[f"{label}/acc_plus"] = {c: u[unit_category == index, 4 * index + 2] for c, u in units.items()}
+        binary[f"{label}/acc_plus"] = {
+            c: u[unit_category == index, 4 * index + 2] for c, u in units.items()
+        }
 
     def finish(sums):
         values = {}
@@ -285,7 +342,7 @@ def _mme_table(samples, answers, scores) -> MetricTable:
             values[f"{label}/acc"], values[f"{label}/acc_plus"] = acc, acc_plus
             if label in MME_PERCEPTION:
                 perception = perception + acc + acc_plus
-            else:   # lmms-eval counts every category that is not perception as cognition
+            else:  # lmms-eval counts every category that is not perception as cognition
                 cognition = cognition + acc + acc_plus
         if any(label in MME_PERCEPTION for label in labels):
             values["perception"] = perception + 0 * sums[..., 0]

@@ -37,13 +37,23 @@ import re
 import string
 from functools import lru_cache
 
-__all__ = ["normalize_answer", "normalize_vqav2_answer", "exact_match_text", "PUNCTUATION", "NUMBER_WORDS", "ARTICLES", "CONTRACTIONS"]
+__all__ = [
+    "normalize_answer",
+    "normalize_vqav2_answer",
+    "exact_match_text",
+    "PUNCTUATION",
+    "NUMBER_WORDS",
+    "ARTICLES",
+    "CONTRACTIONS",
+]
 
 #: Marks handled by step 2 (the full stop is handled separately: it may be a decimal point).
 PUNCTUATION = tuple(';/[]"{}()=+\\_-><@`,?!')
 NUMBER_WORDS = {
-    word: str(value) for value, word in enumerate(
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])
+    word: str(value)
+    for value, word in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    )
 }
 NUMBER_WORDS["none"] = "0"
 ARTICLES = frozenset({"a", "an", "the"})

@@ -49,14 +49,21 @@ def summarize(
     """
     conditions = list(answers)
     if any(len(errors[c]) < len(samples) for c in conditions):
-        raise ValueError(f"every condition needs an error entry (or None) for each of the {len(samples)} samples")
+        raise ValueError(
+            f"every condition needs an error entry (or None) for each of the {len(samples)} samples"
+        )
     per_sample = zip(*(errors[c] for c in conditions))
     keep = [i for i, row in enumerate(per_sample) if row.count(None) == len(row)]
     kept = [samples[i] for i in keep]
     table = build_table(benchmark, kept, {c: [answers[c][i] for i in keep] for c in conditions})
     base = baseline if baseline in conditions else conditions[0]
-    boot = bootstrap_conditions(table.units, table.metric, baseline=base,
-                                n_resamples=n_resamples, seed=seed) if kept else None
+    boot = (
+        bootstrap_conditions(
+            table.units, table.metric, baseline=base, n_resamples=n_resamples, seed=seed
+        )
+        if kept
+        else None
+    )
     summary: dict[str, Any] = {
         "benchmark": benchmark,
         "target": target,
@@ -64,8 +71,12 @@ def summarize(
         "conditions": {},
         "delta": {},
         "statistics": {
-            "samples": len(samples), "scored": len(kept), "excluded": len(samples) - len(kept),
-            "bootstrap_resamples": n_resamples, "seed": seed, "baseline": base,
+            "samples": len(samples),
+            "scored": len(kept),
+            "excluded": len(samples) - len(kept),
+            "bootstrap_resamples": n_resamples,
+            "seed": seed,
+            "baseline": base,
             "p_value": "exact McNemar test on the paired 0/1 outcomes (null for other metrics)",
         },
     }
@@ -87,7 +98,9 @@ def summarize(
         if (base, other) in boot["pairs"]:
             summary["delta"] = _differences(boot["pairs"][(base, other)], table, base, other)
         else:
-            summary["delta"] = _differences(boot["pairs"][(other, base)], table, base, other, sign=-1)
+            summary["delta"] = _differences(
+                boot["pairs"][(other, base)], table, base, other, sign=-1
+            )
         if len(conditions) > 2:
             summary["comparisons"] = {
                 f"{b} - {a}": _differences(boot["pairs"][(a, b)], table, a, b)
@@ -104,7 +117,11 @@ def _differences(pair_deltas, table, a: str, b: str, sign: int = 1) -> dict[str,
             value, lo, hi = -value, -hi, -lo
         outcomes = table.binary.get(name)
         p_value = mcnemar_p(outcomes[a], outcomes[b]) if outcomes is not None else None
-        out[name] = {"value": _number(value), "ci95": [_number(lo), _number(hi)], "p_value": p_value}
+        out[name] = {
+            "value": _number(value),
+            "ci95": [_number(lo), _number(hi)],
+            "p_value": p_value,
+        }
     return out
 
 
@@ -117,7 +134,7 @@ def _number(value: float) -> float | None:
 def chart_metrics(benchmark: str, metrics: Mapping[str, Any]) -> list[str]:
     """The metrics the chart shows: per category when there are categories, else all (MME's
     totals, on another scale, are left to the report)."""
-    record = BENCHMARKS.get(benchmark)   # a summary may name a benchmark not registered here
+    record = BENCHMARKS.get(benchmark)  # a summary may name a benchmark not registered here
     primary = record.primary if record is not None else "accuracy"
     per_category = [name for name in metrics if name.endswith("/" + primary)]
     if per_category:
@@ -126,7 +143,13 @@ def chart_metrics(benchmark: str, metrics: Mapping[str, Any]) -> list[str]:
 
 
 def _format(value: Any, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}" if abs(value) >= 10 else f"{value:.{digits}f}"
+    return (
+        "n/a"
+        if value is None
+        else f"{value:.{digits}g}"
+        if abs(value) >= 10
+        else f"{value:.{digits}f}"
+    )
 
 
 def write_report(summary: Mapping[str, Any], path: Path, *, chart: str | None = None) -> None:
@@ -159,14 +182,22 @@ def write_report(summary: Mapping[str, Any], path: Path, *, chart: str | None = 
             if delta:
                 lo, hi = delta["ci95"]
                 p = delta["p_value"]
-                row += [f"{delta['value']:+.4f}" if delta["value"] is not None else "n/a",
-                        f"[{_format(lo)}, {_format(hi)}]", "" if p is None else f"{p:.3g}"]
+                row += [
+                    f"{delta['value']:+.4f}" if delta["value"] is not None else "n/a",
+                    f"[{_format(lo)}, {_format(hi)}]",
+                    "" if p is None else f"{p:.3g}",
+                ]
             else:
                 row += ["", "", ""]
         lines.append("| " + " | ".join(row) + " |")
     if summary.get("comparisons"):
-        lines += ["", "Every two conditions (b − a, same samples):", "",
-                  "| b − a | metric | delta | 95% CI | p |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Every two conditions (b − a, same samples):",
+            "",
+            "| b − a | metric | delta | 95% CI | p |",
+            "|---|---|---|---|---|",
+        ]
         shown = [n for n in names if "/" not in n][:3]  # the headline metrics, not each category
         for pair, per_metric in summary["comparisons"].items():
             for name in shown:
@@ -174,7 +205,9 @@ def write_report(summary: Mapping[str, Any], path: Path, *, chart: str | None = 
                 if delta and delta["value"] is not None:
                     lo, hi = delta["ci95"]
                     p = "" if delta["p_value"] is None else f"{delta['p_value']:.3g}"
-                    lines.append(f"| {pair} | {name} | {delta['value']:+.4f} | [{_format(lo)}, {_format(hi)}] | {p} |")
+                    lines.append(
+                        f"| {pair} | {name} | {delta['value']:+.4f} | [{_format(lo)}, {_format(hi)}] | {p} |"
+                    )
     if chart:
         lines += ["", f"![{summary['benchmark']} per condition]({chart})"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -195,19 +228,35 @@ def write_chart(summary: Mapping[str, Any], path: Path) -> bool:
     x = np.arange(len(names))
     width = 0.8 / len(conditions)
     figure, axes = plt.subplots(figsize=(max(4.0, 0.9 * len(names) * len(conditions) + 1.5), 3.6))
-    colours = {"original": "#9aa5b1", "api": "#d9480f", "overlay": "#d9480f", "crop": "#1971c2",
-               "blur": "#2f9e44", "box": "#ae3ec9"}
+    colours = {
+        "original": "#9aa5b1",
+        "api": "#d9480f",
+        "overlay": "#d9480f",
+        "crop": "#1971c2",
+        "blur": "#2f9e44",
+        "box": "#ae3ec9",
+    }
     for position, condition in enumerate(conditions):
         data = summary["conditions"][condition]
-        values = np.array([np.nan if data["metrics"].get(n) is None else data["metrics"][n] for n in names])
+        values = np.array(
+            [np.nan if data["metrics"].get(n) is None else data["metrics"][n] for n in names]
+        )
         bounds = np.array([data["ci95"].get(n, [None, None]) for n in names], dtype=float)
         errors = np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))
-        axes.bar(x + (position - (len(conditions) - 1) / 2) * width, values, width,
-                 yerr=np.nan_to_num(errors), capsize=3, label=condition,
-                 color=colours.get(condition, None))
+        axes.bar(
+            x + (position - (len(conditions) - 1) / 2) * width,
+            values,
+            width,
+            yerr=np.nan_to_num(errors),
+            capsize=3,
+            label=condition,
+            color=colours.get(condition, None),
+        )
     axes.set_xticks(x, [n.replace("/", "\n") for n in names], fontsize=8)
     axes.set_ylabel("score (95% CI)")
-    axes.set_title(f"{summary['benchmark']}: {summary['statistics']['scored']} samples", fontsize=10)
+    axes.set_title(
+        f"{summary['benchmark']}: {summary['statistics']['scored']} samples", fontsize=10
+    )
     axes.legend(fontsize=8)
     axes.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()
@@ -220,12 +269,16 @@ def _judge_lines(judge: Mapping[str, Any] | None) -> list[str]:
     """The judge, what it cost, and (with repeats) the spread of the primary metrics."""
     if not judge:
         return []
-    lines = [f"- judge: `{judge.get('judge_model')}` at {judge.get('base_url')}, {judge['calls']} calls, "
-             f"{judge['prompt_tokens']} prompt + {judge['completion_tokens']} completion tokens"]
+    lines = [
+        f"- judge: `{judge.get('judge_model')}` at {judge.get('base_url')}, {judge['calls']} calls, "
+        f"{judge['prompt_tokens']} prompt + {judge['completion_tokens']} completion tokens"
+    ]
     variation = judge.get("variation")
     if variation:
         for key, metrics in variation["spread"].items():
-            shown = ", ".join(f"{name} sd {_format(v['std'])}" for name, v in list(metrics.items())[:4])
+            shown = ", ".join(
+                f"{name} sd {_format(v['std'])}" for name, v in list(metrics.items())[:4]
+            )
             lines.append(f"- judge run-to-run ({variation['repeats']} runs), {key}: {shown}")
     return lines
 

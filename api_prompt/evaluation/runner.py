@@ -40,8 +40,15 @@ from .report import summarize, write_chart, write_report
 from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
 __all__ = [
-    "evaluate", "check_data", "check_conditions", "CONDITIONS", "PREDICTIONS", "SUMMARY", "REPORT",
-    "CHART", "RUN",
+    "evaluate",
+    "check_data",
+    "check_conditions",
+    "CONDITIONS",
+    "PREDICTIONS",
+    "SUMMARY",
+    "REPORT",
+    "CHART",
+    "RUN",
 ]
 
 CONDITIONS = ("original", "api")
@@ -52,6 +59,8 @@ def condition_names() -> tuple[str, ...]:
     from ..styles import STYLES
 
     return ("original", "api", *STYLES)
+
+
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.md"
@@ -142,8 +151,10 @@ def evaluate(
         prompter = Prompter()
     styled = [c for c in prompted if c != "api"]
     if styled and not callable(getattr(prompter, "style_named", None)):
-        raise ConfigError(f"condition {styled[0]!r} needs a Prompter (a prompt style is drawn from "
-                          "its map); a plain function only makes the 'api' images")
+        raise ConfigError(
+            f"condition {styled[0]!r} needs a Prompter (a prompt style is drawn from "
+            "its map); a plain function only makes the 'api' images"
+        )
     name = target_name or (target if isinstance(target, str) else None)
     target_info = {"spec": name} if name else _describe(answerer)
     settings: dict[str, Any] = {
@@ -152,28 +163,44 @@ def evaluate(
         "generation": dict(generation or {}),
         "data": {**source.describe(), "samples": len(samples), "limit": limit},
     }
-    if styled:   # each style's options, so a resume with other ones is refused
+    if styled:  # each style's options, so a resume with other ones is refused
         settings["styles"] = {c: prompter.style_named(c).describe() for c in styled}
     if judge is not None:
         settings["judge"] = {**judge.describe(), "repeats": judge_repeats}
-    if bare_question:   # recorded only when set: earlier runs' parameters stay as they were
+    if bare_question:  # recorded only when set: earlier runs' parameters stay as they were
         settings["bare_question"] = True
-    parameters = json.loads(json.dumps(
-        {"benchmark": benchmark, "target": target_info, "settings": settings}, default=str))
+    parameters = json.loads(
+        json.dumps(
+            {"benchmark": benchmark, "target": target_info, "settings": settings}, default=str
+        )
+    )
 
     run = EvalFolder(Path(out))
     run.prepare(parameters, overwrite=overwrite)
     try:
         done = run.done(retry_errors)
         # answers whose judging failed are graded again without asking the target again
-        graded_later = {key: record["answer"] for key, record in run.latest_predictions().items()
-                        if key not in done and record.get("answer") is not None
-                        and str(record.get("error") or "").startswith("judge:")} \
-            if retry_errors and judge is not None else {}
-        grader = _Grader(benchmark, judge, judge_repeats, run.root / CACHE) if judge is not None else None
+        graded_later = (
+            {
+                key: record["answer"]
+                for key, record in run.latest_predictions().items()
+                if key not in done
+                and record.get("answer") is not None
+                and str(record.get("error") or "").startswith("judge:")
+            }
+            if retry_errors and judge is not None
+            else {}
+        )
+        grader = (
+            _Grader(benchmark, judge, judge_repeats, run.root / CACHE)
+            if judge is not None
+            else None
+        )
         pending = [s for s in samples if any((s.id, c) not in done for c in conditions)]
         total, finished = len(samples), len(samples) - len(pending)
-        chunks = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+        chunks = [
+            pending[start : start + batch_size] for start in range(0, len(pending), batch_size)
+        ]
         # The next chunk's images are decoded in a thread while the models work on this one.
         with ThreadPoolExecutor(max_workers=1) as decoder:
             upcoming = decoder.submit(_decode, chunks[0], source) if chunks else None
@@ -182,15 +209,27 @@ def evaluate(
                 images = upcoming.result()
                 if position + 1 < len(chunks):
                     upcoming = decoder.submit(_decode, chunks[position + 1], source)
-                records = _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter,
-                                     dict(generation or {}), graded_later, bare=bare_question)
+                records = _ask_chunk(
+                    benchmark,
+                    chunk,
+                    images,
+                    conditions,
+                    done,
+                    answerer,
+                    prompter,
+                    dict(generation or {}),
+                    graded_later,
+                    bare=bare_question,
+                )
                 if grader is not None:
                     grader.grade(records, {s.id: s for s in chunk})
                 run.append(records)
                 finished += len(chunk)
                 if progress is not None:
                     progress(finished, total)
-        summary = _summary(benchmark, samples, conditions, run.latest_predictions(), parameters, n_resamples, seed)
+        summary = _summary(
+            benchmark, samples, conditions, run.latest_predictions(), parameters, n_resamples, seed
+        )
         run.write_outputs(summary)
     finally:
         run.close()
@@ -206,12 +245,15 @@ def check_judge(benchmark: str, judge: Any, repeats: int = 1):
     if get_benchmark(benchmark).judge is None:
         if judge is not None:
             judged = [name for name, record in BENCHMARKS.items() if record.judge is not None]
-            raise ConfigError(f"--benchmark {benchmark} is scored by rule; --judge is for "
-                              f"{' and '.join(judged)}")
+            raise ConfigError(
+                f"--benchmark {benchmark} is scored by rule; --judge is for {' and '.join(judged)}"
+            )
         return None
     if judge is None:
-        raise ConfigError(f"--benchmark {benchmark} is scored by a judge model: pass --judge openai:MODEL "
-                          "(e.g. openai:gpt-4o-2024-11-20, lmms-eval's default)")
+        raise ConfigError(
+            f"--benchmark {benchmark} is scored by a judge model: pass --judge openai:MODEL "
+            "(e.g. openai:gpt-4o-2024-11-20, lmms-eval's default)"
+        )
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"judge_repeats must be a positive integer, got {repeats!r}")
     return create_judge(judge) if isinstance(judge, str) else judge
@@ -239,7 +281,9 @@ def check_data(data: Any, benchmark: str, *, limit: int | None = None, **data_op
     benchmark's ground truth. Cheap (no image is decoded): run it before loading models, and
     pass what it returns to :func:`evaluate` as ``checked``."""
     check = get_benchmark(benchmark).check
-    source, samples = read_samples(data, limit=limit, **get_benchmark(benchmark).reader_options(data_options))
+    source, samples = read_samples(
+        data, limit=limit, **get_benchmark(benchmark).reader_options(data_options)
+    )
     if not samples:
         raise ConfigError(f"{source.name} holds no samples")
     for sample in samples:
@@ -253,7 +297,11 @@ def check_data(data: Any, benchmark: str, *, limit: int | None = None, **data_op
 
 def _describe(obj: Any) -> dict[str, Any]:
     describe = getattr(obj, "describe", None)
-    return dict(describe()) if callable(describe) else {"callable": getattr(obj, "__qualname__", type(obj).__name__)}
+    return (
+        dict(describe())
+        if callable(describe)
+        else {"callable": getattr(obj, "__qualname__", type(obj).__name__)}
+    )
 
 
 def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
@@ -269,8 +317,18 @@ def _decode(chunk: Sequence[EvalSample], source) -> dict[str, Any]:
     return images
 
 
-def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, generation, answered=None,
-               bare=False):
+def _ask_chunk(
+    benchmark,
+    chunk,
+    images,
+    conditions,
+    done,
+    answerer,
+    prompter,
+    generation,
+    answered=None,
+    bare=False,
+):
     """Prediction records for every (sample, condition) of ``chunk`` not done yet; ``answered``
     holds answers that are kept (only their judging is to be done again); ``bare``: the target
     is asked the bare question."""
@@ -279,13 +337,18 @@ def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, g
     maps: dict[str, Any] = {}  # one map per sample, shared by every styled condition
     for condition in conditions:
         todo = [s for s in chunk if (s.id, condition) not in done]
-        records += [_record(benchmark, s, condition, answered[(s.id, condition)], None)
-                    for s in todo if (s.id, condition) in answered]
+        records += [
+            _record(benchmark, s, condition, answered[(s.id, condition)], None)
+            for s in todo
+            if (s.id, condition) in answered
+        ]
         todo = [s for s in todo if (s.id, condition) not in answered]
         ready = [s for s in todo if s.id in images]
         for sample in todo:
             if sample.id not in images:
-                records.append(_record(benchmark, sample, condition, None, sample.error or "image missing"))
+                records.append(
+                    _record(benchmark, sample, condition, None, sample.error or "image missing")
+                )
         if not ready:
             continue
         shown = [images[s.id] for s in ready]
@@ -293,8 +356,9 @@ def _ask_chunk(benchmark, chunk, images, conditions, done, answerer, prompter, g
         if condition != "original":
             shown, failures = _prompt(prompter, ready, shown, benchmark, condition, maps)
         asked = [(s, image) for s, image in zip(ready, shown) if s.id not in failures]
-        answers, answer_failures = _answer(answerer, [s for s, _ in asked], [i for _, i in asked],
-                                           benchmark, generation, bare)
+        answers, answer_failures = _answer(
+            answerer, [s for s, _ in asked], [i for _, i in asked], benchmark, generation, bare
+        )
         failures.update(answer_failures)
         for sample in ready:
             error = failures.get(sample.id)
@@ -313,15 +377,25 @@ def _prompt(prompter, samples, images, benchmark, condition="api", maps=None):
     batch fails); a plain function prompter makes the ``api`` images itself."""
     queries = [auxiliary_query(benchmark, s) for s in samples]
     if not callable(getattr(prompter, "style_named", None)):
-        return _each(samples, lambda batch: prompt_images(prompter, [images[i] for i in batch],
-                                                          [queries[i] for i in batch]))
+        return _each(
+            samples,
+            lambda batch: prompt_images(
+                prompter, [images[i] for i in batch], [queries[i] for i in batch]
+            ),
+        )
     maps = {} if maps is None else maps
     missing = [i for i, s in enumerate(samples) if s.id not in maps]
     if missing:
-        made, failed = _each([samples[i] for i in missing], lambda batch: prompter.attribute(
-            [images[missing[i]] for i in batch], [queries[missing[i]] for i in batch]))
+        made, failed = _each(
+            [samples[i] for i in missing],
+            lambda batch: prompter.attribute(
+                [images[missing[i]] for i in batch], [queries[missing[i]] for i in batch]
+            ),
+        )
         maps.update({samples[i].id: amap for i, amap in zip(missing, made) if amap is not None})
-        maps.update({samples[i].id: failed[samples[i].id] for i in missing if samples[i].id in failed})
+        maps.update(
+            {samples[i].id: failed[samples[i].id] for i in missing if samples[i].id in failed}
+        )
     style = prompter.style if condition == "api" else prompter.style_named(condition)
     shown, failures = [], {}
     for sample, image in zip(samples, images):
@@ -364,7 +438,9 @@ def _answer(answerer, samples, images, benchmark, generation, bare=False):
     try:
         answers = answerer(images, questions, **generation)
         if len(answers) != len(samples):
-            raise ConfigError(f"the target returned {len(answers)} answers for {len(samples)} questions")
+            raise ConfigError(
+                f"the target returned {len(answers)} answers for {len(samples)} questions"
+            )
         return {s.id: _text(a) for s, a in zip(samples, answers)}, {}
     except Exception as exc:
         if len(samples) == 1:
@@ -381,8 +457,14 @@ def _answer(answerer, samples, images, benchmark, generation, bare=False):
 def _record(benchmark, sample, condition, answer, error):
     judged = get_benchmark(benchmark).judge is not None
     value = None if error is not None or judged else score(benchmark, answer, sample.fields)
-    return {"id": sample.id, "condition": condition, "answer": answer, "score": value, "error": error,
-            "index": sample.index}
+    return {
+        "id": sample.id,
+        "condition": condition,
+        "answer": answer,
+        "score": value,
+        "error": error,
+        "index": sample.index,
+    }
 
 
 def _text(answer) -> str:
@@ -400,22 +482,45 @@ def _summary(benchmark, samples, conditions, latest, parameters, n_resamples, se
             answers[condition].append(record.get("answer"))
             errors[condition].append(record.get("error"))
     judge = None
-    if get_benchmark(benchmark).judge is not None:  # the metrics are the judge's grades, not the answers
+    if (
+        get_benchmark(benchmark).judge is not None
+    ):  # the metrics are the judge's grades, not the answers
         records = [[latest[(s.id, c)] for s in samples] for c in conditions]
         graded = [all(r["error"] is None for r in column) for column in zip(*records)]
         kept = [s.fields for s, ok in zip(samples, graded) if ok]
         repeats = parameters["settings"]["judge"]["repeats"]
-        grades = [{c: [r["judge"]["grades"][repeat] for r, ok in zip(column, graded) if ok]
-                   for c, column in zip(conditions, records)} for repeat in range(repeats)]
-        answers = {c: [r["judge"]["grades"][0] if r.get("judge") and r["error"] is None else None
-                       for r in column] for c, column in zip(conditions, records)}
-        judge = {**parameters["settings"]["judge"], **_tokens(r for column in records for r in column)}
+        grades = [
+            {
+                c: [r["judge"]["grades"][repeat] for r, ok in zip(column, graded) if ok]
+                for c, column in zip(conditions, records)
+            }
+            for repeat in range(repeats)
+        ]
+        answers = {
+            c: [
+                r["judge"]["grades"][0] if r.get("judge") and r["error"] is None else None
+                for r in column
+            ]
+            for c, column in zip(conditions, records)
+        }
+        judge = {
+            **parameters["settings"]["judge"],
+            **_tokens(r for column in records for r in column),
+        }
         if repeats > 1:
-            judge["variation"] = judge_variation(get_benchmark(benchmark).judge_record(), kept, grades)
+            judge["variation"] = judge_variation(
+                get_benchmark(benchmark).judge_record(), kept, grades
+            )
     return summarize(
-        benchmark, [s.fields for s in samples], answers, errors,
-        target=parameters["target"], settings=parameters["settings"],
-        n_resamples=n_resamples, seed=seed, judge=judge,
+        benchmark,
+        [s.fields for s in samples],
+        answers,
+        errors,
+        target=parameters["target"],
+        settings=parameters["settings"],
+        n_resamples=n_resamples,
+        seed=seed,
+        judge=judge,
     )
 
 
@@ -440,13 +545,19 @@ class _Grader:
 
     def grade(self, records: list[dict[str, Any]], samples: Mapping[str, EvalSample]) -> None:
         todo = [r for r in records if r["error"] is None]
-        jobs = [JudgeJob((r["id"], r["condition"], repeat),
-                         self.record.prompt(samples[r["id"]].fields, r["answer"] or ""),
-                         self.record.max_tokens, self.record.rule)
-                for r in todo for repeat in range(self.repeats)]
+        jobs = [
+            JudgeJob(
+                (r["id"], r["condition"], repeat),
+                self.record.prompt(samples[r["id"]].fields, r["answer"] or ""),
+                self.record.max_tokens,
+                self.record.rule,
+            )
+            for r in todo
+            for repeat in range(self.repeats)
+        ]
         results = grade_all(self.judge, jobs, self.cache)
         for position, record in enumerate(todo):
-            mine = results[position * self.repeats:(position + 1) * self.repeats]
+            mine = results[position * self.repeats : (position + 1) * self.repeats]
             failed = next((result.error for result in mine if result.error), None)
             record["judge"] = {
                 "grades": [result.grade for result in mine],
@@ -487,8 +598,11 @@ class EvalFolder(RunFolder):
         return self.latest(lambda record: (str(record["id"]), record["condition"]))
 
     def done(self, retry_errors: bool) -> set[tuple[str, str]]:
-        return {key for key, record in self.latest_predictions().items()
-                if not (retry_errors and record.get("error") is not None)}
+        return {
+            key
+            for key, record in self.latest_predictions().items()
+            if not (retry_errors and record.get("error") is not None)
+        }
 
     def write_outputs(self, summary: dict[str, Any]) -> None:
         write_atomic(self.root / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())

@@ -62,18 +62,39 @@ from ..errors import ConfigError
 from .normalize import exact_match_text, normalize_answer, normalize_vqav2_answer
 
 __all__ = [
-    "pope_answer", "mme_answer", "vqa_accuracy", "vqa_humans", "vqa_score",
-    "options_of", "choices_of", "infer_option", "ground_truth_answers", "gqa_match",
-    "pope_label", "pope_score", "mme_label", "mme_score", "textvqa_truth", "vqav2_truth",
-    "textvqa_score", "vqav2_score", "gqa_truth", "gqa_score", "mcq_truth", "mcq_score", "mcq_pick",
+    "pope_answer",
+    "mme_answer",
+    "vqa_accuracy",
+    "vqa_humans",
+    "vqa_score",
+    "options_of",
+    "choices_of",
+    "infer_option",
+    "ground_truth_answers",
+    "gqa_match",
+    "pope_label",
+    "pope_score",
+    "mme_label",
+    "mme_score",
+    "textvqa_truth",
+    "vqav2_truth",
+    "textvqa_score",
+    "vqav2_score",
+    "gqa_truth",
+    "gqa_score",
+    "mcq_truth",
+    "mcq_score",
+    "mcq_pick",
 ]
 
 _LETTERS = frozenset(string.ascii_uppercase)
 _OPTION_PUNCTUATION = str.maketrans({mark: " " for mark in ".()[],:;!*#{}"})
 # Answers VLMEvalKit reads as a refusal ("Z", never a right answer).
 _REFUSALS = (
-    "Sorry, I can't help with images of people yet.", "I can't process this file.",
-    "I'm sorry, but without the image provided", "Cannot determine the answer",
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
 )
 # An answer holding this is an API failure to VLMEvalKit: no letter is read from it.
 _API_FAILURE = "Failed to obtain answer via API"
@@ -131,8 +152,14 @@ def ground_truth_answers(sample: Mapping[str, Any]) -> list[str]:
     text of a list (VLMEvalKit TSVs store ``"['a', 'b']"`` in ``answer``); a plain string is one
     answer.
     """
-    return [item if type(item) is str else str(item.get("answer", "")) if isinstance(item, dict)
-            else str(item) for item in _raw_answers(sample)]
+    return [
+        item
+        if type(item) is str
+        else str(item.get("answer", ""))
+        if isinstance(item, dict)
+        else str(item)
+        for item in _raw_answers(sample)
+    ]
 
 
 def _raw_answers(sample: Mapping[str, Any]) -> list:
@@ -169,12 +196,14 @@ def vqa_humans(benchmark: str, sample: Mapping[str, Any]) -> tuple[list[str], li
         humans = [normalize_answer(h) for h in ground_truth_answers(sample)]
         return humans, list(range(len(humans)))
     raw = _raw_answers(sample)
-    humans = [normalize_vqav2_answer(str(item.get("answer", "")) if isinstance(item, dict) else str(item))
-              for item in raw]
+    humans = [
+        normalize_vqav2_answer(str(item.get("answer", "")) if isinstance(item, dict) else str(item))
+        for item in raw
+    ]
     identities: list[Any] = list(range(len(raw)))
     dicts = [position for position, item in enumerate(raw) if isinstance(item, dict)]
     if len(dicts) > 1 and not _distinct_ids([raw[position].get("answer_id") for position in dicts]):
-        for position in dicts:   # dicts without distinct answer_ids may be equal: compare them whole
+        for position in dicts:  # dicts without distinct answer_ids may be equal: compare them whole
             identities[position] = (humans[position], _rest_of(raw[position]))
     return humans, identities
 
@@ -191,7 +220,7 @@ def _rest_of(item: dict) -> Any:
     rest = [(key, value) for key, value in item.items() if key != "answer"]
     try:
         return frozenset(rest)
-    except TypeError:   # an unhashable value (a list): compared by its text
+    except TypeError:  # an unhashable value (a list): compared by its text
         return tuple(sorted((str(key), repr(value)) for key, value in rest))
 
 
@@ -203,12 +232,16 @@ def vqa_score(prediction: str, humans: list[str], identities: list[Any]) -> floa
     if not humans:
         raise ConfigError("a VQA sample has no human answers")
     matches = humans.count(prediction)
-    if len(set(identities)) == len(identities):       # the common case: each human is their own
+    if len(set(identities)) == len(identities):  # the common case: each human is their own
         return _leave_one_out_mean(len(humans), matches)
     else:
-        others = tuple(sorted(
-            matches - sum(1 for h, who in zip(humans, identities) if who == me and h == prediction)
-            for me in identities))
+        others = tuple(
+            sorted(
+                matches
+                - sum(1 for h, who in zip(humans, identities) if who == me and h == prediction)
+                for me in identities
+            )
+        )
     return _mean_of_thirds(others)
 
 
@@ -270,8 +303,11 @@ def choices_of(sample: Mapping[str, Any]) -> dict[str, str]:
     """
     letters = [key for key in sample if key in _LETTERS]
     letters.sort()
-    return {letter: value if type(value) is str else str(value) for letter in letters
-            if not _missing(value := sample[letter])}
+    return {
+        letter: value if type(value) is str else str(value)
+        for letter in letters
+        if not _missing(value := sample[letter])
+    }
 
 
 def _missing(value: Any) -> bool:
@@ -298,7 +334,7 @@ def infer_option(answer: str, options: Mapping[str, str]) -> str | None:
 
 
 def _option_letter(text: str, options: Mapping[str, str]) -> str | None:
-    if text in options:      # the common answer, just the letter (what the rules below give it)
+    if text in options:  # the common answer, just the letter (what the rules below give it)
         return text
     if _API_FAILURE in text:
         return None
@@ -371,7 +407,9 @@ def gqa_score(answer: str, truth: Any) -> float:
     return float(gqa_match(answer, truth))
 
 
-def mcq_truth(sample: Mapping[str, Any], benchmark: str = "mcq") -> tuple[tuple[tuple[str, str], ...], str]:
+def mcq_truth(
+    sample: Mapping[str, Any], benchmark: str = "mcq"
+) -> tuple[tuple[tuple[str, str], ...], str]:
     """``(options as VLMEvalKit sees them, the right letter)`` of a multiple-choice sample."""
     truth = str(_required(sample, "answer", benchmark)).strip()
     options = choices_of(sample)

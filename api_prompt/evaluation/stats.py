@@ -22,8 +22,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 __all__ = [
-    "DEFAULT_RESAMPLES", "DEFAULT_SEED", "resample_weights", "paired_bootstrap",
-    "bootstrap_conditions", "mcnemar_p",
+    "DEFAULT_RESAMPLES",
+    "DEFAULT_SEED",
+    "resample_weights",
+    "paired_bootstrap",
+    "bootstrap_conditions",
+    "mcnemar_p",
     "percentile_interval",
 ]
 
@@ -33,8 +37,11 @@ DEFAULT_SEED = 0
 _CELLS_PER_CHUNK = 8_000_000
 
 
-def resample_weights(n_units: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                     ) -> Iterator[np.ndarray]:
+def resample_weights(
+    n_units: int,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Iterator[np.ndarray]:
     """Bootstrap resamples as count matrices, in chunks of rows.
 
     Each row is one resample: how often each of the ``n_units`` units was drawn when drawing
@@ -95,10 +102,20 @@ def paired_bootstrap(
     Returns:
         ``(difference, (low, high))``, or a dict of them when ``metric`` returns a dict.
     """
-    result = bootstrap_conditions({"a": units_a, "b": units_b}, metric, baseline="a",
-                                  n_resamples=n_resamples, seed=seed, level=level)
+    result = bootstrap_conditions(
+        {"a": units_a, "b": units_b},
+        metric,
+        baseline="a",
+        n_resamples=n_resamples,
+        seed=seed,
+        level=level,
+    )
     delta = result["delta"]["b"]
-    return delta if isinstance(metric(np.asarray(units_a, dtype=float)[:1].sum(axis=0)), dict) else delta[None]
+    return (
+        delta
+        if isinstance(metric(np.asarray(units_a, dtype=float)[:1].sum(axis=0)), dict)
+        else delta[None]
+    )
 
 
 def bootstrap_conditions(
@@ -129,24 +146,37 @@ def bootstrap_conditions(
     with np.errstate(divide="ignore", invalid="ignore"):
         points = {name: _as_dict(metric(a.sum(axis=0))) for name, a in zip(names, arrays)}
         stacked = np.hstack(arrays)
-        draws: dict[str, dict[str, list[np.ndarray]]] = {name: {m: [] for m in points[name]} for name in names}
+        draws: dict[str, dict[str, list[np.ndarray]]] = {
+            name: {m: [] for m in points[name]} for name in names
+        }
         if n_units:
             for sums in _resampled_sums(stacked, n_resamples, seed):
                 for position, name in enumerate(names):
-                    for m, values in _as_dict(metric(sums[:, position * k:(position + 1) * k])).items():
+                    for m, values in _as_dict(
+                        metric(sums[:, position * k : (position + 1) * k])
+                    ).items():
                         draws[name][m].append(np.broadcast_to(values, (len(sums),)))
-    samples = {name: {m: np.concatenate(v) if v else np.array([]) for m, v in per.items()}
-               for name, per in draws.items()}
-    intervals = {name: {m: percentile_interval(v, level) for m, v in per.items()}
-                 for name, per in samples.items()}
+    samples = {
+        name: {m: np.concatenate(v) if v else np.array([]) for m, v in per.items()}
+        for name, per in draws.items()
+    }
+    intervals = {
+        name: {m: percentile_interval(v, level) for m, v in per.items()}
+        for name, per in samples.items()
+    }
+
     def difference(a: str, b: str) -> dict:
         return {
-            m: (float(points[b][m] - points[a][m]), percentile_interval(samples[b][m] - samples[a][m], level))
-            for m in points[b] if m in points[a]
+            m: (
+                float(points[b][m] - points[a][m]),
+                percentile_interval(samples[b][m] - samples[a][m], level),
+            )
+            for m in points[b]
+            if m in points[a]
         }
 
     delta = {name: difference(baseline, name) for name in names if name != baseline}
-    pairs = {(a, b): difference(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
+    pairs = {(a, b): difference(a, b) for i, a in enumerate(names) for b in names[i + 1 :]}
     return {"intervals": intervals, "delta": delta, "pairs": pairs}
 
 
@@ -169,13 +199,15 @@ def _resampled_sums(units: np.ndarray, n_resamples: int, seed: int) -> Iterator[
     # Rows are grouped by a random projection (fast: one number per row), then the grouping is
     # checked exactly; on the (improbable) collision the rows themselves are compared.
     projection = units @ np.random.default_rng(12345).random(units.shape[1])
-    _, first, inverse, counts = np.unique(projection, return_index=True, return_inverse=True,
-                                          return_counts=True)
+    _, first, inverse, counts = np.unique(
+        projection, return_index=True, return_inverse=True, return_counts=True
+    )
     inverse = inverse.ravel()
     if not np.array_equal(units[first][inverse], units):
         as_bytes = units.view(np.dtype((np.void, units.dtype.itemsize * units.shape[1]))).ravel()
-        _, first, inverse, counts = np.unique(as_bytes, return_index=True, return_inverse=True,
-                                              return_counts=True)
+        _, first, inverse, counts = np.unique(
+            as_bytes, return_index=True, return_inverse=True, return_counts=True
+        )
         inverse = inverse.ravel()
     distinct = units[first]
     if len(distinct) * 8 <= n_units:
@@ -187,7 +219,7 @@ def _resampled_sums(units: np.ndarray, n_resamples: int, seed: int) -> Iterator[
         for draws in _draws(n_units, n_resamples, seed):
             drawn = np.take(group, draws)
             tally = np.empty((len(draws), n_groups))
-            for row, groups in enumerate(drawn):   # one row's counts stay in the cache
+            for row, groups in enumerate(drawn):  # one row's counts stay in the cache
                 tally[row] = np.bincount(groups, minlength=n_groups)
             yield tally @ distinct
     else:
@@ -206,7 +238,7 @@ def _sums_are_exact(units: np.ndarray) -> bool:
         return False
     largest = float(np.max(np.abs(units)))
     for power in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16):
-        scaled = units * float(2**power)     # exact: a power of two only moves the exponent
+        scaled = units * float(2**power)  # exact: a power of two only moves the exponent
         if np.array_equal(scaled, np.round(scaled)):
             return len(units) * largest * 2.0**power < 2.0**53
     return False

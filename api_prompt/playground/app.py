@@ -44,9 +44,7 @@ from .engine import Playground, shrink_to
 try:
     import gradio as gr
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "the playground needs Gradio: pip install 'api-prompt[playground]'"
-    ) from exc
+    raise ImportError("the playground needs Gradio: pip install 'api-prompt[playground]'") from exc
 
 __all__ = ["DISPLAY_SIDE", "EXAMPLES_DIR", "Page", "Session", "build_app", "examples"]
 
@@ -66,7 +64,15 @@ DISPLAY_SIDE = 1024
 STYLE_PANELS = {f"style_{name}": name for name in STYLES}
 
 #: The picture panels and the files offered for download: a new upload empties them all.
-PICTURES = ("original", "prompted", "heatmap", "parts", *STYLE_PANELS, "download_image", "download_map")
+PICTURES = (
+    "original",
+    "prompted",
+    "heatmap",
+    "parts",
+    *STYLE_PANELS,
+    "download_image",
+    "download_map",
+)
 
 #: What each style shows the target, under its panel.
 STYLE_CAPTIONS = {
@@ -96,16 +102,18 @@ def examples() -> list[list[str]]:
 class Session:
     """One visitor's work: the loaded image, the last raw map and the files offered for download."""
 
-    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="api-prompt-playground-")))
+    folder: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="api-prompt-playground-"))
+    )
     image_path: str | None = None
     image: Image.Image | None = None
     question: str = ""
-    raw: Any = None        # AttentionMap from the model: parts kept for re-combining
-    combined: Any = None   # the same with the mask the current enhance/kernel size give
+    raw: Any = None  # AttentionMap from the model: parts kept for re-combining
+    combined: Any = None  # the same with the mask the current enhance/kernel size give
     prompted: Image.Image | None = None
-    drawn: dict | None = None   # the drawing settings of the pictures shown
-    shown: int = 0              # counts the times pictures were drawn ...
-    styles_shown: int = -1      # ... and which of them the style panels show
+    drawn: dict | None = None  # the drawing settings of the pictures shown
+    shown: int = 0  # counts the times pictures were drawn ...
+    styles_shown: int = -1  # ... and which of them the style panels show
 
     def use_image(self, path: str | None, image: Image.Image | None) -> None:
         """A new image: the maps of the previous one no longer apply."""
@@ -135,7 +143,9 @@ def _sentence(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__}: {' '.join(str(exc).split())}); details are in the server log"
 
 
-def _number(label: str, value: Any, low: float, high: float, *, whole: bool = False, odd: bool = False):
+def _number(
+    label: str, value: Any, low: float, high: float, *, whole: bool = False, odd: bool = False
+):
     """The number a control holds, or a sentence naming the control and the numbers it takes.
 
     A slider's number box lets a visitor type anything; this is the page's own check of it.
@@ -201,14 +211,28 @@ class Page:
         self.playground = playground
         settings = playground.settings
         # The ranges stretch to take a start value from the command line beyond them.
-        self.enhance_range = (min(ENHANCE_RANGE[0], settings["enhance"]), max(ENHANCE_RANGE[1], settings["enhance"]))
+        self.enhance_range = (
+            min(ENHANCE_RANGE[0], settings["enhance"]),
+            max(ENHANCE_RANGE[1], settings["enhance"]),
+        )
         self.kernel_range = (KERNEL_RANGE[0], max(KERNEL_RANGE[1], settings["kernel_size"]))
 
     # -- the handlers --------------------------------------------------------------------------
 
     @_in_the_page
-    def prompt(self, file, question, layer, enhance, kernel, resample, background, geometry,
-               state: Session | None, known: bool) -> dict:
+    def prompt(
+        self,
+        file,
+        question,
+        layer,
+        enhance,
+        kernel,
+        resample,
+        background,
+        geometry,
+        state: Session | None,
+        known: bool,
+    ) -> dict:
         """Prompt (the button or Enter): the model, then the mask and the pictures."""
         state = state or Session()
         path, name = _uploaded(file)
@@ -239,7 +263,9 @@ class Page:
         return self.prompt(file, question, layer, *rest)
 
     @_in_the_page
-    def recombine(self, enhance, kernel, resample, background, geometry, state: Session | None) -> dict:
+    def recombine(
+        self, enhance, kernel, resample, background, geometry, state: Session | None
+    ) -> dict:
         """Enhance or kernel size: a new mask from the kept raw parts (no model), then the pictures."""
         enhance, kernel = self._mask_settings(enhance, kernel)
         background = self._background(background)
@@ -261,8 +287,13 @@ class Page:
         the new image is shown at once, so a file that is not an image is reported before anything else."""
         state = state or Session()
         state.use_image(None, None)
-        changes = {**dict.fromkeys(PICTURES), "answer_original": "", "answer_prompted": "", "error": "",
-                   "session": state}
+        changes = {
+            **dict.fromkeys(PICTURES),
+            "answer_original": "",
+            "answer_prompted": "",
+            "error": "",
+            "session": state,
+        }
         path, name = _uploaded(file)
         if path is None:
             return changes
@@ -277,7 +308,9 @@ class Page:
         """Ask the target about the original and the prompted image."""
         if state is None or state.prompted is None:
             raise _Failure("prompt an image first, then ask the target")
-        original, prompted = self.playground.ask(state.image, state.prompted, question or state.question)
+        original, prompted = self.playground.ask(
+            state.image, state.prompted, question or state.question
+        )
         return {"answer_original": original, "answer_prompted": prompted, "error": ""}
 
     # -- helpers -------------------------------------------------------------------------------
@@ -295,8 +328,10 @@ class Page:
         return _number("Layer", layer, 0, n_layers - 1, whole=True)
 
     def _mask_settings(self, enhance, kernel) -> tuple[float, int]:
-        return (_number("Enhance", enhance, *self.enhance_range),
-                _number("Kernel size", kernel, *self.kernel_range, whole=True, odd=True))
+        return (
+            _number("Enhance", enhance, *self.enhance_range),
+            _number("Kernel size", kernel, *self.kernel_range, whole=True, odd=True),
+        )
 
     @staticmethod
     def _background(background) -> int:
@@ -308,8 +343,10 @@ class Page:
             return load_image(path, max_pixels=self.playground.max_pixels)
         except ImageTooLargeError as exc:
             size = f" ({exc.size[0]}×{exc.size[1]} pixels)" if exc.size else ""
-            raise _Failure(f"{name!r}{size} is larger than this page accepts ({exc.max_pixels:,} pixels): "
-                           "upload a smaller copy of it") from None
+            raise _Failure(
+                f"{name!r}{size} is larger than this page accepts ({exc.max_pixels:,} pixels): "
+                "upload a smaller copy of it"
+            ) from None
         except ImageLoadError as exc:
             raise _Failure(str(exc).replace(repr(path), repr(name))) from None
 
@@ -340,8 +377,15 @@ class Page:
             parts.append((str(path), caption))
         map_file = state.folder / "map.npz"
         amap.save(map_file)
-        return {"prompted": str(shown), "heatmap": str(heatmap), "parts": parts, "download_image": str(download),
-                "download_map": str(map_file), "error": "", "session": state}
+        return {
+            "prompted": str(shown),
+            "heatmap": str(heatmap),
+            "parts": parts,
+            "download_image": str(download),
+            "download_map": str(map_file),
+            "error": "",
+            "session": state,
+        }
 
     @_in_the_page
     def draw_styles(self, state: Session | None) -> dict:
@@ -349,10 +393,19 @@ class Page:
 
         It runs after each event that drew them, so the prompted image is on the page as soon as
         before (each style costs about as much again as the overlay on a large image)."""
-        if state is None or state.combined is None or state.drawn is None or state.styles_shown == state.shown:
+        if (
+            state is None
+            or state.combined is None
+            or state.drawn is None
+            or state.styles_shown == state.shown
+        ):
             return {}
-        pictures = self.playground.style_pictures(state.image, state.combined, **state.drawn,
-                                                  known={self.playground.style: state.prompted})
+        pictures = self.playground.style_pictures(
+            state.image,
+            state.combined,
+            **state.drawn,
+            known={self.playground.style: state.prompted},
+        )
         changes = {}
         for panel, name in STYLE_PANELS.items():
             for old in state.folder.glob(f"{panel}-*.png"):
@@ -381,52 +434,130 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
                 # Any file is accepted, so a file that is not an image gets a sentence (a filter
                 # here would make the browser drop it with Gradio's own message).
                 upload = gr.File(label="Image", type="filepath", elem_id="upload")
-                question = gr.Textbox(label="Question", placeholder="What color is the car?", elem_id="question")
+                question = gr.Textbox(
+                    label="Question", placeholder="What color is the car?", elem_id="question"
+                )
                 run = gr.Button("Prompt", variant="primary", elem_id="run")
                 error = gr.Markdown("", elem_id="error")
-                preset = gr.Dropdown(presets, value=playground.preset or "package", label="Preset", elem_id="preset")
-                layer = gr.Slider(step=1, label="Layer (needs the model)", elem_id="layer",
-                                  **{"minimum": 0, "maximum": 1, "value": 0, "info": "loading the model ...",
-                                     **_layer_bounds(playground)})
-                enhance = gr.Slider(*page.enhance_range, step=ENHANCE_RANGE[2], value=settings["enhance"],
-                                    label="Enhance (contrast)", elem_id="enhance")
-                kernel = gr.Slider(*page.kernel_range, step=KERNEL_RANGE[2], value=settings["kernel_size"],
-                                   label="Kernel size (smoothing)", elem_id="kernel")
-                resample = gr.Radio(list(RESAMPLE), value=settings["resample"], label="Resample", elem_id="resample")
-                background = gr.Slider(0, 255, step=1, value=settings["background"], label="Background gray",
-                                       elem_id="background")
-                geometry = gr.Radio(list(GEOMETRIES), value=playground.overlay.geometry, label="Geometry",
-                                    info=GEOMETRY_INFO, elem_id="geometry")
-                gr.Examples(examples(), inputs=[upload, question], label="Examples (synthetic shapes)")
+                preset = gr.Dropdown(
+                    presets, value=playground.preset or "package", label="Preset", elem_id="preset"
+                )
+                layer = gr.Slider(
+                    step=1,
+                    label="Layer (needs the model)",
+                    elem_id="layer",
+                    **{
+                        "minimum": 0,
+                        "maximum": 1,
+                        "value": 0,
+                        "info": "loading the model ...",
+                        **_layer_bounds(playground),
+                    },
+                )
+                enhance = gr.Slider(
+                    *page.enhance_range,
+                    step=ENHANCE_RANGE[2],
+                    value=settings["enhance"],
+                    label="Enhance (contrast)",
+                    elem_id="enhance",
+                )
+                kernel = gr.Slider(
+                    *page.kernel_range,
+                    step=KERNEL_RANGE[2],
+                    value=settings["kernel_size"],
+                    label="Kernel size (smoothing)",
+                    elem_id="kernel",
+                )
+                resample = gr.Radio(
+                    list(RESAMPLE), value=settings["resample"], label="Resample", elem_id="resample"
+                )
+                background = gr.Slider(
+                    0,
+                    255,
+                    step=1,
+                    value=settings["background"],
+                    label="Background gray",
+                    elem_id="background",
+                )
+                geometry = gr.Radio(
+                    list(GEOMETRIES),
+                    value=playground.overlay.geometry,
+                    label="Geometry",
+                    info=GEOMETRY_INFO,
+                    elem_id="geometry",
+                )
+                gr.Examples(
+                    examples(), inputs=[upload, question], label="Examples (synthetic shapes)"
+                )
             with gr.Column(scale=2):
                 with gr.Row():
-                    original = gr.Image(label="Input", format="png", interactive=False, elem_id="original")
-                    prompted = gr.Image(label=f"Prompted image ({playground.style})", format="png", interactive=False,
-                                        elem_id="prompted")
-                    heatmap = gr.Image(label="Heat map", format="png", interactive=False, elem_id="heatmap")
-                gr.Markdown("**Every prompt style from the same map** (`--style` picks the one above and the "
-                            "download; `api_prompt` in a proxy request picks it per request)", elem_id="styles-heading")
+                    original = gr.Image(
+                        label="Input", format="png", interactive=False, elem_id="original"
+                    )
+                    prompted = gr.Image(
+                        label=f"Prompted image ({playground.style})",
+                        format="png",
+                        interactive=False,
+                        elem_id="prompted",
+                    )
+                    heatmap = gr.Image(
+                        label="Heat map", format="png", interactive=False, elem_id="heatmap"
+                    )
+                gr.Markdown(
+                    "**Every prompt style from the same map** (`--style` picks the one above and the "
+                    "download; `api_prompt` in a proxy request picks it per request)",
+                    elem_id="styles-heading",
+                )
                 with gr.Row(elem_id="styles"):
-                    style_panels = {panel: gr.Image(label=STYLE_CAPTIONS.get(name, name), format="png",
-                                                    interactive=False, elem_id=panel.replace("_", "-"))
-                                    for panel, name in STYLE_PANELS.items()}
-                parts = gr.Gallery(label="Raw parts (each min-max scaled; raw range in the caption)", columns=4,
-                                   fit_columns=False, height=240, object_fit="contain", format="png",
-                                   interactive=False, elem_id="parts")
+                    style_panels = {
+                        panel: gr.Image(
+                            label=STYLE_CAPTIONS.get(name, name),
+                            format="png",
+                            interactive=False,
+                            elem_id=panel.replace("_", "-"),
+                        )
+                        for panel, name in STYLE_PANELS.items()
+                    }
+                parts = gr.Gallery(
+                    label="Raw parts (each min-max scaled; raw range in the caption)",
+                    columns=4,
+                    fit_columns=False,
+                    height=240,
+                    object_fit="contain",
+                    format="png",
+                    interactive=False,
+                    elem_id="parts",
+                )
                 with gr.Row():
-                    download_image = gr.DownloadButton("Download full-size image (.png)", elem_id="download-image")
+                    download_image = gr.DownloadButton(
+                        "Download full-size image (.png)", elem_id="download-image"
+                    )
                     download_map = gr.DownloadButton("Download map (.npz)", elem_id="download-map")
                 with gr.Row(visible=has_target):
                     ask = gr.Button(f"Ask {playground.target_name}", elem_id="ask")
                 with gr.Row(visible=has_target):
-                    answer_original = gr.Textbox(label="Answer on the original", interactive=False,
-                                                 elem_id="answer-original")
-                    answer_prompted = gr.Textbox(label="Answer on the prompted image", interactive=False,
-                                                 elem_id="answer-prompted")
+                    answer_original = gr.Textbox(
+                        label="Answer on the original", interactive=False, elem_id="answer-original"
+                    )
+                    answer_prompted = gr.Textbox(
+                        label="Answer on the prompted image",
+                        interactive=False,
+                        elem_id="answer-prompted",
+                    )
 
-        named = dict(original=original, prompted=prompted, heatmap=heatmap, parts=parts, **style_panels,
-                     download_image=download_image, download_map=download_map, answer_original=answer_original,
-                     answer_prompted=answer_prompted, error=error, session=session)
+        named = dict(
+            original=original,
+            prompted=prompted,
+            heatmap=heatmap,
+            parts=parts,
+            **style_panels,
+            download_image=download_image,
+            download_map=download_map,
+            answer_original=answer_original,
+            answer_prompted=answer_prompted,
+            error=error,
+            session=session,
+        )
 
         def wired(handler: Callable[..., dict], *outputs: str) -> dict:
             """Event options that run ``handler`` on the controls' raw values and show what it names."""
@@ -442,15 +573,23 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
         def preset_step(name):
             """Fill the four controls; their change events then recompute what they need."""
             values = PRESETS[name]
-            return values["enhance"], values["kernel_size"], values["resample"], values["background"]
+            return (
+                values["enhance"],
+                values["kernel_size"],
+                values["resample"],
+                values["background"],
+            )
 
         def page_opened():
             """Bound the layer slider by the model's block count (the model loads here, once)."""
             try:
                 playground.layers()
             except Exception as exc:
-                return gr.update(info="the model could not be loaded"), _error_markdown(
-                    f"the model could not be loaded: {_sentence(exc)}"), False
+                return (
+                    gr.update(info="the model could not be loaded"),
+                    _error_markdown(f"the model could not be loaded: {_sentence(exc)}"),
+                    False,
+                )
             return gr.update(**_layer_bounds(playground)), "", True
 
         shows = (*PICTURES, "error", "session")
@@ -460,24 +599,49 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
         one_queue = dict(concurrency_id="playground", concurrency_limit=1)
         # After every event that draws, the style row follows from the same map (a second step,
         # so the prompted image does not wait for it).
-        styles_row = dict(inputs=[session], **wired(page.draw_styles, *STYLE_PANELS, "error"), **one_queue)
-        gr.on([run.click, question.submit], inputs=prompt_inputs, **wired(page.prompt, *shows),
-              **one_queue).then(**styles_row)
+        styles_row = dict(
+            inputs=[session], **wired(page.draw_styles, *STYLE_PANELS, "error"), **one_queue
+        )
+        gr.on(
+            [run.click, question.submit],
+            inputs=prompt_inputs,
+            **wired(page.prompt, *shows),
+            **one_queue,
+        ).then(**styles_row)
         # `change` fires for drags, clicks, arrow keys, typed numbers and presets alike;
         # always_last: while one recompute runs, a burst of changes leaves only the newest queued.
         latest = dict(one_queue, trigger_mode="always_last")
-        layer.change(inputs=prompt_inputs, **wired(page.relayer, *shows), **latest).then(**styles_row)
-        gr.on([enhance.change, kernel.change], inputs=[*settings_inputs, session],
-              **wired(page.recombine, *shows), **latest).then(**styles_row)
-        gr.on([resample.change, background.change, geometry.change], inputs=[resample, background, geometry, session],
-              **wired(page.redraw, *shows), **latest).then(**styles_row)
+        layer.change(inputs=prompt_inputs, **wired(page.relayer, *shows), **latest).then(
+            **styles_row
+        )
+        gr.on(
+            [enhance.change, kernel.change],
+            inputs=[*settings_inputs, session],
+            **wired(page.recombine, *shows),
+            **latest,
+        ).then(**styles_row)
+        gr.on(
+            [resample.change, background.change, geometry.change],
+            inputs=[resample, background, geometry, session],
+            **wired(page.redraw, *shows),
+            **latest,
+        ).then(**styles_row)
         preset.input(preset_step, preset, [enhance, kernel, resample, background], **one_queue)
-        upload.change(inputs=[upload, session],
-                      **wired(page.upload, *PICTURES, "answer_original", "answer_prompted", "error", "session"),
-                      **one_queue)
-        ask.click(inputs=[question, session], **wired(page.ask, "answer_original", "answer_prompted", "error"),
-                  **one_queue)
-        app.load(page_opened, None, [layer, error, layer_known], show_progress="hidden", **one_queue)
+        upload.change(
+            inputs=[upload, session],
+            **wired(
+                page.upload, *PICTURES, "answer_original", "answer_prompted", "error", "session"
+            ),
+            **one_queue,
+        )
+        ask.click(
+            inputs=[question, session],
+            **wired(page.ask, "answer_original", "answer_prompted", "error"),
+            **one_queue,
+        )
+        app.load(
+            page_opened, None, [layer, error, layer_known], show_progress="hidden", **one_queue
+        )
     app.queue(default_concurrency_limit=1)
     return app
 
@@ -502,8 +666,12 @@ def _layer_bounds(playground: Playground) -> dict:
     if not playground.loaded:
         return {}
     n_layers, default = playground.layers()
-    return dict(minimum=0, maximum=n_layers - 1, value=default,
-                info=f"0..{n_layers - 1}; the model's default is {default}")
+    return dict(
+        minimum=0,
+        maximum=n_layers - 1,
+        value=default,
+        info=f"0..{n_layers - 1}; the model's default is {default}",
+    )
 
 
 def _error_markdown(sentence: str) -> str:

@@ -126,11 +126,16 @@ class Playground:
 
     def __post_init__(self) -> None:
         self.settings, self.overlay = check_settings(
-            self.preset, enhance=self.enhance, kernel_size=self.kernel_size,
-            resample=self.resample, background=self.background, geometry=self.geometry,
+            self.preset,
+            enhance=self.enhance,
+            kernel_size=self.kernel_size,
+            resample=self.resample,
+            background=self.background,
+            geometry=self.geometry,
         )
-        self.style, self.style_options = _check_styles(self.style, self.style_options, self.settings,
-                                                       self.overlay.geometry)
+        self.style, self.style_options = _check_styles(
+            self.style, self.style_options, self.settings, self.overlay.geometry
+        )
         #: True when the page runs the small CLIP trained on synthetic shapes (no model given).
         self.small_example_model = self.backend == "clip" and self.model is None
         if self.small_example_model:
@@ -150,13 +155,21 @@ class Playground:
                 if self.pretrained is not None:
                     options["pretrained"] = self.pretrained
                 prompter = self.build_prompter(
-                    self.backend, self.model, layer=self.layer, device=self.device,
-                    dtype=self.dtype, preset=self.preset, **self.settings, geometry=self.geometry,
+                    self.backend,
+                    self.model,
+                    layer=self.layer,
+                    device=self.device,
+                    dtype=self.dtype,
+                    preset=self.preset,
+                    **self.settings,
+                    geometry=self.geometry,
                     **options,
                 )
                 if prompter.attributor.n_layers is None:
-                    raise ConfigError(f"the {self.backend!r} backend does not give its model's number of "
-                                      "layers (Attributor.n_layers), which the playground's layer slider needs")
+                    raise ConfigError(
+                        f"the {self.backend!r} backend does not give its model's number of "
+                        "layers (Attributor.n_layers), which the playground's layer slider needs"
+                    )
                 self._prompter = prompter
                 self._n_layers = int(prompter.attributor.n_layers)
                 self._default_layer = int(self._prompter.attributor.layer)
@@ -216,8 +229,16 @@ class Playground:
         """A copy of ``amap`` with the mask its raw parts give at these settings. No model."""
         return self.prompter().combine(amap, enhance=enhance, kernel_size=kernel_size)
 
-    def view(self, image: Image.Image, amap, *, resample: str, background: int, geometry: str,
-             every_style: bool = True) -> View:
+    def view(
+        self,
+        image: Image.Image,
+        amap,
+        *,
+        resample: str,
+        background: int,
+        geometry: str,
+        every_style: bool = True,
+    ) -> View:
         """The prompted image (in the page's style), the heat map with its colour bar, the raw
         parts and (``every_style``) the picture of every style. No model."""
         from ..overlay import render_heatmap
@@ -230,30 +251,52 @@ class Playground:
             styled = self.style_pictures(image, amap, **settings, known=styled)
         small = shrink_to(image, HEATMAP_SIDE)
         heatmap = render_heatmap(small, amap, geometry=geometry, colorbar=True)
-        parts = [(part_picture(values), _part_caption(name, values)) for name, values in amap.parts.items()]
+        parts = [
+            (part_picture(values), _part_caption(name, values))
+            for name, values in amap.parts.items()
+        ]
         return View(prompted=prompted, heatmap=heatmap, parts=parts, map=amap, styles=styled)
 
-    def style_pictures(self, image: Image.Image, amap, *, resample: str, background: int, geometry: str,
-                       known: dict[str, Image.Image] | None = None) -> dict[str, Image.Image]:
+    def style_pictures(
+        self,
+        image: Image.Image,
+        amap,
+        *,
+        resample: str,
+        background: int,
+        geometry: str,
+        known: dict[str, Image.Image] | None = None,
+    ) -> dict[str, Image.Image]:
         """One picture per style (in :data:`~api_prompt.styles.STYLES` order) from this one map;
         ``known`` holds pictures already drawn with these settings. No model."""
         known = known or {}
-        return {name: known[name] if name in known else style.single(image, amap)
-                for name, style in self.styles(resample=resample, background=background, geometry=geometry).items()}
+        return {
+            name: known[name] if name in known else style.single(image, amap)
+            for name, style in self.styles(
+                resample=resample, background=background, geometry=geometry
+            ).items()
+        }
 
     def styles(self, *, resample: str, background: int, geometry: str) -> dict[str, Style]:
         """Every prompt style with these overlay settings and the page's style options, as
         ``Prompter(style=name, style_options=..., resample=..., background=..., geometry=...)``
         builds it (so the pictures are the Python API's). No model."""
-        settings, overlay = check_settings(None, resample=resample, background=background, geometry=geometry)
-        return {name: _style_with(name, settings, overlay.geometry, self.style_options) for name in STYLES}
+        settings, overlay = check_settings(
+            None, resample=resample, background=background, geometry=geometry
+        )
+        return {
+            name: _style_with(name, settings, overlay.geometry, self.style_options)
+            for name in STYLES
+        }
 
     # -- the target ----------------------------------------------------------------------------
 
     def ask(self, original: Image.Image, prompted: Image.Image, question: str) -> tuple[str, str]:
         """The target's answers about the original and the prompted image (one batch)."""
         if self.target is None:
-            raise ConfigError("no target model: start the playground with --target to compare answers")
+            raise ConfigError(
+                "no target model: start the playground with --target to compare answers"
+            )
         if not isinstance(question, str) or not question.strip():
             raise ConfigError("the question is empty: type what the target should answer")
         with self._target_lock:
@@ -262,7 +305,9 @@ class Playground:
 
                 self._target = as_target(self.target, **self.target_options)
             # A function target takes (image, question) only; built-in ones take generation options.
-            generation = {"max_new_tokens": self.max_new_tokens} if isinstance(self.target, str) else {}
+            generation = (
+                {"max_new_tokens": self.max_new_tokens} if isinstance(self.target, str) else {}
+            )
             answers = self._target([original, prompted], [question.strip()] * 2, **generation)
         return answers[0], answers[1]
 
@@ -271,13 +316,17 @@ def _check_styles(style: Any, options: Any, settings: dict, geometry: str) -> tu
     """The page's style name and options, each style built once with them: a one-line
     ConfigError for an unknown style, an option no style takes, or a value a style refuses."""
     if options is not None and not isinstance(options, dict):
-        raise ConfigError(f"style_options must be a dict of option names and values, got {type(options).__name__}")
+        raise ConfigError(
+            f"style_options must be a dict of option names and values, got {type(options).__name__}"
+        )
     options = dict(options or {})
     taken = {option for cls in STYLES.values() for option in options_of(cls)}
     unknown = sorted(str(option) for option in options if option not in taken)
     if unknown:
-        raise ConfigError(f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
-                          f"{', '.join(sorted(taken))}")
+        raise ConfigError(
+            f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
+            f"{', '.join(sorted(taken))}"
+        )
     if not isinstance(style, str) or style.strip().lower() not in STYLES:
         raise ConfigError(f"unknown style {style!r}; choose one of: {', '.join(STYLES)}")
     for name in STYLES:
@@ -317,4 +366,3 @@ def shrink_to(image: Image.Image, side: int) -> Image.Image:
     copy = image.copy()
     copy.thumbnail((side, side), Image.Resampling.LANCZOS)
     return copy
-

@@ -17,8 +17,16 @@ from __future__ import annotations
 from .batcher import MicroBatcher, QueueFull
 from .messages import ImagePart, RequestError, find_images, replace_images
 
-__all__ = ["MicroBatcher", "QueueFull", "ImagePart", "RequestError", "find_images", "replace_images",
-           "ServeConfig", "create_app"]
+__all__ = [
+    "MicroBatcher",
+    "QueueFull",
+    "ImagePart",
+    "RequestError",
+    "find_images",
+    "replace_images",
+    "ServeConfig",
+    "create_app",
+]
 
 
 def __getattr__(name: str):

@@ -87,8 +87,19 @@ _INLINE_MAX_JSON_BYTES = 1 << 20
 
 # Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those httpx or
 # the server set themselves.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-                         "trailer", "transfer-encoding", "upgrade", "proxy-connection"})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
 _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "authorization", "accept-encoding"}
 
 
@@ -140,11 +151,22 @@ class ServeConfig:
         return "ServeConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """A JSON error in the shape OpenAI's API (and its SDKs) use."""
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            413: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error")
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(status, "server_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -159,10 +181,15 @@ def prompter_stages(prompter) -> tuple[Callable, Callable]:
     return prompter.attribute, prompter.render
 
 
-def create_app(prompter=None, config: ServeConfig | None = None, *, style: str | None = None,
-               style_options: dict[str, Any] | None = None,
-               run_batch: Callable[[list[Image.Image], list[str]], Sequence[Any]] | None = None,
-               render: Callable[[Image.Image, Any], Image.Image | list[Image.Image]] | None = None) -> Starlette:
+def create_app(
+    prompter=None,
+    config: ServeConfig | None = None,
+    *,
+    style: str | None = None,
+    style_options: dict[str, Any] | None = None,
+    run_batch: Callable[[list[Image.Image], list[str]], Sequence[Any]] | None = None,
+    render: Callable[[Image.Image, Any], Image.Image | list[Image.Image]] | None = None,
+) -> Starlette:
     """The proxy as an ASGI application (serve it with uvicorn).
 
     ``prompter`` is a :class:`~api_prompt.Prompter`. ``style`` and ``style_options`` are the
@@ -195,17 +222,23 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
     arriving = [0]  # chat requests with images, received but not yet queued for the model
     prompting = [0]  # chat requests with images, from their arrival until their images are encoded
     large = [0]  # of those, requests with an image above INLINE_MAX_PIXELS
-    batcher = MicroBatcher(run_batch, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                           max_queue=config.max_queue, arriving=lambda: arriving[0],
-                           alone=lambda: prompting[0] <= 1 and not large[0])
+    batcher = MicroBatcher(
+        run_batch,
+        max_batch=config.max_batch,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
+        arriving=lambda: arriving[0],
+        alone=lambda: prompting[0] <= 1 and not large[0],
+    )
     state: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         timeout = httpx.Timeout(config.upstream_timeout)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        state["upstream"] = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False,
-                                              trust_env=False)
+        state["upstream"] = httpx.AsyncClient(
+            timeout=timeout, limits=limits, follow_redirects=False, trust_env=False
+        )
         state["fetch"] = fetch_client(config.fetch_timeout, config.allow_private_fetch)
         await batcher.start()
         try:
@@ -219,10 +252,14 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
         if not config.api_key:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), config.api_key.encode())
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), config.api_key.encode()
+        )
 
     def upstream_headers(request: Request) -> dict[str, str]:
-        headers = {name: value for name, value in request.headers.items() if name not in _NOT_FORWARDED}
+        headers = {
+            name: value for name, value in request.headers.items() if name not in _NOT_FORWARDED
+        }
         headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")
         if config.upstream_api_key:
             headers["authorization"] = f"Bearer {config.upstream_api_key}"
@@ -234,19 +271,36 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
         """``path`` (already checked) on the upstream, with the client's query string (Azure's
         ``api-version``, ...) and headers but the proxy's key policy."""
         client = state["upstream"]
-        outgoing = client.build_request(method, upstream + path, content=body, headers=upstream_headers(request),
-                                        params=list(request.query_params.multi_items()))
+        outgoing = client.build_request(
+            method,
+            upstream + path,
+            content=body,
+            headers=upstream_headers(request),
+            params=list(request.query_params.multi_items()),
+        )
         try:
-            response = await asyncio.wait_for(client.send(outgoing, stream=True), config.upstream_timeout)
+            response = await asyncio.wait_for(
+                client.send(outgoing, stream=True), config.upstream_timeout
+            )
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            return error_response(504, f"the upstream did not answer within {config.upstream_timeout:g} s",
-                                  code="upstream_timeout")
+            return error_response(
+                504,
+                f"the upstream did not answer within {config.upstream_timeout:g} s",
+                code="upstream_timeout",
+            )
         except httpx.HTTPError as exc:
             logger.warning("upstream %s unreachable: %s", upstream, type(exc).__name__)
-            return error_response(502, f"the upstream is unreachable ({type(exc).__name__}: "
-                                       f"{' '.join(str(exc).split())[:200]})", code="upstream_unreachable")
-        headers = [(name.lower(), value) for name, value in response.headers.raw
-                   if name.lower().decode("latin-1") not in _HOP_BY_HOP]
+            return error_response(
+                502,
+                f"the upstream is unreachable ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]})",
+                code="upstream_unreachable",
+            )
+        headers = [
+            (name.lower(), value)
+            for name, value in response.headers.raw
+            if name.lower().decode("latin-1") not in _HOP_BY_HOP
+        ]
         return _PassThrough(response, headers)
 
     async def prompted_body(raw: bytes) -> bytes:
@@ -258,9 +312,14 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
             return raw if forwarded is body else _to_json(forwarded)
         body = forwarded
         if len(parts) > config.max_queue:
-            raise RequestError(400, f"the request holds {len(parts)} images; this proxy prompts at most "
-                                    f"{config.max_queue} at once (its --max-queue), so it can never be served: "
-                                    "send fewer images per request", param="messages", code="too_many_images")
+            raise RequestError(
+                400,
+                f"the request holds {len(parts)} images; this proxy prompts at most "
+                f"{config.max_queue} at once (its --max-queue), so it can never be served: "
+                "send fewer images per request",
+                param="messages",
+                code="too_many_images",
+            )
         arriving[0] += 1
         prompting[0] += 1
         counted_large = False
@@ -273,16 +332,28 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
             finally:
                 arriving[0] -= 1
                 batcher.wake()
-            results = await batcher.prompt([image for image, _ in loaded], [part.query for part in parts])
+            results = await batcher.prompt(
+                [image for image, _ in loaded], [part.query for part in parts]
+            )
 
             def finish() -> bytes:
-                urls = [[encode_like(shown, source, jpeg_quality=config.jpeg_quality,
-                                     png_compress_level=config.png_compress_level)
-                         for shown in pictures(image, result, style)]
-                        for (image, source), result in zip(loaded, results)]
+                urls = [
+                    [
+                        encode_like(
+                            shown,
+                            source,
+                            jpeg_quality=config.jpeg_quality,
+                            png_compress_level=config.png_compress_level,
+                        )
+                        for shown in pictures(image, result, style)
+                    ]
+                    for (image, source), result in zip(loaded, results)
+                ]
                 return _to_json(replace_images(body, parts, urls))
 
-            return await off_loop(finish, inline=not counted_large and len(raw) <= _INLINE_MAX_JSON_BYTES)
+            return await off_loop(
+                finish, inline=not counted_large and len(raw) <= _INLINE_MAX_JSON_BYTES
+            )
         finally:
             prompting[0] -= 1
             if counted_large:
@@ -310,24 +381,42 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
             data = decode_data_url(part.url, max_bytes=config.max_image_bytes, param=part.param)
         elif part.url.lower().startswith(("http://", "https://")):
             if not config.allow_url_fetch:
-                raise RequestError(400, "http(s) image URLs are not fetched by this proxy (start it with "
-                                        "--allow-url-fetch); send the image as a base64 data URL", param=part.param)
-            data = await fetch_image(state["fetch"], part.url, max_bytes=config.max_image_bytes,
-                                     timeout=config.fetch_timeout, param=part.param)
+                raise RequestError(
+                    400,
+                    "http(s) image URLs are not fetched by this proxy (start it with "
+                    "--allow-url-fetch); send the image as a base64 data URL",
+                    param=part.param,
+                )
+            data = await fetch_image(
+                state["fetch"],
+                part.url,
+                max_bytes=config.max_image_bytes,
+                timeout=config.fetch_timeout,
+                param=part.param,
+            )
             fetched = True
         else:
-            raise RequestError(400, "the image URL must be a base64 data URL or an http(s) URL", param=part.param)
+            raise RequestError(
+                400, "the image URL must be a base64 data URL or an http(s) URL", param=part.param
+            )
         try:
             small = _header_pixels(data) <= INLINE_MAX_PIXELS
-            return await off_loop(lambda: load_image(data, max_pixels=config.max_image_pixels), inline=small), data
+            return await off_loop(
+                lambda: load_image(data, max_pixels=config.max_image_pixels), inline=small
+            ), data
         except ImageTooLargeError as exc:
-            raise RequestError(413, _too_many_pixels(exc), param=part.param, code="image_too_large") from None
+            raise RequestError(
+                413, _too_many_pixels(exc), param=part.param, code="image_too_large"
+            ) from None
         except ImageLoadError as exc:
             if fetched:  # the same answer as any other failed fetch
                 logger.info("image fetched for %s is not an image: %s", part.param, exc)
-                raise fetch_failed(max_bytes=config.max_image_bytes, timeout=config.fetch_timeout,
-                                   param=part.param) from None
-            message = re.sub(r"^cannot load image <[^>]*>", "cannot load the image", " ".join(str(exc).split()))
+                raise fetch_failed(
+                    max_bytes=config.max_image_bytes, timeout=config.fetch_timeout, param=part.param
+                ) from None
+            message = re.sub(
+                r"^cannot load image <[^>]*>", "cannot load the image", " ".join(str(exc).split())
+            )
             raise RequestError(400, message, param=part.param, code="invalid_image") from None
 
     async def prompt_and_forward(request: Request, raw: bytes) -> Response:
@@ -336,12 +425,18 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
         except RequestError as exc:
             return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
         except QueueFull as exc:
-            return error_response(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)})
+            return error_response(
+                429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)}
+            )
         except APIPromptError as exc:  # e.g. a query the auxiliary model cannot read
-            return error_response(400, " ".join(str(exc).split()), code="attention_prompting_failed")
+            return error_response(
+                400, " ".join(str(exc).split()), code="attention_prompting_failed"
+            )
         except Exception:
             logger.exception("attention prompting failed")
-            return error_response(500, "attention prompting failed on the proxy; see its log", code="proxy_error")
+            return error_response(
+                500, "attention prompting failed on the proxy; see its log", code="proxy_error"
+            )
         return await forward(request, "POST", "/chat/completions", data)
 
     async def chat_completions(request: Request) -> Response:
@@ -366,8 +461,11 @@ def create_app(prompter=None, config: ServeConfig | None = None, *, style: str |
         return JSONResponse({"status": "ok", "queued": batcher.queued, "batches": batcher.batches})
 
     async def not_found(request: Request) -> Response:
-        return error_response(404, f"{request.method} {request.url.path} is not served by this proxy "
-                                   "(it serves POST /v1/chat/completions, GET /v1/models, GET /health)")
+        return error_response(
+            404,
+            f"{request.method} {request.url.path} is not served by this proxy "
+            "(it serves POST /v1/chat/completions, GET /v1/models, GET /health)",
+        )
 
     app = Starlette(
         routes=[
@@ -405,7 +503,13 @@ class _PassThrough(Response):
 
     async def _relay(self, send) -> None:
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
             async for chunk in self.upstream.aiter_raw():
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -467,18 +571,29 @@ def _models_path(scope) -> str:
     api_prompt.serve.messages.RequestError: the model id must be one path segment without '/', '\\' or '..' (encoded or not)
     """
     raw = scope.get("raw_path")
-    raw = raw.decode("latin-1").split("?", 1)[0] if raw is not None else urllib.parse.quote(scope["path"])
+    raw = (
+        raw.decode("latin-1").split("?", 1)[0]
+        if raw is not None
+        else urllib.parse.quote(scope["path"])
+    )
     if raw in (_MODELS, _MODELS + "/"):
         return "/models"
     if not raw.startswith(_MODELS + "/"):
-        raise RequestError(400, "only GET /v1/models and GET /v1/models/{id} are forwarded", param="model")
+        raise RequestError(
+            400, "only GET /v1/models and GET /v1/models/{id} are forwarded", param="model"
+        )
     try:
-        model = urllib.parse.unquote(raw[len(_MODELS) + 1:], errors="strict")
+        model = urllib.parse.unquote(raw[len(_MODELS) + 1 :], errors="strict")
     except UnicodeDecodeError:
-        raise RequestError(400, "the model id is not percent-encoded UTF-8", param="model") from None
+        raise RequestError(
+            400, "the model id is not percent-encoded UTF-8", param="model"
+        ) from None
     if _BAD_ID.search(model) or _BAD_ID.search(urllib.parse.unquote(model)):
-        raise RequestError(400, "the model id must be one path segment without '/', '\\' or '..' (encoded or not)",
-                           param="model")
+        raise RequestError(
+            400,
+            "the model id must be one path segment without '/', '\\' or '..' (encoded or not)",
+            param="model",
+        )
     return "/models/" + urllib.parse.quote(model, safe="")
 
 
@@ -502,30 +617,47 @@ def _header_pixels(data: bytes) -> int:
 
 
 def _too_many_pixels(exc: ImageTooLargeError) -> str:
-    shown = f"{exc.size[0]}x{exc.size[1]} = {exc.size[0] * exc.size[1]:,} pixels" if exc.size else "too many pixels"
+    shown = (
+        f"{exc.size[0]}x{exc.size[1]} = {exc.size[0] * exc.size[1]:,} pixels"
+        if exc.size
+        else "too many pixels"
+    )
     limit = f"{exc.max_pixels:,}" if exc.max_pixels else "its limit"
-    side = int(exc.max_pixels ** 0.5) if exc.max_pixels else None
-    advice = f"; resize it to at most {side}x{side} (or the same area) and send it again" if side else ""
+    side = int(exc.max_pixels**0.5) if exc.max_pixels else None
+    advice = (
+        f"; resize it to at most {side}x{side} (or the same area) and send it again" if side else ""
+    )
     return f"the image is too large ({shown}): this proxy prompts images of at most {limit} pixels (--max-pixels){advice}"
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> JSONResponse:
     """Starlette's own errors (405 for a wrong method, ...) in the OpenAI error shape too."""
-    return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                          headers=dict(exc.headers or {}))
+    return error_response(
+        exc.status_code,
+        f"{request.method} {request.url.path}: {exc.detail}",
+        headers=dict(exc.headers or {}),
+    )
 
 
 def _unauthorized() -> JSONResponse:
-    return error_response(401, "missing or wrong API key for this proxy: send 'Authorization: Bearer <key>'",
-                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    return error_response(
+        401,
+        "missing or wrong API key for this proxy: send 'Authorization: Bearer <key>'",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    return await read_limited(request.stream(), request.headers.get("content-length", ""), limit,
-                              what="the request body", code="request_too_large")
+    return await read_limited(
+        request.stream(),
+        request.headers.get("content-length", ""),
+        limit,
+        what="the request body",
+        code="request_too_large",
+    )
 
 
 def _result_is_the_image(image: Image.Image, result: Image.Image) -> Image.Image:
     return result
-

@@ -53,7 +53,7 @@ class QueueFull(Exception):
 class _Job:
     image: Any
     query: str
-    group: int                       # the request it belongs to
+    group: int  # the request it belongs to
     future: asyncio.Future
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -78,9 +78,17 @@ class MicroBatcher:
         inline_under_ms: see ``alone``.
     """
 
-    def __init__(self, run_batch: BatchFunction, *, max_batch: int = 8, max_wait_ms: float = 10.0,
-                 max_queue: int = 256, arriving: Callable[[], int] | None = None,
-                 alone: Callable[[], bool] | None = None, inline_under_ms: float = 50.0) -> None:
+    def __init__(
+        self,
+        run_batch: BatchFunction,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 256,
+        arriving: Callable[[], int] | None = None,
+        alone: Callable[[], bool] | None = None,
+        inline_under_ms: float = 50.0,
+    ) -> None:
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self.run_batch = run_batch
@@ -90,7 +98,7 @@ class MicroBatcher:
         self.arriving = arriving
         self.alone = alone
         self.inline_under = float(inline_under_ms) / 1000
-        self.batches = 0                        # calls of run_batch so far
+        self.batches = 0  # calls of run_batch so far
         self._recent_sizes: deque[int] = deque(maxlen=10_000)
         self._queue: deque[_Job] = deque()
         self._arrived: asyncio.Event | None = None
@@ -98,7 +106,7 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
         self._groups = 0
-        self._batch_seconds = 0.0               # running average, for Retry-After
+        self._batch_seconds = 0.0  # running average, for Retry-After
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -130,13 +138,18 @@ class MicroBatcher:
         if self._worker is None or self._stopping:
             raise RuntimeError("the batcher is not running")
         if len(images) > self.max_queue:
-            raise ValueError(f"{len(images)} images can never be queued together: the queue holds at most "
-                             f"{self.max_queue}")
+            raise ValueError(
+                f"{len(images)} images can never be queued together: the queue holds at most "
+                f"{self.max_queue}"
+            )
         if len(self._queue) + len(images) > self.max_queue:
             raise QueueFull(self._retry_after())
         loop = asyncio.get_running_loop()
         self._groups += 1
-        jobs = [_Job(image, query, self._groups, loop.create_future()) for image, query in zip(images, queries)]
+        jobs = [
+            _Job(image, query, self._groups, loop.create_future())
+            for image, query in zip(images, queries)
+        ]
         self._queue.extend(jobs)
         assert self._arrived is not None  # made with the worker, which runs while accepting
         self._arrived.set()
@@ -185,8 +198,12 @@ class MicroBatcher:
                 await self._run(batch)
 
     def _runs_inline(self) -> bool:
-        return (self.alone is not None and self.batches > 0 and self._batch_seconds <= self.inline_under
-                and self.alone())
+        return (
+            self.alone is not None
+            and self.batches > 0
+            and self._batch_seconds <= self.inline_under
+            and self.alone()
+        )
 
     async def _run(self, batch: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
@@ -196,9 +213,13 @@ class MicroBatcher:
             if self._runs_inline():
                 results = self.run_batch(images, queries)
             else:
-                results = await loop.run_in_executor(self._executor, self.run_batch, images, queries)
+                results = await loop.run_in_executor(
+                    self._executor, self.run_batch, images, queries
+                )
             if len(results) != len(batch):
-                raise RuntimeError(f"the batch function returned {len(results)} results for {len(batch)} inputs")
+                raise RuntimeError(
+                    f"the batch function returned {len(results)} results for {len(batch)} inputs"
+                )
         except Exception as exc:
             if len({job.group for job in batch}) > 1:
                 # One request's bad input must not fail the others: run each request alone.
@@ -211,7 +232,9 @@ class MicroBatcher:
             return
         finally:
             elapsed = time.monotonic() - started
-            self._batch_seconds = elapsed if not self.batches else 0.8 * self._batch_seconds + 0.2 * elapsed
+            self._batch_seconds = (
+                elapsed if not self.batches else 0.8 * self._batch_seconds + 0.2 * elapsed
+            )
         self.batches += 1
         self._recent_sizes.append(len(batch))
         for job, result in zip(batch, results):

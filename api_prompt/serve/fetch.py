@@ -46,8 +46,15 @@ import httpx
 
 from .messages import RequestError, read_limited
 
-__all__ = ["AddressRefused", "MAX_REDIRECTS", "PublicOnlyBackend", "fetch_client", "fetch_failed", "fetch_image",
-           "is_public_address"]
+__all__ = [
+    "AddressRefused",
+    "MAX_REDIRECTS",
+    "PublicOnlyBackend",
+    "fetch_client",
+    "fetch_failed",
+    "fetch_image",
+    "is_public_address",
+]
 
 logger = logging.getLogger("api_prompt.serve")
 
@@ -69,7 +76,9 @@ def is_public_address(address: str | Address) -> bool:
     if isinstance(address, str):
         address = ipaddress.ip_address(address.split("%", 1)[0])
     if address.version == 6:
-        if address.ipv4_mapped is not None or int(address) >> 32 == 0:  # ::ffff:a.b.c.d, ::a.b.c.d, ::, ::1
+        if (
+            address.ipv4_mapped is not None or int(address) >> 32 == 0
+        ):  # ::ffff:a.b.c.d, ::a.b.c.d, ::, ::1
             return False
         embedded = address.sixtofour
         if embedded is None and any(address in network for network in _NAT64):
@@ -78,9 +87,15 @@ def is_public_address(address: str | Address) -> bool:
             return False
         if address.is_site_local:
             return False
-    return (address.is_global and not address.is_multicast and not address.is_reserved
-            and not address.is_loopback and not address.is_link_local and not address.is_unspecified
-            and not address.is_private)
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not address.is_reserved
+        and not address.is_loopback
+        and not address.is_link_local
+        and not address.is_unspecified
+        and not address.is_private
+    )
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -106,14 +121,25 @@ class PublicOnlyBackend(httpcore.AsyncNetworkBackend):
     (httpcore's own backend) until one answers. Unix sockets are always refused.
     """
 
-    def __init__(self, allowed_hosts: Iterable[str] = (), *, resolver: Resolver = system_resolver,
-                 inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(
+        self,
+        allowed_hosts: Iterable[str] = (),
+        *,
+        resolver: Resolver = system_resolver,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         self.allowed_hosts = frozenset(_canonical_host(host) for host in allowed_hosts)
         self.resolver = resolver
         self.inner = inner if inner is not None else httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None, socket_options=None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options=None,
+    ) -> httpcore.AsyncNetworkStream:
         name = _canonical_host(host)
         try:
             addresses = [str(ipaddress.ip_address(name))]
@@ -127,18 +153,27 @@ class PublicOnlyBackend(httpcore.AsyncNetworkBackend):
         if name not in self.allowed_hosts:
             refused = [address for address in addresses if not is_public_address(address)]
             if refused:
-                raise AddressRefused(f"{name} resolves to a non-public address ({refused[0]}); not connected")
+                raise AddressRefused(
+                    f"{name} resolves to a non-public address ({refused[0]}); not connected"
+                )
         failure: Exception | None = None
         for address in addresses:
             try:
-                return await self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
-                                                    socket_options=socket_options)
+                return await self.inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
         assert failure is not None
         raise failure
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options=None
+    ):
         raise AddressRefused("unix sockets are never fetched")
 
     async def sleep(self, seconds: float) -> None:
@@ -150,36 +185,49 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
 
     def __init__(self, backend: httpcore.AsyncNetworkBackend, ssl_context: ssl.SSLContext) -> None:
         super().__init__(verify=ssl_context, trust_env=False)
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):  # fail closed
+        if not isinstance(
+            getattr(self, "_pool", None), httpcore.AsyncConnectionPool
+        ):  # fail closed
             raise RuntimeError(f"httpx {httpx.__version__} is not supported by the URL fetch guard")
         # No keep-alive: every fetch opens (and checks) its own connection.
-        self._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, max_keepalive_connections=0,
-                                                  network_backend=backend)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context, max_keepalive_connections=0, network_backend=backend
+        )
 
 
-def fetch_client(timeout: float, allowed_hosts: Iterable[str] = (), *,
-                 resolver: Resolver = system_resolver) -> httpx.AsyncClient:
+def fetch_client(
+    timeout: float, allowed_hosts: Iterable[str] = (), *, resolver: Resolver = system_resolver
+) -> httpx.AsyncClient:
     """The http client for image URLs: every connection it opens goes through :class:`PublicOnlyBackend`."""
     backend = PublicOnlyBackend(allowed_hosts, resolver=resolver)
-    return httpx.AsyncClient(transport=_GuardedTransport(backend, httpx.create_ssl_context()), trust_env=False,
-                             timeout=httpx.Timeout(timeout), follow_redirects=False,
-                             headers={"Accept-Encoding": "identity", "User-Agent": "api-prompt-serve"})
+    return httpx.AsyncClient(
+        transport=_GuardedTransport(backend, httpx.create_ssl_context()),
+        trust_env=False,
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,
+        headers={"Accept-Encoding": "identity", "User-Agent": "api-prompt-serve"},
+    )
 
 
 def fetch_failed(*, max_bytes: int, timeout: float, param: str | None = None) -> RequestError:
     """The one error every refused or failed fetch gives (no oracle for what is behind the proxy)."""
     return RequestError(
-        400, f"the image URL could not be fetched as an image: this proxy fetches only http(s) URLs on public "
-             f"addresses that answer 200 within {timeout:g} s with an image of at most {max_bytes:,} bytes; "
-             "otherwise send the image as a base64 data URL", param=param, code="image_fetch_failed")
+        400,
+        f"the image URL could not be fetched as an image: this proxy fetches only http(s) URLs on public "
+        f"addresses that answer 200 within {timeout:g} s with an image of at most {max_bytes:,} bytes; "
+        "otherwise send the image as a base64 data URL",
+        param=param,
+        code="image_fetch_failed",
+    )
 
 
 class _Failed(Exception):
     """Why a fetch failed, for the proxy's log only."""
 
 
-async def fetch_image(client: httpx.AsyncClient, url: str, *, max_bytes: int, timeout: float,
-                      param: str | None = None) -> bytes:
+async def fetch_image(
+    client: httpx.AsyncClient, url: str, *, max_bytes: int, timeout: float, param: str | None = None
+) -> bytes:
     """The bytes at ``url``; :func:`fetch_failed` (400) for anything that goes wrong."""
     try:
         return await asyncio.wait_for(_fetch(client, url, max_bytes), timeout)
@@ -207,6 +255,11 @@ async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int) -> bytes:
                 continue
             if response.status_code != 200:
                 raise _Failed(f"answered HTTP {response.status_code}")
-            return await read_limited(response.aiter_bytes(), response.headers.get("content-length", ""),
-                                      max_bytes, what="the image", code="image_too_large")
+            return await read_limited(
+                response.aiter_bytes(),
+                response.headers.get("content-length", ""),
+                max_bytes,
+                what="the image",
+                code="image_too_large",
+            )
     raise _Failed(f"redirected more than {MAX_REDIRECTS} times")

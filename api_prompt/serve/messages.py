@@ -33,17 +33,26 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "ImagePart", "RequestError", "find_images", "replace_images", "decode_data_url", "parse_request",
+    "ImagePart",
+    "RequestError",
+    "find_images",
+    "replace_images",
+    "decode_data_url",
+    "parse_request",
     "read_limited",
 ]
 
-_DATA_URL = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*?)(?P<base64>;base64)?,", re.IGNORECASE)
+_DATA_URL = re.compile(
+    r"^data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*?)(?P<base64>;base64)?,", re.IGNORECASE
+)
 
 
 class RequestError(Exception):
     """A request the proxy cannot use: ``status`` (400, 413, ...) and a one-line ``message``."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
@@ -52,7 +61,7 @@ class RequestError(Exception):
 class ImagePart:
     """One image to prompt: where it is, its URL, and the query it is prompted for."""
 
-    location: tuple[int, int]     # (message index, part index)
+    location: tuple[int, int]  # (message index, part index)
     url: str
     query: str
 
@@ -75,7 +84,9 @@ def parse_request(data: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
     except RecursionError:
-        raise RequestError(400, "the request body is nested too deeply to be a chat request") from None
+        raise RequestError(
+            400, "the request body is nested too deeply to be a chat request"
+        ) from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     messages = body.get("messages")
@@ -83,7 +94,9 @@ def parse_request(data: bytes) -> dict[str, Any]:
         raise RequestError(400, "'messages' must be a non-empty list of messages", param="messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise RequestError(400, f"messages[{index}] must be an object", param=f"messages[{index}]")
+            raise RequestError(
+                400, f"messages[{index}] must be an object", param=f"messages[{index}]"
+            )
     return body
 
 
@@ -110,8 +123,11 @@ def find_images(body: dict[str, Any]) -> list[ImagePart]:
         parts = []
         for p, part in enumerate(content):
             if not isinstance(part, dict):
-                raise RequestError(400, f"messages[{m}].content[{p}] must be an object",
-                                   param=f"messages[{m}].content[{p}]")
+                raise RequestError(
+                    400,
+                    f"messages[{m}].content[{p}] must be an object",
+                    param=f"messages[{m}].content[{p}]",
+                )
             if part.get("type") == "text" and isinstance(part.get("text"), str):
                 parts.append(part["text"].strip())
             elif part.get("type") == "image_url":
@@ -131,8 +147,12 @@ def _query(messages: list[dict[str, Any]], texts: dict[int, str], m: int) -> str
         turn = range(turn.start, turn.stop + 1)
     candidates = [i for i in turn if texts.get(i)]
     if not candidates:
-        raise RequestError(400, f"messages[{m}] has an image but no text, and neither has any user message "
-                                "of its turn: the question is the query that attention prompting needs", param=f"messages[{m}].content")
+        raise RequestError(
+            400,
+            f"messages[{m}] has an image but no text, and neither has any user message "
+            "of its turn: the question is the query that attention prompting needs",
+            param=f"messages[{m}].content",
+        )
     return texts[min(candidates, key=lambda i: (abs(i - m), -i))]
 
 
@@ -140,12 +160,17 @@ def _image_url(part: dict[str, Any], m: int, p: int) -> str:
     value = part.get("image_url")
     url = value.get("url") if isinstance(value, dict) else value
     if not isinstance(url, str) or not url:
-        raise RequestError(400, f"messages[{m}].content[{p}].image_url needs a 'url'",
-                           param=f"messages[{m}].content[{p}].image_url")
+        raise RequestError(
+            400,
+            f"messages[{m}].content[{p}].image_url needs a 'url'",
+            param=f"messages[{m}].content[{p}].image_url",
+        )
     return url
 
 
-def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: Sequence[str | list[str]]) -> dict[str, Any]:
+def replace_images(
+    body: dict[str, Any], parts: list[ImagePart], urls: Sequence[str | list[str]]
+) -> dict[str, Any]:
     """A copy of ``body`` with each part's URL replaced by the matching one of ``urls``.
 
     An entry of ``urls`` that is a list replaces its part by one image part per URL, in order, in
@@ -171,14 +196,23 @@ def replace_images(body: dict[str, Any], parts: list[ImagePart], urls: Sequence[
                 content.append(old)
                 continue
             value = old["image_url"]
-            content.extend({**old, "image_url": {**value, "url": url} if isinstance(value, dict) else url}
-                           for url in replaced[p])
+            content.extend(
+                {**old, "image_url": {**value, "url": url} if isinstance(value, dict) else url}
+                for url in replaced[p]
+            )
         messages[m] = {**messages[m], "content": content}
     return new
 
 
-async def read_limited(chunks: AsyncIterable[bytes], declared: str, limit: int, *, what: str, code: str,
-                       param: str | None = None) -> bytes:
+async def read_limited(
+    chunks: AsyncIterable[bytes],
+    declared: str,
+    limit: int,
+    *,
+    what: str,
+    code: str,
+    param: str | None = None,
+) -> bytes:
     """A body read from ``chunks``, refused with RequestError 413 as soon as it passes ``limit`` bytes.
 
     ``declared`` is its Content-Length header ('' when none): a larger one is refused before
@@ -215,11 +249,17 @@ def decode_data_url(url: str, *, max_bytes: int, param: str | None = None) -> by
     """
     match = _DATA_URL.match(url)
     if match is None or not match.group("base64"):
-        raise RequestError(400, "the image URL is not a base64 data URL (data:image/...;base64,...)", param=param)
-    payload = url[match.end():]
+        raise RequestError(
+            400, "the image URL is not a base64 data URL (data:image/...;base64,...)", param=param
+        )
+    payload = url[match.end() :]
     if len(payload) * 3 // 4 > max_bytes + 3:
-        raise RequestError(413, f"the image is larger than the proxy's limit of {max_bytes:,} bytes", param=param,
-                           code="image_too_large")
+        raise RequestError(
+            413,
+            f"the image is larger than the proxy's limit of {max_bytes:,} bytes",
+            param=param,
+            code="image_too_large",
+        )
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

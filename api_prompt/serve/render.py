@@ -25,8 +25,9 @@ from ..images import is_jpeg
 __all__ = ["encode_like", "is_jpeg"]
 
 
-def encode_like(image: Image.Image, source: bytes, *, jpeg_quality: int | None = 95,
-                png_compress_level: int = 1) -> str:
+def encode_like(
+    image: Image.Image, source: bytes, *, jpeg_quality: int | None = 95, png_compress_level: int = 1
+) -> str:
     """``image`` as a data URL in the format of ``source`` (the client's encoded image).
 
     A JPEG ``source`` gives a JPEG of quality ``jpeg_quality`` (None: PNG as for everything

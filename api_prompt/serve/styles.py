@@ -73,7 +73,9 @@ class ServerStyles:
     named: dict[str, Style]
 
     @classmethod
-    def create(cls, prompter: Any, style: str | None, style_options: dict[str, Any] | None) -> ServerStyles:
+    def create(
+        cls, prompter: Any, style: str | None, style_options: dict[str, Any] | None
+    ) -> ServerStyles:
         """The styles of a proxy around ``prompter`` (None: default overlay settings).
 
         ``style`` None keeps the prompter's own style (``overlay`` unless it was built with
@@ -81,29 +83,44 @@ class ServerStyles:
         an option no style takes, or a value a style refuses, so a proxy never starts with them.
         """
         if style_options is not None and not isinstance(style_options, dict):
-            raise ConfigError("style_options must be a dict of option names and values, "
-                              f"got {type(style_options).__name__}")
+            raise ConfigError(
+                "style_options must be a dict of option names and values, "
+                f"got {type(style_options).__name__}"
+            )
         if prompter is not None:
-            base = {"resample": prompter.settings["resample"], "background": prompter.settings["background"],
-                    "geometry": prompter.overlay.geometry}
+            base = {
+                "resample": prompter.settings["resample"],
+                "background": prompter.settings["background"],
+                "geometry": prompter.overlay.geometry,
+            }
             inherited = dict(getattr(prompter, "style_options", None) or {})
         else:
             settings, overlay = check_settings(None)
-            base = {"resample": settings["resample"], "background": settings["background"],
-                    "geometry": overlay.geometry}
+            base = {
+                "resample": settings["resample"],
+                "background": settings["background"],
+                "geometry": overlay.geometry,
+            }
             inherited = {}
         options = {**inherited, **(style_options or {})}
         taken = {option for style_class in STYLES.values() for option in options_of(style_class)}
         unknown = sorted(str(option) for option in options if option not in taken)
         if unknown:
-            raise ConfigError(f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
-                              f"{', '.join(sorted(taken))}")
-        if style is not None and (not isinstance(style, str) or style.strip().lower() not in STYLES):
+            raise ConfigError(
+                f"no prompt style takes {', '.join(unknown)}; the styles' options are: "
+                f"{', '.join(sorted(taken))}"
+            )
+        if style is not None and (
+            not isinstance(style, str) or style.strip().lower() not in STYLES
+        ):
             raise ConfigError(f"unknown style {style!r}; choose one of: {', '.join(STYLES)}")
         named = {name: _build(name, base, options) for name in STYLES}
         if style is None:
-            default = prompter.style if prompter is not None and not style_options else \
-                named[prompter.style.name if prompter is not None else "overlay"]
+            default = (
+                prompter.style
+                if prompter is not None and not style_options
+                else named[prompter.style.name if prompter is not None else "overlay"]
+            )
         else:
             default = named[style.strip().lower()]
         return cls(default, base, options, named)
@@ -118,33 +135,53 @@ class ServerStyles:
         if not isinstance(choice, dict):
             raise _refused(f"{REQUEST_FIELD} must be {_USAGE}")
         if set(choice) - {"style", "style_options"}:
-            raise _refused(f"{REQUEST_FIELD} takes only 'style' and 'style_options', as in {_USAGE}")
+            raise _refused(
+                f"{REQUEST_FIELD} takes only 'style' and 'style_options', as in {_USAGE}"
+            )
         name = choice.get("style")
         if name is None:
             name = self.default.name
-        elif not isinstance(name, str) or len(name) > MAX_REQUEST_TEXT or name.strip().lower() not in STYLES:
+        elif (
+            not isinstance(name, str)
+            or len(name) > MAX_REQUEST_TEXT
+            or name.strip().lower() not in STYLES
+        ):
             raise _refused(f"{REQUEST_FIELD}.style must be one of: {', '.join(STYLES)}", "style")
         name = name.strip().lower()
         options = choice.get("style_options")
         if options is None or options == {}:
             return (self.default if name == self.default.name else self.named[name]), rest
         if not isinstance(options, dict):
-            raise _refused(f"{REQUEST_FIELD}.style_options must be an object of option names and values",
-                           "style_options")
+            raise _refused(
+                f"{REQUEST_FIELD}.style_options must be an object of option names and values",
+                "style_options",
+            )
         accepted = options_of(STYLES[name])
         if any(key not in accepted for key in options):
-            raise _refused(f"style {name!r} takes the options {', '.join(accepted)}", "style_options")
+            raise _refused(
+                f"style {name!r} takes the options {', '.join(accepted)}", "style_options"
+            )
         for key, value in options.items():
             _check_value(key, value)
-        given = {**{key: value for key, value in {**self.base, **self.options}.items() if key in accepted},
-                 **options}
+        given = {
+            **{
+                key: value
+                for key, value in {**self.base, **self.options}.items()
+                if key in accepted
+            },
+            **options,
+        }
         try:
             return create_style(name, **given), rest
         except ConfigError as exc:
-            raise _refused(f"{REQUEST_FIELD}.style_options: {' '.join(str(exc).split())}", "style_options") from None
+            raise _refused(
+                f"{REQUEST_FIELD}.style_options: {' '.join(str(exc).split())}", "style_options"
+            ) from None
         except Exception:  # a value of a type the style's checks did not expect
-            raise _refused(f"{REQUEST_FIELD}.style_options holds a value of the wrong type for style {name!r}",
-                           "style_options") from None
+            raise _refused(
+                f"{REQUEST_FIELD}.style_options holds a value of the wrong type for style {name!r}",
+                "style_options",
+            ) from None
 
 
 def _build(name: str, base: dict[str, Any], options: dict[str, Any]) -> Style:
@@ -155,8 +192,10 @@ def _build(name: str, base: dict[str, Any], options: dict[str, Any]) -> Style:
     except ConfigError:
         raise
     except Exception as exc:  # a value of a type the style's checks did not expect
-        raise ConfigError(f"style {name!r} cannot take these options ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())})") from None
+        raise ConfigError(
+            f"style {name!r} cannot take these options ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())})"
+        ) from None
 
 
 def _check_value(key: str, value: Any) -> None:
@@ -165,14 +204,22 @@ def _check_value(key: str, value: Any) -> None:
         return
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value) or abs(value) > MAX_REQUEST_NUMBER:
-            raise _refused(f"{REQUEST_FIELD}.style_options.{key} must be a number of at most "
-                           f"{MAX_REQUEST_NUMBER:,}", f"style_options.{key}")
+            raise _refused(
+                f"{REQUEST_FIELD}.style_options.{key} must be a number of at most "
+                f"{MAX_REQUEST_NUMBER:,}",
+                f"style_options.{key}",
+            )
         return
     if isinstance(value, str) and len(value) <= MAX_REQUEST_TEXT:
         return
-    raise _refused(f"{REQUEST_FIELD}.style_options.{key} must be a number (at most {MAX_REQUEST_NUMBER:,}) "
-                   f"or a text of at most {MAX_REQUEST_TEXT} characters", f"style_options.{key}")
+    raise _refused(
+        f"{REQUEST_FIELD}.style_options.{key} must be a number (at most {MAX_REQUEST_NUMBER:,}) "
+        f"or a text of at most {MAX_REQUEST_TEXT} characters",
+        f"style_options.{key}",
+    )
 
 
 def _refused(message: str, param: str | None = None) -> RequestError:
-    return RequestError(400, message, param=REQUEST_FIELD + (f".{param}" if param else ""), code="invalid_style")
+    return RequestError(
+        400, message, param=REQUEST_FIELD + (f".{param}" if param else ""), code="invalid_style"
+    )

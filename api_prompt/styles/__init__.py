@@ -31,6 +31,14 @@ for _style in (OverlayStyle, CropStyle, BlurStyle, BoxStyle):
     register_style(_style)
 
 __all__ = [
-    "STYLES", "Style", "create_style", "register_style", "style_options",
-    "OverlayStyle", "CropStyle", "BlurStyle", "BoxStyle", "attention_box",
+    "STYLES",
+    "Style",
+    "create_style",
+    "register_style",
+    "style_options",
+    "OverlayStyle",
+    "CropStyle",
+    "BlurStyle",
+    "BoxStyle",
+    "attention_box",
 ]

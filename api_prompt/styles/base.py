@@ -26,7 +26,15 @@ from ..settings import check_geometry
 if TYPE_CHECKING:  # pragma: no cover
     from ..attention_map import AttentionMap
 
-__all__ = ["Style", "STYLES", "register_style", "create_style", "style_options", "grid_geometry", "as_rgb"]
+__all__ = [
+    "Style",
+    "STYLES",
+    "register_style",
+    "create_style",
+    "style_options",
+    "grid_geometry",
+    "as_rgb",
+]
 
 #: style name -> class. ``overlay`` (the paper's) is the default everywhere.
 STYLES: dict[str, type[Style]] = {}
@@ -52,14 +60,19 @@ class Style:
     def single_from(self, images: list[Image.Image]) -> Image.Image:
         """One image made of :meth:`apply`'s images (a style that makes several overrides it)."""
         if len(images) != 1:  # pragma: no cover - multi-image styles override this
-            raise ConfigError(f"style {self.name!r} makes {len(images)} images; it must define single_from()")
+            raise ConfigError(
+                f"style {self.name!r} makes {len(images)} images; it must define single_from()"
+            )
         return images[0]
 
     __call__ = apply
 
     def describe(self) -> dict[str, Any]:
         """The style's name and every option, for manifests."""
-        return {"style": self.name, **{key: getattr(self, key) for key in style_options(type(self))}}
+        return {
+            "style": self.name,
+            **{key: getattr(self, key) for key in style_options(type(self))},
+        }
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={getattr(self, key)!r}" for key in style_options(type(self)))
@@ -76,8 +89,11 @@ def register_style(cls: type[Style]) -> type[Style]:
 
 def style_options(cls: type[Style]) -> list[str]:
     """The option names a style's constructor takes (keyword arguments), in order."""
-    return [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
-            if name != "self" and parameter.kind is parameter.KEYWORD_ONLY]
+    return [
+        name
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and parameter.kind is parameter.KEYWORD_ONLY
+    ]
 
 
 def create_style(name: str | Style, **options: Any) -> Style:

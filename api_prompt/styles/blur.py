@@ -69,7 +69,9 @@ class BlurStyle(Style):
 
     name = "blur"
 
-    def __init__(self, *, blur: float = 0.02, resample: str = "lanczos", geometry: str = "stretch") -> None:
+    def __init__(
+        self, *, blur: float = 0.02, resample: str = "lanczos", geometry: str = "stretch"
+    ) -> None:
         if isinstance(blur, bool) or not isinstance(blur, (int, float)) or not 0 < blur <= 1:
             raise ConfigError(f"blur must be a fraction of the image side in (0, 1], got {blur!r}")
         self.blur = float(blur)

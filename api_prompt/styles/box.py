@@ -19,7 +19,10 @@ SHAPES = ("box", "ellipse")
 
 
 def attended_box(
-    mask: np.ndarray, size: tuple[int, int], cells: tuple[float, float, float, float], threshold: float
+    mask: np.ndarray,
+    size: tuple[int, int],
+    cells: tuple[float, float, float, float],
+    threshold: float,
 ) -> tuple[int, int, int, int]:
     """The pixel box (left, top, right, bottom; right/bottom inclusive) around every grid cell
     whose value is at least ``threshold`` times the map's maximum, cut at the image's edges.
@@ -36,8 +39,12 @@ def attended_box(
     y0 = math.floor(top + rows.min() * cell_h)
     x1 = math.ceil(left + (cols.max() + 1) * cell_w) - 1
     y1 = math.ceil(top + (rows.max() + 1) * cell_h) - 1
-    return (min(max(x0, 0), width - 1), min(max(y0, 0), height - 1),
-            min(max(x1, 0), width - 1), min(max(y1, 0), height - 1))
+    return (
+        min(max(x0, 0), width - 1),
+        min(max(y0, 0), height - 1),
+        min(max(x1, 0), width - 1),
+        min(max(y1, 0), height - 1),
+    )
 
 
 class BoxStyle(Style):
@@ -60,17 +67,32 @@ class BoxStyle(Style):
 
     name = "box"
 
-    def __init__(self, *, color: str = "red", width: int | None = None, shape: str = "box",
-                 threshold: float = 0.5, geometry: str = "stretch") -> None:
+    def __init__(
+        self,
+        *,
+        color: str = "red",
+        width: int | None = None,
+        shape: str = "box",
+        threshold: float = 0.5,
+        geometry: str = "stretch",
+    ) -> None:
         try:
             self._rgb = ImageColor.getrgb(color)[:3]
         except (ValueError, AttributeError):
-            raise ConfigError(f"unknown color {color!r}; use a name such as 'red' or '#ff0000'") from None
-        if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+            raise ConfigError(
+                f"unknown color {color!r}; use a name such as 'red' or '#ff0000'"
+            ) from None
+        if width is not None and (
+            isinstance(width, bool) or not isinstance(width, int) or width < 1
+        ):
             raise ConfigError(f"width must be a positive number of pixels, got {width!r}")
         if shape not in SHAPES:
             raise ConfigError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not 0 <= threshold <= 1
+        ):
             raise ConfigError(f"threshold must be in [0, 1], got {threshold!r}")
         self.color, self.width, self.shape = color, width, shape
         self.threshold = float(threshold)
@@ -79,8 +101,12 @@ class BoxStyle(Style):
     def box(self, image: Any, attention_map: AttentionMap) -> tuple[int, int, int, int]:
         """The drawn box on ``image`` (left, top, right, bottom; inclusive), in its pixels."""
         size = as_rgb(image).size
-        return attended_box(mask_array(attention_map), size,
-                            grid_geometry(attention_map, size, self.geometry), self.threshold)
+        return attended_box(
+            mask_array(attention_map),
+            size,
+            grid_geometry(attention_map, size, self.geometry),
+            self.threshold,
+        )
 
     def apply(self, image: Any, attention_map: AttentionMap) -> list[Image.Image]:
         image = as_rgb(image).copy()

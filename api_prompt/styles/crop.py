@@ -72,8 +72,11 @@ def attention_box(
         sums = np.lib.stride_tricks.sliding_window_view(mask, (bh, bw)).sum(axis=(2, 3))
         # x-major order, so the first maximum is the leftmost, then the topmost
         x, y = divmod(int(np.argmax(sums.T)), sums.shape[0])
-        neighbours = [sums[y + dy, x + dx] for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1))
-                      if 0 <= x + dx < sums.shape[1] and 0 <= y + dy < sums.shape[0]]
+        neighbours = [
+            sums[y + dy, x + dx]
+            for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1))
+            if 0 <= x + dx < sums.shape[1] and 0 <= y + dy < sums.shape[0]
+        ]
         sharpness = (sums[y, x] - np.mean(neighbours)) / (bw * bh)
         candidates.append((sharpness, (x, y), (bw, bh), side))
     best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
@@ -83,8 +86,12 @@ def attention_box(
     centre_y = int(top + y * cell_h + cell_h * bh / 2)
     clamped_x = min(max(centre_x, half), width - half)
     clamped_y = min(max(centre_y, half), height - half)
-    return (int(max(0, clamped_x - half)), int(max(0, clamped_y - half)),
-            int(min(width, clamped_x + half)), int(min(height, clamped_y + half)))
+    return (
+        int(max(0, clamped_x - half)),
+        int(max(0, clamped_y - half)),
+        int(min(width, clamped_x + half)),
+        int(min(height, clamped_y + half)),
+    )
 
 
 class CropStyle(Style):
@@ -108,27 +115,41 @@ class CropStyle(Style):
 
     name = "crop"
 
-    def __init__(self, *, crop_size: int = 336, zoom: int | None = None,
-                 one_image: str = "side-by-side", geometry: str = "stretch") -> None:
+    def __init__(
+        self,
+        *,
+        crop_size: int = 336,
+        zoom: int | None = None,
+        one_image: str = "side-by-side",
+        geometry: str = "stretch",
+    ) -> None:
         self.crop_size = _positive_int("crop_size", crop_size)
         self.zoom = self.crop_size if zoom is None else _positive_int("zoom", zoom)
         if one_image not in ONE_IMAGE:
-            raise ConfigError(f"unknown one_image {one_image!r}; choose one of: {', '.join(ONE_IMAGE)}")
+            raise ConfigError(
+                f"unknown one_image {one_image!r}; choose one of: {', '.join(ONE_IMAGE)}"
+            )
         self.one_image = one_image
         self.geometry = check_geometry(geometry)
 
     def box(self, image: Any, attention_map: AttentionMap) -> tuple[int, int, int, int]:
         """The crop box on ``image`` (left, top, right, bottom), in its pixels."""
         size = as_rgb(image).size
-        return attention_box(mask_array(attention_map), size,
-                             grid_geometry(attention_map, size, self.geometry), self.crop_size)
+        return attention_box(
+            mask_array(attention_map),
+            size,
+            grid_geometry(attention_map, size, self.geometry),
+            self.crop_size,
+        )
 
     def apply(self, image: Any, attention_map: AttentionMap) -> list[Image.Image]:
         image = as_rgb(image)
         crop = image.crop(self.box(image, attention_map))
         scale = self.zoom / max(crop.size)
-        zoomed = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
-                             Image.Resampling.LANCZOS)
+        zoomed = crop.resize(
+            (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
         return [image.copy(), zoomed]
 
     def single_from(self, images: list[Image.Image]) -> Image.Image:

@@ -33,7 +33,9 @@ class OverlayStyle(Style):
 
     name = "overlay"
 
-    def __init__(self, *, resample: str = "lanczos", background: int = 0, geometry: str = "stretch") -> None:
+    def __init__(
+        self, *, resample: str = "lanczos", background: int = 0, geometry: str = "stretch"
+    ) -> None:
         self.overlay = Overlay(resample=resample, background=background, geometry=geometry)
         self.resample = self.overlay.resample.name.lower()
         self.background = self.overlay.background

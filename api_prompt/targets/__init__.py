@@ -51,10 +51,27 @@ _LAZY = {
 }
 
 __all__ = [
-    "Target", "BaseTarget", "CallableTarget", "TargetError", "HFTarget", "OpenAITarget",
-    "PromptedTarget", "as_target", "create_target", "normalise_batch", "wrap", "encode_image",
-    "MODES", "TARGETS", "CLIPZeroShotTarget", "split_target_spec", "TargetSpec", "TargetOption",
-    "register_target", "get_target", "target_specs",
+    "Target",
+    "BaseTarget",
+    "CallableTarget",
+    "TargetError",
+    "HFTarget",
+    "OpenAITarget",
+    "PromptedTarget",
+    "as_target",
+    "create_target",
+    "normalise_batch",
+    "wrap",
+    "encode_image",
+    "MODES",
+    "TARGETS",
+    "CLIPZeroShotTarget",
+    "split_target_spec",
+    "TargetSpec",
+    "TargetOption",
+    "register_target",
+    "get_target",
+    "target_specs",
 ]
 
 

@@ -32,9 +32,20 @@ from ..errors import ConfigError, TargetError
 from ..images import load_image
 
 __all__ = [
-    "Target", "BaseTarget", "CallableTarget", "TargetError", "as_target", "create_target",
-    "normalise_batch", "split_target_spec", "TARGETS", "TargetSpec", "TargetOption",
-    "register_target", "get_target", "target_specs",
+    "Target",
+    "BaseTarget",
+    "CallableTarget",
+    "TargetError",
+    "as_target",
+    "create_target",
+    "normalise_batch",
+    "split_target_spec",
+    "TARGETS",
+    "TargetSpec",
+    "TargetOption",
+    "register_target",
+    "get_target",
+    "target_specs",
 ]
 
 #: One option a target kind declares: name, type (parsed from command-line text), default, help.
@@ -87,7 +98,9 @@ class TargetSpec:
             if declared is None:
                 if strict:
                     taken = ", ".join(option.name for option in self.options) or "no options"
-                    raise ConfigError(f"the {self.kind} target takes no option {key!r}; it takes {taken}")
+                    raise ConfigError(
+                        f"the {self.kind} target takes no option {key!r}; it takes {taken}"
+                    )
                 checked[key] = value
                 continue
             try:
@@ -129,11 +142,15 @@ class TargetSpec:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigError(f"the {self.kind} target cannot be loaded ({exc}); is its extra installed?") from exc
+            raise ConfigError(
+                f"the {self.kind} target cannot be loaded ({exc}); is its extra installed?"
+            ) from exc
         try:
             return getattr(module, class_name)
         except AttributeError:
-            raise ConfigError(f"the {self.kind} target's loader {self.loader!r} names no class") from None
+            raise ConfigError(
+                f"the {self.kind} target's loader {self.loader!r} names no class"
+            ) from None
 
     def create(self, name: str, **options: Any) -> BaseTarget:
         """``cls(name, **options)``, the declared options typed first."""
@@ -174,8 +191,9 @@ class Target(Protocol):
     ``target(images, questions, **generation) -> list[str]``: one answer per question, in order.
     """
 
-    def __call__(self, images: Sequence, questions: Sequence[str] | str, **generation: Any) -> list[str]:
-        ...
+    def __call__(
+        self, images: Sequence, questions: Sequence[str] | str, **generation: Any
+    ) -> list[str]: ...
 
 
 class BaseTarget(ABC):
@@ -194,10 +212,14 @@ class BaseTarget(ABC):
 
     def ask(self, image, question: str, **generation: Any) -> str:
         """Answer one question about one image (or about a list of images)."""
-        return self([image] if not _is_image_list(image) else [list(image)], [question], **generation)[0]
+        return self(
+            [image] if not _is_image_list(image) else [list(image)], [question], **generation
+        )[0]
 
     @abstractmethod
-    def answer(self, images: list[list[Image.Image]], questions: list[str], **generation: Any) -> list[str]:
+    def answer(
+        self, images: list[list[Image.Image]], questions: list[str], **generation: Any
+    ) -> list[str]:
         """One answer per question; ``images[i]`` are the images of ``questions[i]``."""
 
     def describe(self) -> dict[str, Any]:
@@ -328,42 +350,72 @@ def _is_image_list(obj: Any) -> bool:
     return isinstance(obj, (list, tuple))
 
 
-_DEVICE = BackendOption("device", str, "auto", "where the model runs: auto, cpu, cuda, cuda:N or mps")
-_DTYPE = BackendOption("dtype", str, None, "fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU)")
+_DEVICE = BackendOption(
+    "device", str, "auto", "where the model runs: auto, cpu, cuda, cuda:N or mps"
+)
+_DTYPE = BackendOption(
+    "dtype", str, None, "fp32, fp16 or bf16 (default: bf16/fp16 on GPU, fp32 on CPU)"
+)
 
-register_target(TargetSpec(
-    "hf", "api_prompt.targets.hf:HFTarget",
-    "<Hugging Face id or folder>: an image-text-to-text model with a chat template, any question",
-    options=(
-        _DEVICE, _DTYPE,
-        BackendOption("batch_size", int, 8, "questions per forward pass"),
-        BackendOption("system_prompt", str, None, "a system message before each question"),
-        BackendOption("revision", str, None, "the model's revision on the Hub"),
-        BackendOption("local_files_only", bool, None, "never download (default: $HF_HUB_OFFLINE)"),
-    ),
-))
-register_target(TargetSpec(
-    "openai", "api_prompt.targets.openai:OpenAITarget",
-    "<model>: any OpenAI-compatible chat-completions server (--base-url, key in $OPENAI_API_KEY), any question",
-    options=(
-        BackendOption("base_url", str, None, "API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)"),
-        BackendOption("timeout", float, 60.0, "seconds one attempt may take in all"),
-        BackendOption("max_retries", int, 3, "extra attempts after a 429, a 5xx, a timeout or a broken connection"),
-        BackendOption("backoff", float, 1.0, "first retry delay in seconds, doubled per attempt"),
-        BackendOption("max_backoff", float, 30.0, "longest retry delay in seconds"),
-        BackendOption("max_concurrency", int, 4, "requests in flight at once"),
-        BackendOption("system_prompt", str, None, "a system message before each question"),
-        BackendOption("image_detail", str, None, "the image parts' detail: low, high or auto"),
-    ),
-))
-register_target(TargetSpec(
-    "clip-zeroshot", "api_prompt.targets.clip_zeroshot:CLIPZeroShotTarget",
-    "<open_clip name>: multiple choice only, by CLIP similarity; QUESTION must list its options as "
-    "lines 'A. text', 'B. text' (one caption each), and the answer is a letter",
-    options=(
-        _DEVICE, _DTYPE,
-        BackendOption("pretrained", str, None, "open_clip pretrained tag or checkpoint path"),
-        BackendOption("batch_size", int, 64, "captions and images per forward pass"),
-    ),
-    open_clip_names=True, multiple_choice_only=True,
-))
+register_target(
+    TargetSpec(
+        "hf",
+        "api_prompt.targets.hf:HFTarget",
+        "<Hugging Face id or folder>: an image-text-to-text model with a chat template, any question",
+        options=(
+            _DEVICE,
+            _DTYPE,
+            BackendOption("batch_size", int, 8, "questions per forward pass"),
+            BackendOption("system_prompt", str, None, "a system message before each question"),
+            BackendOption("revision", str, None, "the model's revision on the Hub"),
+            BackendOption(
+                "local_files_only", bool, None, "never download (default: $HF_HUB_OFFLINE)"
+            ),
+        ),
+    )
+)
+register_target(
+    TargetSpec(
+        "openai",
+        "api_prompt.targets.openai:OpenAITarget",
+        "<model>: any OpenAI-compatible chat-completions server (--base-url, key in $OPENAI_API_KEY), any question",
+        options=(
+            BackendOption(
+                "base_url",
+                str,
+                None,
+                "API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)",
+            ),
+            BackendOption("timeout", float, 60.0, "seconds one attempt may take in all"),
+            BackendOption(
+                "max_retries",
+                int,
+                3,
+                "extra attempts after a 429, a 5xx, a timeout or a broken connection",
+            ),
+            BackendOption(
+                "backoff", float, 1.0, "first retry delay in seconds, doubled per attempt"
+            ),
+            BackendOption("max_backoff", float, 30.0, "longest retry delay in seconds"),
+            BackendOption("max_concurrency", int, 4, "requests in flight at once"),
+            BackendOption("system_prompt", str, None, "a system message before each question"),
+            BackendOption("image_detail", str, None, "the image parts' detail: low, high or auto"),
+        ),
+    )
+)
+register_target(
+    TargetSpec(
+        "clip-zeroshot",
+        "api_prompt.targets.clip_zeroshot:CLIPZeroShotTarget",
+        "<open_clip name>: multiple choice only, by CLIP similarity; QUESTION must list its options as "
+        "lines 'A. text', 'B. text' (one caption each), and the answer is a letter",
+        options=(
+            _DEVICE,
+            _DTYPE,
+            BackendOption("pretrained", str, None, "open_clip pretrained tag or checkpoint path"),
+            BackendOption("batch_size", int, 64, "captions and images per forward pass"),
+        ),
+        open_clip_names=True,
+        multiple_choice_only=True,
+    )
+)

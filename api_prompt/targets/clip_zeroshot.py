@@ -35,8 +35,16 @@ class CLIPZeroShotTarget(BaseTarget):
         batch_size: images per forward pass.
     """
 
-    def __init__(self, model: Any, pretrained: str | None = None, *, device: str | None = "auto",
-                 dtype: str | None = None, batch_size: int = 64, **options: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pretrained: str | None = None,
+        *,
+        device: str | None = "auto",
+        dtype: str | None = None,
+        batch_size: int = 64,
+        **options: Any,
+    ) -> None:
         from ..attribution.clip import CLIPAttributor
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -50,7 +58,9 @@ class CLIPZeroShotTarget(BaseTarget):
         self.device, self.dtype = self.attributor.device, self.attributor.dtype
         self.batch_size = batch_size
 
-    def answer(self, images: list[list[Image.Image]], questions: list[str], **generation: Any) -> list[str]:
+    def answer(
+        self, images: list[list[Image.Image]], questions: list[str], **generation: Any
+    ) -> list[str]:
         """The letter of the closest option for each question (generation options are ignored)."""
         import torch
 
@@ -67,7 +77,9 @@ class CLIPZeroShotTarget(BaseTarget):
         with torch.inference_mode():
             for start in range(0, len(questions), self.batch_size):
                 stop = start + self.batch_size
-                pixels = torch.stack([self.preprocess(image_list[-1]) for image_list in images[start:stop]])
+                pixels = torch.stack(
+                    [self.preprocess(image_list[-1]) for image_list in images[start:stop]]
+                )
                 pixels = pixels.to(self.device, self.dtype)
                 features = self.model.encode_image(pixels).float()
                 features = features / features.norm(dim=-1, keepdim=True)

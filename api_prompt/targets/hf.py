@@ -85,8 +85,13 @@ class HFTarget(BaseTarget):
         if isinstance(model, (str, os.PathLike)):
             self.name = str(model)
             self.model, self.processor = _load(
-                self.name, processor, device=device, dtype=dtype, device_map=device_map,
-                local_files_only=local_files_only, trust_remote_code=trust_remote_code,
+                self.name,
+                processor,
+                device=device,
+                dtype=dtype,
+                device_map=device_map,
+                local_files_only=local_files_only,
+                trust_remote_code=trust_remote_code,
                 revision=revision,
             )
         else:
@@ -97,7 +102,9 @@ class HFTarget(BaseTarget):
                     "dtype and device_map apply when HFTarget loads the model; "
                     "cast or place an already loaded model yourself"
                 )
-            self.name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+            self.name = (
+                getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+            )
             self.model, self.processor = model, processor
         self.chat_template = chat_template
         if chat_template is None and not getattr(self.processor, "chat_template", None):
@@ -143,7 +150,7 @@ class HFTarget(BaseTarget):
             options = {**options, "pad_token_id": pad_token_id}
         output = self.model.generate(**inputs, **options)
         if not getattr(self.model.config, "is_encoder_decoder", False):
-            output = output[:, inputs["input_ids"].shape[1]:]
+            output = output[:, inputs["input_ids"].shape[1] :]
         decode = getattr(self.processor, "batch_decode", None) or tokenizer.batch_decode
         texts = decode(output, skip_special_tokens=True)
         return [text.strip() for text in texts]
@@ -153,7 +160,9 @@ class HFTarget(BaseTarget):
         content.append({"type": "text", "text": question})
         conversation = [{"role": "user", "content": content}]
         if self.system_prompt:
-            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+            conversation.insert(
+                0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}
+            )
         return conversation
 
     def _input_device(self) -> torch.device:
@@ -168,7 +177,8 @@ class HFTarget(BaseTarget):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "target": "hf", "target_model": self.name,
+            "target": "hf",
+            "target_model": self.name,
             "generation": dict(self.generation),
         }
 
@@ -186,7 +196,9 @@ _ADVICE = (
 )
 
 
-def _load(name, processor, *, device, dtype, device_map, local_files_only, trust_remote_code, revision):
+def _load(
+    name, processor, *, device, dtype, device_map, local_files_only, trust_remote_code, revision
+):
     """(model, processor) from an id or folder; ModelLoadError with what to do when impossible."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -195,7 +207,9 @@ def _load(name, processor, *, device, dtype, device_map, local_files_only, trust
     else:
         device = None
     if dtype is None:
-        on_gpu = (device is not None and device.type == "cuda") or (device is None and torch.cuda.is_available())
+        on_gpu = (device is not None and device.type == "cuda") or (
+            device is None and torch.cuda.is_available()
+        )
         if on_gpu:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
@@ -208,15 +222,25 @@ def _load(name, processor, *, device, dtype, device_map, local_files_only, trust
     def from_pretrained(files_only: bool):
         loaded_processor = processor
         if loaded_processor is None:
-            loaded_processor = AutoProcessor.from_pretrained(source, local_files_only=files_only, **common)
+            loaded_processor = AutoProcessor.from_pretrained(
+                source, local_files_only=files_only, **common
+            )
         model = AutoModelForImageTextToText.from_pretrained(
-            source, device_map=device_map, local_files_only=files_only, **hub.dtype_argument(dtype), **common
+            source,
+            device_map=device_map,
+            local_files_only=files_only,
+            **hub.dtype_argument(dtype),
+            **common,
         )
         return model, loaded_processor
 
     model, loaded_processor = hub.load_cache_first(
-        from_pretrained, name, advice=_ADVICE, what="image-text-to-text model",
-        local_files_only=local_files_only, revision=revision,
+        from_pretrained,
+        name,
+        advice=_ADVICE,
+        what="image-text-to-text model",
+        local_files_only=local_files_only,
+        revision=revision,
     )
     if device_map is None:
         model = model.to(device)
@@ -230,7 +254,9 @@ def _pad_with_eos_if_needed(tokenizer) -> Iterator[None]:
 
     The user's processor is left as it was: the padding token is unset again on exit.
     """
-    if getattr(tokenizer, "pad_token", None) is not None or not getattr(tokenizer, "eos_token", None):
+    if getattr(tokenizer, "pad_token", None) is not None or not getattr(
+        tokenizer, "eos_token", None
+    ):
         yield
         return
     tokenizer.pad_token = tokenizer.eos_token

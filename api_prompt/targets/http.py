@@ -37,8 +37,16 @@ import httpx
 from ..errors import ConfigError, TargetError
 
 __all__ = [
-    "JSONPoster", "RETRY_STATUSES", "MAX_REDIRECTS", "clean_api_key", "header_safe", "redact",
-    "server_message", "retry_after_seconds", "same_origin", "run_coroutine",
+    "JSONPoster",
+    "RETRY_STATUSES",
+    "MAX_REDIRECTS",
+    "clean_api_key",
+    "header_safe",
+    "redact",
+    "server_message",
+    "retry_after_seconds",
+    "same_origin",
+    "run_coroutine",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,8 +60,14 @@ _T = TypeVar("_T")
 class RetryableFailure(Exception):
     """One attempt failed in a way worth another try; ``message`` is the one-line reason."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
-                 kind: str = "http") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        kind: str = "http",
+    ) -> None:
         super().__init__(message)
         self.message, self.status, self.retry_after, self.kind = message, status, retry_after, kind
 
@@ -72,9 +86,20 @@ class JSONPoster:
         rejected: turns a non-retryable 4xx (status, server message) into the TargetError raised.
     """
 
-    def __init__(self, url: str, *, base_url: str, api_key: str | None, timeout: float, max_retries: int,
-                 backoff: float, max_backoff: float, max_concurrency: int, headers: Mapping[str, str],
-                 rejected: Callable[[int, str], TargetError]) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        max_retries: int,
+        backoff: float,
+        max_backoff: float,
+        max_concurrency: int,
+        headers: Mapping[str, str],
+        rejected: Callable[[int, str], TargetError],
+    ) -> None:
         self.url, self.base_url, self.api_key = url, base_url, api_key
         self.timeout, self.max_retries = timeout, max_retries
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -84,18 +109,24 @@ class JSONPoster:
 
     def client(self) -> httpx.AsyncClient:
         """The connection pool for one batch (redirects are followed here, not by httpx)."""
-        limits = httpx.Limits(max_connections=self.max_concurrency,
-                              max_keepalive_connections=self.max_concurrency)
-        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits,
-                                 follow_redirects=False)
+        limits = httpx.Limits(
+            max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+        )
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout), limits=limits, follow_redirects=False
+        )
 
     def redact(self, text: str) -> str:
         return redact(text, self.api_key)
 
     async def post(self, client: httpx.AsyncClient, data: bytes) -> Any:
         """POST with bounded retries; the parsed JSON response, or TargetError."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "api-prompt", **self.headers}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "api-prompt",
+            **self.headers,
+        }
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         attempts = self.max_retries + 1
@@ -106,41 +137,64 @@ class JSONPoster:
                 if attempt + 1 >= attempts:
                     raise self._final_error(failure, attempts) from None
                 delay = self._delay(attempt, failure.retry_after)
-                logger.warning("%s (attempt %d of %d); retrying in %.2f s",
-                               failure.message, attempt + 1, attempts, delay)
+                logger.warning(
+                    "%s (attempt %d of %d); retrying in %.2f s",
+                    failure.message,
+                    attempt + 1,
+                    attempts,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, client: httpx.AsyncClient, data: bytes, headers: dict[str, str]) -> Any:
+    async def _attempt(
+        self, client: httpx.AsyncClient, data: bytes, headers: dict[str, str]
+    ) -> Any:
         """One attempt, redirects included, under one deadline of ``timeout`` seconds."""
         try:
             response = await asyncio.wait_for(self._send(client, data, headers), self.timeout)
         except asyncio.TimeoutError:
-            raise RetryableFailure(f"no complete answer within {self.timeout:g} s", kind="timeout") from None
+            raise RetryableFailure(
+                f"no complete answer within {self.timeout:g} s", kind="timeout"
+            ) from None
         except httpx.TimeoutException:
-            raise RetryableFailure(f"no complete answer within {self.timeout:g} s", kind="timeout") from None
+            raise RetryableFailure(
+                f"no complete answer within {self.timeout:g} s", kind="timeout"
+            ) from None
         except httpx.ConnectError as exc:
-            raise RetryableFailure(f"connection failed ({self._describe(exc)})", kind="connect") from None
+            raise RetryableFailure(
+                f"connection failed ({self._describe(exc)})", kind="connect"
+            ) from None
         except httpx.TransportError as exc:  # broken off, not HTTP, reset by the peer, ...
-            raise RetryableFailure(f"the answer was broken off or not HTTP ({self._describe(exc)})",
-                             kind="broken") from None
+            raise RetryableFailure(
+                f"the answer was broken off or not HTTP ({self._describe(exc)})", kind="broken"
+            ) from None
         status = response.status_code
         if status >= 400:
             message = self.redact(server_message(response.content, response.reason_phrase))
             if status in RETRY_STATUSES or status >= 500:
-                raise RetryableFailure(f"HTTP {status}: {message}", status=status,
-                                 retry_after=retry_after_seconds(response.headers))
+                raise RetryableFailure(
+                    f"HTTP {status}: {message}",
+                    status=status,
+                    retry_after=retry_after_seconds(response.headers),
+                )
             raise self.rejected(status, message)
         if status >= 300:
-            raise TargetError(f"{self.url} answered HTTP {status} without a usable redirect", status=status)
+            raise TargetError(
+                f"{self.url} answered HTTP {status} without a usable redirect", status=status
+            )
         try:
             return json.loads(response.content)
         except ValueError:
             snippet = self.redact(response.content[:200].decode("utf-8", "replace"))
-            raise TargetError(f"{self.url} did not answer with JSON (HTTP {status}): "
-                              f"{' '.join(snippet.split())!r} — check the base URL") from None
+            raise TargetError(
+                f"{self.url} did not answer with JSON (HTTP {status}): "
+                f"{' '.join(snippet.split())!r} — check the base URL"
+            ) from None
 
-    async def _send(self, client: httpx.AsyncClient, data: bytes, headers: dict[str, str]) -> httpx.Response:
+    async def _send(
+        self, client: httpx.AsyncClient, data: bytes, headers: dict[str, str]
+    ) -> httpx.Response:
         """POST, following redirects only within the origin of :attr:`url` (re-sending the POST)."""
         url = httpx.URL(self.url)
         for _ in range(MAX_REDIRECTS + 1):
@@ -150,7 +204,9 @@ class JSONPoster:
             try:
                 location = url.join(response.headers["location"])
             except (httpx.InvalidURL, ValueError):
-                raise TargetError(f"{self.url} redirected to an invalid address", status=response.status_code) from None
+                raise TargetError(
+                    f"{self.url} redirected to an invalid address", status=response.status_code
+                ) from None
             if not same_origin(location, url):
                 raise TargetError(
                     f"{self.url} redirected (HTTP {response.status_code}) to another origin, "
@@ -163,21 +219,29 @@ class JSONPoster:
 
     def _final_error(self, failure: RetryableFailure, attempts: int) -> TargetError:
         if failure.kind == "timeout":
-            return TargetError(f"{self.url} timed out: {failure.message} per attempt, {attempts} attempt(s)")
+            return TargetError(
+                f"{self.url} timed out: {failure.message} per attempt, {attempts} attempt(s)"
+            )
         if failure.kind == "connect":
-            return TargetError(f"cannot reach {self.url}: {failure.message} after {attempts} attempt(s); "
-                               "check --base-url / OPENAI_BASE_URL and that the server runs")
+            return TargetError(
+                f"cannot reach {self.url}: {failure.message} after {attempts} attempt(s); "
+                "check --base-url / OPENAI_BASE_URL and that the server runs"
+            )
         if failure.kind == "broken":
-            return TargetError(f"{self.url} failed: {failure.message} after {attempts} attempt(s); "
-                               "is an OpenAI-compatible HTTP server listening there?")
-        return TargetError(f"{self.url} kept failing after {attempts} attempt(s); last answer {failure.message}",
-                           status=failure.status)
+            return TargetError(
+                f"{self.url} failed: {failure.message} after {attempts} attempt(s); "
+                "is an OpenAI-compatible HTTP server listening there?"
+            )
+        return TargetError(
+            f"{self.url} kept failing after {attempts} attempt(s); last answer {failure.message}",
+            status=failure.status,
+        )
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds before the next attempt: the server's Retry-After when given, else backoff."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_backoff)
-        delay: float = min(self.max_backoff, self.backoff * 2.0 ** attempt)
+        delay: float = min(self.max_backoff, self.backoff * 2.0**attempt)
         return delay * (0.5 + random.random() / 2)  # jitter: between half and the full delay
 
     def _describe(self, exc: BaseException) -> str:
@@ -210,8 +274,10 @@ def clean_api_key(key: str | None) -> str | None:
         return None
     for position, char in enumerate(key, 1):
         if not 0x21 <= ord(char) <= 0x7E:
-            raise ConfigError(f"the API key has a space or control character inside it "
-                              f"(character {position} of {len(key)}); check where it was read from")
+            raise ConfigError(
+                f"the API key has a space or control character inside it "
+                f"(character {position} of {len(key)}); check where it was read from"
+            )
     return key
 
 
@@ -280,7 +346,11 @@ def same_origin(a: httpx.URL | str, b: httpx.URL | str) -> bool:
     """
     a, b = httpx.URL(a), httpx.URL(b)
     default = {"http": 80, "https": 443}
-    return (a.scheme, a.host, a.port or default.get(a.scheme)) == (b.scheme, b.host, b.port or default.get(b.scheme))
+    return (a.scheme, a.host, a.port or default.get(a.scheme)) == (
+        b.scheme,
+        b.host,
+        b.port or default.get(b.scheme),
+    )
 
 
 def run_coroutine(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:

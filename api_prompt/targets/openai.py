@@ -51,8 +51,15 @@ from .http import (
 # them from here keeps working. _run_coroutine is the old private name judge.py imports.
 _run_coroutine = run_coroutine
 
-__all__ = ["OpenAITarget", "encode_image", "answer_text", "clean_api_key", "retry_after_seconds", "same_origin",
-           "server_message"]
+__all__ = [
+    "OpenAITarget",
+    "encode_image",
+    "answer_text",
+    "clean_api_key",
+    "retry_after_seconds",
+    "same_origin",
+    "server_message",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -109,14 +116,20 @@ class OpenAITarget(BaseTarget):
         if not backoff >= 0 or not max_backoff >= 0:
             raise ConfigError("backoff and max_backoff must be >= 0 seconds")
         self.model = str(model).strip()
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+        self.base_url = (
+            (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+        )
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+            raise ConfigError(
+                f"base_url must start with http:// or https://, got {self.base_url!r}"
+            )
         try:
             httpx.URL(self.base_url)
         except (httpx.InvalidURL, ValueError) as exc:
             raise ConfigError(f"base_url {self.base_url!r} is not a valid URL: {exc}") from None
-        self._api_key = clean_api_key(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
+        self._api_key = clean_api_key(
+            api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        )
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
@@ -127,8 +140,10 @@ class OpenAITarget(BaseTarget):
         self.headers = dict(headers or {})
         for name, value in self.headers.items():
             if not header_safe(str(name)) or not header_safe(str(value), allow_space=True):
-                raise ConfigError(f"the header {str(name)[:40]!r} has a character that cannot be "
-                                  "sent in HTTP (a newline or control character)")
+                raise ConfigError(
+                    f"the header {str(name)[:40]!r} has a character that cannot be "
+                    "sent in HTTP (a newline or control character)"
+                )
         self.generation = {"temperature": 0, **generation}
 
     @property
@@ -141,20 +156,27 @@ class OpenAITarget(BaseTarget):
         return f"OpenAITarget(model={self.model!r}, base_url={self.base_url!r}, api_key={key!r})"
 
     def describe(self) -> dict[str, Any]:
-        return {"target": "openai", "target_model": self.model, "base_url": self.base_url,
-                "generation": dict(self.generation)}
+        return {
+            "target": "openai",
+            "target_model": self.model,
+            "base_url": self.base_url,
+            "generation": dict(self.generation),
+        }
 
     # -- answering ---------------------------------------------------------------------------
 
     def answer(self, images, questions, **generation):
         options = {**self.generation, **generation}
-        bodies = [json.dumps(self.build_request(image_list, question, **options)).encode("utf-8")
-                  for image_list, question in zip(images, questions)]
+        bodies = [
+            json.dumps(self.build_request(image_list, question, **options)).encode("utf-8")
+            for image_list, question in zip(images, questions)
+        ]
         return run_coroutine(lambda: self._answer_all(bodies))
 
     async def _answer_all(self, bodies: list[bytes]) -> list[str]:
         limit = asyncio.Semaphore(self.max_concurrency)
         async with self._client() as client:
+
             async def answer_one(body: bytes) -> str:
                 async with limit:
                     return answer_text(await self._post(client, body), redact=self._redact)
@@ -175,7 +197,9 @@ class OpenAITarget(BaseTarget):
     def _client(self) -> httpx.AsyncClient:
         return self._http().client()
 
-    def build_request(self, images: list[Image.Image], question: str, **generation: Any) -> dict[str, Any]:
+    def build_request(
+        self, images: list[Image.Image], question: str, **generation: Any
+    ) -> dict[str, Any]:
         """The JSON body sent for one question (useful to inspect or to log without the key)."""
         fields = dict(generation)
         if "max_new_tokens" in fields:
@@ -199,9 +223,16 @@ class OpenAITarget(BaseTarget):
     def _http(self) -> JSONPoster:
         """The HTTP client with this target's current settings (:mod:`api_prompt.targets.http`)."""
         return JSONPoster(
-            self.url, base_url=self.base_url, api_key=self._api_key, timeout=self.timeout,
-            max_retries=self.max_retries, backoff=self.backoff, max_backoff=self.max_backoff,
-            max_concurrency=self.max_concurrency, headers=self.headers, rejected=self._http_error,
+            self.url,
+            base_url=self.base_url,
+            api_key=self._api_key,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            max_concurrency=self.max_concurrency,
+            headers=self.headers,
+            rejected=self._http_error,
         )
 
     async def _post(self, client: httpx.AsyncClient, data: bytes) -> Any:
@@ -210,17 +241,21 @@ class OpenAITarget(BaseTarget):
 
     def _http_error(self, status: int, message: str) -> TargetError:
         if status in (401, 403):
-            hint = ("the API key was refused" if self._api_key else "no API key was sent")
+            hint = "the API key was refused" if self._api_key else "no API key was sent"
             return TargetError(
                 f"authentication failed at {self.base_url} (HTTP {status}): {message} — {hint}; "
-                "set OPENAI_API_KEY or pass api_key=", status=status,
+                "set OPENAI_API_KEY or pass api_key=",
+                status=status,
             )
         if status == 404:
             return TargetError(
                 f"{self.url} answered 404: {message} — check the base URL (it should end in /v1) "
-                f"and the model name {self.model!r}", status=status,
+                f"and the model name {self.model!r}",
+                status=status,
             )
-        return TargetError(f"the server rejected the request (HTTP {status}): {message}", status=status)
+        return TargetError(
+            f"the server rejected the request (HTTP {status}): {message}", status=status
+        )
 
     def _redact(self, text: str) -> str:
         return redact(text, self._api_key)
@@ -274,6 +309,6 @@ def answer_text(response: Any, *, redact: Callable[[str], str] = lambda text: te
             raise TargetError("the server answered with a tool call instead of text")
         return ""
     snippet = redact(" ".join(json.dumps(content, default=str).split())[:200])
-    raise TargetError(f"the server answered with content of type {type(content).__name__}, not text: {snippet}")
-
-
+    raise TargetError(
+        f"the server answered with content of type {type(content).__name__}, not text: {snippet}"
+    )

@@ -40,11 +40,15 @@ class PromptedTarget:
     images of the latest call, to show or save what the target saw.
     """
 
-    def __init__(self, target: Any, prompter: PrompterOrFunction, mode: str = "prompted", **generation: Any) -> None:
+    def __init__(
+        self, target: Any, prompter: PrompterOrFunction, mode: str = "prompted", **generation: Any
+    ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
         if not callable(prompter):
-            raise ConfigError("prompter must be a Prompter or a function (image, question) -> image")
+            raise ConfigError(
+                "prompter must be a Prompter or a function (image, question) -> image"
+            )
         self.target = as_target(target)
         self.prompter = prompter
         self.mode = mode
@@ -55,7 +59,9 @@ class PromptedTarget:
         """Answer one question about one image, shown to the target through the prompt."""
         return self.batch([image], [question], **generation)[0]
 
-    def batch(self, images: Sequence, questions: Sequence[str] | str, **generation: Any) -> list[str]:
+    def batch(
+        self, images: Sequence, questions: Sequence[str] | str, **generation: Any
+    ) -> list[str]:
         """Answer many questions, one image each (one question may serve every image)."""
         image_lists, questions = normalise_batch(images, questions)
         if any(len(image_list) != 1 for image_list in image_lists):
@@ -74,7 +80,9 @@ class PromptedTarget:
         return f"PromptedTarget({self.target!r}, mode={self.mode!r})"
 
 
-def wrap(target: Any, prompter: PrompterOrFunction, mode: str = "prompted", **generation: Any) -> PromptedTarget:
+def wrap(
+    target: Any, prompter: PrompterOrFunction, mode: str = "prompted", **generation: Any
+) -> PromptedTarget:
     """Make ``target`` answer on attention-prompted images.
 
     Args:
@@ -99,25 +107,35 @@ def wrap(target: Any, prompter: PrompterOrFunction, mode: str = "prompted", **ge
     return PromptedTarget(target, prompter, mode=mode, **generation)
 
 
-def prompt_images(prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Image.Image]:
+def prompt_images(
+    prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]
+) -> list[Image.Image]:
     """The prompted images: one ``prompter.batch(images, queries)`` call when the prompter has
     ``batch``, else one ``prompter(image, query)`` call per image; see :func:`as_image`."""
     return [as_image(result) for result in _prompt_results(prompter, images, queries)]
 
 
-def prompt_image_lists(prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]) -> list[list[Image.Image]]:
+def prompt_image_lists(
+    prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]
+) -> list[list[Image.Image]]:
     """What the target is shown for each image: a :class:`~api_prompt.PromptResult`'s
     ``images`` (several for a style such as ``crop``), or the one prompted image."""
-    return [list(getattr(result, "images", None) or [as_image(result)])
-            for result in _prompt_results(prompter, images, queries)]
+    return [
+        list(getattr(result, "images", None) or [as_image(result)])
+        for result in _prompt_results(prompter, images, queries)
+    ]
 
 
-def _prompt_results(prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]) -> list[Any]:
+def _prompt_results(
+    prompter: PrompterOrFunction, images: Sequence[Image.Image], queries: Sequence[str]
+) -> list[Any]:
     """One ``prompter.batch`` call when the prompter has ``batch``, else one call per image."""
     batch = getattr(prompter, "batch", None)
-    return batch(images, queries) if callable(batch) else [
-        prompter(image, query) for image, query in zip(images, queries)
-    ]
+    return (
+        batch(images, queries)
+        if callable(batch)
+        else [prompter(image, query) for image, query in zip(images, queries)]
+    )
 
 
 def as_image(result: Any) -> Image.Image:

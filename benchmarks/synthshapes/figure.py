@@ -1,6 +1,6 @@
 """The README's picture: input → attention map → prompted image, from the shipped synthetic CLIP.
 
-    python -m benchmarks.synthshapes.figure --out docs/images/pipeline.png
+python -m benchmarks.synthshapes.figure --out docs/images/pipeline.png
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def figure(model_dir: Path = MODEL_DIR, seed: int = 23, n_queries: int = 2) -> I
         query = phrase_caption([target.phrase])
         result = prompter(big, query)
         heat = render_heatmap(big, result.map, colorbar=False)
-        rows.append(side_by_side([big, heat, result.image], ["input", f'map: "{query}"', "prompted image"]))
+        rows.append(
+            side_by_side([big, heat, result.image], ["input", f'map: "{query}"', "prompted image"])
+        )
     canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     top = 0
     for row in rows:

@@ -61,13 +61,23 @@ MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "synthshapes-clip"
 LLAVA_DIR = Path(__file__).resolve().parents[2] / "assets" / "synthshapes-llava"
 #: Generated-token counts compared for decoder maps (1 = the prefill pass alone).
 DECODER_TOKENS = (1, 2, 5, 10, 20)
-EVAL_SEED = 20_241_000  # training uses seeds far below this; see assets/synthshapes-clip/TRAINING.md
+EVAL_SEED = (
+    20_241_000  # training uses seeds far below this; see assets/synthshapes-clip/TRAINING.md
+)
 METHODS = ("psi_cls", "psi_comp_inv", "psi_comp", "mask", "random")
 #: Maps compared for an attention-pooled model: each part with each sign, then masks (enhance +
 #: box filter as the CLIP recipe): the pool part alone, and its soft OR with the token part.
 ATTENTION_POOL_METHODS = (
-    "psi_pool", "psi_pool_neg", "psi_token", "psi_token_neg",
-    "pool_mask", "token_mask", "pool_or_token", "pool_or_token_inv", "pool_or_token_enhanced", "random",
+    "psi_pool",
+    "psi_pool_neg",
+    "psi_token",
+    "psi_token_neg",
+    "pool_mask",
+    "token_mask",
+    "pool_or_token",
+    "pool_or_token_inv",
+    "pool_or_token_enhanced",
+    "random",
 )
 
 
@@ -93,8 +103,9 @@ def candidate_maps(amap, rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def attention_pool_candidates(parts: dict, enhance_coe: float, kernel_size: int,
-                              rng: np.random.Generator) -> dict[str, np.ndarray]:
+def attention_pool_candidates(
+    parts: dict, enhance_coe: float, kernel_size: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """The maps compared for one image of an attention-pooled model, each gh×gw and non-negative."""
     pool, token = parts["psi_pool"], parts["psi_token"]
     pool_enhanced = box_filter(enhance(minmax(pool), enhance_coe), kernel_size)
@@ -107,14 +118,23 @@ def attention_pool_candidates(parts: dict, enhance_coe: float, kernel_size: int,
         "pool_mask": minmax(pool_enhanced),
         "token_mask": minmax(token_enhanced),
         "pool_or_token": minmax(soft_or(pool_enhanced, box_filter(minmax(token), kernel_size))),
-        "pool_or_token_inv": minmax(soft_or(pool_enhanced, box_filter(minmax(token, invert=True), kernel_size))),
+        "pool_or_token_inv": minmax(
+            soft_or(pool_enhanced, box_filter(minmax(token, invert=True), kernel_size))
+        ),
         "pool_or_token_enhanced": minmax(soft_or(pool_enhanced, token_enhanced)),
         "random": rng.random(pool.shape).astype(np.float32),
     }
 
 
-def evaluate_attention_pool(model_dir: Path, n_scenes: int, n_objects: int, enhance_coe: float,
-                            kernel_size: int, batch_size: int = 64, seed: int = EVAL_SEED) -> dict:
+def evaluate_attention_pool(
+    model_dir: Path,
+    n_scenes: int,
+    n_objects: int,
+    enhance_coe: float,
+    kernel_size: int,
+    batch_size: int = 64,
+    seed: int = EVAL_SEED,
+) -> dict:
     """As :func:`evaluate`, for a model whose image tower is pooled by attention (SigLIP style)."""
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
     model.eval()
@@ -122,11 +142,15 @@ def evaluate_attention_pool(model_dir: Path, n_scenes: int, n_objects: int, enha
     decomposition = AttentionPoolDecomposition()
     reason = decomposition.unsupported_reason(model.visual)
     if reason is not None:
-        raise SystemExit(f"error: {model_dir} cannot be explained by the attention-pool decomposition: {reason}")
+        raise SystemExit(
+            f"error: {model_dir} cannot be explained by the attention-pool decomposition: {reason}"
+        )
     n_blocks = decomposition.n_layers(model.visual)
     pairs = held_out_queries(n_scenes, n_objects, seed)
     with torch.no_grad():
-        text = model.encode_text(tokenizer([phrase_caption([target.phrase]) for _, target in pairs]))
+        text = model.encode_text(
+            tokenizer([phrase_caption([target.phrase]) for _, target in pairs])
+        )
     text = torch.nn.functional.normalize(text.float(), dim=-1)
     pixels = torch.stack([preprocess(scene.image) for scene, _ in pairs])
 
@@ -140,7 +164,9 @@ def evaluate_attention_pool(model_dir: Path, n_scenes: int, n_objects: int, enha
             parts = {name: part.numpy() for name, part in parts.items()}
             for i, (scene, target) in enumerate(pairs[batch]):
                 one = {name: part[i] for name, part in parts.items()}
-                for method, grid_map in attention_pool_candidates(one, enhance_coe, kernel_size, rng).items():
+                for method, grid_map in attention_pool_candidates(
+                    one, enhance_coe, kernel_size, rng
+                ).items():
                     scores[method].append(score(grid_map, target.box, scene.size))
         results[layer] = {
             method: {
@@ -167,8 +193,15 @@ def score(grid_map: np.ndarray, box, image_size: int) -> tuple[float, float]:
     return hit, (inside / total if total > 0 else 0.0)
 
 
-def evaluate(model_dir: Path, n_scenes: int, n_objects: int, enhance: float, kernel_size: int,
-             batch_size: int = 64, seed: int = EVAL_SEED) -> dict:
+def evaluate(
+    model_dir: Path,
+    n_scenes: int,
+    n_objects: int,
+    enhance: float,
+    kernel_size: int,
+    batch_size: int = 64,
+    seed: int = EVAL_SEED,
+) -> dict:
     """Per layer and method: mean pointing game and mass share over the held-out queries."""
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
@@ -180,8 +213,14 @@ def evaluate(model_dir: Path, n_scenes: int, n_objects: int, enhance: float, ker
     results: dict = {}
     for layer in range(n_blocks):
         attributor = CLIPAttributor(
-            model, preprocess=preprocess, tokenizer=tokenizer, layer=layer, enhance=enhance,
-            kernel_size=kernel_size, device="cpu", batch_size=batch_size,
+            model,
+            preprocess=preprocess,
+            tokenizer=tokenizer,
+            layer=layer,
+            enhance=enhance,
+            kernel_size=kernel_size,
+            device="cpu",
+            batch_size=batch_size,
         )
         maps = attributor(images, queries)
         rng = np.random.default_rng(seed + layer)
@@ -218,7 +257,9 @@ def on_any_object(grid_map: np.ndarray, scene) -> float:
     return max(score(grid_map, obj.box, scene.size)[0] for obj in scene.objects)
 
 
-def decoder_maps(attributor, images: list, queries: list[str], layers, tokens) -> tuple[dict, list[str]]:
+def decoder_maps(
+    attributor, images: list, queries: list[str], layers, tokens
+) -> tuple[dict, list[str]]:
     """``{(layer, k): [map per image]}`` for every layer and generated-token count ``k``, from one
     greedy generation per batch with the backend's capture hook on every layer at once.
 
@@ -238,39 +279,70 @@ def decoder_maps(attributor, images: list, queries: list[str], layers, tokens) -
     answers: list[str] = []
     longest = max(tokens)
     for start in range(0, len(images), attributor.batch_size):
-        batch_images = [image.convert("RGB") for image in images[start:start + attributor.batch_size]]
-        batch_queries = queries[start:start + attributor.batch_size]
+        batch_images = [
+            image.convert("RGB") for image in images[start : start + attributor.batch_size]
+        ]
+        batch_queries = queries[start : start + attributor.batch_size]
         inputs, geometry = attributor._prepare(batch_images, batch_queries)
         keys = attributor._image_keys(inputs, geometry)
-        captures = {layer: LastRowCapture(attributor.decoder_layers[layer].self_attn, keys,
-                                          inputs["input_ids"].shape[1], attributor._rotary)
-                    for layer in layers}
+        captures = {
+            layer: LastRowCapture(
+                attributor.decoder_layers[layer].self_attn,
+                keys,
+                inputs["input_ids"].shape[1],
+                attributor._rotary,
+            )
+            for layer in layers
+        }
         eos_ids = attributor._eos_ids()
-        with torch.inference_mode(), eval_mode(attributor.model), generation_state(attributor.model), \
-                temporary_hooks() as handles:
+        with (
+            torch.inference_mode(),
+            eval_mode(attributor.model),
+            generation_state(attributor.model),
+            temporary_hooks() as handles,
+        ):
             for layer, capture in captures.items():
-                handles.append(attributor.decoder_layers[layer].self_attn.register_forward_pre_hook(
-                    capture, with_kwargs=True))
+                handles.append(
+                    attributor.decoder_layers[layer].self_attn.register_forward_pre_hook(
+                        capture, with_kwargs=True
+                    )
+                )
             sequences = attributor.model.generate(
-                **inputs, max_new_tokens=longest, do_sample=False, num_beams=1, use_cache=True,
-                eos_token_id=eos_ids, pad_token_id=attributor._pad_id(eos_ids))
-        generated = sequences[:, inputs["input_ids"].shape[1]:].cpu()
+                **inputs,
+                max_new_tokens=longest,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                eos_token_id=eos_ids,
+                pad_token_id=attributor._pad_id(eos_ids),
+            )
+        generated = sequences[:, inputs["input_ids"].shape[1] :].cpu()
         valid = keys.valid.cpu()
         for row in range(len(batch_images)):
             length = answer_length(generated[row], eos_ids, limit=longest)
-            answers.append(attributor.processor.tokenizer.decode(
-                generated[row][:length], skip_special_tokens=True).strip())
+            answers.append(
+                attributor.processor.tokenizer.decode(
+                    generated[row][:length], skip_special_tokens=True
+                ).strip()
+            )
             for layer, capture in captures.items():
                 passes = torch.stack(capture.passes).float().cpu()[:, row][:, valid[row]]
                 for k in tokens:
-                    attention = passes[:min(k, length)].mean(dim=0)
+                    attention = passes[: min(k, length)].mean(dim=0)
                     parts, _, _ = attributor._to_map(attention, keys.layouts[row], geometry[row])
                     out[(layer, k)].append(np.asarray(parts["attention"], dtype=np.float32))
     return out, answers
 
 
-def evaluate_decoder(model_dir: Path, n_scenes: int, n_objects: int, tokens=DECODER_TOKENS,
-                     batch_size: int = 50, seed: int = EVAL_SEED, layers=None) -> dict:
+def evaluate_decoder(
+    model_dir: Path,
+    n_scenes: int,
+    n_objects: int,
+    tokens=DECODER_TOKENS,
+    batch_size: int = 50,
+    seed: int = EVAL_SEED,
+    layers=None,
+) -> dict:
     """Per decoder layer and generated-token count: pointing game, mass in box, and the share of
     maps whose arg-max is on any object; plus the random-map and random-object baselines."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -291,34 +363,51 @@ def evaluate_decoder(model_dir: Path, n_scenes: int, n_objects: int, tokens=DECO
     for layer in layers:
         results[layer] = {}
         for count in tokens:
-            values = [(*score(grid_map, target.box, scene.size), on_any_object(grid_map, scene))
-                      for grid_map, (scene, target) in zip(maps[(layer, count)], pairs)]
+            values = [
+                (*score(grid_map, target.box, scene.size), on_any_object(grid_map, scene))
+                for grid_map, (scene, target) in zip(maps[(layer, count)], pairs)
+            ]
             results[layer][count] = {
                 "pointing_game": float(np.mean([v[0] for v in values])),
                 "mass_in_box": float(np.mean([v[1] for v in values])),
                 "on_any_object": float(np.mean([v[2] for v in values])),
             }
-    named = [target.color in words and target.shape in words
-             for answer, (_, target) in zip(answers, pairs)
-             for words in [answer.replace(".", " ").split()]]
-    grid = int(round(model.config.image_seq_length ** 0.5))
+    named = [
+        target.color in words and target.shape in words
+        for answer, (_, target) in zip(answers, pairs)
+        for words in [answer.replace(".", " ").split()]
+    ]
+    grid = int(round(model.config.image_seq_length**0.5))
     rng = np.random.default_rng(seed)
     baselines = {}
-    for name, make in (("random", lambda scene: rng.random((grid, grid)).astype(np.float32)),
-                       ("random_object", lambda scene: random_object_map(scene, grid, rng))):
+    for name, make in (
+        ("random", lambda scene: rng.random((grid, grid)).astype(np.float32)),
+        ("random_object", lambda scene: random_object_map(scene, grid, rng)),
+    ):
         values = [score(make(scene), target.box, scene.size) for scene, target in pairs]
-        baselines[name] = {"pointing_game": float(np.mean([v[0] for v in values])),
-                           "mass_in_box": float(np.mean([v[1] for v in values]))}
-    return {"n_layers": n_layers, "tokens": list(tokens), "layers": results, "baselines": baselines,
-            "answer_names_object": float(np.mean(named)), "answers": answers[:5], "grid": grid}
+        baselines[name] = {
+            "pointing_game": float(np.mean([v[0] for v in values])),
+            "mass_in_box": float(np.mean([v[1] for v in values])),
+        }
+    return {
+        "n_layers": n_layers,
+        "tokens": list(tokens),
+        "layers": results,
+        "baselines": baselines,
+        "answer_names_object": float(np.mean(named)),
+        "answers": answers[:5],
+        "grid": grid,
+    }
 
 
 def decoder_markdown_table(results: dict, metric: str) -> str:
     tokens = results["tokens"]
     header = "| layer L' | " + " | ".join(f"{t} token{'s' if t > 1 else ''}" for t in tokens) + " |"
     rule = "|---" * (len(tokens) + 1) + "|"
-    rows = [f"| {layer} | " + " | ".join(f"{by_count[t][metric]:.3f}" for t in tokens) + " |"
-            for layer, by_count in results["layers"].items()]
+    rows = [
+        f"| {layer} | " + " | ".join(f"{by_count[t][metric]:.3f}" for t in tokens) + " |"
+        for layer, by_count in results["layers"].items()
+    ]
     return "\n".join([header, rule, *rows])
 
 
@@ -341,9 +430,16 @@ def plot(results: dict, path: Path) -> None:
 
     layers = list(results["layers"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, metric, title in zip(axes, ("pointing_game", "mass_in_box"), ("Pointing game", "Mass inside the box")):
+    for ax, metric, title in zip(
+        axes, ("pointing_game", "mass_in_box"), ("Pointing game", "Mass inside the box")
+    ):
         for method in results.get("methods", METHODS):
-            ax.plot(layers, [results["layers"][layer][method][metric] for layer in layers], marker="o", label=method)
+            ax.plot(
+                layers,
+                [results["layers"][layer][method][metric] for layer in layers],
+                marker="o",
+                label=method,
+            )
         ax.set_xlabel("layer L' (0-based block)")
         ax.set_title(title)
         ax.set_xticks(layers)
@@ -356,15 +452,30 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("clip", "llava"), default="clip",
-                        help="clip: the open_clip model's maps; llava: a LLaVA folder's decoder maps")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="local-dir model folder (default: assets/synthshapes-clip, or "
-                        "assets/synthshapes-llava with --backend llava)")
-    parser.add_argument("--clip-model", type=Path, default=MODEL_DIR,
-                        help="with --backend llava: the CLIP compared on the same scenes")
-    parser.add_argument("--tokens", default=",".join(map(str, DECODER_TOKENS)),
-                        help="with --backend llava: generated-token counts, comma-separated")
+    parser.add_argument(
+        "--backend",
+        choices=("clip", "llava"),
+        default="clip",
+        help="clip: the open_clip model's maps; llava: a LLaVA folder's decoder maps",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="local-dir model folder (default: assets/synthshapes-clip, or "
+        "assets/synthshapes-llava with --backend llava)",
+    )
+    parser.add_argument(
+        "--clip-model",
+        type=Path,
+        default=MODEL_DIR,
+        help="with --backend llava: the CLIP compared on the same scenes",
+    )
+    parser.add_argument(
+        "--tokens",
+        default=",".join(map(str, DECODER_TOKENS)),
+        help="with --backend llava: generated-token counts, comma-separated",
+    )
     parser.add_argument("--scenes", type=int, default=300, help="held-out scenes (one query each)")
     parser.add_argument("--objects", type=int, default=3, help="objects per scene")
     parser.add_argument("--enhance", type=float, default=10.0)
@@ -383,13 +494,17 @@ def main() -> None:
     with open(args.model / "open_clip_config.json") as config:
         attention_pooled = "timm_model_name" in json.load(config)["model_cfg"]["vision_cfg"]
     run = evaluate_attention_pool if attention_pooled else evaluate
-    results = run(args.model, args.scenes, args.objects, args.enhance, args.kernel_size, seed=args.seed)
+    results = run(
+        args.model, args.scenes, args.objects, args.enhance, args.kernel_size, seed=args.seed
+    )
     results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "localization.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / "localization.png")
-    print(f"{args.scenes} held-out scenes with {args.objects} objects, coe {args.enhance}, k {args.kernel_size}"
-          f" ({time.perf_counter() - started:.0f} s)\n")
+    print(
+        f"{args.scenes} held-out scenes with {args.objects} objects, coe {args.enhance}, k {args.kernel_size}"
+        f" ({time.perf_counter() - started:.0f} s)\n"
+    )
     print("Pointing game\n\n" + markdown_table(results, "pointing_game") + "\n")
     print("Mass inside the box\n\n" + markdown_table(results, "mass_in_box"))
 
@@ -398,16 +513,23 @@ def run_decoder(args, started: float) -> None:
     model = args.model or LLAVA_DIR
     tokens = tuple(int(t) for t in args.tokens.split(","))
     results = evaluate_decoder(model, args.scenes, args.objects, tokens, seed=args.seed)
-    results["clip"] = evaluate(args.clip_model, args.scenes, args.objects, args.enhance, args.kernel_size,
-                               seed=args.seed)
+    results["clip"] = evaluate(
+        args.clip_model, args.scenes, args.objects, args.enhance, args.kernel_size, seed=args.seed
+    )
     results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "localization.json").write_text(json.dumps(results, indent=2))
     clip_layers = results["clip"]["layers"]
-    print(f"{args.scenes} held-out scenes with {args.objects} objects, decoder {model}, questions "
-          f"'Describe the <color> <shape>.' ({time.perf_counter() - started:.0f} s)\n")
+    print(
+        f"{args.scenes} held-out scenes with {args.objects} objects, decoder {model}, questions "
+        f"'Describe the <color> <shape>.' ({time.perf_counter() - started:.0f} s)\n"
+    )
     for metric in ("pointing_game", "on_any_object", "mass_in_box"):
-        print(f"Decoder {metric} (layers x generated tokens)\n\n" + decoder_markdown_table(results, metric) + "\n")
+        print(
+            f"Decoder {metric} (layers x generated tokens)\n\n"
+            + decoder_markdown_table(results, metric)
+            + "\n"
+        )
     base = results["baselines"]
     print("Baselines and CLIP on the same scenes (pointing game / mass in box)\n")
     print("| map | pointing game | mass in box |\n|---|---|---|")
@@ -415,9 +537,13 @@ def run_decoder(args, started: float) -> None:
         print(f"| {name} | {entry['pointing_game']:.3f} | {entry['mass_in_box']:.3f} |")
     for layer, scores in clip_layers.items():
         for method in ("psi_cls", "mask"):
-            print(f"| CLIP {method} L'={layer} | {scores[method]['pointing_game']:.3f} | "
-                  f"{scores[method]['mass_in_box']:.3f} |")
-    print(f"\nshare of 20-token answers naming the queried object: {results['answer_names_object']:.3f}")
+            print(
+                f"| CLIP {method} L'={layer} | {scores[method]['pointing_game']:.3f} | "
+                f"{scores[method]['mass_in_box']:.3f} |"
+            )
+    print(
+        f"\nshare of 20-token answers naming the queried object: {results['answer_names_object']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,11 @@ VARIANTS = ("default", "small")
 def make_question(index: int, variant: str = "default") -> tuple[dict, object]:
     """``(row, scene)`` for question ``index`` of ``variant`` (a pure function of both)."""
     template = "colour" if index % 2 == 0 else "shape"
-    seed, scene_options = (SEED, {"size": IMAGE_SIZE, "n_objects": N_OBJECTS}) if variant == "default" \
+    seed, scene_options = (
+        (SEED, {"size": IMAGE_SIZE, "n_objects": N_OBJECTS})
+        if variant == "default"
         else (SMALL_SEED, SMALL)
+    )
     for attempt in range(1000):
         rng = np.random.default_rng((seed, index, attempt))
         scene = make_scene(rng, **scene_options)
@@ -74,7 +77,11 @@ def make_question(index: int, variant: str = "default") -> tuple[dict, object]:
         chosen = candidates[int(rng.integers(len(candidates)))]
         if template == "colour":
             question = f"What colour is the {chosen.shape}?"
-            in_scene = list(dict.fromkeys(o.color for o in objects if o is not chosen and o.color != chosen.color))
+            in_scene = list(
+                dict.fromkeys(
+                    o.color for o in objects if o is not chosen and o.color != chosen.color
+                )
+            )
             others = [c for c in COLORS if c != chosen.color and c not in in_scene]
             rng.shuffle(others)
             distractors = (in_scene + others)[: N_COLOUR_OPTIONS - 1]
@@ -107,7 +114,9 @@ def write_benchmark(out: Path, n_questions: int = N_QUESTIONS, variant: str = "d
         raise ValueError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    path = out / ("synthshapes_mcq.jsonl" if variant == "default" else "synthshapes_mcq_small.jsonl")
+    path = out / (
+        "synthshapes_mcq.jsonl" if variant == "default" else "synthshapes_mcq_small.jsonl"
+    )
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(n_questions):
             row, scene = make_question(index, variant)
@@ -119,9 +128,15 @@ def write_benchmark(out: Path, n_questions: int = N_QUESTIONS, variant: str = "d
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--n", type=int, default=N_QUESTIONS, help=f"questions (default {N_QUESTIONS})")
-    parser.add_argument("--variant", choices=VARIANTS, default="default",
-                        help="default (64 px scenes) or small (160 px scenes, small objects)")
+    parser.add_argument(
+        "--n", type=int, default=N_QUESTIONS, help=f"questions (default {N_QUESTIONS})"
+    )
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="default",
+        help="default (64 px scenes) or small (160 px scenes, small objects)",
+    )
     args = parser.parse_args(argv)
     path = write_benchmark(args.out, args.n, args.variant)
     print(f"wrote {args.n} questions to {path}")

@@ -72,8 +72,8 @@ def psi_cls(model, images: torch.Tensor, text_feats: torch.Tensor, layer: int | 
     q = q.view(B, N, H, d).transpose(1, 2)
     k = k.view(B, N, H, d).transpose(1, 2)
     v = v.view(B, N, H, d).transpose(1, 2)
-    a = torch.softmax((q[:, :, :1] @ k.transpose(-1, -2)) / d ** 0.5, dim=-1)  # [B,H,1,N]
-    contrib = (a.squeeze(2).unsqueeze(-1) * v)  # [B,H,N,d]
+    a = torch.softmax((q[:, :, :1] @ k.transpose(-1, -2)) / d**0.5, dim=-1)  # [B,H,1,N]
+    contrib = a.squeeze(2).unsqueeze(-1) * v  # [B,H,N,d]
     contrib = contrib.transpose(1, 2).reshape(B, N, D) @ attn.out_proj.weight.t()  # [B,N,D]
     # ls_1 is identity for these models; constant offsets and positive scales drop out.
     z = (visual.ln_post.weight * contrib) @ visual.proj  # [B,N,E]
@@ -86,12 +86,21 @@ def _to_batch(preprocess, images):
     return torch.stack([preprocess(im) for im in images])
 
 
-def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: int = 200,
-            scene_size: int | None = None) -> dict:
+def run_all(
+    model_name: str,
+    seed: int = 12345,
+    n_single: int = 200,
+    n_multi: int = 200,
+    scene_size: int | None = None,
+) -> dict:
     """Retrieval checks, and for open_clip ViTs the raw Ψcls pointing game. Scenes are drawn at
     ``scene_size`` (default: the model's input size) and resized by the model's preprocess."""
     model, preprocess, tokenizer = _load(model_name)
-    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    size = (
+        model.visual.image_size[0]
+        if isinstance(model.visual.image_size, tuple)
+        else model.visual.image_size
+    )
     size = scene_size or size
     captions = [phrase_caption([p]) for p in PHRASES]
     tf = _text_features(model, tokenizer, captions)
@@ -105,8 +114,12 @@ def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: in
     pred = (imf @ tf.t()).argmax(1).numpy()
     truth = np.array([PHRASES.index(s.objects[0].phrase) for s in singles])
     acc1 = float((pred == truth).mean())
-    col_ok = float(np.mean([PHRASES[p].split()[0] == PHRASES[t].split()[0] for p, t in zip(pred, truth)]))
-    shp_ok = float(np.mean([PHRASES[p].split()[1] == PHRASES[t].split()[1] for p, t in zip(pred, truth)]))
+    col_ok = float(
+        np.mean([PHRASES[p].split()[0] == PHRASES[t].split()[0] for p, t in zip(pred, truth)])
+    )
+    shp_ok = float(
+        np.mean([PHRASES[p].split()[1] == PHRASES[t].split()[1] for p, t in zip(pred, truth)])
+    )
 
     # 3-object scenes: top-3 recall and Ψcls pointing game
     multis = [make_scene(rng, size=size, n_objects=3) for _ in range(n_multi)]
@@ -115,8 +128,14 @@ def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: in
         imf = model.encode_image(x)
         imf = imf / imf.norm(dim=-1, keepdim=True)
     top3 = (imf @ tf.t()).topk(3, dim=1).indices.numpy()
-    rec3 = float(np.mean([len({PHRASES[i] for i in t} & set(s.phrases())) / len(s.objects)
-                          for t, s in zip(top3, multis)]))
+    rec3 = float(
+        np.mean(
+            [
+                len({PHRASES[i] for i in t} & set(s.phrases())) / len(s.objects)
+                for t, s in zip(top3, multis)
+            ]
+        )
+    )
     hits, hits_overlap, total = 0, 0, 0
     P = None
     has_class_token = hasattr(model.visual, "transformer")  # timm towers: see localize.py instead
@@ -134,12 +153,17 @@ def run_all(model_name: str, seed: int = 12345, n_single: int = 200, n_multi: in
             cx, cy = (c + 0.5) * cell, (r + 0.5) * cell
             x0, y0, x1, y1 = s.objects[oi].box
             hits += int(x0 <= cx < x1 and y0 <= cy < y1)
-            hits_overlap += int(c * cell < x1 and (c + 1) * cell > x0
-                                and r * cell < y1 and (r + 1) * cell > y0)
+            hits_overlap += int(
+                c * cell < x1 and (c + 1) * cell > x0 and r * cell < y1 and (r + 1) * cell > y0
+            )
             total += 1
     pg = hits / total if total else None
     pg_overlap = hits_overlap / total if total else None
-    n_blocks = len(model.visual.transformer.resblocks) if has_class_token else len(model.visual.trunk.blocks)
+    n_blocks = (
+        len(model.visual.transformer.resblocks)
+        if has_class_token
+        else len(model.visual.trunk.blocks)
+    )
     res = {
         "seed": seed,
         "retrieval_1obj_top1": acc1,

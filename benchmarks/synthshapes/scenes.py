@@ -170,6 +170,7 @@ def phrase_caption(phrases: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------- geometry
 
+
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Box, fill, scale: int) -> None:
     x0, y0, x1, y1 = (v * scale for v in box)
     if shape == "circle":
@@ -200,8 +201,10 @@ def _boxes_clear(box: Box, others: Sequence[Box], gap: int) -> bool:
 
 # --------------------------------------------------------------------------- background
 
+
 def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
     """Low-saturation background, float32 HxWx3 in 0..255."""
+
     def gray() -> np.ndarray:
         level = rng.uniform(70.0, 200.0)
         tint = rng.uniform(-12.0, 12.0, size=3)  # slight warm/cool cast, stays gray-ish
@@ -230,9 +233,13 @@ def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ scenes
 
-def render_scene(objects: Sequence[ShapeObject], size: int = 64,
-                 rng: np.random.Generator | None = None,
-                 background: str = "plain") -> Scene:
+
+def render_scene(
+    objects: Sequence[ShapeObject],
+    size: int = 64,
+    rng: np.random.Generator | None = None,
+    background: str = "plain",
+) -> Scene:
     """Render given objects (boxes must lie inside the image and not overlap) on a
     background of kind ``background`` drawn from ``rng`` (default: seed 0)."""
     rng = np.random.default_rng(0) if rng is None else rng
@@ -257,12 +264,18 @@ def render_scene(objects: Sequence[ShapeObject], size: int = 64,
     return Scene(image=img, objects=list(objects), size=size, background=background)
 
 
-def make_scene(rng: np.random.Generator, size: int = 64,
-               n_objects: int | tuple[int, int] = (1, 3),
-               min_side: int | None = None, max_side: int | None = None,
-               gap: int = 2, distinct: bool = True,
-               shapes: Sequence[str] = SHAPES, colors: Sequence[str] = COLORS,
-               background: str | None = None) -> Scene:
+def make_scene(
+    rng: np.random.Generator,
+    size: int = 64,
+    n_objects: int | tuple[int, int] = (1, 3),
+    min_side: int | None = None,
+    max_side: int | None = None,
+    gap: int = 2,
+    distinct: bool = True,
+    shapes: Sequence[str] = SHAPES,
+    colors: Sequence[str] = COLORS,
+    background: str | None = None,
+) -> Scene:
     """Draw a random scene.
 
     Args:
@@ -321,8 +334,13 @@ def scene_from_seed(seed: int, **kwargs) -> Scene:
     return make_scene(np.random.default_rng(seed), **kwargs)
 
 
-def caption_for(scene: Scene, rng: np.random.Generator, p_single: float = 0.7,
-                max_named: int | None = None, shuffle: bool = True) -> str:
+def caption_for(
+    scene: Scene,
+    rng: np.random.Generator,
+    p_single: float = 0.7,
+    max_named: int | None = None,
+    shuffle: bool = True,
+) -> str:
     """A caption naming a random non-empty subset of the scene's objects.
 
     With probability ``p_single`` (or always, for 1-object scenes) one object is named

@@ -116,6 +116,7 @@ def preprocess_config(image_size: int) -> dict:
 
 # ----------------------------------------------------------------------------- data
 
+
 def _named_indices(n: int, rng: np.random.Generator, p_single: float, must: int | None = None):
     """Indices of the objects a caption names (random order); includes ``must`` if given."""
     if n == 1 or rng.random() < p_single:
@@ -171,8 +172,14 @@ def _perturb(objs: list[ShapeObject], rng: np.random.Generator):
     return new, k
 
 
-def sample_batch(rng: np.random.Generator, batch_size: int, size: int, n_objects, p_single: float,
-                 hard_frac: float):
+def sample_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    size: int,
+    n_objects,
+    p_single: float,
+    hard_frac: float,
+):
     """Returns (uint8 images [B,H,W,3], captions, named sets, present sets)."""
     images, captions, named, present = [], [], [], []
 
@@ -204,13 +211,20 @@ def resize_batch(images_u8: np.ndarray, size: int) -> np.ndarray:
         return images_u8
     from PIL import Image
 
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images_u8])
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images_u8]
+    )
 
 
 def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 [B,H,W,3] -> normalised float [B,3,H,W] (same as the open_clip preprocess for
     images already at model size)."""
-    x = torch.from_numpy(np.array(images_u8, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = (
+        torch.from_numpy(np.array(images_u8, dtype=np.uint8))
+        .permute(0, 3, 1, 2)
+        .float()
+        .div_(255.0)
+    )
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -218,8 +232,10 @@ def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- loss
 
-def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                             pos: torch.Tensor):
+
+def multi_positive_clip_loss(
+    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, pos: torch.Tensor
+):
     """Symmetric contrastive loss with uniform soft targets over positives.
 
     ``pos[i, j]`` is True when caption j is true of image i (diagonal always True).
@@ -229,8 +245,10 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: 
     posf = pos.float()
     t_i2t = posf / posf.sum(1, keepdim=True)
     t_t2i = posf.t() / posf.t().sum(1, keepdim=True)
-    loss = 0.5 * (-(t_i2t * F.log_softmax(logits, 1)).sum(1).mean()
-                  - (t_t2i * F.log_softmax(logits.t(), 1)).sum(1).mean())
+    loss = 0.5 * (
+        -(t_i2t * F.log_softmax(logits, 1)).sum(1).mean()
+        - (t_t2i * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    )
     with torch.no_grad():
         labels = torch.arange(len(img))
         plain = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
@@ -238,8 +256,13 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: 
     return loss, plain.item(), acc.item()
 
 
-def multi_positive_sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                                logit_bias: torch.Tensor, pos: torch.Tensor):
+def multi_positive_sigmoid_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    pos: torch.Tensor,
+):
     """The SigLIP pairwise sigmoid loss with the known ground truth as labels.
 
     Every (image i, caption j) pair is a binary problem with label +1 when ``pos[i, j]`` (caption j
@@ -259,14 +282,17 @@ def multi_positive_sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, logit_scal
 
 # ----------------------------------------------------------------------------- saving
 
+
 def save_model(model, args, out: Path, fp16: bool = True) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"model_cfg": model_config(args), "preprocess_cfg": preprocess_config(args.image_size)}
     (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    sd = {k: (v.detach().half() if fp16 and v.is_floating_point() else v.detach()).contiguous()
-          for k, v in model.state_dict().items()}
+    sd = {
+        k: (v.detach().half() if fp16 and v.is_floating_point() else v.detach()).contiguous()
+        for k, v in model.state_dict().items()
+    }
     tmp = out / "open_clip_model.safetensors.tmp"
     save_file(sd, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)
@@ -275,6 +301,7 @@ def save_model(model, args, out: Path, fp16: bool = True) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3000)
@@ -282,9 +309,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--out", type=Path, default=Path("assets/synthshapes-clip"))
-    p.add_argument("--log", type=Path, default=None,
-                   help="loss log file (default /tmp/synthshapes_train.log); copied to "
-                   "OUT/train_log.tsv at the end")
+    p.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        help="loss log file (default /tmp/synthshapes_train.log); copied to "
+        "OUT/train_log.tsv at the end",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=1e-5)
     p.add_argument("--warmup", type=int, default=150)
@@ -304,25 +335,40 @@ def parse_args(argv=None):
     p.add_argument("--context-length", type=int, default=32)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--loss", choices=("contrastive", "sigmoid"), default="contrastive",
-                   help="contrastive: CLIP softmax loss; sigmoid: SigLIP pairwise sigmoid loss")
-    p.add_argument("--timm-model", default=None,
-                   help="build the image tower as this timm model (open_clip timm_model_name) "
-                   "instead of open_clip's ViT; --vision-* then do not apply")
+    p.add_argument(
+        "--loss",
+        choices=("contrastive", "sigmoid"),
+        default="contrastive",
+        help="contrastive: CLIP softmax loss; sigmoid: SigLIP pairwise sigmoid loss",
+    )
+    p.add_argument(
+        "--timm-model",
+        default=None,
+        help="build the image tower as this timm model (open_clip timm_model_name) "
+        "instead of open_clip's ViT; --vision-* then do not apply",
+    )
     p.add_argument("--timm-pool", default="map", help="open_clip timm_pool (map = attention pool)")
     p.add_argument("--timm-proj", default="none", help="open_clip timm_proj")
-    p.add_argument("--scene-size", type=int, default=None,
-                   help="render scenes at this size and resize them (bicubic) to --image-size, "
-                   "as the eval transform does (default: --image-size)")
+    p.add_argument(
+        "--scene-size",
+        type=int,
+        default=None,
+        help="render scenes at this size and resize them (bicubic) to --image-size, "
+        "as the eval transform does (default: --image-size)",
+    )
     p.add_argument("--init-logit-bias", type=float, default=-10.0, help="sigmoid loss only")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16)")
     p.add_argument("--eval-seed", type=int, default=12345)
     p.add_argument("--no-eval", action="store_true")
-    p.add_argument("--time-budget", type=float, default=0.0,
-                   help="wall-clock budget in minutes (0 = off). The schedule's progress is then "
-                   "max(step/steps, elapsed/budget) and training stops when it reaches 1, so the "
-                   "warmup+cosine schedule always completes within the budget; the steps actually "
-                   "run depend on machine speed and are recorded")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        help="wall-clock budget in minutes (0 = off). The schedule's progress is then "
+        "max(step/steps, elapsed/budget) and training stops when it reaches 1, so the "
+        "warmup+cosine schedule always completes within the budget; the steps actually "
+        "run depend on machine speed and are recorded",
+    )
     return p.parse_args(argv)
 
 
@@ -351,12 +397,25 @@ def main(argv=None):
 
     decay, no_decay = [], []
     for n, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "logit_scale" in n or "ln" in n or "bias" in n
-         or "embedding" in n or any(k in n for k in ("norm", "pos_embed", "cls_token", "latent"))
-         else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+        (
+            no_decay
+            if p.ndim < 2
+            or "logit_scale" in n
+            or "ln" in n
+            or "bias" in n
+            or "embedding" in n
+            or any(k in n for k in ("norm", "pos_embed", "cls_token", "latent"))
+            else decay
+        ).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
     def lr_at(step, progress=None):
         """Linear warmup over ``warmup`` steps, then cosine decay over the remaining progress."""
@@ -392,12 +451,18 @@ def main(argv=None):
                 log(f"# time budget reached after {step} steps")
                 break
         imgs, caps, named, present = sample_batch(
-            rng, args.batch_size, scene_size, (args.min_objects, args.max_objects),
-            args.p_single, args.hard_frac)
+            rng,
+            args.batch_size,
+            scene_size,
+            (args.min_objects, args.max_objects),
+            args.p_single,
+            args.hard_frac,
+        )
         x = to_tensor(resize_batch(imgs, args.image_size))
         toks = tokenize(caps)
-        pos = torch.tensor([[named[j] <= present[i] for j in range(len(caps))]
-                            for i in range(len(caps))])
+        pos = torch.tensor(
+            [[named[j] <= present[i] for j in range(len(caps))] for i in range(len(caps))]
+        )
         td = time.time()
         for g in opt.param_groups:
             g["lr"] = cur_lr = lr_at(step, progress)
@@ -418,8 +483,10 @@ def main(argv=None):
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
         history.append((step, lv, plain, acc, cur_lr))
         if step % 10 == 0 or step == args.steps - 1:
-            log(f"{step}\t{cur_lr:.2e}\t{lv:.4f}\t{plain:.4f}\t{acc:.3f}\t{scale.item():.2f}"
-                f"\t{td - ts:.3f}\t{te - td:.3f}\t{te - t0:.1f}")
+            log(
+                f"{step}\t{cur_lr:.2e}\t{lv:.4f}\t{plain:.4f}\t{acc:.3f}\t{scale.item():.2f}"
+                f"\t{td - ts:.3f}\t{te - td:.3f}\t{te - t0:.1f}"
+            )
         if args.save_every and steps_done % args.save_every == 0:
             save_model(model, args, args.out, fp16=not args.fp32)
             log(f"# checkpoint saved at step {steps_done}")
@@ -429,8 +496,8 @@ def main(argv=None):
     log(f"# done: {steps_done} steps, wall {wall:.1f} s, final loss ema {ema:.4f}")
 
     summary = {
-        "command": "python -m benchmarks.synthshapes.train " + " ".join(
-            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "python -m benchmarks.synthshapes.train "
+        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "steps_done": steps_done,
         "wall_s": wall,
@@ -445,6 +512,7 @@ def main(argv=None):
     evals = None
     if not args.no_eval:
         from benchmarks.synthshapes.sanity import run_all
+
         evals = run_all(f"local-dir:{args.out}", seed=args.eval_seed, scene_size=scene_size)
         log(f"# eval {json.dumps(evals)}")
     write_training_md(args.out, summary, evals)
@@ -452,6 +520,7 @@ def main(argv=None):
     logf.close()
     if log_path.resolve() != (args.out / "train_log.tsv").resolve():
         import shutil
+
         shutil.copyfile(log_path, args.out / "train_log.tsv")
 
 
@@ -476,13 +545,18 @@ def _curve_table(history, n_rows=12, plain_name="plain ClipLoss"):
     if len(h) == 0:
         return ""
     edges = np.linspace(0, len(h), n_rows + 1).astype(int)
-    rows = [f"| steps | loss (multi-positive) | {plain_name} | in-batch top-1 |", "|---|---|---|---|"]
+    rows = [
+        f"| steps | loss (multi-positive) | {plain_name} | in-batch top-1 |",
+        "|---|---|---|---|",
+    ]
     for a, b in zip(edges[:-1], edges[1:]):
         if b <= a:
             continue
         w = h[a:b]
-        rows.append(f"| {int(w[0, 0])}-{int(w[-1, 0])} | {w[:, 1].mean():.3f} | {w[:, 2].mean():.3f}"
-                    f" | {w[:, 3].mean():.3f} |")
+        rows.append(
+            f"| {int(w[0, 0])}-{int(w[-1, 0])} | {w[:, 1].mean():.3f} | {w[:, 2].mean():.3f}"
+            f" | {w[:, 3].mean():.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -494,8 +568,11 @@ def write_training_md(out: Path, summary: dict, evals: dict | None) -> None:
     final_acc = float(np.mean([x[3] for x in last]))
     a = summary["args"]
     sigmoid = a.get("loss") == "sigmoid"
-    kind = ("open_clip model with an attention-pooled timm ViT tower (as open_clip's SigLIP models)"
-            if a.get("timm_model") else "open_clip CLIP (ViT with CLS pooling, QuickGELU)")
+    kind = (
+        "open_clip model with an attention-pooled timm ViT tower (as open_clip's SigLIP models)"
+        if a.get("timm_model")
+        else "open_clip CLIP (ViT with CLS pooling, QuickGELU)"
+    )
     lines = [
         f"# {out.name}: training record",
         "",
@@ -509,8 +586,9 @@ def write_training_md(out: Path, summary: dict, evals: dict | None) -> None:
         f'tokenizer = open_clip.get_tokenizer("local-dir:assets/{out.name}")',
         "```",
         "",
-        _architecture(a, summary) if a.get("timm_model") else
-        f"Architecture: image {a['image_size']} px, patch {a['patch_size']} "
+        _architecture(a, summary)
+        if a.get("timm_model")
+        else f"Architecture: image {a['image_size']} px, patch {a['patch_size']} "
         f"({a['image_size'] // a['patch_size']}x{a['image_size'] // a['patch_size']} grid + CLS), "
         f"{a['vision_layers']} vision blocks of width {a['vision_width']} "
         f"(head width {a['vision_head_width']}), text tower {a['text_layers']} blocks of width "
@@ -528,23 +606,30 @@ def write_training_md(out: Path, summary: dict, evals: dict | None) -> None:
         f"- seed: {a['seed']} (torch and the numpy scene generator)",
         f"- steps: {summary['steps_done']} (cap {a['steps']}), batch size {a['batch_size']}, "
         f"threads {a['threads']}"
-        + (f"; time-budgeted schedule ({a['time_budget']:g} min): schedule progress = "
-           "max(step/cap, elapsed/budget), so the number of steps depends on machine speed "
-           "(learning rate logged every 10 steps in `train_log.tsv`)" if a.get("time_budget") else ""),
+        + (
+            f"; time-budgeted schedule ({a['time_budget']:g} min): schedule progress = "
+            "max(step/cap, elapsed/budget), so the number of steps depends on machine speed "
+            "(learning rate logged every 10 steps in `train_log.tsv`)"
+            if a.get("time_budget")
+            else ""
+        ),
         f"- optimiser: AdamW lr {a['lr']} (betas 0.9/0.98, eps 1e-6, weight decay {a['weight_decay']} "
         f"on matrices), linear warmup {a['warmup']} steps, cosine decay to {a['min_lr']}",
         f"- data: scenes generated on the fly; captions name one object with probability "
         f"{a['p_single']}; {a['hard_frac']:.0%} of each batch in hard-negative pairs (same layout "
         "and background, one object recoloured/reshaped or two objects' colours swapped, each "
         "captioned with the changed object)",
-        ("- loss: SigLIP pairwise sigmoid loss with the ground truth as labels (a caption is a "
-         "positive for every scene in the batch that contains all the objects it names, every "
-         "other pair a negative; summed over pairs / batch size); the plain SigLIP loss "
-         "(diagonal positives only, as `open_clip.loss.SigLipLoss`) is logged alongside; "
-         f"logit scale initialised at 10, logit bias at {a.get('init_logit_bias')}" if sigmoid else
-         "- loss: symmetric contrastive loss with multi-positive soft targets (a caption is a "
-         "positive for every scene in the batch that contains all the objects it names); the "
-         "plain CLIP loss (diagonal targets only, as `open_clip.loss.ClipLoss`) is logged alongside"),
+        (
+            "- loss: SigLIP pairwise sigmoid loss with the ground truth as labels (a caption is a "
+            "positive for every scene in the batch that contains all the objects it names, every "
+            "other pair a negative; summed over pairs / batch size); the plain SigLIP loss "
+            "(diagonal positives only, as `open_clip.loss.SigLipLoss`) is logged alongside; "
+            f"logit scale initialised at 10, logit bias at {a.get('init_logit_bias')}"
+            if sigmoid
+            else "- loss: symmetric contrastive loss with multi-positive soft targets (a caption is a "
+            "positive for every scene in the batch that contains all the objects it names); the "
+            "plain CLIP loss (diagonal targets only, as `open_clip.loss.ClipLoss`) is logged alongside"
+        ),
         f"- wall time: {summary['wall_s']:.0f} s ({summary['wall_s'] / 60:.1f} min) of training on "
         f"{a['threads']} CPU thread(s) ({summary['cpu']}); torch {summary['torch']}, "
         f"open_clip {summary['open_clip']}, Python {summary['python']}",

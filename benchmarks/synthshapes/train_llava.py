@@ -178,8 +178,9 @@ class Example:
     target: int | None = None
 
 
-def make_question(scene: Scene, kind: str, rng: np.random.Generator,
-                  near_miss: float = 0.7, easy: float = 0.0) -> Example | None:
+def make_question(
+    scene: Scene, kind: str, rng: np.random.Generator, near_miss: float = 0.7, easy: float = 0.0
+) -> Example | None:
     """A question of ``kind`` about ``scene`` with its answer, or None when the scene cannot
     support one (color questions need a shape that occurs once, shape questions a colour that
     occurs once). Half the yes/no questions are ``no``; of those, a share ``easy`` names a colour
@@ -212,28 +213,43 @@ def make_question(scene: Scene, kind: str, rng: np.random.Generator,
                 pool = [(c, s) for c, s in absent if all(c != o.color for o in objs)]
             color, shape = pool[int(rng.integers(len(pool)))]
             answer, target = "no", None
-        return Example(scene, kind, wording.format(a=_article(color), color=color, shape=shape), answer, target)
+        return Example(
+            scene, kind, wording.format(a=_article(color), color=color, shape=shape), answer, target
+        )
     if kind == "count":
         return Example(scene, kind, wording, COUNT_WORDS[len(objs) - 1])
     if kind == "describe":
         i = int(rng.integers(len(objs)))
-        return Example(scene, kind, wording.format(color=objs[i].color, shape=objs[i].shape),
-                       describe_answer(scene, i), i)
+        return Example(
+            scene,
+            kind,
+            wording.format(color=objs[i].color, shape=objs[i].shape),
+            describe_answer(scene, i),
+            i,
+        )
     if kind == "caption":
         return Example(scene, kind, wording, caption_answer(scene))
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-def sample_examples(rng: np.random.Generator, n: int, mix: dict[str, float],
-                    n_objects=(1, 3), size: int = 64, near_miss: float = 0.7,
-                    easy: float = 0.0) -> list[Example]:
+def sample_examples(
+    rng: np.random.Generator,
+    n: int,
+    mix: dict[str, float],
+    n_objects=(1, 3),
+    size: int = 64,
+    near_miss: float = 0.7,
+    easy: float = 0.0,
+) -> list[Example]:
     kinds = list(mix)
     weights = np.array([mix[k] for k in kinds], dtype=np.float64)
     weights /= weights.sum()
     out: list[Example] = []
     while len(out) < n:
         scene = make_scene(rng, size=size, n_objects=n_objects)
-        example = make_question(scene, kinds[int(rng.choice(len(kinds), p=weights))], rng, near_miss, easy)
+        example = make_question(
+            scene, kinds[int(rng.choice(len(kinds), p=weights))], rng, near_miss, easy
+        )
         if example is not None:
             out.append(example)
     return out
@@ -258,7 +274,9 @@ def words_of(text: str) -> list[str]:
 def vocabulary() -> list[str]:
     """Every word of every template, fill-in, answer and the chat template, sorted."""
     words: set[str] = set(words_of("USER: ASSISTANT: SYSTEM: yes no " + " ".join(COUNT_WORDS)))
-    fills = " ".join([*COLORS, *SHAPES, "a an It is at the top bottom left right in center and , ."])
+    fills = " ".join(
+        [*COLORS, *SHAPES, "a an It is at the top bottom left right in center and , ."]
+    )
     words.update(words_of(fills))
     for templates in QUESTION_TEMPLATES.values():
         for template in templates:
@@ -294,6 +312,7 @@ def build_tokenizer():
 
 
 # ----------------------------------------------------------------------------- conversion
+
 
 def vision_config_from_open_clip(model_cfg: dict):
     """The transformers ``CLIPVisionConfig`` equal to an open_clip ViT ``model_cfg``."""
@@ -341,21 +360,26 @@ def convert_open_clip_visual(visual: torch.nn.Module) -> dict[str, torch.Tensor]
         src, dst = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
         q, k, v = sd[src + "attn.in_proj_weight"].chunk(3)
         qb, kb, vb = sd[src + "attn.in_proj_bias"].chunk(3)
-        out.update({
-            dst + "self_attn.q_proj.weight": q, dst + "self_attn.q_proj.bias": qb,
-            dst + "self_attn.k_proj.weight": k, dst + "self_attn.k_proj.bias": kb,
-            dst + "self_attn.v_proj.weight": v, dst + "self_attn.v_proj.bias": vb,
-            dst + "self_attn.out_proj.weight": sd[src + "attn.out_proj.weight"],
-            dst + "self_attn.out_proj.bias": sd[src + "attn.out_proj.bias"],
-            dst + "layer_norm1.weight": sd[src + "ln_1.weight"],
-            dst + "layer_norm1.bias": sd[src + "ln_1.bias"],
-            dst + "layer_norm2.weight": sd[src + "ln_2.weight"],
-            dst + "layer_norm2.bias": sd[src + "ln_2.bias"],
-            dst + "mlp.fc1.weight": sd[src + "mlp.c_fc.weight"],
-            dst + "mlp.fc1.bias": sd[src + "mlp.c_fc.bias"],
-            dst + "mlp.fc2.weight": sd[src + "mlp.c_proj.weight"],
-            dst + "mlp.fc2.bias": sd[src + "mlp.c_proj.bias"],
-        })
+        out.update(
+            {
+                dst + "self_attn.q_proj.weight": q,
+                dst + "self_attn.q_proj.bias": qb,
+                dst + "self_attn.k_proj.weight": k,
+                dst + "self_attn.k_proj.bias": kb,
+                dst + "self_attn.v_proj.weight": v,
+                dst + "self_attn.v_proj.bias": vb,
+                dst + "self_attn.out_proj.weight": sd[src + "attn.out_proj.weight"],
+                dst + "self_attn.out_proj.bias": sd[src + "attn.out_proj.bias"],
+                dst + "layer_norm1.weight": sd[src + "ln_1.weight"],
+                dst + "layer_norm1.bias": sd[src + "ln_1.bias"],
+                dst + "layer_norm2.weight": sd[src + "ln_2.weight"],
+                dst + "layer_norm2.bias": sd[src + "ln_2.bias"],
+                dst + "mlp.fc1.weight": sd[src + "mlp.c_fc.weight"],
+                dst + "mlp.fc1.bias": sd[src + "mlp.c_fc.bias"],
+                dst + "mlp.fc2.weight": sd[src + "mlp.c_proj.weight"],
+                dst + "mlp.fc2.bias": sd[src + "mlp.c_proj.bias"],
+            }
+        )
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -375,6 +399,7 @@ def load_converted_clip(clip_dir: Path = CLIP_DIR):
 
 
 # ----------------------------------------------------------------------------- model
+
 
 def build_model_and_processor(args, clip_dir: Path = CLIP_DIR):
     from transformers import (
@@ -417,7 +442,9 @@ def build_model_and_processor(args, clip_dir: Path = CLIP_DIR):
     # a CLIPVisionModel (keys under vision_model.) or, in some transformers versions, its inner
     # CLIPVisionTransformer
     source = clip if hasattr(tower, "vision_model") else clip.vision_model
-    tower_state = {k: v for k, v in source.state_dict().items() if not k.startswith("visual_projection")}
+    tower_state = {
+        k: v for k, v in source.state_dict().items() if not k.startswith("visual_projection")
+    }
     missing, unexpected = tower.load_state_dict(tower_state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -457,6 +484,7 @@ def build_model_and_processor(args, clip_dir: Path = CLIP_DIR):
 
 
 # ----------------------------------------------------------------------------- batches
+
 
 def prompt_text(question: str) -> str:
     """What the chat template makes of one user turn with an image and ``question``."""
@@ -498,11 +526,12 @@ class Encoder:
         lab = torch.full((len(rows), length), -100, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for r, (row, label) in enumerate(zip(rows, labels)):
-            ids[r, :len(row)] = torch.tensor(row)
-            lab[r, :len(row)] = torch.tensor(label)
-            mask[r, :len(row)] = 1
+            ids[r, : len(row)] = torch.tensor(row)
+            lab[r, : len(row)] = torch.tensor(label)
+            mask[r, : len(row)] = 1
         pixels = self.processor.image_processor(
-            [ex.scene.image for ex in examples], return_tensors="pt")["pixel_values"]
+            [ex.scene.image for ex in examples], return_tensors="pt"
+        )["pixel_values"]
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "labels": lab}
 
 
@@ -510,8 +539,12 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the answer tokens, mean per sample, then mean over the batch."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
-    per_token = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                shift_labels.reshape(-1), ignore_index=-100, reduction="none")
+    per_token = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    )
     per_token = per_token.view(shift_labels.shape)
     valid = (shift_labels != -100).float()
     return ((per_token * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
@@ -520,8 +553,11 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def first_token_accuracy(model, batch: dict[str, torch.Tensor]) -> float:
     """Teacher-forced: share of rows whose first answer token is the argmax (a cheap probe)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"]).logits
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+    ).logits
     labels = batch["labels"]
     first = (labels != -100).float().argmax(1)
     rows = torch.arange(len(labels))
@@ -531,26 +567,43 @@ def first_token_accuracy(model, batch: dict[str, torch.Tensor]) -> float:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def generate_answers(model, processor, examples: Sequence[Example], batch_size: int = 32,
-                     max_new_tokens: int = 20) -> list[str]:
+
+def generate_answers(
+    model, processor, examples: Sequence[Example], batch_size: int = 32, max_new_tokens: int = 20
+) -> list[str]:
     """Greedy answers through the processor's chat template, left padding, batched ``generate``."""
     answers: list[str] = []
     tokenizer = processor.tokenizer
     model.eval()
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        prompts = [processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ex.question}]}],
-            add_generation_prompt=True, tokenize=False) for ex in chunk]
+        chunk = examples[start : start + batch_size]
+        prompts = [
+            processor.apply_chat_template(
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": ex.question}],
+                    }
+                ],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for ex in chunk
+        ]
         side = tokenizer.padding_side
         tokenizer.padding_side = "left"
-        inputs = processor(images=[ex.scene.image for ex in chunk], text=prompts,
-                           return_tensors="pt", padding=True)
+        inputs = processor(
+            images=[ex.scene.image for ex in chunk], text=prompts, return_tensors="pt", padding=True
+        )
         tokenizer.padding_side = side
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers.extend(t.strip() for t in processor.batch_decode(
-            out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        answers.extend(
+            t.strip()
+            for t in processor.batch_decode(
+                out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+        )
     return answers
 
 
@@ -564,24 +617,38 @@ def score_answer(example: Example, answer: str) -> dict[str, float]:
     scores = {"correct": float(got == want)}
     if example.kind == "describe":
         obj = example.scene.objects[example.target]
-        scores["names_object"] = float(obj.color in got and obj.shape in got
-                                       and all(c not in got for c in COLORS if c != obj.color)
-                                       and all(s not in got for s in SHAPES if s != obj.shape))
+        scores["names_object"] = float(
+            obj.color in got
+            and obj.shape in got
+            and all(c not in got for c in COLORS if c != obj.color)
+            and all(s not in got for s in SHAPES if s != obj.shape)
+        )
     return scores
 
 
-def evaluate(model, processor, n_per_kind: int = 200, seed: int = EVAL_SEED,
-             kinds: Sequence[str] = (*SHORT_TYPES, "describe")) -> dict:
+def evaluate(
+    model,
+    processor,
+    n_per_kind: int = 200,
+    seed: int = EVAL_SEED,
+    kinds: Sequence[str] = (*SHORT_TYPES, "describe"),
+) -> dict:
     results = {}
     for kind in kinds:
         examples = held_out(kind, n_per_kind, seed)
-        answers = generate_answers(model, processor, examples,
-                                   max_new_tokens=3 if kind in SHORT_TYPES else 20)
+        answers = generate_answers(
+            model, processor, examples, max_new_tokens=3 if kind in SHORT_TYPES else 20
+        )
         scores = [score_answer(ex, a) for ex, a in zip(examples, answers)]
-        entry = {"n": len(examples), **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}}
+        entry = {
+            "n": len(examples),
+            **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]},
+        }
         if kind in CHANCE:
             entry["chance"] = CHANCE[kind]
-        entry["examples"] = [[ex.question, ex.answer, a] for ex, a in list(zip(examples, answers))[:3]]
+        entry["examples"] = [
+            [ex.question, ex.answer, a] for ex, a in list(zip(examples, answers))[:3]
+        ]
         results[kind] = entry
     return results
 
@@ -598,15 +665,23 @@ def write_vqa(out: Path, n_per_kind: int = 100, seed: int = EVAL_SEED + 500) -> 
         for i, ex in enumerate(held_out(kind, n_per_kind, seed)):
             name = f"{kind}-{i:04d}"
             ex.scene.image.save(out / "images" / f"{name}.png")
-            rows.append({"question_id": name, "image": f"images/{name}.png", "question": ex.question,
-                         "answer": ex.answer, "category": kind})
+            rows.append(
+                {
+                    "question_id": name,
+                    "image": f"images/{name}.png",
+                    "question": ex.question,
+                    "answer": ex.answer,
+                    "category": kind,
+                }
+            )
     path = out / "synthshapes_vqa.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
-def eval_breakdown(run_dir: Path, baseline: str = "original", n_resamples: int = 10_000,
-                   seed: int = 0) -> list[dict]:
+def eval_breakdown(
+    run_dir: Path, baseline: str = "original", n_resamples: int = 10_000, seed: int = 0
+) -> list[dict]:
     """Per question type of a :func:`write_vqa` run of ``api-prompt eval`` (``RUN_DIR/predictions.jsonl``;
     the type is the question id's prefix): each condition's accuracy and, for each other condition,
     the paired difference from ``baseline`` with its 95% bootstrap interval. The latest record of
@@ -620,23 +695,35 @@ def eval_breakdown(run_dir: Path, baseline: str = "original", n_resamples: int =
             latest[(record["id"], record["condition"])] = record
     conditions = sorted({c for _, c in latest}, key=lambda c: (c != baseline, c))
     ids = sorted({i for i, _ in latest})
-    ids = [i for i in ids if all((i, c) in latest and latest[(i, c)]["error"] is None for c in conditions)]
+    ids = [
+        i
+        for i in ids
+        if all((i, c) in latest and latest[(i, c)]["error"] is None for c in conditions)
+    ]
     rows = []
     for kind in [*SHORT_TYPES, "all"]:
         chosen = [i for i in ids if kind == "all" or i.split("-")[0] == kind]
         if not chosen:
             continue
-        scores = {c: np.array([[float(latest[(i, c)]["score"])] for i in chosen]) for c in conditions}
+        scores = {
+            c: np.array([[float(latest[(i, c)]["score"])] for i in chosen]) for c in conditions
+        }
         row = {"type": kind, "n": len(chosen), **{c: float(scores[c].mean()) for c in conditions}}
         for c in conditions[1:]:
-            delta, (low, high) = paired_bootstrap(scores[baseline], scores[c], lambda sums: sums[..., 0] / len(chosen),
-                                                  n_resamples=n_resamples, seed=seed)
+            delta, (low, high) = paired_bootstrap(
+                scores[baseline],
+                scores[c],
+                lambda sums: sums[..., 0] / len(chosen),
+                n_resamples=n_resamples,
+                seed=seed,
+            )
             row[f"{c} - {baseline}"] = [float(delta), float(low), float(high)]
         rows.append(row)
     return rows
 
 
 # ----------------------------------------------------------------------------- saving
+
 
 def weights_sha256(folder: Path) -> str:
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
@@ -662,6 +749,7 @@ def save(model, processor, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- record
 
+
 def _curve_rows(history: list, n_rows: int = 12) -> list[str]:
     rows = ["| stage | steps | mean answer loss | learning rate at start |", "|---|---|---|---|"]
     for stage in ("stage1", "stage2"):
@@ -672,20 +760,30 @@ def _curve_rows(history: list, n_rows: int = 12) -> list[str]:
         edges = np.linspace(0, len(h), min(rows_here, len(h)) + 1).astype(int)
         for a, b in zip(edges[:-1], edges[1:]):
             window = h[a:b]
-            rows.append(f"| {stage} | {window[0][1]}-{window[-1][1]} | "
-                        f"{np.mean([x[2] for x in window]):.3f} | {window[0][3]:.2e} |")
+            rows.append(
+                f"| {stage} | {window[0][1]}-{window[-1][1]} | "
+                f"{np.mean([x[2] for x in window]):.3f} | {window[0][3]:.2e} |"
+            )
     return rows
 
 
 def _probe_rows(log_text: str) -> list[str]:
-    probes = [line.split()[2:] for line in log_text.splitlines() if line.startswith("# probe stage2")]
+    probes = [
+        line.split()[2:] for line in log_text.splitlines() if line.startswith("# probe stage2")
+    ]
     if not probes:
         return []
     kinds = [item.split("=")[0] for item in probes[0][2:]]
     rows = ["| stage 2 step | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
-    keep = probes if len(probes) <= 12 else [probes[i] for i in np.linspace(0, len(probes) - 1, 12).astype(int)]
+    keep = (
+        probes
+        if len(probes) <= 12
+        else [probes[i] for i in np.linspace(0, len(probes) - 1, 12).astype(int)]
+    )
     for probe in keep:
-        rows.append(f"| {probe[1]} | " + " | ".join(item.split("=")[1] for item in probe[2:]) + " |")
+        rows.append(
+            f"| {probe[1]} | " + " | ".join(item.split("=")[1] for item in probe[2:]) + " |"
+        )
     return rows
 
 
@@ -715,9 +813,8 @@ def write_training_md(out: Path, summary: dict) -> None:
         "(`train_llava.convert_open_clip_visual`; `tests/test_synthshapes_llava.py` checks the image "
         "embeddings and every block's tokens against open_clip within 1e-5), frozen; "
         f"`vision_feature_layer={a['vision_feature_layer']}`, CLS dropped "
-        "(`vision_feature_select_strategy=\"default\"`): 64 image tokens, an 8x8 grid",
-        "- projector: the stock LLaVA MLP (128 -> GELU -> "
-        f"{a['hidden']})",
+        '(`vision_feature_select_strategy="default"`): 64 image tokens, an 8x8 grid',
+        f"- projector: the stock LLaVA MLP (128 -> GELU -> {a['hidden']})",
         f"- language model: LLaMA, {a['layers']} layers, hidden {a['hidden']}, {a['heads']} heads, "
         f"MLP {a['intermediate']}, vocabulary {summary['vocab']} (word-level, lower-cased: the words "
         "of the questions, answers and chat template, plus `<unk> <pad> <s> </s> <image>`)",
@@ -725,7 +822,7 @@ def write_training_md(out: Path, summary: dict) -> None:
         f"fp32 safetensors; folder {size / 2**20:.1f} MiB",
         "- processor: `CLIPImageProcessor` (64 px, bicubic, CLIP mean/std: the same pixels as the "
         "CLIP's open_clip transform), chat template `USER: <image>\\n{question} ASSISTANT:`, "
-        "`patch_size=8`, `num_additional_image_tokens=1`, `vision_feature_select_strategy=\"default\"`",
+        '`patch_size=8`, `num_additional_image_tokens=1`, `vision_feature_select_strategy="default"`',
         "",
         "## Command",
         "",
@@ -752,11 +849,22 @@ def write_training_md(out: Path, summary: dict) -> None:
     ]
     for kind, templates in QUESTION_TEMPLATES.items():
         lines.append(f"- {kind}: " + " / ".join(f"`{t}`" for t in templates))
-    lines += ["", "## Loss curve (means over equal windows)", "", *_curve_rows(summary["history"]), ""]
+    lines += [
+        "",
+        "## Loss curve (means over equal windows)",
+        "",
+        *_curve_rows(summary["history"]),
+        "",
+    ]
     probe = _probe_rows(log_text)
     if probe:
-        lines += ["## Teacher-forced first-token accuracy during stage 2 (64 fixed held-out questions "
-                  "per type; describe's first word is always `it`)", "", *probe, ""]
+        lines += [
+            "## Teacher-forced first-token accuracy during stage 2 (64 fixed held-out questions "
+            "per type; describe's first word is always `it`)",
+            "",
+            *probe,
+            "",
+        ]
     if summary.get("eval"):
         lines += [
             "## Held-out accuracy (greedy `generate` through the chat template, left padding)",
@@ -782,9 +890,13 @@ def write_training_md(out: Path, summary: dict) -> None:
         lines.append("")
     init = summary.get("init")
     if init and init.get("training_md"):
-        lines += ["## The run it continues", "",
-                  f"The folder it started from (`model.safetensors` sha256 `{init['sha256']}`) was made by "
-                  "this run (its own record, headings moved one level down):", ""]
+        lines += [
+            "## The run it continues",
+            "",
+            f"The folder it started from (`model.safetensors` sha256 `{init['sha256']}`) was made by "
+            "this run (its own record, headings moved one level down):",
+            "",
+        ]
         for line in init["training_md"].splitlines()[1:]:
             lines.append("#" + line if line.startswith("#") else line)
         lines.append("")
@@ -794,8 +906,10 @@ def write_training_md(out: Path, summary: dict) -> None:
 def _stage_lines(summary: dict) -> list[str]:
     a = summary["args"]
     mix = ", ".join(f"{k} {v:.0%}" for k, v in summary.get("mix", STAGE2_MIX).items())
-    stage2 = (f"{summary['stage2']['steps']} steps in {summary['stage2']['wall_s'] / 60:.1f} min, "
-              f"lr {a['stage2_lr']}; mix {mix}")
+    stage2 = (
+        f"{summary['stage2']['steps']} steps in {summary['stage2']['wall_s'] / 60:.1f} min, "
+        f"lr {a['stage2_lr']}; mix {mix}"
+    )
     init = summary.get("init")
     if not init:
         return [
@@ -804,27 +918,42 @@ def _stage_lines(summary: dict) -> list[str]:
             f"{summary['stage1']['wall_s'] / 60:.1f} min, lr {a['stage1_lr']}",
             f"- stage 2 (projector + language model): {stage2}",
         ]
-    lines = [f"- continues from `{a['init']}` (`model.safetensors` sha256 `{init['sha256']}`; its "
-             "record is at the end of this file): no stage 1; the `stage2` rows below are this run's "
-             f"one stage, projector + language model: {stage2}"]
+    lines = [
+        f"- continues from `{a['init']}` (`model.safetensors` sha256 `{init['sha256']}`; its "
+        "record is at the end of this file): no stage 1; the `stage2` rows below are this run's "
+        f"one stage, projector + language model: {stage2}"
+    ]
     if init.get("reinit_rows"):
         rows = init["reinit_rows"]
-        lines.append(f"- first, the output rows of {' / '.join(f'`{w}`' for w in rows['words'])} re-initialised "
-                     f"(`reinit_output_rows`, seed {a['seed']}; their difference's norm "
-                     f"{rows['difference_norm_after']:.2f} after)")
+        lines.append(
+            f"- first, the output rows of {' / '.join(f'`{w}`' for w in rows['words'])} re-initialised "
+            f"(`reinit_output_rows`, seed {a['seed']}; their difference's norm "
+            f"{rows['difference_norm_after']:.2f} after)"
+        )
     if a.get("easy_negatives"):
-        lines.append(f"- curriculum: the share of `no` questions that name a colour absent from the scene "
-                     f"falls from 1 to 0 over the first {a['easy_negatives']} steps; after that, as in "
-                     "the held-out questions, 70% of the `no` questions name a near miss")
+        lines.append(
+            f"- curriculum: the share of `no` questions that name a colour absent from the scene "
+            f"falls from 1 to 0 over the first {a['easy_negatives']} steps; after that, as in "
+            "the held-out questions, 70% of the `no` questions name a near miss"
+        )
     if a.get("near_miss_ramp"):
-        lines.append(f"- the near-miss share of `no` questions grows from 0 to 0.7 over the first "
-                     f"{a['near_miss_ramp']} steps")
+        lines.append(
+            f"- the near-miss share of `no` questions grows from 0 to 0.7 over the first "
+            f"{a['near_miss_ramp']} steps"
+        )
     return lines
 
 
 # ----------------------------------------------------------------------------- main
 
-STAGE2_MIX = {"color": 0.2, "shape": 0.2, "exists": 0.2, "count": 0.12, "describe": 0.16, "caption": 0.12}
+STAGE2_MIX = {
+    "color": 0.2,
+    "shape": 0.2,
+    "exists": 0.2,
+    "count": 0.12,
+    "describe": 0.16,
+    "caption": 0.12,
+}
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -837,7 +966,9 @@ def parse_mix(text: str) -> dict[str, float]:
     for item in text.split(","):
         kind, _, weight = item.partition("=")
         if kind.strip() not in QUESTION_TEMPLATES or not weight:
-            raise argparse.ArgumentTypeError(f"bad mix item {item!r}: use KIND=WEIGHT with KIND in {list(QUESTION_TEMPLATES)}")
+            raise argparse.ArgumentTypeError(
+                f"bad mix item {item!r}: use KIND=WEIGHT with KIND in {list(QUESTION_TEMPLATES)}"
+            )
         mix[kind.strip()] = float(weight)
     return mix
 
@@ -891,40 +1022,106 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vision-feature-layer", type=int, default=-2)
     p.add_argument("--stage1-steps", type=int, default=1000, help="step cap of stage 1")
-    p.add_argument("--stage1-minutes", type=float, default=0.0, help="time budget of stage 1 (0: off)")
+    p.add_argument(
+        "--stage1-minutes", type=float, default=0.0, help="time budget of stage 1 (0: off)"
+    )
     p.add_argument("--stage1-lr", type=float, default=2e-3)
     p.add_argument("--stage2-steps", type=int, default=20000, help="step cap of stage 2")
-    p.add_argument("--stage2-minutes", type=float, default=0.0, help="time budget of stage 2 (0: off)")
+    p.add_argument(
+        "--stage2-minutes", type=float, default=0.0, help="time budget of stage 2 (0: off)"
+    )
     p.add_argument("--stage2-lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=2e-5)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--probe-every", type=int, default=100, help="teacher-forced probe interval")
-    p.add_argument("--summary", type=Path, default=Path("/tmp/synthshapes_llava_summary.json"),
-                   help="JSON summary (losses, evaluation) read by --write-training-md")
-    p.add_argument("--write-training-md", action="store_true",
-                   help="only write OUT/TRAINING.md from --summary (a finished run) and exit")
-    p.add_argument("--write-vqa", type=Path, default=None, metavar="DIR",
-                   help="only write held-out short-answer questions for api-prompt eval to DIR and exit")
-    p.add_argument("--breakdown", type=Path, default=None, metavar="RUN_DIR",
-                   help="only print per-type accuracy and deltas of an api-prompt eval run on --write-vqa data, and exit")
-    p.add_argument("--eval-n", type=int, default=200, help="held-out questions per type at the end (0: none)")
-    p.add_argument("--init", type=Path, default=None, metavar="DIR",
-                   help="continue from a trained folder (model and processor) instead of building one")
-    p.add_argument("--stage2-mix", type=parse_mix, default=None, metavar="KIND=W,...",
-                   help="question mix of stage 2 (default: " + ",".join(f"{k}={v}" for k, v in STAGE2_MIX.items()) + ")")
-    p.add_argument("--near-miss-ramp", type=int, default=0, metavar="STEPS",
-                   help="stage 2: near-miss share of 'no' questions grows from 0 to 0.7 over STEPS (0: 0.7 throughout)")
-    p.add_argument("--reinit-rows", default="", metavar="WORD,WORD",
-                   help="with --init: re-initialise these answers' output rows first (see reinit_output_rows)")
-    p.add_argument("--easy-negatives", type=int, default=0, metavar="STEPS",
-                   help="stage 2: share of 'no' questions naming an absent colour falls from 1 to 0 over STEPS (0: off)")
+    p.add_argument(
+        "--summary",
+        type=Path,
+        default=Path("/tmp/synthshapes_llava_summary.json"),
+        help="JSON summary (losses, evaluation) read by --write-training-md",
+    )
+    p.add_argument(
+        "--write-training-md",
+        action="store_true",
+        help="only write OUT/TRAINING.md from --summary (a finished run) and exit",
+    )
+    p.add_argument(
+        "--write-vqa",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="only write held-out short-answer questions for api-prompt eval to DIR and exit",
+    )
+    p.add_argument(
+        "--breakdown",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="only print per-type accuracy and deltas of an api-prompt eval run on --write-vqa data, and exit",
+    )
+    p.add_argument(
+        "--eval-n", type=int, default=200, help="held-out questions per type at the end (0: none)"
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue from a trained folder (model and processor) instead of building one",
+    )
+    p.add_argument(
+        "--stage2-mix",
+        type=parse_mix,
+        default=None,
+        metavar="KIND=W,...",
+        help="question mix of stage 2 (default: "
+        + ",".join(f"{k}={v}" for k, v in STAGE2_MIX.items())
+        + ")",
+    )
+    p.add_argument(
+        "--near-miss-ramp",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="stage 2: near-miss share of 'no' questions grows from 0 to 0.7 over STEPS (0: 0.7 throughout)",
+    )
+    p.add_argument(
+        "--reinit-rows",
+        default="",
+        metavar="WORD,WORD",
+        help="with --init: re-initialise these answers' output rows first (see reinit_output_rows)",
+    )
+    p.add_argument(
+        "--easy-negatives",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="stage 2: share of 'no' questions naming an absent colour falls from 1 to 0 over STEPS (0: off)",
+    )
     return p.parse_args(argv)
 
 
-def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, log, history,
-              probes, out, processor, near_miss_ramp: int = 0, easy_steps: int = 0):
+def run_stage(
+    name,
+    model,
+    params,
+    encoder,
+    rng,
+    args,
+    steps,
+    minutes,
+    lr,
+    mix,
+    log,
+    history,
+    probes,
+    out,
+    processor,
+    near_miss_ramp: int = 0,
+    easy_steps: int = 0,
+):
     """One training stage with a linear-warmup cosine schedule; progress is max(step/steps,
     elapsed/budget) when a time budget is set, so the schedule completes within it. With
     ``near_miss_ramp`` the share of near-miss ``no`` questions grows linearly from 0 to 0.7 over
@@ -932,8 +1129,14 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
     scene falls linearly from 1 to 0 over that many steps (a curriculum: easy negatives first)."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
     t0 = time.time()
     done = 0
     for step in range(steps):
@@ -956,8 +1159,11 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
         near_miss = 0.7 * min(1.0, step / near_miss_ramp) if near_miss_ramp else 0.7
         easy = max(0.0, 1.0 - step / easy_steps) if easy_steps else 0.0
         batch = encoder(sample_examples(rng, args.batch_size, mix, near_miss=near_miss, easy=easy))
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       pixel_values=batch["pixel_values"]).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+        ).logits
         loss = answer_loss(logits, batch["labels"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -966,7 +1172,9 @@ def run_stage(name, model, params, encoder, rng, args, steps, minutes, lr, mix, 
         done = step + 1
         history.append((name, step, float(loss), cur))
         if step % 10 == 0:
-            log(f"{name}\t{step}\t{cur:.2e}\t{float(loss):.4f}\t{time.time() - ts:.2f}\t{time.time() - t0:.0f}")
+            log(
+                f"{name}\t{step}\t{cur:.2e}\t{float(loss):.4f}\t{time.time() - ts:.2f}\t{time.time() - t0:.0f}"
+            )
         if args.probe_every and (step + 1) % args.probe_every == 0:
             model.eval()
             accs = {k: first_token_accuracy(model, b) for k, b in probes.items()}
@@ -1013,12 +1221,18 @@ def _main(argv=None):
     if args.init:
         model, processor = load_trained(args.init)
         record = args.init / "TRAINING.md"
-        previous = {"sha256": weights_sha256(args.init),
-                    "training_md": record.read_text() if record.exists() else ""}
+        previous = {
+            "sha256": weights_sha256(args.init),
+            "training_md": record.read_text() if record.exists() else "",
+        }
         if args.reinit_rows:
             words = [w.strip() for w in args.reinit_rows.split(",") if w.strip()]
-            previous["reinit_rows"] = {"words": words, "difference_norm_after":
-                                       reinit_output_rows(model, processor.tokenizer, words, args.seed)}
+            previous["reinit_rows"] = {
+                "words": words,
+                "difference_norm_after": reinit_output_rows(
+                    model, processor.tokenizer, words, args.seed
+                ),
+            }
     else:
         model, processor = build_model_and_processor(args, args.clip)
     mix = args.stage2_mix or STAGE2_MIX
@@ -1026,10 +1240,14 @@ def _main(argv=None):
     encoder = Encoder(processor, n_image_tokens)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for n, p in model.named_parameters() if "vision_tower" not in n)
-    log(f"# params {n_params} ({n_train} outside the frozen vision tower); vocabulary {len(processor.tokenizer)}; "
-        f"args {json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})}")
+    log(
+        f"# params {n_params} ({n_train} outside the frozen vision tower); vocabulary {len(processor.tokenizer)}; "
+        f"args {json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})}"
+    )
     probe_rng = np.random.default_rng(EVAL_SEED + 99)
-    probes = {k: encoder(sample_examples(probe_rng, 64, {k: 1.0})) for k in (*SHORT_TYPES, "describe")}
+    probes = {
+        k: encoder(sample_examples(probe_rng, 64, {k: 1.0})) for k in (*SHORT_TYPES, "describe")
+    }
     log("stage\tstep\tlr\tloss\tstep_s\telapsed_s")
 
     history: list = []
@@ -1038,32 +1256,72 @@ def _main(argv=None):
     language = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     for p in language:
         p.requires_grad_(False)
-    s1, t1 = run_stage("stage1", model, projector, encoder, rng, args, args.stage1_steps,
-                       args.stage1_minutes, args.stage1_lr, {"caption": 1.0}, log, history, probes,
-                       args.out, processor)
+    s1, t1 = run_stage(
+        "stage1",
+        model,
+        projector,
+        encoder,
+        rng,
+        args,
+        args.stage1_steps,
+        args.stage1_minutes,
+        args.stage1_lr,
+        {"caption": 1.0},
+        log,
+        history,
+        probes,
+        args.out,
+        processor,
+    )
     for p in language:
         p.requires_grad_(True)
-    s2, t2 = run_stage("stage2", model, projector + language, encoder, rng, args, args.stage2_steps,
-                       args.stage2_minutes, args.stage2_lr, mix, log, history, probes,
-                       args.out, processor, args.near_miss_ramp, args.easy_negatives)
+    s2, t2 = run_stage(
+        "stage2",
+        model,
+        projector + language,
+        encoder,
+        rng,
+        args,
+        args.stage2_steps,
+        args.stage2_minutes,
+        args.stage2_lr,
+        mix,
+        log,
+        history,
+        probes,
+        args.out,
+        processor,
+        args.near_miss_ramp,
+        args.easy_negatives,
+    )
     model.eval()
     save(model, processor, args.out)
     log(f"# done: stage1 {s1} steps {t1:.0f} s, stage2 {s2} steps {t2:.0f} s")
     summary = {
-        "command": "python -m benchmarks.synthshapes.train_llava " + " ".join(
-            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "python -m benchmarks.synthshapes.train_llava "
+        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "stage1": {"steps": s1, "wall_s": t1}, "stage2": {"steps": s2, "wall_s": t2},
-        "n_params": n_params, "n_trained": n_train, "vocab": len(processor.tokenizer),
-        "history": history, "sha256": weights_sha256(args.out), "mix": mix, "init": previous,
-        "torch": torch.__version__, "python": platform.python_version(),
+        "stage1": {"steps": s1, "wall_s": t1},
+        "stage2": {"steps": s2, "wall_s": t2},
+        "n_params": n_params,
+        "n_trained": n_train,
+        "vocab": len(processor.tokenizer),
+        "history": history,
+        "sha256": weights_sha256(args.out),
+        "mix": mix,
+        "init": previous,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
     }
     import transformers
+
     summary["transformers"] = transformers.__version__
     if args.eval_n:
         summary["eval"] = evaluate(model, processor, args.eval_n)
-        log(f"# eval {json.dumps({k: {m: v for m, v in e.items() if m != 'examples'} for k, e in summary['eval'].items()})}")
+        log(
+            f"# eval {json.dumps({k: {m: v for m, v in e.items() if m != 'examples'} for k, e in summary['eval'].items()})}"
+        )
     args.summary.write_text(json.dumps(summary))
     logf.close()
     write_training_md(args.out, summary)

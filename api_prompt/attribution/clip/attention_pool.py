@@ -64,11 +64,11 @@ _TOKEN_CHUNK = 32
 class PoolCapture:
     """What the hooks keep from one forward pass of the tower."""
 
-    layer: int                               # block whose output tokens feed the token part
-    grid: tuple[int, int] | None = None      # (gh, gw) of the input seen by the trunk
-    key_values: torch.Tensor | None = None   # (B, N, 2C): output of the head's kv projection
-    pooled: torch.Tensor | None = None       # (B, 1, C): z, output of the head's proj
-    tokens: torch.Tensor | None = None       # (B, N_all, C): block L' output, when not the last
+    layer: int  # block whose output tokens feed the token part
+    grid: tuple[int, int] | None = None  # (gh, gw) of the input seen by the trunk
+    key_values: torch.Tensor | None = None  # (B, N, 2C): output of the head's kv projection
+    pooled: torch.Tensor | None = None  # (B, 1, C): z, output of the head's proj
+    tokens: torch.Tensor | None = None  # (B, N_all, C): block L' output, when not the last
 
 
 class AttentionPoolDecomposition:
@@ -122,7 +122,9 @@ class AttentionPoolDecomposition:
         if not isinstance(pool, AttentionPoolLatent):
             return f"the timm ViT's attention pool is a {type(pool).__name__}, not an AttentionPoolLatent"
         if pool.latent_len != 1:
-            return f"the attention pool has {pool.latent_len} latent queries (only one is supported)"
+            return (
+                f"the attention pool has {pool.latent_len} latent queries (only one is supported)"
+            )
         if pool.pos_embed is not None:
             return "the attention pool adds its own position embedding (pos_embed), which is not supported"
         if pool.pool not in ("token", "avg"):
@@ -148,7 +150,9 @@ class AttentionPoolDecomposition:
 
     # -- hooks and maps ------------------------------------------------------------------------
 
-    def capture(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> PoolCapture:
+    def capture(
+        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list
+    ) -> PoolCapture:
         """Hook the head's kv and output projections (and block ``layer`` if it is not the last)."""
         trunk = visual.trunk
         pool = trunk.attn_pool
@@ -174,7 +178,11 @@ class AttentionPoolDecomposition:
         return capture
 
     def decompose(
-        self, visual: nn.Module, capture: PoolCapture, image_features: torch.Tensor, text: torch.Tensor
+        self,
+        visual: nn.Module,
+        capture: PoolCapture,
+        image_features: torch.Tensor,
+        text: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """``psi_pool`` and ``psi_token``, each (B, gh, gw) float32, once the forward pass is over."""
         if capture.key_values is None or capture.pooled is None or capture.grid is None:
@@ -182,30 +190,39 @@ class AttentionPoolDecomposition:
         pool = visual.trunk.attn_pool
         text = text.float()
         rest = head_rest(visual)
-        pooled = capture.pooled.float()[:, 0]                                     # z, (B, C)
+        pooled = capture.pooled.float()[:, 0]  # z, (B, C)
         embedding, pull_back = vjp(rest, pooled)
         _check_rebuilt(embedding, image_features.float())
-        rho = image_features.float().norm(dim=-1, keepdim=True)                   # (B, 1)
+        rho = image_features.float().norm(dim=-1, keepdim=True)  # (B, 1)
 
-        weights, values = _attention_and_values(pool, capture.key_values)         # (B,H,N), (B,H,N,d)
-        direction = pull_back(text)[0]                                            # w = Jᵀ t̂, (B, C)
-        out_weight = pool.proj.weight.float()                                     # W_o, (C, C)
-        pulled = (direction @ out_weight).view(values.shape[0], values.shape[1], -1)  # W_oᵀ w by head
+        weights, values = _attention_and_values(pool, capture.key_values)  # (B,H,N), (B,H,N,d)
+        direction = pull_back(text)[0]  # w = Jᵀ t̂, (B, C)
+        out_weight = pool.proj.weight.float()  # W_o, (C, C)
+        pulled = (direction @ out_weight).view(
+            values.shape[0], values.shape[1], -1
+        )  # W_oᵀ w by head
         n_pooled = values.shape[2]
-        out_bias_dot = (as_float(pool.proj.bias, 0.0) * direction).sum(dim=-1, keepdim=True)  # (B, 1)
+        out_bias_dot = (as_float(pool.proj.bias, 0.0) * direction).sum(
+            dim=-1, keepdim=True
+        )  # (B, 1)
         dots = torch.einsum("bhn,bhnd,bhd->bn", weights, values, pulled) + out_bias_dot / n_pooled
         first = _first_grid_token(visual.trunk)
         psi_pool = dots[:, first:] / rho
 
-        if capture.tokens is None:                # the last block: the pooled tokens' own values
-            token_values = values[:, :, first:].transpose(1, 2)                     # (B, P, H, d)
+        if capture.tokens is None:  # the last block: the pooled tokens' own values
+            token_values = values[:, :, first:].transpose(1, 2)  # (B, P, H, d)
         else:
-            token_values = capture.tokens[:, visual.trunk.num_prefix_tokens:]      # (B, P, C)
+            token_values = capture.tokens[:, visual.trunk.num_prefix_tokens :]  # (B, P, C)
         del weights, values
         psi_token = torch.cat(
             [
-                self._token_part(visual, rest, token_values[:, start : start + _TOKEN_CHUNK], text,
-                                 from_values=capture.tokens is None)
+                self._token_part(
+                    visual,
+                    rest,
+                    token_values[:, start : start + _TOKEN_CHUNK],
+                    text,
+                    from_values=capture.tokens is None,
+                )
                 for start in range(0, token_values.shape[1], _TOKEN_CHUNK)
             ],
             dim=1,
@@ -230,10 +247,14 @@ class AttentionPoolDecomposition:
             value_weight = pool.kv.weight.float().chunk(2)[1]
             value_bias = pool.kv.bias.float().chunk(2)[1] if pool.kv.bias is not None else 0.0
             values = visual.trunk.norm(tokens).float() @ value_weight.T + value_bias
-        alone = rest(values @ pool.proj.weight.float().T + as_float(pool.proj.bias, 0.0))  # e_m, (B, chunk, E)
+        alone = rest(
+            values @ pool.proj.weight.float().T + as_float(pool.proj.bias, 0.0)
+        )  # e_m, (B, chunk, E)
         return torch.einsum("bpe,be->bp", alone, text) / alone.norm(dim=-1).clamp_min(1e-12)
 
-    def run(self, visual: nn.Module, pixels: torch.Tensor, text: torch.Tensor, layer: int | None = None):
+    def run(
+        self, visual: nn.Module, pixels: torch.Tensor, text: torch.Tensor, layer: int | None = None
+    ):
         """Hook, forward and decompose one batch (what the attributor does), hooks removed after.
 
         ``text``: (B, E) L2-normalised text embeddings. For tests, benchmarks and inspection.
@@ -281,15 +302,21 @@ def pool_contributions(visual: nn.Module, capture: PoolCapture) -> torch.Tensor:
     pool = visual.trunk.attn_pool
     weights, values = _attention_and_values(pool, capture.key_values)
     batch, heads, n_tokens, head_dim = values.shape
-    weighted = (weights[..., None] * values).transpose(1, 2).reshape(batch, n_tokens, heads * head_dim)
+    weighted = (
+        (weights[..., None] * values).transpose(1, 2).reshape(batch, n_tokens, heads * head_dim)
+    )
     return weighted @ pool.proj.weight.float().T + as_float(pool.proj.bias, 0.0) / n_tokens
 
 
-def _attention_and_values(pool: nn.Module, key_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_and_values(
+    pool: nn.Module, key_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The probe's attention a (B, H, N) and the values v (B, H, N, d), float32, from the kv output."""
     batch, n_tokens, _ = key_values.shape
     heads, head_dim = pool.num_heads, pool.head_dim
-    keys, values = key_values.float().reshape(batch, n_tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    keys, values = (
+        key_values.float().reshape(batch, n_tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    )
     query = _float_call(pool.q, pool.latent.float()).reshape(1, heads, head_dim)  # latent_len = 1
     query, keys = _float_call(pool.q_norm, query), _float_call(pool.k_norm, keys)
     logits = torch.einsum("hd,bhnd->bhn", query[0], keys) / math.sqrt(head_dim)

@@ -141,7 +141,9 @@ class CLIPAttributor(Attributor):
 
     # -- the verb ------------------------------------------------------------------------------
 
-    def attribute_parts(self, images: list, queries: list[str], *, exact_parts: bool = True) -> list[AttentionMap]:
+    def attribute_parts(
+        self, images: list, queries: list[str], *, exact_parts: bool = True
+    ) -> list[AttentionMap]:
         """One :class:`AttentionMap` of raw parts per (RGB PIL image, query) pair, batched
         through the model (:meth:`attribute` adds the mask of this attributor's recipe).
 
@@ -158,7 +160,9 @@ class CLIPAttributor(Attributor):
         maps: list[AttentionMap] = []
         for batch in chunks(list(zip(images, queries)), self.batch_size):
             batch_images = [image for image, _ in batch]
-            parts = self.raw_maps(batch_images, [query for _, query in batch], exact_parts=not early)
+            parts = self.raw_maps(
+                batch_images, [query for _, query in batch], exact_parts=not early
+            )
             for i, (image, query) in enumerate(batch):
                 maps.append(
                     AttentionMap(
@@ -177,7 +181,9 @@ class CLIPAttributor(Attributor):
         """Whether ``attribute(..., exact_parts=False)`` ends the forward pass after block L'."""
         return bool(getattr(self.decomposition, "stops_early", False))
 
-    def raw_maps(self, images: Sequence, queries: Sequence[str], *, exact_parts: bool = True) -> dict[str, torch.Tensor]:
+    def raw_maps(
+        self, images: Sequence, queries: Sequence[str], *, exact_parts: bool = True
+    ) -> dict[str, torch.Tensor]:
         """The decomposition's raw parts for one batch (Ψcls and Ψcomp for the class token):
         float32 CPU tensors of shape (B, grid_h, grid_w), by part name.
 
@@ -185,7 +191,12 @@ class CLIPAttributor(Attributor):
         ends after block L' and the parts are exact up to a positive affine map per image.
         """
         pixels = torch.stack([self.preprocess(image) for image in images])
-        return {name: part.cpu() for name, part in self.parts_from_pixels(pixels, queries, exact_parts=exact_parts).items()}
+        return {
+            name: part.cpu()
+            for name, part in self.parts_from_pixels(
+                pixels, queries, exact_parts=exact_parts
+            ).items()
+        }
 
     def parts_from_pixels(
         self, pixels: torch.Tensor, queries: Sequence[str], *, exact_parts: bool = True
@@ -193,7 +204,9 @@ class CLIPAttributor(Attributor):
         """:meth:`raw_maps` after preprocessing: ``pixels`` (B, 3, H, W) as ``preprocess`` makes
         them; the parts stay on the model's device (for benchmarks of the model side alone)."""
         if not exact_parts and not self.stops_early:
-            raise ConfigError(f"the {self.decomposition.name} decomposition needs the whole tower for its parts")
+            raise ConfigError(
+                f"the {self.decomposition.name} decomposition needs the whole tower for its parts"
+            )
         pixels = pixels.to(self.device, dtype=self.dtype)
         text = self.text_embeddings(queries)
         visual = self.model.visual
@@ -269,7 +282,11 @@ class CLIPAttributor(Attributor):
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
 

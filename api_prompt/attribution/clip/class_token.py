@@ -47,10 +47,10 @@ __all__ = [
 class _Capture:
     """What the hooks keep from one forward pass: per-token scalars, never (B, N, D) tensors."""
 
-    direction: torch.Tensor                         # (B, D): w = γ ⊙ (Pj t̂)
-    contribution_dots: torch.Tensor | None = None   # (B, N): c_m · w
-    residual_dots: torch.Tensor | None = None       # (B, N): z_m · w
-    final_cls: torch.Tensor | None = None           # (B, D): class-token residual before ln_post
+    direction: torch.Tensor  # (B, D): w = γ ⊙ (Pj t̂)
+    contribution_dots: torch.Tensor | None = None  # (B, N): c_m · w
+    residual_dots: torch.Tensor | None = None  # (B, N): z_m · w
+    final_cls: torch.Tensor | None = None  # (B, D): class-token residual before ln_post
 
 
 class ClassTokenDecomposition:
@@ -94,17 +94,25 @@ class ClassTokenDecomposition:
             return "the image tower does not state its patch grid (grid_size)"
         for index, block in enumerate(visual.transformer.resblocks):
             if not all(hasattr(block, name) for name in ("ln_1", "attn", "ls_1")):
-                return f"block {index} ({type(block).__name__}) is not a pre-norm ln_1/attn/ls_1 block"
+                return (
+                    f"block {index} ({type(block).__name__}) is not a pre-norm ln_1/attn/ls_1 block"
+                )
             if not isinstance(block.ln_1, nn.LayerNorm):
-                return f"block {index} normalises with a {type(block.ln_1).__name__}, not a LayerNorm"
+                return (
+                    f"block {index} normalises with a {type(block.ln_1).__name__}, not a LayerNorm"
+                )
             reason = attention_unsupported_reason(block.attn)
             if reason is not None:
                 return f"block {index}: {reason}"
             ln_attn = getattr(block, "ln_attn", None)
             if ln_attn is not None and not isinstance(ln_attn, nn.Identity):
                 return f"block {index} normalises its attention output (scale_attn)"
-            if not isinstance(block.ls_1, nn.Identity) and not isinstance(getattr(block.ls_1, "gamma", None), torch.Tensor):
-                return f"block {index} scales its attention branch with a {type(block.ls_1).__name__}"
+            if not isinstance(block.ls_1, nn.Identity) and not isinstance(
+                getattr(block.ls_1, "gamma", None), torch.Tensor
+            ):
+                return (
+                    f"block {index} scales its attention branch with a {type(block.ls_1).__name__}"
+                )
         return None
 
     def n_layers(self, visual: nn.Module) -> int:
@@ -126,13 +134,17 @@ class ClassTokenDecomposition:
         handles.append(visual.ln_post.register_forward_pre_hook(on_ln_post))
         return capture
 
-    def capture_until(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> _Capture:
+    def capture_until(
+        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list
+    ) -> _Capture:
         """Hook block L' only, and end the forward pass there (its hook raises
         :class:`~.decomposition.StopForward`, which the caller catches): blocks after L',
         ``ln_post`` and the projection never run."""
         return self._hook_block(visual, layer, text, handles, stop=True)
 
-    def _hook_block(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list, *, stop: bool) -> _Capture:
+    def _hook_block(
+        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list, *, stop: bool
+    ) -> _Capture:
         capture = _Capture(direction=readout_direction(visual, text))
         batch_first = getattr(visual.transformer, "batch_first", True)
 
@@ -161,7 +173,9 @@ class ClassTokenDecomposition:
         sigma = torch.sqrt(final_cls.var(dim=-1, unbiased=False, keepdim=True) + ln_post.eps)
         rho = image_features.float().norm(dim=-1, keepdim=True)
         direction_sum = capture.direction.sum(dim=-1, keepdim=True)
-        beta_dot = (_text_in_width(visual, text) * as_float(ln_post.bias, 0.0)).sum(dim=-1, keepdim=True)
+        beta_dot = (_text_in_width(visual, text) * as_float(ln_post.bias, 0.0)).sum(
+            dim=-1, keepdim=True
+        )
 
         k = 2 * self.n_layers(visual) - 1
         n_tokens = capture.contribution_dots.shape[1]
@@ -169,7 +183,9 @@ class ClassTokenDecomposition:
         def score(dots: torch.Tensor, share: float) -> torch.Tensor:
             return ((dots - mu * direction_sum / share) / sigma + beta_dot / share) / rho
 
-        return _patch_grids(visual, score(capture.contribution_dots, k * n_tokens), score(capture.residual_dots, k))
+        return _patch_grids(
+            visual, score(capture.contribution_dots, k * n_tokens), score(capture.residual_dots, k)
+        )
 
     def decompose_until(self, visual: nn.Module, capture: _Capture) -> dict[str, torch.Tensor]:
         """Ψcls and Ψcomp up to one positive affine map per image (the dot products ``c_m · w``
@@ -183,7 +199,9 @@ class ClassTokenDecomposition:
         return _patch_grids(visual, capture.contribution_dots, capture.residual_dots)
 
 
-def _patch_grids(visual: nn.Module, psi_cls: torch.Tensor, psi_comp: torch.Tensor) -> dict[str, torch.Tensor]:
+def _patch_grids(
+    visual: nn.Module, psi_cls: torch.Tensor, psi_comp: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-token scores (B, N) to the parts (B, gh, gw), the class token dropped as a source."""
     grid_h, grid_w = visual.grid_size
     patches = slice(1, None)
@@ -203,7 +221,9 @@ def readout_direction(visual: nn.Module, text: torch.Tensor) -> torch.Tensor:
     return as_float(visual.ln_post.weight, 1.0) * _text_in_width(visual, text)
 
 
-def cls_contribution_dots(block: nn.Module, block_input: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+def cls_contribution_dots(
+    block: nn.Module, block_input: torch.Tensor, direction: torch.Tensor
+) -> torch.Tensor:
     """``c_m · w`` for every source token m, (B, N) float32, without forming any c_m.
 
     Equal to ``cls_attention_contributions(block, block_input) @ w`` (per image), but each term of
@@ -213,24 +233,28 @@ def cls_contribution_dots(block: nn.Module, block_input: torch.Tensor, direction
     numbers are made beyond ``x = ln_1(input)``, which the block computes anyway.
     """
     attn = block.attn
-    x = block.ln_1(block_input).float()                                            # (B, N, D)
+    x = block.ln_1(block_input).float()  # (B, N, D)
     batch, n_tokens, width = x.shape
     heads = attn.num_heads
     head_dim = width // heads
 
-    direction = direction * layer_scale(block)                                   # (B, D)
+    direction = direction * layer_scale(block)  # (B, D)
     w_q, w_k, w_v = attn.in_proj_weight.float().chunk(3)
     b_q, b_k, b_v = in_proj_biases(attn, width)
-    query = (x[:, 0] @ w_q.T + b_q).view(batch, heads, head_dim)                 # class token only
+    query = (x[:, 0] @ w_q.T + b_q).view(batch, heads, head_dim)  # class token only
     pulled = (direction @ attn.out_proj.weight.float()).view(batch, heads, head_dim)  # y = W_oᵀ w
 
-    key_side = torch.einsum("hed,bhe->bdh", w_k.view(heads, head_dim, width), query)    # (B, D, H)
+    key_side = torch.einsum("hed,bhe->bdh", w_k.view(heads, head_dim, width), query)  # (B, D, H)
     value_side = torch.einsum("hed,bhe->bdh", w_v.view(heads, head_dim, width), pulled)  # (B, D, H)
-    both = torch.bmm(x, torch.cat([key_side, value_side], dim=-1))                # (B, N, 2H)
-    logits = both[..., :heads] + torch.einsum("he,bhe->bh", b_k.view(heads, head_dim), query)[:, None]
-    values = both[..., heads:] + torch.einsum("he,bhe->bh", b_v.view(heads, head_dim), pulled)[:, None]
+    both = torch.bmm(x, torch.cat([key_side, value_side], dim=-1))  # (B, N, 2H)
+    logits = (
+        both[..., :heads] + torch.einsum("he,bhe->bh", b_k.view(heads, head_dim), query)[:, None]
+    )
+    values = (
+        both[..., heads:] + torch.einsum("he,bhe->bh", b_v.view(heads, head_dim), pulled)[:, None]
+    )
 
-    weights = (logits / math.sqrt(head_dim)).softmax(dim=1)                       # over sources m
+    weights = (logits / math.sqrt(head_dim)).softmax(dim=1)  # over sources m
     out_bias = (as_float(attn.out_proj.bias, 0.0) * direction).sum(dim=-1, keepdim=True)
     return (weights * values).sum(dim=-1) + out_bias / n_tokens
 
@@ -265,7 +289,7 @@ def cls_attention_contributions(block: nn.Module, block_input: torch.Tensor) -> 
     values = (x @ w_v.T + b_v).view(batch, n_tokens, heads, head_dim)
 
     logits = torch.einsum("bhd,bnhd->bnh", query, keys) / math.sqrt(head_dim)
-    weights = logits.softmax(dim=1)                                                # over sources
+    weights = logits.softmax(dim=1)  # over sources
     weighted_values = (weights[..., None] * values).reshape(batch, n_tokens, width)
     out_bias = as_float(attn.out_proj.bias, 0.0)
     contributions = weighted_values @ attn.out_proj.weight.float().T + out_bias / n_tokens

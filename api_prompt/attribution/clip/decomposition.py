@@ -86,7 +86,9 @@ class EarlyExitDecomposition(Decomposition, Protocol):
 
     stops_early: bool
 
-    def capture_until(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> Any:
+    def capture_until(
+        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list
+    ) -> Any:
         """Hooks whose last one raises :class:`StopForward` once block L' has run."""
 
     def decompose_until(self, visual: nn.Module, capture: Any) -> dict[str, torch.Tensor]:
@@ -111,20 +113,30 @@ def attention_unsupported_reason(attn: nn.Module) -> str | None:
     'its attention (Linear) has no fused in_proj_weight, out_proj, num_heads'
     """
     kind = type(attn).__name__
-    missing = [name for name in ("in_proj_weight", "out_proj", "num_heads") if getattr(attn, name, None) is None]
+    missing = [
+        name
+        for name in ("in_proj_weight", "out_proj", "num_heads")
+        if getattr(attn, name, None) is None
+    ]
     if missing:
         return f"its attention ({kind}) has no fused {', '.join(missing)}"
     weight, heads = attn.in_proj_weight, attn.num_heads
     width = weight.shape[-1]
-    if weight.dim() != 2 or weight.shape[0] != 3 * width or not isinstance(attn.out_proj, nn.Linear):
+    if (
+        weight.dim() != 2
+        or weight.shape[0] != 3 * width
+        or not isinstance(attn.out_proj, nn.Linear)
+    ):
         return f"its attention ({kind}) projects keys or values to another width"
     if not isinstance(heads, int) or heads < 1 or width % heads:
         return f"its attention ({kind}) has {heads!r} heads for width {width}"
     if getattr(attn, "bias_k", None) is not None or getattr(attn, "add_zero_attn", False):
         return f"its attention ({kind}) uses extra key/value biases or zero attention"
     extras = {
-        "ln_q": "normalises queries (qk_norm)", "ln_k": "normalises keys (qk_norm)",
-        "q_norm": "normalises queries (qk_norm)", "k_norm": "normalises keys (qk_norm)",
+        "ln_q": "normalises queries (qk_norm)",
+        "ln_k": "normalises keys (qk_norm)",
+        "q_norm": "normalises queries (qk_norm)",
+        "k_norm": "normalises keys (qk_norm)",
         "ln_inner": "normalises its heads' output (inner norm)",
     }
     for name, what in extras.items():

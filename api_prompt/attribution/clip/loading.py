@@ -47,7 +47,7 @@ def resolve_name(model: Any, pretrained: str | None) -> tuple[str, str | None]:
         raise ConfigError(
             f"model must be an open_clip name or an open_clip model instance, got {model!r}"
         )
-    name = hub.builtin_model(str(model).strip()) or str(model).strip()   # "synthshapes": shipped
+    name = hub.builtin_model(str(model).strip()) or str(model).strip()  # "synthshapes": shipped
     schema = _schema(name)
     if schema is not None:
         if pretrained is not None:
@@ -78,7 +78,11 @@ def _schema(name: str) -> str | None:
 
 
 def load_open_clip(
-    name: str, pretrained: str | None, device: torch.device, dtype: torch.dtype, cache_dir: str | None
+    name: str,
+    pretrained: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    cache_dir: str | None,
 ):
     """open_clip's model, eval transform, tokenizer and the architecture name actually built.
 
@@ -90,7 +94,7 @@ def load_open_clip(
     source = architecture = name
     schema = _schema(name)
     if schema == "hf-hub":
-        cached = _cached_hf_hub_folder(name[len("hf-hub:"):], cache_dir)
+        cached = _cached_hf_hub_folder(name[len("hf-hub:") :], cache_dir)
         if cached is None:
             _require_online(name, "https://huggingface.co")
         source = name if cached is None else cached
@@ -99,7 +103,8 @@ def load_open_clip(
         if pretrained is None:
             logger.warning(
                 "no pretrained weights for %s: the model is randomly initialised "
-                "(pass pretrained=TAG or a checkpoint path)", name
+                "(pass pretrained=TAG or a checkpoint path)",
+                name,
             )
         elif not os.path.isfile(pretrained):
             source, options = _builtin_with_tag(name, pretrained, cache_dir)

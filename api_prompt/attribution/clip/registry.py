@@ -27,7 +27,9 @@ def register_decomposition(decomposition: Decomposition, *, first: bool = False)
     """Add ``decomposition`` to :data:`DECOMPOSITIONS` (last, or ``first``), replacing one of the
     same name; returns it."""
     if not isinstance(decomposition, Decomposition):
-        raise TypeError(f"register_decomposition takes a Decomposition, got {type(decomposition).__name__}")
+        raise TypeError(
+            f"register_decomposition takes a Decomposition, got {type(decomposition).__name__}"
+        )
     DECOMPOSITIONS[:] = [known for known in DECOMPOSITIONS if known.name != decomposition.name]
     DECOMPOSITIONS.insert(0 if first else len(DECOMPOSITIONS), decomposition)
     return decomposition

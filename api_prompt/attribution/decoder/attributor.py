@@ -44,7 +44,13 @@ from ..base import (
 from .capture import ImageKeys, LastRowCapture, answer_length, generation_state
 from .loading import check_model_type, decoder_layers, image_token_id, load_model, load_processor
 
-__all__ = ["DecoderAttributor", "GENERIC_QUERY", "RELATIVE_EPSILON", "relative_attention", "relative_default_layer"]
+__all__ = [
+    "DecoderAttributor",
+    "GENERIC_QUERY",
+    "RELATIVE_EPSILON",
+    "relative_attention",
+    "relative_default_layer",
+]
 
 
 #: The generic instruction of relative attention (ViCrop's wording).
@@ -136,11 +142,17 @@ class DecoderAttributor(Attributor):
                 f"the {self.name} backend takes no pretrained tag (that is for CLIP): pass the "
                 "checkpoint as model, a Hugging Face id or a local folder"
             )
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 1
+        ):
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, (int, np.integer))):
+        if layer is not None and (
+            isinstance(layer, bool) or not isinstance(layer, (int, np.integer))
+        ):
             raise ConfigError(f"layer must be an integer, got {layer!r}")
         if not isinstance(relative, bool):
             raise ConfigError(f"relative must be true or false, got {relative!r}")
@@ -195,7 +207,9 @@ class DecoderAttributor(Attributor):
         """The image positions that enter the softmax, per row."""
         raise NotImplementedError
 
-    def _to_map(self, attention: torch.Tensor, layout: Any, geometry: Any) -> tuple[dict, Box, dict]:
+    def _to_map(
+        self, attention: torch.Tensor, layout: Any, geometry: Any
+    ) -> tuple[dict, Box, dict]:
         """One row's averaged attention over its image keys -> (parts, region, extra)."""
         raise NotImplementedError
 
@@ -218,7 +232,9 @@ class DecoderAttributor(Attributor):
             **({"relative": True, "generic_query": self.generic_query} if self.relative else {}),
         }
 
-    def attribute_parts(self, images: list, queries: list[str], *, exact_parts: bool = True) -> list[AttentionMap]:
+    def attribute_parts(
+        self, images: list, queries: list[str], *, exact_parts: bool = True
+    ) -> list[AttentionMap]:
         """One map of raw parts per (RGB image, query) pair; see the module docstring for what
         is computed (:meth:`attribute` adds the mask of :attr:`default_recipe`); the parts are
         always exact, so ``exact_parts`` changes nothing."""
@@ -227,7 +243,9 @@ class DecoderAttributor(Attributor):
         if self.relative:
             return self._attribute_relative(images, queries)
         maps: list[AttentionMap] = []
-        for image_batch, query_batch in zip(chunks(images, self.batch_size), chunks(queries, self.batch_size)):
+        for image_batch, query_batch in zip(
+            chunks(images, self.batch_size), chunks(queries, self.batch_size)
+        ):
             maps.extend(self._attribute_batch(list(image_batch), list(query_batch)))
         return maps
 
@@ -240,9 +258,11 @@ class DecoderAttributor(Attributor):
         rows_images = list(images) + [first_image[key] for key in missing]
         rows_queries = list(queries) + [self.generic_query] * len(missing)
         computed: list[AttentionMap] = []
-        for image_batch, query_batch in zip(chunks(rows_images, self.batch_size), chunks(rows_queries, self.batch_size)):
+        for image_batch, query_batch in zip(
+            chunks(rows_images, self.batch_size), chunks(rows_queries, self.batch_size)
+        ):
             computed.extend(self._attribute_batch(list(image_batch), list(query_batch)))
-        for key, amap in zip(missing, computed[len(images):]):
+        for key, amap in zip(missing, computed[len(images) :]):
             self._generic_cache[key] = (amap.parts["attention"], amap.region)
             while len(self._generic_cache) > 64:
                 self._generic_cache.pop(next(iter(self._generic_cache)))
@@ -250,9 +270,14 @@ class DecoderAttributor(Attributor):
         for key, amap in zip(keys, computed[: len(images)]):
             generic, _ = self._generic_cache[key]
             question = amap.parts["attention"]
-            parts = {"attention": relative_attention(question, generic).astype(np.float32),
-                     "attention_question": question, "attention_generic": generic}
-            maps.append(dataclasses.replace(amap, parts=parts, extra={**amap.extra, "relative": True}))
+            parts = {
+                "attention": relative_attention(question, generic).astype(np.float32),
+                "attention_question": question,
+                "attention_generic": generic,
+            }
+            maps.append(
+                dataclasses.replace(amap, parts=parts, extra={**amap.extra, "relative": True})
+            )
         return maps
 
     def model_inputs(self, images: list, queries: list[str]) -> dict:
@@ -290,7 +315,8 @@ class DecoderAttributor(Attributor):
         return [
             self.processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}],
-                add_generation_prompt=True, tokenize=False,
+                add_generation_prompt=True,
+                tokenize=False,
             )
             for query in queries
         ]
@@ -301,8 +327,12 @@ class DecoderAttributor(Attributor):
         attention = self.decoder_layers[self.layer].self_attn
         capture = LastRowCapture(attention, keys, inputs["input_ids"].shape[1], self._rotary)
         eos_ids = self._eos_ids()
-        with torch.inference_mode(), eval_mode(self.model), generation_state(self.model), \
-                temporary_hooks() as handles:
+        with (
+            torch.inference_mode(),
+            eval_mode(self.model),
+            generation_state(self.model),
+            temporary_hooks() as handles,
+        ):
             handles.append(attention.register_forward_pre_hook(capture, with_kwargs=True))
             sequences = self.model.generate(
                 **inputs,
@@ -313,7 +343,7 @@ class DecoderAttributor(Attributor):
                 eos_token_id=eos_ids,
                 pad_token_id=self._pad_id(eos_ids),
             )
-        generated = sequences[:, inputs["input_ids"].shape[1]:].cpu()
+        generated = sequences[:, inputs["input_ids"].shape[1] :].cpu()
         passes = torch.stack(capture.passes).float().cpu()  # (passes, B, N)
         valid = keys.valid.cpu()
 
@@ -360,9 +390,16 @@ class DecoderAttributor(Attributor):
         return check_model_type(config, self.model_classes, self.name, self.family)
 
     def _load(self, name: str, processor: Any) -> tuple[Any, Any]:
-        return load_model(name, processor, model_classes=self.model_classes, backend=self.name,
-                          family=self.family, default_model=self.default_model,
-                          device=self.device, dtype=self.dtype)
+        return load_model(
+            name,
+            processor,
+            model_classes=self.model_classes,
+            backend=self.name,
+            family=self.family,
+            default_model=self.default_model,
+            device=self.device,
+            dtype=self.dtype,
+        )
 
     def _load_processor(self, name: str) -> Any:
         return load_processor(name, family=self.family, default_model=self.default_model)

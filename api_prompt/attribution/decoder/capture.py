@@ -26,8 +26,15 @@ import torch
 from ...errors import UnsupportedModelError
 
 __all__ = [
-    "ImageKeys", "LastRowCapture", "apply_rotary", "rotate_half", "GENERATION_STATE", "generation_state",
-    "answer_length", "image_positions", "pack_positions",
+    "ImageKeys",
+    "LastRowCapture",
+    "apply_rotary",
+    "rotate_half",
+    "GENERATION_STATE",
+    "generation_state",
+    "answer_length",
+    "image_positions",
+    "pack_positions",
 ]
 
 
@@ -66,14 +73,16 @@ class LastRowCapture:
     of one position and a (heads × image keys) product.
     """
 
-    def __init__(self, attention: torch.nn.Module, keys: ImageKeys, prompt_length: int, rotary=None):
+    def __init__(
+        self, attention: torch.nn.Module, keys: ImageKeys, prompt_length: int, rotary=None
+    ):
         self.attention = attention
         self.image_positions = keys.positions  # (B, N) indices into the prompt
         self.valid = keys.valid  # (B, N)
         self.prompt_length = prompt_length
         self.rotary = rotary or (lambda cos, sin: (cos, sin))
         # 1/sqrt(d); transformers before 4.48 has no ``scaling`` attribute
-        self.scaling = getattr(attention, "scaling", attention.head_dim ** -0.5)
+        self.scaling = getattr(attention, "scaling", attention.head_dim**-0.5)
         self.keys: torch.Tensor | None = None  # (B, key-value heads, N, d), float32, rotated
         self.passes: list[torch.Tensor] = []  # each (B, N), float32
 
@@ -104,16 +113,25 @@ class LastRowCapture:
                 )
             index = self.image_positions
             image_hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-            trig = [t.expand(hidden.shape[0], -1, -1).gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
-                    for t in (cos, sin)]
+            trig = [
+                t.expand(hidden.shape[0], -1, -1).gather(
+                    1, index[..., None].expand(-1, -1, t.shape[-1])
+                )
+                for t in (cos, sin)
+            ]
             # one key per key-value head (grouped-query attention shares it among query heads)
-            self.keys = apply_rotary(self._project(attn.k_proj, "k_norm", image_hidden), *trig).float()
+            self.keys = apply_rotary(
+                self._project(attn.k_proj, "k_norm", image_hidden), *trig
+            ).float()
         query = self._project(attn.q_proj, "q_norm", hidden[:, -1:])
         query = apply_rotary(query, cos[:, -1:], sin[:, -1:]).float()  # (B, heads, 1, d)
         batch, heads, _, dim = query.shape
         kv_heads = self.keys.shape[1]  # query head h reads key-value head h // (heads / kv_heads)
         grouped = query.view(batch, kv_heads, heads // kv_heads, dim)
-        logits = torch.einsum("bkgd,bknd->bkgn", grouped, self.keys).reshape(batch, heads, -1) * self.scaling
+        logits = (
+            torch.einsum("bkgd,bknd->bkgn", grouped, self.keys).reshape(batch, heads, -1)
+            * self.scaling
+        )
         logits = logits.masked_fill(~self.valid[:, None, :], float("-inf"))
         self.passes.append(logits.softmax(dim=-1).mean(dim=1))
         return None
@@ -127,8 +145,12 @@ GENERATION_STATE = ("rope_deltas",)
 @contextmanager
 def generation_state(model: torch.nn.Module) -> Iterator[None]:
     """Restore the :data:`GENERATION_STATE` attributes of every module on exit."""
-    saved = [(module, name, getattr(module, name)) for module in model.modules()
-             for name in GENERATION_STATE if hasattr(module, name)]
+    saved = [
+        (module, name, getattr(module, name))
+        for module in model.modules()
+        for name in GENERATION_STATE
+        if hasattr(module, name)
+    ]
     try:
         yield
     finally:
@@ -152,7 +174,9 @@ def answer_length(tokens: torch.Tensor, eos_ids: list[int], limit: int) -> int:
     return min(len(tokens), limit)
 
 
-def image_positions(input_ids: torch.Tensor, token_id: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def image_positions(
+    input_ids: torch.Tensor, token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Per row, the sequence positions holding ``token_id``, packed into (B, N) with a validity
     mask, plus the list of each row's own positions.
 
@@ -165,10 +189,14 @@ def image_positions(input_ids: torch.Tensor, token_id: int) -> tuple[torch.Tenso
     return pack_positions(rows)
 
 
-def pack_positions(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def pack_positions(
+    rows: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Stack rows of positions of different lengths into (B, N) plus a (B, N) validity mask."""
     if any(len(row) == 0 for row in rows):
-        raise UnsupportedModelError("a prompt holds no image tokens: the processor did not insert the image")
+        raise UnsupportedModelError(
+            "a prompt holds no image tokens: the processor did not insert the image"
+        )
     width = max(len(row) for row in rows)
     positions = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
     valid = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)

@@ -87,8 +87,12 @@ def unknown_words(tokenizer: Any, text: str) -> list[str]:
         words = [text[start:end] for _, (start, end) in pre_tokenizer.pre_tokenize_str(text)]
     else:
         words = re.findall(r"\S+", text)
-    return list(dict.fromkeys(
-        word for word in words if unk in tokenizer(word, add_special_tokens=False)["input_ids"]))
+    return list(
+        dict.fromkeys(
+            word for word in words if unk in tokenizer(word, add_special_tokens=False)["input_ids"]
+        )
+    )
+
 
 #: Colour of the square padding: CLIP's pixel mean in 8 bits, as the reference pads.
 PAD_COLOUR = (122, 116, 104)
@@ -136,7 +140,9 @@ class LLaVAAttributor(DecoderAttributor):
 
     def _prepare(self, images: list, queries: list[str]) -> tuple[dict, list[Any]]:
         squares, regions = zip(*(pad_to_square(image) for image in images))
-        return self._processor_call(images=list(squares), text=self._prompts(queries)), list(regions)
+        return self._processor_call(images=list(squares), text=self._prompts(queries)), list(
+            regions
+        )
 
     def _prompts(self, queries: list[str]) -> list[str]:
         tokenizer = self.processor.tokenizer
@@ -146,16 +152,27 @@ class LLaVAAttributor(DecoderAttributor):
                 warnings.warn(
                     f"{', '.join(map(repr, unknown))} in {query!r} become {tokenizer.unk_token} with "
                     f"the vocabulary of {self.model_name}: the model does not see these words",
-                    UnknownWordsWarning, stacklevel=4,
+                    UnknownWordsWarning,
+                    stacklevel=4,
                 )
         if not getattr(self.processor, "chat_template", None):
             return [PROMPT_TEMPLATE.format(question=query) for query in queries]
-        system = [] if unknown_words(tokenizer, SYSTEM_SENTENCE) else [
-            {"role": "system", "content": [{"type": "text", "text": SYSTEM_SENTENCE}]}]
+        system = (
+            []
+            if unknown_words(tokenizer, SYSTEM_SENTENCE)
+            else [{"role": "system", "content": [{"type": "text", "text": SYSTEM_SENTENCE}]}]
+        )
         return [
             self.processor.apply_chat_template(
-                [*system, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}],
-                add_generation_prompt=True, tokenize=False,
+                [
+                    *system,
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": query}],
+                    },
+                ],
+                add_generation_prompt=True,
+                tokenize=False,
             )
             for query in queries
         ]

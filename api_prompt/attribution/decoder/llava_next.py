@@ -63,7 +63,9 @@ class AnyresLayout:
     def is_newline(self) -> torch.Tensor:
         """(n_tokens,) bool: which of the image's tokens are row separators."""
         flags = torch.zeros(self.n_tokens, dtype=torch.bool)
-        flags[self.side * self.side:] = (torch.arange(self.rows * (self.cols + 1)) % (self.cols + 1)) == self.cols
+        flags[self.side * self.side :] = (
+            torch.arange(self.rows * (self.cols + 1)) % (self.cols + 1)
+        ) == self.cols
         return flags
 
 
@@ -129,8 +131,10 @@ class LLaVANextAttributor(DecoderAttributor):
         cell_y, cell_x = canvas_h / full_rows, canvas_w / full_cols
         sy, sx = height / new_h, width / new_w
         region = (
-            (cut_cols * cell_x - paste_x) * sx, (cut_rows * cell_y - paste_y) * sy,
-            ((full_cols - cut_cols) * cell_x - paste_x) * sx, ((full_rows - cut_rows) * cell_y - paste_y) * sy,
+            (cut_cols * cell_x - paste_x) * sx,
+            (cut_rows * cell_y - paste_y) * sy,
+            ((full_cols - cut_cols) * cell_x - paste_x) * sx,
+            ((full_rows - cut_rows) * cell_y - paste_y) * sy,
         )
         left, top, right, bottom = (float(v) for v in region)
         return AnyresLayout(side, int(rows), int(cols), (left, top, right, bottom), (width, height))

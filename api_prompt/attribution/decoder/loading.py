@@ -12,7 +12,14 @@ import torch
 from ... import hub
 from ...errors import ConfigError, UnsupportedModelError
 
-__all__ = ["check_model_type", "load_advice", "load_model", "load_processor", "decoder_layers", "image_token_id"]
+__all__ = [
+    "check_model_type",
+    "load_advice",
+    "load_model",
+    "load_processor",
+    "decoder_layers",
+    "image_token_id",
+]
 
 
 def check_model_type(config: Any, model_classes: dict[str, str], backend: str, family: str) -> str:
@@ -37,8 +44,17 @@ def load_advice(name: str, default_model: str) -> str:
     )
 
 
-def load_model(name: str, processor: Any, *, model_classes: dict[str, str], backend: str, family: str,
-               default_model: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+def load_model(
+    name: str,
+    processor: Any,
+    *,
+    model_classes: dict[str, str],
+    backend: str,
+    family: str,
+    default_model: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[Any, Any]:
     """(model, processor) from a folder or the HF cache, else the Hub; the model in eval mode on
     ``device``. ``processor`` None loads the checkpoint's own."""
     import transformers
@@ -48,9 +64,15 @@ def load_model(name: str, processor: Any, *, model_classes: dict[str, str], back
 
     def load(files_only: bool) -> tuple[Any, Any]:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=files_only)
-        cls = getattr(transformers, model_classes[check_model_type(config, model_classes, backend, family)])
-        model = cls.from_pretrained(source, local_files_only=files_only, **hub.dtype_argument(dtype))
-        return model, processor or transformers.AutoProcessor.from_pretrained(source, local_files_only=files_only)
+        cls = getattr(
+            transformers, model_classes[check_model_type(config, model_classes, backend, family)]
+        )
+        model = cls.from_pretrained(
+            source, local_files_only=files_only, **hub.dtype_argument(dtype)
+        )
+        return model, processor or transformers.AutoProcessor.from_pretrained(
+            source, local_files_only=files_only
+        )
 
     model, processor = hub.load_cache_first(load, name, advice=advice, what=f"{family} model")
     return model.to(device).eval(), processor
@@ -66,14 +88,20 @@ def load_processor(name: str, *, family: str, default_model: str) -> Any:
     source = str(hub.local_folder(name, advice) or name)
     return hub.load_cache_first(
         lambda files_only: AutoProcessor.from_pretrained(source, local_files_only=files_only),
-        name, advice=advice, what="the processor of",
+        name,
+        advice=advice,
+        what="the processor of",
     )
 
 
 def decoder_layers(model: torch.nn.Module, backend: str = "decoder") -> torch.nn.ModuleList:
     """The decoder's layer list, wherever this transformers version keeps it."""
-    for path in ("model.language_model.layers", "language_model.model.layers", "model.layers",
-                 "language_model.layers"):
+    for path in (
+        "model.language_model.layers",
+        "language_model.model.layers",
+        "model.layers",
+        "language_model.layers",
+    ):
         module: Any = model
         for part in path.split("."):
             module = getattr(module, part, None)
