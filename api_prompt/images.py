@@ -1,5 +1,8 @@
 """Robust image loading: every entry point turns what the user has into one RGB PIL image here.
 
+Long because: one module decides what every accepted image source means (paths, bytes, arrays,
+tensors, PIL images, EXIF, modes, the pixel limit), so that no entry point decodes on its own.
+
 Accepted sources: a path (``str`` or :class:`os.PathLike`), encoded bytes, a binary file-like
 object, a :class:`PIL.Image.Image`, or a numpy array (H×W, H×W×1, H×W×3 or H×W×4; ``uint8``,
 ``uint16``, ``bool`` or float in [0, 1]).

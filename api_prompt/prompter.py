@@ -1,5 +1,8 @@
 """The whole method in one object: an attributor plus the overlay, with published presets.
 
+Long because: the Prompter's three stages (attribute, combine, render), its presets and styles
+are one public object, documented in one place.
+
 >>> from api_prompt import Prompter                                              # doctest: +SKIP
 >>> prompter = Prompter(model="local-dir:assets/synthshapes-clip", device="cpu")  # doctest: +SKIP
 >>> result = prompter("scene.png", "a red circle")                               # doctest: +SKIP

@@ -1,7 +1,7 @@
 """Dataset sources for batch runs: read (id, image, question) samples one at a time.
 
-(Over 400 lines: five readers and the image-value rules they all share, each short; kept together
-so one file says what every input format means.)
+Long because: five readers and the image-value rules they all share, each short; kept together
+so one file says what every input format means.
 
 Every source yields :class:`Sample` objects in a fixed order without decoding any image; the
 runner decodes them in worker threads with :meth:`Source.load_image`. Nothing loads a whole

@@ -1,7 +1,7 @@
 """``evaluate(...)``: ask a target on every benchmark sample, with and without attention prompting.
 
-(Over 400 lines: the loop, its per-batch steps (prompt, answer, score, grade) and the summary all
-work on the same prediction records; the run folder itself is :mod:`api_prompt.runs`.)
+Long because: the loop, its per-batch steps (prompt, answer, score, grade) and the summary all
+work on the same prediction records; the run folder itself is :mod:`api_prompt.runs`.
 
 For each sample the target is asked once per condition (``original``: the image as it is;
 ``api``: the attention-prompted image, in the Prompter's style; ``overlay``, ``crop``, ``blur``,

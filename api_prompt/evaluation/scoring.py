@@ -1,5 +1,8 @@
 """Per-sample scoring as each benchmark's official evaluation does it, benchmark by benchmark.
 
+Long because: one short truth/score pair per official scorer (POPE, MME, VQAv2, TextVQA, GQA,
+multiple choice), each next to the official rule it reproduces.
+
 Each benchmark has a *truth* function (the sample's ground truth, read once and checked: a
 ConfigError when it is missing) and a *score* function ``(answer, truth) -> float``; its record
 in :mod:`~api_prompt.evaluation.benchmarks` names them, and

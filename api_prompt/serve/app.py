@@ -1,5 +1,9 @@
 """The OpenAI-compatible proxy: attention prompting for every client that speaks the chat API.
 
+Long because: the request path of the proxy (read, check, prompt, forward, stream back, hang-up
+handling) is kept in one file so that every refusal it makes can be read in order; messages,
+styles, fetching, batching and rendering are in their own modules.
+
 ``POST /v1/chat/completions``: every ``image_url`` part of a user message (a base64 data URL, or
 an http(s) URL with ``allow_url_fetch``) is replaced by the attention-prompted image (a JPEG for a
 JPEG, a lossless PNG for anything else: :mod:`~api_prompt.serve.render`), the message's text

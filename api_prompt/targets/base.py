@@ -1,5 +1,8 @@
 """What every target shares: the :class:`Target` protocol, the base class and input handling.
 
+Long because: the Target protocol, the shared input handling and the TARGETS specs (what each
+kind accepts, read by the command line) are one contract.
+
 A *target* is the vision-language model that finally answers the question. Every target is
 called the same way, on a batch::
 

@@ -1,5 +1,9 @@
 """The decoder attributor (docs/ALGORITHM.md §2): what every vision-language decoder family shares.
 
+Long because: the greedy answer loop, the layer and token choices and relative attention are one
+procedure (docs/ALGORITHM.md §2) that every decoder family runs; the hook and the loading live
+in capture.py and loading.py.
+
 While the model answers greedily (at most ``max_new_tokens`` new tokens), the hook of
 :mod:`.capture` watches one decoder layer L' at every forward pass; each sequence averages its own
 passes, up to and including its own end-of-sequence token, so a row that stops early in a batch is
