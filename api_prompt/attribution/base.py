@@ -61,6 +61,7 @@ class Attributor:
     #: how many blocks (layers) the loaded model has: the range of ``layer``; None for a backend
     #: without layers. Backends with a ``layer`` set it when they load the model.
     n_layers: int | None = None
+    layer: int  # the block read, 0-based; declared only, set by the backends that have layers
     #: the settings of the mask :meth:`attribute` makes when the attributor is used alone
     enhance: float = DEFAULT_ENHANCE
     kernel_size: int = DEFAULT_KERNEL_SIZE

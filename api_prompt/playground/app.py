@@ -1,5 +1,8 @@
 """The playground page: a Gradio app over :class:`~api_prompt.playground.engine.Playground`.
 
+Long because: the page's layout and the events wiring its panels are one Gradio definition;
+the model-free work is in :mod:`api_prompt.playground.engine`.
+
 >>> from api_prompt.playground import build_app, Playground        # doctest: +SKIP
 >>> build_app(Playground(device="cpu")).launch()                   # doctest: +SKIP
 
@@ -170,7 +173,7 @@ def _number_text(value: float) -> str:
     return f"{value:g}"
 
 
-def _uploaded(file: Any) -> tuple[str | None, str | None]:
+def _uploaded(file: Any) -> tuple[str, str] | tuple[None, None]:
     """``(path on the server, name the visitor knows)`` of the upload box's value (None: empty).
 
     The events send the box's raw value, a dict with ``path`` and ``orig_name``; a path string
@@ -236,19 +239,21 @@ class Page:
         """Prompt (the button or Enter): the model, then the mask and the pictures."""
         state = state or Session()
         path, name = _uploaded(file)
-        if path is None:
+        if path is None or name is None:
             raise _Failure("no image: upload one or pick an example")
         if not (question or "").strip():
             raise _Failure("the question is empty: type what the image should answer")
         layer = self._layer(layer, known)
         enhance, kernel = self._mask_settings(enhance, kernel)
         background = self._background(background)
-        changes = {}
-        if path != state.image_path or state.image is None:
-            state.use_image(path, self._load(path, name))
-            changes["original"] = shrink_to(state.image, DISPLAY_SIDE)
+        changes: dict[str, Any] = {}
+        image = state.image
+        if path != state.image_path or image is None:
+            image = self._load(path, name)
+            state.use_image(path, image)
+            changes["original"] = shrink_to(image, DISPLAY_SIDE)
         state.question = question.strip()
-        state.raw = self.playground.attribute(state.image, state.question, layer=layer)
+        state.raw = self.playground.attribute(image, state.question, layer=layer)
         state.combined = self.playground.combine(state.raw, enhance=enhance, kernel_size=kernel)
         changes.update(self._show(state, resample, background, geometry))
         note = self.playground.truncation_note(state.question)
@@ -295,18 +300,19 @@ class Page:
             "session": state,
         }
         path, name = _uploaded(file)
-        if path is None:
+        if path is None or name is None:
             return changes
         try:
-            state.use_image(path, self._load(path, name))
+            image = self._load(path, name)
+            state.use_image(path, image)
         except Exception as exc:
             return {**changes, "error": _error_markdown(_sentence(exc))}
-        return {**changes, "original": shrink_to(state.image, DISPLAY_SIDE)}
+        return {**changes, "original": shrink_to(image, DISPLAY_SIDE)}
 
     @_in_the_page
     def ask(self, question, state: Session | None) -> dict:
         """Ask the target about the original and the prompted image."""
-        if state is None or state.prompted is None:
+        if state is None or state.image is None or state.prompted is None:
             raise _Failure("prompt an image first, then ask the target")
         original, prompted = self.playground.ask(
             state.image, state.prompted, question or state.question
@@ -352,6 +358,7 @@ class Page:
 
     def _show(self, state: Session, resample: str, background: int, geometry: str) -> dict:
         """Draw the pictures for ``state.combined`` and write the files the page offers."""
+        assert state.image is not None, "a map is drawn only for a loaded image"
         amap = state.combined
         state.drawn = dict(resample=resample, background=background, geometry=geometry)
         view = self.playground.view(state.image, amap, **state.drawn, every_style=False)
@@ -397,6 +404,8 @@ class Page:
             state is None
             or state.combined is None
             or state.drawn is None
+            or state.image is None
+            or state.prompted is None
             or state.styles_shown == state.shown
         ):
             return {}

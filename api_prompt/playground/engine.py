@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -35,6 +35,9 @@ from ..images import DEFAULT_MAX_PIXELS
 from ..prompter import Prompter, _style_with, check_settings
 from ..styles import STYLES, Style
 from ..styles import style_options as options_of
+
+if TYPE_CHECKING:
+    from ..targets import Target
 
 __all__ = ["Playground", "View", "default_model_dir", "part_picture", "shrink_to"]
 
@@ -141,7 +144,7 @@ class Playground:
         if self.small_example_model:
             self.model = f"local-dir:{default_model_dir()}"
         self._prompter: Prompter | None = None
-        self._target = None
+        self._target: Target | None = None
         self._model_lock = threading.Lock()
         self._target_lock = threading.Lock()
 
@@ -244,11 +247,18 @@ class Playground:
         from ..overlay import render_heatmap
 
         self.prompter()
-        settings = dict(resample=resample, background=background, geometry=geometry)
-        prompted = self.styles(**settings)[self.style].single(image, amap)
+        styles = self.styles(resample=resample, background=background, geometry=geometry)
+        prompted = styles[self.style].single(image, amap)
         styled = {self.style: prompted}
         if every_style:
-            styled = self.style_pictures(image, amap, **settings, known=styled)
+            styled = self.style_pictures(
+                image,
+                amap,
+                resample=resample,
+                background=background,
+                geometry=geometry,
+                known=styled,
+            )
         small = shrink_to(image, HEATMAP_SIDE)
         heatmap = render_heatmap(small, amap, geometry=geometry, colorbar=True)
         parts = [
@@ -284,6 +294,7 @@ class Playground:
         settings, overlay = check_settings(
             None, resample=resample, background=background, geometry=geometry
         )
+        assert self.style_options is not None  # __post_init__ made it a dict
         return {
             name: _style_with(name, settings, overlay.geometry, self.style_options)
             for name in STYLES
