@@ -6,7 +6,6 @@ sub-commands are plain functions in their own modules, registered at the bottom 
 
 from __future__ import annotations
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -14,7 +13,7 @@ from api_prompt import __version__
 
 from .ask import ask_command
 from .batch import batch_command, merge_command
-from .common import DOCS_HINT, OneLineErrorCommand, _without_type_labels
+from .common import DOCS_HINT, ClickContext, OneLineErrorCommand, _without_type_labels
 from .eval import eval_command
 from .examples import examples_command
 from .playground import playground_command
@@ -43,17 +42,17 @@ class _DefaultCommandGroup(TyperGroup):
     handed to the default command, so users never have to type ``prompt``.
     """
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         group_options = {name for param in self.params for name in param.opts}
         group_options.update(ctx.help_option_names)
         if args and args[0] not in self.commands and args[0] not in group_options:
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
 
-    def get_params(self, ctx: click.Context) -> list:
+    def get_params(self, ctx: ClickContext) -> list:
         return _without_type_labels(super().get_params(ctx))
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: ClickContext) -> list[str]:
         # The default command first, then the rest in the order they were registered.
         return [DEFAULT_COMMAND] + [name for name in self.commands if name != DEFAULT_COMMAND]
 

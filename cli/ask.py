@@ -243,7 +243,7 @@ def ask_command(
             metavar="QUESTION", help="The question for the target model.", show_default=False
         ),
     ],
-    target: TargetOpt = ...,
+    target: TargetOpt,
     base_url: BaseUrlOpt = None,
     no_api: NoApiOpt = False,
     mode: ModeOpt = Mode.prompted,

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -18,17 +18,32 @@ from api_prompt.batch.sources import READERS
 from api_prompt.errors import APIPromptError, ConfigError
 from api_prompt.images import DEFAULT_MAX_PIXELS
 
-try:  # recent typer releases vendor click, with their own exception classes
+# Recent typer releases vendor click (typer._click): their commands take and raise that copy's
+# classes, not the click package's. Older ones run on the click package. mypy checks against the
+# typer installed, which vendors it; at run time either works.
+if TYPE_CHECKING:
+    from typer._click import Context as ClickContext
     from typer._click.exceptions import UsageError as _VendoredUsageError
     from typer._click.globals import get_current_context as _current_context
-except ImportError:  # pragma: no cover - typer on top of the click package
-    _VendoredUsageError = click.UsageError
-    _current_context = click.get_current_context
+else:
+    try:
+        from typer._click import Context as ClickContext
+        from typer._click.exceptions import UsageError as _VendoredUsageError
+        from typer._click.globals import get_current_context as _current_context
+    except ImportError:  # pragma: no cover - typer on top of the click package
+        ClickContext = click.Context
+        _VendoredUsageError = click.UsageError
+        _current_context = click.get_current_context
 _USAGE_ERRORS = (click.UsageError, _VendoredUsageError)
 
 
-#: The data formats batch and eval read (``--input-format``), from the readers' table.
-InputFormat = Enum("InputFormat", {name: name for name in READERS}, type=str)
+if TYPE_CHECKING:  # a str Enum whose members, the readers' names, are known at run time only
+
+    class InputFormat(str, Enum): ...
+
+else:
+    #: The data formats batch and eval read (``--input-format``), from the readers' table.
+    InputFormat = Enum("InputFormat", {name: name for name in READERS}, type=str)
 #: Where to read more, said at the end of ``api-prompt --help``.
 DOCS_HINT = (
     "the documentation is the docs/ folder of the source distribution "
@@ -219,10 +234,10 @@ class OneLineErrorCommand(TyperCommand):
     was run) and exit code 2 instead. ``cli/app.py`` registers every command with it.
     """
 
-    def get_params(self, ctx: click.Context) -> list:
+    def get_params(self, ctx: ClickContext) -> list:
         return _without_type_labels(super().get_params(ctx))
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except _USAGE_ERRORS as exc:

@@ -85,7 +85,7 @@ def eval_command(
             help=_benchmarks_help(),
         ),
     ],
-    target: TargetOpt = ...,
+    target: TargetOpt,
     out: Annotated[
         Path,
         typer.Option(
@@ -95,7 +95,7 @@ def eval_command(
             help="Output folder: predictions.jsonl, summary.json, report.md, chart.png. An earlier run "
             "with the same parameters is continued.",
         ),
-    ] = ...,
+    ],
     conditions: Annotated[
         str,
         typer.Option(

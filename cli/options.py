@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -27,9 +27,16 @@ from api_prompt.presets import PRESETS
 
 from .common import check_device_name, parse_key_value, status
 
-#: Upsampling filters and geometries, from the overlay's own tables.
-Resample = Enum("Resample", {name: name for name in RESAMPLE}, type=str)
-Geometry = Enum("Geometry", {name: name for name in GEOMETRIES}, type=str)
+if TYPE_CHECKING:  # str Enums whose members, the tables' names, are known at run time only
+
+    class Resample(str, Enum): ...
+
+    class Geometry(str, Enum): ...
+
+else:
+    #: Upsampling filters and geometries, from the overlay's own tables.
+    Resample = Enum("Resample", {name: name for name in RESAMPLE}, type=str)
+    Geometry = Enum("Geometry", {name: name for name in GEOMETRIES}, type=str)
 
 #: The backend used when --backend is not given.
 DEFAULT_BACKEND = "clip"
@@ -528,7 +535,7 @@ PROMPT_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
     ("kernel_size", KernelOpt, None),
     ("resample", ResampleOpt, None),
     ("background", BackgroundOpt, None),
-    ("geometry", GeometryOpt, Geometry.stretch),
+    ("geometry", GeometryOpt, Geometry("stretch")),
     ("style", StyleOpt, "overlay"),
     ("style_option", StyleOptionOpt, None),
     ("device", DeviceOpt, "auto"),

@@ -115,13 +115,13 @@ def prompt_command(
             raise ConfigError("the query is empty: pass the question the image should answer")
         options.check()
         shipped = image.startswith("example:")
-        image = image_argument(image)
+        image_path = image_argument(image)
         try:
-            picture = load_image(image, max_pixels=max_pixels)
+            picture = load_image(image_path, max_pixels=max_pixels)
         except ImageTooLargeError as exc:
-            raise ImageLoadError(too_many_pixels(image, exc)) from None
+            raise ImageLoadError(too_many_pixels(image_path, exc)) from None
         if output is None:  # beside the image; a shipped example's output goes to this folder
-            output = (Path() if shipped else image.parent) / (image.stem + DEFAULT_SUFFIX)
+            output = (Path() if shipped else image_path.parent) / (image_path.stem + DEFAULT_SUFFIX)
         targets = {"output": output, "--save-map": save_map, "--heatmap": heatmap}
         check_outputs({name: path for name, path in targets.items() if path is not None})
 
@@ -146,7 +146,7 @@ def prompt_command(
         ]
         if save_map is not None:
             jobs.append((save_map, result.map.save))
-        if heat is not None:
+        if heat is not None and heatmap is not None:  # heat is drawn only for --heatmap
             jobs.append((heatmap, lambda f: save_image(heat, f, heatmap)))
         write_atomically(jobs)
 
@@ -181,8 +181,11 @@ def image_format(path: Path) -> str:
 def save_image(image: Image.Image, file: IO[bytes], path: Path) -> None:
     """Write ``image`` to ``file`` in the format ``path``'s extension names (JPEG at quality 95)."""
     fmt = image_format(path)
-    options = {"JPEG": {"quality": JPEG_QUALITY}, "WEBP": {"lossless": True}}.get(fmt, {})
-    image.save(file, format=fmt, **options)
+    options: dict[str, dict[str, object]] = {
+        "JPEG": {"quality": JPEG_QUALITY},
+        "WEBP": {"lossless": True},
+    }
+    image.save(file, format=fmt, **options.get(fmt, {}))
 
 
 def check_outputs(targets: dict[str, Path]) -> None:

@@ -186,7 +186,7 @@ FetchTimeoutOpt = Annotated[
 
 @prompt_options()
 def serve_command(
-    upstream: UpstreamOpt = ...,
+    upstream: UpstreamOpt,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8080,
     api_key: ApiKeyOpt = None,
