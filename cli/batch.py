@@ -1,5 +1,8 @@
 """``api-prompt batch`` (prompt a whole dataset) and ``api-prompt merge`` (combine shard folders).
 
+Long because: ``batch`` and ``merge`` declare many options (input columns, formats, sharding,
+engines), each with the help text users read; the logic is in :mod:`api_prompt.batch`.
+
 Both are thin wrappers of :func:`api_prompt.batch.run` and :func:`api_prompt.batch.merge`.
 Exit codes: 0 when every sample is done, 1 when some samples failed (they are listed in the
 manifest, with whether a rerun can fix them) or shards are missing, 2 for bad options or input
