@@ -28,6 +28,7 @@ from .common import (
     handle_errors,
     image_argument,
     parse_key_value,
+    registry_help,
     status,
 )
 from .options import PromptOptions, prompt_options
@@ -77,7 +78,7 @@ TargetOpt = Annotated[
         "-t",
         rich_help_panel=_TARGET,
         show_default=False,
-        help=_targets_help(),
+        help=registry_help("--target", _targets_help),
     ),
 ]
 TargetOptionOpt = Annotated[
@@ -88,7 +89,7 @@ TargetOptionOpt = Annotated[
         metavar="KEY=VALUE",
         rich_help_panel=_TARGET,
         show_default=False,
-        help=_target_options_help(),
+        help=registry_help("--target-option", _target_options_help),
     ),
 ]
 BaseUrlOpt = Annotated[

@@ -28,6 +28,7 @@ from .common import (
     for_command_line,
     handle_errors,
     plural,
+    registry_help,
 )
 from .options import PromptOptions, prompt_options
 
@@ -133,7 +134,7 @@ def batch_command(
             metavar="NAME",
             rich_help_panel=_OUTPUT,
             show_default="tsv for a TSV, dataset for parquet and datasets inputs, none for JSONL and CSV",
-            help=_output_formats_help(),
+            help=registry_help("--output-format", _output_formats_help),
         ),
     ] = None,
     keep_original: Annotated[

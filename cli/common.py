@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated
@@ -218,6 +218,26 @@ def handle_errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+#: help texts made from a registry, by option flag: made again whenever a command's options are
+#: read, so a backend, style, target kind, benchmark or output format registered after the
+#: command line was imported is listed in ``--help`` too
+REGISTRY_HELP: dict[str, Callable[[], str]] = {}
+
+
+def registry_help(flag: str, text: Callable[[], str]) -> str:
+    """``text()`` now, and again each time the option ``flag`` is shown (see :data:`REGISTRY_HELP`)."""
+    REGISTRY_HELP[flag] = text
+    return text()
+
+
+def _with_registry_help(params: list) -> list:
+    for param in params:
+        text = REGISTRY_HELP.get(param.opts[0]) if getattr(param, "opts", None) else None
+        if text is not None:
+            param.help = text()
+    return params
+
+
 def _without_type_labels(params: list) -> list:
     """Flags (``--quiet``, ``--help``) shown without a ``<bool>`` label in ``--help``."""
     for param in params:
@@ -235,7 +255,7 @@ class OneLineErrorCommand(TyperCommand):
     """
 
     def get_params(self, ctx: ClickContext) -> list:
-        return _without_type_labels(super().get_params(ctx))
+        return _without_type_labels(_with_registry_help(super().get_params(ctx)))
 
     def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         try:

@@ -29,7 +29,7 @@ from .ask import (
     TimeoutOpt,
     target_options,
 )
-from .common import DebugOpt, InputFormat, QuietOpt, handle_errors, status
+from .common import DebugOpt, InputFormat, QuietOpt, handle_errors, registry_help, status
 from .options import PromptOptions, prompt_options
 
 _DATA = "Data"
@@ -82,7 +82,7 @@ def eval_command(
             parser=parse_benchmark,
             metavar="NAME",
             show_default=False,
-            help=_benchmarks_help(),
+            help=registry_help("--benchmark", _benchmarks_help),
         ),
     ],
     target: TargetOpt,

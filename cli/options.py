@@ -25,7 +25,7 @@ from api_prompt.errors import ConfigError
 from api_prompt.overlay import GEOMETRIES, RESAMPLE
 from api_prompt.presets import PRESETS
 
-from .common import check_device_name, parse_key_value, status
+from .common import check_device_name, parse_key_value, registry_help, status
 
 if TYPE_CHECKING:  # str Enums whose members, the tables' names, are known at run time only
 
@@ -195,7 +195,7 @@ BackendOpt = Annotated[
         "--backend",
         parser=parse_backend,
         metavar="NAME",
-        help=_backends_help(),
+        help=registry_help("--backend", _backends_help),
         rich_help_panel=_MODEL,
     ),
 ]
@@ -236,7 +236,7 @@ BackendOptionOpt = Annotated[
         metavar="KEY=VALUE",
         rich_help_panel=_MODEL,
         show_default=False,
-        help=_backend_options_help(),
+        help=registry_help("--backend-option", _backend_options_help),
     ),
 ]
 DeviceOpt = Annotated[
@@ -313,7 +313,7 @@ RecipeOpt = Annotated[
         rich_help_panel=_MAP,
         metavar="NAME",
         show_default=False,
-        help=_recipes_help(),
+        help=registry_help("--recipe", _recipes_help),
     ),
 ]
 StyleOpt = Annotated[
@@ -323,7 +323,7 @@ StyleOpt = Annotated[
         parser=parse_style,
         metavar="NAME",
         rich_help_panel=_STYLE,
-        help=_styles_help(),
+        help=registry_help("--style", _styles_help),
     ),
 ]
 StyleOptionOpt = Annotated[
@@ -334,7 +334,7 @@ StyleOptionOpt = Annotated[
         metavar="KEY=VALUE",
         rich_help_panel=_STYLE,
         show_default=False,
-        help=_style_options_help(),
+        help=registry_help("--style-option", _style_options_help),
     ),
 ]
 
