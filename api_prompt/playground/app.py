@@ -523,6 +523,9 @@ def build_app(playground: Playground, *, title: str = "api-prompt playground") -
                             label=STYLE_CAPTIONS.get(name, name),
                             format="png",
                             interactive=False,
+                            # one height for all: crop's side-by-side picture is twice as wide and
+                            # would otherwise shrink under its caption
+                            height=220,
                             elem_id=panel.replace("_", "-"),
                         )
                         for panel, name in STYLE_PANELS.items()
