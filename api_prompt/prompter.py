@@ -245,7 +245,7 @@ class Prompter:
         key = str(name).strip().lower()
         if key == self.style.name:
             return self.style
-        return _style_with(key, self.settings, self.overlay.geometry, self.style_options)
+        return style_with(key, self.settings, self.overlay.geometry, self.style_options)
 
     def heatmap(self, image, attention_map: AttentionMap, *, colorbar: bool = False) -> Image.Image:
         """The map as a colour heat map over ``image`` (for people, not for the target model),
@@ -384,11 +384,12 @@ def _make_style(
             f"{', '.join(sorted(taken))}"
         )
     # options of other styles are kept for style_named() (eval compares styles on one map)
-    return _style_with(style, settings, geometry, options)
+    return style_with(style, settings, geometry, options)
 
 
-def _style_with(name: Any, settings: dict[str, Any], geometry: str, options: dict[str, Any]):
-    """Style ``name`` with the overlay settings and those of ``options`` that it takes."""
+def style_with(name: Any, settings: dict[str, Any], geometry: str, options: dict[str, Any]):
+    """Style ``name`` with the overlay settings and those of ``options`` that it takes (the one
+    way a Prompter, the proxy and the playground build a style, so their pixels agree)."""
     from .styles import STYLES, create_style, style_options
 
     key = name.strip().lower() if isinstance(name, str) else name

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..images import DEFAULT_MAX_PIXELS
-from ..prompter import Prompter, _style_with, check_settings
+from ..prompter import Prompter, check_settings, style_with
 from ..styles import STYLES, Style
 from ..styles import style_options as options_of
 
@@ -296,7 +296,7 @@ class Playground:
         )
         assert self.style_options is not None  # __post_init__ made it a dict
         return {
-            name: _style_with(name, settings, overlay.geometry, self.style_options)
+            name: style_with(name, settings, overlay.geometry, self.style_options)
             for name in STYLES
         }
 
@@ -341,7 +341,7 @@ def _check_styles(style: Any, options: Any, settings: dict, geometry: str) -> tu
     if not isinstance(style, str) or style.strip().lower() not in STYLES:
         raise ConfigError(f"unknown style {style!r}; choose one of: {', '.join(STYLES)}")
     for name in STYLES:
-        _style_with(name, settings, geometry, options)
+        style_with(name, settings, geometry, options)
     return style.strip().lower(), options
 
 

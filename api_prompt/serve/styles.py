@@ -40,7 +40,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..presets import check_settings
-from ..prompter import _style_with
+from ..prompter import style_with
 from ..styles import STYLES, Style, create_style
 from ..styles import style_options as options_of
 from .messages import RequestError
@@ -188,7 +188,7 @@ def _build(name: str, base: dict[str, Any], options: dict[str, Any]) -> Style:
     """Style ``name`` with the overlay settings and the options it takes, built as a Prompter
     builds its own (so the proxy's pictures are ``Prompter(style=..., style_options=...)``'s)."""
     try:
-        return _style_with(name, base, base["geometry"], options)
+        return style_with(name, base, base["geometry"], options)
     except ConfigError:
         raise
     except Exception as exc:  # a value of a type the style's checks did not expect
