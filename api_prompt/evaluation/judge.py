@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, TargetError
-from ..targets.openai import DEFAULT_BASE_URL, OpenAITarget, _run_coroutine, answer_text
+from ..targets.http import run_coroutine
+from ..targets.openai import DEFAULT_BASE_URL, OpenAITarget, answer_text
 
 __all__ = [
     "JUDGE_KINDS",
@@ -260,7 +261,7 @@ def grade_all(
     """Every job's :class:`JudgeResult`, in order; at most ``judge.max_concurrency`` requests at once."""
     if not jobs:
         return []
-    return _run_coroutine(lambda: _grade_all(judge, jobs, cache))
+    return run_coroutine(lambda: _grade_all(judge, jobs, cache))
 
 
 async def _grade_all(judge: OpenAIJudge, jobs: Sequence[JudgeJob], cache: JudgeCache | None):

@@ -48,8 +48,7 @@ from .http import (
 )
 
 # retry_after_seconds, same_origin and server_message moved to api_prompt.targets.http; importing
-# them from here keeps working. _run_coroutine is the old private name judge.py imports.
-_run_coroutine = run_coroutine
+# them from here keeps working.
 
 __all__ = [
     "OpenAITarget",
