@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from api_prompt.attribution.base import AttentionMap  # noqa: E402
 from api_prompt.attribution.decoder import LLaVAAttributor, LLaVANextAttributor, Qwen2VLAttributor  # noqa: E402
-from api_prompt.overlay import render_heatmap  # noqa: E402
+from api_prompt.figures import render_heatmap  # noqa: E402
 from tiny_decoders import tiny_llava_next, tiny_qwen_vl  # noqa: E402
 from tiny_hf import tiny_llava  # noqa: E402
 

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from api_prompt.errors import ConfigError
-from api_prompt.overlay import GEOMETRIES, RESAMPLE
-from api_prompt.presets import PRESETS
+from api_prompt.settings import GEOMETRIES, PRESETS, RESAMPLE
 
 from .common import check_device_name, parse_key_value, registry_help, status
 

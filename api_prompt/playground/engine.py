@@ -244,7 +244,7 @@ class Playground:
     ) -> View:
         """The prompted image (in the page's style), the heat map with its colour bar, the raw
         parts and (``every_style``) the picture of every style. No model."""
-        from ..overlay import render_heatmap
+        from ..figures import render_heatmap
 
         self.prompter()
         styles = self.styles(resample=resample, background=background, geometry=geometry)

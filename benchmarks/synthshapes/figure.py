@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from api_prompt import Prompter, render_heatmap
-from api_prompt.overlay import side_by_side
+from api_prompt.figures import side_by_side
 
 from .scenes import make_scene, phrase_caption
 
