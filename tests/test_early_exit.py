@@ -175,6 +175,34 @@ def test_real_shape_vit_b_16(fixture_model, images):
     assert_same_masks(full, fast)
 
 
+def test_early_exit_allocates_no_more_than_a_plain_forward(images):
+    """The peak-memory target (≤ 1.0× a plain forward), ViT-B-16's real shape, random weights: the
+    early exit keeps block L''s tokens, which the forward pass holds at that moment anyway, and
+    encodes the text after the image, so nothing is held through the image forward that a plain
+    forward does not hold. (The text tower then runs beside those tokens: below the image
+    forward's peak at real image sizes, not at toy ones like 64 px.)"""
+    from benchmarks.bench_clip import baseline_call, peak_extra_memory
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained=None)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+    attr = CLIPAttributor(model, preprocess=preprocess, tokenizer=tokenizer)
+    batch = images[:2]
+    queries = ["where is the dog?", "what is written on the sign?"]
+
+    def early(batch, queries):
+        attr._text_cache.clear()  # encode the text every time, as the plain forward does
+        attr.attribute(batch, queries, exact_parts=False)
+
+    plain = baseline_call(model, preprocess, tokenizer, torch.device("cpu"), torch.float32)
+    early(batch, queries), plain(batch, queries)  # warm-up
+    cpu = torch.device("cpu")
+    assert peak_extra_memory(early, batch, queries, cpu) <= peak_extra_memory(
+        plain, batch, queries, cpu
+    )
+
+
 def snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, {
         m: m.training for m in model.modules()

@@ -49,6 +49,7 @@ from .loading import (
     weights_sha256,
 )
 from .registry import select_decomposition
+from .text import encode_text
 
 __all__ = ["CLIPAttributor", "SigLIPAttributor"]
 
@@ -208,21 +209,25 @@ class CLIPAttributor(Attributor):
                 f"the {self.decomposition.name} decomposition needs the whole tower for its parts"
             )
         pixels = pixels.to(self.device, dtype=self.dtype)
-        text = self.text_embeddings(queries)
         visual = self.model.visual
-        with torch.no_grad(), eval_mode(self.model), temporary_hooks() as handles:
-            if exact_parts:
-                capture = self.decomposition.capture(visual, self.layer, text, handles)
-                image_features = self.model.encode_image(pixels)
-                parts = self.decomposition.decompose(visual, capture, image_features, text)
-            else:
-                stopping = cast(EarlyExitDecomposition, self.decomposition)
-                capture = stopping.capture_until(visual, self.layer, text, handles)
+        if not exact_parts:
+            # the image first, the text after: nothing text-sized is held through the forward pass
+            stopping = cast(EarlyExitDecomposition, self.decomposition)
+            with torch.no_grad(), eval_mode(self.model), temporary_hooks() as handles:
+                capture = stopping.capture_until(visual, self.layer, handles)
                 try:
                     self.model.encode_image(pixels)
                 except StopForward:
                     pass
-                parts = stopping.decompose_until(visual, capture)
+            text = self.text_embeddings(queries)
+            with torch.no_grad():
+                parts = stopping.decompose_until(visual, capture, text)
+            return parts
+        text = self.text_embeddings(queries)
+        with torch.no_grad(), eval_mode(self.model), temporary_hooks() as handles:
+            capture = self.decomposition.capture(visual, self.layer, text, handles)
+            image_features = self.model.encode_image(pixels)
+            parts = self.decomposition.decompose(visual, capture, image_features, text)
         return parts
 
     def text_embeddings(self, queries: Sequence[str]) -> torch.Tensor:
@@ -231,7 +236,7 @@ class CLIPAttributor(Attributor):
         if missing:
             tokens = self.tokenizer(missing).to(self.device)
             with torch.no_grad(), eval_mode(self.model):
-                embeddings = self.model.encode_text(tokens).float()
+                embeddings = encode_text(self.model, tokens).float()
             embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
             for query, embedding in zip(missing, embeddings):
                 self._text_cache[query] = embedding

@@ -53,6 +53,16 @@ class _Capture:
     final_cls: torch.Tensor | None = None  # (B, D): class-token residual before ln_post
 
 
+@dataclass
+class _BlockTokens:
+    """What the early exit keeps: block L' itself, its input and output tokens (B, N, D), which
+    the forward pass holds when the hook runs, so keeping them costs no memory at that moment."""
+
+    block: nn.Module | None = None
+    block_input: torch.Tensor | None = None
+    block_output: torch.Tensor | None = None
+
+
 class ClassTokenDecomposition:
     """docs/ALGORITHM.md §1 for ViTs whose image embedding is ``ln_post(class token) @ proj``.
 
@@ -124,7 +134,7 @@ class ClassTokenDecomposition:
 
     def capture(self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list) -> _Capture:
         """Hook block L' (reduce its tokens to dot products) and ``ln_post`` (the final CLS residual)."""
-        capture = self._hook_block(visual, layer, text, handles, stop=False)
+        capture = self._hook_block(visual, layer, text, handles)
 
         def on_ln_post(module, args):
             residual = args[0]
@@ -134,16 +144,26 @@ class ClassTokenDecomposition:
         handles.append(visual.ln_post.register_forward_pre_hook(on_ln_post))
         return capture
 
-    def capture_until(
-        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list
-    ) -> _Capture:
+    def capture_until(self, visual: nn.Module, layer: int, handles: list) -> _BlockTokens:
         """Hook block L' only, and end the forward pass there (its hook raises
         :class:`~.decomposition.StopForward`, which the caller catches): blocks after L',
-        ``ln_post`` and the projection never run."""
-        return self._hook_block(visual, layer, text, handles, stop=True)
+        ``ln_post`` and the projection never run. The hook keeps block L''s input and output,
+        which the forward pass holds at that moment anyway; the text is needed only afterwards
+        (:meth:`decompose_until`), so its embedding need not be held through the forward pass."""
+        tokens = _BlockTokens()
+        batch_first = getattr(visual.transformer, "batch_first", True)
+
+        def on_block(module, args, output):
+            tokens.block = module
+            tokens.block_input = args[0] if batch_first else args[0].transpose(0, 1)
+            tokens.block_output = output if batch_first else output.transpose(0, 1)
+            raise StopForward
+
+        handles.append(visual.transformer.resblocks[layer].register_forward_hook(on_block))
+        return tokens
 
     def _hook_block(
-        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list, *, stop: bool
+        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list
     ) -> _Capture:
         capture = _Capture(direction=readout_direction(visual, text))
         batch_first = getattr(visual.transformer, "batch_first", True)
@@ -155,8 +175,6 @@ class ClassTokenDecomposition:
             w = capture.direction
             capture.contribution_dots = cls_contribution_dots(module, to_batch_first(args[0]), w)
             capture.residual_dots = torch.einsum("bnd,bd->bn", to_batch_first(output).float(), w)
-            if stop:
-                raise StopForward
 
         handles.append(visual.transformer.resblocks[layer].register_forward_hook(on_block))
         return capture
@@ -187,16 +205,21 @@ class ClassTokenDecomposition:
             visual, score(capture.contribution_dots, k * n_tokens), score(capture.residual_dots, k)
         )
 
-    def decompose_until(self, visual: nn.Module, capture: _Capture) -> dict[str, torch.Tensor]:
+    def decompose_until(
+        self, visual: nn.Module, tokens: _BlockTokens, text: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Ψcls and Ψcomp up to one positive affine map per image (the dot products ``c_m · w``
         and ``z_m · w``), each (B, gh, gw) float32, from :meth:`capture_until`'s forward pass.
 
         :meth:`decompose` is ``((dots − μ·Σw/share)/σ + β·(Pj t̂)/share)/ρ`` of these, with
         σ, ρ > 0, so min-max normalising either gives the same map.
         """
-        if capture.contribution_dots is None:
+        if tokens.block is None or tokens.block_input is None or tokens.block_output is None:
             raise RuntimeError("the visual tower's forward pass did not reach block L'")
-        return _patch_grids(visual, capture.contribution_dots, capture.residual_dots)
+        direction = readout_direction(visual, text)
+        contribution_dots = cls_contribution_dots(tokens.block, tokens.block_input, direction)
+        residual_dots = torch.einsum("bnd,bd->bn", tokens.block_output.float(), direction)
+        return _patch_grids(visual, contribution_dots, residual_dots)
 
 
 def _patch_grids(

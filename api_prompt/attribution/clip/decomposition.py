@@ -86,12 +86,14 @@ class EarlyExitDecomposition(Decomposition, Protocol):
 
     stops_early: bool
 
-    def capture_until(
-        self, visual: nn.Module, layer: int, text: torch.Tensor, handles: list
-    ) -> Any:
-        """Hooks whose last one raises :class:`StopForward` once block L' has run."""
+    def capture_until(self, visual: nn.Module, layer: int, handles: list) -> Any:
+        """Hooks whose last one raises :class:`StopForward` once block L' has run. The text is
+        not given: what depends on it is computed after the forward pass, so its embedding is
+        not held through it (the early exit's peak memory is then the plain forward's)."""
 
-    def decompose_until(self, visual: nn.Module, capture: Any) -> dict[str, torch.Tensor]:
+    def decompose_until(
+        self, visual: nn.Module, capture: Any, text: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """The parts up to one positive affine map per image (which every recipe's min-max
         removes), each (B, rows, columns) float32."""
 
