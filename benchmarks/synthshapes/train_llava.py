@@ -115,6 +115,14 @@ QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Describe the image.",
         "What do you see?",
     ),
+    # Training-only: the binding a yes/no question needs, alone. The named colour (or shape) is
+    # always in the scene, so checking it alone scores chance (see make_question).
+    "verify": (
+        "Is the {color} object a {shape}?",
+        "Is the {color} one a {shape}?",
+        "Is the {color} thing a {shape}?",
+        "Is the {shape} {color}?",
+    ),
 }
 #: Question types with a one-word answer (its first word is what is scored).
 SHORT_TYPES = ("color", "shape", "exists", "count")
@@ -229,6 +237,28 @@ def make_question(
         )
     if kind == "caption":
         return Example(scene, kind, wording, caption_answer(scene))
+    if kind == "verify":
+        by_shape = wording.index("{shape}") < wording.index("{color}")
+        key = "shape" if by_shape else "color"
+        unique = [
+            i
+            for i, o in enumerate(objs)
+            if sum(getattr(p, key) == getattr(o, key) for p in objs) == 1
+        ]
+        if not unique:
+            return None
+        i = unique[int(rng.integers(len(unique)))]
+        color, shape, answer, target = objs[i].color, objs[i].shape, "yes", i
+        if rng.random() < 0.5:
+            answer = "no"
+            if by_shape:
+                others = [c for c in COLORS if c != color]
+                present = [c for c in others if any(o.color == c for o in objs)]
+                pool = present if present and rng.random() < 0.5 else others
+                color = pool[int(rng.integers(len(pool)))]
+            else:
+                shape = [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
+        return Example(scene, kind, wording.format(color=color, shape=shape), answer, target)
     raise ValueError(f"unknown question kind {kind!r}")
 
 
