@@ -58,6 +58,7 @@ __all__ = [
     "is_jpeg",
     "load_image",
     "load_images",
+    "readable_rgb",
 ]
 
 #: PIL raises DecompressionBombError above 2 × ``Image.MAX_IMAGE_PIXELS`` (2 × 89,478,485).
@@ -141,6 +142,36 @@ def load_images(sources: Iterable[ImageSource], **options: Any) -> list[Image.Im
     [(2, 1), (1, 3)]
     """
     return [load_image(source, **options) for source in sources]
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def readable_rgb(source: ImageSource) -> Image.Image:
+    """What :func:`load_image` gives, for a caller that only reads the image: an RGB PIL image of
+    an allowed size with no EXIF rotation pending is returned itself, not copied (so a batch of
+    decoded images goes to the model without a copy of each); anything else goes through
+    :func:`load_image`.
+
+    >>> from PIL import Image
+    >>> image = Image.new("RGB", (4, 2))
+    >>> readable_rgb(image) is image, readable_rgb(Image.new("L", (4, 2))).mode
+    (True, 'RGB')
+    """
+    if (
+        isinstance(source, Image.Image)
+        and source.mode == "RGB"
+        and "transparency" not in source.info
+        and 0 < source.width * source.height <= DEFAULT_MAX_PIXELS
+    ):
+        try:
+            source.load()
+            upright = source.getexif().get(_EXIF_ORIENTATION, 1) == 1
+        except Exception:  # load_image reports what is wrong with it
+            upright = False
+        if upright:
+            return source
+    return load_image(source)
 
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -277,9 +308,8 @@ def _decode(
         )
     try:
         image.load()  # decode now, so truncated files fail here and not later
-        if exif_transpose:
-            image = _apply_exif_orientation(image)
-        return _to_rgb(image, background)
+        oriented = _apply_exif_orientation(image) if exif_transpose else image
+        return _to_rgb(oriented, background, fresh=oriented is not image)
     except ImageLoadError:
         raise
     except Exception as exc:
@@ -298,11 +328,12 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
 # Modes
 
 
-def _to_rgb(image: Image.Image, background: RGB) -> Image.Image:
-    """A new RGB image from any PIL mode (see the module docstring for each conversion)."""
+def _to_rgb(image: Image.Image, background: RGB, *, fresh: bool = False) -> Image.Image:
+    """A new RGB image from any PIL mode (see the module docstring for each conversion);
+    ``fresh``: ``image`` is already a new image (an RGB one is then returned, not copied)."""
     mode = image.mode
     if mode == "RGB":
-        return image.copy()
+        return image if fresh else image.copy()
     if _has_alpha(image):
         return _composite(image.convert("RGBA"), background)
     if mode == "CMYK":

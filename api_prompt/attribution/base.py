@@ -18,7 +18,7 @@ import torch
 
 from ..attention_map import AttentionMap, Box
 from ..errors import ConfigError
-from ..images import load_image
+from ..images import readable_rgb
 from ..maps import combine_map, get_recipe
 from ..settings import DEFAULT_ENHANCE, DEFAULT_KERNEL_SIZE
 from .registry import BACKENDS, create_attributor
@@ -108,7 +108,8 @@ class Attributor:
 def normalise_inputs(images, queries) -> tuple[list, list[str]]:
     """Turn (image | images, query | queries) into two equally long lists of RGB images and str.
 
-    One query is broadcast over many images. Blank queries are refused.
+    One query is broadcast over many images. Blank queries are refused. The images are only
+    read, so an upright RGB PIL image is used as it is (:func:`~api_prompt.images.readable_rgb`).
     """
     if not isinstance(images, (list, tuple)):
         images = [images]
@@ -120,7 +121,7 @@ def normalise_inputs(images, queries) -> tuple[list, list[str]]:
     for query in queries:
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("the query is empty: pass the question the image should answer")
-    return [load_image(image) for image in images], queries
+    return [readable_rgb(image) for image in images], queries
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
