@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks.synthshapes import train_llava
 from benchmarks.synthshapes.scenes import make_scene
@@ -398,3 +399,161 @@ def test_lmms_eval_llava_hf_answers_with_this_model_behind_the_api_prompt_plugin
     expected = train_llava.generate_answers(model, processor, prompted, max_new_tokens=3)
     assert [logged[i].strip() for i in range(3)] == expected
     assert all(answer in train_llava.COLORS for answer in expected)
+
+
+# -- the model as the target of the command line, the playground and the proxy ---------------------
+
+
+def _colour_questions(n: int = 3) -> list:
+    return train_llava.held_out("color", n, seed=train_llava.EVAL_SEED + 91)
+
+
+def _model_answers(images, examples) -> list[str]:
+    """This model's greedy answers (first word) about ``images``, through its chat template."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(LLAVA_DIR, local_files_only=True)
+    shown = [
+        train_llava.Example(
+            scene=type(ex.scene)(image=image, objects=ex.scene.objects, size=ex.scene.size),
+            kind=ex.kind,
+            question=ex.question,
+            answer=ex.answer,
+        )
+        for image, ex in zip(images, examples)
+    ]
+    answers = train_llava.generate_answers(model, processor, shown, max_new_tokens=3)
+    return [answer.split()[0] if answer.split() else "" for answer in answers]
+
+
+@pytest.mark.slow
+def test_ask_command_line_answers_with_this_model(tmp_path):
+    """``api-prompt ask IMAGE QUESTION --target hf:assets/synthshapes-llava``: the answer printed is
+    the model's answer about the CLIP-prompted image (``--no-api``: about the original)."""
+    from typer.testing import CliRunner
+
+    from api_prompt import Prompter
+    from cli.app import app
+
+    examples = _colour_questions()
+    clip = f"local-dir:{CLIP_DIR}"
+    printed = {"api": [], "no-api": []}
+    for i, ex in enumerate(examples):
+        path = tmp_path / f"{i}.png"
+        ex.scene.image.save(path)
+        for condition, extra in (("api", []), ("no-api", ["--no-api"])):
+            result = CliRunner().invoke(
+                app,
+                [
+                    "ask",
+                    str(path),
+                    ex.question,
+                    "--target",
+                    f"hf:{LLAVA_DIR}",
+                    "--target-device",
+                    "cpu",
+                    "--max-new-tokens",
+                    "8",
+                    "-m",
+                    clip,
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                    *extra,
+                ],
+                catch_exceptions=False,
+            )
+            assert result.exit_code == 0, result.output
+            printed[condition].append(result.stdout.strip().split()[0])
+    prompter = Prompter(model=clip, device="cpu")
+    prompted = [prompter(ex.scene.image, ex.question).image for ex in examples]
+    assert printed["api"] == _model_answers(prompted, examples)
+    assert printed["no-api"] == _model_answers([ex.scene.image for ex in examples], examples)
+    assert printed["no-api"] == [ex.answer for ex in examples]  # held-out questions, answered right
+
+
+@pytest.mark.slow
+def test_playground_target_answers_about_both_images_with_this_model():
+    """The playground started with ``--target hf:assets/synthshapes-llava`` (the engine's
+    ``target`` string): the answers about the original and the prompted image are the model's."""
+    from api_prompt.playground.engine import Playground
+
+    ex = _colour_questions(1)[0]
+    playground = Playground(
+        device="cpu", target=f"hf:{LLAVA_DIR}", target_options={"device": "cpu"}
+    )
+    raw = playground.attribute(ex.scene.image, ex.question)
+    prompted = playground.view(
+        ex.scene.image, raw, resample="lanczos", background=0, geometry="stretch"
+    ).prompted
+    original_answer, prompted_answer = playground.ask(ex.scene.image, prompted, ex.question)
+    assert [original_answer.split()[0], prompted_answer.split()[0]] == _model_answers(
+        [ex.scene.image, prompted], [ex, ex]
+    )
+    assert original_answer.split()[0] == ex.answer
+
+
+@pytest.mark.slow
+def test_proxy_in_front_of_a_server_that_answers_with_this_model():
+    """The proxy (CLIP maps) in front of a local chat-completions server whose answers come from
+    this model: the client gets the model's answer about the image the proxy prompted."""
+    import openai
+
+    from api_prompt import Prompter
+    from api_prompt.serve import ServeConfig, create_app
+    from scripted_http import RawServer, completion, respond
+    from serve_support import decode_data_url_image, running_proxy, sent_urls
+
+    examples = _colour_questions()
+    received: list[Image.Image] = []
+
+    def answer_with_the_model(conn, request):
+        body = request["json"]
+        question = " ".join(
+            part["text"] for part in body["messages"][-1]["content"] if part.get("type") == "text"
+        )
+        (url,) = sent_urls(request)
+        image = decode_data_url_image(url, url[5:].split(";")[0])
+        received.append(image)
+        example = next(ex for ex in examples if ex.question == question)
+        respond(200, completion(_model_answers([image], [example])[0]))(conn, request)
+
+    prompter = Prompter(model=f"local-dir:{CLIP_DIR}", device="cpu")
+    with RawServer(answer_with_the_model) as upstream:
+        app = create_app(prompter, ServeConfig(upstream=upstream.base_url, jpeg_quality=None))
+        with running_proxy(app) as base_url:
+            client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+            answers = []
+            for ex in examples:
+                reply = client.chat.completions.create(
+                    model="synthshapes-llava",
+                    messages=[
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "image_url",
+                                    "image_url": {"url": _png_url(ex.scene.image)},
+                                },
+                                {"type": "text", "text": ex.question},
+                            ],
+                        }
+                    ],
+                )
+                answers.append(reply.choices[0].message.content)
+    prompted = [prompter(ex.scene.image, ex.question).image for ex in examples]
+    assert [np.asarray(image).tolist() for image in received] == [
+        np.asarray(image).tolist() for image in prompted
+    ]  # lossless (PNG): the upstream saw exactly the prompted image
+    assert answers == _model_answers(prompted, examples)
+    assert all(answer in train_llava.COLORS for answer in answers)
+
+
+def _png_url(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

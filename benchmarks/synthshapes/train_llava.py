@@ -270,13 +270,14 @@ def sample_examples(
     size: int = 64,
     near_miss: float = 0.7,
     easy: float = 0.0,
+    **scene_options,
 ) -> list[Example]:
     kinds = list(mix)
     weights = np.array([mix[k] for k in kinds], dtype=np.float64)
     weights /= weights.sum()
     out: list[Example] = []
     while len(out) < n:
-        scene = make_scene(rng, size=size, n_objects=n_objects)
+        scene = make_scene(rng, size=size, n_objects=n_objects, **scene_options)
         example = make_question(
             scene, kinds[int(rng.choice(len(kinds), p=weights))], rng, near_miss, easy
         )
@@ -285,10 +286,15 @@ def sample_examples(
     return out
 
 
-def held_out(kind: str, n: int, seed: int = EVAL_SEED, n_objects=(1, 3)) -> list[Example]:
-    """``n`` held-out questions of one kind (scenes from ``seed``, disjoint from training)."""
+def held_out(
+    kind: str, n: int, seed: int = EVAL_SEED, n_objects=(1, 3), **scene_options
+) -> list[Example]:
+    """``n`` held-out questions of one kind (scenes from ``seed``, disjoint from training);
+    ``scene_options`` (``size``, ``min_side``, ``max_side``) go to the scene generator."""
     offset = list(QUESTION_TEMPLATES).index(kind)
-    return sample_examples(np.random.default_rng(seed + offset), n, {kind: 1.0}, n_objects)
+    return sample_examples(
+        np.random.default_rng(seed + offset), n, {kind: 1.0}, n_objects, **scene_options
+    )
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -683,17 +689,37 @@ def evaluate(
     return results
 
 
-def write_vqa(out: Path, n_per_kind: int = 100, seed: int = EVAL_SEED + 500) -> Path:
+#: The small-object, cluttered variant of :func:`write_vqa` (``--variant small``): the scenes of
+#: synthshapes-mcq's small variant (160 px, 4-6 objects of 12-20 px), colour, shape and yes/no
+#: questions (no count: its answers would be four to six, words this model never learned).
+SMALL_VQA = {
+    "scene": {"size": 160, "n_objects": (4, 6), "min_side": 12, "max_side": 20},
+    "kinds": ("color", "shape", "exists"),
+    "seed": EVAL_SEED + 700,
+}
+
+
+def write_vqa(
+    out: Path, n_per_kind: int = 100, seed: int = EVAL_SEED + 500, variant: str = "default"
+) -> Path:
     """Held-out short-answer questions for ``api-prompt eval --benchmark gqa`` (exact match):
     ``out/synthshapes_vqa.jsonl`` (question_id, image, question, answer, category) and the scenes
     as ``out/images/*.png``; ``n_per_kind`` questions of each short type, scenes from ``seed``
-    (disjoint from training and from the TRAINING.md evaluation)."""
+    (disjoint from training and from the TRAINING.md evaluation). ``variant="small"``: the
+    :data:`SMALL_VQA` questions, as ``out/synthshapes_vqa_small.jsonl`` (its own seed)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    kinds, scene_options, name_prefix = SHORT_TYPES, {}, ""
+    if variant == "small":
+        kinds, scene_options, name_prefix = SMALL_VQA["kinds"], dict(SMALL_VQA["scene"]), "small-"
+        seed = SMALL_VQA["seed"]
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r}: default or small")
+    n_objects = scene_options.pop("n_objects", (1, 3))
     rows = []
-    for kind in SHORT_TYPES:
-        for i, ex in enumerate(held_out(kind, n_per_kind, seed)):
-            name = f"{kind}-{i:04d}"
+    for kind in kinds:
+        for i, ex in enumerate(held_out(kind, n_per_kind, seed, n_objects, **scene_options)):
+            name = f"{kind}-{name_prefix}{i:04d}"
             ex.scene.image.save(out / "images" / f"{name}.png")
             rows.append(
                 {
@@ -704,7 +730,7 @@ def write_vqa(out: Path, n_per_kind: int = 100, seed: int = EVAL_SEED + 500) -> 
                     "category": kind,
                 }
             )
-    path = out / "synthshapes_vqa.jsonl"
+    path = out / ("synthshapes_vqa_small.jsonl" if variant == "small" else "synthshapes_vqa.jsonl")
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -1085,6 +1111,12 @@ def parse_args(argv=None):
         help="only write held-out short-answer questions for api-prompt eval to DIR and exit",
     )
     p.add_argument(
+        "--variant",
+        choices=("default", "small"),
+        default="default",
+        help="with --write-vqa: small = small objects in cluttered 160 px scenes (SMALL_VQA)",
+    )
+    p.add_argument(
         "--breakdown",
         type=Path,
         default=None,
@@ -1226,7 +1258,7 @@ def main(argv=None):
 def _main(argv=None):
     args = parse_args(argv)
     if args.write_vqa:
-        print(write_vqa(args.write_vqa))
+        print(write_vqa(args.write_vqa, variant=args.variant))
         return None
     if args.breakdown:
         rows = eval_breakdown(args.breakdown)
