@@ -546,7 +546,7 @@ def exported(path: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["jsonl", "tsv", "dataset", "parquet"])
 def test_kill_9_then_resume_is_byte_identical(kind, tmp_path, cli):
-    n = 12
+    n = 40  # the signal comes after 3 are done: the rest must outlast a slow watcher
     source, options, export = kill_test_input(kind, tmp_path, n)
     command = [
         sys.executable,
@@ -795,7 +795,7 @@ def test_cli_feedback_resume_nothing_left_and_log_friendly_progress(cli, tmp_pat
 
 @pytest.mark.slow
 def test_cli_interrupt_says_how_far_and_how_to_resume(tmp_path):
-    source = questions(24, tmp_path)
+    source = questions(60, tmp_path)  # the rest must outlast a slow watcher (a loaded CI box)
     command = [
         sys.executable,
         str(TESTS / "batch_support.py"),
@@ -822,12 +822,12 @@ def test_cli_interrupt_says_how_far_and_how_to_resume(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     done = _count_ok_lines(tmp_path / "out/manifest.jsonl")
-    assert f"interrupted: {done} of 24 done; rerun the same command to resume" in stderr
+    assert f"interrupted: {done} of 60 done; rerun the same command to resume" in stderr
     resumed = subprocess.run(
         command, env={**env, "API_PROMPT_FAKE_DELAY": "0"}, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {tmp_path / 'out'}: {done} of 24 samples already done" in resumed.stderr
+    assert f"resuming {tmp_path / 'out'}: {done} of 60 samples already done" in resumed.stderr
 
 
 # ------------------------------------------------------------------------------------------------
