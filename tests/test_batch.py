@@ -816,7 +816,13 @@ def test_cli_interrupt_says_how_far_and_how_to_resume(tmp_path):
         "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a test run started in the background inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     signal_once_done(process, tmp_path / "out/manifest.jsonl", 3, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
