@@ -510,7 +510,7 @@ def test_proxy_in_front_of_a_server_that_answers_with_this_model():
     from api_prompt import Prompter
     from api_prompt.serve import ServeConfig, create_app
     from scripted_http import RawServer, completion, respond
-    from serve_support import decode_data_url_image, running_proxy, sent_urls
+    from serve_support import decode_data_url_image, png_data_url, running_proxy, sent_urls
 
     examples = _colour_questions()
     received: list[Image.Image] = []
@@ -541,7 +541,7 @@ def test_proxy_in_front_of_a_server_that_answers_with_this_model():
                             "content": [
                                 {
                                     "type": "image_url",
-                                    "image_url": {"url": _png_url(ex.scene.image)},
+                                    "image_url": {"url": png_data_url(ex.scene.image)},
                                 },
                                 {"type": "text", "text": ex.question},
                             ],
@@ -555,12 +555,3 @@ def test_proxy_in_front_of_a_server_that_answers_with_this_model():
     ]  # lossless (PNG): the upstream saw exactly the prompted image
     assert answers == _model_answers(prompted, examples)
     assert all(answer in train_llava.COLORS for answer in answers)
-
-
-def _png_url(image) -> str:
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.synthshapes.mcq import SMALL as SMALL_MCQ_SCENES
 from benchmarks.synthshapes.scenes import COLORS, SHAPES, Scene, _article, make_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -693,7 +694,7 @@ def evaluate(
 #: synthshapes-mcq's small variant (160 px, 4-6 objects of 12-20 px), colour, shape and yes/no
 #: questions (no count: its answers would be four to six, words this model never learned).
 SMALL_VQA = {
-    "scene": {"size": 160, "n_objects": (4, 6), "min_side": 12, "max_side": 20},
+    "scene": SMALL_MCQ_SCENES,
     "kinds": ("color", "shape", "exists"),
     "seed": EVAL_SEED + 700,
 }
