@@ -23,7 +23,7 @@ from .attention_map import AttentionMap
 from .attribution.base import Attributor, normalise_inputs
 from .attribution.registry import create_attributor, get_backend
 from .errors import ConfigError
-from .maps import combine_map, get_recipe
+from .maps import Recipe, combine_map, combine_maps, get_recipe
 from .overlay import Overlay
 from .presets import check_settings
 from .protocols import PrompterLike  # noqa: F401  (re-exported: the type batch/eval/serve annotate with)
@@ -202,21 +202,28 @@ class Prompter:
         resolved = self.settings
         if any(value is not None for value in settings.values()):
             resolved, _ = check_settings(None, **{**self.settings, **settings})
-        if recipe is None or not attention_map.parts:
-            if attention_map.mask is None:
-                raise ConfigError("the map has neither a mask nor raw parts to make one from")
+        if not _needs_recipe(attention_map, recipe) or recipe is None:
             return attention_map
-        if (
-            attention_map.extra.get("exact_parts") is False
-            and recipe.name not in SCALE_FREE_RECIPES
-        ):
-            raise ConfigError(
-                f"recipe {recipe.name!r} may depend on the parts' scale, and this map's parts are "
-                "exact only up to a positive affine map: attribute with exact_parts=True for it"
-            )
         return combine_map(
             attention_map, recipe, enhance=resolved["enhance"], kernel_size=resolved["kernel_size"]
         )
+
+    def _combine_all(self, maps: Sequence[AttentionMap]) -> list[AttentionMap]:
+        """:meth:`combine` on each map with this Prompter's settings, one recipe call for the
+        maps of the same grid (per image, that call's overhead cost a batch run's model thread
+        as much as the rest of its work)."""
+        todo = [i for i, amap in enumerate(maps) if _needs_recipe(amap, self.recipe)]
+        combined = list(maps)
+        if todo and self.recipe is not None:
+            made = combine_maps(
+                [maps[i] for i in todo],
+                self.recipe,
+                enhance=self.settings["enhance"],
+                kernel_size=self.settings["kernel_size"],
+            )
+            for i, amap in zip(todo, made):
+                combined[i] = amap
+        return combined
 
     def render(self, image, attention_map: AttentionMap, **overlay_settings: Any) -> Image.Image:
         """The prompted image; ``overlay_settings`` (``resample``, ``background``, ``geometry``)
@@ -300,7 +307,7 @@ class Prompter:
             maps = (
                 parts_of(images, queries, exact_parts=False) if early else parts_of(images, queries)
             )
-        return [self.combine(amap) for amap in maps]
+        return self._combine_all(maps)
 
     def query_overflow(self, query: str) -> tuple[int, int] | None:
         """``(tokens, context_length)`` when the attributor's text encoder will truncate ``query``."""
@@ -403,3 +410,18 @@ def style_with(name: Any, settings: dict[str, Any], geometry: str, options: dict
     return create_style(
         name, **{option: value for option, value in given.items() if option in accepted}
     )
+
+
+def _needs_recipe(attention_map: AttentionMap, recipe: Recipe | None) -> bool:
+    """Whether ``recipe`` makes ``attention_map``'s mask from its parts (False: the map keeps its
+    mask); a ConfigError when the map has no mask to keep or parts the recipe must not read."""
+    if recipe is None or not attention_map.parts:
+        if attention_map.mask is None:
+            raise ConfigError("the map has neither a mask nor raw parts to make one from")
+        return False
+    if attention_map.extra.get("exact_parts") is False and recipe.name not in SCALE_FREE_RECIPES:
+        raise ConfigError(
+            f"recipe {recipe.name!r} may depend on the parts' scale, and this map's parts are "
+            "exact only up to a positive affine map: attribute with exact_parts=True for it"
+        )
+    return True

@@ -24,9 +24,9 @@ against the bare loop over the same JPEGs (``PIL.Image.open(...).convert("RGB")`
 ready mask, JPEG encoding at quality 95 in memory: ``bare_item``), both on the same cores, the
 process pinned with ``sched_setaffinity`` to 1, 2, ... and all cores (``--cores``), the bare loop
 on as many threads as cores and the pipeline with its default ``workers`` for those cores
-(``runner.default_workers``: twice the cores, since writes wait on fsync). Target: pipeline / bare
->= 0.85 at every core count. samples/s per core of the bare loop is what a GPU's attribution rate
-divides by to give the cores it needs.
+(``runner.default_workers``: one per core; the writes wait for fsync in threads of their own).
+Target: pipeline / bare >= 0.85 at every core count. samples/s per core of the bare loop is what a
+GPU's attribution rate divides by to give the cores it needs.
 
 Usage::
 
@@ -252,7 +252,7 @@ def pipeline_ceiling(source: Path, folder: Path, args: argparse.Namespace) -> No
             statistics.median(times["pipeline", cores]),
         )
         ratios = [b / p for b, p in zip(times["bare", cores], times["pipeline", cores])]
-        workers = args.workers or min(32, 2 * cores)  # default_workers() under this affinity
+        workers = args.workers or min(32, cores)  # default_workers() under this affinity
         print(
             f"| {cores} | {len(paths) / bare:.1f} | {len(paths) / bare / cores:.1f} | {len(paths) / piped:.1f} | "
             f"{len(paths) / piped / cores:.1f} | {workers} | **{bare / piped:.3f}** | "

@@ -219,8 +219,9 @@ def batch_command(
             "--workers",
             min=1,
             rich_help_panel=_RUN,
-            show_default="twice the CPU count, at most 32",
-            help="Threads that decode, overlay and encode images while the model runs.",
+            show_default="one per CPU core, at most 32",
+            help="Threads that decode, overlay and encode images while the model runs (as many "
+            "again write the files).",
         ),
     ] = None,
     limit: Annotated[

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from api_prompt.errors import ConfigError
-from api_prompt.maps import box_filter, combine_clip, combine_llava, enhance, minmax, soft_or
+from api_prompt.maps import (
+    box_filter,
+    combine_clip,
+    combine_llava,
+    enhance,
+    get_recipe,
+    minmax,
+    soft_or,
+)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 grids = st.integers(2, 12).flatmap(lambda p: arrays(np.float32, (p, p), elements=finite))
@@ -148,3 +156,37 @@ def test_combine_llava_order_of_steps():
     att = rng.random((6, 6))
     expected = box_filter(enhance(minmax(att), 10.0), 3)
     np.testing.assert_array_equal(combine_llava(att, coe=10.0, kernel_size=3), expected)
+
+
+@pytest.mark.parametrize("recipe_name", ["clip-soft-or", "siglip-soft-or", "llava"])
+@pytest.mark.parametrize("exact", [None, True, False])
+def test_batched_combine_gives_each_map_the_mask_it_gets_alone(recipe_name, exact):
+    """The Prompter combines a batch's maps in one recipe call per grid size; every mask equals
+    the one combine_map makes for that map alone: bit for bit for the parts combined in float64
+    (those with ``exact_parts``, the CLIP family's), within 1e-6 (float32 rounding) for float32 parts
+    (torch sums a stack in another order). Maps of three grid sizes, a map with only a mask, and
+    a single map of its grid are mixed in the same batch."""
+    from api_prompt.attention_map import AttentionMap
+    from api_prompt.maps import combine_map, combine_maps
+
+    recipe = get_recipe(recipe_name)
+    rng = np.random.default_rng(len(recipe_name))
+    extra = {} if exact is None else {"exact_parts": exact}
+
+    def raw(grid: int) -> AttentionMap:
+        parts = {name: rng.normal(size=(grid, grid)).astype(np.float32) for name in recipe.parts}
+        return AttentionMap(None, parts, (64, 48), (0.0, 0.0, 64.0, 48.0), extra=dict(extra))
+
+    only_mask = AttentionMap(
+        rng.random((7, 7)).astype(np.float32), {}, (64, 48), (0.0, 0.0, 64.0, 48.0)
+    )
+    maps = [raw(7), raw(5), raw(7), only_mask, raw(7), raw(9), raw(5)]
+    batched = combine_maps(maps, recipe, enhance=3.0, kernel_size=3)
+    assert batched[3] is only_mask
+    for amap, got in zip(maps, batched):
+        alone = combine_map(amap, recipe, enhance=3.0, kernel_size=3)
+        assert got.recipe == alone.recipe and got.parts is amap.parts
+        if exact is None:
+            np.testing.assert_allclose(got.mask, alone.mask, rtol=0, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got.mask, alone.mask)

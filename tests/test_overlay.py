@@ -360,3 +360,17 @@ def test_figures_keep_their_old_import_path():
     assert overlay.render_heatmap is render_heatmap and overlay.side_by_side is side_by_side
     with pytest.raises(AttributeError):
         overlay.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("background", [0, 1, 128, 255])
+def test_blend_of_every_mask_and_pixel_level_is_the_reference_arithmetic(background):
+    """Every (mask level, pixel level) pair, each channel: the integer path (background 0) and
+    the table lookup (any other background) give the reference's float arithmetic exactly."""
+    mask = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
+    pixels = np.stack([mask.T, mask.T[::-1], np.roll(mask.T, 7, axis=1)], axis=-1)
+    alpha = (mask.astype(np.float32) / np.float32(255.0))[..., None]
+    expected = pixels.astype(np.float32) * alpha + (1 - alpha) * np.full(
+        pixels.shape, background, np.float64
+    )
+    got = np.asarray(blend(Image.fromarray(np.ascontiguousarray(pixels)), mask, background))
+    np.testing.assert_array_equal(got, expected.astype(np.uint8))

@@ -296,7 +296,7 @@ def test_the_prompter_combines_raw_parts_once(no_model, monkeypatch) -> None:
     """The attributor returns raw parts (no mask); the Prompter makes the mask once, with its own
     recipe and settings; the attributor used alone adds the mask of its own recipe and settings."""
     import api_prompt.attribution.base as base_module
-    from api_prompt.maps import combine_llava, combine_map
+    from api_prompt.maps import combine_llava, combine_map, combine_maps
 
     calls = []
 
@@ -304,7 +304,11 @@ def test_the_prompter_combines_raw_parts_once(no_model, monkeypatch) -> None:
         calls.append(kwargs)
         return combine_map(*args, **kwargs)
 
-    monkeypatch.setattr(prompter_module, "combine_map", counting)
+    def counting_all(*args, **kwargs):
+        calls.append(kwargs)
+        return combine_maps(*args, **kwargs)
+
+    monkeypatch.setattr(prompter_module, "combine_maps", counting_all)
     monkeypatch.setattr(base_module, "combine_map", counting)
     attributor, image = PartsOnly(), np.zeros((6, 10, 3), np.uint8)
     raw = attributor.attribute_parts([Image.fromarray(image)], ["q"])[0]

@@ -62,22 +62,23 @@ class LazyPrompter:
 
 
 def default_workers() -> int:
-    """Threads for decoding, overlay, encoding and writing: twice the cores this process may use
-    (its CPU affinity), at most 32.
+    """Threads for decoding, overlay and encoding: one per core this process may use (its CPU
+    affinity), at most 32. The local engine writes the files in as many threads again, which
+    mostly wait for fsync.
 
-    Twice, because every image's write waits on fsync, which takes no CPU: with one thread per
-    core that wait idled the core (on one core the pipeline reached 0.81 of the bare
-    decode/overlay/encode loop with one thread, 1.16 with two; ``bench_batch.py --ceiling``).
+    One per core, because more only take turns with the GIL: on two cores with the writes in
+    their own threads the pipeline reached 0.87 of the bare decode/overlay/encode loop with two
+    workers, 0.77 with four (``bench_batch.py --ceiling``; docs/performance-gpu.md).
 
     >>> import os
-    >>> default_workers() == min(32, 2 * len(os.sched_getaffinity(0)))
+    >>> default_workers() == min(32, len(os.sched_getaffinity(0)))
     True
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on macOS and Windows
         cores = os.cpu_count() or 1
-    return max(1, min(32, 2 * cores))
+    return max(1, min(32, cores))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 The main thread reads samples and runs the model one batch at a time; a thread pool decodes the
 images of the next batches meanwhile (prefetch) and, once a batch has its maps, applies the
-overlay, encodes and writes every image while the model works on the next batch. Pillow, numpy
-and torch release the GIL for the heavy parts, so the threads run in parallel with the model.
-Records are appended to the manifest in input order.
+overlay and encodes every image while the model works on the next batch. Pillow, numpy and torch
+release the GIL for the heavy parts, so the threads run in parallel with the model. The files are
+written by a second pool, whose threads mostly wait for fsync: a worker of the first never waits
+for the disk, so one per core keeps the cores busy (more would only take turns with the GIL).
+Records are appended to the manifest in input order, each once its files are durable.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, cast
 
 from .encoding import OutputSpec
 from .job import BatchPrompter, Summary
@@ -24,6 +27,10 @@ from .stages import Stages
 from .store import OutputDir
 
 __all__ = ["Job"]
+
+# A sample on its way to the manifest: its record, or the encoding task that gives its record or
+# the write task that will.
+Pending = ManifestRecord | Future[ManifestRecord | Future[ManifestRecord]]
 
 
 class Job(Stages):
@@ -65,10 +72,19 @@ class Job(Stages):
 
     def run(self, summary: Summary, bar: Progress) -> None:
         """Process every pending batch, appending records to the manifest as they finish."""
-        pending: deque[ManifestRecord | Future[ManifestRecord]] = deque()  # records in input order
+        pending: deque[Pending] = deque()  # records in input order
         lookahead: deque[list[Item]] = deque()
         started = time.perf_counter()
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="api-prompt-batch")
+        writers = ThreadPoolExecutor(self.workers, thread_name_prefix="api-prompt-write")
+
+        def finish(attributed: Attributed) -> ManifestRecord | Future[ManifestRecord]:
+            encoded = self.encode(attributed)
+            return (
+                encoded
+                if isinstance(encoded, dict)
+                else writers.submit(self.store, attributed, encoded)
+            )
 
         def flush(block: bool) -> None:
             """Write finished records from the head of ``pending`` (all of them when ``block``).
@@ -78,14 +94,8 @@ class Job(Stages):
             """
             ready = []
             try:
-                while pending and (
-                    block
-                    or not isinstance(pending[0], Future)
-                    or pending[0].done()
-                    or len(pending) > self.max_pending
-                ):
-                    head = pending[0]
-                    ready.append(head.result() if isinstance(head, Future) else head)
+                while pending and (block or settled(pending[0]) or len(pending) > self.max_pending):
+                    ready.append(record_of(pending[0]))
                     pending.popleft()
             finally:
                 self.out.append(ready)
@@ -119,7 +129,7 @@ class Job(Stages):
                     if item.name in self.done:
                         summary.skipped += 1
                     elif isinstance(result, Attributed):
-                        pending.append(pool.submit(self.finish, result))
+                        pending.append(pool.submit(finish, result))
                     else:
                         pending.append(result.record())
                 flush(block=False)
@@ -129,16 +139,33 @@ class Job(Stages):
                 for item in batch:
                     if item.decoded is not None:
                         item.decoded.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # first: its tasks submit writes
+            writers.shutdown(wait=True, cancel_futures=True)
             # keep what finished before an interruption
-            kept = [
-                head if isinstance(head, dict) else head.result()
-                for head in pending
-                if isinstance(head, dict)
-                or (head.done() and not head.cancelled() and head.exception() is None)
-            ]
+            kept = [record_of(head) for head in pending if settled(head, cleanly=True)]
             self.out.append(kept)
             summary.add(kept)
             bar.update(len(kept))
             pending.clear()
             summary.seconds = time.perf_counter() - started
+
+
+def settled(head: Pending, cleanly: bool = False) -> bool:
+    """Whether ``head``'s record (or its error) is there without waiting; ``cleanly``: its record,
+    not an error or a cancellation."""
+    current: Any = head
+    while isinstance(current, Future):
+        if not current.done():
+            return False
+        if current.cancelled() or current.exception() is not None:
+            return not cleanly
+        current = current.result()
+    return True
+
+
+def record_of(head: Pending) -> ManifestRecord:
+    """``head``'s record, waiting for it (raising what its tasks raised)."""
+    current: Any = head
+    while isinstance(current, Future):
+        current = current.result()
+    return cast(ManifestRecord, current)

@@ -103,8 +103,9 @@ def run(
             :class:`LazyPrompter` (loaded only when some sample is left to do; with
             ``engine="ray"`` only by the actors, never in this process).
         batch_size: samples per model call.
-        workers: threads for decoding, overlay, encoding and writing (default:
-            :func:`~api_prompt.batch.job.default_workers`, twice the usable cores, at most 32).
+        workers: threads for decoding, overlay and encoding, and as many again for writing
+            (default: :func:`~api_prompt.batch.job.default_workers`, one per usable core, at
+            most 32).
         limit: only the first ``limit`` samples of the input.
         num_shards, shard_index: process only samples whose index ``% num_shards == shard_index``.
         overwrite: delete an earlier run's outputs in ``out_dir`` first (also when its

@@ -28,6 +28,7 @@ from .store import OutputDir, part_names
 __all__ = ["Stages"]
 
 Loaded = list[DecodedImage] | ItemFailure
+Encoded = tuple[bytes, str]  # an encoded image and its file extension
 
 
 class Stages:
@@ -142,22 +143,31 @@ class Stages:
         )
 
     def finish(self, attributed: Attributed) -> ManifestRecord:
-        """Overlay, encode and write the item's image(s); its manifest record (runs in a worker).
+        """Overlay, encode and write the item's image(s); its manifest record (runs in a worker):
+        :meth:`store` after :meth:`encode`."""
+        encoded = self.encode(attributed)
+        return encoded if isinstance(encoded, dict) else self.store(attributed, encoded)
 
-        A sample the overlay or the encoder fails on is recorded as an error; a failed write
-        (a full disk, say) stops the run.
-        """
-        item, maps = attributed.item, attributed.maps
+    def encode(self, attributed: Attributed) -> list[Encoded] | ManifestRecord:
+        """The item's prompted image(s), encoded: the CPU work of :meth:`finish`. A sample the
+        overlay or the encoder fails on gets its error record instead."""
         try:
             encoded = []
-            for (image, was_jpeg), attention_map in zip(attributed.images, maps):
+            for (image, was_jpeg), attention_map in zip(attributed.images, attributed.maps):
                 pil_format, extension = self.output.choose(was_jpeg)
                 prompted = self.model.render(image, attention_map)
                 encoded.append(
                     (encode_image(prompted, pil_format, self.output.jpeg_quality), extension)
                 )
         except Exception as exc:  # one bad sample must not sink the run
-            return ItemFailure.from_exception(item, exc).record()
+            return ItemFailure.from_exception(attributed.item, exc).record()
+        return encoded
+
+    def store(self, attributed: Attributed, encoded: list[Encoded]) -> ManifestRecord:
+        """Write what :meth:`encode` made (each file made durable before this returns) and
+        return the manifest record: the waiting part of :meth:`finish`. A failed write (a full
+        disk, say) raises, which stops the run."""
+        item, maps = attributed.item, attributed.maps
         multi = is_multi_image(item.sample)
         stems = part_names(item.name, len(attributed.images)) if multi else [item.name]
         files = []
