@@ -66,9 +66,9 @@ def default_workers() -> int:
     affinity), at most 32. The local engine writes the files in as many threads again, which
     mostly wait for fsync.
 
-    One per core, because more only take turns with the GIL: on two cores with the writes in
-    their own threads the pipeline reached 0.87 of the bare decode/overlay/encode loop with two
-    workers, 0.77 with four (``bench_batch.py --ceiling``; docs/performance-gpu.md).
+    One per core, because more only take turns with the GIL: on two cores, with the writes in
+    their own threads, the pipeline reached 0.73-0.79 of the bare decode/overlay/encode loop with
+    two workers and 0.66 with four (``bench_batch.py --ceiling``; docs/performance-gpu.md).
 
     >>> import os
     >>> default_workers() == min(32, len(os.sched_getaffinity(0)))
